@@ -6,3 +6,5 @@
 
 /// The configuration model, parser and validator.
 pub mod config;
+/// Supervision engine: pure state machine and restart policy.
+pub mod supervisor;

@@ -1,0 +1,8 @@
+//! Supervision (SPEC section 4): the pure engine and its restart policy.
+//! The runtime that carries out its actions lives in `agent`.
+
+pub mod policy;
+pub mod state;
+
+pub use policy::End;
+pub use state::{Action, Input, Spec, State, Status, Supervisor, Want};

@@ -1,0 +1,527 @@
+//! The supervision engine: a pure state machine over every unit.
+//!
+//! Inputs are operator commands, process events and the passage of time;
+//! outputs are [`Action`]s the runtime carries out. Nothing here touches the
+//! system or reads a clock: `now` is always passed in, so the whole policy of
+//! SPEC section 4 is unit-tested with a fake clock.
+//!
+//! Wanted state ([`Want`]) is kept apart from observed state ([`State`]): the
+//! operator says what should run, and [`Supervisor::settle`] reconciles,
+//! honouring `after` for starts (a unit waits for those of its dependencies
+//! that are wanted up) and in reverse for stops (a unit being stopped waits
+//! for its dependents that are being stopped too).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::config::{self, Backoff, OnReboot, RestartPolicy, StartLimit, UnitKind};
+
+use super::policy::{End, backoff_delay, should_restart};
+
+/// Observed state of a unit (SPEC section 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Not running, not wanted (or never started).
+    Stopped,
+    /// Wanted up: waiting for dependencies, or spawned and not yet ready.
+    Starting,
+    /// Its command is running.
+    Running,
+    /// Stop requested, waiting for the process to end.
+    Stopping,
+    /// Waiting to be restarted.
+    Backoff,
+    /// Ended on its own and not to be restarted.
+    Exited,
+    /// Start limit hit, or could not be started.
+    Failed,
+}
+
+impl State {
+    /// Lower-case name used in `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Stopped => "stopped",
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Stopping => "stopping",
+            State::Backoff => "backoff",
+            State::Exited => "exited",
+            State::Failed => "failed",
+        }
+    }
+}
+
+/// What the operator wants of a unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// Should be running.
+    Up,
+    /// Should not be running.
+    Down,
+}
+
+/// The parts of a unit's config the engine needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    /// Unit name.
+    pub name: String,
+    /// Units this one starts after.
+    pub after: Vec<String>,
+    /// Restart policy.
+    pub restart: RestartPolicy,
+    /// Restart backoff.
+    pub backoff: Backoff,
+    /// Optional start limit.
+    pub start_limit: Option<StartLimit>,
+    /// Grace period between stop request and kill.
+    pub stop_timeout: Duration,
+    /// A guest reboot restarts the unit whatever the policy.
+    pub reboot_restarts: bool,
+}
+
+impl From<&config::Unit> for Spec {
+    fn from(u: &config::Unit) -> Self {
+        Spec {
+            name: u.name.clone(),
+            after: u.common.after.clone(),
+            restart: u.common.restart,
+            backoff: u.common.backoff,
+            start_limit: u.common.start_limit,
+            stop_timeout: u.common.stop_timeout,
+            reboot_restarts: match &u.kind {
+                UnitKind::Guest(g) => g.on_reboot == OnReboot::Restart,
+                UnitKind::Zone(_) => false,
+            },
+        }
+    }
+}
+
+/// An input to the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// Operator: start the unit (clears `failed`/`exited`, resets counters).
+    Start(String),
+    /// Start several units together (boot, reload), so that `after` among
+    /// them orders their starts.
+    StartAll(Vec<String>),
+    /// Operator: stop the unit; never followed by a restart.
+    Stop(String),
+    /// Operator: stop the unit if running, then start it.
+    Restart(String),
+    /// Operator: stop every unit in reverse dependency order.
+    Shutdown,
+    /// The runtime created the unit's top process.
+    Spawned {
+        /// Unit name.
+        unit: String,
+        /// Host PID of the top process.
+        pid: i32,
+    },
+    /// The unit's command is running.
+    Ready(String),
+    /// The unit could not be started. `permanent` failures (a missing root,
+    /// an unusable config) are not retried whatever the policy.
+    StartFailed {
+        /// Unit name.
+        unit: String,
+        /// What went wrong.
+        reason: String,
+        /// Retrying cannot help.
+        permanent: bool,
+    },
+    /// The unit's top process ended.
+    Ended {
+        /// Unit name.
+        unit: String,
+        /// How it ended.
+        end: End,
+    },
+    /// Time has passed; due timers fire.
+    Tick,
+}
+
+/// Something the runtime must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Create the unit's process; answer with `Spawned` then `Ready`, or
+    /// `StartFailed`.
+    Spawn(String),
+    /// Ask the unit to stop (zone: its stop signal; guest: graceful stop).
+    Stop {
+        /// Unit name.
+        unit: String,
+        /// Host PID of the top process.
+        pid: i32,
+    },
+    /// Kill the unit and everything in it.
+    Kill {
+        /// Unit name.
+        unit: String,
+        /// Host PID of the top process.
+        pid: i32,
+    },
+}
+
+/// Errors of operator inputs.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    /// No unit of that name.
+    #[error("no unit named `{0}`")]
+    UnknownUnit(String),
+}
+
+/// A unit's observed and wanted state, as shown by `status`.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// Observed state.
+    pub state: State,
+    /// Wanted state.
+    pub want: Want,
+    /// Host PID of the top process while it exists.
+    pub pid: Option<i32>,
+    /// Automatic restarts since the agent started.
+    pub restarts: u32,
+    /// When the command became ready, while running.
+    pub running_since: Option<Instant>,
+    /// The last end.
+    pub last_exit: Option<End>,
+    /// Why the unit is failed or last failed to start.
+    pub reason: Option<String>,
+    consecutive: u32,
+    deadline: Option<Instant>,
+    kill_sent: bool,
+    spawn_pending: bool,
+    starts: VecDeque<Instant>,
+}
+
+impl Status {
+    fn new() -> Self {
+        Status {
+            state: State::Stopped,
+            want: Want::Down,
+            pid: None,
+            restarts: 0,
+            running_since: None,
+            last_exit: None,
+            reason: None,
+            consecutive: 0,
+            deadline: None,
+            kill_sent: false,
+            spawn_pending: false,
+            starts: VecDeque::new(),
+        }
+    }
+
+    /// The process exists (spawned, ready or stopping).
+    fn has_process(&self) -> bool {
+        self.pid.is_some() || self.spawn_pending
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    spec: Spec,
+    status: Status,
+}
+
+/// The engine: every unit's spec and status.
+#[derive(Debug, Default)]
+pub struct Supervisor {
+    entries: Vec<Entry>,
+    index: HashMap<String, usize>,
+}
+
+impl Supervisor {
+    /// An engine for `specs`, all stopped. The specs must have unique names
+    /// and acyclic `after` (config validation guarantees both).
+    pub fn new(specs: Vec<Spec>) -> Self {
+        let mut sup = Supervisor::default();
+        for spec in specs {
+            sup.index.insert(spec.name.clone(), sup.entries.len());
+            sup.entries.push(Entry {
+                spec,
+                status: Status::new(),
+            });
+        }
+        sup
+    }
+
+    /// Names of every unit, in config order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|e| e.spec.name.as_str())
+    }
+
+    /// A unit's status.
+    pub fn status(&self, name: &str) -> Option<&Status> {
+        self.index.get(name).map(|&i| &self.entries[i].status)
+    }
+
+    /// A unit's spec.
+    pub fn spec(&self, name: &str) -> Option<&Spec> {
+        self.index.get(name).map(|&i| &self.entries[i].spec)
+    }
+
+    /// Every unit is without a process and none is wanted up.
+    pub fn all_down(&self) -> bool {
+        self.entries
+            .iter()
+            .all(|e| !e.status.has_process() && e.status.want == Want::Down)
+    }
+
+    /// The earliest pending timer, to use as the event loop's timeout.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.entries.iter().filter_map(|e| e.status.deadline).min()
+    }
+
+    fn idx(&self, name: &str) -> Result<usize, Error> {
+        self.index
+            .get(name)
+            .copied()
+            .ok_or_else(|| Error::UnknownUnit(name.to_string()))
+    }
+
+    /// Feeds one input at time `now`; returns the actions to carry out.
+    pub fn handle(&mut self, input: Input, now: Instant) -> Result<Vec<Action>, Error> {
+        let mut actions = Vec::new();
+        match input {
+            Input::Start(name) => {
+                let i = self.idx(&name)?;
+                self.start(i);
+            }
+            Input::StartAll(names) => {
+                let idx = names
+                    .iter()
+                    .map(|n| self.idx(n))
+                    .collect::<Result<Vec<_>, _>>()?;
+                for i in idx {
+                    self.start(i);
+                }
+            }
+            Input::Stop(name) => {
+                let i = self.idx(&name)?;
+                self.stop(i);
+            }
+            Input::Restart(name) => {
+                let i = self.idx(&name)?;
+                let st = &mut self.entries[i].status;
+                if st.pid.is_some() && matches!(st.state, State::Running | State::Starting) {
+                    st.want = Want::Up;
+                    self.begin_stop(i, now, &mut actions);
+                } else {
+                    self.start(i);
+                }
+            }
+            Input::Shutdown => {
+                for i in 0..self.entries.len() {
+                    self.stop(i);
+                }
+            }
+            Input::Spawned { unit, pid } => {
+                let i = self.idx(&unit)?;
+                let st = &mut self.entries[i].status;
+                st.spawn_pending = false;
+                st.pid = Some(pid);
+            }
+            Input::Ready(unit) => {
+                let i = self.idx(&unit)?;
+                let st = &mut self.entries[i].status;
+                if st.state == State::Starting && st.pid.is_some() {
+                    st.state = State::Running;
+                    st.running_since = Some(now);
+                    st.reason = None;
+                }
+            }
+            Input::StartFailed {
+                unit,
+                reason,
+                permanent,
+            } => {
+                let i = self.idx(&unit)?;
+                let st = &mut self.entries[i].status;
+                st.spawn_pending = false;
+                st.pid = None;
+                st.reason = Some(reason.clone());
+                if permanent && st.state == State::Starting {
+                    st.last_exit = Some(End::StartFailed(reason));
+                    st.state = State::Failed;
+                    st.want = Want::Down;
+                } else {
+                    self.ended(i, End::StartFailed(reason), now);
+                }
+            }
+            Input::Ended { unit, end } => {
+                let i = self.idx(&unit)?;
+                self.ended(i, end, now);
+            }
+            Input::Tick => self.fire_timers(now, &mut actions),
+        }
+        self.settle(now, &mut actions);
+        Ok(actions)
+    }
+
+    fn start(&mut self, i: usize) {
+        let st = &mut self.entries[i].status;
+        st.want = Want::Up;
+        match st.state {
+            State::Stopped | State::Exited | State::Failed | State::Backoff => {
+                st.state = State::Starting;
+                st.deadline = None;
+                st.consecutive = 0;
+                st.starts.clear();
+                st.reason = None;
+            }
+            State::Starting | State::Running | State::Stopping => {}
+        }
+    }
+
+    fn stop(&mut self, i: usize) {
+        let st = &mut self.entries[i].status;
+        st.want = Want::Down;
+        if !st.has_process() && matches!(st.state, State::Starting | State::Backoff) {
+            st.state = State::Stopped;
+            st.deadline = None;
+        }
+    }
+
+    fn begin_stop(&mut self, i: usize, now: Instant, actions: &mut Vec<Action>) {
+        let e = &mut self.entries[i];
+        if let Some(pid) = e.status.pid {
+            e.status.state = State::Stopping;
+            e.status.deadline = Some(now + e.spec.stop_timeout);
+            e.status.kill_sent = false;
+            actions.push(Action::Stop {
+                unit: e.spec.name.clone(),
+                pid,
+            });
+        }
+    }
+
+    fn ended(&mut self, i: usize, end: End, now: Instant) {
+        let e = &mut self.entries[i];
+        let st = &mut e.status;
+        let ran_for = st.running_since.map(|t| now.saturating_duration_since(t));
+        st.pid = None;
+        st.spawn_pending = false;
+        st.running_since = None;
+        st.deadline = None;
+        st.kill_sent = false;
+        let operator_stop = st.state == State::Stopping || st.want == Want::Down;
+        st.last_exit = Some(end.clone());
+        if operator_stop {
+            st.state = if st.want == Want::Up {
+                State::Starting
+            } else {
+                State::Stopped
+            };
+            return;
+        }
+        if should_restart(e.spec.restart, &end, e.spec.reboot_restarts) {
+            if ran_for.is_some_and(|d| d >= e.spec.backoff.reset_after) {
+                st.consecutive = 0;
+            }
+            st.consecutive = st.consecutive.saturating_add(1);
+            st.restarts = st.restarts.saturating_add(1);
+            st.state = State::Backoff;
+            st.deadline = Some(now + backoff_delay(&e.spec.backoff, st.consecutive));
+        } else {
+            st.state = match end {
+                End::StartFailed(_) => State::Failed,
+                _ => State::Exited,
+            };
+            st.want = Want::Down;
+        }
+    }
+
+    fn fire_timers(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        for e in &mut self.entries {
+            let st = &mut e.status;
+            match st.deadline {
+                Some(d) if d <= now => {}
+                _ => continue,
+            }
+            st.deadline = None;
+            match st.state {
+                State::Backoff => st.state = State::Starting,
+                State::Stopping => {
+                    if let (Some(pid), false) = (st.pid, st.kill_sent) {
+                        st.kill_sent = true;
+                        actions.push(Action::Kill {
+                            unit: e.spec.name.clone(),
+                            pid,
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Brings observed state toward wanted state as far as ordering allows.
+    fn settle(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        for i in 0..self.entries.len() {
+            let st = &self.entries[i].status;
+            match (st.want, st.state) {
+                (Want::Up, State::Starting) if !st.has_process() && self.deps_ready(i) => {
+                    self.spawn(i, now, actions);
+                }
+                (Want::Down, State::Running | State::Starting)
+                    if st.pid.is_some() && !self.dependents_stopping(i) =>
+                {
+                    self.begin_stop(i, now, actions);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Every dependency that is wanted up is running.
+    fn deps_ready(&self, i: usize) -> bool {
+        self.entries[i].spec.after.iter().all(|dep| {
+            self.index.get(dep).is_none_or(|&d| {
+                let st = &self.entries[d].status;
+                st.want == Want::Down || st.state == State::Running
+            })
+        })
+    }
+
+    /// Some unit that starts after `i` is being stopped and still has a
+    /// process, so `i` must wait.
+    fn dependents_stopping(&self, i: usize) -> bool {
+        let name = &self.entries[i].spec.name;
+        self.entries.iter().any(|e| {
+            e.spec.after.iter().any(|a| a == name)
+                && e.status.want == Want::Down
+                && e.status.has_process()
+        })
+    }
+
+    fn spawn(&mut self, i: usize, now: Instant, actions: &mut Vec<Action>) {
+        let e = &mut self.entries[i];
+        let st = &mut e.status;
+        if let Some(limit) = e.spec.start_limit {
+            while st
+                .starts
+                .front()
+                .is_some_and(|&t| now.saturating_duration_since(t) >= limit.interval)
+            {
+                st.starts.pop_front();
+            }
+            if st.starts.len() >= limit.burst as usize {
+                st.state = State::Failed;
+                st.want = Want::Down;
+                st.reason = Some(format!(
+                    "start limit hit: {} starts within {:?}",
+                    limit.burst, limit.interval
+                ));
+                return;
+            }
+            st.starts.push_back(now);
+        }
+        st.spawn_pending = true;
+        actions.push(Action::Spawn(e.spec.name.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,500 @@
+//! Table-style tests of the engine with a fake clock.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::config::{Backoff, RestartPolicy, StartLimit};
+
+fn spec(name: &str, after: &[&str], restart: RestartPolicy) -> Spec {
+    Spec {
+        name: name.into(),
+        after: after.iter().map(|s| s.to_string()).collect(),
+        restart,
+        backoff: Backoff::default(),
+        start_limit: None,
+        stop_timeout: Duration::from_secs(10),
+        reboot_restarts: true,
+    }
+}
+
+/// A supervisor with a fake clock that answers Spawn actions the way the
+/// runtime does (PIDs counting from 100) and records every action.
+struct Harness {
+    sup: Supervisor,
+    t0: Instant,
+    now: Instant,
+    next_pid: i32,
+    log: Vec<Action>,
+}
+
+impl Harness {
+    fn new(specs: Vec<Spec>) -> Self {
+        let t0 = Instant::now();
+        Harness {
+            sup: Supervisor::new(specs),
+            t0,
+            now: t0,
+            next_pid: 100,
+            log: Vec::new(),
+        }
+    }
+
+    /// Feeds an input; spawns are answered with Spawned + Ready at once.
+    fn feed(&mut self, input: Input) -> Vec<Action> {
+        let mut out = Vec::new();
+        let mut queue = std::collections::VecDeque::from([input]);
+        while let Some(inp) = queue.pop_front() {
+            for a in self.sup.handle(inp, self.now).unwrap() {
+                if let Action::Spawn(u) = &a {
+                    self.next_pid += 1;
+                    queue.push_back(Input::Spawned {
+                        unit: u.clone(),
+                        pid: self.next_pid,
+                    });
+                    queue.push_back(Input::Ready(u.clone()));
+                }
+                self.log.push(a.clone());
+                out.push(a);
+            }
+        }
+        out
+    }
+
+    fn advance(&mut self, d: Duration) -> Vec<Action> {
+        self.now += d;
+        self.feed(Input::Tick)
+    }
+
+    fn advance_to_deadline(&mut self) -> Vec<Action> {
+        let d = self.sup.next_deadline().unwrap();
+        self.now = d;
+        self.feed(Input::Tick)
+    }
+
+    fn state(&self, u: &str) -> State {
+        self.sup.status(u).unwrap().state
+    }
+
+    fn pid(&self, u: &str) -> i32 {
+        self.sup.status(u).unwrap().pid.unwrap()
+    }
+
+    fn end(&mut self, u: &str, end: End) -> Vec<Action> {
+        self.feed(Input::Ended {
+            unit: u.into(),
+            end,
+        })
+    }
+
+    fn elapsed_ms(&self) -> u128 {
+        (self.now - self.t0).as_millis()
+    }
+}
+
+fn spawned(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Spawn(u) => Some(u.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn stopped(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Stop { unit, .. } => Some(unit.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn start_spawns_and_ready_makes_running() {
+    let mut h = Harness::new(vec![spec("web", &[], RestartPolicy::OnFailure)]);
+    let a = h.feed(Input::Start("web".into()));
+    assert_eq!(spawned(&a), vec!["web"]);
+    assert_eq!(h.state("web"), State::Running);
+    assert_eq!(h.pid("web"), 101);
+}
+
+#[test]
+fn unknown_unit_is_an_error_not_a_panic() {
+    let mut sup = Supervisor::new(vec![]);
+    let err = sup
+        .handle(Input::Start("nope".into()), Instant::now())
+        .unwrap_err();
+    assert_eq!(err, Error::UnknownUnit("nope".into()));
+}
+
+#[test]
+fn on_failure_restarts_after_crash_with_doubling_backoff() {
+    let mut h = Harness::new(vec![spec("z", &[], RestartPolicy::OnFailure)]);
+    h.feed(Input::Start("z".into()));
+    let mut waits = Vec::new();
+    for _ in 0..4 {
+        h.end("z", End::Exit(1));
+        assert_eq!(h.state("z"), State::Backoff);
+        let before = h.elapsed_ms();
+        let a = h.advance_to_deadline();
+        waits.push(h.elapsed_ms() - before);
+        assert_eq!(spawned(&a), vec!["z"]);
+        assert_eq!(h.state("z"), State::Running);
+    }
+    assert_eq!(waits, vec![100, 200, 400, 800]);
+    assert_eq!(h.sup.status("z").unwrap().restarts, 4);
+}
+
+#[test]
+fn backoff_does_not_fire_early() {
+    let mut h = Harness::new(vec![spec("z", &[], RestartPolicy::OnFailure)]);
+    h.feed(Input::Start("z".into()));
+    h.end("z", End::Signal(9));
+    assert!(spawned(&h.advance(Duration::from_millis(99))).is_empty());
+    assert_eq!(h.state("z"), State::Backoff);
+    assert_eq!(spawned(&h.advance(Duration::from_millis(1))), vec!["z"]);
+}
+
+#[test]
+fn backoff_is_capped_at_max() {
+    let mut s = spec("z", &[], RestartPolicy::Always);
+    s.backoff.max = Duration::from_millis(300);
+    let mut h = Harness::new(vec![s]);
+    h.feed(Input::Start("z".into()));
+    let mut waits = Vec::new();
+    for _ in 0..5 {
+        h.end("z", End::Exit(0));
+        let before = h.elapsed_ms();
+        h.advance_to_deadline();
+        waits.push(h.elapsed_ms() - before);
+    }
+    assert_eq!(waits, vec![100, 200, 300, 300, 300]);
+}
+
+#[test]
+fn restart_count_resets_after_running_reset_after() {
+    let mut h = Harness::new(vec![spec("z", &[], RestartPolicy::OnFailure)]);
+    h.feed(Input::Start("z".into()));
+    for _ in 0..3 {
+        h.end("z", End::Exit(1));
+        h.advance_to_deadline();
+    }
+    // Runs for a full minute: the next crash starts the backoff over.
+    h.advance(Duration::from_secs(60));
+    h.end("z", End::Exit(1));
+    let before = h.elapsed_ms();
+    h.advance_to_deadline();
+    assert_eq!(h.elapsed_ms() - before, 100);
+}
+
+#[test]
+fn on_failure_does_not_restart_clean_exit() {
+    let mut h = Harness::new(vec![spec("z", &[], RestartPolicy::OnFailure)]);
+    h.feed(Input::Start("z".into()));
+    h.end("z", End::Exit(0));
+    assert_eq!(h.state("z"), State::Exited);
+    assert_eq!(h.sup.next_deadline(), None);
+    assert_eq!(h.sup.status("z").unwrap().last_exit, Some(End::Exit(0)));
+}
+
+#[test]
+fn on_failure_does_not_restart_guest_poweroff() {
+    let mut h = Harness::new(vec![spec("g", &[], RestartPolicy::OnFailure)]);
+    h.feed(Input::Start("g".into()));
+    h.end("g", End::Poweroff);
+    assert_eq!(h.state("g"), State::Exited);
+}
+
+#[test]
+fn never_policy_leaves_a_crash_exited() {
+    let mut h = Harness::new(vec![spec("z", &[], RestartPolicy::Never)]);
+    h.feed(Input::Start("z".into()));
+    h.end("z", End::Exit(2));
+    assert_eq!(h.state("z"), State::Exited);
+}
+
+#[test]
+fn guest_reboot_restarts_whatever_the_policy() {
+    let mut h = Harness::new(vec![spec("g", &[], RestartPolicy::Never)]);
+    h.feed(Input::Start("g".into()));
+    h.end("g", End::Reboot);
+    assert_eq!(h.state("g"), State::Backoff);
+    assert_eq!(spawned(&h.advance_to_deadline()), vec!["g"]);
+}
+
+#[test]
+fn guest_reboot_with_on_reboot_stop_ends_the_unit() {
+    let mut s = spec("g", &[], RestartPolicy::OnFailure);
+    s.reboot_restarts = false;
+    let mut h = Harness::new(vec![s]);
+    h.feed(Input::Start("g".into()));
+    h.end("g", End::Reboot);
+    assert_eq!(h.state("g"), State::Exited);
+}
+
+#[test]
+fn operator_stop_is_never_followed_by_a_restart() {
+    let mut h = Harness::new(vec![spec("z", &[], RestartPolicy::Always)]);
+    h.feed(Input::Start("z".into()));
+    let pid = h.pid("z");
+    let a = h.feed(Input::Stop("z".into()));
+    assert_eq!(
+        a,
+        vec![Action::Stop {
+            unit: "z".into(),
+            pid
+        }]
+    );
+    assert_eq!(h.state("z"), State::Stopping);
+    h.end("z", End::Signal(15));
+    assert_eq!(h.state("z"), State::Stopped);
+    assert!(spawned(&h.advance(Duration::from_secs(120))).is_empty());
+}
+
+#[test]
+fn stop_timeout_escalates_to_kill_once() {
+    let mut h = Harness::new(vec![spec("z", &[], RestartPolicy::Always)]);
+    h.feed(Input::Start("z".into()));
+    let pid = h.pid("z");
+    h.feed(Input::Stop("z".into()));
+    assert!(h.advance(Duration::from_millis(9_999)).is_empty());
+    let a = h.advance(Duration::from_millis(1));
+    assert_eq!(
+        a,
+        vec![Action::Kill {
+            unit: "z".into(),
+            pid
+        }]
+    );
+    assert!(h.advance(Duration::from_secs(30)).is_empty());
+    h.end("z", End::Signal(9));
+    assert_eq!(h.state("z"), State::Stopped);
+}
+
+#[test]
+fn stop_during_backoff_cancels_the_restart() {
+    let mut h = Harness::new(vec![spec("z", &[], RestartPolicy::Always)]);
+    h.feed(Input::Start("z".into()));
+    h.end("z", End::Exit(1));
+    h.feed(Input::Stop("z".into()));
+    assert_eq!(h.state("z"), State::Stopped);
+    assert_eq!(h.sup.next_deadline(), None);
+}
+
+#[test]
+fn restart_command_stops_then_starts() {
+    let mut h = Harness::new(vec![spec("z", &[], RestartPolicy::Never)]);
+    h.feed(Input::Start("z".into()));
+    let a = h.feed(Input::Restart("z".into()));
+    assert_eq!(stopped(&a), vec!["z"]);
+    let a = h.end("z", End::Signal(15));
+    assert_eq!(spawned(&a), vec!["z"]);
+    assert_eq!(h.state("z"), State::Running);
+}
+
+#[test]
+fn start_of_failed_unit_resets_it() {
+    let mut s = spec("z", &[], RestartPolicy::Always);
+    s.start_limit = Some(StartLimit {
+        burst: 2,
+        interval: Duration::from_secs(10),
+    });
+    let mut h = Harness::new(vec![s]);
+    h.feed(Input::Start("z".into()));
+    h.end("z", End::Exit(1));
+    h.advance_to_deadline();
+    h.end("z", End::Exit(1));
+    h.advance_to_deadline();
+    assert_eq!(h.state("z"), State::Failed);
+    assert!(
+        h.sup
+            .status("z")
+            .unwrap()
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("start limit")
+    );
+    let a = h.feed(Input::Start("z".into()));
+    assert_eq!(spawned(&a), vec!["z"]);
+}
+
+#[test]
+fn start_limit_counts_only_starts_within_interval() {
+    let mut s = spec("z", &[], RestartPolicy::Always);
+    s.start_limit = Some(StartLimit {
+        burst: 2,
+        interval: Duration::from_millis(250),
+    });
+    s.backoff.initial = Duration::from_millis(300);
+    s.backoff.max = Duration::from_millis(300);
+    let mut h = Harness::new(vec![s]);
+    h.feed(Input::Start("z".into()));
+    for _ in 0..5 {
+        h.end("z", End::Exit(1));
+        h.advance_to_deadline();
+        assert_eq!(h.state("z"), State::Running);
+    }
+}
+
+#[test]
+fn permanent_start_failure_makes_unit_failed_with_reason() {
+    let mut h = Harness::new(vec![spec("z", &[], RestartPolicy::Always)]);
+    let mut sup_actions = h.sup.handle(Input::Start("z".into()), h.now).unwrap();
+    assert_eq!(sup_actions.pop(), Some(Action::Spawn("z".into())));
+    h.feed(Input::StartFailed {
+        unit: "z".into(),
+        reason: "root /zones/z does not exist".into(),
+        permanent: true,
+    });
+    assert_eq!(h.state("z"), State::Failed);
+    assert_eq!(h.sup.next_deadline(), None);
+    assert!(
+        h.sup
+            .status("z")
+            .unwrap()
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("/zones/z")
+    );
+}
+
+#[test]
+fn transient_start_failure_follows_the_policy() {
+    let mut h = Harness::new(vec![spec("z", &[], RestartPolicy::OnFailure)]);
+    h.sup.handle(Input::Start("z".into()), h.now).unwrap();
+    h.feed(Input::StartFailed {
+        unit: "z".into(),
+        reason: "fork: EAGAIN".into(),
+        permanent: false,
+    });
+    assert_eq!(h.state("z"), State::Backoff);
+}
+
+#[test]
+fn after_orders_starts() {
+    let mut h = Harness::new(vec![
+        spec("app", &["db"], RestartPolicy::OnFailure),
+        spec("db", &[], RestartPolicy::OnFailure),
+    ]);
+    // Start both with the runtime answering Ready only later.
+    let now = h.now;
+    let a = h
+        .sup
+        .handle(Input::StartAll(vec!["app".into(), "db".into()]), now)
+        .unwrap();
+    assert_eq!(spawned(&a), vec!["db"]);
+    h.sup
+        .handle(
+            Input::Spawned {
+                unit: "db".into(),
+                pid: 7,
+            },
+            now,
+        )
+        .unwrap();
+    assert_eq!(h.state("app"), State::Starting);
+    let a = h.sup.handle(Input::Ready("db".into()), now).unwrap();
+    assert_eq!(spawned(&a), vec!["app"]);
+}
+
+#[test]
+fn after_does_not_wait_for_a_dependency_nobody_wants() {
+    let mut h = Harness::new(vec![
+        spec("app", &["db"], RestartPolicy::OnFailure),
+        spec("db", &[], RestartPolicy::OnFailure),
+    ]);
+    let a = h.feed(Input::Start("app".into()));
+    assert_eq!(spawned(&a), vec!["app"]);
+}
+
+#[test]
+fn dependent_waits_while_dependency_is_in_backoff() {
+    let mut h = Harness::new(vec![
+        spec("db", &[], RestartPolicy::OnFailure),
+        spec("app", &["db"], RestartPolicy::OnFailure),
+    ]);
+    h.feed(Input::Start("db".into()));
+    h.end("db", End::Exit(1));
+    let a = h.feed(Input::Start("app".into()));
+    assert!(spawned(&a).is_empty());
+    let a = h.advance_to_deadline();
+    assert_eq!(spawned(&a), vec!["db", "app"]);
+}
+
+#[test]
+fn shutdown_stops_in_reverse_after_order() {
+    let mut h = Harness::new(vec![
+        spec("db", &[], RestartPolicy::Always),
+        spec("app", &["db"], RestartPolicy::Always),
+        spec("web", &["app"], RestartPolicy::Always),
+        spec("solo", &[], RestartPolicy::Always),
+    ]);
+    h.feed(Input::StartAll(
+        ["web", "app", "db", "solo"].map(String::from).to_vec(),
+    ));
+    // Independent units stop in parallel with the head of the chain.
+    let a = h.feed(Input::Shutdown);
+    assert_eq!(stopped(&a), vec!["web", "solo"]);
+    assert_eq!(h.state("app"), State::Running);
+    let a = h.end("web", End::Signal(15));
+    assert_eq!(stopped(&a), vec!["app"]);
+    let a = h.end("app", End::Signal(15));
+    assert_eq!(stopped(&a), vec!["db"]);
+    h.end("solo", End::Exit(0));
+    assert!(!h.sup.all_down());
+    h.end("db", End::Exit(0));
+    assert!(h.sup.all_down());
+    assert!(spawned(&h.log).len() == 4);
+}
+
+#[test]
+fn single_stop_does_not_wait_for_dependents_that_stay_up() {
+    let mut h = Harness::new(vec![
+        spec("db", &[], RestartPolicy::Always),
+        spec("app", &["db"], RestartPolicy::Always),
+    ]);
+    h.feed(Input::Start("db".into()));
+    h.feed(Input::Start("app".into()));
+    let a = h.feed(Input::Stop("db".into()));
+    assert_eq!(stopped(&a), vec!["db"]);
+}
+
+#[test]
+fn unit_ending_while_dependents_stop_counts_as_stopped() {
+    let mut h = Harness::new(vec![
+        spec("db", &[], RestartPolicy::Always),
+        spec("app", &["db"], RestartPolicy::Always),
+    ]);
+    h.feed(Input::Start("db".into()));
+    h.feed(Input::Start("app".into()));
+    h.feed(Input::Shutdown);
+    h.end("db", End::Exit(1));
+    assert_eq!(h.state("db"), State::Stopped);
+    assert_eq!(h.sup.next_deadline(), Some(h.now + Duration::from_secs(10)));
+}
+
+#[test]
+fn state_names_match_the_spec() {
+    let names: Vec<&str> = [
+        State::Stopped,
+        State::Starting,
+        State::Running,
+        State::Stopping,
+        State::Backoff,
+        State::Exited,
+        State::Failed,
+    ]
+    .iter()
+    .map(|s| s.as_str())
+    .collect();
+    assert_eq!(
+        names,
+        [
+            "stopped", "starting", "running", "stopping", "backoff", "exited", "failed"
+        ]
+    );
+}
