@@ -8,3 +8,13 @@
 pub mod config;
 /// Supervision engine: pure state machine and restart policy.
 pub mod supervisor;
+/// The thin syscall layer (all raw `unsafe` for process control).
+pub mod sys;
+/// Zones: mount plan, root file system, spawning.
+pub mod zone;
+/// Per-unit output capture: ring buffer, line splitting, rate limit.
+pub mod logbuf;
+/// Control protocol and `zonit ctl` client.
+pub mod control;
+/// Log backend: stderr or /dev/kmsg.
+pub mod logging;

@@ -1,0 +1,258 @@
+//! `zonit ctl`: the control client. Sends one request, prints the replies.
+//!
+//! Exit status: 0 on success, 1 when the agent answered with an error,
+//! 2 for a usage error, 3 when the agent could not be reached.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use serde_json::Value;
+
+use super::proto::{self, Request, UnitRow};
+use crate::config::DEFAULT_CONTROL_SOCKET;
+
+const USAGE: &str = "usage: zonit ctl [--socket PATH] COMMAND
+commands:
+  status [--json]            one row per unit
+  start|stop|restart NAME    as named; stop waits until the unit is stopped
+  logs NAME [-n N] [-f]      captured output; -f follows
+  reload                     re-read the config
+  poweroff|reboot|halt       orderly shutdown (PID 1 only)";
+
+enum Output {
+    Table,
+    Json,
+    Plain,
+}
+
+fn usage(msg: &str) -> ExitCode {
+    eprintln!("zonit ctl: {msg}\n{USAGE}");
+    ExitCode::from(2)
+}
+
+/// Entry point of `zonit ctl`; `args` are the words after `ctl`.
+pub fn main(args: &[String]) -> ExitCode {
+    let mut socket = PathBuf::from(DEFAULT_CONTROL_SOCKET);
+    let mut rest: Vec<&str> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--socket" => match it.next() {
+                Some(p) => socket = PathBuf::from(p),
+                None => return usage("--socket needs a path"),
+            },
+            _ => rest.push(a),
+        }
+    }
+    let (req, output) = match parse(&rest) {
+        Ok(x) => x,
+        Err(msg) => return usage(&msg),
+    };
+    match run(&socket, &req, output) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!(
+                "zonit ctl: unable to talk to the agent at {}: {e}",
+                socket.display()
+            );
+            ExitCode::from(3)
+        }
+    }
+}
+
+fn parse(words: &[&str]) -> Result<(Request, Output), String> {
+    let name = |i: usize| {
+        words
+            .get(i)
+            .map(|s| s.to_string())
+            .ok_or_else(|| format!("{} needs a unit name", words[0]))
+    };
+    let Some(&cmd) = words.first() else {
+        return Err("no command given".into());
+    };
+    let req = match cmd {
+        "status" => {
+            let json = words[1..].contains(&"--json");
+            if let Some(bad) = words[1..].iter().find(|w| **w != "--json") {
+                return Err(format!("unknown status option {bad}"));
+            }
+            let out = if json { Output::Json } else { Output::Table };
+            return Ok((Request::Status {}, out));
+        }
+        "start" => Request::Start { name: name(1)? },
+        "stop" => Request::Stop { name: name(1)? },
+        "restart" => Request::Restart { name: name(1)? },
+        "logs" => {
+            let name = name(1)?;
+            let (mut lines, mut follow) = (None, false);
+            let mut i = 2;
+            while i < words.len() {
+                match words[i] {
+                    "-f" | "--follow" => follow = true,
+                    "-n" | "--lines" => {
+                        i += 1;
+                        let n = words.get(i).and_then(|n| n.parse().ok());
+                        lines = Some(n.ok_or("-n needs a number")?);
+                    }
+                    other => return Err(format!("unknown logs option {other}")),
+                }
+                i += 1;
+            }
+            Request::Logs {
+                name,
+                lines,
+                follow,
+            }
+        }
+        "reload" => Request::Reload {},
+        "poweroff" => Request::Poweroff {},
+        "reboot" => Request::Reboot {},
+        "halt" => Request::Halt {},
+        other => return Err(format!("unknown command {other}")),
+    };
+    Ok((req, Output::Plain))
+}
+
+fn run(socket: &PathBuf, req: &Request, output: Output) -> std::io::Result<ExitCode> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.write_all(&proto::encode_request(req))?;
+    let reader = BufReader::new(stream);
+    let stdout = std::io::stdout();
+    for line in reader.lines() {
+        let line = line?;
+        let v: Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("zonit ctl: agent sent a line that is not JSON ({e}): {line}");
+                return Ok(ExitCode::from(1));
+            }
+        };
+        if v["ok"] != Value::Bool(true) {
+            let msg = v["error"].as_str().unwrap_or("unknown error");
+            eprintln!("zonit ctl: {msg}");
+            return Ok(ExitCode::from(1));
+        }
+        if let Some(text) = v["log"].as_str() {
+            let mut out = stdout.lock();
+            out.write_all(text.as_bytes())?;
+            out.flush()?;
+            continue;
+        }
+        if v.get("end").is_some() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        if let Some(units) = v.get("units") {
+            match output {
+                Output::Json => println!("{units}"),
+                _ => {
+                    let rows: Vec<UnitRow> =
+                        serde_json::from_value(units.clone()).unwrap_or_default();
+                    print!("{}", table(&rows));
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        if let Some(msg) = v["message"].as_str() {
+            println!("{msg}");
+        }
+        if !matches!(req, Request::Logs { follow: true, .. }) {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Formats `status` rows as an aligned table.
+pub fn table(rows: &[UnitRow]) -> String {
+    let header = ["NAME", "KIND", "STATE", "PID", "RESTARTS", "UPTIME", "LAST EXIT"];
+    let mut cells: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+    for r in rows {
+        let mut last = r.last_exit.clone().unwrap_or_else(|| "-".into());
+        if let Some(reason) = &r.reason {
+            last = format!("{last} ({reason})");
+        }
+        cells.push(vec![
+            r.name.clone(),
+            r.kind.clone(),
+            r.state.clone(),
+            r.pid.map_or("-".into(), |p| p.to_string()),
+            r.restarts.to_string(),
+            r.uptime_ms.map_or("-".into(), human_ms),
+            last,
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| cells.iter().map(|row| row[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in cells {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  ", w = widths[c]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn human_ms(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0 => format!("{ms}ms"),
+        1..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{}s", s / 60, s % 60),
+        3600..=86399 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_logs_options() {
+        let (req, _) = parse(&["logs", "web", "-n", "5", "-f"]).unwrap();
+        assert_eq!(
+            req,
+            Request::Logs {
+                name: "web".into(),
+                lines: Some(5),
+                follow: true
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_missing_names_and_unknown_commands() {
+        assert!(parse(&["stop"]).is_err());
+        assert!(parse(&["frobnicate"]).is_err());
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["status", "--xml"]).is_err());
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let rows = vec![UnitRow {
+            name: "web".into(),
+            kind: "zone".into(),
+            state: "running".into(),
+            pid: Some(42),
+            restarts: 3,
+            uptime_ms: Some(61_000),
+            last_exit: Some("exit 1".into()),
+            reason: None,
+        }];
+        let t = table(&rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "NAME  KIND  STATE    PID  RESTARTS  UPTIME  LAST EXIT");
+        assert_eq!(lines[1], "web   zone  running  42   3         1m1s    exit 1");
+    }
+}

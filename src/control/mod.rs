@@ -1,0 +1,5 @@
+//! The control socket (SPEC section 6): protocol codec and client. The
+//! server side lives in the agent's event loop (`agent::control`).
+
+pub mod client;
+pub mod proto;

@@ -1,0 +1,307 @@
+//! The thin syscall layer: the few calls that neither `nix` nor `std` wrap,
+//! with all of their `unsafe` in one place.
+//!
+//! Invariant: every wrapper turns a `-1` return into `io::Error` through
+//! [`check`]; nothing here decides anything.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// Turns a `-1` return into the thread's `errno` as an `io::Error`.
+pub fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// `CLONE_INTO_CGROUP` (linux/sched.h); libc's constant is an overflowing c_int.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Kernel `struct clone_args` (linux/sched.h), version 2 layout.
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Which side of a [`clone3`] we are on.
+pub enum Forked {
+    /// In the new process.
+    Child,
+    /// In the caller, with the child's PID and a pidfd for it.
+    Parent {
+        /// Host PID of the child.
+        pid: libc::pid_t,
+        /// pidfd of the child: signals through it can never hit a recycled PID.
+        pidfd: OwnedFd,
+    },
+}
+
+/// `clone3` with fork semantics (no new stack), `CLONE_PIDFD` always set,
+/// `SIGCHLD` as exit signal, optionally straight into the cgroup `cgroup`.
+///
+/// The caller must be single-threaded (the agent is): the child is a copy of
+/// it with one thread, so it may allocate and take locks.
+pub fn clone3(flags: u64, cgroup: Option<BorrowedFd<'_>>) -> io::Result<Forked> {
+    let mut pidfd: libc::c_int = -1;
+    let mut args = CloneArgs {
+        flags: flags | libc::CLONE_PIDFD as u64,
+        pidfd: &mut pidfd as *mut libc::c_int as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..Default::default()
+    };
+    if let Some(fd) = cgroup {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = fd.as_raw_fd() as u64;
+    }
+    // SAFETY: `args` is a valid clone_args of the size passed; with a zero
+    // stack the child continues on a copy of this stack like fork(2), and
+    // `pidfd` outlives the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match check(ret)? {
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent {
+            pid: pid as libc::pid_t,
+            // SAFETY: the kernel stored a new, owned pidfd for the child.
+            pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) },
+        }),
+    }
+}
+
+/// Sends `sig` to the process behind `pidfd`.
+pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
+    // SAFETY: plain syscall on a borrowed fd with a null siginfo.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// Closes every fd from `first` up, except those in `keep` (sorted or not).
+pub fn close_fds_from(first: RawFd, keep: &[RawFd]) -> io::Result<()> {
+    let mut keep: Vec<RawFd> = keep.iter().copied().filter(|&k| k >= first).collect();
+    keep.sort_unstable();
+    let mut lo = first;
+    for k in keep {
+        if k > lo {
+            close_range(lo, k - 1)?;
+        }
+        lo = k + 1;
+    }
+    close_range(lo, RawFd::MAX)
+}
+
+fn close_range(first: RawFd, last: RawFd) -> io::Result<()> {
+    // SAFETY: closing fds has no memory-safety effect on this process's
+    // Rust objects because it runs only in a freshly forked child that is
+    // about to exec or exit and owns no fd-holding objects it will use.
+    let ret = unsafe { libc::close_range(first as libc::c_uint, last as libc::c_uint, 0) };
+    check(ret.into()).map(drop)
+}
+
+/// Resets every signal's disposition to default and unblocks all signals,
+/// undoing what the agent installed before it forked us.
+pub fn reset_signals() {
+    for sig in 1..libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: setting SIG_DFL is always valid; errors for invalid
+        // numbers (32, 33 taken by glibc) are ignored on purpose.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+    set_sigmask(libc::SIG_SETMASK, &empty_sigset());
+}
+
+/// An empty signal set.
+pub fn empty_sigset() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        set
+    }
+}
+
+/// A signal set with every signal.
+pub fn full_sigset() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigfillset initialises it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        set
+    }
+}
+
+/// `sigprocmask(how, set)`; cannot fail with valid arguments.
+pub fn set_sigmask(how: libc::c_int, set: &libc::sigset_t) {
+    // SAFETY: `set` is an initialised sigset; the old mask is not wanted.
+    unsafe { libc::sigprocmask(how, set, std::ptr::null_mut()) };
+}
+
+/// Waits for a signal in `set` (which must be blocked); returns its number.
+pub fn sigwait(set: &libc::sigset_t) -> io::Result<i32> {
+    // SAFETY: `set` is initialised; siginfo is not wanted.
+    let ret = unsafe { libc::sigwaitinfo(set, std::ptr::null_mut()) };
+    check(ret.into()).map(|s| s as i32)
+}
+
+/// `execve(path, argv, envp)`; returns only on failure.
+pub fn execve(path: &CStr, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -> io::Error {
+    // SAFETY: callers pass NUL-terminated arrays of pointers to C strings
+    // that live until the call (see `zone::spawn::Exec`).
+    unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    io::Error::last_os_error()
+}
+
+/// `_exit(code)`: leaves a forked child without running the parent's
+/// destructors or atexit handlers.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit is always safe to call.
+    unsafe { libc::_exit(code) }
+}
+
+/// Capability sets (linux/capability.h, version 3).
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// Highest capability number this code knows (CAP_CHECKPOINT_RESTORE).
+pub const CAP_LAST: u8 = 40;
+
+/// Cuts the bounding set to `keep`, sets permitted and effective to `keep`,
+/// and empties the inheritable and ambient sets. Runs before the uid switch
+/// together with `PR_SET_KEEPCAPS`, see `zone::spawn`.
+pub fn limit_capabilities(keep: &[u8]) -> io::Result<()> {
+    let last = last_cap();
+    for cap in 0..=last {
+        if !keep.contains(&cap) {
+            // SAFETY: prctl with integer arguments only.
+            let ret = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) };
+            // EINVAL: the running kernel does not know this capability.
+            if ret == -1 && io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    // SAFETY: prctl with integer arguments only.
+    let ret = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    check(ret.into())?;
+    set_capabilities(keep)
+}
+
+/// Sets permitted and effective to `keep`, inheritable to empty.
+pub fn set_capabilities(keep: &[u8]) -> io::Result<()> {
+    let mut data = [CapData::default(); 2];
+    for &cap in keep {
+        let (word, bit) = (usize::from(cap / 32), cap % 32);
+        if let Some(d) = data.get_mut(word) {
+            d.permitted |= 1 << bit;
+            d.effective |= 1 << bit;
+        }
+    }
+    let mut header = CapHeader {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    // SAFETY: header and a two-element data array as capset(2) expects for
+    // _LINUX_CAPABILITY_VERSION_3.
+    let ret = unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut CapHeader, data.as_ptr()) };
+    check(ret).map(drop)
+}
+
+/// The highest capability the running kernel knows.
+fn last_cap() -> u8 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(CAP_LAST)
+}
+
+/// Creates a pipe with both ends close-on-exec; returns (read, write).
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
+}
+
+/// Sets `O_NONBLOCK` on `fd`.
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(io::Error::from)?;
+    let flags = OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK;
+    fcntl(fd, FcntlArg::F_SETFL(flags))
+        .map(drop)
+        .map_err(io::Error::from)
+}
+
+/// `fork(2)`. The caller must be single-threaded (the agent and the zone's
+/// init are), so the child may run arbitrary code.
+pub fn fork() -> nix::Result<nix::unistd::ForkResult> {
+    // SAFETY: callers are single-threaded (see above), so no lock can be
+    // held by a thread that does not exist in the child.
+    unsafe { nix::unistd::fork() }
+}
+
+/// Sets `IFF_UP` on the interface `name` (used for `lo` in new network
+/// namespaces and at host boot).
+pub fn set_link_up(name: &str) -> io::Result<()> {
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").or_else(|_| std::net::UdpSocket::bind("[::]:0"))?;
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.len() >= req.ifr_name.len() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS fills `req`, which is a valid ifreq.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) }.into())?;
+    // SAFETY: the flags member is the active one after SIOCGIFFLAGS.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: SIOCSIFFLAGS reads a valid ifreq.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) }.into())?;
+    Ok(())
+}

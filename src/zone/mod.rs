@@ -1,0 +1,7 @@
+//! Zones (SPEC section 5): shared-kernel jails. `plan` decides the file
+//! system purely, `rootfs` applies it, `spawn` creates the zone's init and
+//! command.
+
+pub mod plan;
+pub mod rootfs;
+pub mod spawn;

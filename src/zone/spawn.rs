@@ -1,0 +1,373 @@
+//! Starting a zone: one `clone3` into new namespaces, then the zone's init.
+//!
+//! Process tree: agent -> zone init (PID 1 of the zone's PID namespace,
+//! zonit code) -> the configured command. The init sets up the root, forks
+//! the command, then stays as the zone's reaper: it forwards signals to the
+//! command, reaps orphans, and exits with the command's status.
+//!
+//! Fork hygiene: every C string is built before `clone3`; the agent is
+//! single-threaded, so the child may allocate. Only stdio is inherited by
+//! the command; every other fd the agent holds is closed in the init.
+//!
+//! The init reports to the agent over the *status pipe*, one line each:
+//! `ready` (the command was executed), `error MESSAGE` (setup failed),
+//! `exit N` or `signal N` (how the command ended).
+
+use std::ffi::CString;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use nix::sys::resource::{Resource, setrlimit};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Gid, Pid, Uid};
+
+use super::plan::{self, Op};
+use super::rootfs;
+use crate::config::Zone;
+use crate::sys;
+
+/// PATH used to find the command when the zone's env sets none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Why a zone could not be started (agent side).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A config string holds a NUL byte.
+    #[error("{what} contains a NUL byte")]
+    Nul {
+        /// Which setting.
+        what: &'static str,
+    },
+    /// The status pipe could not be created.
+    #[error("unable to create the status pipe")]
+    Pipe(#[source] io::Error),
+    /// clone3 failed.
+    #[error("unable to clone the zone's init")]
+    Clone(#[source] io::Error),
+}
+
+/// A started zone, as the agent holds it.
+pub struct Started {
+    /// Host PID of the zone's init.
+    pub pid: i32,
+    /// pidfd of the zone's init.
+    pub pidfd: OwnedFd,
+    /// Read end of the status pipe.
+    pub status: OwnedFd,
+}
+
+/// Everything the child needs, prepared before the clone.
+struct Prepared {
+    ops: Vec<Op>,
+    hostname: String,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    /// Candidate paths for argv[0] (PATH search done inside the zone).
+    candidates: Vec<CString>,
+    workdir: CString,
+    uid: u32,
+    gid: u32,
+    caps: Vec<u8>,
+    rlimits: Vec<(Resource, u64)>,
+}
+
+fn cstring(s: impl Into<Vec<u8>>, what: &'static str) -> Result<CString, Error> {
+    CString::new(s).map_err(|_| Error::Nul { what })
+}
+
+fn prepare(zone: &Zone) -> Result<Prepared, Error> {
+    let argv = zone
+        .command
+        .iter()
+        .map(|a| cstring(a.as_str(), "command"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut env: Vec<(String, String)> = zone
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if !zone.env.contains_key("PATH") {
+        env.push(("PATH".into(), DEFAULT_PATH.into()));
+    }
+    let path_var = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let envp = env
+        .iter()
+        .map(|(k, v)| cstring(format!("{k}={v}"), "env"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let arg0 = zone.command.first().cloned().unwrap_or_default();
+    let candidates = if arg0.contains('/') {
+        vec![cstring(arg0, "command")?]
+    } else {
+        path_var
+            .split(':')
+            .filter(|d| !d.is_empty())
+            .map(|d| cstring(format!("{d}/{arg0}"), "command"))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    Ok(Prepared {
+        ops: plan::plan(zone),
+        hostname: zone.hostname.clone(),
+        argv,
+        envp,
+        candidates,
+        workdir: cstring(zone.workdir.as_os_str().as_bytes(), "workdir")?,
+        uid: zone.user.0,
+        gid: zone.user.1,
+        caps: zone.capabilities.clone(),
+        rlimits: zone
+            .rlimits
+            .iter()
+            .filter_map(|(k, v)| rlimit_resource(k).map(|r| (r, *v)))
+            .collect(),
+    })
+}
+
+/// Maps a config rlimit name to its resource.
+pub fn rlimit_resource(name: &str) -> Option<Resource> {
+    Some(match name {
+        "as" => Resource::RLIMIT_AS,
+        "core" => Resource::RLIMIT_CORE,
+        "cpu" => Resource::RLIMIT_CPU,
+        "data" => Resource::RLIMIT_DATA,
+        "fsize" => Resource::RLIMIT_FSIZE,
+        "locks" => Resource::RLIMIT_LOCKS,
+        "memlock" => Resource::RLIMIT_MEMLOCK,
+        "msgqueue" => Resource::RLIMIT_MSGQUEUE,
+        "nice" => Resource::RLIMIT_NICE,
+        "nofile" => Resource::RLIMIT_NOFILE,
+        "nproc" => Resource::RLIMIT_NPROC,
+        "rss" => Resource::RLIMIT_RSS,
+        "rtprio" => Resource::RLIMIT_RTPRIO,
+        "rttime" => Resource::RLIMIT_RTTIME,
+        "sigpending" => Resource::RLIMIT_SIGPENDING,
+        "stack" => Resource::RLIMIT_STACK,
+        _ => return None,
+    })
+}
+
+/// Starts `zone` with stdout and stderr on `output`, optionally inside the
+/// cgroup open at `cgroup`.
+pub fn spawn(
+    zone: &Zone,
+    output: BorrowedFd<'_>,
+    cgroup: Option<BorrowedFd<'_>>,
+) -> Result<Started, Error> {
+    let prep = prepare(zone)?;
+    let (status_rx, status_tx) = sys::pipe().map_err(Error::Pipe)?;
+    let flags = (libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWCGROUP) as u64;
+    match sys::clone3(flags, cgroup).map_err(Error::Clone)? {
+        sys::Forked::Child => {
+            drop(status_rx);
+            zone_init(&prep, status_tx, output)
+        }
+        sys::Forked::Parent { pid, pidfd } => {
+            drop(status_tx);
+            Ok(Started {
+                pid,
+                pidfd,
+                status: status_rx,
+            })
+        }
+    }
+}
+
+fn report(status: &OwnedFd, line: &str) {
+    let mut f = std::fs::File::from(match status.try_clone() {
+        Ok(fd) => fd,
+        Err(_) => return,
+    });
+    // One write of a short line is atomic on a pipe; nothing to do if the
+    // agent is gone.
+    let _ = f.write_all(format!("{line}\n").as_bytes());
+}
+
+/// The zone's init: set up, fork the command, reap. Never returns.
+fn zone_init(prep: &Prepared, status: OwnedFd, output: BorrowedFd<'_>) -> ! {
+    sys::reset_signals();
+    // Signals stay blocked in the init so they queue for `sigwait`: the
+    // init of a PID namespace drops unblocked signals it has no handler for.
+    sys::set_sigmask(libc::SIG_SETMASK, &sys::full_sigset());
+    // If the agent dies, so does the zone.
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    let _ = nix::unistd::setsid();
+    // Nothing inside the zone may read this process's memory or fds.
+    let _ = nix::sys::prctl::set_dumpable(false);
+    let status_raw = status.as_raw_fd();
+    if let Err(e) = sys::close_fds_from(3, &[status_raw, output.as_raw_fd()]) {
+        report(&status, &format!("error unable to close inherited fds: {e}"));
+        sys::exit_now(126);
+    }
+    if let Err(e) = setup(prep) {
+        report(&status, &format!("error {}", error_chain(&e)));
+        sys::exit_now(126);
+    }
+    let (rx, tx) = match sys::pipe() {
+        Ok(p) => p,
+        Err(e) => {
+            report(&status, &format!("error unable to create exec pipe: {e}"));
+            sys::exit_now(126);
+        }
+    };
+    let cmd = match sys::fork() {
+        Ok(ForkResult::Child) => {
+            drop(rx);
+            drop(status);
+            command(prep, tx, output)
+        }
+        Ok(ForkResult::Parent { child }) => child,
+        Err(e) => {
+            report(&status, &format!("error unable to fork the command: {e}"));
+            sys::exit_now(126);
+        }
+    };
+    drop(tx);
+    let mut msg = String::new();
+    let _ = std::fs::File::from(rx).read_to_string(&mut msg);
+    if msg.is_empty() {
+        report(&status, "ready");
+    } else {
+        report(&status, &format!("error {msg}"));
+    }
+    reap_forever(cmd, &status)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn setup(prep: &Prepared) -> Result<(), SetupError> {
+    rootfs::apply(&prep.ops)?;
+    nix::unistd::sethostname(&prep.hostname).map_err(|e| SetupError::Hostname(e.into()))?;
+    sys::set_link_up("lo").map_err(SetupError::Loopback)?;
+    Ok(())
+}
+
+/// Why the zone init could not set up the zone.
+#[derive(Debug, thiserror::Error)]
+enum SetupError {
+    #[error(transparent)]
+    Rootfs(#[from] rootfs::Error),
+    #[error("unable to set the hostname")]
+    Hostname(#[source] io::Error),
+    #[error("unable to bring up lo")]
+    Loopback(#[source] io::Error),
+}
+
+fn reap_forever(cmd: Pid, status: &OwnedFd) -> ! {
+    let all = sys::full_sigset();
+    loop {
+        let sig = match sys::sigwait(&all) {
+            Ok(s) => s,
+            Err(_) => continue,
+        };
+        if sig != libc::SIGCHLD {
+            // Forward everything else to the command; it may be gone.
+            if let Ok(s) = Signal::try_from(sig) {
+                let _ = kill(cmd, s);
+            }
+            continue;
+        }
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == cmd => {
+                    report(status, &format!("exit {code}"));
+                    sys::exit_now(code);
+                }
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == cmd => {
+                    report(status, &format!("signal {}", sig as i32));
+                    sys::exit_now(128 + sig as i32);
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// The command's process: drop privileges and exec. Never returns.
+fn command(prep: &Prepared, exec_status: OwnedFd, output: BorrowedFd<'_>) -> ! {
+    let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
+        let mut f = std::fs::File::from(exec_status.try_clone().unwrap_or_else(|_| sys::exit_now(127)));
+        let _ = f.write_all(format!("{what}: {e}").as_bytes());
+        sys::exit_now(127)
+    };
+    sys::reset_signals();
+    let _ = nix::unistd::setsid();
+    if let Err(e) = stdio(output) {
+        fail("unable to set up stdio", &e);
+    }
+    if let Err(e) = sys::close_fds_from(3, &[exec_status.as_raw_fd()]) {
+        fail("unable to close inherited fds", &e);
+    }
+    if let Err(e) = nix::unistd::chdir(prep.workdir.as_c_str()) {
+        fail(&format!("unable to enter workdir {:?}", prep.workdir), &e);
+    }
+    for (res, limit) in &prep.rlimits {
+        if let Err(e) = setrlimit(*res, *limit, *limit) {
+            fail(&format!("unable to set {res:?}"), &e);
+        }
+    }
+    if let Err(e) = drop_privileges(prep) {
+        fail("unable to drop privileges", &e);
+    }
+    let argv = ptrs(&prep.argv);
+    let envp = ptrs(&prep.envp);
+    let mut last = io::Error::from_raw_os_error(libc::ENOENT);
+    for path in &prep.candidates {
+        last = sys::execve(path, &argv, &envp);
+        if last.raw_os_error() != Some(libc::ENOENT) {
+            break;
+        }
+    }
+    let arg0 = prep.argv.first().map(|a| a.to_string_lossy()).unwrap_or_default();
+    fail(&format!("unable to execute {arg0}"), &last)
+}
+
+fn ptrs(v: &[CString]) -> Vec<*const libc::c_char> {
+    v.iter()
+        .map(|c| c.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+fn stdio(output: BorrowedFd<'_>) -> io::Result<()> {
+    let null = std::fs::File::open("/dev/null")?;
+    nix::unistd::dup2_stdin(null.as_fd()).map_err(io::Error::from)?;
+    nix::unistd::dup2_stdout(output).map_err(io::Error::from)?;
+    nix::unistd::dup2_stderr(output).map_err(io::Error::from)?;
+    Ok(())
+}
+
+fn drop_privileges(prep: &Prepared) -> io::Result<()> {
+    let (uid, gid) = (Uid::from_raw(prep.uid), Gid::from_raw(prep.gid));
+    nix::unistd::setgroups(&[gid]).map_err(io::Error::from)?;
+    nix::unistd::setresgid(gid, gid, gid).map_err(io::Error::from)?;
+    sys::limit_capabilities(&prep.caps)?;
+    if prep.uid != 0 {
+        // Keep the permitted set across the uid switch, then raise the
+        // effective set again (setuid clears it).
+        nix::sys::prctl::set_keepcaps(true).map_err(io::Error::from)?;
+        nix::unistd::setresuid(uid, uid, uid).map_err(io::Error::from)?;
+        sys::set_capabilities(&prep.caps)?;
+    }
+    nix::sys::prctl::set_no_new_privs().map_err(io::Error::from)?;
+    Ok(())
+}
