@@ -6,3 +6,5 @@
 
 /// The configuration model, parser and validator.
 pub mod config;
+/// The initramfs manifest parser and newc cpio writer.
+pub mod cpio;
