@@ -14,9 +14,13 @@
 #   debs/      the downloaded package, kept as the cache
 # Idempotent: does nothing when all of these already exist.
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-dest="${1:-${ZONIT_KERNEL_DIR:-build/kernel}}"
+# A DIR given on the command line is relative to the caller's directory;
+# the default is relative to the repository.
+dest="${1:-${ZONIT_KERNEL_DIR:-}}"
+[[ -z $dest ]] || dest=$(realpath -m -- "$dest")
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+dest="${dest:-$PWD/build/kernel}"
 meta=linux-image-cloud-amd64
 
 if [[ -f $dest/vmlinuz && -f $dest/config && -d $dest/modules && -f $dest/version ]]; then
@@ -91,5 +95,5 @@ rm -rf "$unpack"
 
 # Say how modules are compressed: finit_module needs the kernel to
 # decompress them itself (CONFIG_MODULE_DECOMPRESS) unless they are plain .ko.
-compression=$(find "$dest/modules" -name '*.ko*' | sed -n 's/.*\.ko\(\.[a-z]*\)\{0,1\}$/\1/p' | sort | uniq -c | awk '{ printf "%s %s ", $1, ($2 == "" ? ".ko" : "*.ko" $2) }')
+compression=$(find "$dest/modules" -name '*.ko*' | sed -n 's/.*\.ko\(\.[a-z]*\)\{0,1\}$/\1/p' | sort | uniq -c | awk '{ printf "%s%s %s", sep, $1, ($2 == "" ? ".ko" : ".ko" $2); sep = ", " }')
 echo "fetch-kernel: kernel $version in $dest (modules: ${compression:-none})"
