@@ -581,7 +581,7 @@ struct Collector<'a> {
 impl Collector<'_> {
     fn item(&mut self, item: &Item) -> Result<(), Error> {
         let line = item.line;
-        let body = match &item.kind {
+        let (owner, body) = match &item.kind {
             ItemKind::Dir(o) => (*o, Body::Dir),
             ItemKind::File { location, owner } => {
                 let data =
@@ -606,7 +606,7 @@ impl Collector<'_> {
             ItemKind::Sock(o) => (*o, Body::Socket),
             ItemKind::Tree { location } => return self.tree(line, &item.name, location),
         };
-        self.push(line, item.name.clone(), body.0, body.1)
+        self.push(line, item.name.clone(), owner, body)
     }
 
     /// Adds `dir` as `name` and everything below it, depth first, each
