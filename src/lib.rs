@@ -6,15 +6,17 @@
 
 /// The configuration model, parser and validator.
 pub mod config;
+/// Control protocol and `zonit ctl` client.
+pub mod control;
+/// The initramfs manifest parser and newc cpio writer.
+pub mod cpio;
+/// Per-unit output capture: ring buffer, line splitting, rate limit.
+pub mod logbuf;
+/// Log backend: stderr or /dev/kmsg.
+pub mod logging;
 /// Supervision engine: pure state machine and restart policy.
 pub mod supervisor;
 /// The thin syscall layer (all raw `unsafe` for process control).
 pub mod sys;
 /// Zones: mount plan, root file system, spawning.
 pub mod zone;
-/// Per-unit output capture: ring buffer, line splitting, rate limit.
-pub mod logbuf;
-/// Control protocol and `zonit ctl` client.
-pub mod control;
-/// Log backend: stderr or /dev/kmsg.
-pub mod logging;
