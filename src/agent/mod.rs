@@ -1,0 +1,376 @@
+//! The agent: zonit's single event loop.
+//!
+//! One `mio` poll over the signal pipe, the control socket and its
+//! connections, and every unit's output and status pipes, with the next
+//! supervision timer as the poll timeout: an idle agent sleeps until
+//! something happens. Every wake-up reaps with `WNOHANG` until nothing is
+//! left, orphans included.
+//!
+//! Invariant: the agent is single-threaded, which is what lets the zone
+//! spawner fork without the async-signal-safety rules of a threaded
+//! process. Nothing in here may panic or return early from the loop on a
+//! per-request or per-unit error: it is logged and the loop goes on.
+
+mod control;
+mod units;
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Poll, Token};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use signal_hook::consts::signal::*;
+use signal_hook_mio::v1_0::Signals;
+
+use crate::config::{self, Config};
+use crate::supervisor::{Input, Spec, Supervisor};
+
+use control::Conn;
+use units::UnitRt;
+
+const SIGNALS: Token = Token(0);
+const LISTENER: Token = Token(1);
+const FIRST_DYNAMIC: usize = 2;
+
+/// How zonit was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `zonit run`: supervise only; SIGTERM/SIGINT stop everything.
+    Run,
+    /// PID 1: the host is ours; shutdown ends in reboot(2).
+    Init,
+}
+
+/// What an orderly shutdown ends in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownAction {
+    /// `zonit run` exits with this status.
+    Exit(i32),
+    /// Power off the host.
+    Poweroff,
+    /// Reboot the host.
+    Reboot,
+    /// Halt the host.
+    Halt,
+}
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The config has errors (each already formatted).
+    #[error("the config has {} error(s)", .0.len())]
+    Config(Vec<config::Diagnostic>),
+    /// Setting up the event loop failed.
+    #[error("unable to set up the event loop")]
+    Poll(#[source] io::Error),
+    /// Registering the signal handlers failed.
+    #[error("unable to register signal handlers")]
+    Signals(#[source] io::Error),
+    /// The control socket could not be bound.
+    #[error("unable to bind the control socket {path}")]
+    Socket {
+        /// Socket path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Where the agent takes what from.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The config file.
+    pub config_path: PathBuf,
+    /// Run or Init.
+    pub mode: Mode,
+}
+
+#[derive(Debug)]
+enum Source {
+    Output(String),
+    Status(String),
+    Conn(usize),
+}
+
+struct Shutdown {
+    action: ShutdownAction,
+    deadline: Instant,
+    killed: bool,
+}
+
+/// The running agent.
+pub struct Agent {
+    opts: Options,
+    config: Config,
+    sup: Supervisor,
+    poll: Poll,
+    signals: Signals,
+    listener: Option<mio::net::UnixListener>,
+    conns: HashMap<usize, Conn>,
+    units: HashMap<String, UnitRt>,
+    sources: HashMap<Token, Source>,
+    next_token: usize,
+    pids: HashMap<i32, String>,
+    stop_waiters: Vec<(usize, String)>,
+    pending_reads: Vec<String>,
+    shutdown: Option<Shutdown>,
+}
+
+fn specs(config: &Config) -> Vec<Spec> {
+    config.units.iter().map(Spec::from).collect()
+}
+
+impl Agent {
+    /// Loads the config and sets up the loop; nothing is started yet.
+    pub fn new(opts: Options) -> Result<Self, Error> {
+        let config = config::load(&opts.config_path).map_err(Error::Config)?;
+        let poll = Poll::new().map_err(Error::Poll)?;
+        let mut signals = Signals::new([
+            SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGPWR,
+        ])
+        .map_err(Error::Signals)?;
+        if opts.mode == Mode::Init {
+            for off in [3, 4, 5] {
+                signals
+                    .add_signal(libc::SIGRTMIN() + off)
+                    .map_err(Error::Signals)?;
+            }
+        }
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .map_err(Error::Poll)?;
+        let mut agent = Agent {
+            sup: Supervisor::new(specs(&config)),
+            config,
+            opts,
+            poll,
+            signals,
+            listener: None,
+            conns: HashMap::new(),
+            units: HashMap::new(),
+            sources: HashMap::new(),
+            next_token: FIRST_DYNAMIC,
+            pids: HashMap::new(),
+            stop_waiters: Vec::new(),
+            pending_reads: Vec::new(),
+            shutdown: None,
+        };
+        agent.bind_control()?;
+        Ok(agent)
+    }
+
+    fn token(&mut self, source: Source) -> Token {
+        let t = Token(self.next_token);
+        self.next_token += 1;
+        self.sources.insert(t, source);
+        t
+    }
+
+    /// Starts every `autostart` unit and runs until shutdown; returns the
+    /// exit status for `zonit run`.
+    pub fn run(mut self) -> ShutdownAction {
+        let boot: Vec<String> = self
+            .config
+            .units
+            .iter()
+            .filter(|u| u.common.autostart)
+            .map(|u| u.name.clone())
+            .collect();
+        log::info!(
+            "supervising {} unit(s), starting {}",
+            self.config.units.len(),
+            boot.len()
+        );
+        self.feed(Input::StartAll(boot));
+        let mut events = Events::with_capacity(256);
+        loop {
+            let timeout = self.timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error!("poll failed: {e}");
+                    // Never spin: a broken poll still waits a little.
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            let tokens: Vec<Token> = events.iter().map(|e| e.token()).collect();
+            for token in tokens {
+                self.dispatch(token);
+            }
+            for unit in std::mem::take(&mut self.pending_reads) {
+                self.read_output(&unit);
+            }
+            self.reap();
+            self.feed(Input::Tick);
+            if let Some(action) = self.check_shutdown() {
+                return action;
+            }
+        }
+    }
+
+    fn timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.pending_reads.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let shutdown = self
+            .shutdown
+            .as_ref()
+            .filter(|s| !s.killed)
+            .map(|s| s.deadline);
+        [self.sup.next_deadline(), shutdown]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|d| d.saturating_duration_since(now))
+    }
+
+    fn dispatch(&mut self, token: Token) {
+        match token {
+            SIGNALS => self.on_signals(),
+            LISTENER => self.accept(),
+            t => match self.sources.get(&t) {
+                Some(Source::Output(unit)) => {
+                    let unit = unit.clone();
+                    self.read_output(&unit);
+                }
+                Some(Source::Status(unit)) => {
+                    let unit = unit.clone();
+                    self.read_status(&unit);
+                }
+                Some(Source::Conn(id)) => {
+                    let id = *id;
+                    self.on_conn(id);
+                }
+                None => {}
+            },
+        }
+    }
+
+    fn on_signals(&mut self) {
+        let pending: Vec<i32> = self.signals.pending().collect();
+        for sig in pending {
+            match (sig, self.opts.mode) {
+                (SIGCHLD, _) => {} // reaped after every wake-up
+                (SIGHUP, _) => self.reload_and_log(),
+                (SIGTERM | SIGINT, Mode::Run) => {
+                    log::info!("{} received, stopping every unit", signal_name(sig));
+                    self.begin_shutdown(ShutdownAction::Exit(0));
+                }
+                (SIGTERM, Mode::Init) => self.begin_shutdown(ShutdownAction::Reboot),
+                (SIGINT, Mode::Init) => match self.config.host.ctrl_alt_del {
+                    config::CtrlAltDel::Reboot => self.begin_shutdown(ShutdownAction::Reboot),
+                    config::CtrlAltDel::Poweroff => {
+                        self.begin_shutdown(ShutdownAction::Poweroff)
+                    }
+                    config::CtrlAltDel::Ignore => log::info!("ctrl-alt-del ignored"),
+                },
+                (SIGUSR1, Mode::Init) => self.begin_shutdown(ShutdownAction::Halt),
+                (SIGUSR2 | SIGPWR, Mode::Init) => self.begin_shutdown(ShutdownAction::Poweroff),
+                (s, Mode::Init) if s == libc::SIGRTMIN() + 3 => {
+                    self.begin_shutdown(ShutdownAction::Halt)
+                }
+                (s, Mode::Init) if s == libc::SIGRTMIN() + 4 => {
+                    self.begin_shutdown(ShutdownAction::Poweroff)
+                }
+                (s, Mode::Init) if s == libc::SIGRTMIN() + 5 => {
+                    self.begin_shutdown(ShutdownAction::Reboot)
+                }
+                (s, _) => log::debug!("ignoring {}", signal_name(s)),
+            }
+        }
+    }
+
+    /// Feeds one input and everything it leads to, then answers waiters.
+    fn feed(&mut self, input: Input) {
+        let mut queue = VecDeque::from([input]);
+        while let Some(input) = queue.pop_front() {
+            match self.sup.handle(input, Instant::now()) {
+                Ok(actions) => {
+                    for action in actions {
+                        self.act(action, &mut queue);
+                    }
+                }
+                Err(e) => log::warn!("{e}"),
+            }
+        }
+        self.answer_stop_waiters();
+    }
+
+    fn begin_shutdown(&mut self, action: ShutdownAction) {
+        if let Some(s) = &mut self.shutdown {
+            s.action = action;
+            return;
+        }
+        log::info!("shutting down ({action:?})");
+        self.shutdown = Some(Shutdown {
+            action,
+            deadline: Instant::now() + self.config.host.shutdown_timeout,
+            killed: false,
+        });
+        self.feed(Input::Shutdown);
+    }
+
+    /// Returns the final action once every unit is down.
+    fn check_shutdown(&mut self) -> Option<ShutdownAction> {
+        let now = Instant::now();
+        let s = self.shutdown.as_mut()?;
+        if self.sup.all_down() {
+            return Some(s.action);
+        }
+        if !s.killed && now >= s.deadline {
+            s.killed = true;
+            log::warn!(
+                "shutdown_timeout of {:?} reached, killing what is left",
+                self.config.host.shutdown_timeout
+            );
+            self.kill_all();
+        }
+        None
+    }
+
+    fn reap(&mut self) {
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => break,
+                Ok(status) => {
+                    let Some(pid) = status.pid() else { continue };
+                    match self.pids.remove(&pid.as_raw()) {
+                        Some(unit) => self.unit_ended(&unit, status),
+                        None => log::debug!("reaped orphan {pid}"),
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => break, // ECHILD: nothing left
+            }
+        }
+    }
+
+    fn reload_and_log(&mut self) {
+        match self.reload() {
+            Ok(msg) => log::info!("{msg}"),
+            Err(errors) => {
+                for e in errors {
+                    log::error!("{e}");
+                }
+                log::error!("reload failed; the running config is unchanged");
+            }
+        }
+    }
+
+    /// Re-reads the config. On error the running config stays in place.
+    fn reload(&mut self) -> Result<String, Vec<String>> {
+        let new = config::load(&self.opts.config_path)
+            .map_err(|d| d.iter().map(|d| d.to_string()).collect::<Vec<_>>())?;
+        Err(vec![format!(
+            "reload is not supported yet; {} parsed fine but was not applied",
+            new.units.len()
+        )])
+    }
+}
+
+fn signal_name(sig: i32) -> String {
+    crate::supervisor::policy::signal_name(sig)
+}
