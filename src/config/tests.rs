@@ -850,3 +850,13 @@ fn type_errors_speak_toml_not_rust() {
         }
     }
 }
+
+#[test]
+fn example_in_the_config_reference_is_valid() {
+    let doc = include_str!("../../docs/config.md");
+    let start = doc.find("```toml\n").unwrap() + "```toml\n".len();
+    let len = doc[start..].find("```").unwrap();
+    let config = ok(&doc[start..start + len]);
+    assert_eq!(config.units.len(), 4);
+    assert_eq!(zone(&config, "web").rlimits.get("nofile"), Some(&1024));
+}
