@@ -1,0 +1,423 @@
+//! From TOML text to raw sections, reporting every syntax error, every
+//! unknown key and every wrongly typed value with its position.
+//!
+//! serde stops at the first error of a value, so each section (`[host]`,
+//! `[defaults]`, each `[zone.NAME]` and `[guest.NAME]`) is deserialized on its
+//! own; inside a section, unknown keys are found by comparing the keys with
+//! the derived field lists before serde runs, and each type error removes
+//! the offending key and retries, so one bad value never hides another.
+//! Keys removed that way are remembered, so that `validate` does not also
+//! call them missing.
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+use std::path::Path;
+
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+
+use super::Diagnostic;
+use super::names;
+use super::raw::{
+    RawBackoff, RawDefaults, RawDisk, RawGuest, RawHost, RawMount, RawStartLimit, RawZone,
+    fields_of,
+};
+
+/// Collects diagnostics and turns byte spans into 1-based line and column.
+pub struct Reporter<'a> {
+    file: &'a Path,
+    text: &'a str,
+    line_starts: Vec<usize>,
+    /// Everything reported so far.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl<'a> Reporter<'a> {
+    pub fn new(file: &'a Path, text: &'a str) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Reporter {
+            file,
+            text,
+            line_starts,
+            diagnostics: Vec::new(),
+        }
+    }
+
+    /// Reports `message` at the start of `span`.
+    pub fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let (line, col) = self.position(span.start);
+        self.diagnostics.push(Diagnostic {
+            file: self.file.to_path_buf(),
+            line,
+            col,
+            message: message.into(),
+        });
+    }
+
+    /// 1-based line and column (in characters) of byte `offset`.
+    pub fn position(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let line = self.line_starts.partition_point(|&s| s <= offset).max(1);
+        let start = self.line_starts.get(line - 1).copied().unwrap_or(0);
+        let col = match self.text.get(start..offset) {
+            Some(prefix) => prefix.chars().count(),
+            None => offset - start,
+        };
+        (line, col + 1)
+    }
+}
+
+/// A zone or guest as written.
+pub struct RawUnit {
+    /// The `NAME` of `[zone.NAME]`, with the span of the name in the header.
+    pub name: Spanned<String>,
+    /// Its settings.
+    pub kind: RawUnitKind,
+    /// Keys that were present but could not be read (already reported).
+    pub broken: BTreeSet<String>,
+}
+
+/// Zone or guest settings as written.
+pub enum RawUnitKind {
+    Zone(Box<RawZone>),
+    Guest(Box<RawGuest>),
+}
+
+/// The whole file as written, sections in file order.
+#[derive(Default)]
+pub struct RawDocument {
+    pub host: Option<RawHost>,
+    pub defaults: Option<RawDefaults>,
+    /// Zones and guests, in the order their headers appear in the file.
+    pub units: Vec<RawUnit>,
+}
+
+/// Parses `text`. Returns `None` when the TOML itself is malformed: what the
+/// parser recovers from a broken file is a guess, and checking a guess would
+/// report errors that are not in the file.
+pub fn read(text: &str, rep: &mut Reporter<'_>) -> Option<RawDocument> {
+    let (root, errors) = DeTable::parse_recoverable(text);
+    if !errors.is_empty() {
+        for e in errors {
+            let message = e.message().trim_end().replace('\n', "; ");
+            rep.at(e.span().unwrap_or(0..0), format!("TOML syntax: {message}"));
+        }
+        return None;
+    }
+
+    let mut doc = RawDocument::default();
+    for (key, value) in root.into_inner() {
+        let key_span = key.span();
+        match key.get_ref().as_ref() {
+            "host" => {
+                doc.host = section::<RawHost>(value, "[host]", &host_schema(), rep).map(|s| s.0);
+            }
+            "defaults" => {
+                doc.defaults = section::<RawDefaults>(value, "[defaults]", &defaults_schema(), rep)
+                    .map(|s| s.0);
+            }
+            kind @ ("zone" | "guest") => read_units(kind, value, rep, &mut doc.units),
+            other => {
+                let hint = names::closest(other, &SECTIONS)
+                    .map(|c| format!("did you mean [{c}]? "))
+                    .unwrap_or_default();
+                rep.at(
+                    key_span,
+                    format!(
+                        "unknown section `{other}`; {hint}expected one of: [host], [defaults], [zone.NAME], [guest.NAME]"
+                    ),
+                );
+            }
+        }
+    }
+    doc.units.sort_by_key(|u| u.name.span().start);
+    Some(doc)
+}
+
+const SECTIONS: [&str; 4] = ["host", "defaults", "zone", "guest"];
+
+fn read_units(
+    kind: &str,
+    value: Spanned<DeValue<'_>>,
+    rep: &mut Reporter<'_>,
+    units: &mut Vec<RawUnit>,
+) {
+    let span = value.span();
+    let DeValue::Table(table) = value.into_inner() else {
+        rep.at(
+            span,
+            format!("`{kind}` must be a table of {kind}s; write each one as [{kind}.NAME]"),
+        );
+        return;
+    };
+    for (name, body) in table {
+        let name = Spanned::new(name.span(), name.into_inner().into_owned());
+        let label = format!("[{kind}.{}]", name.get_ref());
+        let unit = if kind == "zone" {
+            section::<RawZone>(body, &label, &zone_schema(), rep)
+                .map(|(raw, broken)| (RawUnitKind::Zone(Box::new(raw)), broken))
+        } else {
+            section::<RawGuest>(body, &label, &guest_schema(), rep)
+                .map(|(raw, broken)| (RawUnitKind::Guest(Box::new(raw)), broken))
+        };
+        if let Some((kind, broken)) = unit {
+            units.push(RawUnit { name, kind, broken });
+        }
+    }
+}
+
+/// The keys a table may hold, and the tables nested in it that have a fixed
+/// set of keys too.
+struct Schema {
+    keys: &'static [&'static str],
+    nested: Vec<Nested>,
+    /// Extra advice for a key that is known elsewhere but not allowed here.
+    advice: fn(&str) -> Option<&'static str>,
+}
+
+struct Nested {
+    key: &'static str,
+    /// An array of tables (`mounts = [{...}]`) rather than one table.
+    array: bool,
+    schema: Schema,
+}
+
+impl Schema {
+    fn of(keys: &'static [&'static str]) -> Self {
+        Schema {
+            keys,
+            nested: Vec::new(),
+            advice: |_| None,
+        }
+    }
+
+    fn with(mut self, key: &'static str, array: bool, schema: Schema) -> Self {
+        self.nested.push(Nested { key, array, schema });
+        self
+    }
+}
+
+fn common_nested(schema: Schema) -> Schema {
+    schema
+        .with("backoff", false, Schema::of(fields_of::<RawBackoff>()))
+        .with(
+            "start_limit",
+            false,
+            Schema::of(fields_of::<RawStartLimit>()),
+        )
+}
+
+fn host_schema() -> Schema {
+    Schema::of(fields_of::<RawHost>())
+}
+
+fn defaults_schema() -> Schema {
+    let mut schema = common_nested(Schema::of(fields_of::<RawDefaults>())).with(
+        "rlimits",
+        false,
+        Schema::of(names::RLIMITS),
+    );
+    schema.advice = |key| {
+        let zone = fields_of::<RawZone>();
+        let guest = fields_of::<RawGuest>();
+        (zone.contains(&key) || guest.contains(&key))
+            .then_some("this key is specific to each unit and has no default; set it in the unit")
+    };
+    schema
+}
+
+fn zone_schema() -> Schema {
+    let mut schema = common_nested(Schema::of(fields_of::<RawZone>()))
+        .with("mounts", true, Schema::of(fields_of::<RawMount>()))
+        .with("rlimits", false, Schema::of(names::RLIMITS));
+    schema.advice = |key| {
+        fields_of::<RawGuest>()
+            .contains(&key)
+            .then_some("it is a guest setting, zones do not have it")
+    };
+    schema
+}
+
+fn guest_schema() -> Schema {
+    let mut schema = common_nested(Schema::of(fields_of::<RawGuest>())).with(
+        "disks",
+        true,
+        Schema::of(fields_of::<RawDisk>()),
+    );
+    schema.advice = |key| {
+        fields_of::<RawZone>()
+            .contains(&key)
+            .then_some("it is a zone setting, guests do not have it")
+    };
+    schema
+}
+
+/// Deserializes one section, reporting every problem in it. Returns the
+/// section with the unreadable keys left out, and the names of those keys.
+fn section<'i, T: Deserialize<'i>>(
+    value: Spanned<DeValue<'i>>,
+    label: &str,
+    schema: &Schema,
+    rep: &mut Reporter<'_>,
+) -> Option<(T, BTreeSet<String>)> {
+    let span = value.span();
+    let DeValue::Table(mut table) = value.into_inner() else {
+        rep.at(
+            span,
+            format!("{label} must be a table; write it as a section header with keys below it"),
+        );
+        return None;
+    };
+    check_keys(&mut table, schema, label, rep);
+
+    let mut broken = BTreeSet::new();
+    // Each failed attempt removes one key, so this ends within len + 1 rounds.
+    for _ in 0..=table.len() {
+        let value = Spanned::new(span.clone(), DeValue::Table(table.clone()));
+        let err = match T::deserialize(ValueDeserializer::from(value)) {
+            Ok(parsed) => return Some((parsed, broken)),
+            Err(err) => err,
+        };
+        let err_span = err.span().unwrap_or_else(|| span.clone());
+        let Some((key, path)) = locate(&table, &err_span) else {
+            rep.at(
+                err_span,
+                format!("in {label}: {}", in_toml_terms(err.message())),
+            );
+            return None;
+        };
+        rep.at(
+            err_span,
+            format!(
+                "invalid `{path}` in {label}: {}",
+                in_toml_terms(err.message())
+            ),
+        );
+        table.remove(key.as_str());
+        broken.insert(key);
+    }
+    None
+}
+
+/// serde describes what it wanted in Rust terms (`i64`, `struct
+/// RawBackoff`); the person reading the message writes TOML.
+fn in_toml_terms(message: &str) -> String {
+    const TERMS: [(&str, &str); 8] = [
+        (" as i128", ""),
+        ("expected i64", "expected an integer"),
+        ("expected f64", "expected a number"),
+        ("expected a sequence", "expected an array"),
+        ("expected a map", "expected a table"),
+        (
+            "expected struct RawBackoff",
+            "expected a table such as { initial = \"100ms\", max = \"30s\" }",
+        ),
+        (
+            "expected struct RawStartLimit",
+            "expected a table such as { burst = 5, interval = \"10s\" }",
+        ),
+        ("missing field", "missing key"),
+    ];
+    let mut text = message.trim_end().to_owned();
+    for (from, to) in TERMS {
+        text = text.replace(from, to);
+    }
+    if let Some(start) = text.find("expected struct Raw") {
+        text.replace_range(start.., "expected a table");
+    }
+    text
+}
+
+/// Finds the top-level key of `table` whose entry contains `span`, and the
+/// full dotted path down to the innermost key (for the message).
+fn locate(table: &DeTable<'_>, span: &Range<usize>) -> Option<(String, String)> {
+    let (key, value) = table
+        .iter()
+        .find(|(k, v)| contains(&k.span(), span) || contains(&v.span(), span))?;
+    let top = key.get_ref().to_string();
+    let mut path = top.clone();
+    append_path(value, span, &mut path);
+    Some((top, path))
+}
+
+fn append_path(value: &Spanned<DeValue<'_>>, span: &Range<usize>, path: &mut String) {
+    match value.get_ref() {
+        DeValue::Table(inner) => {
+            if let Some((k, v)) = inner
+                .iter()
+                .find(|(k, v)| contains(&k.span(), span) || contains(&v.span(), span))
+            {
+                path.push('.');
+                path.push_str(k.get_ref());
+                append_path(v, span, path);
+            }
+        }
+        DeValue::Array(items) => {
+            if let Some((i, item)) = items
+                .iter()
+                .enumerate()
+                .find(|(_, item)| contains(&item.span(), span))
+            {
+                path.push_str(&format!("[{i}]"));
+                append_path(item, span, path);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn contains(outer: &Range<usize>, inner: &Range<usize>) -> bool {
+    outer.start <= inner.start && inner.end <= outer.end
+}
+
+/// Reports every key of `table` (and of its fixed-shape nested tables) that
+/// `schema` does not know, and removes it so serde sees only known keys.
+fn check_keys(table: &mut DeTable<'_>, schema: &Schema, context: &str, rep: &mut Reporter<'_>) {
+    let unknown: Vec<(String, Range<usize>)> = table
+        .keys()
+        .filter(|k| !schema.keys.contains(&k.get_ref().as_ref()))
+        .map(|k| (k.get_ref().to_string(), k.span()))
+        .collect();
+    for (key, span) in &unknown {
+        let advice = match ((schema.advice)(key), names::closest(key, schema.keys)) {
+            (Some(advice), _) => format!("{advice}; "),
+            (None, Some(close)) => format!("did you mean `{close}`? "),
+            (None, None) => String::new(),
+        };
+        rep.at(
+            span.clone(),
+            format!(
+                "unknown key `{key}` in {context}; {advice}expected one of: {}",
+                schema.keys.join(", ")
+            ),
+        );
+    }
+    for (key, _) in &unknown {
+        table.remove(key.as_str());
+    }
+
+    for nested in &schema.nested {
+        let Some(value) = table.get_mut(nested.key) else {
+            continue;
+        };
+        match (value.get_mut(), nested.array) {
+            (DeValue::Table(inner), false) => {
+                let context = format!("`{}` of {context}", nested.key);
+                check_keys(inner, &nested.schema, &context, rep);
+            }
+            (DeValue::Array(items), true) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    if let DeValue::Table(inner) = item.get_mut() {
+                        let context = format!("`{}[{i}]` of {context}", nested.key);
+                        check_keys(inner, &nested.schema, &context, rep);
+                    }
+                }
+            }
+            // A value of the wrong shape is reported by serde with its type.
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! The config file as written: one serde struct per section, before any
+//! meaning is given to the values.
+//!
+//! Every field is optional here (required keys are checked in
+//! `validate`, where the message can say what to do) and carries its span,
+//! so every later diagnostic can point at the value it is about. Enumerated
+//! settings stay strings for the same reason: `validate` reports a bad one
+//! with the list of allowed values. `deny_unknown_fields` is a backstop;
+//! unknown keys are found first, all of them, by `document::check_keys`
+//! using the field lists these derives produce.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+use toml::Spanned;
+
+/// `[host]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHost {
+    pub hostname: Option<Spanned<String>>,
+    pub modules: Option<Vec<Spanned<String>>>,
+    pub sysctl: Option<BTreeMap<String, Spanned<String>>>,
+    pub log_level: Option<Spanned<String>>,
+    pub syslog: Option<Spanned<String>>,
+    pub control_socket: Option<Spanned<String>>,
+    pub shutdown_timeout: Option<Spanned<String>>,
+    pub ctrl_alt_del: Option<Spanned<String>>,
+    pub rescue_shell: Option<Spanned<String>>,
+    pub exit_with: Option<Spanned<String>>,
+}
+
+/// `[defaults]`: the keys that make sense for several units.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDefaults {
+    // Zones and guests.
+    pub restart: Option<Spanned<String>>,
+    pub backoff: Option<Spanned<RawBackoff>>,
+    pub start_limit: Option<Spanned<RawStartLimit>>,
+    pub stop_timeout: Option<Spanned<String>>,
+    pub autostart: Option<Spanned<bool>>,
+    // Zones only.
+    pub user: Option<Spanned<String>>,
+    pub capabilities: Option<Vec<Spanned<String>>>,
+    pub memory_max: Option<Spanned<Size>>,
+    pub cpu_max: Option<Spanned<f64>>,
+    pub pids_max: Option<Spanned<i64>>,
+    pub rlimits: Option<BTreeMap<String, Spanned<Limit>>>,
+    pub stop_signal: Option<Spanned<String>>,
+    pub network: Option<Spanned<String>>,
+    pub env: Option<BTreeMap<String, Spanned<String>>>,
+    // Guests only.
+    pub memory: Option<Spanned<Size>>,
+    pub vcpus: Option<Spanned<i64>>,
+    pub cmdline: Option<Spanned<String>>,
+    pub on_reboot: Option<Spanned<String>>,
+}
+
+/// `[zone.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawZone {
+    pub root: Option<Spanned<String>>,
+    pub template: Option<Spanned<String>>,
+    pub template_mode: Option<Spanned<String>>,
+    pub command: Option<Spanned<Vec<Spanned<String>>>>,
+    pub hostname: Option<Spanned<String>>,
+    pub env: Option<BTreeMap<String, Spanned<String>>>,
+    pub workdir: Option<Spanned<String>>,
+    pub user: Option<Spanned<String>>,
+    pub capabilities: Option<Vec<Spanned<String>>>,
+    pub mounts: Option<Vec<Spanned<RawMount>>>,
+    pub network: Option<Spanned<String>>,
+    pub memory_max: Option<Spanned<Size>>,
+    pub cpu_max: Option<Spanned<f64>>,
+    pub pids_max: Option<Spanned<i64>>,
+    pub rlimits: Option<BTreeMap<String, Spanned<Limit>>>,
+    pub stop_signal: Option<Spanned<String>>,
+    // Common to zones and guests.
+    pub after: Option<Vec<Spanned<String>>>,
+    pub restart: Option<Spanned<String>>,
+    pub backoff: Option<Spanned<RawBackoff>>,
+    pub start_limit: Option<Spanned<RawStartLimit>>,
+    pub stop_timeout: Option<Spanned<String>>,
+    pub autostart: Option<Spanned<bool>>,
+}
+
+/// `[guest.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGuest {
+    pub kernel: Option<Spanned<String>>,
+    pub initrd: Option<Spanned<String>>,
+    pub cmdline: Option<Spanned<String>>,
+    pub memory: Option<Spanned<Size>>,
+    pub vcpus: Option<Spanned<i64>>,
+    pub disks: Option<Vec<Spanned<RawDisk>>>,
+    pub on_reboot: Option<Spanned<String>>,
+    // Common to zones and guests.
+    pub after: Option<Vec<Spanned<String>>>,
+    pub restart: Option<Spanned<String>>,
+    pub backoff: Option<Spanned<RawBackoff>>,
+    pub start_limit: Option<Spanned<RawStartLimit>>,
+    pub stop_timeout: Option<Spanned<String>>,
+    pub autostart: Option<Spanned<bool>>,
+}
+
+/// `backoff = { initial, max, reset_after }`; any subset may be given.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackoff {
+    pub initial: Option<Spanned<String>>,
+    pub max: Option<Spanned<String>>,
+    pub reset_after: Option<Spanned<String>>,
+}
+
+/// `start_limit = { burst, interval }`; both are required.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStartLimit {
+    pub burst: Spanned<i64>,
+    pub interval: Spanned<String>,
+}
+
+/// One entry of a zone's `mounts`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMount {
+    pub source: Spanned<String>,
+    pub target: Spanned<String>,
+    pub readonly: Option<bool>,
+}
+
+/// One entry of a guest's `disks`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDisk {
+    pub path: Spanned<String>,
+    pub readonly: Option<bool>,
+}
+
+/// A size as written: `"64M"` or a plain integer of bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Size {
+    Text(String),
+    Bytes(i64),
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SizeVisitor;
+        impl Visitor<'_> for SizeVisitor {
+            type Value = Size;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a size such as \"64M\" or an integer number of bytes")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Size, E> {
+                Ok(Size::Text(v.to_owned()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Size, E> {
+                Ok(Size::Bytes(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Size, E> {
+                i64::try_from(v)
+                    .map(Size::Bytes)
+                    .map_err(|_| E::custom("size is too large"))
+            }
+        }
+        deserializer.deserialize_any(SizeVisitor)
+    }
+}
+
+/// A resource limit as written: an integer or `"unlimited"`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Limit {
+    Text(String),
+    Number(i64),
+}
+
+impl<'de> Deserialize<'de> for Limit {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct LimitVisitor;
+        impl Visitor<'_> for LimitVisitor {
+            type Value = Limit;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a non-negative integer or \"unlimited\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Limit, E> {
+                Ok(Limit::Text(v.to_owned()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Limit, E> {
+                Ok(Limit::Number(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Limit, E> {
+                i64::try_from(v)
+                    .map(Limit::Number)
+                    .map_err(|_| E::custom("limit is too large; write \"unlimited\""))
+            }
+        }
+        deserializer.deserialize_any(LimitVisitor)
+    }
+}
+
+/// The field names serde derived for `T`, so the unknown-key check and the
+/// `expected one of` lists can never drift from the structs above.
+pub fn fields_of<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    let mut fields: &'static [&'static str] = &[];
+    // The probe fails by design once it has seen the field list.
+    let _ = T::deserialize(FieldProbe {
+        fields: &mut fields,
+    });
+    fields
+}
+
+/// A deserializer that records what `deserialize_struct` is asked for.
+struct FieldProbe<'a> {
+    fields: &'a mut &'static [&'static str],
+}
+
+impl<'de> Deserializer<'de> for FieldProbe<'_> {
+    type Error = de::value::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Self::Error> {
+        Err(de::Error::custom("field probe"))
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        *self.fields = fields;
+        Err(de::Error::custom("field probe"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        tuple_struct map enum identifier ignored_any
+    }
+}
+
+// A failed test should stop right where it fails.
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_probe_sees_the_derived_field_list() {
+        assert_eq!(fields_of::<RawDisk>(), ["path", "readonly"]);
+        assert!(fields_of::<RawZone>().contains(&"root"));
+        assert!(fields_of::<RawGuest>().contains(&"kernel"));
+    }
+}

@@ -1,0 +1,1117 @@
+//! From raw sections to the validated [`Config`]: gives every value its
+//! meaning, merges `[defaults]` into units, and checks what involves several
+//! units (unique names, `after` references and cycles, `exit_with`).
+//!
+//! Values are checked where they are written: a bad default is reported
+//! once, at `[defaults]`, not once per unit that inherits it. Each unit is
+//! first read into "parts" whose fields are all optional; merging is then
+//! `unit.or(defaults)` per key (per entry for `env` and `rlimits`, per field
+//! for `backoff`), and the built-in defaults fill what is left.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::document::{RawDocument, RawUnit, RawUnitKind, Reporter};
+use super::names;
+use super::raw::{Limit, RawBackoff, RawDefaults, RawGuest, RawHost, RawStartLimit, RawZone, Size};
+use super::units::{format_size, parse_duration, parse_size};
+use super::{
+    Backoff, BindMount, Config, CtrlAltDel, DEFAULT_CONTROL_SOCKET, Disk, Guest, Host, Network,
+    OnReboot, RestartPolicy, StartLimit, TemplateMode, Unit, UnitKind, Zone,
+};
+
+/// Smallest guest memory accepted: below this not even a minimal Linux
+/// kernel with an initramfs boots.
+pub const MIN_GUEST_MEMORY: u64 = 16 << 20;
+/// Default guest memory: enough for a small Linux guest with a busybox
+/// userland, small enough to run many guests on an edge box.
+pub const DEFAULT_GUEST_MEMORY: u64 = 128 << 20;
+/// Default guest kernel command line.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
+/// Longest kernel command line: x86's `COMMAND_LINE_SIZE` (2048) less the
+/// terminating NUL.
+pub const MAX_CMDLINE: usize = 2047;
+/// Highest vCPU count: the legacy xAPIC ID space the boot tables describe.
+pub const MAX_VCPUS: i64 = 255;
+
+/// Checks the whole document. Returns `None` if anything was reported
+/// (here or before).
+pub fn build(doc: RawDocument, rep: &mut Reporter<'_>) -> Option<Config> {
+    let host = match &doc.host {
+        Some(raw) => host(raw, rep),
+        None => Some(default_host()),
+    };
+    let defaults = match &doc.defaults {
+        Some(raw) => defaults(raw, rep),
+        None => Defaults::default(),
+    };
+    let mut units = Vec::with_capacity(doc.units.len());
+    for raw in &doc.units {
+        if let Some(unit) = unit(raw, &defaults, rep) {
+            units.push(unit);
+        }
+    }
+    check_names(&doc.units, rep);
+    check_after(&doc.units, rep);
+    if let Some(raw) = &doc.host {
+        check_exit_with(raw, &doc.units, rep);
+    }
+    let host = host?;
+    if !rep.diagnostics.is_empty() {
+        return None;
+    }
+    Some(Config { host, units })
+}
+
+/// Checks values of one section; every method reports at the value's span
+/// and names the key and section.
+struct Checker<'r, 'f> {
+    rep: &'r mut Reporter<'f>,
+    label: String,
+    ok: bool,
+}
+
+impl<'r, 'f> Checker<'r, 'f> {
+    fn new(rep: &'r mut Reporter<'f>, label: impl Into<String>) -> Self {
+        Checker {
+            rep,
+            label: label.into(),
+            ok: true,
+        }
+    }
+
+    fn error(&mut self, span: Range<usize>, key: &str, message: impl std::fmt::Display) {
+        self.ok = false;
+        let label = &self.label;
+        self.rep
+            .at(span, format!("invalid `{key}` in {label}: {message}"));
+    }
+
+    fn duration(&mut self, key: &str, value: Option<&Spanned<String>>) -> Option<Duration> {
+        let value = value?;
+        match parse_duration(value.get_ref()) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.error(value.span(), key, e);
+                None
+            }
+        }
+    }
+
+    fn size(&mut self, key: &str, value: Option<&Spanned<Size>>) -> Option<u64> {
+        let value = value?;
+        let parsed = match value.get_ref() {
+            Size::Text(text) => parse_size(text),
+            Size::Bytes(n) => u64::try_from(*n).map_err(|_| "a size cannot be negative".into()),
+        };
+        match parsed {
+            Ok(n) => Some(n),
+            Err(e) => {
+                self.error(value.span(), key, e);
+                None
+            }
+        }
+    }
+
+    fn choice<T: Copy>(
+        &mut self,
+        key: &str,
+        value: Option<&Spanned<String>>,
+        choices: &[(&str, T)],
+    ) -> Option<T> {
+        let value = value?;
+        if let Some((_, v)) = choices.iter().find(|(n, _)| *n == value.get_ref()) {
+            return Some(*v);
+        }
+        let list: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+        self.error(
+            value.span(),
+            key,
+            format!(
+                "\"{}\" is not one of: {}",
+                value.get_ref().escape_debug(),
+                list.join(", ")
+            ),
+        );
+        None
+    }
+
+    /// An absolute path without NUL bytes (it becomes a C string later).
+    fn abs_path(&mut self, key: &str, value: Option<&Spanned<String>>) -> Option<PathBuf> {
+        let value = value?;
+        let text = value.get_ref();
+        if text.contains('\0') {
+            self.error(value.span(), key, "a path cannot contain a NUL byte");
+            None
+        } else if !text.starts_with('/') {
+            self.error(
+                value.span(),
+                key,
+                format!(
+                    "\"{}\" is not an absolute path; start it with /",
+                    text.escape_debug()
+                ),
+            );
+            None
+        } else {
+            Some(PathBuf::from(text))
+        }
+    }
+
+    fn positive_int(&mut self, key: &str, value: Option<&Spanned<i64>>) -> Option<u64> {
+        let value = value?;
+        match u64::try_from(*value.get_ref()) {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                self.error(
+                    value.span(),
+                    key,
+                    format!("{} is not a positive integer", value.get_ref()),
+                );
+                None
+            }
+        }
+    }
+
+    fn no_nul(&mut self, key: &str, value: &Spanned<String>) -> Option<String> {
+        if value.get_ref().contains('\0') {
+            self.error(value.span(), key, "the value cannot contain a NUL byte");
+            None
+        } else {
+            Some(value.get_ref().clone())
+        }
+    }
+}
+
+fn default_host() -> Host {
+    Host {
+        hostname: None,
+        modules: Vec::new(),
+        sysctl: BTreeMap::new(),
+        log_level: log::LevelFilter::Info,
+        syslog: None,
+        control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+        shutdown_timeout: Duration::from_secs(30),
+        ctrl_alt_del: CtrlAltDel::Reboot,
+        rescue_shell: None,
+        exit_with: None,
+    }
+}
+
+const LOG_LEVELS: [(&str, log::LevelFilter); 5] = [
+    ("error", log::LevelFilter::Error),
+    ("warn", log::LevelFilter::Warn),
+    ("info", log::LevelFilter::Info),
+    ("debug", log::LevelFilter::Debug),
+    ("trace", log::LevelFilter::Trace),
+];
+
+fn host(raw: &RawHost, rep: &mut Reporter<'_>) -> Option<Host> {
+    let mut c = Checker::new(rep, "[host]");
+    let mut host = default_host();
+    if let Some(name) = &raw.hostname {
+        if names::is_valid_hostname(name.get_ref()) {
+            host.hostname = Some(name.get_ref().clone());
+        } else {
+            c.error(name.span(), "hostname", HOSTNAME_RULE);
+        }
+    }
+    for module in raw.modules.iter().flatten() {
+        let name = module.get_ref();
+        if name.is_empty() || name.contains(['/', '\0']) || name.contains(char::is_whitespace) {
+            c.error(
+                module.span(),
+                "modules",
+                format!(
+                    "\"{}\" is not a module name; give the name as modprobe takes it, such as \"kvm_amd\"",
+                    name.escape_debug()
+                ),
+            );
+        } else {
+            host.modules.push(name.clone());
+        }
+    }
+    for (key, value) in raw.sysctl.iter().flatten() {
+        // The key becomes a path under /proc/sys; never let it climb out.
+        let valid = !key.is_empty()
+            && key
+                .split(['.', '/'])
+                .all(|part| !part.is_empty() && part != "..")
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b));
+        if !valid {
+            c.error(
+                value.span(),
+                "sysctl",
+                format!(
+                    "\"{}\" is not a sysctl name; write it dotted, as in \"net.ipv4.ip_forward\"",
+                    key.escape_debug()
+                ),
+            );
+        } else if let Some(v) = c.no_nul("sysctl", value) {
+            host.sysctl.insert(key.clone(), v);
+        }
+    }
+    if let Some(level) = c.choice("log_level", raw.log_level.as_ref(), &LOG_LEVELS) {
+        host.log_level = level;
+    }
+    if let Some(target) = &raw.syslog {
+        match syslog_target(target.get_ref()) {
+            Some(t) => host.syslog = Some(t),
+            None => c.error(
+                target.span(),
+                "syslog",
+                format!(
+                    "\"{}\" is not udp://IP:PORT or tcp://IP:PORT; the host must be an IP address (nothing is resolved at boot), as in \"udp://192.0.2.10:514\"",
+                    target.get_ref().escape_debug()
+                ),
+            ),
+        }
+    }
+    if let Some(path) = c.abs_path("control_socket", raw.control_socket.as_ref()) {
+        host.control_socket = path;
+    }
+    if let Some(d) = c.duration("shutdown_timeout", raw.shutdown_timeout.as_ref()) {
+        host.shutdown_timeout = d;
+    }
+    let actions = [
+        ("reboot", CtrlAltDel::Reboot),
+        ("poweroff", CtrlAltDel::Poweroff),
+        ("ignore", CtrlAltDel::Ignore),
+    ];
+    if let Some(a) = c.choice("ctrl_alt_del", raw.ctrl_alt_del.as_ref(), &actions) {
+        host.ctrl_alt_del = a;
+    }
+    host.rescue_shell = c.abs_path("rescue_shell", raw.rescue_shell.as_ref());
+    // Whether it names a unit is checked with the units.
+    host.exit_with = raw.exit_with.as_ref().map(|n| n.get_ref().clone());
+    c.ok.then_some(host)
+}
+
+const HOSTNAME_RULE: &str = "a host name is 1 to 64 characters: letters, digits and hyphens, in dot-separated labels that neither start nor end with a hyphen";
+
+fn syslog_target(text: &str) -> Option<super::SyslogTarget> {
+    let (scheme, addr) = text.split_once("://")?;
+    let addr: SocketAddr = addr.parse().ok()?;
+    if addr.port() == 0 {
+        return None;
+    }
+    match scheme {
+        "udp" => Some(super::SyslogTarget::Udp(addr)),
+        "tcp" => Some(super::SyslogTarget::Tcp(addr)),
+        _ => None,
+    }
+}
+
+/// Settings of zones and guests that are all optional until merged.
+#[derive(Debug, Clone, Default)]
+struct CommonPart {
+    restart: Option<RestartPolicy>,
+    backoff_initial: Option<Duration>,
+    backoff_max: Option<Duration>,
+    backoff_reset_after: Option<Duration>,
+    start_limit: Option<StartLimit>,
+    stop_timeout: Option<Duration>,
+    autostart: Option<bool>,
+}
+
+impl CommonPart {
+    fn or(self, defaults: &CommonPart) -> CommonPart {
+        CommonPart {
+            restart: self.restart.or(defaults.restart),
+            backoff_initial: self.backoff_initial.or(defaults.backoff_initial),
+            backoff_max: self.backoff_max.or(defaults.backoff_max),
+            backoff_reset_after: self.backoff_reset_after.or(defaults.backoff_reset_after),
+            start_limit: self.start_limit.or(defaults.start_limit),
+            stop_timeout: self.stop_timeout.or(defaults.stop_timeout),
+            autostart: self.autostart.or(defaults.autostart),
+        }
+    }
+}
+
+/// Zone settings that `[defaults]` may provide.
+#[derive(Debug, Clone, Default)]
+struct ZonePart {
+    user: Option<(u32, u32)>,
+    capabilities: Option<Vec<u8>>,
+    memory_max: Option<u64>,
+    cpu_max: Option<f64>,
+    pids_max: Option<u64>,
+    rlimits: BTreeMap<String, u64>,
+    stop_signal: Option<i32>,
+    network: Option<Network>,
+    env: BTreeMap<String, String>,
+}
+
+impl ZonePart {
+    fn or(self, defaults: &ZonePart) -> ZonePart {
+        let mut rlimits = defaults.rlimits.clone();
+        rlimits.extend(self.rlimits);
+        let mut env = defaults.env.clone();
+        env.extend(self.env);
+        ZonePart {
+            user: self.user.or(defaults.user),
+            capabilities: self.capabilities.or_else(|| defaults.capabilities.clone()),
+            memory_max: self.memory_max.or(defaults.memory_max),
+            cpu_max: self.cpu_max.or(defaults.cpu_max),
+            pids_max: self.pids_max.or(defaults.pids_max),
+            rlimits,
+            stop_signal: self.stop_signal.or(defaults.stop_signal),
+            network: self.network.or(defaults.network),
+            env,
+        }
+    }
+}
+
+/// Guest settings that `[defaults]` may provide.
+#[derive(Debug, Clone, Default)]
+struct GuestPart {
+    memory: Option<u64>,
+    vcpus: Option<u32>,
+    cmdline: Option<String>,
+    on_reboot: Option<OnReboot>,
+}
+
+impl GuestPart {
+    fn or(self, defaults: &GuestPart) -> GuestPart {
+        GuestPart {
+            memory: self.memory.or(defaults.memory),
+            vcpus: self.vcpus.or(defaults.vcpus),
+            cmdline: self.cmdline.or_else(|| defaults.cmdline.clone()),
+            on_reboot: self.on_reboot.or(defaults.on_reboot),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Defaults {
+    common: CommonPart,
+    zone: ZonePart,
+    guest: GuestPart,
+}
+
+/// The raw keys behind a [`CommonPart`], borrowed from whichever section.
+struct CommonKeys<'a> {
+    restart: Option<&'a Spanned<String>>,
+    backoff: Option<&'a Spanned<RawBackoff>>,
+    start_limit: Option<&'a Spanned<RawStartLimit>>,
+    stop_timeout: Option<&'a Spanned<String>>,
+    autostart: Option<&'a Spanned<bool>>,
+}
+
+/// The raw keys behind a [`ZonePart`].
+struct ZoneKeys<'a> {
+    user: Option<&'a Spanned<String>>,
+    capabilities: Option<&'a Vec<Spanned<String>>>,
+    memory_max: Option<&'a Spanned<Size>>,
+    cpu_max: Option<&'a Spanned<f64>>,
+    pids_max: Option<&'a Spanned<i64>>,
+    rlimits: Option<&'a BTreeMap<String, Spanned<Limit>>>,
+    stop_signal: Option<&'a Spanned<String>>,
+    network: Option<&'a Spanned<String>>,
+    env: Option<&'a BTreeMap<String, Spanned<String>>>,
+}
+
+/// The raw keys behind a [`GuestPart`].
+struct GuestKeys<'a> {
+    memory: Option<&'a Spanned<Size>>,
+    vcpus: Option<&'a Spanned<i64>>,
+    cmdline: Option<&'a Spanned<String>>,
+    on_reboot: Option<&'a Spanned<String>>,
+}
+
+fn defaults(raw: &RawDefaults, rep: &mut Reporter<'_>) -> Defaults {
+    let mut c = Checker::new(rep, "[defaults]");
+    let common = common_part(
+        &mut c,
+        CommonKeys {
+            restart: raw.restart.as_ref(),
+            backoff: raw.backoff.as_ref(),
+            start_limit: raw.start_limit.as_ref(),
+            stop_timeout: raw.stop_timeout.as_ref(),
+            autostart: raw.autostart.as_ref(),
+        },
+    );
+    let zone = zone_part(
+        &mut c,
+        ZoneKeys {
+            user: raw.user.as_ref(),
+            capabilities: raw.capabilities.as_ref(),
+            memory_max: raw.memory_max.as_ref(),
+            cpu_max: raw.cpu_max.as_ref(),
+            pids_max: raw.pids_max.as_ref(),
+            rlimits: raw.rlimits.as_ref(),
+            stop_signal: raw.stop_signal.as_ref(),
+            network: raw.network.as_ref(),
+            env: raw.env.as_ref(),
+        },
+    );
+    let guest = guest_part(
+        &mut c,
+        GuestKeys {
+            memory: raw.memory.as_ref(),
+            vcpus: raw.vcpus.as_ref(),
+            cmdline: raw.cmdline.as_ref(),
+            on_reboot: raw.on_reboot.as_ref(),
+        },
+    );
+    Defaults {
+        common,
+        zone,
+        guest,
+    }
+}
+
+const RESTART_POLICIES: [(&str, RestartPolicy); 3] = [
+    ("never", RestartPolicy::Never),
+    ("on-failure", RestartPolicy::OnFailure),
+    ("always", RestartPolicy::Always),
+];
+
+fn common_part(c: &mut Checker<'_, '_>, keys: CommonKeys<'_>) -> CommonPart {
+    let mut part = CommonPart {
+        restart: c.choice("restart", keys.restart, &RESTART_POLICIES),
+        stop_timeout: c.duration("stop_timeout", keys.stop_timeout),
+        autostart: keys.autostart.map(|a| *a.get_ref()),
+        ..CommonPart::default()
+    };
+    if let Some(backoff) = keys.backoff {
+        let b = backoff.get_ref();
+        part.backoff_initial = c.duration("backoff.initial", b.initial.as_ref());
+        part.backoff_max = c.duration("backoff.max", b.max.as_ref());
+        part.backoff_reset_after = c.duration("backoff.reset_after", b.reset_after.as_ref());
+        // A zero first delay would let a crashing unit restart in a tight
+        // loop that starves PID 1.
+        if let (Some(d), Some(raw)) = (part.backoff_initial, &b.initial)
+            && d.is_zero()
+        {
+            c.error(
+                raw.span(),
+                "backoff.initial",
+                "the first restart delay must be above zero",
+            );
+            part.backoff_initial = None;
+        }
+    }
+    if let Some(limit) = keys.start_limit {
+        let l = limit.get_ref();
+        let burst = match u32::try_from(*l.burst.get_ref()) {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                c.error(
+                    l.burst.span(),
+                    "start_limit.burst",
+                    format!(
+                        "{} is not a number of starts between 1 and {}",
+                        l.burst.get_ref(),
+                        u32::MAX
+                    ),
+                );
+                None
+            }
+        };
+        let interval = match c.duration("start_limit.interval", Some(&l.interval)) {
+            Some(d) if d.is_zero() => {
+                c.error(
+                    l.interval.span(),
+                    "start_limit.interval",
+                    "the window must be above zero",
+                );
+                None
+            }
+            other => other,
+        };
+        if let (Some(burst), Some(interval)) = (burst, interval) {
+            part.start_limit = Some(StartLimit { burst, interval });
+        }
+    }
+    part
+}
+
+fn zone_part(c: &mut Checker<'_, '_>, keys: ZoneKeys<'_>) -> ZonePart {
+    let mut part = ZonePart {
+        memory_max: c.size("memory_max", keys.memory_max),
+        pids_max: c.positive_int("pids_max", keys.pids_max),
+        stop_signal: None,
+        network: c.choice("network", keys.network, &[("none", Network::None)]),
+        ..ZonePart::default()
+    };
+    if let (Some(0), Some(raw)) = (part.memory_max, keys.memory_max) {
+        c.error(
+            raw.span(),
+            "memory_max",
+            "a zone needs some memory; give a size above zero or leave memory_max out",
+        );
+        part.memory_max = None;
+    }
+    if let Some(user) = keys.user {
+        part.user = parse_user(user.get_ref());
+        if part.user.is_none() {
+            c.error(
+                user.span(),
+                "user",
+                format!(
+                    "\"{}\" is not UID:GID; write two numbers, as in \"1000:1000\"",
+                    user.get_ref().escape_debug()
+                ),
+            );
+        }
+    }
+    if let Some(list) = keys.capabilities {
+        let mut caps = Vec::with_capacity(list.len());
+        for cap in list {
+            match names::capability_number(cap.get_ref()) {
+                Some(n) => caps.push(n),
+                None => c.error(
+                    cap.span(),
+                    "capabilities",
+                    format!(
+                        "\"{}\" is not a Linux capability; use names like \"CAP_NET_BIND_SERVICE\" from capabilities(7)",
+                        cap.get_ref().escape_debug()
+                    ),
+                ),
+            }
+        }
+        caps.sort_unstable();
+        caps.dedup();
+        part.capabilities = Some(caps);
+    }
+    if let Some(cpu) = keys.cpu_max {
+        let v = *cpu.get_ref();
+        if v.is_finite() && v > 0.0 {
+            part.cpu_max = Some(v);
+        } else {
+            c.error(
+                cpu.span(),
+                "cpu_max",
+                format!("{v} is not a positive number of CPUs; write for instance 0.5 or 2"),
+            );
+        }
+    }
+    for (name, limit) in keys.rlimits.into_iter().flatten() {
+        // Unknown names were already reported with the key list.
+        if !names::RLIMITS.contains(&name.as_str()) {
+            continue;
+        }
+        let value = match limit.get_ref() {
+            Limit::Number(n) => u64::try_from(*n).ok(),
+            Limit::Text(t) if t == "unlimited" || t == "infinity" => Some(libc::RLIM_INFINITY),
+            Limit::Text(_) => None,
+        };
+        match value {
+            Some(v) => {
+                part.rlimits.insert(name.clone(), v);
+            }
+            None => c.error(
+                limit.span(),
+                &format!("rlimits.{name}"),
+                "a limit is a non-negative integer or \"unlimited\"",
+            ),
+        }
+    }
+    if let Some(sig) = keys.stop_signal {
+        part.stop_signal = names::signal_number(sig.get_ref());
+        if part.stop_signal.is_none() {
+            c.error(
+                sig.span(),
+                "stop_signal",
+                format!(
+                    "\"{}\" is not a signal name; use one of: {}",
+                    sig.get_ref().escape_debug(),
+                    names::signal_names()
+                ),
+            );
+        }
+    }
+    for (name, value) in keys.env.into_iter().flatten() {
+        if name.is_empty() || name.contains(['=', '\0']) {
+            c.error(
+                value.span(),
+                "env",
+                format!(
+                    "\"{}\" is not an environment variable name; it must be non-empty, without '=' or NUL",
+                    name.escape_debug()
+                ),
+            );
+        } else if let Some(v) = c.no_nul("env", value) {
+            part.env.insert(name.clone(), v);
+        }
+    }
+    part
+}
+
+fn parse_user(text: &str) -> Option<(u32, u32)> {
+    let (uid, gid) = text.split_once(':')?;
+    let parse = |s: &str| -> Option<u32> {
+        // -1 (u32::MAX) means "unchanged" to setresuid(2); it is not an id.
+        s.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| s.parse::<u32>().ok())
+            .flatten()
+            .filter(|&id| id != u32::MAX)
+    };
+    Some((parse(uid)?, parse(gid)?))
+}
+
+fn guest_part(c: &mut Checker<'_, '_>, keys: GuestKeys<'_>) -> GuestPart {
+    let mut part = GuestPart {
+        memory: c.size("memory", keys.memory),
+        on_reboot: c.choice(
+            "on_reboot",
+            keys.on_reboot,
+            &[("restart", OnReboot::Restart), ("stop", OnReboot::Stop)],
+        ),
+        ..GuestPart::default()
+    };
+    if let (Some(bytes), Some(raw)) = (part.memory, keys.memory)
+        && bytes < MIN_GUEST_MEMORY
+    {
+        c.error(
+            raw.span(),
+            "memory",
+            format!(
+                "{} is too little for a guest; give at least {}",
+                format_size(bytes),
+                format_size(MIN_GUEST_MEMORY)
+            ),
+        );
+        part.memory = None;
+    }
+    if let Some(vcpus) = keys.vcpus {
+        let n = *vcpus.get_ref();
+        if (1..=MAX_VCPUS).contains(&n) {
+            part.vcpus = u32::try_from(n).ok();
+        } else {
+            c.error(
+                vcpus.span(),
+                "vcpus",
+                format!("{n} is not a vCPU count between 1 and {MAX_VCPUS}"),
+            );
+        }
+    }
+    if let Some(cmdline) = keys.cmdline {
+        let text = cmdline.get_ref();
+        if text.len() > MAX_CMDLINE {
+            c.error(
+                cmdline.span(),
+                "cmdline",
+                format!(
+                    "the command line is {} bytes; the kernel takes at most {MAX_CMDLINE}",
+                    text.len()
+                ),
+            );
+        } else {
+            part.cmdline = c.no_nul("cmdline", cmdline);
+        }
+    }
+    part
+}
+
+fn unit(raw: &RawUnit, defaults: &Defaults, rep: &mut Reporter<'_>) -> Option<Unit> {
+    let name = raw.name.get_ref();
+    let (kind_name, common_keys) = match &raw.kind {
+        RawUnitKind::Zone(z) => ("zone", common_keys_zone(z)),
+        RawUnitKind::Guest(g) => ("guest", common_keys_guest(g)),
+    };
+    let mut c = Checker::new(rep, format!("[{kind_name}.{name}]"));
+    let common = common_part(&mut c, common_keys).or(&defaults.common);
+    let mut after: Vec<String> = Vec::new();
+    for entry in after_of(raw) {
+        if !after.contains(entry.get_ref()) {
+            after.push(entry.get_ref().clone());
+        }
+    }
+    let common = super::Common {
+        restart: common.restart.unwrap_or(RestartPolicy::OnFailure),
+        backoff: {
+            let builtin = super::Backoff::default();
+            Backoff {
+                initial: common.backoff_initial.unwrap_or(builtin.initial),
+                max: common.backoff_max.unwrap_or(builtin.max),
+                reset_after: common.backoff_reset_after.unwrap_or(builtin.reset_after),
+            }
+        },
+        start_limit: common.start_limit,
+        after,
+        stop_timeout: common.stop_timeout.unwrap_or(Duration::from_secs(10)),
+        autostart: common.autostart.unwrap_or(true),
+    };
+    let kind = match &raw.kind {
+        RawUnitKind::Zone(z) => zone(&mut c, raw, z, &defaults.zone).map(UnitKind::Zone),
+        RawUnitKind::Guest(g) => guest(&mut c, raw, g, &defaults.guest).map(UnitKind::Guest),
+    };
+    let kind = kind?;
+    c.ok.then(|| Unit {
+        name: name.clone(),
+        common,
+        kind,
+    })
+}
+
+fn common_keys_zone(z: &RawZone) -> CommonKeys<'_> {
+    CommonKeys {
+        restart: z.restart.as_ref(),
+        backoff: z.backoff.as_ref(),
+        start_limit: z.start_limit.as_ref(),
+        stop_timeout: z.stop_timeout.as_ref(),
+        autostart: z.autostart.as_ref(),
+    }
+}
+
+fn common_keys_guest(g: &RawGuest) -> CommonKeys<'_> {
+    CommonKeys {
+        restart: g.restart.as_ref(),
+        backoff: g.backoff.as_ref(),
+        start_limit: g.start_limit.as_ref(),
+        stop_timeout: g.stop_timeout.as_ref(),
+        autostart: g.autostart.as_ref(),
+    }
+}
+
+fn after_of(raw: &RawUnit) -> &[Spanned<String>] {
+    let after = match &raw.kind {
+        RawUnitKind::Zone(z) => &z.after,
+        RawUnitKind::Guest(g) => &g.after,
+    };
+    after.as_deref().unwrap_or(&[])
+}
+
+/// Reports a required key that is absent, unless it was present but
+/// unreadable (already reported).
+fn missing(c: &mut Checker<'_, '_>, raw: &RawUnit, key: &str, example: &str) {
+    if raw.broken.contains(key) {
+        c.ok = false;
+        return;
+    }
+    let label = c.label.clone();
+    c.ok = false;
+    c.rep.at(
+        raw.name.span(),
+        format!("{label} has no `{key}`; it is required, as in {key} = {example}"),
+    );
+}
+
+fn zone(c: &mut Checker<'_, '_>, raw: &RawUnit, z: &RawZone, defaults: &ZonePart) -> Option<Zone> {
+    let name = raw.name.get_ref();
+    let part = zone_part(
+        c,
+        ZoneKeys {
+            user: z.user.as_ref(),
+            capabilities: z.capabilities.as_ref(),
+            memory_max: z.memory_max.as_ref(),
+            cpu_max: z.cpu_max.as_ref(),
+            pids_max: z.pids_max.as_ref(),
+            rlimits: z.rlimits.as_ref(),
+            stop_signal: z.stop_signal.as_ref(),
+            network: z.network.as_ref(),
+            env: z.env.as_ref(),
+        },
+    )
+    .or(defaults);
+
+    let root = c.abs_path("root", z.root.as_ref());
+    if z.root.is_none() {
+        missing(c, raw, "root", &format!("\"/zones/{name}\""));
+    }
+    let template = c.abs_path("template", z.template.as_ref());
+    let modes = [
+        ("overlay", TemplateMode::Overlay),
+        ("copy", TemplateMode::Copy),
+    ];
+    let template_mode = c.choice("template_mode", z.template_mode.as_ref(), &modes);
+    if let (Some(mode), Some(_), None) = (&z.template_mode, template_mode, &z.template) {
+        c.error(
+            mode.span(),
+            "template_mode",
+            "it has no effect without `template`; add a template or remove template_mode",
+        );
+    }
+    let command = match &z.command {
+        Some(cmd) if cmd.get_ref().is_empty() => {
+            c.error(
+                cmd.span(),
+                "command",
+                "the command is empty; give the program and its arguments, as in [\"/bin/httpd\", \"-f\"]",
+            );
+            None
+        }
+        Some(cmd) => {
+            let args: Vec<Option<String>> = cmd
+                .get_ref()
+                .iter()
+                .map(|a| c.no_nul("command", a))
+                .collect();
+            args.into_iter().collect::<Option<Vec<String>>>()
+        }
+        None => {
+            missing(c, raw, "command", "[\"/bin/sh\", \"-c\", \"...\"]");
+            None
+        }
+    };
+    let hostname = match &z.hostname {
+        Some(h) if names::is_valid_hostname(h.get_ref()) => Some(h.get_ref().clone()),
+        Some(h) => {
+            c.error(h.span(), "hostname", HOSTNAME_RULE);
+            None
+        }
+        None => Some(name.clone()),
+    };
+    let workdir = match &z.workdir {
+        Some(_) => c.abs_path("workdir", z.workdir.as_ref()),
+        None => Some(PathBuf::from("/")),
+    };
+    let mut mounts = Vec::new();
+    for (i, m) in z.mounts.iter().flatten().enumerate() {
+        let m = m.get_ref();
+        let source = c.abs_path(&format!("mounts[{i}].source"), Some(&m.source));
+        let target = c.abs_path(&format!("mounts[{i}].target"), Some(&m.target));
+        if let Some(t) = &target
+            && Path::new(t).components().any(|p| p == Component::ParentDir)
+        {
+            c.error(
+                m.target.span(),
+                &format!("mounts[{i}].target"),
+                "the target cannot contain `..`; name the place inside the zone directly",
+            );
+            continue;
+        }
+        if let (Some(source), Some(target)) = (source, target) {
+            mounts.push(BindMount {
+                source,
+                target,
+                readonly: m.readonly.unwrap_or(false),
+            });
+        }
+    }
+    Some(Zone {
+        root: root?,
+        template,
+        template_mode: template_mode.unwrap_or(TemplateMode::Overlay),
+        command: command?,
+        hostname: hostname?,
+        env: part.env,
+        workdir: workdir?,
+        user: part.user.unwrap_or((0, 0)),
+        capabilities: part
+            .capabilities
+            .unwrap_or_else(|| names::DEFAULT_CAPABILITIES.to_vec()),
+        mounts,
+        network: part.network.unwrap_or(Network::None),
+        memory_max: part.memory_max,
+        cpu_max: part.cpu_max,
+        pids_max: part.pids_max,
+        rlimits: part.rlimits,
+        stop_signal: part.stop_signal.unwrap_or(libc::SIGTERM),
+    })
+}
+
+fn guest(
+    c: &mut Checker<'_, '_>,
+    raw: &RawUnit,
+    g: &RawGuest,
+    defaults: &GuestPart,
+) -> Option<Guest> {
+    let part = guest_part(
+        c,
+        GuestKeys {
+            memory: g.memory.as_ref(),
+            vcpus: g.vcpus.as_ref(),
+            cmdline: g.cmdline.as_ref(),
+            on_reboot: g.on_reboot.as_ref(),
+        },
+    )
+    .or(defaults);
+    let kernel = c.abs_path("kernel", g.kernel.as_ref());
+    if g.kernel.is_none() {
+        missing(c, raw, "kernel", "\"/guests/vmlinuz\"");
+    }
+    let initrd = c.abs_path("initrd", g.initrd.as_ref());
+    let mut disks = Vec::new();
+    for (i, d) in g.disks.iter().flatten().enumerate() {
+        let d = d.get_ref();
+        if let Some(path) = c.abs_path(&format!("disks[{i}].path"), Some(&d.path)) {
+            disks.push(Disk {
+                path,
+                readonly: d.readonly.unwrap_or(false),
+            });
+        }
+    }
+    Some(Guest {
+        kernel: kernel?,
+        initrd,
+        cmdline: part.cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.to_owned()),
+        memory: part.memory.unwrap_or(DEFAULT_GUEST_MEMORY),
+        vcpus: part.vcpus.unwrap_or(1),
+        disks,
+        on_reboot: part.on_reboot.unwrap_or(OnReboot::Restart),
+    })
+}
+
+fn label(raw: &RawUnit) -> String {
+    let kind = match raw.kind {
+        RawUnitKind::Zone(_) => "zone",
+        RawUnitKind::Guest(_) => "guest",
+    };
+    format!("[{kind}.{}]", raw.name.get_ref())
+}
+
+/// Names are well formed and not shared between a zone and a guest (the
+/// TOML parser already refuses two `[zone.x]`).
+fn check_names(units: &[RawUnit], rep: &mut Reporter<'_>) {
+    let mut seen: HashMap<&str, &RawUnit> = HashMap::new();
+    for raw in units {
+        let name = raw.name.get_ref();
+        if !names::is_valid_unit_name(name) {
+            rep.at(
+                raw.name.span(),
+                format!(
+                    "invalid name `{}` in {}; names are 1 to 32 characters of a-z, 0-9 and '-', starting with a letter or digit",
+                    name.escape_debug(),
+                    label(raw)
+                ),
+            );
+        }
+        if let Some(first) = seen.get(name.as_str()) {
+            let (line, _) = rep.position(first.name.span().start);
+            rep.at(
+                raw.name.span(),
+                format!(
+                    "{} has the same name as {} (line {line}); zones and guests share one namespace, rename one of them",
+                    label(raw),
+                    label(first)
+                ),
+            );
+        } else {
+            seen.insert(name, raw);
+        }
+    }
+}
+
+/// `after` names existing units and has no cycle.
+fn check_after(units: &[RawUnit], rep: &mut Reporter<'_>) {
+    let index: HashMap<&str, usize> = units
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (u.name.get_ref().as_str(), i))
+        .rev() // the first of duplicate names wins, as in check_names
+        .collect();
+    let all_names: Vec<&str> = units.iter().map(|u| u.name.get_ref().as_str()).collect();
+
+    // edges[i]: (target unit, span of the `after` entry naming it)
+    let mut edges: Vec<Vec<(usize, Range<usize>)>> = vec![Vec::new(); units.len()];
+    for (i, raw) in units.iter().enumerate() {
+        let mut seen = BTreeSet::new();
+        for entry in after_of(raw) {
+            let target = entry.get_ref().as_str();
+            match index.get(target) {
+                Some(&j) => {
+                    if seen.insert(j) {
+                        edges[i].push((j, entry.span()));
+                    }
+                }
+                None => {
+                    let hint = names::closest(target, &all_names)
+                        .map(|n| format!("; did you mean `{n}`?"))
+                        .unwrap_or_default();
+                    rep.at(
+                        entry.span(),
+                        format!(
+                            "`after` in {} names `{}`, which is no zone or guest in this file{hint}",
+                            label(raw),
+                            target.escape_debug()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    for (from, to, span) in find_cycles(&edges) {
+        let path: Vec<&str> = to_cycle(&from, to, units);
+        rep.at(
+            span,
+            format!(
+                "`after` in {} closes a cycle: {}; a unit cannot start after itself, remove one of these `after` entries",
+                label(&units[*from.last().unwrap_or(&0)]),
+                path.join(" -> ")
+            ),
+        );
+    }
+}
+
+fn to_cycle<'a>(stack: &[usize], to: usize, units: &'a [RawUnit]) -> Vec<&'a str> {
+    let start = stack.iter().position(|&n| n == to).unwrap_or(0);
+    stack[start..]
+        .iter()
+        .chain(std::iter::once(&to))
+        .map(|&i| units[i].name.get_ref().as_str())
+        .collect()
+}
+
+/// Depth-first search over `after` edges; each edge back onto the current
+/// path closes a cycle. Returns, per such edge, the path from the root of
+/// the search to the edge's source, the edge's target, and the edge's span.
+/// Iterative, so a long chain of units cannot overflow PID 1's stack.
+fn find_cycles(edges: &[Vec<(usize, Range<usize>)>]) -> Vec<(Vec<usize>, usize, Range<usize>)> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        OnPath,
+        Done,
+    }
+    let mut mark = vec![Mark::New; edges.len()];
+    let mut cycles = Vec::new();
+    for root in 0..edges.len() {
+        if mark[root] != Mark::New {
+            continue;
+        }
+        // (node, index of the next edge to follow)
+        let mut stack: Vec<(usize, usize)> = vec![(root, 0)];
+        mark[root] = Mark::OnPath;
+        while let Some(&mut (node, ref mut next)) = stack.last_mut() {
+            let Some((to, span)) = edges[node].get(*next) else {
+                mark[node] = Mark::Done;
+                stack.pop();
+                continue;
+            };
+            *next += 1;
+            match mark[*to] {
+                Mark::New => {
+                    mark[*to] = Mark::OnPath;
+                    stack.push((*to, 0));
+                }
+                Mark::OnPath => {
+                    let path = stack.iter().map(|&(n, _)| n).collect();
+                    cycles.push((path, *to, span.clone()));
+                }
+                Mark::Done => {}
+            }
+        }
+    }
+    cycles
+}
+
+fn check_exit_with(raw: &RawHost, units: &[RawUnit], rep: &mut Reporter<'_>) {
+    let Some(name) = &raw.exit_with else {
+        return;
+    };
+    if units.iter().any(|u| u.name.get_ref() == name.get_ref()) {
+        return;
+    }
+    let all: Vec<&str> = units.iter().map(|u| u.name.get_ref().as_str()).collect();
+    let hint = names::closest(name.get_ref(), &all)
+        .map(|n| format!("; did you mean `{n}`?"))
+        .unwrap_or_default();
+    rep.at(
+        name.span(),
+        format!(
+            "invalid `exit_with` in [host]: `{}` is no zone or guest in this file{hint}",
+            name.get_ref().escape_debug()
+        ),
+    );
+}
