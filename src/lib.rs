@@ -4,6 +4,8 @@
 //! The module map is in ARCHITECTURE.md.
 #![warn(missing_docs)]
 
+/// The agent: event loop, unit runtime, control server.
+pub mod agent;
 /// The configuration model, parser and validator.
 pub mod config;
 /// Control protocol and `zonit ctl` client.

@@ -218,9 +218,6 @@ mod tests {
         assert_eq!(rl.admit(t), Admit::Pass { dropped: 0 });
         assert_eq!(rl.admit(t), Admit::Drop);
         assert_eq!(rl.admit(t), Admit::Drop);
-        assert_eq!(
-            rl.admit(t + LOG_TOKEN_TIME),
-            Admit::Pass { dropped: 2 }
-        );
+        assert_eq!(rl.admit(t + LOG_TOKEN_TIME), Admit::Pass { dropped: 2 });
     }
 }

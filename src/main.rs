@@ -1,7 +1,138 @@
-//! `zonit` entry point: dispatches on argv[0] and the first argument.
+//! `zonit` entry point: picks a face by argv[0] and the first argument
+//! (SPEC section 1) and maps the outcome to an exit status.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use zonit::agent::{self, Agent, Mode, ShutdownAction};
+use zonit::config;
+
+const USAGE: &str = "usage:
+  zonit [init]                 as PID 1: boot the host and supervise
+  zonit run [--config FILE]    supervise without host boot
+  zonit check FILE             validate a config
+  zonit ctl [--socket PATH] COMMAND   control a running agent (zonit ctl help)
+  zonit vmm ...                internal: one guest's monitor";
+
 fn main() -> ExitCode {
-    ExitCode::SUCCESS
+    let args: Vec<String> = std::env::args().collect();
+    let argv0 = args
+        .first()
+        .map(|a| {
+            Path::new(a)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+        })
+        .unwrap_or_default()
+        .unwrap_or_default();
+    // As PID 1 the kernel passes unrecognised command-line words as
+    // arguments, so only an exact subcommand name overrides init mode.
+    let sub = args.get(1).map(String::as_str);
+    let explicit = matches!(sub, Some("run" | "check" | "ctl" | "init"));
+    if !explicit && (std::process::id() == 1 || argv0 == "init") {
+        return init(&args);
+    }
+    match sub {
+        Some("run") => run(&args[2..]),
+        Some("check") => check(&args[2..]),
+        Some("ctl") => zonit::control::client::main(&args[2..]),
+        Some("init") => init(&args),
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Some("-V" | "--version" | "version") => {
+            println!("zonit {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Some(other) => {
+            eprintln!("zonit: unknown command {other}\n{USAGE}");
+            ExitCode::from(2)
+        }
+        None => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn check(args: &[String]) -> ExitCode {
+    let [file] = args else {
+        eprintln!("usage: zonit check FILE");
+        return ExitCode::from(2);
+    };
+    match config::load(Path::new(file)) {
+        Ok(cfg) => {
+            println!("{file}: ok, {} unit(s)", cfg.units.len());
+            ExitCode::SUCCESS
+        }
+        Err(diags) => {
+            for d in &diags {
+                eprintln!("{d}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: &[String]) -> ExitCode {
+    let mut config_path = PathBuf::from(config::DEFAULT_PATH);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--config" | "-c" => match it.next() {
+                Some(p) => config_path = PathBuf::from(p),
+                None => {
+                    eprintln!("zonit run: --config needs a file");
+                    return ExitCode::from(2);
+                }
+            },
+            other => {
+                eprintln!("zonit run: unknown option {other}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    zonit::logging::init(log::LevelFilter::Info, false);
+    // Orphans of our units (guests' monitors, anything that escapes a
+    // unit's process group) are reparented to us and reaped.
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        log::warn!("unable to become a child subreaper: {e}");
+    }
+    let agent = match Agent::new(agent::Options {
+        config_path,
+        mode: Mode::Run,
+    }) {
+        Ok(a) => a,
+        Err(agent::Error::Config(diags)) => {
+            for d in &diags {
+                eprintln!("{d}");
+            }
+            return ExitCode::from(1);
+        }
+        Err(e) => {
+            log::error!("{}", chain(&e));
+            return ExitCode::from(1);
+        }
+    };
+    match agent.run() {
+        ShutdownAction::Exit(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+fn init(_args: &[String]) -> ExitCode {
+    eprintln!("zonit: PID 1 mode is not available in this build; use `zonit run`");
+    ExitCode::from(1)
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }

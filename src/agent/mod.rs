@@ -19,6 +19,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use libc::SIGPWR;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
@@ -129,10 +130,9 @@ impl Agent {
     pub fn new(opts: Options) -> Result<Self, Error> {
         let config = config::load(&opts.config_path).map_err(Error::Config)?;
         let poll = Poll::new().map_err(Error::Poll)?;
-        let mut signals = Signals::new([
-            SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGPWR,
-        ])
-        .map_err(Error::Signals)?;
+        let mut signals =
+            Signals::new([SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGPWR])
+                .map_err(Error::Signals)?;
         if opts.mode == Mode::Init {
             for off in [3, 4, 5] {
                 signals
@@ -189,12 +189,12 @@ impl Agent {
         let mut events = Events::with_capacity(256);
         loop {
             let timeout = self.timeout(Instant::now());
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    log::error!("poll failed: {e}");
-                    // Never spin: a broken poll still waits a little.
-                    std::thread::sleep(Duration::from_millis(100));
-                }
+            if let Err(e) = self.poll.poll(&mut events, timeout)
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                log::error!("poll failed: {e}");
+                // Never spin: a broken poll still waits a little.
+                std::thread::sleep(Duration::from_millis(100));
             }
             let tokens: Vec<Token> = events.iter().map(|e| e.token()).collect();
             for token in tokens {
@@ -262,9 +262,7 @@ impl Agent {
                 (SIGTERM, Mode::Init) => self.begin_shutdown(ShutdownAction::Reboot),
                 (SIGINT, Mode::Init) => match self.config.host.ctrl_alt_del {
                     config::CtrlAltDel::Reboot => self.begin_shutdown(ShutdownAction::Reboot),
-                    config::CtrlAltDel::Poweroff => {
-                        self.begin_shutdown(ShutdownAction::Poweroff)
-                    }
+                    config::CtrlAltDel::Poweroff => self.begin_shutdown(ShutdownAction::Poweroff),
                     config::CtrlAltDel::Ignore => log::info!("ctrl-alt-del ignored"),
                 },
                 (SIGUSR1, Mode::Init) => self.begin_shutdown(ShutdownAction::Halt),

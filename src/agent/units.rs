@@ -97,6 +97,10 @@ impl Agent {
         }
     }
 
+    pub(super) fn ensure_runtime_pub(&mut self, unit: &str) -> io::Result<()> {
+        self.ensure_runtime(unit)
+    }
+
     fn ensure_runtime(&mut self, unit: &str) -> io::Result<()> {
         if self.units.contains_key(unit) {
             return Ok(());
@@ -153,13 +157,16 @@ impl Agent {
                 true,
             );
         }
-        if let Some(t) = &zone.template {
-            if !t.is_dir() {
-                return failed(
-                    format!("template {} does not exist or is not a directory", t.display()),
-                    true,
-                );
-            }
+        if let Some(t) = &zone.template
+            && !t.is_dir()
+        {
+            return failed(
+                format!(
+                    "template {} does not exist or is not a directory",
+                    t.display()
+                ),
+                true,
+            );
         }
         let Some(rt) = self.units.get(unit) else {
             return failed("internal: runtime missing".into(), false);
@@ -386,9 +393,17 @@ mod tests {
     #[test]
     fn status_lines_are_parsed() {
         assert!(matches!(parse_status_line("ready"), StatusLine::Ready));
-        assert!(matches!(parse_status_line("exit 3"), StatusLine::End(End::Exit(3))));
-        assert!(matches!(parse_status_line("signal 9"), StatusLine::End(End::Signal(9))));
-        assert!(matches!(parse_status_line("error no root"), StatusLine::Error(m) if m == "no root"));
+        assert!(matches!(
+            parse_status_line("exit 3"),
+            StatusLine::End(End::Exit(3))
+        ));
+        assert!(matches!(
+            parse_status_line("signal 9"),
+            StatusLine::End(End::Signal(9))
+        ));
+        assert!(
+            matches!(parse_status_line("error no root"), StatusLine::Error(m) if m == "no root")
+        );
         assert!(matches!(parse_status_line("exit x"), StatusLine::Unknown));
     }
 

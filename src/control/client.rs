@@ -166,7 +166,15 @@ fn run(socket: &PathBuf, req: &Request, output: Output) -> std::io::Result<ExitC
 
 /// Formats `status` rows as an aligned table.
 pub fn table(rows: &[UnitRow]) -> String {
-    let header = ["NAME", "KIND", "STATE", "PID", "RESTARTS", "UPTIME", "LAST EXIT"];
+    let header = [
+        "NAME",
+        "KIND",
+        "STATE",
+        "PID",
+        "RESTARTS",
+        "UPTIME",
+        "LAST EXIT",
+    ];
     let mut cells: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     for r in rows {
         let mut last = r.last_exit.clone().unwrap_or_else(|| "-".into());
@@ -252,7 +260,13 @@ mod tests {
         }];
         let t = table(&rows);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines[0], "NAME  KIND  STATE    PID  RESTARTS  UPTIME  LAST EXIT");
-        assert_eq!(lines[1], "web   zone  running  42   3         1m1s    exit 1");
+        assert_eq!(
+            lines[0],
+            "NAME  KIND  STATE    PID  RESTARTS  UPTIME  LAST EXIT"
+        );
+        assert_eq!(
+            lines[1],
+            "web   zone  running  42   3         1m1s    exit 1"
+        );
     }
 }

@@ -172,7 +172,11 @@ pub fn sigwait(set: &libc::sigset_t) -> io::Result<i32> {
 }
 
 /// `execve(path, argv, envp)`; returns only on failure.
-pub fn execve(path: &CStr, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -> io::Error {
+pub fn execve(
+    path: &CStr,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+) -> io::Error {
     // SAFETY: callers pass NUL-terminated arrays of pointers to C strings
     // that live until the call (see `zone::spawn::Exec`).
     unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
@@ -212,7 +216,8 @@ pub fn limit_capabilities(keep: &[u8]) -> io::Result<()> {
     for cap in 0..=last {
         if !keep.contains(&cap) {
             // SAFETY: prctl with integer arguments only.
-            let ret = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) };
+            let ret =
+                unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) };
             // EINVAL: the running kernel does not know this capability.
             if ret == -1 && io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
                 return Err(io::Error::last_os_error());
@@ -249,7 +254,13 @@ pub fn set_capabilities(keep: &[u8]) -> io::Result<()> {
     };
     // SAFETY: header and a two-element data array as capset(2) expects for
     // _LINUX_CAPABILITY_VERSION_3.
-    let ret = unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut CapHeader, data.as_ptr()) };
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            &mut header as *mut CapHeader,
+            data.as_ptr(),
+        )
+    };
     check(ret).map(drop)
 }
 
@@ -287,7 +298,8 @@ pub fn fork() -> nix::Result<nix::unistd::ForkResult> {
 /// Sets `IFF_UP` on the interface `name` (used for `lo` in new network
 /// namespaces and at host boot).
 pub fn set_link_up(name: &str) -> io::Result<()> {
-    let sock = std::net::UdpSocket::bind("0.0.0.0:0").or_else(|_| std::net::UdpSocket::bind("[::]:0"))?;
+    let sock =
+        std::net::UdpSocket::bind("0.0.0.0:0").or_else(|_| std::net::UdpSocket::bind("[::]:0"))?;
     // SAFETY: ifreq is plain data; zeroed is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     let bytes = name.as_bytes();

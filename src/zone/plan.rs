@@ -283,7 +283,9 @@ mod tests {
             .collect();
         assert_eq!(
             devs,
-            ["null", "zero", "full", "random", "urandom", "tty", "pts", "shm"]
+            [
+                "null", "zero", "full", "random", "urandom", "tty", "pts", "shm"
+            ]
         );
     }
 
@@ -310,7 +312,10 @@ mod tests {
             _ => None,
         });
         assert!(sys.is_some_and(|f| f.contains(MsFlags::MS_RDONLY)));
-        assert!(ops.iter().any(|op| matches!(op, Op::Mount { fstype, .. } if fstype == "proc")));
+        assert!(
+            ops.iter()
+                .any(|op| matches!(op, Op::Mount { fstype, .. } if fstype == "proc"))
+        );
     }
 
     #[test]

@@ -205,7 +205,10 @@ fn zone_init(prep: &Prepared, status: OwnedFd, output: BorrowedFd<'_>) -> ! {
     let _ = nix::sys::prctl::set_dumpable(false);
     let status_raw = status.as_raw_fd();
     if let Err(e) = sys::close_fds_from(3, &[status_raw, output.as_raw_fd()]) {
-        report(&status, &format!("error unable to close inherited fds: {e}"));
+        report(
+            &status,
+            &format!("error unable to close inherited fds: {e}"),
+        );
         sys::exit_now(126);
     }
     if let Err(e) = setup(prep) {
@@ -305,7 +308,11 @@ fn reap_forever(cmd: Pid, status: &OwnedFd) -> ! {
 /// The command's process: drop privileges and exec. Never returns.
 fn command(prep: &Prepared, exec_status: OwnedFd, output: BorrowedFd<'_>) -> ! {
     let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
-        let mut f = std::fs::File::from(exec_status.try_clone().unwrap_or_else(|_| sys::exit_now(127)));
+        let mut f = std::fs::File::from(
+            exec_status
+                .try_clone()
+                .unwrap_or_else(|_| sys::exit_now(127)),
+        );
         let _ = f.write_all(format!("{what}: {e}").as_bytes());
         sys::exit_now(127)
     };
@@ -337,7 +344,11 @@ fn command(prep: &Prepared, exec_status: OwnedFd, output: BorrowedFd<'_>) -> ! {
             break;
         }
     }
-    let arg0 = prep.argv.first().map(|a| a.to_string_lossy()).unwrap_or_default();
+    let arg0 = prep
+        .argv
+        .first()
+        .map(|a| a.to_string_lossy())
+        .unwrap_or_default();
     fail(&format!("unable to execute {arg0}"), &last)
 }
 

@@ -1,0 +1,389 @@
+//! The control socket inside the event loop: accepting clients (root
+//! only, by SO_PEERCRED), reading request lines, answering them, and
+//! streaming logs to followers.
+//!
+//! Invariant: a client can never make the agent block or grow without
+//! bound: request lines are capped at `proto::MAX_REQUEST`, unsent replies
+//! at [`MAX_PENDING`] (a follower that falls behind is dropped).
+
+use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::time::Instant;
+
+use mio::Interest;
+use mio::net::{UnixListener, UnixStream};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use serde_json::json;
+
+use super::{Agent, Error, LISTENER, Mode, ShutdownAction, Source};
+use crate::config::UnitKind;
+use crate::control::proto::{self, Request, UnitRow};
+use crate::supervisor::{Input, State};
+
+/// Most unsent reply bytes kept for one client.
+const MAX_PENDING: usize = 1024 * 1024;
+
+pub(super) struct Conn {
+    stream: UnixStream,
+    token: mio::Token,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    /// Close once `wbuf` is flushed.
+    closing: bool,
+    writable_registered: bool,
+}
+
+impl Agent {
+    pub(super) fn bind_control(&mut self) -> Result<(), Error> {
+        let path = self.config.host.control_socket.clone();
+        let err = |source: io::Error| Error::Socket {
+            path: path.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        }
+        // A socket left by an earlier agent would make bind fail.
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(e)),
+        }
+        let mut listener = UnixListener::bind(&path).map_err(err)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+        self.poll
+            .registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(Error::Poll)?;
+        self.listener = Some(listener);
+        Ok(())
+    }
+
+    pub(super) fn accept(&mut self) {
+        loop {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            let mut stream = match listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("control socket: accept failed: {e}");
+                    return;
+                }
+            };
+            match getsockopt(&stream, PeerCredentials) {
+                Ok(cred) if cred.uid() == 0 => {}
+                Ok(cred) => {
+                    log::warn!(
+                        "control socket: refused pid {} uid {}: only root may control zonit",
+                        cred.pid(),
+                        cred.uid()
+                    );
+                    let _ = stream.write_all(&proto::error(
+                        "permission denied: only root may control zonit",
+                    ));
+                    continue;
+                }
+                Err(e) => {
+                    log::warn!("control socket: unable to read peer credentials: {e}");
+                    continue;
+                }
+            }
+            let id = self.next_token;
+            let token = self.token(Source::Conn(id));
+            if let Err(e) = self
+                .poll
+                .registry()
+                .register(&mut stream, token, Interest::READABLE)
+            {
+                log::warn!("control socket: unable to watch a client: {e}");
+                self.sources.remove(&token);
+                continue;
+            }
+            self.conns.insert(
+                id,
+                Conn {
+                    stream,
+                    token,
+                    rbuf: Vec::new(),
+                    wbuf: Vec::new(),
+                    closing: false,
+                    writable_registered: false,
+                },
+            );
+        }
+    }
+
+    pub(super) fn on_conn(&mut self, id: usize) {
+        let mut eof = false;
+        let mut lines = Vec::new();
+        if let Some(conn) = self.conns.get_mut(&id) {
+            let mut buf = [0u8; 4096];
+            loop {
+                match conn.stream.read(&mut buf) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(n) => conn.rbuf.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        eof = true;
+                        break;
+                    }
+                }
+                if conn.rbuf.len() > proto::MAX_REQUEST {
+                    break;
+                }
+            }
+            while let Some(nl) = conn.rbuf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = conn.rbuf.drain(..=nl).collect();
+                lines.push(line[..nl].to_vec());
+            }
+            if conn.rbuf.len() > proto::MAX_REQUEST {
+                conn.rbuf.clear();
+                conn.wbuf.extend_from_slice(&proto::error(&format!(
+                    "request longer than {} bytes",
+                    proto::MAX_REQUEST
+                )));
+                conn.closing = true;
+            }
+        }
+        for line in lines {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match proto::decode(&line) {
+                Ok(req) => self.request(id, req),
+                Err(e) => {
+                    log::debug!("control socket: {e}");
+                    self.send(id, &proto::error(&e.to_string()));
+                }
+            }
+        }
+        self.flush(id);
+        let waiting = self.stop_waiters.iter().any(|(c, _)| *c == id)
+            || self.units.values().any(|u| u.followers.contains(&id));
+        if eof && (!waiting || self.conns.get(&id).is_some_and(|c| c.wbuf.is_empty())) {
+            self.close(id);
+        }
+    }
+
+    fn request(&mut self, id: usize, req: Request) {
+        match req {
+            Request::Status {} => {
+                let rows = self.status_rows();
+                self.send(id, &proto::ok(json!({ "units": rows })));
+            }
+            Request::Start { name } => self.unit_command(id, Input::Start(name.clone()), &name),
+            Request::Restart { name } => self.unit_command(id, Input::Restart(name.clone()), &name),
+            Request::Stop { name } => {
+                if self.sup.status(&name).is_none() {
+                    self.send(id, &proto::error(&format!("no unit named `{name}`")));
+                    return;
+                }
+                self.stop_waiters.push((id, name.clone()));
+                self.feed(Input::Stop(name));
+            }
+            Request::Logs {
+                name,
+                lines,
+                follow,
+            } => {
+                if self.sup.status(&name).is_none() {
+                    self.send(id, &proto::error(&format!("no unit named `{name}`")));
+                    return;
+                }
+                let text = self
+                    .units
+                    .get(&name)
+                    .map(|u| u.tail(lines))
+                    .unwrap_or_default();
+                if !text.is_empty() {
+                    self.send_log(id, &text);
+                }
+                if follow {
+                    if let Err(e) = self.ensure_followable(&name) {
+                        self.send(id, &proto::error(&format!("unable to follow {name}: {e}")));
+                        return;
+                    }
+                    if let Some(u) = self.units.get_mut(&name) {
+                        u.followers.push(id);
+                    }
+                } else {
+                    self.send(id, &proto::ok(json!({ "end": true })));
+                }
+            }
+            Request::Reload {} => match self.reload() {
+                Ok(msg) => self.send(id, &proto::ok(json!({ "message": msg }))),
+                Err(errors) => {
+                    let msg = format!(
+                        "reload failed; the running config is unchanged:\n{}",
+                        errors.join("\n")
+                    );
+                    self.send(id, &proto::error(&msg));
+                }
+            },
+            Request::Poweroff {} => self.host_command(id, ShutdownAction::Poweroff),
+            Request::Reboot {} => self.host_command(id, ShutdownAction::Reboot),
+            Request::Halt {} => self.host_command(id, ShutdownAction::Halt),
+        }
+    }
+
+    fn ensure_followable(&mut self, name: &str) -> io::Result<()> {
+        // Output capture exists from the first start; a never-started unit
+        // gets its pipe now so the follower sees the first start too.
+        self.ensure_runtime_pub(name)
+    }
+
+    fn unit_command(&mut self, id: usize, input: Input, name: &str) {
+        if self.sup.status(name).is_none() {
+            self.send(id, &proto::error(&format!("no unit named `{name}`")));
+            return;
+        }
+        self.feed(input);
+        let state = self
+            .sup
+            .status(name)
+            .map_or("unknown", |s| s.state.as_str());
+        self.send(id, &proto::ok(json!({ "state": state })));
+    }
+
+    fn host_command(&mut self, id: usize, action: ShutdownAction) {
+        if self.opts.mode != Mode::Init {
+            self.send(
+                id,
+                &proto::error(
+                    "poweroff, reboot and halt need zonit as PID 1; stop `zonit run` with SIGTERM",
+                ),
+            );
+            return;
+        }
+        self.send(
+            id,
+            &proto::ok(json!({ "message": format!("{action:?} started") })),
+        );
+        self.begin_shutdown(action);
+    }
+
+    pub(super) fn status_rows(&self) -> Vec<UnitRow> {
+        let now = Instant::now();
+        self.config
+            .units
+            .iter()
+            .filter_map(|u| {
+                let st = self.sup.status(&u.name)?;
+                Some(UnitRow {
+                    name: u.name.clone(),
+                    kind: match u.kind {
+                        UnitKind::Zone(_) => "zone".into(),
+                        UnitKind::Guest(_) => "guest".into(),
+                    },
+                    state: st.state.as_str().into(),
+                    pid: st.pid,
+                    restarts: st.restarts,
+                    uptime_ms: st
+                        .running_since
+                        .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+                    last_exit: st.last_exit.as_ref().map(|e| e.describe()),
+                    reason: st.reason.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Replies to `stop` requests whose unit has come to rest.
+    pub(super) fn answer_stop_waiters(&mut self) {
+        let mut done = Vec::new();
+        self.stop_waiters.retain(|(id, unit)| {
+            let state = self.sup.status(unit).map(|s| s.state);
+            match state {
+                Some(State::Running | State::Starting | State::Stopping) => true,
+                other => {
+                    done.push((*id, other.map_or("unknown", |s| s.as_str())));
+                    false
+                }
+            }
+        });
+        for (id, state) in done {
+            self.send(id, &proto::ok(json!({ "state": state })));
+            self.flush(id);
+        }
+    }
+
+    pub(super) fn send_log(&mut self, id: usize, data: &[u8]) {
+        let text = String::from_utf8_lossy(data);
+        self.send(id, &proto::ok(json!({ "log": text })));
+        self.flush(id);
+    }
+
+    fn send(&mut self, id: usize, bytes: &[u8]) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if conn.wbuf.len() + bytes.len() > MAX_PENDING {
+            log::warn!("control socket: client not reading its replies; dropping it");
+            conn.wbuf.clear();
+            conn.closing = true;
+            self.close(id);
+            return;
+        }
+        conn.wbuf.extend_from_slice(bytes);
+    }
+
+    fn flush(&mut self, id: usize) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        while !conn.wbuf.is_empty() {
+            match conn.stream.write(&conn.wbuf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    conn.wbuf.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    conn.wbuf.clear();
+                    conn.closing = true;
+                    break;
+                }
+            }
+        }
+        let want_writable = !conn.wbuf.is_empty();
+        if want_writable != conn.writable_registered {
+            let interest = if want_writable {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            let token = conn.token;
+            if self
+                .poll
+                .registry()
+                .reregister(&mut conn.stream, token, interest)
+                .is_ok()
+            {
+                conn.writable_registered = want_writable;
+            }
+        }
+        if conn.closing && conn.wbuf.is_empty() {
+            self.close(id);
+        }
+    }
+
+    fn close(&mut self, id: usize) {
+        if let Some(mut conn) = self.conns.remove(&id) {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+            self.sources.remove(&conn.token);
+        }
+        self.stop_waiters.retain(|(c, _)| *c != id);
+        for u in self.units.values_mut() {
+            u.followers.retain(|c| *c != id);
+        }
+    }
+}
