@@ -291,6 +291,7 @@ impl Agent {
                         .map(|t| now.saturating_duration_since(t).as_millis() as u64),
                     last_exit: st.last_exit.as_ref().map(|e| e.describe()),
                     reason: st.reason.clone(),
+                    oom_kills: self.cgroups.oom_kills(&u.name),
                 })
             })
             .collect()

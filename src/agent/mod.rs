@@ -11,6 +11,7 @@
 //! process. Nothing in here may panic or return early from the loop on a
 //! per-request or per-unit error: it is logged and the loop goes on.
 
+mod cgroup;
 mod control;
 mod units;
 
@@ -119,6 +120,7 @@ pub struct Agent {
     stop_waiters: Vec<(usize, String)>,
     pending_reads: Vec<String>,
     shutdown: Option<Shutdown>,
+    cgroups: cgroup::Cgroups,
 }
 
 fn specs(config: &Config) -> Vec<Spec> {
@@ -158,6 +160,7 @@ impl Agent {
             stop_waiters: Vec::new(),
             pending_reads: Vec::new(),
             shutdown: None,
+            cgroups: cgroup::Cgroups::detect(),
         };
         agent.bind_control()?;
         Ok(agent)
@@ -316,7 +319,11 @@ impl Agent {
         let now = Instant::now();
         let s = self.shutdown.as_mut()?;
         if self.sup.all_down() {
-            return Some(s.action);
+            let action = s.action;
+            for unit in &self.config.units {
+                self.cgroups.remove(&unit.name);
+            }
+            return Some(action);
         }
         if !s.killed && now >= s.deadline {
             s.killed = true;

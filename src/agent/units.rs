@@ -66,6 +66,7 @@ impl Agent {
             Action::Kill { unit, pid } => {
                 log::warn!("{unit}: stop_timeout reached, killing it");
                 self.signal_unit(&unit, pid, libc::SIGKILL);
+                self.cgroups.kill(&unit);
             }
         }
     }
@@ -168,10 +169,14 @@ impl Agent {
                 true,
             );
         }
+        let group = match self.cgroups.prepare(unit, zone) {
+            Ok(g) => g,
+            Err(e) => return failed(error_chain(&e), true),
+        };
         let Some(rt) = self.units.get(unit) else {
             return failed("internal: runtime missing".into(), false);
         };
-        let started = match spawn::spawn(zone, rt.out_tx.as_fd(), None) {
+        let started = match spawn::spawn(zone, rt.out_tx.as_fd(), group.as_ref().map(|g| g.as_fd())) {
             Ok(s) => s,
             Err(e) => {
                 let permanent = matches!(e, spawn::Error::Nul { .. });

@@ -181,6 +181,9 @@ pub fn table(rows: &[UnitRow]) -> String {
         if let Some(reason) = &r.reason {
             last = format!("{last} ({reason})");
         }
+        if r.oom_kills > 0 {
+            last = format!("{last} [{} OOM kill(s)]", r.oom_kills);
+        }
         cells.push(vec![
             r.name.clone(),
             r.kind.clone(),
@@ -257,6 +260,7 @@ mod tests {
             uptime_ms: Some(61_000),
             last_exit: Some("exit 1".into()),
             reason: None,
+            oom_kills: 0,
         }];
         let t = table(&rows);
         let lines: Vec<&str> = t.lines().collect();

@@ -110,6 +110,9 @@ pub struct UnitRow {
     /// Why the unit failed, if it did.
     #[serde(default)]
     pub reason: Option<String>,
+    /// Times the kernel's OOM killer acted in the unit's cgroup.
+    #[serde(default)]
+    pub oom_kills: u64,
 }
 
 /// A success reply with extra fields.

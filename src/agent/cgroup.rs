@@ -1,0 +1,313 @@
+//! cgroup v2 groups for zones: one group per zone under zonit's base
+//! group, with the configured limits, entered atomically at clone time
+//! (`CLONE_INTO_CGROUP`).
+//!
+//! Layout: `<cgroup2 mount><zonit's own group>/zonit/<unit>`; as PID 1
+//! that is `/sys/fs/cgroup/zonit/<unit>`. A limit whose controller is not
+//! available is an error for that zone (never silently unenforced); a zone
+//! without limits runs without a group when there is no cgroup2 at all.
+//!
+//! `limit_files` is the pure part (config -> file writes); the rest is
+//! thin file I/O.
+
+use std::fs;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use crate::config::Zone;
+
+/// Why a zone's group could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No cgroup2 hierarchy is mounted but the zone has limits.
+    #[error("{key} needs cgroup v2, which is not mounted")]
+    NoCgroup2 {
+        /// The config key that needs it.
+        key: &'static str,
+    },
+    /// The controller for a limit is not available in zonit's group.
+    #[error("{key} needs the cgroup v2 {controller} controller, which is not available at {path}")]
+    NoController {
+        /// The config key.
+        key: &'static str,
+        /// Controller name.
+        controller: &'static str,
+        /// The group that lacks it.
+        path: PathBuf,
+    },
+    /// A file or directory operation failed.
+    #[error("unable to {what} {path}")]
+    Io {
+        /// What was attempted.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// One limit to write: (config key, controller, file, value).
+pub type LimitFile = (&'static str, &'static str, &'static str, String);
+
+/// The files and values that enforce `zone`'s limits.
+pub fn limit_files(zone: &Zone) -> Vec<LimitFile> {
+    let mut out = Vec::new();
+    if let Some(m) = zone.memory_max {
+        out.push(("memory_max", "memory", "memory.max", m.to_string()));
+        // Without this the zone could push its pages to swap instead of
+        // being held to memory_max.
+        out.push(("memory_max", "memory", "memory.swap.max", "0".into()));
+    }
+    if let Some(c) = zone.cpu_max {
+        const PERIOD: u64 = 100_000;
+        let quota = ((c * PERIOD as f64).round() as u64).max(1000);
+        out.push(("cpu_max", "cpu", "cpu.max", format!("{quota} {PERIOD}")));
+    }
+    if let Some(p) = zone.pids_max {
+        out.push(("pids_max", "pids", "pids.max", p.to_string()));
+    }
+    out
+}
+
+/// zonit's base group for zones.
+#[derive(Debug)]
+pub struct Cgroups {
+    base: Option<PathBuf>,
+    controllers: Vec<String>,
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Cgroups {
+    /// Finds cgroup2 and prepares `<own group>/zonit` with every available
+    /// controller enabled for its children. Never fails: problems are
+    /// logged and zones with limits will fail to start with the reason.
+    pub fn detect() -> Self {
+        let none = Cgroups {
+            base: None,
+            controllers: Vec::new(),
+        };
+        let Some(mount) = cgroup2_mount() else {
+            log::info!("no cgroup2 mounted: zones run without cgroup limits");
+            return none;
+        };
+        let own = fs::read_to_string("/proc/self/cgroup")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("0::").map(|p| p.trim().to_string()))
+            })
+            .unwrap_or_else(|| "/".into());
+        let own_dir = mount.join(own.trim_start_matches('/'));
+        let base = own_dir.join("zonit");
+        if let Err(e) = fs::create_dir_all(&base) {
+            log::warn!("unable to create cgroup {}: {e}", base.display());
+            return none;
+        }
+        // Enable in our own group's subtree (works for the root group; for
+        // a non-root group with processes the kernel says EBUSY, and the
+        // controllers that are already delegated stay usable).
+        let available = read_controllers(&own_dir.join("cgroup.controllers"));
+        enable(&own_dir, &available);
+        let controllers = read_controllers(&base.join("cgroup.controllers"));
+        enable(&base, &controllers);
+        log::debug!(
+            "zone cgroups under {} with controllers {:?}",
+            base.display(),
+            controllers
+        );
+        Cgroups {
+            base: Some(base),
+            controllers,
+        }
+    }
+
+    /// Creates (or reuses) the group of unit `name`, writes `zone`'s limits
+    /// and returns the group directory opened for `CLONE_INTO_CGROUP`.
+    pub fn prepare(&self, name: &str, zone: &Zone) -> Result<Option<OwnedFd>, Error> {
+        let limits = limit_files(zone);
+        let Some(base) = &self.base else {
+            return match limits.first() {
+                Some((key, ..)) => Err(Error::NoCgroup2 { key }),
+                None => Ok(None),
+            };
+        };
+        for (key, controller, ..) in &limits {
+            if !self.controllers.iter().any(|c| c == controller) {
+                return Err(Error::NoController {
+                    key,
+                    controller,
+                    path: base.clone(),
+                });
+            }
+        }
+        let dir = base.join(name);
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err("create", &dir)(e)),
+        }
+        for (_, _, file, value) in &limits {
+            let path = dir.join(file);
+            // memory.swap.max is missing when the kernel has no swap
+            // accounting; nothing to hold back then.
+            if *file == "memory.swap.max" && !path.exists() {
+                continue;
+            }
+            fs::write(&path, value).map_err(io_err("write", &path))?;
+        }
+        let fd = fs::File::open(&dir).map_err(io_err("open", &dir))?;
+        Ok(Some(OwnedFd::from(fd)))
+    }
+
+    /// Kills every process in the unit's group (`cgroup.kill`).
+    pub fn kill(&self, name: &str) {
+        if let Some(base) = &self.base {
+            let path = base.join(name).join("cgroup.kill");
+            if path.exists() {
+                if let Err(e) = fs::write(&path, "1") {
+                    log::warn!("{name}: unable to write {}: {e}", path.display());
+                }
+            }
+        }
+    }
+
+    /// How many times the kernel's OOM killer acted in the unit's group.
+    pub fn oom_kills(&self, name: &str) -> u64 {
+        let Some(base) = &self.base else { return 0 };
+        fs::read_to_string(base.join(name).join("memory.events"))
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| {
+                    l.strip_prefix("oom_kill ")
+                        .and_then(|v| v.trim().parse().ok())
+                })
+            })
+            .unwrap_or(0)
+    }
+
+    /// Removes the unit's group (it must be empty).
+    pub fn remove(&self, name: &str) {
+        if let Some(base) = &self.base {
+            let _ = fs::remove_dir(base.join(name));
+        }
+    }
+}
+
+fn cgroup2_mount() -> Option<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        if post.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        pre.split_whitespace().nth(4).map(PathBuf::from)
+    })
+}
+
+fn read_controllers(path: &Path) -> Vec<String> {
+    fs::read_to_string(path)
+        .map(|s| s.split_whitespace().map(String::from).collect())
+        .unwrap_or_default()
+}
+
+fn enable(dir: &Path, controllers: &[String]) {
+    for c in controllers {
+        let _ = fs::write(dir.join("cgroup.subtree_control"), format!("+{c}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Network, TemplateMode};
+    use std::collections::BTreeMap;
+
+    fn zone() -> Zone {
+        Zone {
+            root: "/z".into(),
+            template: None,
+            template_mode: TemplateMode::Overlay,
+            command: vec!["/bin/true".into()],
+            hostname: "z".into(),
+            env: BTreeMap::new(),
+            workdir: "/".into(),
+            user: (0, 0),
+            capabilities: vec![],
+            mounts: vec![],
+            network: Network::None,
+            memory_max: None,
+            cpu_max: None,
+            pids_max: None,
+            rlimits: BTreeMap::new(),
+            stop_signal: libc::SIGTERM,
+        }
+    }
+
+    #[test]
+    fn no_limits_no_files() {
+        assert!(limit_files(&zone()).is_empty());
+    }
+
+    #[test]
+    fn limits_map_to_cgroup_files() {
+        let mut z = zone();
+        z.memory_max = Some(128 << 20);
+        z.cpu_max = Some(0.5);
+        z.pids_max = Some(64);
+        let files: Vec<(&str, String)> = limit_files(&z)
+            .into_iter()
+            .map(|(_, _, f, v)| (f, v))
+            .collect();
+        assert_eq!(
+            files,
+            vec![
+                ("memory.max", "134217728".to_string()),
+                ("memory.swap.max", "0".to_string()),
+                ("cpu.max", "50000 100000".to_string()),
+                ("pids.max", "64".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn tiny_cpu_max_keeps_a_minimum_quota() {
+        let mut z = zone();
+        z.cpu_max = Some(0.001);
+        assert_eq!(limit_files(&z)[0].3, "1000 100000");
+    }
+
+    #[test]
+    fn limits_without_cgroup2_are_an_error_not_ignored() {
+        let cg = Cgroups {
+            base: None,
+            controllers: vec![],
+        };
+        let mut z = zone();
+        assert!(cg.prepare("z", &z).unwrap().is_none());
+        z.pids_max = Some(10);
+        let err = cg.prepare("z", &z).unwrap_err();
+        assert!(err.to_string().contains("pids_max needs cgroup v2"), "{err}");
+    }
+
+    #[test]
+    fn missing_controller_names_key_and_controller() {
+        let cg = Cgroups {
+            base: Some("/nonexistent/zonit".into()),
+            controllers: vec!["pids".into()],
+        };
+        let mut z = zone();
+        z.memory_max = Some(1 << 20);
+        let err = cg.prepare("z", &z).unwrap_err().to_string();
+        assert!(err.contains("memory_max") && err.contains("memory controller"), "{err}");
+    }
+}
