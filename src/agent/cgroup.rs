@@ -91,7 +91,10 @@ impl Cgroups {
     /// Finds cgroup2 and prepares `<own group>/zonit` with every available
     /// controller enabled for its children. Never fails: problems are
     /// logged and zones with limits will fail to start with the reason.
-    pub fn detect() -> Self {
+    /// `instance` names the base group: `zonit` as PID 1; a unique name
+    /// under `zonit run`, so several agents on one host never share (and
+    /// kill) each other's groups.
+    pub fn detect(instance: &str) -> Self {
         let none = Cgroups {
             base: None,
             controllers: Vec::new(),
@@ -108,7 +111,7 @@ impl Cgroups {
             })
             .unwrap_or_else(|| "/".into());
         let own_dir = mount.join(own.trim_start_matches('/'));
-        let base = own_dir.join("zonit");
+        let base = own_dir.join(instance);
         if let Err(e) = fs::create_dir_all(&base) {
             log::warn!("unable to create cgroup {}: {e}", base.display());
             return none;
@@ -199,6 +202,13 @@ impl Cgroups {
     pub fn remove(&self, name: &str) {
         if let Some(base) = &self.base {
             let _ = fs::remove_dir(base.join(name));
+        }
+    }
+
+    /// Removes the base group once every unit's group is gone.
+    pub fn remove_base(&self) {
+        if let Some(base) = &self.base {
+            let _ = fs::remove_dir(base);
         }
     }
 }
@@ -296,7 +306,10 @@ mod tests {
         assert!(cg.prepare("z", &z).unwrap().is_none());
         z.pids_max = Some(10);
         let err = cg.prepare("z", &z).unwrap_err();
-        assert!(err.to_string().contains("pids_max needs cgroup v2"), "{err}");
+        assert!(
+            err.to_string().contains("pids_max needs cgroup v2"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -308,6 +321,9 @@ mod tests {
         let mut z = zone();
         z.memory_max = Some(1 << 20);
         let err = cg.prepare("z", &z).unwrap_err().to_string();
-        assert!(err.contains("memory_max") && err.contains("memory controller"), "{err}");
+        assert!(
+            err.contains("memory_max") && err.contains("memory controller"),
+            "{err}"
+        );
     }
 }

@@ -145,6 +145,7 @@ impl Agent {
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(Error::Poll)?;
+        let opts_mode = opts.mode;
         let mut agent = Agent {
             sup: Supervisor::new(specs(&config)),
             config,
@@ -160,7 +161,7 @@ impl Agent {
             stop_waiters: Vec::new(),
             pending_reads: Vec::new(),
             shutdown: None,
-            cgroups: cgroup::Cgroups::detect(),
+            cgroups: cgroup::Cgroups::detect(&cgroup_instance(opts_mode)),
         };
         agent.bind_control()?;
         Ok(agent)
@@ -323,6 +324,7 @@ impl Agent {
             for unit in &self.config.units {
                 self.cgroups.remove(&unit.name);
             }
+            self.cgroups.remove_base();
             return Some(action);
         }
         if !s.killed && now >= s.deadline {
@@ -373,6 +375,16 @@ impl Agent {
             "reload is not supported yet; {} parsed fine but was not applied",
             new.units.len()
         )])
+    }
+}
+
+fn cgroup_instance(mode: Mode) -> String {
+    match mode {
+        Mode::Init => "zonit".into(),
+        Mode::Run => {
+            let id = std::fs::read_to_string("/proc/sys/kernel/random/uuid").unwrap_or_default();
+            format!("zonit-run-{}", id.trim().get(..8).unwrap_or("0"))
+        }
     }
 }
 

@@ -1,0 +1,313 @@
+//! Shared harness for the root tests (tier 2): a busybox zone template,
+//! `zonit run` as PID 1 of a new PID namespace, the control client, and
+//! zonit's log with the time each line arrived.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const ZONIT: &str = env!("CARGO_BIN_EXE_zonit");
+
+/// Applets linked into the test template.
+const APPLETS: &[&str] = &[
+    "sh", "echo", "cat", "sleep", "ls", "ps", "hostname", "id", "true", "false", "kill", "wc",
+    "grep", "head", "mount", "umount", "touch", "rm", "mkdir", "ln", "date", "awk", "seq",
+    "readlink", "stat", "chmod", "mknod", "dd", "ip", "ifconfig", "nc", "printf", "test", "[",
+    "tr", "cut", "sync", "uname", "env", "pwd", "cp", "whoami", "nproc", "reboot", "poweroff",
+];
+
+/// Fails (under CI=true) or skips (otherwise) when not root.
+/// Returns false when the test should return early.
+pub fn require_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "tier-2 tests need root (CI=true forbids skipping)"
+    );
+    eprintln!("skipped: needs root");
+    false
+}
+
+/// A busybox template tree, built once per test binary.
+pub fn template() -> &'static Path {
+    static T: OnceLock<PathBuf> = OnceLock::new();
+    T.get_or_init(|| {
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .iter()
+            .map(Path::new)
+            .find(|p| p.exists())
+            .expect("busybox-static is needed: apt-get install busybox-static");
+        let dir = std::env::temp_dir().join(format!("zonit-template-{}", std::process::id()));
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        for d in ["proc", "sys", "dev", "tmp", "etc", "srv"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        std::fs::copy(busybox, bin.join("busybox")).unwrap();
+        for a in APPLETS {
+            let _ = std::os::unix::fs::symlink("busybox", bin.join(a));
+        }
+        dir
+    })
+}
+
+/// A running `zonit run` with its own directory and socket.
+pub struct Zonit {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    child: Option<Child>,
+    log: Arc<Mutex<Vec<(Instant, String)>>>,
+    pub started: Instant,
+}
+
+static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A fresh directory for one test.
+pub fn test_dir(name: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("zonit-t2-{}-{name}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A zone section using the busybox template, rooted in `dir`.
+pub fn zone(dir: &Path, name: &str, command: &str, extra: &str) -> String {
+    format!(
+        "[zone.{name}]\nroot = \"{root}\"\ntemplate = \"{tpl}\"\ncommand = [\"/bin/sh\", \"-c\", {cmd}]\n{extra}\n",
+        root = dir.join("zones").join(name).display(),
+        tpl = template().display(),
+        cmd = toml_string(command),
+    )
+}
+
+pub fn toml_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+impl Zonit {
+    /// Writes the config (a `[host]` section pointing the control socket
+    /// into the test dir is prepended) and starts zonit under
+    /// `unshare --pid --fork --mount`, so it is PID 1 of a namespace.
+    pub fn start(name: &str, units: impl FnOnce(&Path) -> String) -> Zonit {
+        Self::start_with_host(name, "", units)
+    }
+
+    pub fn start_with_host(name: &str, host: &str, units: impl FnOnce(&Path) -> String) -> Zonit {
+        let dir = test_dir(name);
+        let socket = dir.join("ctl.sock");
+        let config = dir.join("zonit.toml");
+        let body = format!(
+            "[host]\ncontrol_socket = \"{}\"\n{host}\n{}",
+            socket.display(),
+            units(&dir)
+        );
+        std::fs::write(&config, body).unwrap();
+        let mut child = Command::new("unshare")
+            .args(["--pid", "--fork", "--mount", "--kill-child"])
+            .arg(ZONIT)
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("unshare (util-linux) is needed");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stdout.take().unwrap()),
+        ] {
+            let log = log.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    log.lock().unwrap().push((Instant::now(), line));
+                }
+            });
+        }
+        let z = Zonit {
+            dir,
+            config,
+            socket,
+            child: Some(child),
+            log,
+            started: Instant::now(),
+        };
+        z.wait_for("control socket", Duration::from_secs(10), || {
+            z.socket.exists()
+        });
+        z
+    }
+
+    /// Runs `zonit ctl` against this agent; returns (exit code, stdout, stderr).
+    pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(ZONIT)
+            .arg("ctl")
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `status --json` as parsed rows.
+    pub fn status(&self) -> Vec<serde_json::Value> {
+        let (code, out, err) = self.ctl(&["status", "--json"]);
+        assert_eq!(code, 0, "status failed: {err}");
+        serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// One unit's status row.
+    pub fn unit(&self, name: &str) -> serde_json::Value {
+        self.status()
+            .into_iter()
+            .find(|u| u["name"] == name)
+            .unwrap_or_else(|| panic!("no unit {name} in status"))
+    }
+
+    pub fn state(&self, name: &str) -> String {
+        self.unit(name)["state"].as_str().unwrap_or("").to_string()
+    }
+
+    /// Waits until `cond` holds, or fails the test after `timeout`.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if cond() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "timed out after {timeout:?} waiting for {what}\nlog:\n{}",
+            self.log_text()
+        );
+    }
+
+    pub fn wait_state(&self, name: &str, state: &str) {
+        self.wait_for(
+            &format!("{name} to be {state}"),
+            Duration::from_secs(10),
+            || self.state(name) == state,
+        );
+    }
+
+    /// Every line zonit printed so far, with arrival times.
+    pub fn log_lines(&self) -> Vec<(Instant, String)> {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log_lines()
+            .into_iter()
+            .map(|(_, l)| l)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Waits for a log line containing `needle`.
+    pub fn wait_log(&self, needle: &str) {
+        self.wait_for(
+            &format!("log line `{needle}`"),
+            Duration::from_secs(10),
+            || self.log_text().contains(needle),
+        );
+    }
+
+    /// Sends SIGTERM to zonit (PID 1 of its namespace) and waits for the
+    /// whole namespace to exit; returns zonit's exit status.
+    pub fn terminate(&mut self) -> i32 {
+        let child = self.child.as_mut().unwrap();
+        // unshare --fork: signal its child (zonit), which is the only
+        // process of the namespace's PID 1.
+        let zonit_pid = child_of(child.id()).expect("zonit process under unshare");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(zonit_pid),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "zonit did not exit after SIGTERM\n{}",
+                self.log_text()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Host PID of zonit itself (the child of unshare).
+    pub fn pid(&self) -> i32 {
+        child_of(self.child.as_ref().unwrap().id()).unwrap()
+    }
+}
+
+/// The first child of `pid`, from /proc.
+pub fn child_of(pid: u32) -> Option<i32> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    children.split_whitespace().next()?.parse().ok()
+}
+
+/// Host PIDs whose command line contains `needle`.
+pub fn pids_with_cmdline(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            if String::from_utf8_lossy(&cmd).contains(needle) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+impl Drop for Zonit {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Some(pid) = child_of(child.id()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

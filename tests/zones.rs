@@ -1,0 +1,365 @@
+//! Tier 2: real zones under `zonit run` as PID 1 of a PID namespace.
+//! Needs root (fails under CI=true without it) and busybox-static.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use common::{Zonit, pids_with_cmdline, require_root, zone};
+
+#[test]
+fn zone_sees_only_its_own_processes() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("procs", |d| {
+        zone(
+            d,
+            "web",
+            "echo procs=$(ls -d /proc/[0-9]* | wc -l) pid1=$(cat /proc/1/comm); sleep 1000",
+            "",
+        )
+    });
+    z.wait_log("zonit[web]: procs=");
+    let log = z.log_text();
+    // The zone's init (PID 1), sh, and the short-lived ls/wc/cat.
+    let line = log.lines().find(|l| l.contains("procs=")).unwrap();
+    let n: usize = line
+        .split("procs=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    assert!(n <= 5, "zone sees {n} processes: {line}");
+    assert!(
+        line.contains("pid1=zonit"),
+        "PID 1 in the zone is zonit's init: {line}"
+    );
+}
+
+#[test]
+fn zone_has_its_own_hostname_and_only_loopback() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("host", |d| {
+        zone(
+            d,
+            "web",
+            "echo host=$(hostname) ifs=$(ls /sys/class/net | tr '\\n' ,); sleep 1000",
+            "hostname = \"webhost\"",
+        )
+    });
+    z.wait_log("zonit[web]: host=");
+    assert!(
+        z.log_text().contains("host=webhost ifs=lo,"),
+        "{}",
+        z.log_text()
+    );
+    let own = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_ne!(own.trim(), "webhost", "the host's name must not change");
+}
+
+#[test]
+fn crashing_zone_is_restarted_on_the_backoff_schedule() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("backoff", |d| {
+        zone(
+            d,
+            "crashy",
+            "echo crash; exit 3",
+            "restart = \"on-failure\"\nbackoff = { initial = \"200ms\", max = \"800ms\" }",
+        )
+    });
+    z.wait_for("5 restarts", Duration::from_secs(10), || {
+        z.unit("crashy")["restarts"].as_u64().unwrap_or(0) >= 5
+    });
+    let starts: Vec<Instant> = z
+        .log_lines()
+        .into_iter()
+        .filter(|(_, l)| l.contains("crashy: started"))
+        .map(|(t, _)| t)
+        .collect();
+    assert!(starts.len() >= 5, "{}", z.log_text());
+    let gaps: Vec<u128> = starts
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_millis())
+        .collect();
+    // Expected waits 200, 400, 800, 800 ms plus the zone's own run time.
+    let expected = [200u128, 400, 800, 800];
+    for (gap, want) in gaps.iter().zip(expected) {
+        assert!(
+            *gap >= want && *gap < want + 250,
+            "restart gaps {gaps:?} do not follow {expected:?}"
+        );
+    }
+    assert_eq!(z.unit("crashy")["last_exit"], "exit 3");
+}
+
+#[test]
+fn clean_exit_of_on_failure_zone_is_not_restarted() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("clean", |d| {
+        zone(d, "once", "echo done; exit 0", "restart = \"on-failure\"")
+    });
+    z.wait_state("once", "exited");
+    std::thread::sleep(Duration::from_millis(500));
+    let u = z.unit("once");
+    assert_eq!(u["state"], "exited");
+    assert_eq!(u["restarts"], 0);
+    assert_eq!(u["last_exit"], "exit 0");
+}
+
+#[test]
+fn stop_is_not_followed_by_a_restart() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("stop", |d| {
+        zone(
+            d,
+            "svc",
+            "sleep 1000",
+            "restart = \"always\"\nstop_timeout = \"2s\"",
+        )
+    });
+    z.wait_state("svc", "running");
+    let (code, out, err) = z.ctl(&["stop", "svc"]);
+    assert_eq!(code, 0, "{out}{err}");
+    // `stop` returns once the unit is stopped.
+    assert_eq!(z.state("svc"), "stopped");
+    std::thread::sleep(Duration::from_millis(800));
+    let u = z.unit("svc");
+    assert_eq!(u["state"], "stopped");
+    assert!(u["pid"].is_null());
+    assert_eq!(u["restarts"], 0);
+    // And start brings it back.
+    assert_eq!(z.ctl(&["start", "svc"]).0, 0);
+    z.wait_state("svc", "running");
+}
+
+#[test]
+fn stop_of_a_zone_ignoring_sigterm_kills_it_after_stop_timeout() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("stopkill", |d| {
+        zone(
+            d,
+            "stubborn",
+            "trap '' TERM; while true; do sleep 0.1; done",
+            "stop_timeout = \"500ms\"",
+        )
+    });
+    z.wait_state("stubborn", "running");
+    let t = Instant::now();
+    assert_eq!(z.ctl(&["stop", "stubborn"]).0, 0);
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(500),
+        "killed too early: {took:?}"
+    );
+    assert!(took < Duration::from_secs(3), "kill took {took:?}");
+    assert_eq!(z.unit("stubborn")["last_exit"], "signal SIGKILL");
+}
+
+#[test]
+fn orphans_and_zombies_inside_a_zone_are_reaped() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("reap", |d| {
+        zone(
+            d,
+            "parent",
+            "for i in 1 2 3 4 5; do sh -c 'sleep 0.2 & exit 0'; done; sleep 1; \
+             echo zombies=$(grep -l '^State:.*Z' /proc/[0-9]*/status 2>/dev/null | wc -l) \
+             ppid=$(for p in /proc/[0-9]*; do cat $p/stat; done | grep -c 'sleep'); sleep 1000",
+            "",
+        )
+    });
+    z.wait_log("zonit[parent]: zombies=");
+    assert!(
+        z.log_text().contains("zombies=0 ppid=0"),
+        "orphans were not reaped:\n{}",
+        z.log_text()
+    );
+}
+
+#[test]
+fn sigterm_stops_zones_in_reverse_after_order_and_exits_0() {
+    if !require_root() {
+        return;
+    }
+    let marker = format!("zonit-order-marker-{}", std::process::id());
+    let cmd = |name: &str| {
+        format!(
+            "trap 'echo {name}-stopping; exit 0' TERM; while true; do sleep 0.05; done # {marker}"
+        )
+    };
+    let mut z = Zonit::start("order", |d| {
+        [
+            zone(d, "db", &cmd("db"), ""),
+            zone(d, "app", &cmd("app"), "after = [\"db\"]"),
+            zone(d, "web", &cmd("web"), "after = [\"app\"]"),
+        ]
+        .concat()
+    });
+    for u in ["db", "app", "web"] {
+        z.wait_state(u, "running");
+    }
+    // Started in after order.
+    let log = z.log_text();
+    let pos = |s: &str| log.find(s).unwrap_or_else(|| panic!("no `{s}` in\n{log}"));
+    assert!(pos("db: started") < pos("app: started"));
+    assert!(pos("app: started") < pos("web: started"));
+    assert!(!pids_with_cmdline(&marker).is_empty());
+
+    assert_eq!(z.terminate(), 0, "{}", z.log_text());
+    let log = z.log_text();
+    let pos = |s: &str| log.find(s).unwrap_or_else(|| panic!("no `{s}` in\n{log}"));
+    assert!(pos("web-stopping") < pos("app-stopping"), "{log}");
+    assert!(pos("app-stopping") < pos("db-stopping"), "{log}");
+    assert!(
+        pos("web: ended (exit 0)") < pos("db: ended (exit 0)"),
+        "{log}"
+    );
+    assert!(
+        pids_with_cmdline(&marker).is_empty(),
+        "processes left behind after exit"
+    );
+}
+
+#[test]
+fn malformed_control_requests_get_errors_and_the_agent_carries_on() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("badreq", |d| zone(d, "web", "sleep 1000", ""));
+    z.wait_state("web", "running");
+    let mut s = UnixStream::connect(&z.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"this is not json\n{\"v\":1,\"cmd\":\"explode\"}\n{\"v\":9,\"cmd\":\"status\"}\n{\"v\":1,\"cmd\":\"stop\",\"name\":\"nosuch\"}\n\xff\xfe\n")
+        .unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    for _ in 0..5 {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["ok"], false, "{line}");
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+    // A request over the size limit closes that client only.
+    let mut big = UnixStream::connect(&z.socket).unwrap();
+    let _ = big.write_all(&vec![b'x'; 100 * 1024]);
+    drop(big);
+    // Same connection still answers good requests; so do new ones.
+    s.write_all(b"{\"v\":1,\"cmd\":\"status\"}\n").unwrap();
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.contains("\"ok\":true"), "{line}");
+    assert_eq!(z.state("web"), "running");
+}
+
+#[test]
+fn missing_root_makes_the_unit_failed_with_the_reason() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("noroot", |d| {
+        format!(
+            "[zone.ghost]\nroot = \"{}\"\ncommand = [\"/bin/true\"]\nrestart = \"always\"\n{}",
+            d.join("does-not-exist").display(),
+            zone(d, "web", "sleep 1000", "")
+        )
+    });
+    z.wait_state("ghost", "failed");
+    let u = z.unit("ghost");
+    assert!(
+        u["reason"].as_str().unwrap().contains("does-not-exist"),
+        "{u}"
+    );
+    // The other unit is unaffected.
+    z.wait_state("web", "running");
+    let (_, table, _) = z.ctl(&["status"]);
+    assert!(
+        table.contains("ghost") && table.contains("failed"),
+        "{table}"
+    );
+}
+
+#[test]
+fn missing_command_in_the_zone_fails_the_start_with_the_reason() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("nocmd", |d| {
+        zone(d, "x", "true", "restart = \"never\"").replace(
+            "command = [\"/bin/sh\", \"-c\", \"true\"]",
+            "command = [\"/no/such/binary\"]",
+        )
+    });
+    z.wait_state("x", "failed");
+    let reason = z.unit("x")["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("/no/such/binary"), "{reason}");
+}
+
+#[test]
+fn logs_returns_the_last_lines_and_follow_streams_new_ones() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("logs", |d| {
+        zone(
+            d,
+            "talk",
+            "for i in 1 2 3 4 5; do echo line$i; done; sleep 1; echo late; sleep 1000",
+            "",
+        )
+    });
+    z.wait_log("zonit[talk]: line5");
+    let (code, out, _) = z.ctl(&["logs", "talk", "-n", "2"]);
+    assert_eq!(code, 0);
+    assert_eq!(out, "line4\nline5\n");
+    // Follow: the late line arrives on the open stream.
+    let mut child = std::process::Command::new(common::ZONIT)
+        .args(["ctl", "--socket"])
+        .arg(&z.socket)
+        .args(["logs", "talk", "-f"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut r = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen.contains("late") && Instant::now() < deadline {
+        let mut l = String::new();
+        if r.read_line(&mut l).unwrap() == 0 {
+            break;
+        }
+        seen.push_str(&l);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.contains("line1") && seen.contains("late"), "{seen}");
+}
+
+#[test]
+fn unknown_unit_commands_fail_cleanly() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("unknown", |d| zone(d, "web", "sleep 1000", ""));
+    let (code, _, err) = z.ctl(&["start", "nosuch"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no unit named `nosuch`"), "{err}");
+    let (code, _, err) = z.ctl(&["poweroff"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("PID 1"), "{err}");
+}
