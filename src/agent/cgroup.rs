@@ -176,10 +176,10 @@ impl Cgroups {
     pub fn kill(&self, name: &str) {
         if let Some(base) = &self.base {
             let path = base.join(name).join("cgroup.kill");
-            if path.exists() {
-                if let Err(e) = fs::write(&path, "1") {
-                    log::warn!("{name}: unable to write {}: {e}", path.display());
-                }
+            if path.exists()
+                && let Err(e) = fs::write(&path, "1")
+            {
+                log::warn!("{name}: unable to write {}: {e}", path.display());
             }
         }
     }
