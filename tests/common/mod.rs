@@ -1,7 +1,7 @@
 //! Shared harness for the root tests (tier 2): a busybox zone template,
 //! `zonit run` as PID 1 of a new PID namespace, the control client, and
 //! zonit's log with the time each line arrived.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
