@@ -363,3 +363,73 @@ fn unknown_unit_commands_fail_cleanly() {
     assert_eq!(code, 1);
     assert!(err.contains("PID 1"), "{err}");
 }
+
+#[test]
+fn reload_applies_a_good_config_and_refuses_a_bad_one() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("reload", |d| {
+        [
+            zone(d, "keep", "echo keep-v1; sleep 1000", ""),
+            zone(d, "change", "echo change-v1; sleep 1000", ""),
+            zone(d, "gone", "sleep 1000", ""),
+        ]
+        .concat()
+    });
+    for u in ["keep", "change", "gone"] {
+        z.wait_state(u, "running");
+    }
+    let keep_pid = z.unit("keep")["pid"].clone();
+    let change_pid = z.unit("change")["pid"].clone();
+    let original = std::fs::read_to_string(&z.config).unwrap();
+
+    // A bad config: every error reported, nothing changes.
+    std::fs::write(
+        &z.config,
+        format!("{original}\n[zone.bad]\nroot = 1\nbogus = 2\n"),
+    )
+    .unwrap();
+    let (code, _, err) = z.ctl(&["reload"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("zonit.toml:") && err.contains("bogus"),
+        "{err}"
+    );
+    assert!(
+        err.matches("zonit.toml:").count() >= 2,
+        "every error: {err}"
+    );
+    assert_eq!(z.status().len(), 3);
+    assert_eq!(z.unit("keep")["pid"], keep_pid);
+
+    // A good one: gone removed, change restarted, added started.
+    let d = z.dir.clone();
+    let host = original.split("[zone.").next().unwrap().to_string();
+    std::fs::write(
+        &z.config,
+        [
+            host,
+            zone(&d, "keep", "echo keep-v1; sleep 1000", ""),
+            zone(&d, "change", "echo change-v2; sleep 1000", ""),
+            zone(&d, "added", "echo added; sleep 1000", ""),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let (code, out, err) = z.ctl(&["reload"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("1 added, 1 changed, 1 removed"), "{out}");
+    z.wait_state("added", "running");
+    z.wait_log("zonit[change]: change-v2");
+    z.wait_state("change", "running");
+    let names: Vec<String> = z
+        .status()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["keep", "change", "added"]);
+    assert_eq!(z.unit("keep")["pid"], keep_pid, "unchanged unit untouched");
+    assert_ne!(z.unit("change")["pid"], change_pid);
+    assert_eq!(z.unit("change")["restarts"], 0, "a reload is not a failure");
+}

@@ -322,6 +322,12 @@ impl Agent {
         self.flush(id);
     }
 
+    /// Ends a `logs -f` stream whose unit went away.
+    pub(super) fn end_follow(&mut self, id: usize) {
+        self.send(id, &proto::ok(json!({ "end": true })));
+        self.flush(id);
+    }
+
     fn send(&mut self, id: usize, bytes: &[u8]) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;

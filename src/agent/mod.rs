@@ -121,6 +121,8 @@ pub struct Agent {
     pending_reads: Vec<String>,
     shutdown: Option<Shutdown>,
     cgroups: cgroup::Cgroups,
+    /// Config of units a reload removed that are still stopping.
+    retiring: HashMap<String, config::Unit>,
 }
 
 fn specs(config: &Config) -> Vec<Spec> {
@@ -162,6 +164,7 @@ impl Agent {
             pending_reads: Vec::new(),
             shutdown: None,
             cgroups: cgroup::Cgroups::detect(&cgroup_instance(opts_mode)),
+            retiring: HashMap::new(),
         };
         agent.bind_control()?;
         Ok(agent)
@@ -299,6 +302,9 @@ impl Agent {
             }
         }
         self.answer_stop_waiters();
+        if !self.retiring.is_empty() {
+            self.release_retired();
+        }
     }
 
     fn begin_shutdown(&mut self, action: ShutdownAction) {
@@ -367,14 +373,72 @@ impl Agent {
         }
     }
 
-    /// Re-reads the config. On error the running config stays in place.
+    /// Re-reads the config. On error the running config stays in place;
+    /// on success removed units are stopped, new ones started (autostart),
+    /// changed ones restarted, the rest left alone.
     fn reload(&mut self) -> Result<String, Vec<String>> {
         let new = config::load(&self.opts.config_path)
             .map_err(|d| d.iter().map(|d| d.to_string()).collect::<Vec<_>>())?;
-        Err(vec![format!(
-            "reload is not supported yet; {} parsed fine but was not applied",
-            new.units.len()
-        )])
+        let old = std::mem::replace(&mut self.config, new);
+        let mut changed = Vec::new();
+        let mut added = Vec::new();
+        for unit in &self.config.units {
+            match old.unit(&unit.name) {
+                Some(before) if before == unit => {}
+                Some(_) => changed.push(unit.name.clone()),
+                None if unit.common.autostart => added.push(unit.name.clone()),
+                None => {}
+            }
+        }
+        let removed: Vec<String> = old
+            .units
+            .iter()
+            .filter(|u| self.config.unit(&u.name).is_none())
+            .map(|u| u.name.clone())
+            .collect();
+        for name in &removed {
+            if let Some(u) = old.unit(name) {
+                self.retiring.insert(name.clone(), u.clone());
+            }
+        }
+        if old.host.control_socket != self.config.host.control_socket
+            || old.host.hostname != self.config.host.hostname
+            || old.host.modules != self.config.host.modules
+            || old.host.sysctl != self.config.host.sysctl
+        {
+            log::warn!(
+                "reload: changes to control_socket, hostname, modules and sysctl take effect at the next boot"
+            );
+        }
+        log::set_max_level(self.config.host.log_level);
+        let actions = self
+            .sup
+            .reload(specs(&self.config), &changed, &added, Instant::now());
+        let mut queue = VecDeque::new();
+        for action in actions {
+            self.act(action, &mut queue);
+        }
+        while let Some(input) = queue.pop_front() {
+            self.feed(input);
+        }
+        self.release_retired();
+        Ok(format!(
+            "reloaded: {} added, {} changed, {} removed",
+            added.len(),
+            changed.len(),
+            removed.len()
+        ))
+    }
+
+    /// Frees the runtime of units a reload removed, once they are down.
+    fn release_retired(&mut self) {
+        for name in self.sup.take_retired() {
+            self.retiring.remove(&name);
+            self.cgroups.remove(&name);
+            if let Some(rt) = self.units.remove(&name) {
+                self.release_unit(&name, rt);
+            }
+        }
     }
 }
 

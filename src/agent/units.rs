@@ -57,7 +57,8 @@ impl Agent {
         match action {
             Action::Spawn(unit) => queue.extend(self.spawn_unit(&unit)),
             Action::Stop { unit, pid } => {
-                let sig = match self.config.unit(&unit).map(|u| &u.kind) {
+                let cfg = self.config.unit(&unit).or_else(|| self.retiring.get(&unit));
+                let sig = match cfg.map(|u| &u.kind) {
                     Some(UnitKind::Zone(z)) => z.stop_signal,
                     _ => libc::SIGTERM,
                 };
@@ -95,6 +96,19 @@ impl Agent {
             .collect();
         for (unit, pid) in live {
             self.signal_unit(&unit, pid, libc::SIGKILL);
+        }
+    }
+
+    /// Drops a unit's runtime: its output pipe and its log followers.
+    pub(super) fn release_unit(&mut self, name: &str, rt: UnitRt) {
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&rt.out_rx.as_raw_fd()));
+        self.sources
+            .retain(|_, s| !matches!(s, Source::Output(u) | Source::Status(u) if u == name));
+        for id in rt.followers {
+            self.end_follow(id);
         }
     }
 
