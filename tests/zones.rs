@@ -433,3 +433,100 @@ fn reload_applies_a_good_config_and_refuses_a_bad_one() {
     assert_ne!(z.unit("change")["pid"], change_pid);
     assert_eq!(z.unit("change")["restarts"], 0, "a reload is not a failure");
 }
+
+/// Runs `zonit ctl exec` with `stdin` piped in; returns (status, stdout, stderr).
+fn exec(z: &Zonit, args: &[&str], stdin: &[u8]) -> (i32, String, String) {
+    let mut child = std::process::Command::new(common::ZONIT)
+        .args(["ctl", "--socket"])
+        .arg(&z.socket)
+        .arg("exec")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn exec_runs_inside_the_zone_with_the_callers_stdio_and_returns_its_status() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("exec", |d| {
+        zone(
+            d,
+            "web",
+            "echo zone-caps $(grep CapBnd /proc/self/status); sleep 1000",
+            "hostname = \"webhost\"\ncapabilities = [\"CAP_KILL\"]\nuser = \"1000:1000\"",
+        )
+    });
+    z.wait_state("web", "running");
+    z.wait_log("zone-caps");
+    let (code, out, err) = exec(
+        &z,
+        &[
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "read line; echo got=$line host=$(hostname) uid=$(id -u) procs=$(ls -d /proc/[0-9]* | wc -l); \
+             grep -E '^(CapBnd|CapEff|NoNewPrivs)' /proc/self/status; echo oops >&2; exit 7",
+        ],
+        b"hello\n",
+    );
+    assert_eq!(code, 7, "{out}{err}");
+    assert!(out.contains("got=hello host=webhost uid=1000"), "{out}");
+    assert!(err.contains("oops"), "stderr is the caller's: {err}");
+    let procs: usize = out
+        .split("procs=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    assert!(procs <= 6, "exec sees the zone's processes only: {out}");
+    // Same capability bounding set as the zone's own command.
+    let zone_caps = z
+        .log_text()
+        .lines()
+        .find(|l| l.contains("zone-caps"))
+        .and_then(|l| l.split("CapBnd:").nth(1))
+        .map(|s| s.trim().to_string())
+        .unwrap();
+    assert!(
+        out.contains(&format!("CapBnd:\t{zone_caps}")),
+        "{out} vs {zone_caps}"
+    );
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+}
+
+#[test]
+fn exec_into_a_stopped_zone_or_missing_command_fails_cleanly() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("execfail", |d| {
+        [
+            zone(d, "web", "sleep 1000", ""),
+            zone(d, "off", "sleep 1000", "autostart = false"),
+        ]
+        .concat()
+    });
+    z.wait_state("web", "running");
+    let (code, _, err) = exec(&z, &["off", "--", "true"], b"");
+    assert_eq!(code, 1);
+    assert!(err.contains("not running"), "{err}");
+    let (code, _, err) = exec(&z, &["web", "--", "/no/such"], b"");
+    assert_eq!(code, 1);
+    assert!(err.contains("/no/such"), "{err}");
+    // The zone is unaffected and exec still works.
+    assert_eq!(exec(&z, &["web", "--", "true"], b"").0, 0);
+    assert_eq!(z.state("web"), "running");
+}

@@ -13,6 +13,7 @@
 
 mod cgroup;
 mod control;
+mod exec;
 mod units;
 
 use std::collections::{HashMap, VecDeque};
@@ -96,6 +97,7 @@ enum Source {
     Output(String),
     Status(String),
     Conn(usize),
+    ExecStatus(i32),
 }
 
 struct Shutdown {
@@ -123,6 +125,8 @@ pub struct Agent {
     cgroups: cgroup::Cgroups,
     /// Config of units a reload removed that are still stopping.
     retiring: HashMap<String, config::Unit>,
+    /// Running `ctl exec` helpers by PID.
+    execs: HashMap<i32, exec::Session>,
 }
 
 fn specs(config: &Config) -> Vec<Spec> {
@@ -165,6 +169,7 @@ impl Agent {
             shutdown: None,
             cgroups: cgroup::Cgroups::detect(&cgroup_instance(opts_mode)),
             retiring: HashMap::new(),
+            execs: HashMap::new(),
         };
         agent.bind_control()?;
         Ok(agent)
@@ -250,6 +255,10 @@ impl Agent {
                 Some(Source::Conn(id)) => {
                     let id = *id;
                     self.on_conn(id);
+                }
+                Some(Source::ExecStatus(pid)) => {
+                    let pid = *pid;
+                    self.read_exec_status(pid);
                 }
                 None => {}
             },
@@ -350,6 +359,9 @@ impl Agent {
                 Ok(WaitStatus::StillAlive) => break,
                 Ok(status) => {
                     let Some(pid) = status.pid() else { continue };
+                    if self.exec_ended(pid.as_raw(), status) {
+                        continue;
+                    }
                     match self.pids.remove(&pid.as_raw()) {
                         Some(unit) => self.unit_ended(&unit, status),
                         None => log::debug!("reaped orphan {pid}"),

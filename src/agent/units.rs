@@ -46,6 +46,11 @@ struct Proc {
 }
 
 impl UnitRt {
+    /// The pidfd of the unit's top process, while it runs.
+    pub(super) fn pidfd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.proc.as_ref().map(|p| p.pidfd.as_fd())
+    }
+
     /// The captured output (last `n` lines).
     pub(super) fn tail(&self, n: Option<usize>) -> Vec<u8> {
         self.ring.tail(n)
@@ -141,6 +146,39 @@ impl Agent {
         Ok(())
     }
 
+    /// Registers a status pipe with the poll under `source`.
+    pub(super) fn watch_status(
+        &mut self,
+        fd: OwnedFd,
+        source: Source,
+    ) -> Option<(File, mio::Token)> {
+        let token = self.token(source);
+        let res = sys::set_nonblocking(fd.as_fd()).and_then(|()| {
+            self.poll
+                .registry()
+                .register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE)
+        });
+        match res {
+            Ok(()) => Some((File::from(fd), token)),
+            Err(e) => {
+                log::warn!("unable to watch a status pipe: {e}");
+                self.sources.remove(&token);
+                None
+            }
+        }
+    }
+
+    /// Stops watching a status pipe.
+    pub(super) fn unwatch_status(&mut self, status: &Option<(File, mio::Token)>) {
+        if let Some((file, token)) = status {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&file.as_raw_fd()));
+            self.sources.remove(token);
+        }
+    }
+
     /// Carries out `Spawn`; returns the engine inputs that answer it.
     fn spawn_unit(&mut self, unit: &str) -> Vec<Input> {
         let failed = |reason: String, permanent: bool| {
@@ -198,21 +236,7 @@ impl Agent {
                 return failed(format!("unable to start: {}", error_chain(&e)), permanent);
             }
         };
-        let status_token = self.token(Source::Status(unit.to_string()));
-        let status = match sys::set_nonblocking(started.status.as_fd()).and_then(|()| {
-            self.poll.registry().register(
-                &mut SourceFd(&started.status.as_raw_fd()),
-                status_token,
-                Interest::READABLE,
-            )
-        }) {
-            Ok(()) => Some((File::from(started.status), status_token)),
-            Err(e) => {
-                log::warn!("{unit}: unable to watch the status pipe: {e}");
-                self.sources.remove(&status_token);
-                None
-            }
-        };
+        let status = self.watch_status(started.status, Source::Status(unit.to_string()));
         self.pids.insert(started.pid, unit.to_string());
         if let Some(rt) = self.units.get_mut(unit) {
             rt.proc = Some(Proc {
@@ -235,30 +259,13 @@ impl Agent {
         let mut ready = false;
         if let Some(proc) = self.units.get_mut(unit).and_then(|u| u.proc.as_mut()) {
             if let Some((file, _)) = &mut proc.status {
-                let mut buf = [0u8; 512];
-                loop {
-                    match file.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            // A well-behaved init writes a few short lines;
-                            // bound what we keep in any case.
-                            if proc.status_buf.len() < 4096 {
-                                proc.status_buf.extend_from_slice(&buf[..n]);
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(_) => break,
+                for line in drain_status(file, &mut proc.status_buf) {
+                    match line {
+                        StatusLine::Ready => ready = true,
+                        StatusLine::Error(msg) => proc.error = Some(msg),
+                        StatusLine::End(end) => proc.reported = Some(end),
+                        StatusLine::Unknown => {}
                     }
-                }
-            }
-            while let Some(nl) = proc.status_buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = proc.status_buf.drain(..=nl).collect();
-                let line = String::from_utf8_lossy(&line[..nl]).into_owned();
-                match parse_status_line(&line) {
-                    StatusLine::Ready => ready = true,
-                    StatusLine::Error(msg) => proc.error = Some(msg),
-                    StatusLine::End(end) => proc.reported = Some(end),
-                    StatusLine::Unknown => {}
                 }
             }
         }
@@ -275,13 +282,7 @@ impl Agent {
         let Some(proc) = self.units.get_mut(unit).and_then(|u| u.proc.take()) else {
             return;
         };
-        if let Some((file, token)) = &proc.status {
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&file.as_raw_fd()));
-            self.sources.remove(token);
-        }
+        self.unwatch_status(&proc.status);
         let input = if let Some(msg) = proc.error {
             log::error!("{unit}: {msg}");
             Input::StartFailed {
@@ -362,14 +363,40 @@ impl Agent {
     }
 }
 
-enum StatusLine {
+/// Reads what is available on a status pipe into `buf` and returns the
+/// complete lines. `buf` is bounded: a well-behaved init writes a few short
+/// lines, and nothing more is kept in any case.
+pub(super) fn drain_status(file: &mut File, buf: &mut Vec<u8>) -> Vec<StatusLine> {
+    let mut chunk = [0u8; 512];
+    loop {
+        match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                if buf.len() < 4096 {
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    let mut lines = Vec::new();
+    while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+        let line: Vec<u8> = buf.drain(..=nl).collect();
+        lines.push(parse_status_line(&String::from_utf8_lossy(&line[..nl])));
+    }
+    lines
+}
+
+/// One line of the status-pipe protocol (see `zone::spawn`).
+pub(super) enum StatusLine {
     Ready,
     Error(String),
     End(End),
     Unknown,
 }
 
-fn parse_status_line(line: &str) -> StatusLine {
+pub(super) fn parse_status_line(line: &str) -> StatusLine {
     let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
     match word {
         "ready" => StatusLine::Ready,

@@ -208,10 +208,10 @@ struct CapHeader {
 /// Highest capability number this code knows (CAP_CHECKPOINT_RESTORE).
 pub const CAP_LAST: u8 = 40;
 
-/// Cuts the bounding set to `keep`, sets permitted and effective to `keep`,
-/// and empties the inheritable and ambient sets. Runs before the uid switch
-/// together with `PR_SET_KEEPCAPS`, see `zone::spawn`.
-pub fn limit_capabilities(keep: &[u8]) -> io::Result<()> {
+/// Cuts the bounding set to `keep` and empties the ambient set. Permitted
+/// and effective are left alone (see [`set_capabilities`]), so the caller
+/// can still switch uid afterwards.
+pub fn limit_bounding_and_ambient(keep: &[u8]) -> io::Result<()> {
     let last = last_cap();
     for cap in 0..=last {
         if !keep.contains(&cap) {
@@ -234,8 +234,7 @@ pub fn limit_capabilities(keep: &[u8]) -> io::Result<()> {
             0,
         )
     };
-    check(ret.into())?;
-    set_capabilities(keep)
+    check(ret.into()).map(drop)
 }
 
 /// Sets permitted and effective to `keep`, inheritable to empty.
@@ -316,4 +315,42 @@ pub fn set_link_up(name: &str) -> io::Result<()> {
     // SAFETY: SIOCSIFFLAGS reads a valid ifreq.
     check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) }.into())?;
     Ok(())
+}
+
+/// Most fds accepted in one control message.
+pub const MAX_RECV_FDS: usize = 3;
+
+/// `recvmsg` into `buf`, non-blocking, taking up to [`MAX_RECV_FDS`]
+/// passed fds (close-on-exec). Returns the byte count (0 at EOF) and the
+/// fds.
+pub fn recv_with_fds(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!([RawFd; MAX_RECV_FDS]);
+    let msg = recvmsg::<()>(
+        fd.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(io::Error::from)?;
+    let mut fds = Vec::new();
+    for cmsg in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(raw) = cmsg {
+            for r in raw {
+                // SAFETY: the kernel installed `r` in our fd table for this
+                // message; nothing else owns it.
+                fds.push(unsafe { OwnedFd::from_raw_fd(r) });
+            }
+        }
+    }
+    Ok((msg.bytes, fds))
+}
+
+/// Sends `data` with `fds` attached (SCM_RIGHTS).
+pub fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[RawFd]) -> io::Result<usize> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let iov = [io::IoSlice::new(data)];
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).map_err(io::Error::from)
 }

@@ -2,6 +2,7 @@
 //! system purely, `rootfs` applies it, `spawn` creates the zone's init and
 //! command.
 
+pub mod exec;
 pub mod plan;
 pub mod rootfs;
 pub mod spawn;

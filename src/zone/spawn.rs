@@ -59,7 +59,7 @@ pub struct Started {
 }
 
 /// Everything the child needs, prepared before the clone.
-struct Prepared {
+pub(super) struct Prepared {
     ops: Vec<Op>,
     hostname: String,
     argv: Vec<CString>,
@@ -78,8 +78,13 @@ fn cstring(s: impl Into<Vec<u8>>, what: &'static str) -> Result<CString, Error> 
 }
 
 fn prepare(zone: &Zone) -> Result<Prepared, Error> {
-    let argv = zone
-        .command
+    prepare_command(zone, &zone.command)
+}
+
+/// Prepares running `command` with `zone`'s environment, user,
+/// capabilities and limits (the zone's own command, or `ctl exec`).
+pub(super) fn prepare_command(zone: &Zone, command: &[String]) -> Result<Prepared, Error> {
+    let argv = command
         .iter()
         .map(|a| cstring(a.as_str(), "command"))
         .collect::<Result<Vec<_>, _>>()?;
@@ -100,7 +105,7 @@ fn prepare(zone: &Zone) -> Result<Prepared, Error> {
         .iter()
         .map(|(k, v)| cstring(format!("{k}={v}"), "env"))
         .collect::<Result<Vec<_>, _>>()?;
-    let arg0 = zone.command.first().cloned().unwrap_or_default();
+    let arg0 = command.first().cloned().unwrap_or_default();
     let candidates = if arg0.contains('/') {
         vec![cstring(arg0, "command")?]
     } else {
@@ -182,7 +187,7 @@ pub fn spawn(
     }
 }
 
-fn report(status: &OwnedFd, line: &str) {
+pub(super) fn report(status: &OwnedFd, line: &str) {
     let mut f = std::fs::File::from(match status.try_clone() {
         Ok(fd) => fd,
         Err(_) => return,
@@ -226,7 +231,7 @@ fn zone_init(prep: &Prepared, status: OwnedFd, output: BorrowedFd<'_>) -> ! {
         Ok(ForkResult::Child) => {
             drop(rx);
             drop(status);
-            command(prep, tx, output)
+            command(prep, tx, Stdio::Output(output))
         }
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => {
@@ -245,7 +250,7 @@ fn zone_init(prep: &Prepared, status: OwnedFd, output: BorrowedFd<'_>) -> ! {
     reap_forever(cmd, &status)
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -274,7 +279,9 @@ enum SetupError {
     Loopback(#[source] io::Error),
 }
 
-fn reap_forever(cmd: Pid, status: &OwnedFd) -> ! {
+/// Waits for signals: forwards each to `cmd`, and on SIGCHLD reaps every
+/// child; when `cmd` ends, reports its status and exits with it.
+pub(super) fn reap_forever(cmd: Pid, status: &OwnedFd) -> ! {
     let all = sys::full_sigset();
     loop {
         let sig = match sys::sigwait(&all) {
@@ -305,8 +312,16 @@ fn reap_forever(cmd: Pid, status: &OwnedFd) -> ! {
     }
 }
 
+/// Where a command's standard fds come from.
+pub(super) enum Stdio<'a> {
+    /// stdin from /dev/null, stdout and stderr to the unit's output pipe.
+    Output(BorrowedFd<'a>),
+    /// The caller's own three fds (`zonit ctl exec`).
+    Fds(&'a [OwnedFd; 3]),
+}
+
 /// The command's process: drop privileges and exec. Never returns.
-fn command(prep: &Prepared, exec_status: OwnedFd, output: BorrowedFd<'_>) -> ! {
+pub(super) fn command(prep: &Prepared, exec_status: OwnedFd, io: Stdio<'_>) -> ! {
     let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
         let mut f = std::fs::File::from(
             exec_status
@@ -318,7 +333,7 @@ fn command(prep: &Prepared, exec_status: OwnedFd, output: BorrowedFd<'_>) -> ! {
     };
     sys::reset_signals();
     let _ = nix::unistd::setsid();
-    if let Err(e) = stdio(output) {
+    if let Err(e) = stdio(io) {
         fail("unable to set up stdio", &e);
     }
     if let Err(e) = sys::close_fds_from(3, &[exec_status.as_raw_fd()]) {
@@ -359,11 +374,20 @@ fn ptrs(v: &[CString]) -> Vec<*const libc::c_char> {
         .collect()
 }
 
-fn stdio(output: BorrowedFd<'_>) -> io::Result<()> {
-    let null = std::fs::File::open("/dev/null")?;
-    nix::unistd::dup2_stdin(null.as_fd()).map_err(io::Error::from)?;
-    nix::unistd::dup2_stdout(output).map_err(io::Error::from)?;
-    nix::unistd::dup2_stderr(output).map_err(io::Error::from)?;
+fn stdio(io: Stdio<'_>) -> io::Result<()> {
+    match io {
+        Stdio::Output(output) => {
+            let null = std::fs::File::open("/dev/null")?;
+            nix::unistd::dup2_stdin(null.as_fd()).map_err(io::Error::from)?;
+            nix::unistd::dup2_stdout(output).map_err(io::Error::from)?;
+            nix::unistd::dup2_stderr(output).map_err(io::Error::from)?;
+        }
+        Stdio::Fds([i, o, e]) => {
+            nix::unistd::dup2_stdin(i.as_fd()).map_err(io::Error::from)?;
+            nix::unistd::dup2_stdout(o.as_fd()).map_err(io::Error::from)?;
+            nix::unistd::dup2_stderr(e.as_fd()).map_err(io::Error::from)?;
+        }
+    }
     Ok(())
 }
 
@@ -371,14 +395,17 @@ fn drop_privileges(prep: &Prepared) -> io::Result<()> {
     let (uid, gid) = (Uid::from_raw(prep.uid), Gid::from_raw(prep.gid));
     nix::unistd::setgroups(&[gid]).map_err(io::Error::from)?;
     nix::unistd::setresgid(gid, gid, gid).map_err(io::Error::from)?;
-    sys::limit_capabilities(&prep.caps)?;
+    // Order matters: the bounding set is cut while CAP_SETPCAP is still
+    // held, the uid is switched while CAP_SETUID is, and only then are
+    // permitted and effective cut to the kept set (inheritable emptied).
+    sys::limit_bounding_and_ambient(&prep.caps)?;
     if prep.uid != 0 {
-        // Keep the permitted set across the uid switch, then raise the
-        // effective set again (setuid clears it).
+        // Keep the permitted set across the uid switch (setuid would
+        // clear it), so the kept capabilities can be raised again below.
         nix::sys::prctl::set_keepcaps(true).map_err(io::Error::from)?;
         nix::unistd::setresuid(uid, uid, uid).map_err(io::Error::from)?;
-        sys::set_capabilities(&prep.caps)?;
     }
+    sys::set_capabilities(&prep.caps)?;
     nix::sys::prctl::set_no_new_privs().map_err(io::Error::from)?;
     Ok(())
 }
