@@ -103,14 +103,14 @@ impl Agent {
     }
 
     pub(super) fn read_exec_status(&mut self, pid: i32) {
-        if let Some(s) = self.execs.get_mut(&pid) {
-            if let Some((file, _)) = &mut s.status {
-                for line in drain_status(file, &mut s.buf) {
-                    match line {
-                        StatusLine::Error(msg) => s.error = Some(msg),
-                        StatusLine::End(end) => s.reported = Some(end),
-                        StatusLine::Ready | StatusLine::Unknown => {}
-                    }
+        if let Some(s) = self.execs.get_mut(&pid)
+            && let Some((file, _)) = &mut s.status
+        {
+            for line in drain_status(file, &mut s.buf) {
+                match line {
+                    StatusLine::Error(msg) => s.error = Some(msg),
+                    StatusLine::End(end) => s.reported = Some(end),
+                    StatusLine::Ready | StatusLine::Unknown => {}
                 }
             }
         }

@@ -257,15 +257,15 @@ impl Agent {
     /// Reads the zone init's status lines.
     pub(super) fn read_status(&mut self, unit: &str) {
         let mut ready = false;
-        if let Some(proc) = self.units.get_mut(unit).and_then(|u| u.proc.as_mut()) {
-            if let Some((file, _)) = &mut proc.status {
-                for line in drain_status(file, &mut proc.status_buf) {
-                    match line {
-                        StatusLine::Ready => ready = true,
-                        StatusLine::Error(msg) => proc.error = Some(msg),
-                        StatusLine::End(end) => proc.reported = Some(end),
-                        StatusLine::Unknown => {}
-                    }
+        if let Some(proc) = self.units.get_mut(unit).and_then(|u| u.proc.as_mut())
+            && let Some((file, _)) = &mut proc.status
+        {
+            for line in drain_status(file, &mut proc.status_buf) {
+                match line {
+                    StatusLine::Ready => ready = true,
+                    StatusLine::Error(msg) => proc.error = Some(msg),
+                    StatusLine::End(end) => proc.reported = Some(end),
+                    StatusLine::Unknown => {}
                 }
             }
         }
