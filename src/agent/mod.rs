@@ -14,6 +14,7 @@
 mod cgroup;
 mod control;
 mod exec;
+mod guest;
 mod units;
 
 use std::collections::{HashMap, VecDeque};

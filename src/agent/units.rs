@@ -43,6 +43,8 @@ struct Proc {
     reported: Option<End>,
     /// Setup error reported by the zone's init.
     error: Option<String>,
+    /// A guest's monitor: its wait status says how the guest ended.
+    guest: bool,
 }
 
 impl UnitRt {
@@ -197,9 +199,7 @@ impl Agent {
         }
         let zone = match &cfg.kind {
             UnitKind::Zone(z) => z,
-            UnitKind::Guest(_) => {
-                return failed("guests are not supported by this build yet".into(), true);
-            }
+            UnitKind::Guest(g) => return self.spawn_guest(unit, g),
         };
         if zone.template.is_none() && !zone.root.is_dir() {
             return failed(
@@ -245,6 +245,7 @@ impl Agent {
                 status_buf: Vec::new(),
                 reported: None,
                 error: None,
+                guest: false,
             });
         }
         log::info!("{unit}: started, pid {}", started.pid);
@@ -252,6 +253,63 @@ impl Agent {
             unit: unit.to_string(),
             pid: started.pid,
         }]
+    }
+
+    fn spawn_guest(&mut self, unit: &str, guest: &crate::config::Guest) -> Vec<Input> {
+        let Some(rt) = self.units.get(unit) else {
+            return vec![Input::StartFailed {
+                unit: unit.to_string(),
+                reason: "internal: no output pipe".into(),
+                permanent: false,
+            }];
+        };
+        for path in std::iter::once(&guest.kernel)
+            .chain(guest.initrd.as_ref())
+            .chain(guest.disks.iter().map(|d| &d.path))
+        {
+            if !path.is_file() {
+                let reason = format!("{} does not exist or is not a file", path.display());
+                log::error!("{unit}: {reason}");
+                return vec![Input::StartFailed {
+                    unit: unit.to_string(),
+                    reason,
+                    permanent: true,
+                }];
+            }
+        }
+        let started = match super::guest::spawn(guest, rt.out_tx.as_fd()) {
+            Ok(s) => s,
+            Err(e) => {
+                let reason = error_chain(&e);
+                log::error!("{unit}: {reason}");
+                return vec![Input::StartFailed {
+                    unit: unit.to_string(),
+                    reason,
+                    permanent: false,
+                }];
+            }
+        };
+        self.pids.insert(started.pid, unit.to_string());
+        if let Some(rt) = self.units.get_mut(unit) {
+            rt.proc = Some(Proc {
+                pidfd: started.pidfd,
+                status: None,
+                status_buf: Vec::new(),
+                reported: None,
+                error: None,
+                guest: true,
+            });
+        }
+        log::info!("{unit}: monitor started, pid {}", started.pid);
+        // A monitor is running as soon as it exists: it reports no
+        // readiness of its own.
+        vec![
+            Input::Spawned {
+                unit: unit.to_string(),
+                pid: started.pid,
+            },
+            Input::Ready(unit.to_string()),
+        ]
     }
 
     /// Reads the zone init's status lines.
@@ -291,11 +349,15 @@ impl Agent {
                 permanent: false,
             }
         } else {
-            let end = proc.reported.unwrap_or(match status {
-                WaitStatus::Exited(_, code) => End::Exit(code),
-                WaitStatus::Signaled(_, sig, _) => End::Signal(sig as i32),
-                _ => End::Crash,
-            });
+            let end = if proc.guest {
+                super::guest::end_of(status)
+            } else {
+                proc.reported.unwrap_or(match status {
+                    WaitStatus::Exited(_, code) => End::Exit(code),
+                    WaitStatus::Signaled(_, sig, _) => End::Signal(sig as i32),
+                    _ => End::Crash,
+                })
+            };
             log::info!("{unit}: ended ({})", end.describe());
             Input::Ended {
                 unit: unit.to_string(),
