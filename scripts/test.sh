@@ -28,7 +28,7 @@ for tier in "${tiers[@]}"; do
             cargo clippy --all-targets -- -D warnings
             ;;
         1)
-            cargo test --lib --bins --test initramfs --test kernel_config
+            cargo test --lib --bins --test initramfs --test kernel_config --test fuzz_regressions
             ;;
         2)
             cargo test --test zones
