@@ -27,6 +27,10 @@ pub(super) struct Session {
 
 impl Agent {
     pub(super) fn start_exec(&mut self, id: usize, name: &str, argv: &[String]) {
+        if argv.first().is_none_or(|a| a.is_empty()) {
+            self.send(id, &proto::error("exec needs a command: argv is empty"));
+            return;
+        }
         let fds = self
             .conns
             .get_mut(&id)
