@@ -3,6 +3,7 @@
 //! a zone can see ..."), and passes only if the attack fails. Needs root,
 //! busybox-static and gcc (for the syscall probe). `docs/security.md` maps
 //! each protection to its test here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! seccomp, rlimits, its own session, masked and read-only /proc and /sys,
 //! nodev everywhere, bind mounts, templates. Needs root, busybox-static and
 //! gcc (for the syscall probe). The attacks themselves are in `escape.rs`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
