@@ -367,6 +367,9 @@ fn overlay_zones_share_the_template_without_changing_it_or_seeing_each_other() {
     if !require_root() {
         return;
     }
+    // Installed first: another test installing it mid-snapshot would look
+    // like a change to the template.
+    install_probe();
     let before = snapshot(common::template());
     let cmd = |me: &str, other: &str| {
         format!(
@@ -399,18 +402,21 @@ fn copy_template_is_copied_once_and_kept_across_restarts() {
     if !require_root() {
         return;
     }
+    install_probe();
     let before = snapshot(common::template());
     let z = Zonit::start("copy", |d| {
         zone(
             d,
             "web",
             "cat /etc/mark 2>/dev/null || echo first-run; echo kept > /etc/mark; rm -f /bin/ls; \
-             echo END; sleep 1000",
+             mknod /tmp/mem c 1 1; probe open /tmp/mem r; echo END; sleep 1000",
             "template_mode = \"copy\"",
         )
     });
     let out = z.output_until("web", END);
     assert!(out.contains("first-run"), "{out}");
+    // The bound root is nodev like an overlay root.
+    assert_eq!(value(&out, "open"), Some("EACCES"), "{out}");
     let root = z.dir.join("zones/web");
     assert!(
         root.join("bin/busybox").is_file(),
