@@ -10,6 +10,7 @@ packages=(
     file             # the static-binary check
     qemu-system-x86  # tier-4 tests and the appliance demo
     iproute2         # network checks in tests
+    gcc libc6-dev    # the static syscall probe of the escape tests
 )
 if [[ ${ZONIT_BENCH:-0} == 1 ]]; then
     # Peers measured side by side in BENCHMARKS.md.

@@ -31,7 +31,7 @@ for tier in "${tiers[@]}"; do
             cargo test --lib --bins --test initramfs --test kernel_config --test fuzz_regressions
             ;;
         2)
-            cargo test --test zones
+            cargo test --test zones --test hardening --test escape
             ;;
         3)
             if has_test vmm; then

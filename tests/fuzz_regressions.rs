@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use zonit::control::proto;
 
 fn inputs(kind: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions").join(kind);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/regressions")
+        .join(kind);
     let mut out: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| {
@@ -25,11 +27,17 @@ fn inputs(kind: &str) -> Vec<(PathBuf, Vec<u8>)> {
 #[test]
 fn config_parser_survives_every_regression_input() {
     for (path, data) in inputs("config") {
-        let Ok(text) = std::str::from_utf8(&data) else { continue };
+        let Ok(text) = std::str::from_utf8(&data) else {
+            continue;
+        };
         if let Err(diags) = zonit::config::parse(Path::new("fuzz.toml"), text) {
             let lines = text.lines().count().max(1) + 1;
             for d in diags {
-                assert!(d.line >= 1 && d.line <= lines && d.col >= 1, "{}: {d}", path.display());
+                assert!(
+                    d.line >= 1 && d.line <= lines && d.col >= 1,
+                    "{}: {d}",
+                    path.display()
+                );
             }
         }
     }

@@ -480,7 +480,7 @@ fn exec_runs_inside_the_zone_with_the_callers_stdio_and_returns_its_status() {
             "sh",
             "-c",
             "read line; echo got=$line host=$(hostname) uid=$(id -u) procs=$(ls -d /proc/[0-9]* | wc -l); \
-             grep -E '^(CapBnd|CapEff|NoNewPrivs)' /proc/self/status; echo oops >&2; exit 7",
+             grep -E '^(CapBnd|CapEff|NoNewPrivs|Seccomp):' /proc/self/status; echo oops >&2; exit 7",
         ],
         b"hello\n",
     );
@@ -507,6 +507,10 @@ fn exec_runs_inside_the_zone_with_the_callers_stdio_and_returns_its_status() {
         "{out} vs {zone_caps}"
     );
     assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    assert!(
+        out.contains("Seccomp:\t2"),
+        "exec'd command is filtered: {out}"
+    );
 }
 
 #[test]

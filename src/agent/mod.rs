@@ -73,6 +73,9 @@ pub enum Error {
     /// Registering the signal handlers failed.
     #[error("unable to register signal handlers")]
     Signals(#[source] io::Error),
+    /// The zones' seccomp filter does not compile.
+    #[error("unable to build the zone seccomp filter")]
+    Seccomp(#[source] &'static crate::zone::seccomp::Error),
     /// The control socket could not be bound.
     #[error("unable to bind the control socket {path}")]
     Socket {
@@ -138,6 +141,9 @@ impl Agent {
     /// Loads the config and sets up the loop; nothing is started yet.
     pub fn new(opts: Options) -> Result<Self, Error> {
         let config = config::load(&opts.config_path).map_err(Error::Config)?;
+        // Compiled once here, so a broken filter stops the agent at start
+        // and no zone start ever compiles it.
+        crate::zone::seccomp::program().map_err(Error::Seccomp)?;
         let poll = Poll::new().map_err(Error::Poll)?;
         let mut signals =
             Signals::new([SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGPWR])

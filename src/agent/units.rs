@@ -221,6 +221,28 @@ impl Agent {
                 true,
             );
         }
+        // Checked here rather than in the zone's init so a mistake in the
+        // config is a permanent failure with its reason, not a restart loop.
+        for m in &zone.mounts {
+            if !m.source.exists() {
+                return failed(
+                    format!(
+                        "bind source {} does not exist; create it or remove the mount",
+                        m.source.display()
+                    ),
+                    true,
+                );
+            }
+            if m.target.starts_with("/proc") || m.target.starts_with("/sys") {
+                return failed(
+                    format!(
+                        "bind target {} is under /proc or /sys, which zonit sets up itself; choose another target",
+                        m.target.display()
+                    ),
+                    true,
+                );
+            }
+        }
         let group = match self.cgroups.prepare(unit, zone) {
             Ok(g) => g,
             Err(e) => return failed(error_chain(&e), true),

@@ -24,8 +24,8 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Pid, Uid};
 
 use super::plan::{self, Op};
-use super::rootfs;
-use crate::config::Zone;
+use super::{rootfs, seccomp, template};
+use crate::config::{TemplateMode, Zone};
 use crate::sys;
 
 /// PATH used to find the command when the zone's env sets none.
@@ -46,6 +46,9 @@ pub enum Error {
     /// clone3 failed.
     #[error("unable to clone the zone's init")]
     Clone(#[source] io::Error),
+    /// The seccomp filter is unusable (a bug in its rule table).
+    #[error("no seccomp filter")]
+    Seccomp(#[source] &'static seccomp::Error),
 }
 
 /// A started zone, as the agent holds it.
@@ -61,6 +64,9 @@ pub struct Started {
 /// Everything the child needs, prepared before the clone.
 pub(super) struct Prepared {
     ops: Vec<Op>,
+    /// `(template, root)` when the root is a one-time copy of a template.
+    copy: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    seccomp: &'static [seccompiler::sock_filter],
     hostname: String,
     argv: Vec<CString>,
     envp: Vec<CString>,
@@ -116,7 +122,12 @@ pub(super) fn prepare_command(zone: &Zone, command: &[String]) -> Result<Prepare
             .collect::<Result<Vec<_>, _>>()?
     };
     Ok(Prepared {
-        ops: plan::plan(zone),
+        ops: plan::plan(zone, &plan::HostFacts::probe()),
+        copy: match (&zone.template, zone.template_mode) {
+            (Some(t), TemplateMode::Copy) => Some((t.clone(), zone.root.clone())),
+            _ => None,
+        },
+        seccomp: seccomp::program().map_err(Error::Seccomp)?,
         hostname: zone.hostname.clone(),
         argv,
         envp,
@@ -262,6 +273,9 @@ pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 fn setup(prep: &Prepared) -> Result<(), SetupError> {
+    if let Some((tpl, root)) = &prep.copy {
+        template::ensure_copied(tpl, root)?;
+    }
     rootfs::apply(&prep.ops)?;
     nix::unistd::sethostname(&prep.hostname).map_err(|e| SetupError::Hostname(e.into()))?;
     sys::set_link_up("lo").map_err(SetupError::Loopback)?;
@@ -271,6 +285,8 @@ fn setup(prep: &Prepared) -> Result<(), SetupError> {
 /// Why the zone init could not set up the zone.
 #[derive(Debug, thiserror::Error)]
 enum SetupError {
+    #[error(transparent)]
+    Template(#[from] template::Error),
     #[error(transparent)]
     Rootfs(#[from] rootfs::Error),
     #[error("unable to set the hostname")]
@@ -350,6 +366,10 @@ pub(super) fn command(prep: &Prepared, exec_status: OwnedFd, io: Stdio<'_>) -> !
     if let Err(e) = drop_privileges(prep) {
         fail("unable to drop privileges", &e);
     }
+    // Last, so everything above may still use what the filter refuses.
+    if let Err(e) = seccomp::install(prep.seccomp) {
+        fail("unable to install seccomp", &error_chain(&e));
+    }
     let argv = ptrs(&prep.argv);
     let envp = ptrs(&prep.envp);
     let mut last = io::Error::from_raw_os_error(libc::ENOENT);
@@ -391,21 +411,30 @@ fn stdio(io: Stdio<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// Groups, capabilities, uid, no_new_privs, in the order each step still
+/// has the privilege it needs.
+///
+/// For a root user the bounding, permitted and effective sets end up equal
+/// to the zone's `capabilities`; inheritable and ambient are empty (a
+/// non-empty inheritable set was CVE-2022-29162). For any other user the
+/// uid switch clears permitted and effective, and with empty inheritable
+/// and ambient sets `execve` grants nothing back: a non-root zone user runs
+/// with no capabilities, as under Docker, and the bounding set still caps
+/// what any file could grant.
 fn drop_privileges(prep: &Prepared) -> io::Result<()> {
     let (uid, gid) = (Uid::from_raw(prep.uid), Gid::from_raw(prep.gid));
     nix::unistd::setgroups(&[gid]).map_err(io::Error::from)?;
     nix::unistd::setresgid(gid, gid, gid).map_err(io::Error::from)?;
-    // Order matters: the bounding set is cut while CAP_SETPCAP is still
-    // held, the uid is switched while CAP_SETUID is, and only then are
-    // permitted and effective cut to the kept set (inheritable emptied).
+    // Needs CAP_SETPCAP, so before anything drops it.
     sys::limit_bounding_and_ambient(&prep.caps)?;
     if prep.uid != 0 {
-        // Keep the permitted set across the uid switch (setuid would
-        // clear it), so the kept capabilities can be raised again below.
-        nix::sys::prctl::set_keepcaps(true).map_err(io::Error::from)?;
         nix::unistd::setresuid(uid, uid, uid).map_err(io::Error::from)?;
+        // The switch emptied permitted; capset may only lower it, and
+        // execve would clear it anyway. Inheritable is still emptied.
+        sys::set_capabilities(&[])?;
+    } else {
+        sys::set_capabilities(&prep.caps)?;
     }
-    sys::set_capabilities(&prep.caps)?;
     nix::sys::prctl::set_no_new_privs().map_err(io::Error::from)?;
     Ok(())
 }
