@@ -91,11 +91,12 @@ fn crashing_zone_is_restarted_on_the_backoff_schedule() {
         .windows(2)
         .map(|w| (w[1] - w[0]).as_millis())
         .collect();
-    // Expected waits 200, 400, 800, 800 ms plus the zone's own run time.
+    // Expected waits 200, 400, 800, 800 ms plus the zone's own run time
+    // (a few ms; the slack covers a loaded 2-core CI machine).
     let expected = [200u128, 400, 800, 800];
     for (gap, want) in gaps.iter().zip(expected) {
         assert!(
-            *gap >= want && *gap < want + 250,
+            *gap >= want && *gap < want + 500,
             "restart gaps {gaps:?} do not follow {expected:?}"
         );
     }
