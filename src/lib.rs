@@ -6,3 +6,5 @@
 
 /// The configuration model, parser and validator.
 pub mod config;
+/// The per-guest virtual machine monitor (`zonit vmm`).
+pub mod vmm;
