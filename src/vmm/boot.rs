@@ -196,12 +196,18 @@ fn load_kernel(
                     version: hdr.version,
                 });
             }
+            // The kernel decompresses itself into `init_size` bytes from its
+            // runtime address; the initrd must stay clear of that too.
+            let runtime = result.kernel_load.0.max(hdr.pref_address);
+            let end = result
+                .kernel_end
+                .max(runtime.saturating_add(u64::from(hdr.init_size)));
             Ok(LoadedKernel {
                 entry: Entry {
                     mode: EntryMode::Long,
                     addr: result.kernel_load.0 + BZIMAGE_64BIT_ENTRY,
                 },
-                end: result.kernel_end,
+                end,
                 setup_header: Some(hdr),
             })
         }

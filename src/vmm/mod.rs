@@ -105,17 +105,6 @@ impl GuestEnd {
         use std::os::unix::process::ExitStatusExt;
         GuestEnd::from_code_or_signal(status.code(), status.signal())
     }
-
-    /// The word the agent reports (`ctl status`'s `last_exit`).
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            GuestEnd::Poweroff => "poweroff",
-            GuestEnd::SetupFailed => "crash",
-            GuestEnd::Reboot => "reboot",
-            GuestEnd::Crash => "crash",
-            GuestEnd::Killed => "killed",
-        }
-    }
 }
 
 /// An end with the reason the monitor logs.
@@ -781,6 +770,25 @@ mod tests {
         assert_eq!(parse_size(""), None);
         assert_eq!(parse_size("M"), None);
         assert_eq!(parse_size("99999999999T"), None);
+    }
+
+    #[test]
+    fn stop_button_raises_the_ged_and_types_ctrl_alt_del() {
+        let kbd_irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let stop = StopButton {
+            ged: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            keyboard: Arc::new(Mutex::new(I8042::new(EventFdTrigger(
+                kbd_irq.try_clone().unwrap(),
+            )))),
+        };
+        stop.press();
+        stop.press();
+        assert_eq!(stop.ged.read().unwrap(), 2);
+        assert!(kbd_irq.read().unwrap() >= 1);
+        let mut kbd = devices::lock(&stop.keyboard);
+        let mut first = [0u8];
+        devices::BusDevice::read(&mut *kbd, 0, &mut first);
+        assert_eq!(first[0], i8042::CAD_SET1[0]);
     }
 
     #[test]
