@@ -14,6 +14,7 @@ use nix::sys::wait::WaitStatus;
 use crate::config::Guest;
 use crate::supervisor::End;
 use crate::sys;
+use crate::vmm::GuestEnd;
 
 /// The executable re-run as the monitor.
 const SELF_EXE: &str = "/proc/self/exe";
@@ -98,21 +99,20 @@ pub fn spawn(guest: &Guest, output: BorrowedFd<'_>) -> Result<Started, Error> {
     }
 }
 
-/// How a guest ended, from its monitor's wait status (the contract in
-/// docs/vmm.md): 0 poweroff, 2 reboot, 3 crash, 1 monitor set-up failure
-/// (a crash), SIGKILL/SIGTERM/SIGINT/SIGHUP killed, other signals a crash.
+/// How a guest ended, from its monitor's wait status, by the monitor's
+/// own contract ([`GuestEnd`], docs/vmm.md). A monitor killed from outside
+/// keeps its signal, so `status` says which.
 pub fn end_of(status: WaitStatus) -> End {
-    match status {
-        WaitStatus::Exited(_, 0) => End::Poweroff,
-        WaitStatus::Exited(_, 2) => End::Reboot,
-        WaitStatus::Exited(_, _) => End::Crash,
-        WaitStatus::Signaled(_, sig, _) => match sig {
-            Signal::SIGKILL | Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP => {
-                End::Signal(sig as i32)
-            }
-            _ => End::Crash,
-        },
-        _ => End::Crash,
+    let (code, signal) = match status {
+        WaitStatus::Exited(_, c) => (Some(c), None),
+        WaitStatus::Signaled(_, s, _) => (None, Some(s as i32)),
+        _ => (None, None),
+    };
+    match GuestEnd::from_code_or_signal(code, signal) {
+        GuestEnd::Poweroff => End::Poweroff,
+        GuestEnd::Reboot => End::Reboot,
+        GuestEnd::Crash | GuestEnd::SetupFailed => End::Crash,
+        GuestEnd::Killed => End::Signal(signal.unwrap_or(libc::SIGKILL)),
     }
 }
 
