@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use zonit::vmm::GuestEnd;
 
+mod common;
+
 const ZONIT: &str = env!("CARGO_BIN_EXE_zonit");
 /// Generous: a payload runs in milliseconds, but CI machines are shared.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -603,4 +605,95 @@ fn a_file_that_is_no_kernel_is_a_setup_failure() {
     let out = boot(&junk, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
     assert!(out.stderr.contains("cannot load kernel"), "{}", out.stderr);
+}
+
+// ---------------------------------------------------------------- agent
+// Guest units under `zonit run`: the agent starts one monitor per guest and
+// applies SPEC section 4 to how each guest ended.
+
+fn guest(name: &str, kernel: &Path, cmdline: &str, extra: &str) -> String {
+    format!(
+        "[guest.{name}]\nkernel = \"{}\"\ncmdline = \"{cmdline}\"\nmemory = \"32M\"\n\
+         backoff = {{ initial = \"100ms\", max = \"200ms\" }}\n{extra}\n",
+        kernel.display()
+    )
+}
+
+#[test]
+fn agent_applies_restart_policy_to_each_kind_of_guest_end() {
+    let Some(kernel) = setup(Payload::Elf) else {
+        return;
+    };
+    let z = common::Zonit::start("guests", |_| {
+        [
+            guest("off", &kernel, "poweroff", "restart = \"on-failure\""),
+            guest("boot", &kernel, "reboot", "restart = \"never\""),
+            guest("halt", &kernel, "reboot", "on_reboot = \"stop\""),
+            guest("crash", &kernel, "triple", "restart = \"on-failure\""),
+        ]
+        .concat()
+    });
+    z.wait_state("off", "exited");
+    z.wait_state("halt", "exited");
+    z.wait_for("reboots and crashes to restart", DEADLINE, || {
+        z.unit("boot")["restarts"].as_u64() >= Some(2)
+            && z.unit("crash")["restarts"].as_u64() >= Some(2)
+    });
+    let off = z.unit("off");
+    assert_eq!(off["last_exit"], "poweroff");
+    assert_eq!(off["restarts"], 0, "a poweroff is a clean end");
+    assert_eq!(off["kind"], "guest");
+    assert_eq!(z.unit("halt")["last_exit"], "reboot");
+    assert_eq!(z.unit("halt")["restarts"], 0);
+    assert_eq!(z.unit("boot")["last_exit"], "reboot");
+    assert_eq!(z.unit("crash")["last_exit"], "crash");
+    // The guest's console is the unit's output.
+    let (_, logs, _) = z.ctl(&["logs", "crash"]);
+    assert!(logs.contains("triple fault"), "{logs}");
+    assert!(z.log_text().contains("zonit[off]: "), "{}", z.log_text());
+}
+
+#[test]
+fn agent_stops_a_guest_gracefully_then_kills_one_that_ignores_it() {
+    let Some(kernel) = setup(Payload::Elf) else {
+        return;
+    };
+    let z = common::Zonit::start("guest-stop", |_| {
+        [
+            guest("polite", &kernel, "cad", "stop_timeout = \"20s\""),
+            guest("stubborn", &kernel, "spin", "stop_timeout = \"500ms\""),
+        ]
+        .concat()
+    });
+    z.wait_state("polite", "running");
+    z.wait_state("stubborn", "running");
+    z.wait_for("the guests to boot", DEADLINE, || {
+        let (_, a, _) = z.ctl(&["logs", "polite"]);
+        let (_, b, _) = z.ctl(&["logs", "stubborn"]);
+        a.contains("waiting for ctrl-alt-del") && b.contains("spinning")
+    });
+    let t = Instant::now();
+    assert_eq!(z.ctl(&["stop", "polite"]).0, 0);
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "graceful stop took {:?}",
+        t.elapsed()
+    );
+    let polite = z.unit("polite");
+    assert_eq!(polite["state"], "stopped");
+    assert_eq!(
+        polite["last_exit"], "poweroff",
+        "the guest shut itself down"
+    );
+
+    let t = Instant::now();
+    assert_eq!(z.ctl(&["stop", "stubborn"]).0, 0);
+    assert!(
+        t.elapsed() >= Duration::from_millis(500),
+        "killed before stop_timeout"
+    );
+    let stubborn = z.unit("stubborn");
+    assert_eq!(stubborn["state"], "stopped");
+    assert_eq!(stubborn["last_exit"], "signal SIGKILL");
+    assert_eq!(stubborn["restarts"], 0);
 }

@@ -81,8 +81,11 @@ pub fn spawn(guest: &Guest, output: BorrowedFd<'_>) -> Result<Started, Error> {
             let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
             let _ = nix::unistd::setsid();
             let setup = || -> std::io::Result<()> {
-                let null = std::fs::File::open("/dev/null")?;
-                nix::unistd::dup2_stdin(&null)?;
+                {
+                    // Dropped (closed) before the sweep below closes the rest.
+                    let null = std::fs::File::open("/dev/null")?;
+                    nix::unistd::dup2_stdin(&null)?;
+                }
                 nix::unistd::dup2_stdout(output)?;
                 nix::unistd::dup2_stderr(output)?;
                 sys::close_fds_from(3, &[])
