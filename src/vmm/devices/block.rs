@@ -76,11 +76,13 @@ impl Block {
         (end <= self.sectors * SECTOR).then_some(offset)
     }
 
-    fn chunk(&mut self) -> &mut [u8] {
+    /// The bounce buffer (allocated on first use) and the image, borrowed
+    /// together.
+    fn chunk_and_file(&mut self) -> (&mut [u8], &File) {
         if self.buf.is_empty() {
             self.buf = vec![0; CHUNK];
         }
-        &mut self.buf
+        (&mut self.buf, &self.file)
     }
 
     fn read_into(&mut self, sector: u64, writer: &mut Writer<'_>) -> u8 {
@@ -89,9 +91,7 @@ impl Block {
             return S_IOERR;
         };
         let mut left = len;
-        let file = self.file.try_clone();
-        let Ok(file) = file else { return S_IOERR };
-        let buf = self.chunk();
+        let (buf, file) = self.chunk_and_file();
         while left > 0 {
             let n = left.min(buf.len());
             if file.read_exact_at(&mut buf[..n], offset).is_err()
@@ -114,10 +114,7 @@ impl Block {
             return S_IOERR;
         };
         let mut left = len;
-        let Ok(file) = self.file.try_clone() else {
-            return S_IOERR;
-        };
-        let buf = self.chunk();
+        let (buf, file) = self.chunk_and_file();
         while left > 0 {
             let n = left.min(buf.len());
             if reader.read_exact(&mut buf[..n]).is_err()

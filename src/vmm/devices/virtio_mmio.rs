@@ -178,6 +178,7 @@ impl<D: VirtioDevice, T: Trigger> VirtioMmio<D, T> {
             return;
         };
         if !queue.ready() || !queue.is_valid(&self.mem) {
+            log::debug!("virtio-mmio: notify for queue {index}, which is not ready or not valid");
             return;
         }
         if self.device.process_queue(index as usize, queue, &self.mem) {
