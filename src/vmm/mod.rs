@@ -548,7 +548,7 @@ impl Monitor {
             "pvpanic",
             pvpanic::PORT,
             1,
-            Arc::new(Mutex::new(PvPanic)),
+            Arc::new(Mutex::new(PvPanic::default())),
         )?;
         for (block, slot) in disks {
             let transport = VirtioMmio::new(

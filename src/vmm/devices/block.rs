@@ -211,7 +211,7 @@ impl VirtioDevice for Block {
             let head = chain.head_index();
             let len = self.serve(chain, mem);
             if let Err(e) = queue.add_used(mem, head, len) {
-                log::warn!("virtio-blk: cannot complete a request: {e}");
+                log::debug!("virtio-blk: cannot complete a request: {e}");
                 break;
             }
             used = true;
