@@ -337,9 +337,9 @@ pub enum MonitorError {
     /// The wake-up pipe.
     #[error("cannot create the wake-up pipe")]
     Pipe(#[source] std::io::Error),
-    /// An eventfd.
-    #[error("cannot create an eventfd")]
-    EventFd(#[source] std::io::Error),
+    /// Standard output, where the guest console goes.
+    #[error("cannot use standard output for the guest console")]
+    Stdout(#[source] std::io::Error),
     /// Confinement.
     #[error(transparent)]
     Confine(#[from] confine::ConfineError),
@@ -508,7 +508,7 @@ impl Monitor {
         let stdout = std::io::stdout()
             .as_fd()
             .try_clone_to_owned()
-            .map_err(MonitorError::Pipe)?;
+            .map_err(MonitorError::Stdout)?;
         let console = Arc::new(Mutex::new(SerialDevice::new(
             EventFdTrigger(vm.irqfd(serial::COM1_IRQ)?),
             File::from(stdout),
