@@ -7,10 +7,11 @@ use std::os::fd::{AsFd, OwnedFd};
 use nix::sys::wait::WaitStatus;
 use serde_json::json;
 
-use super::units::{StatusLine, drain_status, end_status_code, error_chain};
+use super::units::{StatusLine, drain_status, end_status_code};
 use super::{Agent, Source};
 use crate::config::UnitKind;
 use crate::control::proto;
+use crate::logging::error_chain;
 use crate::supervisor::{End, State};
 use crate::sys;
 use crate::zone::exec;
