@@ -107,6 +107,15 @@ impl Agent {
         }
     }
 
+    /// SIGKILL to every exec helper (shutdown past its deadline). The
+    /// helper is not the PID namespace's init, so its command is killed
+    /// with its zone, not with it.
+    pub(super) fn kill_execs(&mut self) {
+        for s in self.execs.values() {
+            let _ = sys::pidfd_send_signal(s.pidfd.as_fd(), libc::SIGKILL);
+        }
+    }
+
     pub(super) fn read_exec_status(&mut self, pid: i32) {
         if let Some(s) = self.execs.get_mut(&pid)
             && let Some((file, _)) = &mut s.status

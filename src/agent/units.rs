@@ -105,6 +105,7 @@ impl Agent {
         for (unit, pid) in live {
             self.signal_unit(&unit, pid, libc::SIGKILL);
         }
+        self.kill_execs();
     }
 
     /// Drops a unit's runtime: its output pipe and its log followers.
