@@ -131,6 +131,9 @@ impl Agent {
     /// Loads the config and sets up the loop; nothing is started yet.
     pub fn new(opts: Options) -> Result<Self, Error> {
         let config = config::load(&opts.config_path).map_err(Error::Config)?;
+        // The logger starts at info so config errors are always shown; from
+        // here on the operator's level applies.
+        log::set_max_level(config.host.log_level);
         let poll = Poll::new().map_err(Error::Poll)?;
         let mut signals =
             Signals::new([SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGPWR])

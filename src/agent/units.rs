@@ -36,6 +36,9 @@ pub(super) struct UnitRt {
 }
 
 struct Proc {
+    /// When the agent began starting it: the origin of the start timings
+    /// logged at debug level.
+    spawned_at: Instant,
     pidfd: OwnedFd,
     status: Option<(File, mio::Token)>,
     status_buf: Vec<u8>,
@@ -129,6 +132,7 @@ impl Agent {
 
     /// Carries out `Spawn`; returns the engine inputs that answer it.
     fn spawn_unit(&mut self, unit: &str) -> Vec<Input> {
+        let spawned_at = Instant::now();
         let failed = |reason: String, permanent: bool| {
             log::error!("{unit}: {reason}");
             vec![Input::StartFailed {
@@ -202,6 +206,7 @@ impl Agent {
         self.pids.insert(started.pid, unit.to_string());
         if let Some(rt) = self.units.get_mut(unit) {
             rt.proc = Some(Proc {
+                spawned_at,
                 pidfd: started.pidfd,
                 status,
                 status_buf: Vec::new(),
@@ -218,7 +223,7 @@ impl Agent {
 
     /// Reads the zone init's status lines.
     pub(super) fn read_status(&mut self, unit: &str) {
-        let mut ready = false;
+        let mut ready = None;
         if let Some(proc) = self.units.get_mut(unit).and_then(|u| u.proc.as_mut()) {
             if let Some((file, _)) = &mut proc.status {
                 let mut buf = [0u8; 512];
@@ -241,15 +246,20 @@ impl Agent {
                 let line: Vec<u8> = proc.status_buf.drain(..=nl).collect();
                 let line = String::from_utf8_lossy(&line[..nl]).into_owned();
                 match parse_status_line(&line) {
-                    StatusLine::Ready => ready = true,
+                    StatusLine::Ready => ready = Some(proc.spawned_at.elapsed()),
                     StatusLine::Error(msg) => proc.error = Some(msg),
                     StatusLine::End(end) => proc.reported = Some(end),
                     StatusLine::Unknown => {}
                 }
             }
         }
-        if ready {
-            log::debug!("{unit}: command running");
+        if let Some(after) = ready {
+            // The start latency as the agent sees it: from deciding to
+            // spawn to the init's `ready` (the command was executed).
+            log::debug!(
+                "{unit}: command running, {} us after spawn",
+                after.as_micros()
+            );
             self.feed(Input::Ready(unit.to_string()));
         }
     }
@@ -282,6 +292,10 @@ impl Agent {
                 _ => End::Crash,
             });
             log::info!("{unit}: ended ({})", end.describe());
+            log::debug!(
+                "{unit}: reaped {} us after spawn",
+                proc.spawned_at.elapsed().as_micros()
+            );
             Input::Ended {
                 unit: unit.to_string(),
                 end: end.clone(),
