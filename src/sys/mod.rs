@@ -211,8 +211,8 @@ pub const CAP_LAST: u8 = 40;
 /// Cuts the bounding set to `keep`, sets permitted and effective to `keep`,
 /// and empties the inheritable and ambient sets. Runs before the uid switch
 /// together with `PR_SET_KEEPCAPS`, see `zone::spawn`.
-pub fn limit_capabilities(keep: &[u8]) -> io::Result<()> {
-    let last = last_cap();
+/// `last` is the highest capability the kernel knows ([`last_cap`]).
+pub fn limit_capabilities(keep: &[u8], last: u8) -> io::Result<()> {
     for cap in 0..=last {
         if !keep.contains(&cap) {
             // SAFETY: prctl with integer arguments only.
@@ -264,12 +264,17 @@ pub fn set_capabilities(keep: &[u8]) -> io::Result<()> {
     check(ret).map(drop)
 }
 
-/// The highest capability the running kernel knows.
-fn last_cap() -> u8 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(CAP_LAST)
+/// The highest capability the running kernel knows. Read once per
+/// process: it cannot change while the kernel runs, and zone starts should
+/// not pay five syscalls for it each time.
+pub fn last_cap() -> u8 {
+    static LAST: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+    *LAST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(CAP_LAST)
+    })
 }
 
 /// Creates a pipe with both ends close-on-exec; returns (read, write).

@@ -70,6 +70,9 @@ struct Prepared {
     uid: u32,
     gid: u32,
     caps: Vec<u8>,
+    /// The kernel's highest capability, read by the agent (once) so the
+    /// command does not read /proc on every start.
+    last_cap: u8,
     rlimits: Vec<(Resource, u64)>,
 }
 
@@ -120,6 +123,7 @@ fn prepare(zone: &Zone) -> Result<Prepared, Error> {
         uid: zone.user.0,
         gid: zone.user.1,
         caps: zone.capabilities.clone(),
+        last_cap: sys::last_cap(),
         rlimits: zone
             .rlimits
             .iter()
@@ -316,7 +320,9 @@ fn command(prep: &Prepared, exec_status: OwnedFd, output: BorrowedFd<'_>) -> ! {
         let _ = f.write_all(format!("{what}: {e}").as_bytes());
         sys::exit_now(127)
     };
-    sys::reset_signals();
+    // The init reset every disposition before forking us, and exec resets
+    // handlers anyway: only the init's full block mask is left to undo.
+    sys::set_sigmask(libc::SIG_SETMASK, &sys::empty_sigset());
     let _ = nix::unistd::setsid();
     if let Err(e) = stdio(output) {
         fail("unable to set up stdio", &e);
@@ -371,7 +377,7 @@ fn drop_privileges(prep: &Prepared) -> io::Result<()> {
     let (uid, gid) = (Uid::from_raw(prep.uid), Gid::from_raw(prep.gid));
     nix::unistd::setgroups(&[gid]).map_err(io::Error::from)?;
     nix::unistd::setresgid(gid, gid, gid).map_err(io::Error::from)?;
-    sys::limit_capabilities(&prep.caps)?;
+    sys::limit_capabilities(&prep.caps, prep.last_cap)?;
     if prep.uid != 0 {
         // Keep the permitted set across the uid switch, then raise the
         // effective set again (setuid clears it).
