@@ -103,15 +103,19 @@ pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
 }
 
 /// Closes every fd from `first` up, except those in `keep` (sorted or not).
+/// Allocates nothing: it runs in the zone's init, whose heap pages are
+/// shared copy-on-write with the agent.
 pub fn close_fds_from(first: RawFd, keep: &[RawFd]) -> io::Result<()> {
-    let mut keep: Vec<RawFd> = keep.iter().copied().filter(|&k| k >= first).collect();
-    keep.sort_unstable();
     let mut lo = first;
-    for k in keep {
+    // The lowest kept fd at or above `lo`, each round; `keep` is a few fds.
+    while let Some(k) = keep.iter().copied().filter(|&k| k >= lo).min() {
         if k > lo {
             close_range(lo, k - 1)?;
         }
-        lo = k + 1;
+        match k.checked_add(1) {
+            Some(next) => lo = next,
+            None => return Ok(()),
+        }
     }
     close_range(lo, RawFd::MAX)
 }
