@@ -106,7 +106,10 @@ sed -i -e 's|"terminal": true|"terminal": false|' \
 grep -q '"/bin/true"' "$bundle/config.json" || { echo "bench: crun spec edit failed" >&2; exit 1; }
 
 # s6: a scan directory; service `t` is down until told, and runs
-# busybox true directly (the script's interpreter is `true`).
+# busybox true directly (the script's interpreter is `true`). Each
+# measurement waits for `D` (down and finished), not `d`: an `-o` sent
+# while s6-supervise is still finishing the previous run can be lost, and
+# the next measurement would wait forever.
 scan=$dir/s6/scan
 mkdir -p "$scan/t"
 printf '#!%s\n' "$root/bin/true" > "$scan/t/run"
@@ -166,7 +169,7 @@ for r in $(seq "$ROUNDS"); do
         -n zonit "$ZONIT run --config $one" \
         -n unshare "unshare --pid --fork --mount --uts --ipc --net --root $root /bin/true" \
         -n bwrap "bwrap --unshare-all --ro-bind $root / --proc /proc --dev /dev /bin/true" \
-        -n s6 "s6-ftrig-listen1 $scan/t/event d s6-svc -o $scan/t" >/dev/null
+        -n s6 "s6-ftrig-listen1 $scan/t/event D s6-svc -o $scan/t" >/dev/null
     "${crun_wrap[@]}" hyperfine -N --style none --warmup 20 --runs "$RUNS" \
         --export-csv "$dir/crun$r.csv" \
         -n crun "crun run -b $bundle zonit-bench-$$" >/dev/null
@@ -195,7 +198,7 @@ row zonit-ready "zonit to ready" "spawn decision to the init's \`ready\` (comman
 row unshare "unshare --root" "pid,mnt,uts,ipc,net namespaces + chroot, no mounts"
 row bwrap "bwrap --unshare-all" "all namespaces, ro bind root, /proc, /dev, lo up"
 row crun "crun run" "OCI runtime: namespaces, mounts, cgroup v1, /bin/true"
-row s6 "s6-svc -o (no namespaces)" "supervise forks+execs /bin/true, down event seen"
+row s6 "s6-svc -o (no namespaces)" "s6-supervise forks+execs /bin/true; its \`D\` (down, finished) event seen"
 say ""
 
 # --- 2. N zones at once ------------------------------------------------------
