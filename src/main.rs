@@ -112,7 +112,7 @@ fn run(args: &[String]) -> ExitCode {
             return ExitCode::from(1);
         }
         Err(e) => {
-            log::error!("{}", chain(&e));
+            log::error!("{}", zonit::logging::error_chain(&e));
             return ExitCode::from(1);
         }
     };
@@ -125,15 +125,4 @@ fn run(args: &[String]) -> ExitCode {
 fn init(_args: &[String]) -> ExitCode {
     eprintln!("zonit: PID 1 mode is not available in this build; use `zonit run`");
     ExitCode::from(1)
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -144,6 +144,9 @@ impl Agent {
         // Compiled once here, so a broken filter stops the agent at start
         // and no zone start ever compiles it.
         crate::zone::seccomp::program().map_err(Error::Seccomp)?;
+        // The logger starts at info so config errors are always shown; from
+        // here on the operator's level applies.
+        log::set_max_level(config.host.log_level);
         let poll = Poll::new().map_err(Error::Poll)?;
         let mut signals =
             Signals::new([SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGPWR])
@@ -204,6 +207,23 @@ impl Agent {
             self.config.units.len(),
             boot.len()
         );
+        // Every unit's runtime (output pipe, 16 KiB log ring) and the
+        // maps' room are made before the first zone is forked: each zone's
+        // init shares the agent's heap copy-on-write, and every heap page
+        // the agent rewrites after a fork (a map growing, a ring being
+        // made) becomes a private page of that zone.
+        let n = self.config.units.len();
+        self.units.reserve(n);
+        self.pids.reserve(n);
+        // Output and status pipe of each unit, plus control connections.
+        self.sources.reserve(2 * n + 16);
+        let names: Vec<String> = self.config.units.iter().map(|u| u.name.clone()).collect();
+        for name in &names {
+            if let Err(e) = self.ensure_runtime_pub(name) {
+                // spawn_unit tries again and reports the failure.
+                log::warn!("{name}: unable to create the output pipe: {e}");
+            }
+        }
         self.feed(Input::StartAll(boot));
         let mut events = Events::with_capacity(256);
         loop {

@@ -23,6 +23,8 @@ pub mod seccomp;
 pub mod vm;
 
 use std::borrow::Cow;
+
+use crate::logging::error_chain;
 use std::fs::File;
 use std::io::{PipeReader, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsFd;
@@ -359,18 +361,6 @@ pub enum MonitorError {
     /// Waiting for events failed.
     #[error("cannot wait for events")]
     Poll(#[source] nix::Error),
-}
-
-/// Formats an error and its sources as one line: "a: b: c".
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut line = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        line.push_str(": ");
-        line.push_str(&s.to_string());
-        source = s.source();
-    }
-    line
 }
 
 /// The monitor's log backend: stderr, one line per record, prefixed.
