@@ -350,6 +350,17 @@ fn memory_above_the_mmio_gap_gets_its_own_e820_entry() {
 }
 
 #[test]
+fn pio_action_writes_the_scratch_register_n_times_then_powers_off() {
+    let Some(kernel) = setup(Payload::Pvh) else {
+        return;
+    };
+    // The exit-rate benchmark's guest (scripts/bench-vmm.sh), kept short.
+    let out = boot(&kernel, &["--cmdline", "pio=1000"]);
+    assert_console_has(&out, &["pio: 1000".to_string(), "pio done".to_string()]);
+    assert_eq!(out.end(), GuestEnd::Poweroff, "stderr: {}", out.stderr);
+}
+
+#[test]
 fn i8042_reset_is_a_reboot() {
     let Some(kernel) = setup(Payload::Elf) else {
         return;

@@ -30,7 +30,8 @@ use std::io::{PipeReader, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Barrier, Mutex, OnceLock};
+use std::time::Instant;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
@@ -363,7 +364,14 @@ pub enum MonitorError {
 }
 
 /// The monitor's log backend: stderr, one line per record, prefixed.
+/// At debug level and above each line also carries the time since the
+/// monitor started, so a slow setup step shows up without a tracer (whose
+/// own overhead would hide what is being looked for).
 struct StderrLog;
+
+/// When `init_logging` ran: the start of the monitor, for the debug
+/// timestamps.
+static STARTED: OnceLock<Instant> = OnceLock::new();
 
 impl log::Log for StderrLog {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
@@ -373,8 +381,12 @@ impl log::Log for StderrLog {
     fn log(&self, record: &log::Record<'_>) {
         if self.enabled(record.metadata()) {
             let level = record.level().as_str().to_ascii_lowercase();
+            let since = match (log::max_level() >= log::LevelFilter::Debug, STARTED.get()) {
+                (true, Some(t)) => format!("[{:8.3} ms] ", t.elapsed().as_secs_f64() * 1e3),
+                _ => String::new(),
+            };
             // One write per line so lines from threads do not interleave.
-            let line = format!("zonit-vmm: {level}: {}\n", record.args());
+            let line = format!("zonit-vmm: {level}: {since}{}\n", record.args());
             let _ = std::io::stderr().write_all(line.as_bytes());
         }
     }
@@ -385,6 +397,7 @@ impl log::Log for StderrLog {
 static LOGGER: StderrLog = StderrLog;
 
 fn init_logging() {
+    STARTED.get_or_init(Instant::now);
     // Fails only if a logger is already set, which then stays in charge.
     let _ = log::set_logger(&LOGGER);
     let level = std::env::var("ZONIT_VMM_LOG")
@@ -480,7 +493,9 @@ impl Monitor {
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(MonitorError::Signals)?;
 
+        log::debug!("files open");
         let vm = vm::Vm::create(opts.memory, opts.vcpus)?;
+        log::debug!("VM created with its memory");
         let entry = boot::load(
             &vm.memory,
             boot::BootSpec {
@@ -494,6 +509,7 @@ impl Monitor {
                 },
             },
         )?;
+        log::debug!("guest loaded");
 
         let stdout = std::io::stdout()
             .as_fd()
@@ -554,6 +570,7 @@ impl Monitor {
                 })?;
         }
 
+        log::debug!("devices placed");
         let supported = vm.supported_cpuid()?;
         let mut vcpus = Vec::with_capacity(usize::from(opts.vcpus));
         for id in 0..opts.vcpus {
@@ -562,6 +579,7 @@ impl Monitor {
             vcpus.push(vcpu);
         }
 
+        log::debug!("vCPUs configured");
         let (wake, wake_writer) = std::io::pipe().map_err(MonitorError::Pipe)?;
         Ok(Self {
             vcpus,
@@ -590,10 +608,12 @@ impl Monitor {
         if let Err(e) = confine::confine() {
             return e.into();
         }
+        log::debug!("confined");
         let (main_filter, vcpu_filter) = match (seccomp::main_filter(), seccomp::vcpu_filter()) {
             (Ok(m), Ok(v)) => (m, v),
             (Err(e), _) | (_, Err(e)) => return e.into(),
         };
+        log::debug!("seccomp filters built");
         // Every thread installs its filter, then all meet here before the
         // guest's first instruction.
         let start = Arc::new(Barrier::new(vcpus.len() + 1));

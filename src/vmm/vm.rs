@@ -143,6 +143,12 @@ impl Vm {
             });
         }
         let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
+        // Memory before the interrupt controllers and the PIT: each memory
+        // slot change waits for an SRCU grace period of the VM, which is
+        // short on a VM that has no I/O devices yet but took 4 to 13 ms
+        // (almost all of the monitor's setup) when the irqchip and PIT had
+        // just been created (BENCHMARKS.md, "Monitor").
+        let memory = Self::register_memory(&fd, mem_size)?;
         fd.set_tss_address(TSS_ADDR)
             .map_err(VmError::SetTssAddress)?;
         fd.create_irq_chip().map_err(VmError::CreateIrqchip)?;
@@ -153,7 +159,12 @@ impl Vm {
             ..Default::default()
         };
         fd.create_pit2(pit).map_err(VmError::CreatePit)?;
+        Ok(Self { kvm, fd, memory })
+    }
 
+    /// Allocates `mem_size` bytes of guest RAM laid out by
+    /// [`layout::ram_ranges`] and registers each range with KVM.
+    fn register_memory(fd: &VmFd, mem_size: u64) -> Result<GuestMemoryMmap, VmError> {
         let ranges: Vec<(GuestAddress, usize)> = layout::ram_ranges(mem_size)
             .into_iter()
             .map(|(addr, size)| (GuestAddress(addr), size as usize))
@@ -179,13 +190,15 @@ impl Vm {
                 userspace_addr: host as u64,
             };
             // SAFETY: `host` is the start of a live mapping of exactly
-            // `region.len()` bytes owned by `memory`, which this `Vm` keeps
-            // for the rest of the process; slots are distinct and the
-            // guest ranges come from `ram_ranges`, which never overlap.
+            // `region.len()` bytes owned by `memory`, which the new `Vm`
+            // keeps for the rest of the process (on a setup error it is
+            // dropped together with the VM, before any vCPU exists to touch
+            // it); slots are distinct and the guest ranges come from
+            // `ram_ranges`, which never overlap.
             unsafe { fd.set_user_memory_region(desc) }
                 .map_err(|source| VmError::RegisterMemory { addr, source })?;
         }
-        Ok(Self { kvm, fd, memory })
+        Ok(memory)
     }
 
     /// The CPUID leaves KVM can give a guest on this host.

@@ -25,8 +25,12 @@
  *              flush, print each status, then power off
  *   smp        count the MADT's processors, start the others with
  *              INIT/SIPI, wait for them to check in, then power off
+ *   pio[=N]    write the COM1 scratch register N times (default 100000),
+ *              one port-I/O exit each, then power off: the exit-rate
+ *              benchmark (scripts/bench-vmm.sh) times "pio: N" to "pio done"
  *   poweroff   (also the default) find the FADT sleep-control register and
- *              the DSDT's _S5_ value and write SLP_TYP<<2 | SLP_EN
+ *              the DSDT's _S5_ value and write SLP_TYP<<2 | SLP_EN, to an
+ *              I/O port or, as QEMU microvm's GED has it, to memory
  */
 
         .intel_syntax noprefix
@@ -215,6 +219,9 @@ main64:
         lea rdi, [rip + w_smp]
         call has_word
         jnz do_smp
+        lea rdi, [rip + w_pio]
+        call has_word
+        jnz do_pio
         jmp do_poweroff
 
 /* -------------------------------------------------------------- actions */
@@ -481,6 +488,37 @@ blk_request:
         pop r8
         ret
 
+/* rsi points at "pio" in the command line (left there by has_word). */
+do_pio:
+        mov r12, 100000
+        cmp byte ptr [rsi + 3], '='
+        jne 2f
+        add rsi, 4
+        xor r12, r12
+1:      movzx eax, byte ptr [rsi]
+        sub eax, '0'
+        cmp eax, 9
+        ja 2f
+        imul r12, r12, 10
+        add r12, rax
+        inc rsi
+        jmp 1b
+2:      lea rdi, [rip + str_pio]
+        call puts
+        mov rax, r12
+        call putdec
+        call newline
+        mov dx, COM1 + 7                        /* scratch register */
+        xor eax, eax
+3:      test r12, r12
+        jz 4f
+        out dx, al
+        dec r12
+        jmp 3b
+4:      lea rdi, [rip + str_pio_done]
+        call puts
+        jmp do_poweroff
+
 do_poweroff:
         mov edi, 0x50434146                     /* "FACP" */
         call find_table
@@ -496,15 +534,20 @@ do_poweroff:
         mov r12, rax
         lea rdi, [rip + str_poweroff]
         call puts
-        movzx eax, word ptr [rbx + 248]         /* SLEEP_CONTROL_REG address */
+        mov rax, qword ptr [rbx + 248]          /* SLEEP_CONTROL_REG address */
         call puthex
         call space
         mov rax, r12
         call puthex8
         call newline
-        mov dx, word ptr [rbx + 248]
         mov rax, r12
+        cmp byte ptr [rbx + 244], 0             /* address space: memory */
+        je 1f
+        mov dx, word ptr [rbx + 248]
         out dx, al
+        jmp halt_forever
+1:      mov rdx, qword ptr [rbx + 248]
+        mov byte ptr [rdx], al
         jmp halt_forever
 
 no_fadt:
@@ -754,6 +797,9 @@ w_spin:         .asciz "spin"
 w_cad:          .asciz "cad"
 w_smp:          .asciz "smp"
 w_blk:          .asciz "blk"
+w_pio:          .asciz "pio"
+str_pio:        .asciz "pio: "
+str_pio_done:   .asciz "pio done\n"
 str_blk_features: .asciz "blk features: "
 str_blk_capacity: .asciz "blk capacity: "
 str_blk_read:   .asciz "blk read: "
