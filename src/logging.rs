@@ -164,7 +164,11 @@ impl Log for Logger {
                     let _ = writeln!(std::io::stderr().lock(), "{line}");
                 }
                 Sink::Kmsg(f) => {
-                    let _ = writeln!(f, "<{}>{line}", kmsg_priority(record.level()));
+                    // One write(2) per record: /dev/kmsg makes a record of
+                    // every write, so a formatted write_fmt in pieces
+                    // would split the line into several.
+                    let rec = format!("<{}>{line}\n", kmsg_priority(record.level()));
+                    let _ = f.write_all(rec.as_bytes());
                 }
             }
         }

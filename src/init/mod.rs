@@ -25,7 +25,7 @@ pub mod sysctl;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use nix::mount::mount;
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
 use crate::agent::{self, Agent, Mode, ShutdownAction};
 use crate::config::{self, Host};
@@ -75,8 +75,9 @@ fn boot_and_run(t0_ns: u64) -> (ShutdownAction, bool) {
         early.push(format!("unable to open {}: {e}", console::CONSOLE));
     }
     // Userspace writes to /dev/kmsg are rate limited by default (10 lines
-    // per 5 s burst), which would drop zone output without a word.
-    if let Err(e) = std::fs::write("/proc/sys/kernel/printk_devkmsg", "on") {
+    // per 5 s burst), which would drop zone output without a word. The
+    // kernel takes exactly the word and one newline.
+    if let Err(e) = std::fs::write("/proc/sys/kernel/printk_devkmsg", "on\n") {
         early.push(format!(
             "unable to write /proc/sys/kernel/printk_devkmsg: {e}; kernel may drop log lines"
         ));
@@ -168,11 +169,43 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Mounts what the boot plan lists.
-fn apply_mounts(errors: &mut Vec<String>) {
-    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+fn read_mountinfo() -> Vec<mounts::MountInfo> {
+    std::fs::read_to_string("/proc/self/mountinfo")
         .map(|t| mounts::parse_mountinfo(&t))
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Mounts what the boot plan lists, after leaving the initramfs's rootfs
+/// if that is where we are.
+fn apply_mounts(errors: &mut Vec<String>) {
+    let mut mounted = read_mountinfo();
+    if mounted.is_empty() {
+        // /proc is not there yet: mount it to see what the root is.
+        if let Some(proc_) = mounts::BOOT_MOUNTS.first() {
+            let _ = std::fs::create_dir_all(proc_.target);
+            if let Err(e) = mount(
+                Some(proc_.source),
+                proc_.target,
+                Some(proc_.fstype),
+                proc_.flags,
+                None::<&str>,
+            ) {
+                errors.push(format!("unable to mount proc on /proc: {e}"));
+            }
+        }
+        mounted = read_mountinfo();
+    }
+    if mounts::root_is_initial(&mounted) {
+        // /proc goes first so that it is not left mounted, hidden, on
+        // the old root; it is mounted again below.
+        let _ = umount2("/proc", MntFlags::MNT_DETACH);
+        if let Err(e) = leave_rootfs() {
+            errors.push(format!(
+                "unable to put a bind mount over the initramfs root: {e}; zones cannot pivot_root"
+            ));
+        }
+        mounted = read_mountinfo();
+    }
     for m in mounts::boot_plan(&mounted) {
         if let Err(e) = std::fs::create_dir_all(m.target) {
             errors.push(format!("unable to create {}: {e}", m.target));
@@ -183,6 +216,25 @@ fn apply_mounts(errors: &mut Vec<String>) {
             errors.push(format!("unable to mount {} on {}: {e}", m.fstype, m.target));
         }
     }
+}
+
+/// Replaces `/` (the kernel's rootfs) with a bind mount of the same tree,
+/// as switch_root does without the copy: bind it on a directory, move that
+/// mount onto `/`, chroot into it. See `mounts::root_is_initial`.
+fn leave_rootfs() -> nix::Result<()> {
+    const STAGE: &str = "/run";
+    let _ = std::fs::create_dir_all(STAGE);
+    mount(
+        Some("/"),
+        STAGE,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )?;
+    nix::unistd::chdir(STAGE)?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)?;
+    nix::unistd::chroot(".")?;
+    nix::unistd::chdir("/")
 }
 
 /// Enables every available controller for the root group's children, so

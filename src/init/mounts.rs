@@ -76,6 +76,16 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Whether `/` is the kernel's initial root mount (the initramfs's
+/// rootfs), which has no parent: mountinfo shows it as its own parent.
+///
+/// pivot_root(2) refuses to move such a root away (EINVAL), so no zone
+/// could start; boot then puts a bind mount of the same tree over it
+/// (`init::leave_rootfs`), which does have a parent. Nothing is copied.
+pub fn root_is_initial(mounted: &[MountInfo]) -> bool {
+    mounted.iter().any(|m| m.target == "/" && m.id == m.parent)
+}
+
 /// One mount to make at boot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
@@ -268,6 +278,22 @@ mod tests {
         assert_eq!(m[10].target, "/data disk");
         assert_eq!(m[10].source, "/dev/vda1");
         assert!(parse_mountinfo("garbage\n\n1 2 3\n").is_empty());
+    }
+
+    #[test]
+    fn the_initramfs_root_is_recognised_by_having_no_parent() {
+        assert!(root_is_initial(&parse_mountinfo(
+            "1 1 0:2 / / rw - rootfs rootfs rw\n21 1 0:20 / /proc rw - proc proc rw\n"
+        )));
+        // After the overmount, or on a disk-booted host.
+        assert!(!root_is_initial(
+            &parse_mountinfo(
+                "1 1 0:2 / / rw - rootfs rootfs rw\n30 1 0:2 / / rw - rootfs rootfs rw\n"
+            )[1..]
+        ));
+        assert!(!root_is_initial(&parse_mountinfo(
+            "20 1 253:1 / / rw - ext4 /dev/vda1 rw\n"
+        )));
     }
 
     #[test]
