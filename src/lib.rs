@@ -22,5 +22,7 @@ pub mod logging;
 pub mod supervisor;
 /// The thin syscall layer (all raw `unsafe` for process control).
 pub mod sys;
+/// The per-guest virtual machine monitor (`zonit vmm`).
+pub mod vmm;
 /// Zones: mount plan, root file system, spawning.
 pub mod zone;

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     // As PID 1 the kernel passes unrecognised command-line words as
     // arguments, so only an exact subcommand name overrides init mode.
     let sub = args.get(1).map(String::as_str);
-    let explicit = matches!(sub, Some("run" | "check" | "ctl" | "init"));
+    let explicit = matches!(sub, Some("run" | "check" | "ctl" | "vmm" | "init"));
     if !explicit && (std::process::id() == 1 || argv0 == "init") {
         return init(t0);
     }
@@ -40,6 +40,7 @@ fn main() -> ExitCode {
         Some("run") => run(&args[2..]),
         Some("check") => check(&args[2..]),
         Some("ctl") => zonit::control::client::main(&args[2..]),
+        Some("vmm") => zonit::vmm::main(&args[2..]),
         Some("init") => init(t0),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");

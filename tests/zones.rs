@@ -1,6 +1,8 @@
 //! Tier 2: real zones under `zonit run` as PID 1 of a PID namespace.
 //! Needs root (fails under CI=true without it) and busybox-static.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
@@ -89,11 +91,12 @@ fn crashing_zone_is_restarted_on_the_backoff_schedule() {
         .windows(2)
         .map(|w| (w[1] - w[0]).as_millis())
         .collect();
-    // Expected waits 200, 400, 800, 800 ms plus the zone's own run time.
+    // Expected waits 200, 400, 800, 800 ms plus the zone's own run time
+    // (a few ms; the slack covers a loaded 2-core CI machine).
     let expected = [200u128, 400, 800, 800];
     for (gap, want) in gaps.iter().zip(expected) {
         assert!(
-            *gap >= want && *gap < want + 250,
+            *gap >= want && *gap < want + 500,
             "restart gaps {gaps:?} do not follow {expected:?}"
         );
     }
@@ -362,4 +365,175 @@ fn unknown_unit_commands_fail_cleanly() {
     let (code, _, err) = z.ctl(&["poweroff"]);
     assert_eq!(code, 1);
     assert!(err.contains("PID 1"), "{err}");
+}
+
+#[test]
+fn reload_applies_a_good_config_and_refuses_a_bad_one() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("reload", |d| {
+        [
+            zone(d, "keep", "echo keep-v1; sleep 1000", ""),
+            zone(d, "change", "echo change-v1; sleep 1000", ""),
+            zone(d, "gone", "sleep 1000", ""),
+        ]
+        .concat()
+    });
+    for u in ["keep", "change", "gone"] {
+        z.wait_state(u, "running");
+    }
+    let keep_pid = z.unit("keep")["pid"].clone();
+    let change_pid = z.unit("change")["pid"].clone();
+    let original = std::fs::read_to_string(&z.config).unwrap();
+
+    // A bad config: every error reported, nothing changes.
+    std::fs::write(
+        &z.config,
+        format!("{original}\n[zone.bad]\nroot = 1\nbogus = 2\n"),
+    )
+    .unwrap();
+    let (code, _, err) = z.ctl(&["reload"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("zonit.toml:") && err.contains("bogus"),
+        "{err}"
+    );
+    assert!(
+        err.matches("zonit.toml:").count() >= 2,
+        "every error: {err}"
+    );
+    assert_eq!(z.status().len(), 3);
+    assert_eq!(z.unit("keep")["pid"], keep_pid);
+
+    // A good one: gone removed, change restarted, added started.
+    let d = z.dir.clone();
+    let host = original.split("[zone.").next().unwrap().to_string();
+    std::fs::write(
+        &z.config,
+        [
+            host,
+            zone(&d, "keep", "echo keep-v1; sleep 1000", ""),
+            zone(&d, "change", "echo change-v2; sleep 1000", ""),
+            zone(&d, "added", "echo added; sleep 1000", ""),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let (code, out, err) = z.ctl(&["reload"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("1 added, 1 changed, 1 removed"), "{out}");
+    z.wait_state("added", "running");
+    z.wait_log("zonit[change]: change-v2");
+    z.wait_state("change", "running");
+    let names: Vec<String> = z
+        .status()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["keep", "change", "added"]);
+    assert_eq!(z.unit("keep")["pid"], keep_pid, "unchanged unit untouched");
+    assert_ne!(z.unit("change")["pid"], change_pid);
+    assert_eq!(z.unit("change")["restarts"], 0, "a reload is not a failure");
+}
+
+/// Runs `zonit ctl exec` with `stdin` piped in; returns (status, stdout, stderr).
+fn exec(z: &Zonit, args: &[&str], stdin: &[u8]) -> (i32, String, String) {
+    let mut child = std::process::Command::new(common::ZONIT)
+        .args(["ctl", "--socket"])
+        .arg(&z.socket)
+        .arg("exec")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn exec_runs_inside_the_zone_with_the_callers_stdio_and_returns_its_status() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("exec", |d| {
+        zone(
+            d,
+            "web",
+            "echo zone-caps $(grep CapBnd /proc/self/status); sleep 1000",
+            "hostname = \"webhost\"\ncapabilities = [\"CAP_KILL\"]\nuser = \"1000:1000\"",
+        )
+    });
+    z.wait_state("web", "running");
+    z.wait_log("zone-caps");
+    let (code, out, err) = exec(
+        &z,
+        &[
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "read line; echo got=$line host=$(hostname) uid=$(id -u) procs=$(ls -d /proc/[0-9]* | wc -l); \
+             grep -E '^(CapBnd|CapEff|NoNewPrivs|Seccomp):' /proc/self/status; echo oops >&2; exit 7",
+        ],
+        b"hello\n",
+    );
+    assert_eq!(code, 7, "{out}{err}");
+    assert!(out.contains("got=hello host=webhost uid=1000"), "{out}");
+    assert!(err.contains("oops"), "stderr is the caller's: {err}");
+    let procs: usize = out
+        .split("procs=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    assert!(procs <= 6, "exec sees the zone's processes only: {out}");
+    // Same capability bounding set as the zone's own command.
+    let zone_caps = z
+        .log_text()
+        .lines()
+        .find(|l| l.contains("zone-caps"))
+        .and_then(|l| l.split("CapBnd:").nth(1))
+        .map(|s| s.trim().to_string())
+        .unwrap();
+    assert!(
+        out.contains(&format!("CapBnd:\t{zone_caps}")),
+        "{out} vs {zone_caps}"
+    );
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    assert!(
+        out.contains("Seccomp:\t2"),
+        "exec'd command is filtered: {out}"
+    );
+}
+
+#[test]
+fn exec_into_a_stopped_zone_or_missing_command_fails_cleanly() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("execfail", |d| {
+        [
+            zone(d, "web", "sleep 1000", ""),
+            zone(d, "off", "sleep 1000", "autostart = false"),
+        ]
+        .concat()
+    });
+    z.wait_state("web", "running");
+    let (code, _, err) = exec(&z, &["off", "--", "true"], b"");
+    assert_eq!(code, 1);
+    assert!(err.contains("not running"), "{err}");
+    let (code, _, err) = exec(&z, &["web", "--", "/no/such"], b"");
+    assert_eq!(code, 1);
+    assert!(err.contains("/no/such"), "{err}");
+    // The zone is unaffected and exec still works.
+    assert_eq!(exec(&z, &["web", "--", "true"], b"").0, 0);
+    assert_eq!(z.state("web"), "running");
 }

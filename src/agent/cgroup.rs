@@ -172,6 +172,12 @@ impl Cgroups {
         Ok(Some(OwnedFd::from(fd)))
     }
 
+    /// The unit's existing group, opened for `CLONE_INTO_CGROUP`.
+    pub fn open(&self, name: &str) -> Option<OwnedFd> {
+        let dir = self.base.as_ref()?.join(name);
+        fs::File::open(dir).ok().map(OwnedFd::from)
+    }
+
     /// Kills every process in the unit's group (`cgroup.kill`).
     pub fn kill(&self, name: &str) {
         if let Some(base) = &self.base {

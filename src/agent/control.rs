@@ -6,7 +6,8 @@
 //! bound: request lines are capped at `proto::MAX_REQUEST`, unsent replies
 //! at [`MAX_PENDING`] (a follower that falls behind is dropped).
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::time::Instant;
 
@@ -19,6 +20,7 @@ use super::{Agent, Error, LISTENER, Mode, ShutdownAction, Source};
 use crate::config::UnitKind;
 use crate::control::proto::{self, Request, UnitRow};
 use crate::supervisor::{Input, State};
+use crate::sys;
 
 /// Most unsent reply bytes kept for one client.
 const MAX_PENDING: usize = 1024 * 1024;
@@ -31,6 +33,8 @@ pub(super) struct Conn {
     /// Close once `wbuf` is flushed.
     closing: bool,
     writable_registered: bool,
+    /// fds passed with SCM_RIGHTS, for the next `exec` request.
+    pub(super) fds: Vec<OwnedFd>,
 }
 
 impl Agent {
@@ -112,6 +116,7 @@ impl Agent {
                     wbuf: Vec::new(),
                     closing: false,
                     writable_registered: false,
+                    fds: Vec::new(),
                 },
             );
         }
@@ -123,12 +128,19 @@ impl Agent {
         if let Some(conn) = self.conns.get_mut(&id) {
             let mut buf = [0u8; 4096];
             loop {
-                match conn.stream.read(&mut buf) {
-                    Ok(0) => {
+                match sys::recv_with_fds(conn.stream.as_fd(), &mut buf) {
+                    Ok((0, _)) => {
                         eof = true;
                         break;
                     }
-                    Ok(n) => conn.rbuf.extend_from_slice(&buf[..n]),
+                    Ok((n, fds)) => {
+                        conn.rbuf.extend_from_slice(&buf[..n]);
+                        // Only the latest stdio triple is kept; extra fds
+                        // are closed at once.
+                        if !fds.is_empty() {
+                            conn.fds = fds;
+                        }
+                    }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(_) => {
@@ -166,8 +178,12 @@ impl Agent {
             }
         }
         self.flush(id);
+        if eof {
+            self.exec_client_gone(id);
+        }
         let waiting = self.stop_waiters.iter().any(|(c, _)| *c == id)
-            || self.units.values().any(|u| u.followers.contains(&id));
+            || self.units.values().any(|u| u.followers.contains(&id))
+            || self.exec_pending(id);
         if eof && (!waiting || self.conns.get(&id).is_some_and(|c| c.wbuf.is_empty())) {
             self.close(id);
         }
@@ -218,6 +234,7 @@ impl Agent {
                     self.send(id, &proto::ok(json!({ "end": true })));
                 }
             }
+            Request::Exec { name, argv } => self.start_exec(id, &name, &argv),
             Request::Reload {} => match self.reload() {
                 Ok(msg) => self.send(id, &proto::ok(json!({ "message": msg }))),
                 Err(errors) => {
@@ -322,7 +339,13 @@ impl Agent {
         self.flush(id);
     }
 
-    fn send(&mut self, id: usize, bytes: &[u8]) {
+    /// Ends a `logs -f` stream whose unit went away.
+    pub(super) fn end_follow(&mut self, id: usize) {
+        self.send(id, &proto::ok(json!({ "end": true })));
+        self.flush(id);
+    }
+
+    pub(super) fn send(&mut self, id: usize, bytes: &[u8]) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -336,7 +359,7 @@ impl Agent {
         conn.wbuf.extend_from_slice(bytes);
     }
 
-    fn flush(&mut self, id: usize) {
+    pub(super) fn flush(&mut self, id: usize) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };

@@ -14,6 +14,8 @@
 mod cgroup;
 mod control;
 mod pid1;
+mod exec;
+mod guest;
 mod units;
 
 use std::collections::{HashMap, VecDeque};
@@ -75,6 +77,9 @@ pub enum Error {
     /// Registering the signal handlers failed.
     #[error("unable to register signal handlers")]
     Signals(#[source] io::Error),
+    /// The zones' seccomp filter does not compile.
+    #[error("unable to build the zone seccomp filter")]
+    Seccomp(#[source] &'static crate::zone::seccomp::Error),
     /// The control socket could not be bound.
     #[error("unable to bind the control socket {path}")]
     Socket {
@@ -100,6 +105,7 @@ enum Source {
     Output(String),
     Status(String),
     Conn(usize),
+    ExecStatus(i32),
 }
 
 struct Shutdown {
@@ -126,6 +132,10 @@ pub struct Agent {
     shutdown: Option<Shutdown>,
     cgroups: cgroup::Cgroups,
     pid1: pid1::Pid1State,
+    /// Config of units a reload removed that are still stopping.
+    retiring: HashMap<String, config::Unit>,
+    /// Running `ctl exec` helpers by PID.
+    execs: HashMap<i32, exec::Session>,
 }
 
 fn specs(config: &Config) -> Vec<Spec> {
@@ -140,6 +150,9 @@ impl Agent {
     }
 
     fn build(opts: Options, config: Config) -> Result<Self, Error> {
+        // Compiled once here, so a broken filter stops the agent at start
+        // and no zone start ever compiles it.
+        crate::zone::seccomp::program().map_err(Error::Seccomp)?;
         let poll = Poll::new().map_err(Error::Poll)?;
         let mut signals =
             Signals::new([SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGPWR])
@@ -172,6 +185,8 @@ impl Agent {
             shutdown: None,
             cgroups: cgroup::Cgroups::detect(&cgroup_instance(opts_mode)),
             pid1: pid1::Pid1State::default(),
+            retiring: HashMap::new(),
+            execs: HashMap::new(),
         };
         agent.bind_control()?;
         Ok(agent)
@@ -258,6 +273,10 @@ impl Agent {
                     let id = *id;
                     self.on_conn(id);
                 }
+                Some(Source::ExecStatus(pid)) => {
+                    let pid = *pid;
+                    self.read_exec_status(pid);
+                }
                 None => {}
             },
         }
@@ -309,6 +328,9 @@ impl Agent {
             }
         }
         self.answer_stop_waiters();
+        if !self.retiring.is_empty() {
+            self.release_retired();
+        }
     }
 
     fn begin_shutdown(&mut self, action: ShutdownAction) {
@@ -354,6 +376,9 @@ impl Agent {
                 Ok(WaitStatus::StillAlive) => break,
                 Ok(status) => {
                     let Some(pid) = status.pid() else { continue };
+                    if self.exec_ended(pid.as_raw(), status) {
+                        continue;
+                    }
                     match self.pids.remove(&pid.as_raw()) {
                         Some(unit) => self.unit_ended(&unit, status),
                         None => log::debug!("reaped orphan {pid}"),
@@ -377,17 +402,75 @@ impl Agent {
         }
     }
 
-    /// Re-reads the config. On error the running config stays in place.
+    /// Re-reads the config. On error the running config stays in place;
+    /// on success removed units are stopped, new ones started (autostart),
+    /// changed ones restarted, the rest left alone.
     fn reload(&mut self) -> Result<String, Vec<String>> {
         let new = config::load(&self.opts.config_path)
             .map_err(|d| d.iter().map(|d| d.to_string()).collect::<Vec<_>>())?;
         if self.pid1.fallback {
             return Ok(self.adopt(new));
         }
-        Err(vec![format!(
-            "reload is not supported yet; {} parsed fine but was not applied",
-            new.units.len()
-        )])
+        let old = std::mem::replace(&mut self.config, new);
+        let mut changed = Vec::new();
+        let mut added = Vec::new();
+        for unit in &self.config.units {
+            match old.unit(&unit.name) {
+                Some(before) if before == unit => {}
+                Some(_) => changed.push(unit.name.clone()),
+                None if unit.common.autostart => added.push(unit.name.clone()),
+                None => {}
+            }
+        }
+        let removed: Vec<String> = old
+            .units
+            .iter()
+            .filter(|u| self.config.unit(&u.name).is_none())
+            .map(|u| u.name.clone())
+            .collect();
+        for name in &removed {
+            if let Some(u) = old.unit(name) {
+                self.retiring.insert(name.clone(), u.clone());
+            }
+        }
+        if old.host.control_socket != self.config.host.control_socket
+            || old.host.hostname != self.config.host.hostname
+            || old.host.modules != self.config.host.modules
+            || old.host.sysctl != self.config.host.sysctl
+        {
+            log::warn!(
+                "reload: changes to control_socket, hostname, modules and sysctl take effect at the next boot"
+            );
+        }
+        log::set_max_level(self.config.host.log_level);
+        let actions = self
+            .sup
+            .reload(specs(&self.config), &changed, &added, Instant::now());
+        let mut queue = VecDeque::new();
+        for action in actions {
+            self.act(action, &mut queue);
+        }
+        while let Some(input) = queue.pop_front() {
+            self.feed(input);
+        }
+        self.release_retired();
+        Ok(format!(
+            "reloaded: {} added, {} changed, {} removed",
+            added.len(),
+            changed.len(),
+            removed.len()
+        ))
+    }
+
+    /// Frees the runtime of units a reload removed, once they are down.
+    fn release_retired(&mut self) {
+        for name in self.sup.take_retired() {
+            self.retiring.remove(&name);
+            self.cgroups.remove(&name);
+            if let Some(rt) = self.units.remove(&name) {
+                self.release_unit(&name, rt);
+            }
+        }
     }
 }
 

@@ -43,9 +43,16 @@ struct Proc {
     reported: Option<End>,
     /// Setup error reported by the zone's init.
     error: Option<String>,
+    /// A guest's monitor: its wait status says how the guest ended.
+    guest: bool,
 }
 
 impl UnitRt {
+    /// The pidfd of the unit's top process, while it runs.
+    pub(super) fn pidfd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.proc.as_ref().map(|p| p.pidfd.as_fd())
+    }
+
     /// The captured output (last `n` lines).
     pub(super) fn tail(&self, n: Option<usize>) -> Vec<u8> {
         self.ring.tail(n)
@@ -57,7 +64,8 @@ impl Agent {
         match action {
             Action::Spawn(unit) => queue.extend(self.spawn_unit(&unit)),
             Action::Stop { unit, pid } => {
-                let sig = match self.config.unit(&unit).map(|u| &u.kind) {
+                let cfg = self.config.unit(&unit).or_else(|| self.retiring.get(&unit));
+                let sig = match cfg.map(|u| &u.kind) {
                     Some(UnitKind::Zone(z)) => z.stop_signal,
                     _ => libc::SIGTERM,
                 };
@@ -98,6 +106,19 @@ impl Agent {
         }
     }
 
+    /// Drops a unit's runtime: its output pipe and its log followers.
+    pub(super) fn release_unit(&mut self, name: &str, rt: UnitRt) {
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&rt.out_rx.as_raw_fd()));
+        self.sources
+            .retain(|_, s| !matches!(s, Source::Output(u) | Source::Status(u) if u == name));
+        for id in rt.followers {
+            self.end_follow(id);
+        }
+    }
+
     pub(super) fn ensure_runtime_pub(&mut self, unit: &str) -> io::Result<()> {
         self.ensure_runtime(unit)
     }
@@ -127,6 +148,39 @@ impl Agent {
         Ok(())
     }
 
+    /// Registers a status pipe with the poll under `source`.
+    pub(super) fn watch_status(
+        &mut self,
+        fd: OwnedFd,
+        source: Source,
+    ) -> Option<(File, mio::Token)> {
+        let token = self.token(source);
+        let res = sys::set_nonblocking(fd.as_fd()).and_then(|()| {
+            self.poll
+                .registry()
+                .register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE)
+        });
+        match res {
+            Ok(()) => Some((File::from(fd), token)),
+            Err(e) => {
+                log::warn!("unable to watch a status pipe: {e}");
+                self.sources.remove(&token);
+                None
+            }
+        }
+    }
+
+    /// Stops watching a status pipe.
+    pub(super) fn unwatch_status(&mut self, status: &Option<(File, mio::Token)>) {
+        if let Some((file, token)) = status {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&file.as_raw_fd()));
+            self.sources.remove(token);
+        }
+    }
+
     /// Carries out `Spawn`; returns the engine inputs that answer it.
     fn spawn_unit(&mut self, unit: &str) -> Vec<Input> {
         let failed = |reason: String, permanent: bool| {
@@ -145,9 +199,7 @@ impl Agent {
         }
         let zone = match &cfg.kind {
             UnitKind::Zone(z) => z,
-            UnitKind::Guest(_) => {
-                return failed("guests are not supported by this build yet".into(), true);
-            }
+            UnitKind::Guest(g) => return self.spawn_guest(unit, g),
         };
         if zone.template.is_none() && !zone.root.is_dir() {
             return failed(
@@ -169,6 +221,28 @@ impl Agent {
                 true,
             );
         }
+        // Checked here rather than in the zone's init so a mistake in the
+        // config is a permanent failure with its reason, not a restart loop.
+        for m in &zone.mounts {
+            if !m.source.exists() {
+                return failed(
+                    format!(
+                        "bind source {} does not exist; create it or remove the mount",
+                        m.source.display()
+                    ),
+                    true,
+                );
+            }
+            if m.target.starts_with("/proc") || m.target.starts_with("/sys") {
+                return failed(
+                    format!(
+                        "bind target {} is under /proc or /sys, which zonit sets up itself; choose another target",
+                        m.target.display()
+                    ),
+                    true,
+                );
+            }
+        }
         let group = match self.cgroups.prepare(unit, zone) {
             Ok(g) => g,
             Err(e) => return failed(error_chain(&e), true),
@@ -184,21 +258,7 @@ impl Agent {
                 return failed(format!("unable to start: {}", error_chain(&e)), permanent);
             }
         };
-        let status_token = self.token(Source::Status(unit.to_string()));
-        let status = match sys::set_nonblocking(started.status.as_fd()).and_then(|()| {
-            self.poll.registry().register(
-                &mut SourceFd(&started.status.as_raw_fd()),
-                status_token,
-                Interest::READABLE,
-            )
-        }) {
-            Ok(()) => Some((File::from(started.status), status_token)),
-            Err(e) => {
-                log::warn!("{unit}: unable to watch the status pipe: {e}");
-                self.sources.remove(&status_token);
-                None
-            }
-        };
+        let status = self.watch_status(started.status, Source::Status(unit.to_string()));
         self.pids.insert(started.pid, unit.to_string());
         if let Some(rt) = self.units.get_mut(unit) {
             rt.proc = Some(Proc {
@@ -207,6 +267,7 @@ impl Agent {
                 status_buf: Vec::new(),
                 reported: None,
                 error: None,
+                guest: false,
             });
         }
         log::info!("{unit}: started, pid {}", started.pid);
@@ -216,31 +277,71 @@ impl Agent {
         }]
     }
 
+    fn spawn_guest(&mut self, unit: &str, guest: &crate::config::Guest) -> Vec<Input> {
+        let Some(rt) = self.units.get(unit) else {
+            return vec![Input::StartFailed {
+                unit: unit.to_string(),
+                reason: "internal: no output pipe".into(),
+                permanent: false,
+            }];
+        };
+        for path in std::iter::once(&guest.kernel)
+            .chain(guest.initrd.as_ref())
+            .chain(guest.disks.iter().map(|d| &d.path))
+        {
+            if !path.is_file() {
+                let reason = format!("{} does not exist or is not a file", path.display());
+                log::error!("{unit}: {reason}");
+                return vec![Input::StartFailed {
+                    unit: unit.to_string(),
+                    reason,
+                    permanent: true,
+                }];
+            }
+        }
+        let started = match super::guest::spawn(guest, rt.out_tx.as_fd()) {
+            Ok(s) => s,
+            Err(e) => {
+                let reason = error_chain(&e);
+                log::error!("{unit}: {reason}");
+                return vec![Input::StartFailed {
+                    unit: unit.to_string(),
+                    reason,
+                    permanent: false,
+                }];
+            }
+        };
+        self.pids.insert(started.pid, unit.to_string());
+        if let Some(rt) = self.units.get_mut(unit) {
+            rt.proc = Some(Proc {
+                pidfd: started.pidfd,
+                status: None,
+                status_buf: Vec::new(),
+                reported: None,
+                error: None,
+                guest: true,
+            });
+        }
+        log::info!("{unit}: monitor started, pid {}", started.pid);
+        // A monitor is running as soon as it exists: it reports no
+        // readiness of its own.
+        vec![
+            Input::Spawned {
+                unit: unit.to_string(),
+                pid: started.pid,
+            },
+            Input::Ready(unit.to_string()),
+        ]
+    }
+
     /// Reads the zone init's status lines.
     pub(super) fn read_status(&mut self, unit: &str) {
         let mut ready = false;
-        if let Some(proc) = self.units.get_mut(unit).and_then(|u| u.proc.as_mut()) {
-            if let Some((file, _)) = &mut proc.status {
-                let mut buf = [0u8; 512];
-                loop {
-                    match file.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            // A well-behaved init writes a few short lines;
-                            // bound what we keep in any case.
-                            if proc.status_buf.len() < 4096 {
-                                proc.status_buf.extend_from_slice(&buf[..n]);
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(_) => break,
-                    }
-                }
-            }
-            while let Some(nl) = proc.status_buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = proc.status_buf.drain(..=nl).collect();
-                let line = String::from_utf8_lossy(&line[..nl]).into_owned();
-                match parse_status_line(&line) {
+        if let Some(proc) = self.units.get_mut(unit).and_then(|u| u.proc.as_mut())
+            && let Some((file, _)) = &mut proc.status
+        {
+            for line in drain_status(file, &mut proc.status_buf) {
+                match line {
                     StatusLine::Ready => ready = true,
                     StatusLine::Error(msg) => proc.error = Some(msg),
                     StatusLine::End(end) => proc.reported = Some(end),
@@ -261,13 +362,7 @@ impl Agent {
         let Some(proc) = self.units.get_mut(unit).and_then(|u| u.proc.take()) else {
             return;
         };
-        if let Some((file, token)) = &proc.status {
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&file.as_raw_fd()));
-            self.sources.remove(token);
-        }
+        self.unwatch_status(&proc.status);
         let input = if let Some(msg) = proc.error {
             log::error!("{unit}: {msg}");
             Input::StartFailed {
@@ -276,11 +371,15 @@ impl Agent {
                 permanent: false,
             }
         } else {
-            let end = proc.reported.unwrap_or(match status {
-                WaitStatus::Exited(_, code) => End::Exit(code),
-                WaitStatus::Signaled(_, sig, _) => End::Signal(sig as i32),
-                _ => End::Crash,
-            });
+            let end = if proc.guest {
+                super::guest::end_of(status)
+            } else {
+                proc.reported.unwrap_or(match status {
+                    WaitStatus::Exited(_, code) => End::Exit(code),
+                    WaitStatus::Signaled(_, sig, _) => End::Signal(sig as i32),
+                    _ => End::Crash,
+                })
+            };
             log::info!("{unit}: ended ({})", end.describe());
             Input::Ended {
                 unit: unit.to_string(),
@@ -348,14 +447,40 @@ impl Agent {
     }
 }
 
-enum StatusLine {
+/// Reads what is available on a status pipe into `buf` and returns the
+/// complete lines. `buf` is bounded: a well-behaved init writes a few short
+/// lines, and nothing more is kept in any case.
+pub(super) fn drain_status(file: &mut File, buf: &mut Vec<u8>) -> Vec<StatusLine> {
+    let mut chunk = [0u8; 512];
+    loop {
+        match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                if buf.len() < 4096 {
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    let mut lines = Vec::new();
+    while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+        let line: Vec<u8> = buf.drain(..=nl).collect();
+        lines.push(parse_status_line(&String::from_utf8_lossy(&line[..nl])));
+    }
+    lines
+}
+
+/// One line of the status-pipe protocol (see `zone::spawn`).
+pub(super) enum StatusLine {
     Ready,
     Error(String),
     End(End),
     Unknown,
 }
 
-fn parse_status_line(line: &str) -> StatusLine {
+pub(super) fn parse_status_line(line: &str) -> StatusLine {
     let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
     match word {
         "ready" => StatusLine::Ready,

@@ -4,6 +4,7 @@
 //! 2 for a usage error, 3 when the agent could not be reached.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +19,8 @@ commands:
   status [--json]            one row per unit
   start|stop|restart NAME    as named; stop waits until the unit is stopped
   logs NAME [-n N] [-f]      captured output; -f follows
+  exec ZONE -- CMD [ARGS...]   run a command in a running zone with this
+                             terminal's stdin/stdout/stderr; exits with its status
   reload                     re-read the config
   poweroff|reboot|halt       orderly shutdown (PID 1 only)";
 
@@ -106,6 +109,21 @@ fn parse(words: &[&str]) -> Result<(Request, Output), String> {
                 follow,
             }
         }
+        "exec" => {
+            let name = name(1)?;
+            let rest = &words[2..];
+            let argv = match rest.first() {
+                Some(&"--") => &rest[1..],
+                _ => rest,
+            };
+            if argv.is_empty() {
+                return Err("exec needs a command: exec ZONE -- CMD [ARGS...]".into());
+            }
+            Request::Exec {
+                name,
+                argv: argv.iter().map(|s| s.to_string()).collect(),
+            }
+        }
         "reload" => Request::Reload {},
         "poweroff" => Request::Poweroff {},
         "reboot" => Request::Reboot {},
@@ -117,7 +135,15 @@ fn parse(words: &[&str]) -> Result<(Request, Output), String> {
 
 fn run(socket: &PathBuf, req: &Request, output: Output) -> std::io::Result<ExitCode> {
     let mut stream = UnixStream::connect(socket)?;
-    stream.write_all(&proto::encode_request(req))?;
+    let line = proto::encode_request(req);
+    if matches!(req, Request::Exec { .. }) {
+        // Our own stdio travels with the request: the command in the zone
+        // reads and writes this terminal directly.
+        let sent = crate::sys::send_with_fds(stream.as_fd(), &line, &[0, 1, 2])?;
+        stream.write_all(&line[sent..])?;
+    } else {
+        stream.write_all(&line)?;
+    }
     let reader = BufReader::new(stream);
     let stdout = std::io::stdout();
     for line in reader.lines() {
@@ -143,6 +169,9 @@ fn run(socket: &PathBuf, req: &Request, output: Output) -> std::io::Result<ExitC
         if v.get("end").is_some() {
             return Ok(ExitCode::SUCCESS);
         }
+        if let Some(code) = v["exit"].as_i64() {
+            return Ok(ExitCode::from(code.clamp(0, 255) as u8));
+        }
         if let Some(units) = v.get("units") {
             match output {
                 Output::Json => println!("{units}"),
@@ -157,7 +186,10 @@ fn run(socket: &PathBuf, req: &Request, output: Output) -> std::io::Result<ExitC
         if let Some(msg) = v["message"].as_str() {
             println!("{msg}");
         }
-        if !matches!(req, Request::Logs { follow: true, .. }) {
+        if !matches!(
+            req,
+            Request::Logs { follow: true, .. } | Request::Exec { .. }
+        ) {
             return Ok(ExitCode::SUCCESS);
         }
     }
@@ -239,6 +271,21 @@ mod tests {
                 follow: true
             }
         );
+    }
+
+    #[test]
+    fn parses_exec_with_and_without_separator() {
+        let (req, _) = parse(&["exec", "web", "--", "ls", "-l"]).unwrap();
+        assert_eq!(
+            req,
+            Request::Exec {
+                name: "web".into(),
+                argv: vec!["ls".into(), "-l".into()]
+            }
+        );
+        let (req, _) = parse(&["exec", "web", "id"]).unwrap();
+        assert!(matches!(req, Request::Exec { argv, .. } if argv == ["id"]));
+        assert!(parse(&["exec", "web", "--"]).is_err());
     }
 
     #[test]

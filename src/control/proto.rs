@@ -42,6 +42,15 @@ pub enum Request {
         #[serde(default)]
         follow: bool,
     },
+    /// Run a command inside a running zone. The caller's stdin, stdout and
+    /// stderr travel with the request line as SCM_RIGHTS; the final reply
+    /// carries the command's exit status.
+    Exec {
+        /// Zone name.
+        name: String,
+        /// The command and its arguments.
+        argv: Vec<String>,
+    },
     /// Re-read the config.
     Reload {},
     /// Orderly power-off (PID 1 only).

@@ -193,6 +193,8 @@ pub struct Status {
     kill_sent: bool,
     spawn_pending: bool,
     starts: VecDeque<Instant>,
+    /// Removed from the config by a reload: dropped once it has no process.
+    retiring: bool,
 }
 
 impl Status {
@@ -210,6 +212,7 @@ impl Status {
             kill_sent: false,
             spawn_pending: false,
             starts: VecDeque::new(),
+            retiring: false,
         }
     }
 
@@ -230,6 +233,7 @@ struct Entry {
 pub struct Supervisor {
     entries: Vec<Entry>,
     index: HashMap<String, usize>,
+    retired: Vec<String>,
 }
 
 impl Supervisor {
@@ -272,6 +276,88 @@ impl Supervisor {
     /// The earliest pending timer, to use as the event loop's timeout.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.entries.iter().filter_map(|e| e.status.deadline).min()
+    }
+
+    /// Applies a new set of specs (config reload): units not in `specs`
+    /// are stopped (in reverse `after` order) and then dropped; units named
+    /// in `changed` that are running are restarted so they pick up their
+    /// new config; units in `start` (new units with autostart) are started;
+    /// every other unit is left alone.
+    pub fn reload(
+        &mut self,
+        specs: Vec<Spec>,
+        changed: &[String],
+        start: &[String],
+        now: Instant,
+    ) -> Vec<Action> {
+        let mut old: HashMap<String, Entry> = self
+            .entries
+            .drain(..)
+            .map(|e| (e.spec.name.clone(), e))
+            .collect();
+        let mut actions = Vec::new();
+        for spec in specs {
+            let status = match old.remove(&spec.name) {
+                Some(e) => e.status,
+                None => Status::new(),
+            };
+            self.entries.push(Entry { spec, status });
+        }
+        // What is left was removed from the config.
+        let mut removed: Vec<Entry> = old.into_values().collect();
+        removed.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+        for mut e in removed {
+            e.status.want = Want::Down;
+            e.status.retiring = true;
+            if e.status.has_process() {
+                self.entries.push(e);
+            } else {
+                self.retired.push(e.spec.name);
+            }
+        }
+        self.reindex();
+        for name in changed {
+            if let Some(&i) = self.index.get(name) {
+                let st = &mut self.entries[i].status;
+                if st.want == Want::Up
+                    && st.pid.is_some()
+                    && matches!(st.state, State::Running | State::Starting)
+                {
+                    self.begin_stop(i, now, &mut actions);
+                }
+            }
+        }
+        for name in start {
+            if let Some(&i) = self.index.get(name) {
+                self.start(i);
+            }
+        }
+        self.settle(now, &mut actions);
+        actions
+    }
+
+    /// Units dropped by a reload since the last call; their runtime
+    /// resources can be released.
+    pub fn take_retired(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.retired)
+    }
+
+    fn reindex(&mut self) {
+        self.index = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.spec.name.clone(), i))
+            .collect();
+    }
+
+    fn drop_if_retired(&mut self, i: usize) {
+        let st = &self.entries[i].status;
+        if st.retiring && !st.has_process() {
+            let e = self.entries.remove(i);
+            self.retired.push(e.spec.name);
+            self.reindex();
+        }
     }
 
     fn idx(&self, name: &str) -> Result<usize, Error> {
@@ -349,10 +435,12 @@ impl Supervisor {
                 } else {
                     self.ended(i, End::StartFailed(reason), now);
                 }
+                self.drop_if_retired(i);
             }
             Input::Ended { unit, end } => {
                 let i = self.idx(&unit)?;
                 self.ended(i, end, now);
+                self.drop_if_retired(i);
             }
             Input::Tick => self.fire_timers(now, &mut actions),
         }

@@ -208,10 +208,10 @@ struct CapHeader {
 /// Highest capability number this code knows (CAP_CHECKPOINT_RESTORE).
 pub const CAP_LAST: u8 = 40;
 
-/// Cuts the bounding set to `keep`, sets permitted and effective to `keep`,
-/// and empties the inheritable and ambient sets. Runs before the uid switch
-/// together with `PR_SET_KEEPCAPS`, see `zone::spawn`.
-pub fn limit_capabilities(keep: &[u8]) -> io::Result<()> {
+/// Cuts the bounding set to `keep` and empties the ambient set. Permitted
+/// and effective are left alone (see [`set_capabilities`]), so the caller
+/// can still switch uid afterwards.
+pub fn limit_bounding_and_ambient(keep: &[u8]) -> io::Result<()> {
     let last = last_cap();
     for cap in 0..=last {
         if !keep.contains(&cap) {
@@ -234,8 +234,7 @@ pub fn limit_capabilities(keep: &[u8]) -> io::Result<()> {
             0,
         )
     };
-    check(ret.into())?;
-    set_capabilities(keep)
+    check(ret.into()).map(drop)
 }
 
 /// Sets permitted and effective to `keep`, inheritable to empty.
@@ -316,6 +315,116 @@ pub fn set_link_up(name: &str) -> io::Result<()> {
     // SAFETY: SIOCSIFFLAGS reads a valid ifreq.
     check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) }.into())?;
     Ok(())
+}
+
+/// Most fds accepted in one control message.
+pub const MAX_RECV_FDS: usize = 3;
+
+/// `recvmsg` into `buf`, non-blocking, taking up to [`MAX_RECV_FDS`]
+/// passed fds (close-on-exec). Returns the byte count (0 at EOF) and the
+/// fds.
+pub fn recv_with_fds(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!([RawFd; MAX_RECV_FDS]);
+    let msg = recvmsg::<()>(
+        fd.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(io::Error::from)?;
+    let mut fds = Vec::new();
+    for cmsg in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(raw) = cmsg {
+            for r in raw {
+                // SAFETY: the kernel installed `r` in our fd table for this
+                // message; nothing else owns it.
+                fds.push(unsafe { OwnedFd::from_raw_fd(r) });
+            }
+        }
+    }
+    Ok((msg.bytes, fds))
+}
+
+/// Sends `data` with `fds` attached (SCM_RIGHTS).
+pub fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[RawFd]) -> io::Result<usize> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let iov = [io::IoSlice::new(data)];
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).map_err(io::Error::from)
+}
+
+/// `open_tree(fd, "", OPEN_TREE_CLONE | AT_EMPTY_PATH)`: a detached copy of
+/// the mount at `fd` (an `O_PATH` fd of any file or directory), like the
+/// source of a bind mount; with `recursive`, its submounts too.
+pub fn open_tree_clone(fd: BorrowedFd<'_>, recursive: bool) -> io::Result<OwnedFd> {
+    let mut flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as u32;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as u32;
+    }
+    // SAFETY: an empty NUL-terminated path with AT_EMPTY_PATH; integer flags.
+    let ret = unsafe { libc::syscall(libc::SYS_open_tree, fd.as_raw_fd(), c"".as_ptr(), flags) };
+    let fd = check(ret)?;
+    // SAFETY: open_tree returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Kernel `struct mount_attr` (linux/mount.h), version 0.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `mount_setattr(fd, "", AT_EMPTY_PATH, {attr_set: set})`: adds mount
+/// attributes (`MOUNT_ATTR_RDONLY`, `_NOSUID`, `_NODEV`, `_NOEXEC`) to the
+/// mount at `fd` (and below it with `recursive`) without clearing any.
+pub fn mount_setattr(fd: BorrowedFd<'_>, set: u64, recursive: bool) -> io::Result<()> {
+    let mut flags = libc::AT_EMPTY_PATH as u32;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as u32;
+    }
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: an empty NUL-terminated path and a valid mount_attr of the
+    // size passed; both outlive the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// `move_mount(from, "", to, "", F_EMPTY_PATH | T_EMPTY_PATH)`: attaches the
+/// (detached) mount `from` on top of the file or directory `to`, both by fd,
+/// so no path is resolved between checking the target and mounting on it.
+pub fn move_mount(from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> io::Result<()> {
+    let flags = libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_EMPTY_PATH;
+    // SAFETY: empty NUL-terminated paths with the EMPTY_PATH flags.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            from.as_raw_fd(),
+            c"".as_ptr(),
+            to.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+        )
+    };
+    check(ret).map(drop)
 }
 
 /// `MODULE_INIT_COMPRESSED_FILE` (linux/module.h): the kernel decompresses

@@ -3,10 +3,17 @@
 //! the order they must be applied. `rootfs` applies the plan inside the
 //! zone's new mount namespace.
 //!
-//! Invariants: every path in the plan before [`Op::PivotRoot`] is a host
-//! path under the zone's root (or its overlay state directory); every path
-//! after it is a path inside the zone. Every zone-owned mount gets `nosuid`
-//! and `nodev` except the root itself, whose flags come from the host.
+//! Invariants:
+//! - paths before [`Op::BindRoot`] / [`Op::OverlayRoot`] are host paths the
+//!   operator chose (the root, the overlay state directory); every path
+//!   after them is a path *inside the zone*, which `rootfs` resolves from
+//!   an fd of the root without following any symbolic link, because a
+//!   previous run of the zone may have planted links anywhere in its tree;
+//! - every mount is `nosuid`, and every mount but the allowed device nodes
+//!   is `nodev`, the root included: a node the zone creates with
+//!   CAP_MKNOD can never be opened;
+//! - masks and read-only paths come after every other mount, so nothing
+//!   mounted later can uncover them.
 
 use std::path::{Path, PathBuf};
 
@@ -17,19 +24,97 @@ use crate::config::{TemplateMode, Zone};
 /// Device nodes every zone gets, bind-mounted from the host's `/dev`.
 pub const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
+/// Paths hidden from the zone: the union of the defaults of runc, Docker,
+/// CRI-O and containerd. A file is covered with `/dev/null`, a directory
+/// with an empty read-only tmpfs; a path the kernel lacks is skipped.
+pub const MASKED: [&str; 14] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/sys/devices/virtual/powercap",
+    "/sys/devices/virtual/tpm",
+    "/sys/firmware",
+    "/sys/fs/selinux",
+];
+
+/// Per-CPU sysfs directories masked for every CPU the host has (a thermal
+/// side channel, masked by the runtimes since 2025).
+pub const MASKED_PER_CPU: [&str; 1] = ["thermal_throttle"];
+
+/// Paths the zone may read but never write: the host's kernel knobs.
+pub const READ_ONLY: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// What the plan needs to know about the host, probed at zone start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostFacts {
+    /// Numbers of the host's CPUs (`/sys/devices/system/cpu/cpuN`).
+    pub cpus: Vec<u32>,
+}
+
+impl HostFacts {
+    /// Reads the facts from the running host; what cannot be read is left
+    /// empty (a zone then simply has fewer masks to apply).
+    pub fn probe() -> HostFacts {
+        let mut cpus: Vec<u32> = std::fs::read_dir("/sys/devices/system/cpu")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_prefix("cpu"))
+                    .and_then(|n| n.parse().ok())
+            })
+            .collect();
+        cpus.sort_unstable();
+        HostFacts { cpus }
+    }
+}
+
 /// One step of the plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     /// Make every mount in the new namespace private, so nothing the zone
     /// mounts propagates back to the host.
     MakePrivate,
-    /// Create a directory (and parents) if missing.
-    Mkdir(PathBuf),
-    /// Mount a file system.
+    /// Create a host directory (and parents) if missing.
+    HostDir(PathBuf),
+    /// Bind the root onto itself, `nosuid,nodev`: pivot_root needs the new
+    /// root to be a mount point, and the root's own files must never act
+    /// as device nodes or setuid binaries.
+    BindRoot(PathBuf),
+    /// Mount an overlay on the root: the template as the shared read-only
+    /// lower layer, a per-zone upper layer; `nosuid,nodev`.
+    OverlayRoot {
+        /// The zone's root.
+        root: PathBuf,
+        /// The template.
+        lower: PathBuf,
+        /// Per-zone writable layer.
+        upper: PathBuf,
+        /// overlayfs work directory (same file system as `upper`).
+        work: PathBuf,
+    },
+    /// Create a directory inside the zone if missing.
+    Dir(PathBuf),
+    /// Mount a file system on a directory inside the zone.
     Mount {
         /// Source (a device name, `none`, or the fs type).
         source: String,
-        /// Mount point.
+        /// Mount point inside the zone.
         target: PathBuf,
         /// File-system type.
         fstype: String,
@@ -38,99 +123,87 @@ pub enum Op {
         /// fs-specific data.
         data: Option<String>,
     },
-    /// Bind `source` onto `target` (created as an empty file or directory
-    /// like the source), optionally read-only.
-    Bind {
-        /// Host path.
-        source: PathBuf,
-        /// Mount point.
-        target: PathBuf,
-        /// Remount the bind read-only.
-        readonly: bool,
-        /// Recursive bind (`MS_REC`).
-        recursive: bool,
-    },
-    /// Bind a configured host path to a path inside the root, resolving the
-    /// target without following symlinks out of the root.
+    /// Bind the host's `/dev/NAME` onto `/dev/NAME` in the zone: the one
+    /// kind of mount that keeps device access, `nosuid,noexec`.
+    Device(String),
+    /// Bind a configured host path onto a path inside the zone.
     UserBind {
         /// Host path.
         source: PathBuf,
-        /// The zone's root on the host.
-        root: PathBuf,
         /// Absolute path inside the zone.
         target: PathBuf,
         /// Read-only bind.
         readonly: bool,
     },
-    /// Create a symlink `link` -> `target`.
+    /// Create a symlink `link` -> `target` inside the zone.
     Symlink {
         /// What the link points at.
         target: PathBuf,
-        /// The link itself.
+        /// The link itself, inside the zone.
         link: PathBuf,
     },
-    /// Make `root` the zone's `/` and detach the old root.
-    PivotRoot(PathBuf),
+    /// Hide a path inside the zone (see [`MASKED`]).
+    Mask(PathBuf),
+    /// Make a path inside the zone read-only (see [`READ_ONLY`]).
+    ReadOnly(PathBuf),
+    /// Make the root the zone's `/` and detach the old root.
+    PivotRoot,
 }
 
 /// Where an overlay-provisioned zone keeps its upper and work directories:
 /// a hidden sibling of the root, `<parent>/.<root name>.overlay/`.
 pub fn overlay_state_dir(root: &Path) -> PathBuf {
+    sibling(root, "overlay")
+}
+
+/// A hidden sibling of the root, `<parent>/.<root name>.<what>`: outside
+/// the zone's tree, so nothing inside can reach or fake it.
+pub fn sibling(root: &Path, what: &str) -> PathBuf {
     let name = root
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "root".into());
-    root.with_file_name(format!(".{name}.overlay"))
+    root.with_file_name(format!(".{name}.{what}"))
 }
 
-/// The mount plan for `zone`.
-pub fn plan(zone: &Zone) -> Vec<Op> {
+/// The mount plan for `zone` on a host described by `host`.
+pub fn plan(zone: &Zone, host: &HostFacts) -> Vec<Op> {
     let root = zone.root.clone();
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    let mut ops = vec![Op::MakePrivate, Op::Mkdir(root.clone())];
+    let mut ops = vec![Op::MakePrivate, Op::HostDir(root.clone())];
 
     match (&zone.template, zone.template_mode) {
         (Some(template), TemplateMode::Overlay) => {
             let state = overlay_state_dir(&root);
             let (upper, work) = (state.join("upper"), state.join("work"));
-            ops.push(Op::Mkdir(upper.clone()));
-            ops.push(Op::Mkdir(work.clone()));
-            ops.push(Op::Mount {
-                source: "overlay".into(),
-                target: root.clone(),
-                fstype: "overlay".into(),
-                flags: MsFlags::empty(),
-                data: Some(format!(
-                    "lowerdir={},upperdir={},workdir={}",
-                    template.display(),
-                    upper.display(),
-                    work.display()
-                )),
+            ops.push(Op::HostDir(upper.clone()));
+            ops.push(Op::HostDir(work.clone()));
+            ops.push(Op::OverlayRoot {
+                root: root.clone(),
+                lower: template.clone(),
+                upper,
+                work,
             });
         }
-        // pivot_root needs the new root to be a mount point: bind it onto
-        // itself. Copy-mode templates were copied into the root already.
-        _ => ops.push(Op::Bind {
-            source: root.clone(),
-            target: root.clone(),
-            readonly: false,
-            recursive: true,
-        }),
+        // Copy-mode templates were copied into the root already.
+        _ => ops.push(Op::BindRoot(root.clone())),
     }
 
-    let at = |p: &str| root.join(p);
-    ops.push(Op::Mkdir(at("proc")));
+    let zp = |p: &str| PathBuf::from(p);
+    ops.push(Op::Dir(zp("/proc")));
     ops.push(Op::Mount {
         source: "proc".into(),
-        target: at("proc"),
+        target: zp("/proc"),
         fstype: "proc".into(),
         flags: nosuid_nodev | MsFlags::MS_NOEXEC,
         data: None,
     });
-    ops.push(Op::Mkdir(at("sys")));
+    // Mounted from inside the zone's network namespace, sysfs shows only
+    // the zone's own network devices.
+    ops.push(Op::Dir(zp("/sys")));
     ops.push(Op::Mount {
         source: "sysfs".into(),
-        target: at("sys"),
+        target: zp("/sys"),
         fstype: "sysfs".into(),
         flags: nosuid_nodev | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
         data: None,
@@ -139,38 +212,33 @@ pub fn plan(zone: &Zone) -> Vec<Op> {
     // A fresh /dev: nodev tmpfs, so a node the zone creates can never be
     // opened; the allowed devices are binds of the host's nodes, which keep
     // the host mount's permission to open devices.
-    ops.push(Op::Mkdir(at("dev")));
+    ops.push(Op::Dir(zp("/dev")));
     ops.push(Op::Mount {
         source: "tmpfs".into(),
-        target: at("dev"),
+        target: zp("/dev"),
         fstype: "tmpfs".into(),
         flags: nosuid_nodev | MsFlags::MS_NOEXEC,
         data: Some("mode=755,size=64k".into()),
     });
     for dev in DEVICES {
-        ops.push(Op::Bind {
-            source: Path::new("/dev").join(dev),
-            target: at("dev").join(dev),
-            readonly: false,
-            recursive: false,
-        });
+        ops.push(Op::Device(dev.into()));
     }
-    ops.push(Op::Mkdir(at("dev/pts")));
+    ops.push(Op::Dir(zp("/dev/pts")));
     ops.push(Op::Mount {
         source: "devpts".into(),
-        target: at("dev/pts"),
+        target: zp("/dev/pts"),
         fstype: "devpts".into(),
         flags: MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         data: Some("newinstance,ptmxmode=0666,mode=0620".into()),
     });
     ops.push(Op::Symlink {
         target: "pts/ptmx".into(),
-        link: at("dev/ptmx"),
+        link: zp("/dev/ptmx"),
     });
-    ops.push(Op::Mkdir(at("dev/shm")));
+    ops.push(Op::Dir(zp("/dev/shm")));
     ops.push(Op::Mount {
         source: "shm".into(),
-        target: at("dev/shm"),
+        target: zp("/dev/shm"),
         fstype: "tmpfs".into(),
         flags: nosuid_nodev | MsFlags::MS_NOEXEC,
         data: Some("mode=1777,size=64m".into()),
@@ -183,20 +251,33 @@ pub fn plan(zone: &Zone) -> Vec<Op> {
     ] {
         ops.push(Op::Symlink {
             target: target.into(),
-            link: at("dev").join(name),
+            link: Path::new("/dev").join(name),
         });
     }
 
     for m in &zone.mounts {
         ops.push(Op::UserBind {
             source: m.source.clone(),
-            root: root.clone(),
             target: m.target.clone(),
             readonly: m.readonly,
         });
     }
 
-    ops.push(Op::PivotRoot(root));
+    for path in MASKED {
+        ops.push(Op::Mask(path.into()));
+    }
+    for cpu in &host.cpus {
+        for dir in MASKED_PER_CPU {
+            ops.push(Op::Mask(
+                format!("/sys/devices/system/cpu/cpu{cpu}/{dir}").into(),
+            ));
+        }
+    }
+    for path in READ_ONLY {
+        ops.push(Op::ReadOnly(path.into()));
+    }
+
+    ops.push(Op::PivotRoot);
     ops
 }
 
@@ -227,59 +308,59 @@ mod tests {
         }
     }
 
-    fn mount_targets(ops: &[Op]) -> Vec<String> {
-        ops.iter()
-            .filter_map(|op| match op {
-                Op::Mount { target, .. } | Op::Bind { target, .. } => {
-                    Some(target.display().to_string())
-                }
-                _ => None,
-            })
-            .collect()
+    fn host() -> HostFacts {
+        HostFacts { cpus: vec![0, 1] }
+    }
+
+    fn position(ops: &[Op], pred: impl Fn(&Op) -> bool) -> usize {
+        ops.iter().position(pred).unwrap()
     }
 
     #[test]
     fn plan_starts_private_and_ends_with_pivot_root() {
-        let ops = plan(&zone());
+        let ops = plan(&zone(), &host());
         assert_eq!(ops.first(), Some(&Op::MakePrivate));
-        assert_eq!(ops.last(), Some(&Op::PivotRoot("/zones/web".into())));
+        assert_eq!(ops.last(), Some(&Op::PivotRoot));
     }
 
     #[test]
     fn root_without_template_is_bound_onto_itself() {
-        let ops = plan(&zone());
-        assert!(ops.contains(&Op::Bind {
-            source: "/zones/web".into(),
-            target: "/zones/web".into(),
-            readonly: false,
-            recursive: true,
-        }));
+        let ops = plan(&zone(), &host());
+        assert!(ops.contains(&Op::BindRoot("/zones/web".into())));
+    }
+
+    #[test]
+    fn copy_template_root_is_bound_onto_itself() {
+        let mut z = zone();
+        z.template = Some("/templates/base".into());
+        z.template_mode = TemplateMode::Copy;
+        assert!(plan(&z, &host()).contains(&Op::BindRoot("/zones/web".into())));
     }
 
     #[test]
     fn overlay_template_mounts_overlay_with_sibling_state_dir() {
         let mut z = zone();
         z.template = Some("/templates/base".into());
-        let ops = plan(&z);
-        let data = ops.iter().find_map(|op| match op {
-            Op::Mount { fstype, data, .. } if fstype == "overlay" => data.clone(),
-            _ => None,
-        });
-        assert_eq!(
-            data.as_deref(),
-            Some(
-                "lowerdir=/templates/base,upperdir=/zones/.web.overlay/upper,\
-                 workdir=/zones/.web.overlay/work"
-            )
-        );
+        let ops = plan(&z, &host());
+        assert!(ops.contains(&Op::OverlayRoot {
+            root: "/zones/web".into(),
+            lower: "/templates/base".into(),
+            upper: "/zones/.web.overlay/upper".into(),
+            work: "/zones/.web.overlay/work".into(),
+        }));
+        assert!(ops.contains(&Op::HostDir("/zones/.web.overlay/upper".into())));
     }
 
     #[test]
     fn dev_holds_only_the_allowed_devices() {
-        let targets = mount_targets(&plan(&zone()));
-        let devs: Vec<&str> = targets
+        let ops = plan(&zone(), &host());
+        let devs: Vec<&str> = ops
             .iter()
-            .filter_map(|t| t.strip_prefix("/zones/web/dev/"))
+            .filter_map(|op| match op {
+                Op::Device(d) => Some(d.as_str()),
+                Op::Mount { target, .. } => target.to_str()?.strip_prefix("/dev/"),
+                _ => None,
+            })
             .collect();
         assert_eq!(
             devs,
@@ -290,14 +371,11 @@ mod tests {
     }
 
     #[test]
-    fn every_zone_mount_is_nosuid_and_dev_is_nodev() {
-        for op in plan(&zone()) {
+    fn every_zone_mount_is_nosuid_and_all_but_devpts_nodev() {
+        for op in plan(&zone(), &host()) {
             if let Op::Mount { target, flags, .. } = op {
-                if target == Path::new("/zones/web") {
-                    continue;
-                }
                 assert!(flags.contains(MsFlags::MS_NOSUID), "{target:?}");
-                if target.ends_with("dev") || target.ends_with("proc") {
+                if target != Path::new("/dev/pts") {
                     assert!(flags.contains(MsFlags::MS_NODEV), "{target:?}");
                 }
             }
@@ -305,37 +383,73 @@ mod tests {
     }
 
     #[test]
-    fn proc_and_sys_are_mounted_before_pivot_and_sys_readonly() {
-        let ops = plan(&zone());
-        let sys = ops.iter().find_map(|op| match op {
-            Op::Mount { fstype, flags, .. } if fstype == "sysfs" => Some(*flags),
-            _ => None,
-        });
-        assert!(sys.is_some_and(|f| f.contains(MsFlags::MS_RDONLY)));
-        assert!(
-            ops.iter()
-                .any(|op| matches!(op, Op::Mount { fstype, .. } if fstype == "proc"))
-        );
-    }
-
-    #[test]
-    fn user_binds_come_after_dev_and_before_pivot() {
+    fn paths_after_the_root_are_inside_the_zone() {
         let mut z = zone();
         z.mounts.push(BindMount {
             source: "/data/web".into(),
             target: "/srv".into(),
             readonly: true,
         });
-        let ops = plan(&z);
-        let n = ops.len();
-        assert_eq!(
-            ops[n - 2],
-            Op::UserBind {
-                source: "/data/web".into(),
-                root: "/zones/web".into(),
-                target: "/srv".into(),
-                readonly: true
-            }
-        );
+        for op in plan(&z, &host()) {
+            let path = match &op {
+                Op::Dir(p) | Op::Mask(p) | Op::ReadOnly(p) => p.clone(),
+                Op::Mount { target, .. } | Op::UserBind { target, .. } => target.clone(),
+                Op::Symlink { link, .. } => link.clone(),
+                _ => continue,
+            };
+            assert!(!path.starts_with("/zones"), "{op:?} uses a host path");
+        }
+    }
+
+    #[test]
+    fn sys_is_readonly() {
+        let ops = plan(&zone(), &host());
+        let sys = ops.iter().find_map(|op| match op {
+            Op::Mount { fstype, flags, .. } if fstype == "sysfs" => Some(*flags),
+            _ => None,
+        });
+        assert!(sys.is_some_and(|f| f.contains(MsFlags::MS_RDONLY)));
+    }
+
+    #[test]
+    fn masks_cover_the_runtimes_union_and_every_cpu() {
+        let ops = plan(&zone(), &host());
+        for p in [
+            "/proc/kcore",
+            "/proc/keys",
+            "/proc/interrupts",
+            "/sys/firmware",
+            "/sys/devices/virtual/powercap",
+            "/sys/fs/selinux",
+            "/sys/devices/system/cpu/cpu0/thermal_throttle",
+            "/sys/devices/system/cpu/cpu1/thermal_throttle",
+        ] {
+            assert!(ops.contains(&Op::Mask(p.into())), "{p} not masked");
+        }
+        for p in [
+            "/proc/sys",
+            "/proc/sysrq-trigger",
+            "/proc/bus",
+            "/proc/fs",
+            "/proc/irq",
+        ] {
+            assert!(ops.contains(&Op::ReadOnly(p.into())), "{p} not read-only");
+        }
+    }
+
+    #[test]
+    fn binds_come_after_dev_and_masks_after_binds() {
+        let mut z = zone();
+        z.mounts.push(BindMount {
+            source: "/data/web".into(),
+            target: "/srv".into(),
+            readonly: true,
+        });
+        let ops = plan(&z, &host());
+        let bind = position(&ops, |op| matches!(op, Op::UserBind { .. }));
+        let dev = position(&ops, |op| matches!(op, Op::Device(_)));
+        let first_mask = position(&ops, |op| matches!(op, Op::Mask(_)));
+        let first_ro = position(&ops, |op| matches!(op, Op::ReadOnly(_)));
+        assert!(dev < bind && bind < first_mask && first_mask < first_ro);
     }
 }

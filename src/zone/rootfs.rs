@@ -1,31 +1,46 @@
 //! Applies a zone's mount plan (`plan::Op`) inside its new mount namespace.
 //! Runs in the zone's init process before the command starts.
+//!
+//! Every path inside the zone is reached from an `O_PATH` fd of the root
+//! with `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS |
+//! RESOLVE_NO_MAGICLINKS)`, and every mount lands on the fd that lookup
+//! returned (`move_mount`, or `mount(2)` on the directory made the working
+//! directory). So nothing a previous run of the zone left in its tree, a
+//! symbolic link or a `..`, can send a mount or a created file outside the
+//! root, and no path is looked up twice between check and use (the class
+//! of runc CVE-2021-30465).
+//!
+//! Masks bind the zone's `/dev/null` by fd after checking that it is the
+//! null device, char 1:3 (CVE-2025-31133 swapped it for a link).
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::symlink;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat, openat2};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::sys::statvfs::{FsFlags, statvfs};
+use nix::sys::stat::{Mode, SFlag, fstat, major, minor, mkdirat};
 
 use super::plan::Op;
+use crate::sys;
 
 /// Why the zone's file system could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// mount(2) failed.
-    #[error("unable to mount {fstype} on {target}")]
+    /// A mount failed.
+    #[error("unable to mount {what} on {target}")]
     Mount {
-        /// File-system type or `bind`.
-        fstype: String,
-        /// Mount point.
+        /// File-system type, or what is bound.
+        what: String,
+        /// Mount point (inside the zone once the root is mounted).
         target: PathBuf,
         /// errno.
         #[source]
-        source: nix::Error,
+        source: io::Error,
     },
-    /// A directory, file or link could not be created.
+    /// A host directory could not be created.
     #[error("unable to create {path}")]
     Create {
         /// The path.
@@ -34,13 +49,22 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// A bind-mount target would leave the root.
-    #[error("bind target {target} in the zone is unsafe: {why}")]
+    /// A path inside the zone would leave the root.
+    #[error("{target} in the zone is unsafe: {why}")]
     UnsafeTarget {
-        /// Target inside the zone.
+        /// Path inside the zone.
         target: PathBuf,
         /// What is wrong with it.
-        why: String,
+        why: &'static str,
+    },
+    /// A path inside the zone could not be opened or created.
+    #[error("unable to open {target} in the zone")]
+    Resolve {
+        /// Path inside the zone.
+        target: PathBuf,
+        /// errno.
+        #[source]
+        source: io::Error,
     },
     /// A bind-mount source is missing.
     #[error("bind source {path} does not exist")]
@@ -48,6 +72,23 @@ pub enum Error {
         /// Host path.
         path: PathBuf,
     },
+    /// A host path could not be opened.
+    #[error("unable to open {path}")]
+    Open {
+        /// Host path.
+        path: PathBuf,
+        /// errno.
+        #[source]
+        source: io::Error,
+    },
+    /// `/dev/null` in the zone is not the null device, so masking with it
+    /// would expose whatever it is instead.
+    #[error("/dev/null in the zone is not the null device (char 1:3), refusing to mask with it")]
+    NotDevNull,
+    /// An op inside the zone came before the root was mounted (a bug in
+    /// the plan).
+    #[error("the plan uses the zone's root before mounting it")]
+    NoRoot,
     /// pivot_root or detaching the old root failed.
     #[error("unable to pivot_root into {root}")]
     PivotRoot {
@@ -55,250 +96,511 @@ pub enum Error {
         root: PathBuf,
         /// errno.
         #[source]
-        source: nix::Error,
+        source: io::Error,
     },
+}
+
+/// What to do when a path inside the zone is missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Create {
+    /// Nothing: report it missing.
+    Nothing,
+    /// Create it (and missing parents) as a directory.
+    Dir,
+    /// Create missing parents as directories and it as an empty file.
+    File,
+}
+
+/// Why [`open_in_root`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// The path (or a parent) does not exist, with [`Create::Nothing`].
+    #[error("it does not exist")]
+    Missing,
+    /// The path contains `..`.
+    #[error("it contains `..`")]
+    DotDot,
+    /// A component is a symbolic link.
+    #[error("it passes through a symbolic link")]
+    Symlink,
+    /// Any other failure.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// The resolve flags of every lookup inside the zone.
+fn strict() -> OpenHow {
+    OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_IN_ROOT
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        )
+}
+
+/// Opens `target` (absolute, inside the zone) as an `O_PATH` fd, walking
+/// from `root` one component at a time, refusing `..` and every symbolic
+/// link, and creating missing components as `create` says. Creation never
+/// follows a link either: `mkdirat` and `O_CREAT | O_EXCL` fail on an
+/// existing name, and the reopen refuses it if it is a link.
+pub fn open_in_root(
+    root: BorrowedFd<'_>,
+    target: &Path,
+    create: Create,
+) -> Result<OwnedFd, ResolveError> {
+    let mut names = Vec::new();
+    for comp in target.components() {
+        match comp {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(name) => names.push(name),
+            Component::ParentDir | Component::Prefix(_) => return Err(ResolveError::DotDot),
+        }
+    }
+    let open = |dir: BorrowedFd<'_>, name: &Path| match openat2(dir, name, strict()) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(Errno::ELOOP) => Err(ResolveError::Symlink),
+        Err(e) => Err(ResolveError::Io(e.into())),
+    };
+    let mut cur = open(root, Path::new("."))?.ok_or(ResolveError::Missing)?;
+    let last = names.len().saturating_sub(1);
+    for (i, name) in names.iter().enumerate() {
+        let name = Path::new(name);
+        if let Some(fd) = open(cur.as_fd(), name)? {
+            cur = fd;
+            continue;
+        }
+        let created = match create {
+            Create::Nothing => return Err(ResolveError::Missing),
+            Create::File if i == last => openat(
+                cur.as_fd(),
+                name,
+                OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o644),
+            )
+            .map(drop),
+            _ => mkdirat(cur.as_fd(), name, Mode::from_bits_truncate(0o755)),
+        };
+        match created {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(ResolveError::Io(e.into())),
+        }
+        cur = open(cur.as_fd(), name)?.ok_or(ResolveError::Missing)?;
+    }
+    Ok(cur)
+}
+
+/// Whether `fd` is a directory.
+fn is_dir(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let st = fstat(fd)?;
+    Ok(SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR)
 }
 
 /// Applies `ops` in order; stops at the first error.
 pub fn apply(ops: &[Op]) -> Result<(), Error> {
+    let mut a = Applier::default();
     for op in ops {
-        apply_one(op)?;
+        a.apply(op)?;
     }
     Ok(())
 }
 
-fn apply_one(op: &Op) -> Result<(), Error> {
-    match op {
-        Op::MakePrivate => mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            None::<&str>,
-        )
-        .map_err(|source| Error::Mount {
-            fstype: "private propagation".into(),
-            target: "/".into(),
-            source,
-        }),
-        Op::Mkdir(path) => fs::create_dir_all(path).map_err(|source| Error::Create {
-            path: path.clone(),
-            source,
-        }),
-        Op::Mount {
-            source,
-            target,
-            fstype,
-            flags,
-            data,
-        } => mount(
-            Some(source.as_str()),
-            target,
-            Some(fstype.as_str()),
-            *flags,
-            data.as_deref(),
-        )
-        .map_err(|e| Error::Mount {
-            fstype: fstype.clone(),
-            target: target.clone(),
-            source: e,
-        }),
-        Op::Bind {
-            source,
-            target,
-            readonly,
-            recursive,
-        } => {
-            if source != target {
-                create_like(source, target)?;
-            }
-            bind(source, target, *readonly, *recursive, MsFlags::empty())
-        }
-        Op::UserBind {
-            source,
-            root,
-            target,
-            readonly,
-        } => {
-            if !source.exists() {
-                return Err(Error::MissingSource {
-                    path: source.clone(),
-                });
-            }
-            let host_target = resolve_in_root(root, target)?;
-            create_like(source, &host_target)?;
-            bind(
+#[derive(Default)]
+struct Applier {
+    /// The zone's root on the host and an `O_PATH` fd of its mount.
+    root: Option<(PathBuf, OwnedFd)>,
+    /// The zone's checked `/dev/null`, opened on first use.
+    devnull: Option<OwnedFd>,
+}
+
+impl Applier {
+    fn root(&self) -> Result<BorrowedFd<'_>, Error> {
+        self.root
+            .as_ref()
+            .map(|(_, fd)| fd.as_fd())
+            .ok_or(Error::NoRoot)
+    }
+
+    /// Opens `target` inside the zone, with errors that name it.
+    fn open(&self, target: &Path, create: Create) -> Result<OwnedFd, Error> {
+        open_in_root(self.root()?, target, create).map_err(|e| match e {
+            ResolveError::Io(source) => Error::Resolve {
+                target: target.to_path_buf(),
                 source,
-                &host_target,
-                *readonly,
-                true,
-                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            )
+            },
+            ResolveError::Missing => Error::Resolve {
+                target: target.to_path_buf(),
+                source: io::Error::from_raw_os_error(libc::ENOENT),
+            },
+            ResolveError::DotDot => Error::UnsafeTarget {
+                target: target.to_path_buf(),
+                why: "it contains `..`",
+            },
+            ResolveError::Symlink => Error::UnsafeTarget {
+                target: target.to_path_buf(),
+                why: "it passes through a symbolic link",
+            },
+        })
+    }
+
+    /// Like [`Self::open`], but a missing path is `None`: masks and
+    /// read-only paths the running kernel lacks are skipped.
+    fn open_existing(&self, target: &Path) -> Result<Option<OwnedFd>, Error> {
+        match open_in_root(self.root()?, target, Create::Nothing) {
+            Err(ResolveError::Missing) => Ok(None),
+            _ => self.open(target, Create::Nothing).map(Some),
         }
-        Op::Symlink { target, link } => match symlink(target, link) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-            Err(source) => Err(Error::Create {
-                path: link.clone(),
+    }
+
+    fn apply(&mut self, op: &Op) -> Result<(), Error> {
+        match op {
+            Op::MakePrivate => mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .map_err(|e| Error::Mount {
+                what: "private propagation".into(),
+                target: "/".into(),
+                source: e.into(),
+            }),
+            Op::HostDir(path) => fs::create_dir_all(path).map_err(|source| Error::Create {
+                path: path.clone(),
                 source,
             }),
-        },
-        Op::PivotRoot(root) => pivot_root(root),
-    }
-}
-
-/// Creates `target` as an empty directory or file, like `source`.
-fn create_like(source: &Path, target: &Path) -> Result<(), Error> {
-    let create = |r: io::Result<()>| {
-        r.map_err(|e| Error::Create {
-            path: target.to_path_buf(),
-            source: e,
-        })
-    };
-    if source.is_dir() {
-        create(fs::create_dir_all(target))
-    } else {
-        if let Some(parent) = target.parent() {
-            create(fs::create_dir_all(parent))?;
-        }
-        match fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(target)
-        {
-            Ok(_) => Ok(()),
-            Err(e) => create(Err(e)),
-        }
-    }
-}
-
-fn bind(
-    source: &Path,
-    target: &Path,
-    readonly: bool,
-    recursive: bool,
-    extra: MsFlags,
-) -> Result<(), Error> {
-    let err = |e| Error::Mount {
-        fstype: "bind".into(),
-        target: target.to_path_buf(),
-        source: e,
-    };
-    let rec = if recursive {
-        MsFlags::MS_REC
-    } else {
-        MsFlags::empty()
-    };
-    mount(
-        Some(source),
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND | rec,
-        None::<&str>,
-    )
-    .map_err(err)?;
-    if readonly || !extra.is_empty() {
-        // A bind remount must repeat the flags the kernel has locked on the
-        // source mount, or it fails with EPERM.
-        let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra | locked_flags(target);
-        if readonly {
-            flags |= MsFlags::MS_RDONLY;
-        }
-        mount(None::<&str>, target, None::<&str>, flags, None::<&str>).map_err(err)?;
-    }
-    Ok(())
-}
-
-fn locked_flags(path: &Path) -> MsFlags {
-    let Ok(st) = statvfs(path) else {
-        return MsFlags::empty();
-    };
-    let f = st.flags();
-    let mut out = MsFlags::empty();
-    for (from, to) in [
-        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
-        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
-        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
-        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
-        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
-        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
-    ] {
-        if f.contains(from) {
-            out |= to;
-        }
-    }
-    out
-}
-
-/// Maps `target` (absolute, inside the zone) to a host path under `root`,
-/// refusing `..` and any existing symlink on the way, so a link the zone
-/// planted can never redirect a bind mount out of its root.
-pub fn resolve_in_root(root: &Path, target: &Path) -> Result<PathBuf, Error> {
-    let unsafe_target = |why: &str| Error::UnsafeTarget {
-        target: target.to_path_buf(),
-        why: why.to_string(),
-    };
-    let mut path = root.to_path_buf();
-    for comp in target.components() {
-        match comp {
-            Component::RootDir | Component::CurDir => {}
-            Component::Normal(name) => {
-                path.push(name);
-                match fs::symlink_metadata(&path) {
-                    Ok(m) if m.file_type().is_symlink() => {
-                        return Err(unsafe_target("it passes through a symbolic link"));
+            Op::BindRoot(root) => {
+                let old = open_host(root, OFlag::O_DIRECTORY)?;
+                bind_fd(
+                    old.as_fd(),
+                    old.as_fd(),
+                    libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
+                    true,
+                )
+                .map_err(|source| Error::Mount {
+                    what: "the root (bind)".into(),
+                    target: root.clone(),
+                    source,
+                })?;
+                self.set_root(root)
+            }
+            Op::OverlayRoot {
+                root,
+                lower,
+                upper,
+                work,
+            } => {
+                let data = format!(
+                    "lowerdir={},upperdir={},workdir={}",
+                    lower.display(),
+                    upper.display(),
+                    work.display()
+                );
+                mount(
+                    Some("overlay"),
+                    root,
+                    Some("overlay"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    Some(data.as_str()),
+                )
+                .map_err(|e| Error::Mount {
+                    what: "overlay".into(),
+                    target: root.clone(),
+                    source: e.into(),
+                })?;
+                self.set_root(root)
+            }
+            Op::Dir(path) => self.open(path, Create::Dir).map(drop),
+            Op::Mount {
+                source,
+                target,
+                fstype,
+                flags,
+                data,
+            } => {
+                let dir = self.open(target, Create::Dir)?;
+                mount_on_dir(dir.as_fd(), source, fstype, *flags, data.as_deref()).map_err(|e| {
+                    Error::Mount {
+                        what: fstype.clone(),
+                        target: target.clone(),
+                        source: e,
                     }
-                    _ => {}
+                })
+            }
+            Op::Device(name) => {
+                let host = Path::new("/dev").join(name);
+                let src = open_host(&host, OFlag::O_NOFOLLOW)?;
+                let target = Path::new("/dev").join(name);
+                let dst = self.open(&target, Create::File)?;
+                // No MOUNT_ATTR_NODEV: this bind is what lets the zone open
+                // the node at all.
+                bind_fd(
+                    src.as_fd(),
+                    dst.as_fd(),
+                    libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NOEXEC,
+                    false,
+                )
+                .map_err(|source| Error::Mount {
+                    what: host.display().to_string(),
+                    target,
+                    source,
+                })
+            }
+            Op::UserBind {
+                source,
+                target,
+                readonly,
+            } => self.user_bind(source, target, *readonly),
+            Op::Symlink { target, link } => {
+                let (Some(parent), Some(name)) = (link.parent(), link.file_name()) else {
+                    return Err(Error::UnsafeTarget {
+                        target: link.clone(),
+                        why: "it has no parent directory",
+                    });
+                };
+                let dir = self.open(parent, Create::Dir)?;
+                match nix::unistd::symlinkat(target, dir.as_fd(), name) {
+                    Ok(()) | Err(Errno::EEXIST) => Ok(()),
+                    Err(e) => Err(Error::Resolve {
+                        target: link.clone(),
+                        source: e.into(),
+                    }),
                 }
             }
-            Component::ParentDir | Component::Prefix(_) => {
-                return Err(unsafe_target("it contains `..`"));
+            Op::Mask(path) => self.mask(path),
+            Op::ReadOnly(path) => {
+                let Some(fd) = self.open_existing(path)? else {
+                    return Ok(());
+                };
+                let attrs = libc::MOUNT_ATTR_RDONLY
+                    | libc::MOUNT_ATTR_NOSUID
+                    | libc::MOUNT_ATTR_NODEV
+                    | libc::MOUNT_ATTR_NOEXEC;
+                bind_fd(fd.as_fd(), fd.as_fd(), attrs, true).map_err(|source| Error::Mount {
+                    what: "a read-only bind".into(),
+                    target: path.clone(),
+                    source,
+                })
             }
+            Op::PivotRoot => self.pivot_root(),
         }
     }
-    Ok(path)
+
+    fn set_root(&mut self, root: &Path) -> Result<(), Error> {
+        // Reopened after mounting, so the fd is of the new mount, not of
+        // the directory underneath it.
+        let fd = open_host(root, OFlag::O_DIRECTORY)?;
+        self.root = Some((root.to_path_buf(), fd));
+        Ok(())
+    }
+
+    fn user_bind(&mut self, source: &Path, target: &Path, readonly: bool) -> Result<(), Error> {
+        if !source.exists() {
+            return Err(Error::MissingSource {
+                path: source.to_path_buf(),
+            });
+        }
+        let src = open_host(source, OFlag::empty())?;
+        let src_is_dir = is_dir(src.as_fd()).map_err(|e| Error::Open {
+            path: source.to_path_buf(),
+            source: e,
+        })?;
+        let create = if src_is_dir {
+            Create::Dir
+        } else {
+            Create::File
+        };
+        let dst = self.open(target, create)?;
+        let dst_is_dir = is_dir(dst.as_fd()).map_err(|e| Error::Resolve {
+            target: target.to_path_buf(),
+            source: e,
+        })?;
+        if dst_is_dir != src_is_dir {
+            return Err(Error::UnsafeTarget {
+                target: target.to_path_buf(),
+                why: if src_is_dir {
+                    "it is not a directory but the source is"
+                } else {
+                    "it is a directory but the source is not"
+                },
+            });
+        }
+        let mut attrs = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
+        if readonly {
+            attrs |= libc::MOUNT_ATTR_RDONLY;
+        }
+        // The attributes are set on the detached copy before it is
+        // attached, so there is no moment where the bind is writable. The
+        // zone lacks CAP_SYS_ADMIN (and seccomp refuses mount calls), so it
+        // cannot remount it read-write.
+        bind_fd(src.as_fd(), dst.as_fd(), attrs, true).map_err(|e| Error::Mount {
+            what: source.display().to_string(),
+            target: target.to_path_buf(),
+            source: e,
+        })
+    }
+
+    fn mask(&mut self, path: &Path) -> Result<(), Error> {
+        let Some(fd) = self.open_existing(path)? else {
+            return Ok(());
+        };
+        let err = |source| Error::Mount {
+            what: "a mask".into(),
+            target: path.to_path_buf(),
+            source,
+        };
+        if is_dir(fd.as_fd()).map_err(err)? {
+            let flags =
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+            return mount_on_dir(
+                fd.as_fd(),
+                "tmpfs",
+                "tmpfs",
+                flags,
+                Some("size=4k,mode=555"),
+            )
+            .map_err(err);
+        }
+        if self.devnull.is_none() {
+            self.devnull = Some(self.checked_devnull()?);
+        }
+        let null = self.devnull.as_ref().ok_or(Error::NotDevNull)?;
+        bind_fd(null.as_fd(), fd.as_fd(), 0, false).map_err(err)
+    }
+
+    /// Opens the zone's `/dev/null` and checks it is char 1:3.
+    fn checked_devnull(&self) -> Result<OwnedFd, Error> {
+        let fd = self.open(Path::new("/dev/null"), Create::Nothing)?;
+        let st = fstat(fd.as_fd()).map_err(|e| Error::Resolve {
+            target: "/dev/null".into(),
+            source: e.into(),
+        })?;
+        let is_chr = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFCHR;
+        if !is_chr || major(st.st_rdev) != 1 || minor(st.st_rdev) != 3 {
+            return Err(Error::NotDevNull);
+        }
+        Ok(fd)
+    }
+
+    fn pivot_root(&mut self) -> Result<(), Error> {
+        let (root, fd) = self.root.take().ok_or(Error::NoRoot)?;
+        let err = |e: Errno| Error::PivotRoot {
+            root: root.clone(),
+            source: e.into(),
+        };
+        nix::unistd::fchdir(fd.as_fd()).map_err(err)?;
+        // Stacking the old root under the new one and detaching it avoids
+        // needing a put_old directory inside the zone's tree.
+        nix::unistd::pivot_root(".", ".").map_err(err)?;
+        umount2(".", MntFlags::MNT_DETACH).map_err(err)?;
+        nix::unistd::chdir("/").map_err(err)
+    }
 }
 
-fn pivot_root(root: &Path) -> Result<(), Error> {
-    let err = |source| Error::PivotRoot {
-        root: root.to_path_buf(),
-        source,
-    };
-    nix::unistd::chdir(root).map_err(err)?;
-    // Stacking the old root under the new one and detaching it avoids
-    // needing a put_old directory inside the zone's tree.
-    nix::unistd::pivot_root(".", ".").map_err(err)?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(err)?;
-    nix::unistd::chdir("/").map_err(err)
+/// Opens a host path (the operator's, not the zone's) as an `O_PATH` fd.
+fn open_host(path: &Path, extra: OFlag) -> Result<OwnedFd, Error> {
+    nix::fcntl::open(
+        path,
+        OFlag::O_PATH | OFlag::O_CLOEXEC | extra,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::Open {
+        path: path.to_path_buf(),
+        source: e.into(),
+    })
+}
+
+/// Binds what `src` refers to onto `dst`, both by fd: a detached copy of
+/// the source (with submounts if `recursive`) gets `attrs` added, then is
+/// attached on top of `dst`.
+fn bind_fd(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    attrs: u64,
+    recursive: bool,
+) -> io::Result<()> {
+    let tree = sys::open_tree_clone(src, recursive)?;
+    if attrs != 0 {
+        sys::mount_setattr(tree.as_fd(), attrs, recursive)?;
+    }
+    sys::move_mount(tree.as_fd(), dst)
+}
+
+/// Mounts a file system on the directory `dir` by making it the working
+/// directory and mounting on `.`, so the mount point is the directory
+/// already opened and checked, not a path looked up again.
+fn mount_on_dir(
+    dir: BorrowedFd<'_>,
+    source: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> io::Result<()> {
+    nix::unistd::fchdir(dir)?;
+    mount(Some(source), ".", Some(fstype), flags, data)?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::symlink;
 
-    #[test]
-    fn resolve_in_root_joins_plain_paths() {
-        let root = std::env::temp_dir();
-        let p = resolve_in_root(&root, Path::new("/srv/data")).unwrap();
-        assert_eq!(p, root.join("srv/data"));
-    }
-
-    #[test]
-    fn resolve_in_root_refuses_dotdot() {
-        let err = resolve_in_root(Path::new("/zones/a"), Path::new("/srv/../../etc")).unwrap_err();
-        assert!(err.to_string().contains("`..`"), "{err}");
-    }
-
-    #[test]
-    fn resolve_in_root_refuses_planted_symlink() {
-        let dir = std::env::temp_dir().join(format!("zonit-resolve-{}", std::process::id()));
+    fn scratch(name: &str) -> (PathBuf, OwnedFd) {
+        let dir = std::env::temp_dir().join(format!("zonit-rootfs-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
-        let _ = fs::remove_file(dir.join("srv"));
-        symlink("/etc", dir.join("srv")).unwrap();
-        let err = resolve_in_root(&dir, Path::new("/srv/x")).unwrap_err();
-        assert!(err.to_string().contains("symbolic link"), "{err}");
+        let fd = open_host(&dir, OFlag::O_DIRECTORY).unwrap();
+        (dir, fd)
+    }
+
+    #[test]
+    fn open_in_root_creates_missing_directories_inside() {
+        let (dir, fd) = scratch("create");
+        open_in_root(fd.as_fd(), Path::new("/srv/data"), Create::Dir).unwrap();
+        assert!(dir.join("srv/data").is_dir());
+        open_in_root(fd.as_fd(), Path::new("/etc/app.conf"), Create::File).unwrap();
+        assert!(dir.join("etc/app.conf").is_file());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn open_in_root_refuses_dotdot() {
+        let (dir, fd) = scratch("dotdot");
+        let err = open_in_root(fd.as_fd(), Path::new("/srv/../../etc"), Create::Dir).unwrap_err();
+        assert!(matches!(err, ResolveError::DotDot), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn open_in_root_refuses_a_planted_symlink_and_creates_nothing_through_it() {
+        let (dir, fd) = scratch("symlink");
+        let outside = dir.with_extension("outside");
+        let _ = fs::remove_dir_all(&outside);
+        fs::create_dir_all(&outside).unwrap();
+        symlink(&outside, dir.join("srv")).unwrap();
+        for target in ["/srv", "/srv/x"] {
+            let err = open_in_root(fd.as_fd(), Path::new(target), Create::Dir).unwrap_err();
+            assert!(matches!(err, ResolveError::Symlink), "{target}: {err}");
+        }
+        // A relative link that climbs out is refused the same way.
+        symlink("../../..", dir.join("up")).unwrap();
+        let err = open_in_root(fd.as_fd(), Path::new("/up/tmp"), Create::Dir).unwrap_err();
+        assert!(matches!(err, ResolveError::Symlink), "{err}");
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+        fs::remove_dir_all(&dir).unwrap();
+        fs::remove_dir_all(&outside).unwrap();
+    }
+
+    #[test]
+    fn open_in_root_reports_missing_paths_without_creating() {
+        let (dir, fd) = scratch("missing");
+        let err =
+            open_in_root(fd.as_fd(), Path::new("/proc/timer_stats"), Create::Nothing).unwrap_err();
+        assert!(matches!(err, ResolveError::Missing), "{err}");
+        assert!(!dir.join("proc").exists());
         fs::remove_dir_all(&dir).unwrap();
     }
 }

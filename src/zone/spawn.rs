@@ -24,8 +24,8 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Pid, Uid};
 
 use super::plan::{self, Op};
-use super::rootfs;
-use crate::config::Zone;
+use super::{rootfs, seccomp, template};
+use crate::config::{TemplateMode, Zone};
 use crate::sys;
 
 /// PATH used to find the command when the zone's env sets none.
@@ -46,6 +46,9 @@ pub enum Error {
     /// clone3 failed.
     #[error("unable to clone the zone's init")]
     Clone(#[source] io::Error),
+    /// The seccomp filter is unusable (a bug in its rule table).
+    #[error("no seccomp filter")]
+    Seccomp(#[source] &'static seccomp::Error),
 }
 
 /// A started zone, as the agent holds it.
@@ -59,8 +62,11 @@ pub struct Started {
 }
 
 /// Everything the child needs, prepared before the clone.
-struct Prepared {
+pub(super) struct Prepared {
     ops: Vec<Op>,
+    /// `(template, root)` when the root is a one-time copy of a template.
+    copy: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    seccomp: &'static [seccompiler::sock_filter],
     hostname: String,
     argv: Vec<CString>,
     envp: Vec<CString>,
@@ -78,8 +84,13 @@ fn cstring(s: impl Into<Vec<u8>>, what: &'static str) -> Result<CString, Error> 
 }
 
 fn prepare(zone: &Zone) -> Result<Prepared, Error> {
-    let argv = zone
-        .command
+    prepare_command(zone, &zone.command)
+}
+
+/// Prepares running `command` with `zone`'s environment, user,
+/// capabilities and limits (the zone's own command, or `ctl exec`).
+pub(super) fn prepare_command(zone: &Zone, command: &[String]) -> Result<Prepared, Error> {
+    let argv = command
         .iter()
         .map(|a| cstring(a.as_str(), "command"))
         .collect::<Result<Vec<_>, _>>()?;
@@ -100,7 +111,7 @@ fn prepare(zone: &Zone) -> Result<Prepared, Error> {
         .iter()
         .map(|(k, v)| cstring(format!("{k}={v}"), "env"))
         .collect::<Result<Vec<_>, _>>()?;
-    let arg0 = zone.command.first().cloned().unwrap_or_default();
+    let arg0 = command.first().cloned().unwrap_or_default();
     let candidates = if arg0.contains('/') {
         vec![cstring(arg0, "command")?]
     } else {
@@ -111,7 +122,12 @@ fn prepare(zone: &Zone) -> Result<Prepared, Error> {
             .collect::<Result<Vec<_>, _>>()?
     };
     Ok(Prepared {
-        ops: plan::plan(zone),
+        ops: plan::plan(zone, &plan::HostFacts::probe()),
+        copy: match (&zone.template, zone.template_mode) {
+            (Some(t), TemplateMode::Copy) => Some((t.clone(), zone.root.clone())),
+            _ => None,
+        },
+        seccomp: seccomp::program().map_err(Error::Seccomp)?,
         hostname: zone.hostname.clone(),
         argv,
         envp,
@@ -182,7 +198,7 @@ pub fn spawn(
     }
 }
 
-fn report(status: &OwnedFd, line: &str) {
+pub(super) fn report(status: &OwnedFd, line: &str) {
     let mut f = std::fs::File::from(match status.try_clone() {
         Ok(fd) => fd,
         Err(_) => return,
@@ -226,7 +242,7 @@ fn zone_init(prep: &Prepared, status: OwnedFd, output: BorrowedFd<'_>) -> ! {
         Ok(ForkResult::Child) => {
             drop(rx);
             drop(status);
-            command(prep, tx, output)
+            command(prep, tx, Stdio::Output(output))
         }
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => {
@@ -245,7 +261,7 @@ fn zone_init(prep: &Prepared, status: OwnedFd, output: BorrowedFd<'_>) -> ! {
     reap_forever(cmd, &status)
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -257,6 +273,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 fn setup(prep: &Prepared) -> Result<(), SetupError> {
+    if let Some((tpl, root)) = &prep.copy {
+        template::ensure_copied(tpl, root)?;
+    }
     rootfs::apply(&prep.ops)?;
     nix::unistd::sethostname(&prep.hostname).map_err(|e| SetupError::Hostname(e.into()))?;
     sys::set_link_up("lo").map_err(SetupError::Loopback)?;
@@ -267,6 +286,8 @@ fn setup(prep: &Prepared) -> Result<(), SetupError> {
 #[derive(Debug, thiserror::Error)]
 enum SetupError {
     #[error(transparent)]
+    Template(#[from] template::Error),
+    #[error(transparent)]
     Rootfs(#[from] rootfs::Error),
     #[error("unable to set the hostname")]
     Hostname(#[source] io::Error),
@@ -274,7 +295,9 @@ enum SetupError {
     Loopback(#[source] io::Error),
 }
 
-fn reap_forever(cmd: Pid, status: &OwnedFd) -> ! {
+/// Waits for signals: forwards each to `cmd`, and on SIGCHLD reaps every
+/// child; when `cmd` ends, reports its status and exits with it.
+pub(super) fn reap_forever(cmd: Pid, status: &OwnedFd) -> ! {
     let all = sys::full_sigset();
     loop {
         let sig = match sys::sigwait(&all) {
@@ -305,8 +328,16 @@ fn reap_forever(cmd: Pid, status: &OwnedFd) -> ! {
     }
 }
 
+/// Where a command's standard fds come from.
+pub(super) enum Stdio<'a> {
+    /// stdin from /dev/null, stdout and stderr to the unit's output pipe.
+    Output(BorrowedFd<'a>),
+    /// The caller's own three fds (`zonit ctl exec`).
+    Fds(&'a [OwnedFd; 3]),
+}
+
 /// The command's process: drop privileges and exec. Never returns.
-fn command(prep: &Prepared, exec_status: OwnedFd, output: BorrowedFd<'_>) -> ! {
+pub(super) fn command(prep: &Prepared, exec_status: OwnedFd, io: Stdio<'_>) -> ! {
     let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
         let mut f = std::fs::File::from(
             exec_status
@@ -318,7 +349,7 @@ fn command(prep: &Prepared, exec_status: OwnedFd, output: BorrowedFd<'_>) -> ! {
     };
     sys::reset_signals();
     let _ = nix::unistd::setsid();
-    if let Err(e) = stdio(output) {
+    if let Err(e) = stdio(io) {
         fail("unable to set up stdio", &e);
     }
     if let Err(e) = sys::close_fds_from(3, &[exec_status.as_raw_fd()]) {
@@ -334,6 +365,10 @@ fn command(prep: &Prepared, exec_status: OwnedFd, output: BorrowedFd<'_>) -> ! {
     }
     if let Err(e) = drop_privileges(prep) {
         fail("unable to drop privileges", &e);
+    }
+    // Last, so everything above may still use what the filter refuses.
+    if let Err(e) = seccomp::install(prep.seccomp) {
+        fail("unable to install seccomp", &error_chain(&e));
     }
     let argv = ptrs(&prep.argv);
     let envp = ptrs(&prep.envp);
@@ -359,24 +394,45 @@ fn ptrs(v: &[CString]) -> Vec<*const libc::c_char> {
         .collect()
 }
 
-fn stdio(output: BorrowedFd<'_>) -> io::Result<()> {
-    let null = std::fs::File::open("/dev/null")?;
-    nix::unistd::dup2_stdin(null.as_fd()).map_err(io::Error::from)?;
-    nix::unistd::dup2_stdout(output).map_err(io::Error::from)?;
-    nix::unistd::dup2_stderr(output).map_err(io::Error::from)?;
+fn stdio(io: Stdio<'_>) -> io::Result<()> {
+    match io {
+        Stdio::Output(output) => {
+            let null = std::fs::File::open("/dev/null")?;
+            nix::unistd::dup2_stdin(null.as_fd()).map_err(io::Error::from)?;
+            nix::unistd::dup2_stdout(output).map_err(io::Error::from)?;
+            nix::unistd::dup2_stderr(output).map_err(io::Error::from)?;
+        }
+        Stdio::Fds([i, o, e]) => {
+            nix::unistd::dup2_stdin(i.as_fd()).map_err(io::Error::from)?;
+            nix::unistd::dup2_stdout(o.as_fd()).map_err(io::Error::from)?;
+            nix::unistd::dup2_stderr(e.as_fd()).map_err(io::Error::from)?;
+        }
+    }
     Ok(())
 }
 
+/// Groups, capabilities, uid, no_new_privs, in the order each step still
+/// has the privilege it needs.
+///
+/// For a root user the bounding, permitted and effective sets end up equal
+/// to the zone's `capabilities`; inheritable and ambient are empty (a
+/// non-empty inheritable set was CVE-2022-29162). For any other user the
+/// uid switch clears permitted and effective, and with empty inheritable
+/// and ambient sets `execve` grants nothing back: a non-root zone user runs
+/// with no capabilities, as under Docker, and the bounding set still caps
+/// what any file could grant.
 fn drop_privileges(prep: &Prepared) -> io::Result<()> {
     let (uid, gid) = (Uid::from_raw(prep.uid), Gid::from_raw(prep.gid));
     nix::unistd::setgroups(&[gid]).map_err(io::Error::from)?;
     nix::unistd::setresgid(gid, gid, gid).map_err(io::Error::from)?;
-    sys::limit_capabilities(&prep.caps)?;
+    // Needs CAP_SETPCAP, so before anything drops it.
+    sys::limit_bounding_and_ambient(&prep.caps)?;
     if prep.uid != 0 {
-        // Keep the permitted set across the uid switch, then raise the
-        // effective set again (setuid clears it).
-        nix::sys::prctl::set_keepcaps(true).map_err(io::Error::from)?;
         nix::unistd::setresuid(uid, uid, uid).map_err(io::Error::from)?;
+        // The switch emptied permitted; capset may only lower it, and
+        // execve would clear it anyway. Inheritable is still emptied.
+        sys::set_capabilities(&[])?;
+    } else {
         sys::set_capabilities(&prep.caps)?;
     }
     nix::sys::prctl::set_no_new_privs().map_err(io::Error::from)?;

@@ -498,3 +498,72 @@ fn state_names_match_the_spec() {
         ]
     );
 }
+
+#[test]
+fn reload_stops_and_drops_removed_units() {
+    let mut h = Harness::new(vec![
+        spec("keep", &[], RestartPolicy::Always),
+        spec("gone", &[], RestartPolicy::Always),
+    ]);
+    h.feed(Input::StartAll(vec!["keep".into(), "gone".into()]));
+    let keep_pid = h.pid("keep");
+    let a = h.sup.reload(
+        vec![spec("keep", &[], RestartPolicy::Always)],
+        &[],
+        &[],
+        h.now,
+    );
+    assert_eq!(stopped(&a), vec!["gone"]);
+    assert_eq!(h.pid("keep"), keep_pid, "unchanged unit untouched");
+    assert!(
+        h.sup.take_retired().is_empty(),
+        "dropped only once it ended"
+    );
+    h.end("gone", End::Signal(15));
+    assert!(h.sup.status("gone").is_none());
+    assert_eq!(h.sup.take_retired(), vec!["gone".to_string()]);
+    assert!(spawned(&h.advance(Duration::from_secs(60))).is_empty());
+}
+
+#[test]
+fn reload_restarts_changed_running_units_and_starts_new_ones() {
+    let mut h = Harness::new(vec![spec("web", &[], RestartPolicy::Always)]);
+    h.feed(Input::Start("web".into()));
+    let a = h.sup.reload(
+        vec![
+            spec("web", &[], RestartPolicy::Always),
+            spec("new", &["web"], RestartPolicy::Always),
+        ],
+        &["web".to_string()],
+        &["new".to_string()],
+        h.now,
+    );
+    // web is being restarted, so new waits for it.
+    assert_eq!(stopped(&a), vec!["web"]);
+    assert!(spawned(&a).is_empty());
+    let a = h.end("web", End::Signal(15));
+    assert_eq!(spawned(&a), vec!["web", "new"]);
+    assert_eq!(h.state("new"), State::Running);
+}
+
+#[test]
+fn reload_of_a_stopped_unit_keeps_it_stopped() {
+    let mut h = Harness::new(vec![spec("web", &[], RestartPolicy::Always)]);
+    let a = h.sup.reload(
+        vec![spec("web", &[], RestartPolicy::Never)],
+        &["web".to_string()],
+        &[],
+        h.now,
+    );
+    assert!(a.is_empty());
+    assert_eq!(h.state("web"), State::Stopped);
+    assert_eq!(h.sup.spec("web").unwrap().restart, RestartPolicy::Never);
+}
+
+#[test]
+fn removed_unit_without_process_is_dropped_at_once() {
+    let mut h = Harness::new(vec![spec("a", &[], RestartPolicy::Always)]);
+    h.sup.reload(vec![], &[], &[], h.now);
+    assert!(h.sup.status("a").is_none());
+    assert_eq!(h.sup.take_retired(), vec!["a".to_string()]);
+}

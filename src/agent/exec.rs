@@ -1,0 +1,149 @@
+//! `zonit ctl exec` sessions: one exec helper per request, answered with
+//! the command's exit status when the helper is reaped.
+
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+
+use nix::sys::wait::WaitStatus;
+use serde_json::json;
+
+use super::units::{StatusLine, drain_status, end_status_code, error_chain};
+use super::{Agent, Source};
+use crate::config::UnitKind;
+use crate::control::proto;
+use crate::supervisor::{End, State};
+use crate::sys;
+use crate::zone::exec;
+
+/// One running `exec`.
+pub(super) struct Session {
+    conn: usize,
+    pidfd: OwnedFd,
+    status: Option<(File, mio::Token)>,
+    buf: Vec<u8>,
+    error: Option<String>,
+    reported: Option<End>,
+}
+
+impl Agent {
+    pub(super) fn start_exec(&mut self, id: usize, name: &str, argv: &[String]) {
+        if argv.first().is_none_or(|a| a.is_empty()) {
+            self.send(id, &proto::error("exec needs a command: argv is empty"));
+            return;
+        }
+        let fds = self
+            .conns
+            .get_mut(&id)
+            .map(|c| std::mem::take(&mut c.fds))
+            .unwrap_or_default();
+        let Ok(stdio) = <[OwnedFd; 3]>::try_from(fds) else {
+            self.send(
+                id,
+                &proto::error(
+                    "exec needs the caller's stdin, stdout and stderr passed with SCM_RIGHTS",
+                ),
+            );
+            return;
+        };
+        let zone = match self.config.unit(name).map(|u| &u.kind) {
+            Some(UnitKind::Zone(z)) => z.clone(),
+            Some(UnitKind::Guest(_)) => {
+                self.send(
+                    id,
+                    &proto::error(&format!("{name} is a guest; exec runs in zones")),
+                );
+                return;
+            }
+            None => {
+                self.send(id, &proto::error(&format!("no unit named `{name}`")));
+                return;
+            }
+        };
+        if self.sup.status(name).map(|s| s.state) != Some(State::Running) {
+            self.send(id, &proto::error(&format!("zone {name} is not running")));
+            return;
+        }
+        let Some(init) = self.units.get(name).and_then(|u| u.pidfd()) else {
+            self.send(id, &proto::error(&format!("zone {name} is not running")));
+            return;
+        };
+        let group = self.cgroups.open(name);
+        let started = match exec::exec(&zone, argv, init, group.as_ref().map(|g| g.as_fd()), stdio)
+        {
+            Ok(s) => s,
+            Err(e) => {
+                let msg = format!("unable to exec in {name}: {}", error_chain(&e));
+                log::warn!("{msg}");
+                self.send(id, &proto::error(&msg));
+                return;
+            }
+        };
+        log::info!("{name}: exec {:?}, pid {}", argv, started.pid);
+        let status = self.watch_status(started.status, Source::ExecStatus(started.pid));
+        self.execs.insert(
+            started.pid,
+            Session {
+                conn: id,
+                pidfd: started.pidfd,
+                status,
+                buf: Vec::new(),
+                error: None,
+                reported: None,
+            },
+        );
+    }
+
+    /// Whether connection `id` waits for an exec to end.
+    pub(super) fn exec_pending(&self, id: usize) -> bool {
+        self.execs.values().any(|s| s.conn == id)
+    }
+
+    /// The client of an exec went away: hang up the command (the helper
+    /// forwards the signal), as a terminal does.
+    pub(super) fn exec_client_gone(&mut self, id: usize) {
+        for s in self.execs.values().filter(|s| s.conn == id) {
+            let _ = sys::pidfd_send_signal(s.pidfd.as_fd(), libc::SIGHUP);
+        }
+    }
+
+    pub(super) fn read_exec_status(&mut self, pid: i32) {
+        if let Some(s) = self.execs.get_mut(&pid)
+            && let Some((file, _)) = &mut s.status
+        {
+            for line in drain_status(file, &mut s.buf) {
+                match line {
+                    StatusLine::Error(msg) => s.error = Some(msg),
+                    StatusLine::End(end) => s.reported = Some(end),
+                    StatusLine::Ready | StatusLine::Unknown => {}
+                }
+            }
+        }
+    }
+
+    /// Reaps an exec helper; returns false if `pid` is not one.
+    pub(super) fn exec_ended(&mut self, pid: i32, status: WaitStatus) -> bool {
+        if !self.execs.contains_key(&pid) {
+            return false;
+        }
+        self.read_exec_status(pid);
+        let Some(s) = self.execs.remove(&pid) else {
+            return true;
+        };
+        self.unwatch_status(&s.status);
+        let reply = match (s.error, s.reported) {
+            (Some(msg), _) => proto::error(&msg),
+            (None, Some(end)) => proto::ok(json!({ "exit": end_status_code(&end) })),
+            (None, None) => {
+                let end = match status {
+                    WaitStatus::Exited(_, c) => End::Exit(c),
+                    WaitStatus::Signaled(_, sig, _) => End::Signal(sig as i32),
+                    _ => End::Crash,
+                };
+                proto::ok(json!({ "exit": end_status_code(&end) }))
+            }
+        };
+        self.send(s.conn, &reply);
+        self.flush(s.conn);
+        true
+    }
+}

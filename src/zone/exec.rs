@@ -1,0 +1,106 @@
+//! `zonit ctl exec`: running a command inside a running zone.
+//!
+//! Process tree: agent -> exec helper (a host process, in the zone's
+//! cgroup, non-dumpable) -> the command (in every namespace of the zone).
+//! The helper joins the zone's mount, UTS, IPC, network, cgroup and PID
+//! namespaces through the pidfd of the zone's init; joining a PID
+//! namespace only moves children, hence the second fork. The command gets
+//! the same privilege drop as the zone's own command (capabilities, uid,
+//! rlimits, no_new_privs) and the caller's stdin, stdout and stderr.
+//!
+//! The helper speaks the status-pipe protocol of `spawn` (`ready`,
+//! `error MESSAGE`, `exit N`, `signal N`) and forwards signals to the
+//! command, so the agent handles it like a zone's init.
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+
+use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
+use nix::unistd::ForkResult;
+
+use super::spawn::{self, Error, Started, Stdio};
+use crate::config::Zone;
+use crate::sys;
+
+/// Starts `argv` in the zone whose init is `init`, with the caller's
+/// `stdio`, inside the zone's cgroup `cgroup` when it has one.
+pub fn exec(
+    zone: &Zone,
+    argv: &[String],
+    init: BorrowedFd<'_>,
+    cgroup: Option<BorrowedFd<'_>>,
+    stdio: [OwnedFd; 3],
+) -> Result<Started, Error> {
+    let prep = spawn::prepare_command(zone, argv)?;
+    let (status_rx, status_tx) = sys::pipe().map_err(Error::Pipe)?;
+    match sys::clone3(0, cgroup).map_err(Error::Clone)? {
+        sys::Forked::Child => {
+            drop(status_rx);
+            helper(&prep, init, status_tx, &stdio)
+        }
+        sys::Forked::Parent { pid, pidfd } => {
+            drop(status_tx);
+            Ok(Started {
+                pid,
+                pidfd,
+                status: status_rx,
+            })
+        }
+    }
+}
+
+fn helper(
+    prep: &spawn::Prepared,
+    init: BorrowedFd<'_>,
+    status: OwnedFd,
+    stdio: &[OwnedFd; 3],
+) -> ! {
+    let fail = |msg: String| -> ! {
+        spawn::report(&status, &format!("error {msg}"));
+        sys::exit_now(126)
+    };
+    sys::reset_signals();
+    sys::set_sigmask(libc::SIG_SETMASK, &sys::full_sigset());
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    // Before joining: nothing in the zone may ptrace or read this process.
+    let _ = nix::sys::prctl::set_dumpable(false);
+    let mut keep = vec![status.as_raw_fd(), init.as_raw_fd()];
+    keep.extend(stdio.iter().map(|f| f.as_raw_fd()));
+    if let Err(e) = sys::close_fds_from(3, &keep) {
+        fail(format!("unable to close inherited fds: {e}"));
+    }
+    let flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWNET
+        | CloneFlags::CLONE_NEWCGROUP
+        | CloneFlags::CLONE_NEWPID;
+    if let Err(e) = nix::sched::setns(init, flags) {
+        fail(format!("unable to join the zone's namespaces: {e}"));
+    }
+    let (rx, tx) = match sys::pipe() {
+        Ok(p) => p,
+        Err(e) => fail(format!("unable to create exec pipe: {e}")),
+    };
+    let cmd = match sys::fork() {
+        Ok(ForkResult::Child) => {
+            drop(rx);
+            spawn::command(prep, tx, Stdio::Fds(stdio))
+        }
+        Ok(ForkResult::Parent { child }) => child,
+        Err(e) => fail(format!("unable to fork the command: {e}")),
+    };
+    drop(tx);
+    // The helper keeps no copy of the caller's fds, so the caller sees EOF
+    // as soon as the command closes them.
+    let _ = sys::close_fds_from(3, &[status.as_raw_fd(), rx.as_raw_fd()]);
+    let mut msg = String::new();
+    let _ = std::fs::File::from(rx).read_to_string(&mut msg);
+    if msg.is_empty() {
+        spawn::report(&status, "ready");
+    } else {
+        spawn::report(&status, &format!("error {msg}"));
+    }
+    spawn::reap_forever(cmd, &status)
+}

@@ -1,0 +1,641 @@
+/*
+ * Test guest for `zonit vmm` (tier 3). One source, three boot targets:
+ *
+ *   default        ELF entered in 64-bit mode at entry64, boot_params in RSI
+ *                  (the Linux 64-bit boot protocol, as for a vmlinux);
+ *   --defsym PVH=1 the same ELF plus a Xen PVH note: entered at pvh_entry in
+ *                  32-bit protected mode with hvm_start_info in EBX; it
+ *                  builds its own page tables and switches to long mode;
+ *   --defsym BZIMAGE=1  a flat bzImage: setup header in the first 1 KiB,
+ *                  protected-mode part loaded at 1 MiB, 64-bit entry at
+ *                  +0x200, boot_params in RSI.
+ *
+ * It prints what it was handed (protocol, command line, e820 map, RSDP) on
+ * COM1, then does what its command line asks:
+ *
+ *   triple     load an empty IDT and fault: a triple fault
+ *   reboot     i8042 reset command (0xFE to port 0x64)
+ *   acpireset  write the FADT reset value to the FADT reset register
+ *   panic      write PANICKED to the pvpanic port
+ *   spin       halt forever with interrupts off
+ *   cad        poll the i8042 until 8 scan code bytes arrive, print them,
+ *              then power off
+ *   smp        count the MADT's processors, start the others with
+ *              INIT/SIPI, wait for them to check in, then power off
+ *   poweroff   (also the default) find the FADT sleep-control register and
+ *              the DSDT's _S5_ value and write SLP_TYP<<2 | SLP_EN
+ */
+
+        .intel_syntax noprefix
+        .set COM1, 0x3f8
+
+/* ---------------------------------------------------------------- bzImage */
+.ifdef BZIMAGE
+        .section .bzsetup, "a"
+        .org 0x1f1
+        .byte 1                 /* setup_sects: setup is 2 sectors */
+        .word 0                 /* root_flags */
+        .long 0                 /* syssize */
+        .word 0, 0, 0           /* ram_size, vid_mode, root_dev */
+        .word 0xaa55            /* boot_flag */
+        .byte 0xeb, 0x00        /* jump */
+        .ascii "HdrS"
+        .word 0x020f            /* boot protocol 2.15 */
+        .long 0                 /* realmode_swtch */
+        .word 0, 0              /* start_sys_seg, kernel_version */
+        .byte 0, 1              /* type_of_loader, loadflags: LOADED_HIGH */
+        .word 0                 /* setup_move_size */
+        .long 0x100000          /* code32_start */
+        .long 0, 0, 0           /* ramdisk_image, ramdisk_size, bootsect_kludge */
+        .word 0                 /* heap_end_ptr */
+        .byte 0, 0              /* ext_loader_ver, ext_loader_type */
+        .long 0                 /* cmd_line_ptr */
+        .long 0x7fffffff        /* initrd_addr_max */
+        .long 0x200000          /* kernel_alignment */
+        .byte 0, 0              /* relocatable_kernel, min_alignment */
+        .word 1                 /* xloadflags: XLF_KERNEL_64 */
+        .long 2047              /* cmdline_size */
+        .org 0x400
+.endif
+
+/* -------------------------------------------------------------- PVH note */
+.ifdef PVH
+        .section .note.pvh, "a", @note
+        .balign 4
+        .long 4                 /* namesz */
+        .long 4                 /* descsz */
+        .long 18                /* XEN_ELFNOTE_PHYS32_ENTRY */
+        .asciz "Xen"
+        .balign 4
+        .long pvh_entry
+        .balign 4
+.endif
+
+        .text
+.ifdef BZIMAGE
+        /* The 32-bit entry at the load address is not used. */
+        .fill 0x200, 1, 0xf4
+.endif
+
+/* ------------------------------------------------- Linux 64-bit entry */
+        .code64
+        .globl entry64
+entry64:
+        cli
+        lea rsp, [rip + stack_top]
+        mov eax, dword ptr [rsi + 0x228]        /* hdr.cmd_line_ptr */
+        mov qword ptr [rip + cmdline], rax
+        movzx eax, byte ptr [rsi + 0x1e8]       /* e820_entries */
+        mov qword ptr [rip + e820_count], rax
+        lea rax, [rsi + 0x2d0]                  /* e820_table */
+        mov qword ptr [rip + e820_table], rax
+        mov qword ptr [rip + e820_stride], 20
+        mov rax, qword ptr [rsi + 0x70]         /* acpi_rsdp_addr */
+        mov qword ptr [rip + rsdp], rax
+        lea rax, [rip + str_linux]
+        mov qword ptr [rip + protocol], rax
+        cmp dword ptr [rsi + 0x202], 0x53726448 /* hdr.header "HdrS" */
+        je main64
+        lea rdi, [rip + str_bad_magic]
+        call puts
+        jmp main64
+
+/* ------------------------------------------------------------ PVH entry */
+.ifdef PVH
+        .code32
+pvh_entry:
+        cli
+        mov esp, offset stack_top
+        mov eax, dword ptr [ebx + 24]           /* cmdline_paddr */
+        mov dword ptr [cmdline], eax
+        mov eax, dword ptr [ebx + 48]           /* memmap_entries */
+        mov dword ptr [e820_count], eax
+        mov eax, dword ptr [ebx + 40]           /* memmap_paddr */
+        mov dword ptr [e820_table], eax
+        mov dword ptr [e820_stride], 24
+        mov eax, dword ptr [ebx + 32]           /* rsdp_paddr */
+        mov dword ptr [rsdp], eax
+        mov eax, offset str_pvh
+        mov dword ptr [protocol], eax
+        cmp dword ptr [ebx], 0x336ec578         /* hvm_start_info magic */
+        je 1f
+        mov dword ptr [protocol], offset str_bad_magic
+1:
+        /* Long mode with the payload's own identity map. */
+        mov eax, cr4
+        or eax, 0x20                            /* PAE */
+        mov cr4, eax
+        mov eax, offset pml4
+        mov cr3, eax
+        mov ecx, 0xc0000080                     /* EFER */
+        rdmsr
+        or eax, 0x100                           /* LME */
+        wrmsr
+        mov eax, cr0
+        or eax, 0x80000000                      /* PG */
+        mov cr0, eax
+        lgdt [gdt_desc]
+        .att_syntax
+        ljmp $0x08, $pvh_long
+        .intel_syntax noprefix
+        .code64
+pvh_long:
+        mov ax, 0x10
+        mov ds, ax
+        mov es, ax
+        mov ss, ax
+        jmp main64
+.endif
+
+/* ----------------------------------------------------------------- main */
+main64:
+        lea rdi, [rip + str_hello]
+        call puts
+        mov rdi, qword ptr [rip + protocol]
+        call puts
+        call newline
+        lea rdi, [rip + str_cmdline]
+        call puts
+        mov rdi, qword ptr [rip + cmdline]
+        call puts
+        call newline
+        lea rdi, [rip + str_e820]
+        call puts
+        mov rax, qword ptr [rip + e820_count]
+        call putdec
+        call newline
+        mov rbx, qword ptr [rip + e820_table]
+        mov r12, qword ptr [rip + e820_count]
+1:      test r12, r12
+        jz 2f
+        lea rdi, [rip + str_e820_entry]
+        call puts
+        mov rax, qword ptr [rbx]
+        call puthex
+        call space
+        mov rax, qword ptr [rbx + 8]
+        call puthex
+        call space
+        mov eax, dword ptr [rbx + 16]
+        call putdec
+        call newline
+        add rbx, qword ptr [rip + e820_stride]
+        dec r12
+        jmp 1b
+2:      lea rdi, [rip + str_rsdp]
+        call puts
+        mov rax, qword ptr [rip + rsdp]
+        call puthex
+        call newline
+
+        lea rdi, [rip + w_triple]
+        call has_word
+        jnz do_triple
+        lea rdi, [rip + w_acpireset]
+        call has_word
+        jnz do_acpireset
+        lea rdi, [rip + w_reboot]
+        call has_word
+        jnz do_reboot
+        lea rdi, [rip + w_panic]
+        call has_word
+        jnz do_panic
+        lea rdi, [rip + w_spin]
+        call has_word
+        jnz do_spin
+        lea rdi, [rip + w_cad]
+        call has_word
+        jnz do_cad
+        lea rdi, [rip + w_smp]
+        call has_word
+        jnz do_smp
+        jmp do_poweroff
+
+/* -------------------------------------------------------------- actions */
+do_triple:
+        lea rdi, [rip + str_triple]
+        call puts
+        lidt [rip + null_idt]
+        ud2
+
+do_reboot:
+        lea rdi, [rip + str_reboot]
+        call puts
+        mov al, 0xfe
+        out 0x64, al
+        jmp halt_forever
+
+do_panic:
+        lea rdi, [rip + str_panic]
+        call puts
+        mov dx, 0x505
+        in al, dx
+        movzx eax, al
+        call putdec
+        call newline
+        mov al, 1
+        mov dx, 0x505
+        out dx, al
+        jmp halt_forever
+
+do_spin:
+        lea rdi, [rip + str_spin]
+        call puts
+        jmp halt_forever
+
+do_acpireset:
+        mov edi, 0x50434146                     /* "FACP" */
+        call find_table
+        test rax, rax
+        jz no_fadt
+        mov rbx, rax
+        lea rdi, [rip + str_acpireset]
+        call puts
+        movzx eax, word ptr [rbx + 120]         /* RESET_REG address */
+        call puthex
+        call space
+        movzx eax, byte ptr [rbx + 128]         /* RESET_VALUE */
+        call putdec
+        call newline
+        mov dx, word ptr [rbx + 120]
+        mov al, byte ptr [rbx + 128]
+        out dx, al
+        jmp halt_forever
+
+do_cad:
+        lea rdi, [rip + str_cad]
+        call puts
+        xor r12, r12
+1:      in al, 0x64
+        test al, 1
+        jnz 2f
+        pause
+        jmp 1b
+2:      in al, 0x60
+        movzx eax, al
+        call puthex8
+        call space
+        inc r12
+        cmp r12, 8
+        jb 1b
+        call newline
+        lea rdi, [rip + str_cad_done]
+        call puts
+        jmp do_poweroff
+
+do_smp:
+        mov edi, 0x43495041                     /* "APIC" */
+        call find_table
+        test rax, rax
+        jz no_madt
+        mov rbx, rax
+        mov ecx, dword ptr [rbx + 4]
+        lea r8, [rbx + rcx]                     /* end of the MADT */
+        lea rdx, [rbx + 44]                     /* first entry */
+        xor r12, r12
+1:      cmp rdx, r8
+        jae 2f
+        cmp byte ptr [rdx], 0                   /* processor local APIC */
+        jne 3f
+        test byte ptr [rdx + 4], 1              /* enabled */
+        jz 3f
+        inc r12
+3:      movzx eax, byte ptr [rdx + 1]
+        add rdx, rax
+        jmp 1b
+2:      lea rdi, [rip + str_madt]
+        call puts
+        mov rax, r12
+        call putdec
+        call newline
+        /* Real-mode trampoline at 0x10000 (SIPI vector 0x10). */
+        lea rsi, [rip + tramp_start]
+        mov edi, 0x10000
+        mov ecx, offset tramp_end - tramp_start
+        rep movsb
+        mov rbx, 0xfee00000
+        mov dword ptr [rbx + 0xf0], 0x1ff       /* SVR: APIC on */
+        mov dword ptr [rbx + 0x310], 0
+        mov dword ptr [rbx + 0x300], 0x000c4500 /* INIT, all but self */
+        call delay
+        mov dword ptr [rbx + 0x300], 0x000c4610 /* SIPI 0x10, all but self */
+        call delay
+        mov dword ptr [rbx + 0x300], 0x000c4610
+        lea r9, [r12 - 1]
+        mov rcx, 200000000
+        mov edx, 0x10000 + (tramp_counter - tramp_start)
+4:      movzx eax, word ptr [rdx]
+        cmp rax, r9
+        jae 5f
+        pause
+        dec rcx
+        jnz 4b
+5:      lea rdi, [rip + str_aps]
+        call puts
+        movzx eax, word ptr [rdx]
+        call putdec
+        call newline
+        jmp do_poweroff
+
+do_poweroff:
+        mov edi, 0x50434146                     /* "FACP" */
+        call find_table
+        test rax, rax
+        jz no_fadt
+        mov rbx, rax
+        mov rdi, qword ptr [rbx + 140]          /* X_DSDT */
+        call s5_type
+        cmp eax, 0xff
+        je no_s5
+        shl eax, 2
+        or eax, 0x20                            /* SLP_EN */
+        mov r12, rax
+        lea rdi, [rip + str_poweroff]
+        call puts
+        movzx eax, word ptr [rbx + 248]         /* SLEEP_CONTROL_REG address */
+        call puthex
+        call space
+        mov rax, r12
+        call puthex8
+        call newline
+        mov dx, word ptr [rbx + 248]
+        mov rax, r12
+        out dx, al
+        jmp halt_forever
+
+no_fadt:
+        lea rdi, [rip + str_no_fadt]
+        call puts
+        jmp halt_forever
+no_madt:
+        lea rdi, [rip + str_no_madt]
+        call puts
+        jmp halt_forever
+no_s5:
+        lea rdi, [rip + str_no_s5]
+        call puts
+        jmp halt_forever
+
+halt_forever:
+        cli
+1:      hlt
+        jmp 1b
+
+/* ---------------------------------------------------------------- helpers */
+
+/* rax = address of the table with signature edi in the XSDT, or 0. */
+find_table:
+        mov rsi, qword ptr [rip + rsdp]
+        test rsi, rsi
+        jz 9f
+        cmp dword ptr [rsi], 0x20445352         /* "RSD " */
+        jne 9f
+        mov rsi, qword ptr [rsi + 24]           /* XSDT */
+        mov ecx, dword ptr [rsi + 4]
+        sub ecx, 36
+        shr ecx, 3
+        lea rdx, [rsi + 36]
+1:      test ecx, ecx
+        jz 9f
+        mov rax, qword ptr [rdx]
+        cmp dword ptr [rax], edi
+        je 8f
+        add rdx, 8
+        dec ecx
+        jmp 1b
+9:      xor eax, eax
+8:      ret
+
+/* eax = SLP_TYP of _S5_ in the DSDT at rdi, or 0xff. */
+s5_type:
+        mov ecx, dword ptr [rdi + 4]
+        lea r8, [rdi + rcx - 9]
+1:      cmp rdi, r8
+        jae 9f
+        cmp dword ptr [rdi], 0x5f35535f         /* "_S5_" */
+        je 2f
+        inc rdi
+        jmp 1b
+2:      cmp byte ptr [rdi + 4], 0x12            /* PackageOp */
+        jne 9f
+        movzx eax, byte ptr [rdi + 7]           /* first element */
+        cmp eax, 0x0a                           /* BytePrefix */
+        jne 3f
+        movzx eax, byte ptr [rdi + 8]
+        ret
+3:      cmp eax, 1                              /* ZeroOp or OneOp */
+        jbe 4f
+9:      mov eax, 0xff
+4:      ret
+
+/* rax = 1 (and ZF clear) if the command line contains the word at rdi. */
+has_word:
+        push rcx
+        mov rsi, qword ptr [rip + cmdline]
+        test rsi, rsi
+        jz 9f
+1:      cmp byte ptr [rsi], 0
+        je 9f
+        xor ecx, ecx
+2:      mov al, byte ptr [rdi + rcx]
+        test al, al
+        jz 8f
+        cmp al, byte ptr [rsi + rcx]
+        jne 3f
+        inc rcx
+        jmp 2b
+3:      inc rsi
+        jmp 1b
+8:      mov eax, 1
+        jmp 7f
+9:      xor eax, eax
+7:      pop rcx
+        test eax, eax
+        ret
+
+delay:
+        push rcx
+        mov ecx, 1000000
+1:      pause
+        dec ecx
+        jnz 1b
+        pop rcx
+        ret
+
+/* Prints al. Preserves every register. */
+putc:
+        push rdx
+        push rax
+        mov dx, COM1 + 5
+1:      in al, dx
+        test al, 0x20                           /* THR empty */
+        jz 1b
+        pop rax
+        mov dx, COM1
+        out dx, al
+        pop rdx
+        ret
+
+/* Prints the NUL-terminated string at rdi. */
+puts:
+        push rdi
+        push rax
+1:      mov al, byte ptr [rdi]
+        test al, al
+        jz 2f
+        call putc
+        inc rdi
+        jmp 1b
+2:      pop rax
+        pop rdi
+        ret
+
+newline:
+        push rax
+        mov al, 10
+        call putc
+        pop rax
+        ret
+
+space:
+        push rax
+        mov al, 32
+        call putc
+        pop rax
+        ret
+
+/* Prints rax as 16 hex digits. */
+puthex:
+        push rcx
+        mov ecx, 16
+        jmp puthex_digits
+/* Prints al as 2 hex digits. */
+puthex8:
+        push rcx
+        shl rax, 56
+        mov ecx, 2
+puthex_digits:
+        push rdx
+        push r8
+        lea r8, [rip + hexdigits]
+1:      rol rax, 4
+        mov edx, eax
+        and edx, 0xf
+        push rax
+        mov al, byte ptr [r8 + rdx]
+        call putc
+        pop rax
+        dec ecx
+        jnz 1b
+        pop r8
+        pop rdx
+        pop rcx
+        ret
+
+/* Prints rax in decimal. */
+putdec:
+        push rcx
+        push rdx
+        push rdi
+        lea rdi, [rip + numbuf_end]
+        mov ecx, 10
+1:      xor edx, edx
+        div rcx
+        add dl, '0'
+        dec rdi
+        mov byte ptr [rdi], dl
+        test rax, rax
+        jnz 1b
+        call puts
+        pop rdi
+        pop rdx
+        pop rcx
+        ret
+
+/* Application processors start here in real mode, CS = 0x1000. */
+        .code16
+tramp_start:
+        cli
+        mov ax, cs
+        mov ds, ax
+        lock inc word ptr [tramp_counter - tramp_start]
+1:      hlt
+        jmp 1b
+tramp_counter:
+        .word 0
+tramp_end:
+        .code64
+
+/* ------------------------------------------------------------------- data */
+        .data
+        .balign 8
+cmdline:        .quad 0
+e820_count:     .quad 0
+e820_table:     .quad 0
+e820_stride:    .quad 0
+rsdp:           .quad 0
+protocol:       .quad 0
+null_idt:       .word 0
+                .quad 0
+numbuf:         .fill 24, 1, 0
+numbuf_end:     .byte 0
+hexdigits:      .ascii "0123456789abcdef"
+
+str_hello:      .asciz "zonit-payload: "
+str_linux:      .asciz "linux"
+str_pvh:        .asciz "pvh"
+str_bad_magic:  .asciz "bad-magic "
+str_cmdline:    .asciz "cmdline: "
+str_e820:       .asciz "e820: "
+str_e820_entry: .asciz "e820 entry: "
+str_rsdp:       .asciz "rsdp: "
+str_triple:     .asciz "triple fault\n"
+str_reboot:     .asciz "i8042 reset\n"
+str_panic:      .asciz "pvpanic capabilities: "
+str_spin:       .asciz "spinning\n"
+str_acpireset:  .asciz "acpi reset: "
+str_cad:        .asciz "waiting for ctrl-alt-del\n"
+str_cad_done:   .asciz "ctrl-alt-del received\n"
+str_madt:       .asciz "madt cpus: "
+str_aps:        .asciz "aps started: "
+str_poweroff:   .asciz "poweroff: "
+str_no_fadt:    .asciz "no FADT\n"
+str_no_madt:    .asciz "no MADT\n"
+str_no_s5:      .asciz "no _S5_\n"
+w_triple:       .asciz "triple"
+w_reboot:       .asciz "reboot"
+w_acpireset:    .asciz "acpireset"
+w_panic:        .asciz "panic"
+w_spin:         .asciz "spin"
+w_cad:          .asciz "cad"
+w_smp:          .asciz "smp"
+
+        .balign 16
+stack:          .fill 4096, 1, 0
+stack_top:
+
+.ifdef PVH
+        .balign 8
+gdt:            .quad 0
+                .quad 0x00af9b000000ffff        /* 64-bit code */
+                .quad 0x00cf93000000ffff        /* data */
+gdt_end:
+gdt_desc:       .word gdt_end - gdt - 1
+                .long gdt
+
+        /* Identity map of the first 4 GiB with 2 MiB pages. */
+        .balign 4096
+pml4:           .quad pdpt + 3
+                .fill 511, 8, 0
+pdpt:           .quad pd + 0x0003
+                .quad pd + 0x1003
+                .quad pd + 0x2003
+                .quad pd + 0x3003
+                .fill 508, 8, 0
+pd:
+        .set page, 0
+        .rept 2048
+                .quad (page << 21) | 0x83
+        .set page, page + 1
+        .endr
+.endif

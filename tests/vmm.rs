@@ -1,0 +1,699 @@
+//! Tier 3: `zonit vmm` on the real `/dev/kvm`, booting the tiny payloads
+//! assembled from `tests/payloads/payload.S` (GNU `as` and `ld`, built once
+//! into `target/payloads/`).
+//!
+//! Each test runs the monitor binary and checks its exit status (the
+//! contract in `docs/vmm.md`) and what the payload printed on the console.
+//! Without `/dev/kvm`, root or binutils a test is skipped with a message,
+//! except under `CI=true`, where it fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use zonit::vmm::GuestEnd;
+
+mod common;
+
+const ZONIT: &str = env!("CARGO_BIN_EXE_zonit");
+/// Generous: a payload runs in milliseconds, but CI machines are shared.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The three boot targets built from the payload source.
+#[derive(Clone, Copy, Debug)]
+enum Payload {
+    /// ELF entered in 64-bit mode (Linux boot protocol).
+    Elf,
+    /// ELF with a PVH note, entered in 32-bit mode.
+    Pvh,
+    /// A flat bzImage with a 64-bit entry.
+    BzImage,
+}
+
+fn payload_dir() -> PathBuf {
+    // CARGO_TARGET_TMPDIR is <target>/tmp.
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap_or(Path::new("target"))
+        .join("payloads")
+}
+
+fn run_tool(tool: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new(tool)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {tool}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{tool} {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Assembles and links the three payloads.
+fn build_payloads() -> Result<PathBuf, String> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/payloads");
+    let dir = payload_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {dir:?}: {e}"))?;
+    let source = src.join("payload.S");
+    let s = |p: &Path| p.to_string_lossy().into_owned();
+    for (name, defsym, script) in [
+        ("elf", None, "elf.ld"),
+        ("pvh", Some("PVH=1"), "elf.ld"),
+        ("bzimage", Some("BZIMAGE=1"), "bzimage.ld"),
+    ] {
+        let obj = dir.join(format!("{name}.o"));
+        let mut as_args = vec!["--64".to_string()];
+        if let Some(sym) = defsym {
+            as_args.extend(["--defsym".to_string(), sym.to_string()]);
+        }
+        as_args.extend(["-o".to_string(), s(&obj), s(&source)]);
+        let as_args: Vec<&str> = as_args.iter().map(String::as_str).collect();
+        run_tool("as", &as_args)?;
+        let out = dir.join(format!("payload-{name}"));
+        run_tool(
+            "ld",
+            &[
+                "-m",
+                "elf_x86_64",
+                "-nostdlib",
+                "-static",
+                "--build-id=none",
+                "-z",
+                "noexecstack",
+                "-T",
+                &s(&src.join(script)),
+                "-o",
+                &s(&out),
+                &s(&obj),
+            ],
+        )?;
+    }
+    Ok(dir)
+}
+
+fn payload_path(p: Payload) -> Option<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let built = BUILT.get_or_init(build_payloads);
+    let dir = match built {
+        Ok(dir) => dir.clone(),
+        Err(e) => {
+            require(&format!("GNU as and ld ({e})"), false);
+            return None;
+        }
+    };
+    Some(dir.join(match p {
+        Payload::Elf => "payload-elf",
+        Payload::Pvh => "payload-pvh",
+        Payload::BzImage => "payload-bzimage",
+    }))
+}
+
+/// Skips (returns false) when a prerequisite is missing; fails under CI.
+fn require(what: &str, present: bool) -> bool {
+    if present {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("missing prerequisite for the monitor tests: {what}");
+    }
+    eprintln!("skipping: missing prerequisite {what}");
+    false
+}
+
+fn kvm_available() -> bool {
+    require(
+        "/dev/kvm (read/write)",
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok(),
+    ) && require(
+        "root (the monitor confines itself with namespaces)",
+        nix::unistd::geteuid().is_root(),
+    )
+}
+
+/// The payload, if everything needed to boot it is there.
+fn setup(p: Payload) -> Option<PathBuf> {
+    if !kvm_available() {
+        return None;
+    }
+    payload_path(p)
+}
+
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Finished {
+    fn end(&self) -> GuestEnd {
+        GuestEnd::from_exit_status(self.status)
+    }
+}
+
+fn monitor(kernel: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(ZONIT);
+    cmd.arg("vmm").arg("--kernel").arg(kernel).args(extra);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// A running monitor whose console is read line by line.
+struct Running {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Running {
+    fn start(mut cmd: Command) -> Running {
+        let mut child = cmd.spawn().expect("start zonit vmm");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    /// Waits until the console printed a line containing `marker`.
+    fn wait_for(&mut self, marker: &str) {
+        let deadline = Instant::now() + DEADLINE;
+        while !self.seen.iter().any(|l| l.contains(marker)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => {
+                    let _ = self.child.kill();
+                    panic!("no {marker:?} on the console; got {:?}", self.seen);
+                }
+            }
+        }
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, sig).expect("signal the monitor");
+    }
+
+    /// Waits for the monitor to exit, killing it after the deadline.
+    fn finish(mut self) -> Finished {
+        let deadline = Instant::now() + DEADLINE;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "monitor still running after {DEADLINE:?}; console {:?}",
+                    self.seen
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        self.seen.extend(self.lines.iter());
+        Finished {
+            status,
+            stdout: self.seen.join("\n"),
+            stderr: self.stderr.join().unwrap_or_default(),
+        }
+    }
+
+    fn still_running(&mut self) -> bool {
+        self.child.try_wait().expect("wait").is_none()
+    }
+}
+
+fn boot(kernel: &Path, extra: &[&str]) -> Finished {
+    Running::start(monitor(kernel, extra)).finish()
+}
+
+/// The e820 lines the payload prints for a guest of `size` bytes up to 3 GiB.
+fn expected_e820(size: u64) -> Vec<String> {
+    vec![
+        "e820: 3".to_string(),
+        "e820 entry: 0000000000000000 000000000009fc00 1".to_string(),
+        "e820 entry: 000000000009fc00 0000000000060400 2".to_string(),
+        format!("e820 entry: 0000000000100000 {:016x} 1", size - 0x10_0000),
+    ]
+}
+
+fn assert_console_has(out: &Finished, lines: &[String]) {
+    for line in lines {
+        assert!(
+            out.stdout.lines().any(|l| l == line),
+            "console lacks {line:?}:\n{}\nstderr:\n{}",
+            out.stdout,
+            out.stderr
+        );
+    }
+}
+
+fn assert_boot_info(out: &Finished, protocol: &str, cmdline: &str, size: u64) {
+    let mut lines = vec![
+        format!("zonit-payload: {protocol}"),
+        format!("cmdline: {cmdline}"),
+        "rsdp: 00000000000e0000".to_string(),
+    ];
+    lines.extend(expected_e820(size));
+    assert_console_has(out, &lines);
+}
+
+#[test]
+fn elf_vmlinux_gets_zero_page_cmdline_e820_and_powers_off_through_acpi() {
+    let Some(kernel) = setup(Payload::Elf) else {
+        return;
+    };
+    let cmdline = "console=ttyS0 hello poweroff";
+    let out = boot(&kernel, &["--cmdline", cmdline, "--memory", "64M"]);
+    assert_boot_info(&out, "linux", cmdline, 64 << 20);
+    // The payload found the sleep-control port in the FADT and S5 in the DSDT.
+    assert_console_has(&out, &["poweroff: 0000000000000600 34".to_string()]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", out.stderr);
+    assert_eq!(out.end(), GuestEnd::Poweroff);
+    assert!(
+        out.stderr.contains("zonit-vmm: info: guest powered off"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn pvh_elf_gets_start_info_cmdline_and_memmap() {
+    let Some(kernel) = setup(Payload::Pvh) else {
+        return;
+    };
+    let cmdline = "pvh boot poweroff";
+    let out = boot(&kernel, &["--cmdline", cmdline, "--memory", "96M"]);
+    assert_boot_info(&out, "pvh", cmdline, 96 << 20);
+    assert_eq!(out.end(), GuestEnd::Poweroff, "stderr: {}", out.stderr);
+}
+
+#[test]
+fn bzimage_is_entered_at_its_64bit_entry_with_the_zero_page() {
+    let Some(kernel) = setup(Payload::BzImage) else {
+        return;
+    };
+    let cmdline = "bzimage";
+    let out = boot(&kernel, &["--cmdline", cmdline, "--memory", "32M"]);
+    assert_boot_info(&out, "linux", cmdline, 32 << 20);
+    assert_eq!(out.end(), GuestEnd::Poweroff, "stderr: {}", out.stderr);
+}
+
+#[test]
+fn memory_above_the_mmio_gap_gets_its_own_e820_entry() {
+    let Some(kernel) = setup(Payload::Elf) else {
+        return;
+    };
+    let out = boot(&kernel, &["--memory", "4G"]);
+    assert_console_has(
+        &out,
+        &[
+            "e820: 4".to_string(),
+            "e820 entry: 0000000000100000 00000000bff00000 1".to_string(),
+            "e820 entry: 0000000100000000 0000000040000000 1".to_string(),
+        ],
+    );
+    assert_eq!(out.end(), GuestEnd::Poweroff, "stderr: {}", out.stderr);
+}
+
+#[test]
+fn i8042_reset_is_a_reboot() {
+    let Some(kernel) = setup(Payload::Elf) else {
+        return;
+    };
+    let out = boot(&kernel, &["--cmdline", "reboot"]);
+    assert_console_has(&out, &["i8042 reset".to_string()]);
+    assert_eq!(out.status.code(), Some(2), "stderr: {}", out.stderr);
+    assert_eq!(out.end(), GuestEnd::Reboot);
+}
+
+#[test]
+fn acpi_reset_register_is_a_reboot() {
+    let Some(kernel) = setup(Payload::Pvh) else {
+        return;
+    };
+    let out = boot(&kernel, &["--cmdline", "acpireset"]);
+    // Port and value as the payload read them from the FADT.
+    assert_console_has(&out, &["acpi reset: 0000000000000602 1".to_string()]);
+    assert_eq!(out.status.code(), Some(2), "stderr: {}", out.stderr);
+}
+
+#[test]
+fn triple_fault_is_a_crash() {
+    let Some(kernel) = setup(Payload::Elf) else {
+        return;
+    };
+    let out = boot(&kernel, &["--cmdline", "triple"]);
+    assert_console_has(&out, &["triple fault".to_string()]);
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", out.stderr);
+    assert_eq!(out.end(), GuestEnd::Crash);
+    assert!(out.stderr.contains("triple-faulted"), "{}", out.stderr);
+}
+
+#[test]
+fn pvpanic_is_a_crash() {
+    let Some(kernel) = setup(Payload::BzImage) else {
+        return;
+    };
+    let out = boot(&kernel, &["--cmdline", "panic"]);
+    // The device advertised PANICKED | CRASH_LOADED.
+    assert_console_has(&out, &["pvpanic capabilities: 3".to_string()]);
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", out.stderr);
+    assert!(out.stderr.contains("pvpanic"), "{}", out.stderr);
+}
+
+#[test]
+fn sigterm_injects_ctrl_alt_del_and_the_guest_powers_off() {
+    let Some(kernel) = setup(Payload::Elf) else {
+        return;
+    };
+    let mut run = Running::start(monitor(&kernel, &["--cmdline", "cad"]));
+    run.wait_for("waiting for ctrl-alt-del");
+    run.signal(nix::sys::signal::Signal::SIGTERM);
+    let out = run.finish();
+    // Scan code set 1: the controller translates by default.
+    assert_console_has(
+        &out,
+        &[
+            "1d 38 e0 53 e0 d3 b8 9d ".to_string(),
+            "ctrl-alt-del received".to_string(),
+        ],
+    );
+    assert_eq!(out.end(), GuestEnd::Poweroff, "stderr: {}", out.stderr);
+    assert!(
+        out.stderr.contains("asking the guest to shut down"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_guest_ignoring_sigterm_keeps_running_until_sigkill() {
+    let Some(kernel) = setup(Payload::Elf) else {
+        return;
+    };
+    let mut run = Running::start(monitor(&kernel, &["--cmdline", "spin"]));
+    run.wait_for("spinning");
+    run.signal(nix::sys::signal::Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(run.still_running(), "the monitor must wait for the guest");
+    run.signal(nix::sys::signal::Signal::SIGKILL);
+    let out = run.finish();
+    assert_eq!(out.status.signal(), Some(libc::SIGKILL));
+    assert_eq!(out.end(), GuestEnd::Killed);
+}
+
+#[test]
+fn smp_guest_sees_every_vcpu_in_the_madt_and_starts_them() {
+    let Some(kernel) = setup(Payload::Elf) else {
+        return;
+    };
+    let out = boot(&kernel, &["--cmdline", "smp", "--vcpus", "4"]);
+    assert_console_has(
+        &out,
+        &["madt cpus: 4".to_string(), "aps started: 3".to_string()],
+    );
+    assert_eq!(out.end(), GuestEnd::Poweroff, "stderr: {}", out.stderr);
+}
+
+fn status_field(pid: u32, task: Option<&str>, field: &str) -> String {
+    let path = match task {
+        Some(t) => format!("/proc/{pid}/task/{t}/status"),
+        None => format!("/proc/{pid}/status"),
+    };
+    let status = std::fs::read_to_string(&path).expect("read status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no {field} in {path}"))
+}
+
+#[test]
+fn running_monitor_is_confined() {
+    let Some(kernel) = setup(Payload::Elf) else {
+        return;
+    };
+    let mut run = Running::start(monitor(&kernel, &["--cmdline", "spin", "--vcpus", "2"]));
+    run.wait_for("spinning");
+    let pid = run.child.id();
+    assert_eq!(status_field(pid, None, "Uid"), "65534\t65534\t65534\t65534");
+    assert_eq!(status_field(pid, None, "Gid"), "65534\t65534\t65534\t65534");
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(status_field(pid, None, set), "0000000000000000", "{set}");
+    }
+    assert_eq!(status_field(pid, None, "NoNewPrivs"), "1");
+    // Every thread (main and both vCPUs) runs under a filter of its own.
+    let tasks: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("tasks")
+        .map(|e| e.expect("task").file_name().to_string_lossy().into_owned())
+        .collect();
+    let names: Vec<String> = tasks
+        .iter()
+        .map(|t| std::fs::read_to_string(format!("/proc/{pid}/task/{t}/comm")).unwrap_or_default())
+        .collect();
+    // KVM may add a worker of its own (kvm-nx-lpage-recovery).
+    assert_eq!(
+        names.iter().filter(|n| n.starts_with("vcpu")).count(),
+        2,
+        "{names:?}"
+    );
+    for t in &tasks {
+        assert_eq!(status_field(pid, Some(t), "Seccomp"), "2", "task {t}");
+    }
+    for ns in ["mnt", "net", "uts", "ipc"] {
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).expect("ns");
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).expect("ns");
+        assert_ne!(theirs, ours, "{ns} namespace is shared with the host");
+    }
+    // Its root is an empty directory.
+    let root: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/root"))
+        .expect("root")
+        .collect();
+    assert!(root.is_empty(), "root holds {root:?}");
+    run.signal(nix::sys::signal::Signal::SIGKILL);
+    run.finish();
+}
+
+/// Runs one test of this binary in a child process with `ZONIT_SECCOMP_CHILD`
+/// set, and returns how the child ended.
+fn in_child(test: &str, role: &str) -> std::process::Output {
+    Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env("ZONIT_SECCOMP_CHILD", role)
+        .output()
+        .expect("run child")
+}
+
+/// In the child: install `filter` on a fresh thread, show that what the
+/// thread needs still works, then make a syscall it must not make.
+fn forbidden_syscall_child(filter: seccompiler::BpfProgram) {
+    let handle = std::thread::spawn(move || {
+        zonit::vmm::seccomp::apply(&filter).expect("install filter");
+        // Allowed: writing, locking, allocating.
+        let lock = std::sync::Mutex::new(vec![0u8; 1 << 20]);
+        lock.lock().expect("lock").push(1);
+        eprintln!("allowed syscalls work");
+        // Forbidden: opening a file.
+        let _ = std::fs::File::open("/etc/hostname");
+        eprintln!("forbidden syscall returned");
+    });
+    let _ = handle.join();
+}
+
+#[test]
+fn forbidden_syscall_on_a_vcpu_thread_kills_the_monitor_with_sigsys() {
+    if std::env::var("ZONIT_SECCOMP_CHILD").as_deref() == Ok("vcpu") {
+        forbidden_syscall_child(zonit::vmm::seccomp::vcpu_filter().expect("filter"));
+        return;
+    }
+    let out = in_child(
+        "forbidden_syscall_on_a_vcpu_thread_kills_the_monitor_with_sigsys",
+        "vcpu",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("allowed syscalls work"), "{stderr}");
+    assert!(!stderr.contains("forbidden syscall returned"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(libc::SIGSYS), "{stderr}");
+    // The agent reports a monitor killed this way as a crash.
+    assert_eq!(GuestEnd::from_exit_status(out.status), GuestEnd::Crash);
+}
+
+#[test]
+fn forbidden_syscall_on_the_main_thread_kills_the_monitor_with_sigsys() {
+    if std::env::var("ZONIT_SECCOMP_CHILD").as_deref() == Ok("main") {
+        forbidden_syscall_child(zonit::vmm::seccomp::main_filter().expect("filter"));
+        return;
+    }
+    let out = in_child(
+        "forbidden_syscall_on_the_main_thread_kills_the_monitor_with_sigsys",
+        "main",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("allowed syscalls work"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(libc::SIGSYS), "{stderr}");
+}
+
+#[test]
+fn missing_kernel_is_a_setup_failure() {
+    let out = boot(Path::new("/nonexistent/vmlinux"), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.end(), GuestEnd::SetupFailed);
+    assert!(
+        out.stderr
+            .contains("zonit-vmm: error: cannot open kernel /nonexistent/vmlinux"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn bad_arguments_are_a_setup_failure() {
+    let out = Running::start({
+        let mut c = Command::new(ZONIT);
+        c.args(["vmm", "--kernel", "/k", "--vcpus", "0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    })
+    .finish();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stderr.contains("--vcpus"), "{}", out.stderr);
+}
+
+#[test]
+fn a_file_that_is_no_kernel_is_a_setup_failure() {
+    if !kvm_available() {
+        return;
+    }
+    let junk = payload_dir().join("not-a-kernel");
+    std::fs::create_dir_all(payload_dir()).expect("dir");
+    std::fs::write(&junk, vec![0x5a; 8192]).expect("write junk");
+    let out = boot(&junk, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("cannot load kernel"), "{}", out.stderr);
+}
+
+// ---------------------------------------------------------------- agent
+// Guest units under `zonit run`: the agent starts one monitor per guest and
+// applies SPEC section 4 to how each guest ended.
+
+fn guest(name: &str, kernel: &Path, cmdline: &str, extra: &str) -> String {
+    format!(
+        "[guest.{name}]\nkernel = \"{}\"\ncmdline = \"{cmdline}\"\nmemory = \"32M\"\n\
+         backoff = {{ initial = \"100ms\", max = \"200ms\" }}\n{extra}\n",
+        kernel.display()
+    )
+}
+
+#[test]
+fn agent_applies_restart_policy_to_each_kind_of_guest_end() {
+    let Some(kernel) = setup(Payload::Elf) else {
+        return;
+    };
+    let z = common::Zonit::start("guests", |_| {
+        [
+            guest("off", &kernel, "poweroff", "restart = \"on-failure\""),
+            guest("boot", &kernel, "reboot", "restart = \"never\""),
+            guest("halt", &kernel, "reboot", "on_reboot = \"stop\""),
+            guest("crash", &kernel, "triple", "restart = \"on-failure\""),
+        ]
+        .concat()
+    });
+    z.wait_state("off", "exited");
+    z.wait_state("halt", "exited");
+    z.wait_for("reboots and crashes to restart", DEADLINE, || {
+        z.unit("boot")["restarts"].as_u64() >= Some(2)
+            && z.unit("crash")["restarts"].as_u64() >= Some(2)
+    });
+    let off = z.unit("off");
+    assert_eq!(off["last_exit"], "poweroff");
+    assert_eq!(off["restarts"], 0, "a poweroff is a clean end");
+    assert_eq!(off["kind"], "guest");
+    assert_eq!(z.unit("halt")["last_exit"], "reboot");
+    assert_eq!(z.unit("halt")["restarts"], 0);
+    assert_eq!(z.unit("boot")["last_exit"], "reboot");
+    assert_eq!(z.unit("crash")["last_exit"], "crash");
+    // The guest's console is the unit's output.
+    let (_, logs, _) = z.ctl(&["logs", "crash"]);
+    assert!(logs.contains("triple fault"), "{logs}");
+    assert!(z.log_text().contains("zonit[off]: "), "{}", z.log_text());
+}
+
+#[test]
+fn agent_stops_a_guest_gracefully_then_kills_one_that_ignores_it() {
+    let Some(kernel) = setup(Payload::Elf) else {
+        return;
+    };
+    let z = common::Zonit::start("guest-stop", |_| {
+        [
+            guest("polite", &kernel, "cad", "stop_timeout = \"20s\""),
+            guest("stubborn", &kernel, "spin", "stop_timeout = \"500ms\""),
+        ]
+        .concat()
+    });
+    z.wait_state("polite", "running");
+    z.wait_state("stubborn", "running");
+    z.wait_for("the guests to boot", DEADLINE, || {
+        let (_, a, _) = z.ctl(&["logs", "polite"]);
+        let (_, b, _) = z.ctl(&["logs", "stubborn"]);
+        a.contains("waiting for ctrl-alt-del") && b.contains("spinning")
+    });
+    let t = Instant::now();
+    assert_eq!(z.ctl(&["stop", "polite"]).0, 0);
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "graceful stop took {:?}",
+        t.elapsed()
+    );
+    let polite = z.unit("polite");
+    assert_eq!(polite["state"], "stopped");
+    assert_eq!(
+        polite["last_exit"], "poweroff",
+        "the guest shut itself down"
+    );
+
+    let t = Instant::now();
+    assert_eq!(z.ctl(&["stop", "stubborn"]).0, 0);
+    assert!(
+        t.elapsed() >= Duration::from_millis(500),
+        "killed before stop_timeout"
+    );
+    let stubborn = z.unit("stubborn");
+    assert_eq!(stubborn["state"], "stopped");
+    assert_eq!(stubborn["last_exit"], "signal SIGKILL");
+    assert_eq!(stubborn["restarts"], 0);
+}
