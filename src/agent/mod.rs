@@ -13,9 +13,9 @@
 
 mod cgroup;
 mod control;
-mod pid1;
 mod exec;
 mod guest;
+mod pid1;
 mod units;
 
 use std::collections::{HashMap, VecDeque};
