@@ -36,19 +36,25 @@ struct Logger {
 struct Remote {
     logger: syslog::Logger<syslog::LoggerBackend, syslog::Formatter5424>,
     lost: u64,
+    /// Over TCP each message ends in a newline: the non-transparent
+    /// framing of RFC 6587 that rsyslog and syslog-ng read (the crate
+    /// writes none).
+    tcp: bool,
 }
 
 impl Remote {
     fn send(&mut self, level: Level, line: &str) {
+        let end = if self.tcp { "\n" } else { "" };
         if self.lost > 0 {
             let note = format!(
-                "zonit: warn: {} log record(s) not sent to syslog",
+                "zonit: warn: {} log record(s) not sent to syslog{end}",
                 self.lost
             );
             if self.logger.warning((0, BTreeMap::new(), note)).is_ok() {
                 self.lost = 0;
             }
         }
+        let line = format!("{line}{end}");
         let msg = (0u32, BTreeMap::new(), line);
         let sent = match level {
             Level::Error => self.logger.err(msg),
@@ -91,7 +97,11 @@ pub fn add_syslog(target: Option<&crate::config::SyslogTarget>) {
         return;
     };
     let remote = target.and_then(|t| match connect_syslog(t) {
-        Ok(l) => Some(Remote { logger: l, lost: 0 }),
+        Ok(l) => Some(Remote {
+            logger: l,
+            lost: 0,
+            tcp: matches!(t, crate::config::SyslogTarget::Tcp(_)),
+        }),
         Err(e) => {
             log::warn!("unable to set up remote syslog {t:?}: {e}");
             None
@@ -123,9 +133,20 @@ fn connect_syslog(
             };
             syslog::udp(formatter, local, *addr)
         }
-        SyslogTarget::Tcp(addr) => syslog::tcp(formatter, *addr),
+        SyslogTarget::Tcp(addr) => {
+            let logger = syslog::tcp(formatter, *addr)?;
+            // A stalled collector must not stall PID 1 for long: a write
+            // that times out is counted as lost.
+            if let syslog::LoggerBackend::Tcp(w) = &logger.backend {
+                let _ = w.get_ref().set_write_timeout(Some(TCP_WRITE_TIMEOUT));
+            }
+            Ok(logger)
+        }
     }
 }
+
+/// Longest a TCP syslog write may block the agent.
+const TCP_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(200);
 
 fn kmsg_priority(level: Level) -> u8 {
     match level {
