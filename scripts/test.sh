@@ -18,8 +18,6 @@ scripts/setup.sh
 tiers=("$@")
 ((${#tiers[@]})) || tiers=(lint 1 2 3 4 static)
 
-
-
 for tier in "${tiers[@]}"; do
     echo "=== tier $tier ==="
     case $tier in
