@@ -657,3 +657,65 @@ fn a_bad_config_is_reported_and_pid1_stays_up_for_a_reload() {
     m.type_line("zonit ctl poweroff");
     m.assert_orderly_end("reboot: Power down");
 }
+
+/// Ten zones from the busybox template, each a shell loop.
+fn ten_zones() -> String {
+    let mut c = String::from("[host]\nmodules = [\"overlay\"]\nshutdown_timeout = \"20s\"\n");
+    for i in 0..10 {
+        c.push_str(&format!(
+            "\n[zone.z{i}]\nroot = \"/zones/z{i}\"\ntemplate = \"/templates/base\"\ncommand = [\"/bin/sh\", \"-c\", \"while true; do sleep 5; done\"]\n"
+        ));
+    }
+    c
+}
+
+/// The number after `word` in `line` (`... word 12.5 ...`).
+fn number_after(line: &str, word: &str) -> f64 {
+    let rest = &line[line.find(word).unwrap() + word.len()..];
+    rest.split_whitespace()
+        .next()
+        .unwrap()
+        .trim_matches(|c: char| !c.is_ascii_digit() && c != '.')
+        .parse()
+        .unwrap()
+}
+
+/// BENCHMARKS.md: boot of ten zones as PID 1 under emulation, measured
+/// with zonit's own CLOCK_MONOTONIC stamps, and PID 1's memory. Run with
+/// `cargo test --release --test qemu -- --ignored --nocapture bench_`.
+#[test]
+#[ignore = "benchmark; see BENCHMARKS.md"]
+fn bench_ten_zones_boot_and_pid1_rss() {
+    if !prerequisites() {
+        return;
+    }
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let config = ten_zones();
+    for run in 0..runs {
+        let mut m = Machine::boot(&format!("bench-{run}"), &config, "zonit.shell");
+        let start = m.wait_for("as PID 1 (started at monotonic");
+        let t0 = number_after(&start, "monotonic");
+        let marker = m.wait_for(&format!("all 10 {MARKER}"));
+        let t1 = number_after(&marker, "monotonic");
+        let agent_ms = number_after(&marker, "after");
+        let status = m.run("grep -E 'VmRSS|VmHWM' /proc/1/status").join("\n");
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .map(|l| number_after(l, key))
+                .unwrap_or(f64::NAN)
+        };
+        println!(
+            "run {run}: kernel->zonit {t0:.3} s, zonit first instruction -> all 10 running {:.1} ms (agent {agent_ms:.1} ms), PID 1 VmRSS {} KiB, VmHWM {} KiB",
+            (t1 - t0) * 1000.0,
+            kib("VmRSS:"),
+            kib("VmHWM:")
+        );
+        m.type_line("zonit ctl poweroff");
+        m.assert_orderly_end("reboot: Power down");
+    }
+}
