@@ -145,6 +145,30 @@ fn connect_syslog(
     }
 }
 
+/// Logs `message` at error level from a panic hook: never blocks on the
+/// logger's lock (the panic may have happened while it was held, and std's
+/// mutex is not reentrant), falling back to stderr.
+pub fn emergency(message: &str) {
+    let line = format!("zonit: error: {message}");
+    let Some(logger) = LOGGER.get() else {
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
+        return;
+    };
+    match logger.sink.try_lock() {
+        Ok(mut sink) => match &mut *sink {
+            Sink::Kmsg(f) => {
+                let _ = f.write_all(format!("<3>{line}\n").as_bytes());
+            }
+            Sink::Stderr => {
+                let _ = writeln!(std::io::stderr().lock(), "{line}");
+            }
+        },
+        Err(_) => {
+            let _ = writeln!(std::io::stderr().lock(), "{line}");
+        }
+    }
+}
+
 /// Longest a TCP syslog write may block the agent.
 const TCP_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(200);
 

@@ -46,11 +46,7 @@ pub fn install_panic_hook() {
             eprintln!("zonit: panic in child {me}: {info}");
             crate::sys::exit_now(127);
         }
-        log::error!("panic: {info}");
-        // stderr too, in case the logger itself is what panicked.
-        if !log::log_enabled!(log::Level::Error) {
-            eprintln!("zonit: panic: {info}");
-        }
+        crate::logging::emergency(&format!("panic: {info}"));
     }));
 }
 
