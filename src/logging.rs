@@ -172,6 +172,19 @@ pub fn emergency(message: &str) {
 /// Longest a TCP syslog write may block the agent.
 const TCP_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// Formats an error and its sources as one line, `a: b: c`: the chain is
+/// printed once, where the error is reported.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        line.push_str(": ");
+        line.push_str(&s.to_string());
+        source = s.source();
+    }
+    line
+}
+
 fn kmsg_priority(level: Level) -> u8 {
     match level {
         Level::Error => 3,

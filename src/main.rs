@@ -116,7 +116,7 @@ fn run(args: &[String]) -> ExitCode {
             return ExitCode::from(1);
         }
         Err(e) => {
-            log::error!("{}", chain(&e));
+            log::error!("{}", zonit::logging::error_chain(&e));
             return ExitCode::from(1);
         }
     };
@@ -136,15 +136,4 @@ fn init(t0: u64) -> ExitCode {
         return ExitCode::from(2);
     }
     zonit::init::main(t0)
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -697,3 +697,81 @@ fn agent_stops_a_guest_gracefully_then_kills_one_that_ignores_it() {
     assert_eq!(stubborn["last_exit"], "signal SIGKILL");
     assert_eq!(stubborn["restarts"], 0);
 }
+
+/// A 4 KiB disk image whose sector 0 starts with "zonit disk test\n".
+fn disk_image(name: &str) -> PathBuf {
+    let dir = payload_dir();
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join(format!("{name}.img"));
+    let mut bytes = vec![0u8; 4096];
+    bytes[..16].copy_from_slice(b"zonit disk test\n");
+    std::fs::write(&path, bytes).expect("write image");
+    path
+}
+
+fn sector(path: &Path, n: u64) -> Vec<u8> {
+    let bytes = std::fs::read(path).expect("read image");
+    bytes[(n * 512) as usize..((n + 1) * 512) as usize].to_vec()
+}
+
+#[test]
+fn virtio_blk_reads_writes_and_flushes_the_image() {
+    let Some(kernel) = setup(Payload::Pvh) else {
+        return;
+    };
+    let image = disk_image("rw");
+    let disk = image.to_string_lossy().into_owned();
+    let out = boot(&kernel, &["--cmdline", "blk", "--disk", &disk]);
+    assert_console_has(
+        &out,
+        &[
+            // FLUSH offered, not RO.
+            "blk features: 0000000000000200".to_string(),
+            "blk capacity: 8".to_string(),
+            "blk read: 0 zonit disk test".to_string(),
+            "blk write: 0".to_string(),
+            "blk flush: 0".to_string(),
+        ],
+    );
+    assert_eq!(out.end(), GuestEnd::Poweroff, "stderr: {}", out.stderr);
+    assert_eq!(&sector(&image, 1)[..16], b"written by guest");
+}
+
+#[test]
+fn read_only_virtio_blk_refuses_writes() {
+    let Some(kernel) = setup(Payload::BzImage) else {
+        return;
+    };
+    let image = disk_image("ro");
+    let disk = format!("{},ro", image.display());
+    let out = boot(&kernel, &["--cmdline", "blk", "--disk", &disk]);
+    assert_console_has(
+        &out,
+        &[
+            // RO and FLUSH.
+            "blk features: 0000000000000220".to_string(),
+            "blk read: 0 zonit disk test".to_string(),
+            // VIRTIO_BLK_S_IOERR.
+            "blk write: 1".to_string(),
+        ],
+    );
+    assert_eq!(out.end(), GuestEnd::Poweroff, "stderr: {}", out.stderr);
+    assert_eq!(sector(&image, 1), vec![0u8; 512]);
+}
+
+#[test]
+fn more_than_eight_disks_is_a_setup_failure() {
+    let Some(kernel) = setup(Payload::Elf) else {
+        return;
+    };
+    let image = disk_image("many");
+    let disk = image.to_string_lossy().into_owned();
+    let mut args = vec![];
+    for _ in 0..9 {
+        args.extend(["--disk", disk.as_str()]);
+    }
+    let out = boot(&kernel, &args);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.end(), GuestEnd::SetupFailed);
+    assert!(out.stderr.contains("at most 8"), "{}", out.stderr);
+}

@@ -7,10 +7,11 @@ use std::os::fd::{AsFd, OwnedFd};
 use nix::sys::wait::WaitStatus;
 use serde_json::json;
 
-use super::units::{StatusLine, drain_status, end_status_code, error_chain};
+use super::units::{StatusLine, drain_status, end_status_code};
 use super::{Agent, Source};
 use crate::config::UnitKind;
 use crate::control::proto;
+use crate::logging::error_chain;
 use crate::supervisor::{End, State};
 use crate::sys;
 use crate::zone::exec;
@@ -103,6 +104,15 @@ impl Agent {
     pub(super) fn exec_client_gone(&mut self, id: usize) {
         for s in self.execs.values().filter(|s| s.conn == id) {
             let _ = sys::pidfd_send_signal(s.pidfd.as_fd(), libc::SIGHUP);
+        }
+    }
+
+    /// SIGKILL to every exec helper (shutdown past its deadline). The
+    /// helper is not the PID namespace's init, so its command is killed
+    /// with its zone, not with it.
+    pub(super) fn kill_execs(&mut self) {
+        for s in self.execs.values() {
+            let _ = sys::pidfd_send_signal(s.pidfd.as_fd(), libc::SIGKILL);
         }
     }
 

@@ -15,6 +15,7 @@ use super::{Agent, Source};
 use crate::config::UnitKind;
 use crate::logbuf::{Admit, LOG_BURST, LOG_PER_SECOND, LineSplitter, RateLimit, Ring};
 use crate::logging::UNIT_TARGET_PREFIX;
+use crate::logging::error_chain;
 use crate::supervisor::{Action, End, Input};
 use crate::sys;
 use crate::zone::spawn;
@@ -104,6 +105,7 @@ impl Agent {
         for (unit, pid) in live {
             self.signal_unit(&unit, pid, libc::SIGKILL);
         }
+        self.kill_execs();
     }
 
     /// Drops a unit's runtime: its output pipe and its log followers.
@@ -504,17 +506,6 @@ pub(super) fn end_status_code(end: &End) -> i32 {
         End::Poweroff => 0,
         End::Reboot | End::Crash | End::StartFailed(_) => 1,
     }
-}
-
-pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

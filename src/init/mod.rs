@@ -146,23 +146,12 @@ fn boot_and_run(t0_ns: u64) -> (ShutdownAction, bool) {
         Err(e) => {
             log::error!(
                 "unable to start the agent: {}; PID 1 stays up, reaping",
-                chain(&e)
+                crate::logging::error_chain(&e)
             );
             shutdown::reap_forever();
         }
     };
     (agent.run(), cmdline.debug_exit)
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn read_mountinfo() -> Vec<mounts::MountInfo> {
@@ -265,7 +254,7 @@ pub fn apply_host(host: &Host) {
     match modules::load(&host.modules, &dir) {
         Ok(loaded) if !loaded.is_empty() => log::info!("loaded modules: {}", loaded.join(", ")),
         Ok(_) => {}
-        Err(e) => log::error!("{}", chain(&e)),
+        Err(e) => log::error!("{}", crate::logging::error_chain(&e)),
     }
     for (key, value) in &host.sysctl {
         match sysctl::path(key) {

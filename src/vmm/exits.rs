@@ -169,7 +169,11 @@ mod tests {
             .insert(u64::from(PM_BASE), PM_LEN, Arc::new(Mutex::new(AcpiPm)))
             .unwrap();
         ctx.pio
-            .insert(u64::from(pvpanic::PORT), 1, Arc::new(Mutex::new(PvPanic)))
+            .insert(
+                u64::from(pvpanic::PORT),
+                1,
+                Arc::new(Mutex::new(PvPanic::default())),
+            )
             .unwrap();
         (ctx, serial)
     }

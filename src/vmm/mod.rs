@@ -23,8 +23,10 @@ pub mod seccomp;
 pub mod vm;
 
 use std::borrow::Cow;
+
+use crate::logging::error_chain;
 use std::fs::File;
-use std::io::{PipeReader, Read, Write};
+use std::io::{PipeReader, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,10 +37,12 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use vmm_sys_util::eventfd::EventFd;
 
-use devices::acpi::{self, AcpiConfig, AcpiPm};
+use devices::acpi::{self, AcpiConfig, AcpiPm, VirtioMmioSlot};
+use devices::block::Block;
 use devices::i8042::{self, I8042};
 use devices::pvpanic::{self, PvPanic};
 use devices::serial::{self, EventFdTrigger, SerialDevice};
+use devices::virtio_mmio::VirtioMmio;
 use exits::{EndLatch, ExitContext};
 
 /// How a guest ended, as the monitor's exit status tells the agent.
@@ -125,6 +129,12 @@ impl Ending {
         }
     }
 }
+
+/// Most disks a guest can have: one GSI each, 16 to 23 (the IOAPIC pins
+/// above the ISA range, so they never collide with legacy devices).
+pub const MAX_DISKS: usize = 8;
+/// GSI of the first disk.
+const FIRST_DISK_GSI: u32 = 16;
 
 /// Default guest memory when `--memory` is absent.
 pub const DEFAULT_MEMORY: u64 = 128 << 20;
@@ -290,9 +300,18 @@ pub enum MonitorError {
         #[source]
         source: std::io::Error,
     },
-    /// Disks are not emulated yet.
-    #[error("--disk is not supported yet (virtio-blk is milestone 2)")]
-    DisksUnsupported,
+    /// More disks than GSIs set aside for them.
+    #[error("{0} disks given but a guest can have at most {MAX_DISKS}")]
+    TooManyDisks(usize),
+    /// A disk's size cannot be read.
+    #[error("cannot read the size of disk {path}")]
+    DiskSize {
+        /// The image.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Guest memory size rejected.
     #[error(transparent)]
     Layout(#[from] layout::LayoutError),
@@ -320,9 +339,9 @@ pub enum MonitorError {
     /// The wake-up pipe.
     #[error("cannot create the wake-up pipe")]
     Pipe(#[source] std::io::Error),
-    /// An eventfd.
-    #[error("cannot create an eventfd")]
-    EventFd(#[source] std::io::Error),
+    /// Standard output, where the guest console goes.
+    #[error("cannot use standard output for the guest console")]
+    Stdout(#[source] std::io::Error),
     /// Confinement.
     #[error(transparent)]
     Confine(#[from] confine::ConfineError),
@@ -341,18 +360,6 @@ pub enum MonitorError {
     /// Waiting for events failed.
     #[error("cannot wait for events")]
     Poll(#[source] nix::Error),
-}
-
-/// Formats an error and its sources as one line: "a: b: c".
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut line = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        line.push_str(": ");
-        line.push_str(&s.to_string());
-        source = s.source();
-    }
-    line
 }
 
 /// The monitor's log backend: stderr, one line per record, prefixed.
@@ -439,8 +446,28 @@ impl Monitor {
             Some(p) => Some((open("initrd", p, false)?, p)),
             None => None,
         };
-        if !opts.disks.is_empty() {
-            return Err(MonitorError::DisksUnsupported);
+        if opts.disks.len() > MAX_DISKS {
+            return Err(MonitorError::TooManyDisks(opts.disks.len()));
+        }
+        let mut disks = Vec::with_capacity(opts.disks.len());
+        for (i, disk) in opts.disks.iter().enumerate() {
+            let mut file = open("disk", &disk.path, !disk.readonly)?;
+            // Seeking works for block devices too, whose metadata says 0.
+            let size = file
+                .seek(SeekFrom::End(0))
+                .map_err(|source| MonitorError::DiskSize {
+                    path: disk.path.clone(),
+                    source,
+                })?;
+            let slot = VirtioMmioSlot {
+                base: layout::VIRTIO_MMIO_BASE + i as u64 * layout::VIRTIO_MMIO_STRIDE,
+                len: devices::virtio_mmio::WINDOW,
+                gsi: FIRST_DISK_GSI + i as u32,
+            };
+            disks.push((
+                Block::new(file, size, disk.readonly, &format!("zonit-disk-{i}")),
+                slot,
+            ));
         }
 
         // Block the stop signals before any thread exists, so every thread
@@ -463,7 +490,7 @@ impl Monitor {
                 mem_size: opts.memory,
                 acpi: AcpiConfig {
                     vcpus: opts.vcpus,
-                    virtio: Vec::new(),
+                    virtio: disks.iter().map(|(_, slot)| *slot).collect(),
                 },
             },
         )?;
@@ -471,7 +498,7 @@ impl Monitor {
         let stdout = std::io::stdout()
             .as_fd()
             .try_clone_to_owned()
-            .map_err(MonitorError::Pipe)?;
+            .map_err(MonitorError::Stdout)?;
         let console = Arc::new(Mutex::new(SerialDevice::new(
             EventFdTrigger(vm.irqfd(serial::COM1_IRQ)?),
             File::from(stdout),
@@ -511,8 +538,21 @@ impl Monitor {
             "pvpanic",
             pvpanic::PORT,
             1,
-            Arc::new(Mutex::new(PvPanic)),
+            Arc::new(Mutex::new(PvPanic::default())),
         )?;
+        for (block, slot) in disks {
+            let transport = VirtioMmio::new(
+                block,
+                EventFdTrigger(vm.irqfd(slot.gsi)?),
+                vm.memory.clone(),
+            );
+            ctx.mmio
+                .insert(slot.base, slot.len, Arc::new(Mutex::new(transport)))
+                .map_err(|source| MonitorError::Bus {
+                    name: "virtio-blk",
+                    source,
+                })?;
+        }
 
         let supported = vm.supported_cpuid()?;
         let mut vcpus = Vec::with_capacity(usize::from(opts.vcpus));

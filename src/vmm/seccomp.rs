@@ -130,6 +130,11 @@ pub fn vcpu_filter() -> Result<BpfProgram, SeccompError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(build)?;
     rules.insert(libc::SYS_ioctl, ioctl);
+    // virtio-blk requests are served on the vCPU that notifies.
+    allow(
+        &mut rules,
+        &[libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_fdatasync],
+    );
     compile("vCPU", rules)
 }
 

@@ -26,6 +26,7 @@ use nix::unistd::{ForkResult, Gid, Pid, Uid};
 use super::plan::{self, Op};
 use super::{rootfs, seccomp, template};
 use crate::config::{TemplateMode, Zone};
+use crate::logging::error_chain;
 use crate::sys;
 
 /// PATH used to find the command when the zone's env sets none.
@@ -259,17 +260,6 @@ fn zone_init(prep: &Prepared, status: OwnedFd, output: BorrowedFd<'_>) -> ! {
         report(&status, &format!("error {msg}"));
     }
     reap_forever(cmd, &status)
-}
-
-pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn setup(prep: &Prepared) -> Result<(), SetupError> {

@@ -20,6 +20,9 @@
  *   spin       halt forever with interrupts off
  *   cad        poll the i8042 until 8 scan code bytes arrive, print them,
  *              then power off
+ *   blk        drive the virtio-mmio block device at 0xd0000000: print its
+ *              features and capacity, read sector 0, write sector 1,
+ *              flush, print each status, then power off
  *   smp        count the MADT's processors, start the others with
  *              INIT/SIPI, wait for them to check in, then power off
  *   poweroff   (also the default) find the FADT sleep-control register and
@@ -206,6 +209,9 @@ main64:
         lea rdi, [rip + w_cad]
         call has_word
         jnz do_cad
+        lea rdi, [rip + w_blk]
+        call has_word
+        jnz do_blk
         lea rdi, [rip + w_smp]
         call has_word
         jnz do_smp
@@ -336,6 +342,144 @@ do_smp:
         call putdec
         call newline
         jmp do_poweroff
+
+do_blk:
+        mov rbx, 0xd0000000
+        cmp dword ptr [rbx], 0x74726976         /* "virt" */
+        jne no_virtio
+        cmp dword ptr [rbx + 4], 2              /* version 2 */
+        jne no_virtio
+        cmp dword ptr [rbx + 8], 2              /* block device */
+        jne no_virtio
+        mov dword ptr [rbx + 0x70], 0           /* reset */
+        mov dword ptr [rbx + 0x70], 3           /* ACKNOWLEDGE | DRIVER */
+        mov dword ptr [rbx + 0x14], 0
+        mov r13d, dword ptr [rbx + 0x10]        /* features 0..31 */
+        lea rdi, [rip + str_blk_features]
+        call puts
+        mov eax, r13d
+        call puthex
+        call newline
+        mov dword ptr [rbx + 0x24], 0
+        mov eax, r13d
+        and eax, 0x220                          /* RO | FLUSH */
+        mov dword ptr [rbx + 0x20], eax
+        mov dword ptr [rbx + 0x24], 1
+        mov dword ptr [rbx + 0x20], 1           /* VERSION_1 */
+        mov dword ptr [rbx + 0x70], 0xb         /* ... | FEATURES_OK */
+        test dword ptr [rbx + 0x70], 8
+        jz no_virtio
+        mov dword ptr [rbx + 0x30], 0           /* queue 0 */
+        mov dword ptr [rbx + 0x38], 8           /* 8 entries */
+        lea rax, [rip + vq_desc]
+        mov dword ptr [rbx + 0x80], eax
+        shr rax, 32
+        mov dword ptr [rbx + 0x84], eax
+        lea rax, [rip + vq_avail]
+        mov dword ptr [rbx + 0x90], eax
+        shr rax, 32
+        mov dword ptr [rbx + 0x94], eax
+        lea rax, [rip + vq_used]
+        mov dword ptr [rbx + 0xa0], eax
+        shr rax, 32
+        mov dword ptr [rbx + 0xa4], eax
+        mov dword ptr [rbx + 0x44], 1           /* queue ready */
+        mov dword ptr [rbx + 0x70], 0xf         /* ... | DRIVER_OK */
+        lea rdi, [rip + str_blk_capacity]
+        call puts
+        mov eax, dword ptr [rbx + 0x100]        /* capacity, low half */
+        call putdec
+        call newline
+
+        xor edi, edi                            /* IN */
+        xor esi, esi                            /* sector 0 */
+        lea rdx, [rip + blk_buf]
+        mov ecx, 2                              /* device writes the data */
+        call blk_request
+        lea rdi, [rip + str_blk_read]
+        call puts
+        call putdec
+        call space
+        lea rdi, [rip + blk_buf]
+        mov byte ptr [rdi + 15], 0
+        call puts
+        call newline
+
+        mov edi, 1                              /* OUT */
+        mov esi, 1                              /* sector 1 */
+        lea rdx, [rip + blk_wbuf]
+        xor ecx, ecx
+        call blk_request
+        lea rdi, [rip + str_blk_write]
+        call puts
+        call putdec
+        call newline
+
+        mov edi, 4                              /* FLUSH */
+        xor esi, esi
+        xor edx, edx
+        call blk_request
+        lea rdi, [rip + str_blk_flush]
+        call puts
+        call putdec
+        call newline
+        jmp do_poweroff
+
+no_virtio:
+        lea rdi, [rip + str_no_virtio]
+        call puts
+        jmp do_poweroff
+
+/* One request on queue 0 of the device at rbx: type edi, sector rsi, a
+ * 512-byte buffer at rdx (none if 0) with descriptor flags ecx. Returns
+ * the status byte in rax. */
+blk_request:
+        push r8
+        push r9
+        lea r8, [rip + req_hdr]
+        mov dword ptr [r8], edi
+        mov dword ptr [r8 + 4], 0
+        mov qword ptr [r8 + 8], rsi
+        lea r9, [rip + vq_desc]
+        mov qword ptr [r9], r8                  /* 0: header */
+        mov dword ptr [r9 + 8], 16
+        mov word ptr [r9 + 12], 1               /* NEXT */
+        mov word ptr [r9 + 14], 1
+        test rdx, rdx
+        jz 1f
+        mov qword ptr [r9 + 16], rdx            /* 1: data */
+        mov dword ptr [r9 + 24], 512
+        or ecx, 1                               /* NEXT */
+        mov word ptr [r9 + 28], cx
+        mov word ptr [r9 + 30], 2
+        jmp 2f
+1:      mov word ptr [r9 + 14], 2               /* header straight to status */
+2:      lea rax, [rip + req_status]
+        mov byte ptr [rax], 0xff
+        mov qword ptr [r9 + 32], rax            /* 2: status */
+        mov dword ptr [r9 + 40], 1
+        mov word ptr [r9 + 44], 2               /* WRITE */
+        mov word ptr [r9 + 46], 0
+        lea r8, [rip + vq_avail]
+        movzx eax, word ptr [r8 + 2]
+        mov r9d, eax
+        and eax, 7
+        mov word ptr [r8 + 4 + rax * 2], 0      /* chain head: descriptor 0 */
+        mfence
+        inc r9d
+        mov word ptr [r8 + 2], r9w
+        mfence
+        mov dword ptr [rbx + 0x50], 0           /* notify queue 0 */
+        lea r8, [rip + vq_used]
+3:      cmp word ptr [r8 + 2], r9w
+        je 4f
+        pause
+        jmp 3b
+4:      lea rax, [rip + req_status]
+        movzx eax, byte ptr [rax]
+        pop r9
+        pop r8
+        ret
 
 do_poweroff:
         mov edi, 0x50434146                     /* "FACP" */
@@ -609,6 +753,27 @@ w_panic:        .asciz "panic"
 w_spin:         .asciz "spin"
 w_cad:          .asciz "cad"
 w_smp:          .asciz "smp"
+w_blk:          .asciz "blk"
+str_blk_features: .asciz "blk features: "
+str_blk_capacity: .asciz "blk capacity: "
+str_blk_read:   .asciz "blk read: "
+str_blk_write:  .asciz "blk write: "
+str_blk_flush:  .asciz "blk flush: "
+str_no_virtio:  .asciz "no virtio-blk\n"
+
+        /* A split virtqueue of 8 entries and one request's buffers. */
+        .balign 4096
+vq_desc:        .fill 8 * 16, 1, 0
+        .balign 64
+vq_avail:       .fill 64, 1, 0
+        .balign 64
+vq_used:        .fill 128, 1, 0
+req_hdr:        .fill 16, 1, 0
+req_status:     .byte 0
+        .balign 512
+blk_buf:        .fill 512, 1, 0
+blk_wbuf:       .ascii "written by guest"
+                .fill 512 - 16, 1, 0
 
         .balign 16
 stack:          .fill 4096, 1, 0

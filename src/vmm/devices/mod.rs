@@ -9,9 +9,11 @@
 
 pub mod acpi;
 pub mod aml;
+pub mod block;
 pub mod i8042;
 pub mod pvpanic;
 pub mod serial;
+pub mod virtio_mmio;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 

@@ -17,7 +17,11 @@ pub const CRASH_LOADED: u8 = 1 << 1;
 
 /// The pvpanic port.
 #[derive(Debug, Default)]
-pub struct PvPanic;
+pub struct PvPanic {
+    /// CRASH_LOADED was logged already: the guest decides how often it
+    /// writes, the log says it once.
+    crash_loaded_logged: bool,
+}
 
 impl BusDevice for PvPanic {
     fn read(&mut self, _offset: u64, data: &mut [u8]) {
@@ -35,7 +39,8 @@ impl BusDevice for PvPanic {
                 "guest kernel panicked (pvpanic)",
             ));
         }
-        if value & CRASH_LOADED != 0 {
+        if value & CRASH_LOADED != 0 && !self.crash_loaded_logged {
+            self.crash_loaded_logged = true;
             log::warn!("guest kernel crashed and is starting its crash kernel (pvpanic)");
         }
         None
@@ -48,7 +53,7 @@ mod tests {
 
     #[test]
     fn panicked_bit_is_a_crash_and_crash_loaded_is_not() {
-        let mut dev = PvPanic;
+        let mut dev = PvPanic::default();
         let mut caps = [0];
         dev.read(0, &mut caps);
         assert_eq!(caps, [3]);
