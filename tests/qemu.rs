@@ -528,6 +528,29 @@ command = ["/bin/sh", "-c", "echo selftest ran; sleep 1; exit 3"]
 }
 
 #[test]
+fn exit_with_a_unit_that_cannot_start_reports_failure() {
+    if !prerequisites() {
+        return;
+    }
+    let config = r#"
+[host]
+exit_with = "selftest"
+
+[zone.selftest]
+root = "/zones/nowhere"
+command = ["/bin/true"]
+"#;
+    let mut m = Machine::boot("exit-with-failed", config, "");
+    m.wait_for("exit_with unit selftest failed to start");
+    let status = m.wait_exit();
+    if status.code() != Some(3) {
+        m.fail(&format!(
+            "QEMU exit status {status}, wanted 3 = (1 << 1) | 1"
+        ));
+    }
+}
+
+#[test]
 fn a_zone_over_memory_max_is_oom_killed_and_restarted() {
     if !prerequisites() {
         return;

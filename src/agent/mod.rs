@@ -237,6 +237,7 @@ impl Agent {
         self.reap();
         self.feed(Input::Tick);
         self.check_boot_done();
+        self.check_exit_with_failed();
         self.check_shutdown()
     }
 

@@ -66,6 +66,8 @@ impl Agent {
         self.pid1.boot = Some((boot.iter().cloned().collect(), Instant::now()));
         self.feed(Input::StartAll(boot));
         self.check_boot_done();
+        // A start that failed at once leaves nothing to wake the loop.
+        self.check_exit_with_failed();
     }
 
     /// Logs the boot marker once every autostart unit has been seen
@@ -92,6 +94,28 @@ impl Agent {
             "all {n} autostart unit(s) running after {agent_ms:.1} ms (monotonic {mono:.6} s)"
         );
         self.pid1.boot = None;
+    }
+
+    /// Test mode: an `exit_with` unit that can never start (a missing
+    /// root or kernel, its start limit hit) must end the test too, or the
+    /// machine would wait forever. Its end by exit or signal is handled
+    /// where it is reaped (`units::unit_ended`).
+    pub(super) fn check_exit_with_failed(&mut self) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        let Some(unit) = self.config.host.exit_with.clone() else {
+            return;
+        };
+        if self.sup.status(&unit).map(|s| s.state) != Some(State::Failed) {
+            return;
+        }
+        log::info!("exit_with unit {unit} failed to start; reporting status 1");
+        let action = match self.opts.mode {
+            super::Mode::Run => super::ShutdownAction::Exit(1),
+            super::Mode::Init => super::ShutdownAction::Verdict(1),
+        };
+        self.begin_shutdown(action);
     }
 
     /// Reload after a fallback start: the new config replaces the stand-in
