@@ -105,14 +105,15 @@ fn base_initramfs() -> &'static Path {
     })
 }
 
-/// Base initramfs + an archive holding `config` as /etc/zonit.toml.
-fn initramfs_with(name: &str, config: &str) -> PathBuf {
+/// Base initramfs + an archive holding `config` as /etc/zonit.toml and
+/// the `extra` manifest lines.
+fn initramfs_with(name: &str, config: &str, extra: &str) -> PathBuf {
     let dir = work_dir().join(name);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("zonit.toml"), config).unwrap();
     std::fs::write(
         dir.join("manifest"),
-        "dir /etc 755 0 0\nfile /etc/zonit.toml zonit.toml 644 0 0\n",
+        format!("dir /etc 755 0 0\nfile /etc/zonit.toml zonit.toml 644 0 0\n{extra}"),
     )
     .unwrap();
     let overlay = dir.join("config.cpio.gz");
@@ -149,7 +150,12 @@ struct Machine {
 
 impl Machine {
     fn boot(name: &str, config: &str, cmdline: &str) -> Machine {
-        let initrd = initramfs_with(name, config);
+        Self::boot_with(name, config, "", cmdline)
+    }
+
+    /// Boots with `extra` manifest lines in the test's archive.
+    fn boot_with(name: &str, config: &str, extra: &str, cmdline: &str) -> Machine {
+        let initrd = initramfs_with(name, config, extra);
         let monitor = work_dir().join(name).join("monitor.sock");
         let _ = std::fs::remove_file(&monitor);
         let mut child = Command::new("qemu-system-x86_64")
@@ -548,6 +554,85 @@ command = ["/bin/true"]
             "QEMU exit status {status}, wanted 3 = (1 << 1) | 1"
         ));
     }
+}
+
+/// A guest initrd: busybox and an /init script that greets and powers off.
+fn hello_guest_initrd() -> PathBuf {
+    let dir = work_dir().join("guest-initrd");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("init"),
+        "#!/bin/sh\n/bin/busybox mount -t proc proc /proc\n\
+         echo \"guest: hello from Linux $(/bin/busybox uname -r) with $(/bin/busybox nproc) CPU(s)\"\n\
+         /bin/busybox poweroff -f\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("manifest"),
+        "file /init init 755 0 0\ndir /bin 755 0 0\nfile /bin/busybox /bin/busybox 755 0 0\n\
+         slink /bin/sh busybox 777 0 0\ndir /dev 755 0 0\nnod /dev/console 600 0 0 c 5 1\n\
+         dir /proc 555 0 0\n",
+    )
+    .unwrap();
+    let out = dir.join("hello.cpio.gz");
+    let run = Command::new(MKINITRAMFS)
+        .arg(dir.join("manifest"))
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    out
+}
+
+/// SPEC section 10's "nested Linux KVM guest inside": the Debian kernel
+/// as a guest of zonit's own monitor, on KVM (kvm_amd) inside the
+/// emulated machine, beside a zone.
+#[test]
+fn a_nested_linux_guest_boots_in_zonits_monitor_and_powers_off() {
+    if !prerequisites() {
+        return;
+    }
+    let config = r#"
+[host]
+modules = ["overlay", "kvm_amd"]
+exit_with = "vm"
+shutdown_timeout = "20s"
+
+[zone.web]
+root = "/zones/web"
+template = "/templates/base"
+command = ["/bin/sh", "-c", "echo web up; while true; do sleep 1; done"]
+
+[guest.vm]
+kernel = "/guests/vmlinuz"
+initrd = "/guests/hello.cpio.gz"
+cmdline = "console=ttyS0 panic=-1"
+memory = "256M"
+restart = "never"
+after = ["web"]
+"#;
+    let extra = format!(
+        "dir /guests 755 0 0\nfile /guests/vmlinuz {} 644 0 0\nfile /guests/hello.cpio.gz {} 644 0 0\n",
+        kernel_dir().join("vmlinuz").display(),
+        hello_guest_initrd().display()
+    );
+    let mut m = Machine::boot_with("nested-guest", config, &extra, "");
+    m.wait_for("web: started");
+    m.wait_for("vm: monitor started");
+    m.wait_for("zonit[vm]: guest: hello from Linux");
+    m.wait_for("vm: ended (poweroff)");
+    m.wait_for("writing 0 to isa-debug-exit");
+    let status = m.wait_exit();
+    if status.code() != Some(1) {
+        m.fail(&format!(
+            "QEMU exit status {status}, wanted 1 = (0 << 1) | 1"
+        ));
+    }
+    m.assert_order(&["vm: ended (poweroff)", "web: ended", "every unit is down"]);
 }
 
 #[test]
