@@ -386,6 +386,7 @@ const CHAIN: &str = r#"
 [host]
 hostname = "t4"
 modules = ["overlay", "kvm_amd"]
+sysctl = { "vm.swappiness" = "7" }
 shutdown_timeout = "20s"
 ctrl_alt_del = "poweroff"
 
@@ -439,9 +440,12 @@ fn boots_zones_in_after_order_and_sigterm_reboots_in_reverse_order() {
     }
     let mut m = boot_chain("sigterm", "");
     // kvm_amd with its dependencies came from the modules' own .modinfo.
-    let out = m.run("ls /dev/kvm; hostname; cat /sys/fs/cgroup/cgroup.subtree_control");
+    let out = m.run(
+        "ls /dev/kvm; hostname; cat /sys/fs/cgroup/cgroup.subtree_control; echo swappiness=$(cat /proc/sys/vm/swappiness)",
+    );
     let out = out.join("\n");
     assert!(out.contains("/dev/kvm"), "{out}");
+    assert!(out.contains("swappiness=7"), "{out}");
     assert!(out.contains("t4"), "{out}");
     assert!(out.contains("memory") && out.contains("pids"), "{out}");
     m.index_of("loaded modules: overlay, irqbypass, kvm, kvm_amd")
