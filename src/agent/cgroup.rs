@@ -49,6 +49,9 @@ pub enum Error {
     },
 }
 
+/// The controllers zone limits need; zonit enables no others.
+const USED_CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
+
 /// One limit to write: (config key, controller, file, value).
 pub type LimitFile = (&'static str, &'static str, &'static str, String);
 
@@ -118,10 +121,20 @@ impl Cgroups {
         }
         // Enable in our own group's subtree (works for the root group; for
         // a non-root group with processes the kernel says EBUSY, and the
-        // controllers that are already delegated stay usable).
-        let available = read_controllers(&own_dir.join("cgroup.controllers"));
+        // controllers that are already delegated stay usable). Only the
+        // controllers zone limits use: enabling others changes the host for
+        // other cgroup users (crun refuses a hybrid host whose cgroup2 root
+        // has any controller enabled, for one).
+        let wanted = |c: &String| USED_CONTROLLERS.contains(&c.as_str());
+        let available: Vec<String> = read_controllers(&own_dir.join("cgroup.controllers"))
+            .into_iter()
+            .filter(wanted)
+            .collect();
         enable(&own_dir, &available);
-        let controllers = read_controllers(&base.join("cgroup.controllers"));
+        let controllers: Vec<String> = read_controllers(&base.join("cgroup.controllers"))
+            .into_iter()
+            .filter(wanted)
+            .collect();
         enable(&base, &controllers);
         log::debug!(
             "zone cgroups under {} with controllers {:?}",

@@ -153,6 +153,9 @@ impl Agent {
         // Compiled once here, so a broken filter stops the agent at start
         // and no zone start ever compiles it.
         crate::zone::seccomp::program().map_err(Error::Seccomp)?;
+        // The logger starts at info so config errors are always shown; from
+        // here on the operator's level applies.
+        log::set_max_level(config.host.log_level);
         let poll = Poll::new().map_err(Error::Poll)?;
         let mut signals =
             Signals::new([SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGPWR])
@@ -202,6 +205,7 @@ impl Agent {
     /// Starts every `autostart` unit and runs until shutdown; returns the
     /// exit status for `zonit run`.
     pub fn run(mut self) -> ShutdownAction {
+        self.reserve_runtimes();
         self.start_autostart();
         let mut events = Events::with_capacity(256);
         loop {
@@ -213,6 +217,26 @@ impl Agent {
                 Ok(Some(action)) => return action,
                 Ok(None) => {}
                 Err(_) => log::error!("the event loop caught a panic; carrying on"),
+            }
+        }
+    }
+
+    /// Every unit's runtime (output pipe, 16 KiB log ring) and the maps'
+    /// room, made before the first zone is forked: each zone's init shares
+    /// the agent's heap copy-on-write, and every heap page the agent
+    /// rewrites after a fork (a map growing, a ring being made) becomes a
+    /// private page of that zone.
+    fn reserve_runtimes(&mut self) {
+        let n = self.config.units.len();
+        self.units.reserve(n);
+        self.pids.reserve(n);
+        // Output and status pipe of each unit, plus control connections.
+        self.sources.reserve(2 * n + 16);
+        let names: Vec<String> = self.config.units.iter().map(|u| u.name.clone()).collect();
+        for name in &names {
+            if let Err(e) = self.ensure_runtime_pub(name) {
+                // spawn_unit tries again and reports the failure.
+                log::warn!("{name}: unable to create the output pipe: {e}");
             }
         }
     }

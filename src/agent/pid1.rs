@@ -138,6 +138,7 @@ impl Agent {
         self.sup = crate::supervisor::Supervisor::new(super::specs(&new));
         let n = new.units.len();
         self.config = new;
+        self.reserve_runtimes();
         self.start_autostart();
         format!("config loaded: {n} unit(s)")
     }

@@ -37,6 +37,9 @@ pub(super) struct UnitRt {
 }
 
 struct Proc {
+    /// When the agent began starting it: the origin of the start timings
+    /// logged at debug level.
+    spawned_at: Instant,
     pidfd: OwnedFd,
     status: Option<(File, mio::Token)>,
     status_buf: Vec<u8>,
@@ -185,6 +188,7 @@ impl Agent {
 
     /// Carries out `Spawn`; returns the engine inputs that answer it.
     fn spawn_unit(&mut self, unit: &str) -> Vec<Input> {
+        let spawned_at = Instant::now();
         let failed = |reason: String, permanent: bool| {
             log::error!("{unit}: {reason}");
             vec![Input::StartFailed {
@@ -264,6 +268,7 @@ impl Agent {
         self.pids.insert(started.pid, unit.to_string());
         if let Some(rt) = self.units.get_mut(unit) {
             rt.proc = Some(Proc {
+                spawned_at,
                 pidfd: started.pidfd,
                 status,
                 status_buf: Vec::new(),
@@ -322,6 +327,7 @@ impl Agent {
                 reported: None,
                 error: None,
                 guest: true,
+                spawned_at: Instant::now(),
             });
         }
         log::info!("{unit}: monitor started, pid {}", started.pid);
@@ -338,21 +344,26 @@ impl Agent {
 
     /// Reads the zone init's status lines.
     pub(super) fn read_status(&mut self, unit: &str) {
-        let mut ready = false;
+        let mut ready = None;
         if let Some(proc) = self.units.get_mut(unit).and_then(|u| u.proc.as_mut())
             && let Some((file, _)) = &mut proc.status
         {
             for line in drain_status(file, &mut proc.status_buf) {
                 match line {
-                    StatusLine::Ready => ready = true,
+                    StatusLine::Ready => ready = Some(proc.spawned_at.elapsed()),
                     StatusLine::Error(msg) => proc.error = Some(msg),
                     StatusLine::End(end) => proc.reported = Some(end),
                     StatusLine::Unknown => {}
                 }
             }
         }
-        if ready {
-            log::debug!("{unit}: command running");
+        if let Some(after) = ready {
+            // The start latency as the agent sees it: from deciding to
+            // spawn to the init's `ready` (the command was executed).
+            log::debug!(
+                "{unit}: command running, {} us after spawn",
+                after.as_micros()
+            );
             self.feed(Input::Ready(unit.to_string()));
         }
     }
@@ -383,6 +394,10 @@ impl Agent {
                 })
             };
             log::info!("{unit}: ended ({})", end.describe());
+            log::debug!(
+                "{unit}: reaped {} us after spawn",
+                proc.spawned_at.elapsed().as_micros()
+            );
             Input::Ended {
                 unit: unit.to_string(),
                 end: end.clone(),

@@ -103,15 +103,19 @@ pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
 }
 
 /// Closes every fd from `first` up, except those in `keep` (sorted or not).
+/// Allocates nothing: it runs in the zone's init, whose heap pages are
+/// shared copy-on-write with the agent.
 pub fn close_fds_from(first: RawFd, keep: &[RawFd]) -> io::Result<()> {
-    let mut keep: Vec<RawFd> = keep.iter().copied().filter(|&k| k >= first).collect();
-    keep.sort_unstable();
     let mut lo = first;
-    for k in keep {
+    // The lowest kept fd at or above `lo`, each round; `keep` is a few fds.
+    while let Some(k) = keep.iter().copied().filter(|&k| k >= lo).min() {
         if k > lo {
             close_range(lo, k - 1)?;
         }
-        lo = k + 1;
+        match k.checked_add(1) {
+            Some(next) => lo = next,
+            None => return Ok(()),
+        }
     }
     close_range(lo, RawFd::MAX)
 }
@@ -210,9 +214,9 @@ pub const CAP_LAST: u8 = 40;
 
 /// Cuts the bounding set to `keep` and empties the ambient set. Permitted
 /// and effective are left alone (see [`set_capabilities`]), so the caller
-/// can still switch uid afterwards.
-pub fn limit_bounding_and_ambient(keep: &[u8]) -> io::Result<()> {
-    let last = last_cap();
+/// can still switch uid afterwards. `last` is the highest capability the
+/// kernel knows ([`last_cap`], read before the fork).
+pub fn limit_bounding_and_ambient(keep: &[u8], last: u8) -> io::Result<()> {
     for cap in 0..=last {
         if !keep.contains(&cap) {
             // SAFETY: prctl with integer arguments only.
@@ -263,12 +267,17 @@ pub fn set_capabilities(keep: &[u8]) -> io::Result<()> {
     check(ret).map(drop)
 }
 
-/// The highest capability the running kernel knows.
-fn last_cap() -> u8 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(CAP_LAST)
+/// The highest capability the running kernel knows. Read once per
+/// process: it cannot change while the kernel runs, and zone starts should
+/// not pay five syscalls for it each time.
+pub fn last_cap() -> u8 {
+    static LAST: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+    *LAST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(CAP_LAST)
+    })
 }
 
 /// Creates a pipe with both ends close-on-exec; returns (read, write).

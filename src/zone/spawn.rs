@@ -1,9 +1,12 @@
 //! Starting a zone: one `clone3` into new namespaces, then the zone's init.
 //!
 //! Process tree: agent -> zone init (PID 1 of the zone's PID namespace,
-//! zonit code) -> the configured command. The init sets up the root, forks
-//! the command, then stays as the zone's reaper: it forwards signals to the
-//! command, reaps orphans, and exits with the command's status.
+//! zonit code) -> the configured command. The init forks the command's
+//! process, which sets up the root (in the namespaces it shares with the
+//! init) and execs the command; the init stays as the zone's reaper: it
+//! forwards signals to the command, reaps orphans, and exits with the
+//! command's status. Keeping the setup out of the init keeps the init's
+//! private memory, what each running zone costs, to a few pages.
 //!
 //! Fork hygiene: every C string is built before `clone3`; the agent is
 //! single-threaded, so the child may allocate. Only stdio is inherited by
@@ -14,7 +17,7 @@
 //! `exit N` or `signal N` (how the command ended).
 
 use std::ffi::CString;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
@@ -77,6 +80,9 @@ pub(super) struct Prepared {
     uid: u32,
     gid: u32,
     caps: Vec<u8>,
+    /// The kernel's highest capability, read by the agent (once) so the
+    /// command does not read /proc on every start.
+    last_cap: u8,
     rlimits: Vec<(Resource, u64)>,
 }
 
@@ -137,6 +143,7 @@ pub(super) fn prepare_command(zone: &Zone, command: &[String]) -> Result<Prepare
         uid: zone.user.0,
         gid: zone.user.1,
         caps: zone.capabilities.clone(),
+        last_cap: sys::last_cap(),
         rlimits: zone
             .rlimits
             .iter()
@@ -199,17 +206,30 @@ pub fn spawn(
     }
 }
 
+/// Longest status line the init sends (a pipe write up to `PIPE_BUF` is
+/// atomic); longer error messages are cut.
+const STATUS_LINE_MAX: usize = 2048;
+
 pub(super) fn report(status: &OwnedFd, line: &str) {
-    let mut f = std::fs::File::from(match status.try_clone() {
-        Ok(fd) => fd,
-        Err(_) => return,
-    });
+    // Built on the stack: the init's heap is shared copy-on-write with the
+    // agent, and every heap page it writes becomes its own for the zone's
+    // lifetime.
+    let mut buf = [0u8; STATUS_LINE_MAX];
+    let n = line.len().min(STATUS_LINE_MAX - 1);
+    buf[..n].copy_from_slice(&line.as_bytes()[..n]);
+    buf[n] = b'\n';
     // One write of a short line is atomic on a pipe; nothing to do if the
     // agent is gone.
-    let _ = f.write_all(format!("{line}\n").as_bytes());
+    let _ = nix::unistd::write(status, &buf[..=n]);
 }
 
-/// The zone's init: set up, fork the command, reap. Never returns.
+/// The zone's init: fork the process that sets up the zone and becomes
+/// the command, then reap. Never returns.
+///
+/// The init itself does as little as it can: it lives as long as the zone,
+/// and what it writes to memory shared with the agent (copy-on-write since
+/// the clone) is what each zone costs. The setup's allocations happen in
+/// the command's process and vanish with its exec.
 fn zone_init(prep: &Prepared, status: OwnedFd, output: BorrowedFd<'_>) -> ! {
     sys::reset_signals();
     // Signals stay blocked in the init so they queue for `sigwait`: the
@@ -228,8 +248,12 @@ fn zone_init(prep: &Prepared, status: OwnedFd, output: BorrowedFd<'_>) -> ! {
         );
         sys::exit_now(126);
     }
-    if let Err(e) = setup(prep) {
-        report(&status, &format!("error {}", error_chain(&e)));
+    // pivot_root (done by the command's process) moves the root and the
+    // working directory of every process that is at the old root: standing
+    // at `/` puts the init inside the zone too, holding no reference to the
+    // host's tree.
+    if let Err(e) = nix::unistd::chdir("/") {
+        report(&status, &format!("error unable to enter /: {e}"));
         sys::exit_now(126);
     }
     let (rx, tx) = match sys::pipe() {
@@ -243,6 +267,13 @@ fn zone_init(prep: &Prepared, status: OwnedFd, output: BorrowedFd<'_>) -> ! {
         Ok(ForkResult::Child) => {
             drop(rx);
             drop(status);
+            // The zone's mount namespace, hostname and network are the
+            // init's too: setting them up here keeps the setup's memory out
+            // of the long-lived init.
+            if let Err(e) = setup(prep) {
+                let _ = nix::unistd::write(&tx, error_chain(&e).as_bytes());
+                sys::exit_now(127);
+            }
             command(prep, tx, Stdio::Output(output))
         }
         Ok(ForkResult::Parent { child }) => child,
@@ -252,11 +283,23 @@ fn zone_init(prep: &Prepared, status: OwnedFd, output: BorrowedFd<'_>) -> ! {
         }
     };
     drop(tx);
-    let mut msg = String::new();
-    let _ = std::fs::File::from(rx).read_to_string(&mut msg);
-    if msg.is_empty() {
+    // EOF without data: the exec succeeded (the pipe is close-on-exec).
+    let mut msg = [0u8; STATUS_LINE_MAX];
+    let mut len = 0;
+    let mut rx = std::fs::File::from(rx);
+    while len < msg.len() {
+        match rx.read(&mut msg[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    drop(rx);
+    if len == 0 {
         report(&status, "ready");
     } else {
+        let msg = String::from_utf8_lossy(&msg[..len]);
         report(&status, &format!("error {msg}"));
     }
     reap_forever(cmd, &status)
@@ -328,16 +371,14 @@ pub(super) enum Stdio<'a> {
 
 /// The command's process: drop privileges and exec. Never returns.
 pub(super) fn command(prep: &Prepared, exec_status: OwnedFd, io: Stdio<'_>) -> ! {
-    let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
-        let mut f = std::fs::File::from(
-            exec_status
-                .try_clone()
-                .unwrap_or_else(|_| sys::exit_now(127)),
-        );
-        let _ = f.write_all(format!("{what}: {e}").as_bytes());
+    let fail_with = |msg: &str| -> ! {
+        let _ = nix::unistd::write(&exec_status, msg.as_bytes());
         sys::exit_now(127)
     };
-    sys::reset_signals();
+    let fail = |what: &str, e: &dyn std::fmt::Display| -> ! { fail_with(&format!("{what}: {e}")) };
+    // The init reset every disposition before forking us, and exec resets
+    // handlers anyway: only the init's full block mask is left to undo.
+    sys::set_sigmask(libc::SIG_SETMASK, &sys::empty_sigset());
     let _ = nix::unistd::setsid();
     if let Err(e) = stdio(io) {
         fail("unable to set up stdio", &e);
@@ -416,7 +457,7 @@ fn drop_privileges(prep: &Prepared) -> io::Result<()> {
     nix::unistd::setgroups(&[gid]).map_err(io::Error::from)?;
     nix::unistd::setresgid(gid, gid, gid).map_err(io::Error::from)?;
     // Needs CAP_SETPCAP, so before anything drops it.
-    sys::limit_bounding_and_ambient(&prep.caps)?;
+    sys::limit_bounding_and_ambient(&prep.caps, prep.last_cap)?;
     if prep.uid != 0 {
         nix::unistd::setresuid(uid, uid, uid).map_err(io::Error::from)?;
         // The switch emptied permitted; capset may only lower it, and

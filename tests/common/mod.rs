@@ -299,7 +299,23 @@ pub fn pids_with_cmdline(needle: &str) -> Vec<i32> {
 impl Drop for Zonit {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            if let Some(pid) = child_of(child.id()) {
+            // SIGTERM first, so zonit removes its cgroups and stops its
+            // zones in order; SIGKILL only if it does not exit in time.
+            let zonit = child_of(child.id());
+            if let Some(pid) = zonit {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+            if let Some(pid) = zonit {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
@@ -310,53 +326,4 @@ impl Drop for Zonit {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// Puts `probe` (tests/probe/probe.c, built with `gcc -static`) into the
-/// test template as `/bin/probe`, plus a setuid-root copy `/bin/suidprobe`;
-/// once per test binary. Returns the template.
-pub fn install_probe() -> &'static Path {
-    static DONE: OnceLock<()> = OnceLock::new();
-    let tpl = template();
-    DONE.get_or_init(|| {
-        use std::os::unix::fs::PermissionsExt;
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probe/probe.c");
-        let out = tpl.join("bin/probe");
-        let status = Command::new("gcc")
-            .args(["-static", "-O1", "-o"])
-            .arg(&out)
-            .arg(&src)
-            .status()
-            .expect("gcc is needed for the probe: apt-get install gcc libc6-dev");
-        assert!(status.success(), "building {} failed", src.display());
-        let suid = tpl.join("bin/suidprobe");
-        std::fs::copy(&out, &suid).unwrap();
-        std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
-    });
-    tpl
-}
-
-impl Zonit {
-    /// The unit's captured output (`zonit ctl logs`), once a line equal to
-    /// `marker` has appeared in it.
-    pub fn output_until(&self, unit: &str, marker: &str) -> String {
-        let mut out = String::new();
-        self.wait_for(
-            &format!("`{marker}` from {unit}"),
-            Duration::from_secs(15),
-            || {
-                out = self.ctl(&["logs", unit]).1;
-                out.lines().any(|l| l == marker)
-            },
-        );
-        out
-    }
-}
-
-/// The value of `key=` in `out` (the text up to the next space or line end).
-pub fn value<'a>(out: &'a str, key: &str) -> Option<&'a str> {
-    let needle = format!("{key}=");
-    out.lines()
-        .flat_map(|l| l.split(' '))
-        .find_map(|w| w.strip_prefix(needle.as_str()))
 }
