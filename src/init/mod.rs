@@ -143,12 +143,30 @@ fn boot_and_run(t0_ns: u64) -> (ShutdownAction, bool) {
     };
     let agent = match built {
         Ok(a) => a,
+        // The config's own control socket could not be bound, say: try
+        // once more with no units and the default socket, so a fixed
+        // config can still be reloaded.
         Err(e) => {
             log::error!(
-                "unable to start the agent: {}; PID 1 stays up, reaping",
+                "unable to start the agent: {}; starting with no units instead",
                 crate::logging::error_chain(&e)
             );
-            shutdown::reap_forever();
+            match Agent::without_config(agent::Options {
+                config_path: config_path.clone(),
+                mode: Mode::Init,
+            }) {
+                Ok(mut a) => {
+                    a.on_adopted_host(adopted_host);
+                    a
+                }
+                Err(e) => {
+                    log::error!(
+                        "unable to start the agent without units either: {}; PID 1 stays up, reaping",
+                        crate::logging::error_chain(&e)
+                    );
+                    shutdown::reap_forever();
+                }
+            }
         }
     };
     (agent.run(), cmdline.debug_exit)
