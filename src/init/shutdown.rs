@@ -107,6 +107,10 @@ fn signal_all(sig: Signal, wait: Duration) {
         Err(nix::errno::Errno::ESRCH) => return,
         Err(e) => log::warn!("unable to send {sig} to every process: {e}"),
     }
+    // A stopped process cannot act on SIGTERM until it is continued.
+    if sig == Signal::SIGTERM {
+        let _ = kill(Pid::from_raw(-1), Signal::SIGCONT);
+    }
     let deadline = Instant::now() + wait;
     let set = sigchld_set();
     loop {
