@@ -1,6 +1,21 @@
 #!/usr/bin/env bash
-# The README's first command: the demo. For now it runs the demo config on
-# this machine (scripts/demo-host.sh); the appliance demo in QEMU replaces
-# it once PID 1 boot lands.
+# The demo appliance: builds the initramfs (release zonit as /init, the
+# demo config initramfs/demo.toml, the busybox zone template, kvm and
+# overlay modules) and boots it in QEMU with the console on this terminal.
+#
+# Usage: scripts/demo.sh [EXTRA KERNEL WORDS...]
+#   e.g. scripts/demo.sh zonit.shell     a root shell on the console beside
+#                                        the zones (try `zonit ctl status`)
+# Installs what it needs on a fresh Debian machine (qemu-system-x86,
+# busybox-static; the kernel comes from scripts/fetch-kernel.sh).
+# Quit with Ctrl-A X, or `zonit ctl poweroff` from the shell.
 set -euo pipefail
-exec "$(dirname "${BASH_SOURCE[0]}")/demo-host.sh" "$@"
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if [[ ! -x /bin/busybox ]]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q busybox-static ||
+        { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q busybox-static; }
+fi
+scripts/fetch-kernel.sh
+scripts/build-initramfs.sh --release build/demo.cpio.gz
+exec scripts/run-qemu.sh --initrd build/demo.cpio.gz --append "$*"

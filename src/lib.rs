@@ -12,6 +12,8 @@ pub mod config;
 pub mod control;
 /// The initramfs manifest parser and newc cpio writer.
 pub mod cpio;
+/// PID 1: host boot, console, modules, shutdown.
+pub mod init;
 /// Per-unit output capture: ring buffer, line splitting, rate limit.
 pub mod logbuf;
 /// Log backend: stderr or /dev/kmsg.

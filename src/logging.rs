@@ -1,10 +1,18 @@
 //! The log backend behind the `log` facade: one line per record to stderr
 //! (the console under `zonit run`), or to `/dev/kmsg` with the record's
-//! priority when zonit is PID 1.
+//! priority when zonit is PID 1; and, when `[host] syslog` is set, a copy
+//! of every record to a remote syslog server (RFC 5424 over UDP or TCP,
+//! the `syslog` crate's formatter).
+//!
+//! The remote copy is best effort: a send that fails is counted, never
+//! retried, and never blocks the agent for long (UDP does not block; TCP
+//! gets a short write timeout). After failures the next successful send is
+//! preceded by a line saying how many records were lost.
 //!
 //! Unit output is logged with target `unit:NAME` and printed as
 //! `zonit[NAME]: line`; zonit's own records as `zonit: LEVEL: message`.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::sync::Mutex;
@@ -21,6 +29,43 @@ enum Sink {
 
 struct Logger {
     sink: Mutex<Sink>,
+    remote: Mutex<Option<Remote>>,
+}
+
+/// A remote syslog connection and how many records it failed to send.
+struct Remote {
+    logger: syslog::Logger<syslog::LoggerBackend, syslog::Formatter5424>,
+    lost: u64,
+    /// Over TCP each message ends in a newline: the non-transparent
+    /// framing of RFC 6587 that rsyslog and syslog-ng read (the crate
+    /// writes none).
+    tcp: bool,
+}
+
+impl Remote {
+    fn send(&mut self, level: Level, line: &str) {
+        let end = if self.tcp { "\n" } else { "" };
+        if self.lost > 0 {
+            let note = format!(
+                "zonit: warn: {} log record(s) not sent to syslog{end}",
+                self.lost
+            );
+            if self.logger.warning((0, BTreeMap::new(), note)).is_ok() {
+                self.lost = 0;
+            }
+        }
+        let line = format!("{line}{end}");
+        let msg = (0u32, BTreeMap::new(), line);
+        let sent = match level {
+            Level::Error => self.logger.err(msg),
+            Level::Warn => self.logger.warning(msg),
+            Level::Info => self.logger.info(msg),
+            Level::Debug | Level::Trace => self.logger.debug(msg),
+        };
+        if sent.is_err() {
+            self.lost += 1;
+        }
+    }
 }
 
 static LOGGER: std::sync::OnceLock<Logger> = std::sync::OnceLock::new();
@@ -39,10 +84,93 @@ pub fn init(level: LevelFilter, kmsg: bool) {
     };
     let logger = LOGGER.get_or_init(|| Logger {
         sink: Mutex::new(sink),
+        remote: Mutex::new(None),
     });
     let _ = log::set_logger(logger);
     log::set_max_level(level);
 }
+
+/// Sends a copy of every record to `target` from now on (`None` stops
+/// sending). Errors setting it up are logged; logging goes on locally.
+pub fn add_syslog(target: Option<&crate::config::SyslogTarget>) {
+    let Some(logger) = LOGGER.get() else {
+        return;
+    };
+    let remote = target.and_then(|t| match connect_syslog(t) {
+        Ok(l) => Some(Remote {
+            logger: l,
+            lost: 0,
+            tcp: matches!(t, crate::config::SyslogTarget::Tcp(_)),
+        }),
+        Err(e) => {
+            log::warn!("unable to set up remote syslog {t:?}: {e}");
+            None
+        }
+    });
+    if let Ok(mut slot) = logger.remote.lock() {
+        *slot = remote;
+    }
+}
+
+fn connect_syslog(
+    target: &crate::config::SyslogTarget,
+) -> Result<syslog::Logger<syslog::LoggerBackend, syslog::Formatter5424>, syslog::Error> {
+    use crate::config::SyslogTarget;
+    let formatter = syslog::Formatter5424 {
+        facility: syslog::Facility::LOG_DAEMON,
+        hostname: nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok()),
+        process: "zonit".into(),
+        pid: std::process::id(),
+    };
+    match target {
+        SyslogTarget::Udp(addr) => {
+            let local: std::net::SocketAddr = if addr.is_ipv4() {
+                ([0, 0, 0, 0], 0).into()
+            } else {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            syslog::udp(formatter, local, *addr)
+        }
+        SyslogTarget::Tcp(addr) => {
+            let logger = syslog::tcp(formatter, *addr)?;
+            // A stalled collector must not stall PID 1 for long: a write
+            // that times out is counted as lost.
+            if let syslog::LoggerBackend::Tcp(w) = &logger.backend {
+                let _ = w.get_ref().set_write_timeout(Some(TCP_WRITE_TIMEOUT));
+            }
+            Ok(logger)
+        }
+    }
+}
+
+/// Logs `message` at error level from a panic hook: never blocks on the
+/// logger's lock (the panic may have happened while it was held, and std's
+/// mutex is not reentrant), falling back to stderr.
+pub fn emergency(message: &str) {
+    let line = format!("zonit: error: {message}");
+    let Some(logger) = LOGGER.get() else {
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
+        return;
+    };
+    match logger.sink.try_lock() {
+        Ok(mut sink) => match &mut *sink {
+            Sink::Kmsg(f) => {
+                let _ = f.write_all(format!("<3>{line}\n").as_bytes());
+            }
+            Sink::Stderr => {
+                let _ = writeln!(std::io::stderr().lock(), "{line}");
+            }
+        },
+        Err(_) => {
+            let _ = writeln!(std::io::stderr().lock(), "{line}");
+        }
+    }
+}
+
+/// Longest a TCP syslog write may block the agent.
+const TCP_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Formats an error and its sources as one line, `a: b: c`: the chain is
 /// printed once, where the error is reported.
@@ -88,16 +216,26 @@ impl Log for Logger {
             return;
         }
         let line = format_line(record);
-        let Ok(mut sink) = self.sink.lock() else {
-            return;
-        };
-        match &mut *sink {
-            Sink::Stderr => {
-                let _ = writeln!(std::io::stderr().lock(), "{line}");
+        if let Ok(mut sink) = self.sink.lock() {
+            match &mut *sink {
+                Sink::Stderr => {
+                    let _ = writeln!(std::io::stderr().lock(), "{line}");
+                }
+                Sink::Kmsg(f) => {
+                    // One write(2) per record: /dev/kmsg makes a record of
+                    // every write, so a formatted write_fmt in pieces
+                    // would split the line into several.
+                    let rec = format!("<{}>{line}\n", kmsg_priority(record.level()));
+                    let _ = f.write_all(rec.as_bytes());
+                }
             }
-            Sink::Kmsg(f) => {
-                let _ = writeln!(f, "<{}>{line}", kmsg_priority(record.level()));
-            }
+        }
+        // try_lock: a record logged while sending (an error inside the
+        // syslog crate) must not deadlock; it is only kept locally.
+        if let Ok(mut remote) = self.remote.try_lock()
+            && let Some(r) = &mut *remote
+        {
+            r.send(record.level(), &line);
         }
     }
 

@@ -276,8 +276,14 @@ fn appliance_manifest_has_init_console_config_and_template() {
         return;
     }
     let manifest = repo().join("initramfs/manifest");
-    let entries = load_with(&manifest, &|v| {
-        (v == "ZONIT_BIN").then(|| MKINITRAMFS.to_string())
+    let lib = tempfile::tempdir().unwrap();
+    fs::create_dir_all(lib.path().join("modules/6.1.0-test/kernel")).unwrap();
+    let demo_path = repo().join("initramfs/demo.toml");
+    let entries = load_with(&manifest, &|v| match v {
+        "ZONIT_BIN" => Some(MKINITRAMFS.to_string()),
+        "ZONIT_CONFIG" => Some(demo_path.to_string_lossy().into_owned()),
+        "ZONIT_LIB" => Some(lib.path().to_string_lossy().into_owned()),
+        _ => None,
     });
     let get = |n: &str| {
         entries
@@ -301,6 +307,8 @@ fn appliance_manifest_has_init_console_config_and_template() {
         assert_eq!(get(dir).body, Body::Dir, "{dir}");
     }
     assert_eq!(get("/bin/sh").body, Body::Symlink("busybox".into()));
+    assert_eq!(get("/bin/zonit").body, Body::Symlink("../init".into()));
+    assert_eq!(get("/lib/modules/6.1.0-test/kernel").body, Body::Dir);
     for applet in [
         "sh", "echo", "cat", "sleep", "ls", "ps", "hostname", "mount", "true", "false", "kill",
         "id", "wc", "head", "grep",

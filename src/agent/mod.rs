@@ -15,6 +15,7 @@ mod cgroup;
 mod control;
 mod exec;
 mod guest;
+mod pid1;
 mod units;
 
 use std::collections::{HashMap, VecDeque};
@@ -59,6 +60,9 @@ pub enum ShutdownAction {
     Reboot,
     /// Halt the host.
     Halt,
+    /// Test mode (`exit_with` as PID 1): report this status (the unit's
+    /// exit status) through QEMU's isa-debug-exit port, then power off.
+    Verdict(i32),
 }
 
 /// Why the agent could not start.
@@ -127,6 +131,7 @@ pub struct Agent {
     pending_reads: Vec<String>,
     shutdown: Option<Shutdown>,
     cgroups: cgroup::Cgroups,
+    pid1: pid1::Pid1State,
     /// Config of units a reload removed that are still stopping.
     retiring: HashMap<String, config::Unit>,
     /// Running `ctl exec` helpers by PID.
@@ -141,6 +146,10 @@ impl Agent {
     /// Loads the config and sets up the loop; nothing is started yet.
     pub fn new(opts: Options) -> Result<Self, Error> {
         let config = config::load(&opts.config_path).map_err(Error::Config)?;
+        Self::build(opts, config)
+    }
+
+    fn build(opts: Options, config: Config) -> Result<Self, Error> {
         // Compiled once here, so a broken filter stops the agent at start
         // and no zone start ever compiles it.
         crate::zone::seccomp::program().map_err(Error::Seccomp)?;
@@ -178,6 +187,7 @@ impl Agent {
             pending_reads: Vec::new(),
             shutdown: None,
             cgroups: cgroup::Cgroups::detect(&cgroup_instance(opts_mode)),
+            pid1: pid1::Pid1State::default(),
             retiring: HashMap::new(),
             execs: HashMap::new(),
         };
@@ -195,23 +205,28 @@ impl Agent {
     /// Starts every `autostart` unit and runs until shutdown; returns the
     /// exit status for `zonit run`.
     pub fn run(mut self) -> ShutdownAction {
-        let boot: Vec<String> = self
-            .config
-            .units
-            .iter()
-            .filter(|u| u.common.autostart)
-            .map(|u| u.name.clone())
-            .collect();
-        log::info!(
-            "supervising {} unit(s), starting {}",
-            self.config.units.len(),
-            boot.len()
-        );
-        // Every unit's runtime (output pipe, 16 KiB log ring) and the
-        // maps' room are made before the first zone is forked: each zone's
-        // init shares the agent's heap copy-on-write, and every heap page
-        // the agent rewrites after a fork (a map growing, a ring being
-        // made) becomes a private page of that zone.
+        self.reserve_runtimes();
+        self.start_autostart();
+        let mut events = Events::with_capacity(256);
+        loop {
+            // A panic in one turn must not end PID 1 (the release profile
+            // unwinds for this reason): log it and take the next turn.
+            let turn =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.turn(&mut events)));
+            match turn {
+                Ok(Some(action)) => return action,
+                Ok(None) => {}
+                Err(_) => log::error!("the event loop caught a panic; carrying on"),
+            }
+        }
+    }
+
+    /// Every unit's runtime (output pipe, 16 KiB log ring) and the maps'
+    /// room, made before the first zone is forked: each zone's init shares
+    /// the agent's heap copy-on-write, and every heap page the agent
+    /// rewrites after a fork (a map growing, a ring being made) becomes a
+    /// private page of that zone.
+    fn reserve_runtimes(&mut self) {
         let n = self.config.units.len();
         self.units.reserve(n);
         self.pids.reserve(n);
@@ -224,30 +239,30 @@ impl Agent {
                 log::warn!("{name}: unable to create the output pipe: {e}");
             }
         }
-        self.feed(Input::StartAll(boot));
-        let mut events = Events::with_capacity(256);
-        loop {
-            let timeout = self.timeout(Instant::now());
-            if let Err(e) = self.poll.poll(&mut events, timeout)
-                && e.kind() != io::ErrorKind::Interrupted
-            {
-                log::error!("poll failed: {e}");
-                // Never spin: a broken poll still waits a little.
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let tokens: Vec<Token> = events.iter().map(|e| e.token()).collect();
-            for token in tokens {
-                self.dispatch(token);
-            }
-            for unit in std::mem::take(&mut self.pending_reads) {
-                self.read_output(&unit);
-            }
-            self.reap();
-            self.feed(Input::Tick);
-            if let Some(action) = self.check_shutdown() {
-                return action;
-            }
+    }
+
+    /// One wake-up: wait, dispatch, reap, advance timers.
+    fn turn(&mut self, events: &mut Events) -> Option<ShutdownAction> {
+        let timeout = self.timeout(Instant::now());
+        if let Err(e) = self.poll.poll(events, timeout)
+            && e.kind() != io::ErrorKind::Interrupted
+        {
+            log::error!("poll failed: {e}");
+            // Never spin: a broken poll still waits a little.
+            std::thread::sleep(Duration::from_millis(100));
         }
+        let tokens: Vec<Token> = events.iter().map(|e| e.token()).collect();
+        for token in tokens {
+            self.dispatch(token);
+        }
+        for unit in std::mem::take(&mut self.pending_reads) {
+            self.read_output(&unit);
+        }
+        self.reap();
+        self.feed(Input::Tick);
+        self.check_boot_done();
+        self.check_exit_with_failed();
+        self.check_shutdown()
     }
 
     fn timeout(&self, now: Instant) -> Option<Duration> {
@@ -418,6 +433,9 @@ impl Agent {
     fn reload(&mut self) -> Result<String, Vec<String>> {
         let new = config::load(&self.opts.config_path)
             .map_err(|d| d.iter().map(|d| d.to_string()).collect::<Vec<_>>())?;
+        if self.pid1.fallback {
+            return Ok(self.adopt(new));
+        }
         let old = std::mem::replace(&mut self.config, new);
         let mut changed = Vec::new();
         let mut added = Vec::new();

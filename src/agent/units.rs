@@ -412,7 +412,7 @@ impl Agent {
             log::info!("exit_with unit {unit} ended with status {exit_code}");
             let action = match self.opts.mode {
                 super::Mode::Run => super::ShutdownAction::Exit(exit_code),
-                super::Mode::Init => super::ShutdownAction::Poweroff,
+                super::Mode::Init => super::ShutdownAction::Verdict(exit_code),
             };
             self.begin_shutdown(action);
         }

@@ -435,3 +435,90 @@ pub fn move_mount(from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> io::Result<()> {
     };
     check(ret).map(drop)
 }
+
+/// `MODULE_INIT_COMPRESSED_FILE` (linux/module.h): the kernel decompresses
+/// the module itself (`CONFIG_MODULE_DECOMPRESS`).
+pub const MODULE_INIT_COMPRESSED_FILE: libc::c_int = 4;
+
+/// `finit_module(fd, params, flags)`: loads the kernel module in the open
+/// file `fd`. `EEXIST` (already loaded) is returned like any error; the
+/// caller decides.
+pub fn finit_module(fd: BorrowedFd<'_>, params: &CStr, flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: plain syscall on a borrowed fd and a NUL-terminated string
+    // that outlives the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_finit_module,
+            fd.as_raw_fd(),
+            params.as_ptr(),
+            flags,
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// `reboot(2)` with one of the `RB_*` commands. Returns only on failure
+/// (or, for `RB_DISABLE_CAD`/`RB_ENABLE_CAD`, on success too).
+pub fn reboot(cmd: libc::c_int) -> io::Result<()> {
+    // SAFETY: reboot(2) takes a plain integer command; it either acts on
+    // the whole machine or returns.
+    let ret = unsafe { libc::reboot(cmd) };
+    check(ret.into()).map(drop)
+}
+
+/// Writes `value` to the x86 I/O port `port` after gaining access to it
+/// with `ioperm(2)` (root, CAP_SYS_RAWIO). Used only for QEMU's
+/// `isa-debug-exit` device; see `init::debug_exit` for when that is safe.
+#[cfg(target_arch = "x86_64")]
+pub fn outb(port: u16, value: u8) -> io::Result<()> {
+    // SAFETY: ioperm changes this thread's I/O bitmap only.
+    let ret = unsafe { libc::ioperm(libc::c_ulong::from(port), 1, 1) };
+    check(ret.into())?;
+    // SAFETY: ioperm above granted access to exactly this port, so the
+    // instruction cannot fault; what the port does is the caller's choice.
+    unsafe {
+        std::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags));
+    }
+    Ok(())
+}
+
+/// Port I/O does not exist on this architecture.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn outb(_port: u16, _value: u8) -> io::Result<()> {
+    Err(io::Error::from_raw_os_error(libc::ENOSYS))
+}
+
+/// `CLOCK_MONOTONIC` now, in nanoseconds: the same clock the kernel's
+/// log time stamps use (minus suspend), so zonit's own boot marks line up
+/// with `dmesg`.
+pub fn monotonic_ns() -> u64 {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
+        Ok(ts) => (ts.tv_sec() as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(ts.tv_nsec() as u64),
+        Err(_) => 0,
+    }
+}
+
+/// Waits up to `timeout` for a signal in `set` (which must be blocked);
+/// `Ok(None)` when the time ran out.
+pub fn sigtimedwait(set: &libc::sigset_t, timeout: std::time::Duration) -> io::Result<Option<i32>> {
+    let ts = libc::timespec {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
+    // SAFETY: `set` and `ts` are initialised and outlive the call; siginfo
+    // is not wanted.
+    let ret = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+    match check(ret.into()) {
+        Ok(sig) => Ok(Some(sig as i32)),
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `sync(2)`: flush every file system's dirty data.
+pub fn sync() {
+    // SAFETY: sync takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+}

@@ -1,0 +1,833 @@
+//! Tier-4 tests (SPEC section 10): the real appliance initramfs, zonit as
+//! `/init`, booted in `qemu-system-x86_64` with software emulation, read
+//! from the serial console with deadlines.
+//!
+//! Each test boots its own variant: the base initramfs (release zonit,
+//! busybox template, kvm and overlay modules; built once per run by
+//! `scripts/build-initramfs.sh --release`) with a second small archive
+//! appended that replaces `/etc/zonit.toml` by the test's config (the
+//! kernel unpacks concatenated archives in order, later files win).
+//!
+//! How the tests act on the machine from outside:
+//! - the console: boots with `zonit.shell`, a root shell on the console
+//!   beside the units, into which the test types (`kill -TERM 1`,
+//!   `zonit ctl poweroff`, ...); shell output is told apart from the echo
+//!   of the typed line with `$((...))` markers;
+//! - the QEMU monitor (a unix socket): `sendkey ctrl-alt-delete`;
+//! - QEMU's exit status: `isa-debug-exit` carries `exit_with`'s verdict.
+//!
+//! Prerequisites: qemu-system-x86_64, the kernel from
+//! scripts/fetch-kernel.sh, busybox-static. `scripts/test-qemu.sh`
+//! installs them and runs this file. Missing ones fail the test under
+//! `CI=true` and skip it otherwise.
+//!
+//! Console logs of every boot are kept in target/qemu-logs/TEST.log.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const MKINITRAMFS: &str = env!("CARGO_BIN_EXE_zonit-mkinitramfs");
+
+/// Longest wait for one console line. TCG on a loaded 2-core machine is
+/// slow; a healthy boot reaches its marker in 3-6 s.
+const LINE: Duration = Duration::from_secs(60);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn kernel_dir() -> PathBuf {
+    std::env::var_os("ZONIT_KERNEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("build/kernel"))
+}
+
+/// Fails under CI=true, skips (returns false) otherwise.
+fn prerequisites() -> bool {
+    let mut missing = Vec::new();
+    let qemu = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status();
+    if !qemu.is_ok_and(|s| s.success()) {
+        missing.push("qemu-system-x86_64 (apt-get install qemu-system-x86)");
+    }
+    if !kernel_dir().join("vmlinuz").exists() {
+        missing.push("the kernel in build/kernel (scripts/fetch-kernel.sh)");
+    }
+    if !Path::new("/bin/busybox").exists() {
+        missing.push("/bin/busybox (apt-get install busybox-static)");
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!(
+        "tier-4 prerequisites missing: {}; scripts/test-qemu.sh installs them",
+        missing.join(", ")
+    );
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
+    eprintln!("skipped: {msg}");
+    false
+}
+
+fn work_dir() -> PathBuf {
+    let dir = std::env::var_os("CARGO_TARGET_TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!("qemu-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The base initramfs, built once per test binary.
+fn base_initramfs() -> &'static Path {
+    static BASE: OnceLock<PathBuf> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let out = work_dir().join("base.cpio.gz");
+        let run = Command::new(repo().join("scripts/build-initramfs.sh"))
+            .arg("--release")
+            .arg(&out)
+            .env("ZONIT_KERNEL_DIR", kernel_dir())
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "build-initramfs.sh failed:\n{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        out
+    })
+}
+
+/// Base initramfs + an archive holding `config` as /etc/zonit.toml and
+/// the `extra` manifest lines.
+fn initramfs_with(name: &str, config: &str, extra: &str) -> PathBuf {
+    let dir = work_dir().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("zonit.toml"), config).unwrap();
+    std::fs::write(
+        dir.join("manifest"),
+        format!("dir /etc 755 0 0\nfile /etc/zonit.toml zonit.toml 644 0 0\n{extra}"),
+    )
+    .unwrap();
+    let overlay = dir.join("config.cpio.gz");
+    let run = Command::new(MKINITRAMFS)
+        .arg(dir.join("manifest"))
+        .arg(&overlay)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let mut bytes = std::fs::read(base_initramfs()).unwrap();
+    bytes.extend(std::fs::read(&overlay).unwrap());
+    let out = dir.join("initramfs.cpio.gz");
+    std::fs::write(&out, bytes).unwrap();
+    out
+}
+
+/// A booted QEMU machine and its console.
+struct Machine {
+    name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Arc<Mutex<Vec<String>>>,
+    monitor: PathBuf,
+    /// Lines before this index were consumed by `wait_for`.
+    cursor: usize,
+    started: Instant,
+    /// Lines that end a wait at once: nothing good follows them.
+    fatal: Vec<&'static str>,
+}
+
+impl Machine {
+    fn boot(name: &str, config: &str, cmdline: &str) -> Machine {
+        Self::boot_with(name, config, "", cmdline)
+    }
+
+    /// Boots with `extra` manifest lines in the test's archive.
+    fn boot_with(name: &str, config: &str, extra: &str, cmdline: &str) -> Machine {
+        let initrd = initramfs_with(name, config, extra);
+        let monitor = work_dir().join(name).join("monitor.sock");
+        let _ = std::fs::remove_file(&monitor);
+        let mut child = Command::new("qemu-system-x86_64")
+            .args(["-accel", "tcg", "-cpu", "max", "-m", "1G", "-smp", "1"])
+            .args(["-display", "none", "-vga", "none", "-no-reboot"])
+            .args(["-serial", "stdio"])
+            .arg("-monitor")
+            .arg(format!("unix:{},server=on,wait=off", monitor.display()))
+            .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+            .arg("-kernel")
+            .arg(kernel_dir().join("vmlinuz"))
+            .arg("-initrd")
+            .arg(&initrd)
+            .arg("-append")
+            .arg(format!("console=ttyS0 panic=-1 {cmdline}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("unable to start qemu-system-x86_64");
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = String::from_utf8_lossy(&buf)
+                            .trim_end_matches(['\r', '\n'])
+                            .replace('\r', "");
+                        sink.lock().unwrap().push(line);
+                    }
+                }
+            }
+        });
+        Machine {
+            name: name.to_string(),
+            stdin: child.stdin.take(),
+            child,
+            lines,
+            monitor,
+            cursor: 0,
+            started: Instant::now(),
+            fatal: vec!["Kernel panic", "cannot be loaded"],
+        }
+    }
+
+    fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    fn save_log(&self) {
+        let dir = repo().join("target/qemu-logs");
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(dir.join(format!("{}.log", self.name)), self.log());
+    }
+
+    fn fail(&mut self, why: &str) -> ! {
+        let _ = self.child.kill();
+        self.save_log();
+        let log = self.log();
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "{}: {why} (after {:.1} s)\n--- last console lines (all in target/qemu-logs/{}.log) ---\n{}",
+            self.name,
+            self.started.elapsed().as_secs_f64(),
+            self.name,
+            tail.join("\n")
+        );
+    }
+
+    /// Waits for a console line after the cursor containing `needle`;
+    /// moves the cursor past it and returns it.
+    fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + LINE;
+        loop {
+            {
+                let lines = self.lines.lock().unwrap();
+                if let Some(i) = lines[self.cursor..].iter().position(|l| l.contains(needle)) {
+                    self.cursor += i + 1;
+                    return lines[self.cursor - 1].clone();
+                }
+                let fatal = self
+                    .fatal
+                    .iter()
+                    .find(|f| lines.iter().any(|l| l.contains(**f)));
+                if let Some(f) = fatal {
+                    let f = *f;
+                    drop(lines);
+                    self.fail(&format!(
+                        "`{f}` on the console while waiting for `{needle}`"
+                    ));
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Let the reader take the last lines.
+                thread::sleep(Duration::from_millis(200));
+                let lines = self.lines.lock().unwrap();
+                if let Some(i) = lines[self.cursor..].iter().position(|l| l.contains(needle)) {
+                    self.cursor += i + 1;
+                    return lines[self.cursor - 1].clone();
+                }
+                drop(lines);
+                self.fail(&format!("QEMU exited ({status}) before `{needle}`"));
+            }
+            if Instant::now() > deadline {
+                self.fail(&format!("no `{needle}` within {} s", LINE.as_secs()));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for `needle` anywhere in the log, whatever the cursor.
+    fn wait_anywhere(&mut self, needle: &str) {
+        let deadline = Instant::now() + LINE;
+        while self.index_of(needle).is_none() {
+            if Instant::now() > deadline || self.child.try_wait().ok().flatten().is_some() {
+                self.fail(&format!("no `{needle}`"));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Types `line` into the console shell.
+    fn type_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Runs `cmd` in the console shell and waits until it has finished;
+    /// returns the console lines it printed (mixed with any kernel lines).
+    fn run(&mut self, cmd: &str) -> Vec<String> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(100);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let start = self.lines.lock().unwrap().len();
+        // The echo of the typed line shows `$((n+1))`, the output `n+1`.
+        self.type_line(&format!("{cmd}; echo DONE-$(({n}+1))"));
+        self.wait_for(&format!("DONE-{}", n + 1));
+        let lines = self.lines.lock().unwrap();
+        lines[start..self.cursor].to_vec()
+    }
+
+    fn monitor(&mut self, cmd: &str) {
+        let mut sock = UnixStream::connect(&self.monitor).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // Read up to the prompt after the command: closing the socket
+        // before QEMU has run the command would drop it.
+        let read_until = |sock: &mut UnixStream, end: &[u8]| {
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !seen.windows(end.len()).any(|w| w == end) {
+                match sock.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+        };
+        read_until(&mut sock, b"(qemu) ");
+        sock.write_all(format!("{cmd}\n").as_bytes()).unwrap();
+        read_until(&mut sock, b"\r\n(qemu) ");
+    }
+
+    /// Waits for QEMU to end by itself.
+    fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + LINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                thread::sleep(Duration::from_millis(200));
+                self.save_log();
+                return status;
+            }
+            if Instant::now() > deadline {
+                self.fail("QEMU did not end by itself");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Index of the first line containing `needle`, anywhere in the log.
+    fn index_of(&self, needle: &str) -> Option<usize> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .position(|l| l.contains(needle))
+    }
+
+    /// Asserts the lines containing `needles` appear in this order.
+    fn assert_order(&mut self, needles: &[&str]) {
+        let idx: Vec<Option<usize>> = needles.iter().map(|n| self.index_of(n)).collect();
+        let ok = idx.iter().all(Option::is_some) && idx.windows(2).all(|w| w[0] < w[1]);
+        if !ok {
+            self.fail(&format!("expected in order {needles:?}, found at {idx:?}"));
+        }
+    }
+
+    /// The end every orderly shutdown shares: QEMU ends on its own with
+    /// status 0 (poweroff, or reboot under -no-reboot), without a panic.
+    fn assert_orderly_end(&mut self, kernel_line: &str) {
+        self.wait_for(kernel_line);
+        let status = self.wait_exit();
+        if self.index_of("Kernel panic").is_some() {
+            self.fail("kernel panic");
+        }
+        if status.code() != Some(0) {
+            self.fail(&format!("QEMU exit status {status}, wanted 0"));
+        }
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.save_log();
+    }
+}
+
+/// Three zones chained by `after`, each printing a line when it starts
+/// and when it is stopped.
+const CHAIN: &str = r#"
+[host]
+hostname = "t4"
+modules = ["overlay", "kvm_amd"]
+sysctl = { "vm.swappiness" = "7" }
+shutdown_timeout = "20s"
+ctrl_alt_del = "poweroff"
+
+[defaults]
+stop_timeout = "5s"
+restart = "on-failure"
+
+[zone.first]
+root = "/zones/first"
+template = "/templates/base"
+command = ["/bin/sh", "-c", "trap 'echo first stopping; exit 0' TERM; echo first up; while true; do sleep 1; done"]
+
+[zone.second]
+root = "/zones/second"
+template = "/templates/base"
+after = ["first"]
+command = ["/bin/sh", "-c", "trap 'echo second stopping; exit 0' TERM; echo second up; while true; do sleep 1; done"]
+
+[zone.third]
+root = "/zones/third"
+template = "/templates/base"
+after = ["second"]
+command = ["/bin/sh", "-c", "trap 'echo third stopping; exit 0' TERM; echo third up; while true; do sleep 1; done"]
+"#;
+
+const MARKER: &str = "autostart unit(s) running after";
+
+/// Boots CHAIN and checks start order and the boot marker.
+fn boot_chain(name: &str, extra: &str) -> Machine {
+    let mut m = Machine::boot(name, CHAIN, &format!("zonit.shell {extra}"));
+    m.wait_for("as PID 1");
+    m.wait_for(&format!("all 3 {MARKER}"));
+    m.assert_order(&["first: started", "second: started", "third: started"]);
+    m
+}
+
+/// The reverse-order stop every shutdown of CHAIN shows.
+fn assert_chain_stopped_in_reverse(m: &mut Machine) {
+    m.assert_order(&[
+        "third: ended",
+        "second: ended",
+        "first: ended",
+        "every unit is down",
+    ]);
+}
+
+#[test]
+fn boots_zones_in_after_order_and_sigterm_reboots_in_reverse_order() {
+    if !prerequisites() {
+        return;
+    }
+    let mut m = boot_chain("sigterm", "");
+    // kvm_amd with its dependencies came from the modules' own .modinfo.
+    let out = m.run(
+        "ls /dev/kvm; hostname; cat /sys/fs/cgroup/cgroup.subtree_control; echo swappiness=$(cat /proc/sys/vm/swappiness)",
+    );
+    let out = out.join("\n");
+    assert!(out.contains("/dev/kvm"), "{out}");
+    assert!(out.contains("swappiness=7"), "{out}");
+    assert!(out.contains("t4"), "{out}");
+    assert!(out.contains("memory") && out.contains("pids"), "{out}");
+    m.index_of("loaded modules: overlay, irqbypass, kvm, kvm_amd")
+        .unwrap_or_else(|| m.fail("modules not loaded in dependency order"));
+    m.type_line("kill -TERM 1");
+    m.wait_for("shutting down (Reboot)");
+    m.assert_orderly_end("reboot: Restarting system");
+    assert_chain_stopped_in_reverse(&mut m);
+    m.assert_order(&["third stopping", "second stopping", "first stopping"]);
+}
+
+#[test]
+fn sigusr2_powers_off_in_reverse_order() {
+    if !prerequisites() {
+        return;
+    }
+    let mut m = boot_chain("sigusr2", "");
+    m.type_line("kill -USR2 1");
+    m.wait_for("shutting down (Poweroff)");
+    m.assert_orderly_end("reboot: Power down");
+    assert_chain_stopped_in_reverse(&mut m);
+}
+
+#[test]
+fn ctrl_alt_del_runs_the_configured_action() {
+    if !prerequisites() {
+        return;
+    }
+    let mut m = boot_chain("ctrl-alt-del", "");
+    // The kernel's own ctrl-alt-del reboot is off: the key arrives as
+    // SIGINT, and the config says poweroff.
+    m.monitor("sendkey ctrl-alt-delete");
+    m.wait_for("shutting down (Poweroff)");
+    m.assert_orderly_end("reboot: Power down");
+    assert_chain_stopped_in_reverse(&mut m);
+}
+
+#[test]
+fn zonit_ctl_poweroff_from_the_console() {
+    if !prerequisites() {
+        return;
+    }
+    let mut m = boot_chain("ctl-poweroff", "");
+    let status = m.run("zonit ctl status").join("\n");
+    for unit in ["first", "second", "third"] {
+        assert!(status.contains(unit), "{status}");
+    }
+    m.type_line("zonit ctl poweroff");
+    m.wait_for("shutting down (Poweroff)");
+    m.assert_orderly_end("reboot: Power down");
+    assert_chain_stopped_in_reverse(&mut m);
+}
+
+#[test]
+fn exit_with_reports_the_units_status_as_qemus_exit_code() {
+    if !prerequisites() {
+        return;
+    }
+    let config = r#"
+[host]
+exit_with = "selftest"
+shutdown_timeout = "20s"
+modules = ["overlay"]
+
+[defaults]
+
+[zone.service]
+root = "/zones/service"
+template = "/templates/base"
+command = ["/bin/sh", "-c", "while true; do sleep 1; done"]
+
+[zone.selftest]
+root = "/zones/selftest"
+template = "/templates/base"
+after = ["service"]
+restart = "never"
+command = ["/bin/sh", "-c", "echo selftest ran; sleep 1; exit 3"]
+"#;
+    let mut m = Machine::boot("exit-with", config, "");
+    m.wait_for("selftest ran");
+    m.wait_for("selftest: ended (exit 3)");
+    m.wait_for("writing 3 to isa-debug-exit");
+    let status = m.wait_exit();
+    if status.code() != Some(7) {
+        m.fail(&format!(
+            "QEMU exit status {status}, wanted 7 = (3 << 1) | 1"
+        ));
+    }
+    m.assert_order(&["service: ended", "every unit is down", "writing 3"]);
+}
+
+#[test]
+fn exit_with_a_unit_that_cannot_start_reports_failure() {
+    if !prerequisites() {
+        return;
+    }
+    let config = r#"
+[host]
+exit_with = "selftest"
+
+[zone.selftest]
+root = "/zones/nowhere"
+command = ["/bin/true"]
+"#;
+    let mut m = Machine::boot("exit-with-failed", config, "");
+    m.wait_for("exit_with unit selftest failed to start");
+    let status = m.wait_exit();
+    if status.code() != Some(3) {
+        m.fail(&format!(
+            "QEMU exit status {status}, wanted 3 = (1 << 1) | 1"
+        ));
+    }
+}
+
+/// A guest initrd: busybox and an /init script that greets and powers off.
+fn hello_guest_initrd() -> PathBuf {
+    let dir = work_dir().join("guest-initrd");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("init"),
+        "#!/bin/sh\n/bin/busybox mount -t proc proc /proc\n\
+         echo \"guest: hello from Linux $(/bin/busybox uname -r) with $(/bin/busybox nproc) CPU(s)\"\n\
+         /bin/busybox poweroff -f\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("manifest"),
+        "file /init init 755 0 0\ndir /bin 755 0 0\nfile /bin/busybox /bin/busybox 755 0 0\n\
+         slink /bin/sh busybox 777 0 0\ndir /dev 755 0 0\nnod /dev/console 600 0 0 c 5 1\n\
+         dir /proc 555 0 0\n",
+    )
+    .unwrap();
+    let out = dir.join("hello.cpio.gz");
+    let run = Command::new(MKINITRAMFS)
+        .arg(dir.join("manifest"))
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    out
+}
+
+/// SPEC section 10's "nested Linux KVM guest inside": the Debian kernel
+/// as a guest of zonit's own monitor, on KVM (kvm_amd) inside the
+/// emulated machine, beside a zone.
+#[test]
+fn a_nested_linux_guest_boots_in_zonits_monitor_and_powers_off() {
+    if !prerequisites() {
+        return;
+    }
+    let config = r#"
+[host]
+modules = ["overlay", "kvm_amd"]
+exit_with = "vm"
+shutdown_timeout = "20s"
+
+[zone.web]
+root = "/zones/web"
+template = "/templates/base"
+command = ["/bin/sh", "-c", "echo web up; while true; do sleep 1; done"]
+
+[guest.vm]
+kernel = "/guests/vmlinuz"
+initrd = "/guests/hello.cpio.gz"
+cmdline = "console=ttyS0 panic=-1"
+memory = "256M"
+restart = "never"
+after = ["web"]
+"#;
+    let extra = format!(
+        "dir /guests 755 0 0\nfile /guests/vmlinuz {} 644 0 0\nfile /guests/hello.cpio.gz {} 644 0 0\n",
+        kernel_dir().join("vmlinuz").display(),
+        hello_guest_initrd().display()
+    );
+    let mut m = Machine::boot_with("nested-guest", config, &extra, "");
+    m.wait_for("web: started");
+    m.wait_for("vm: monitor started");
+    m.wait_for("zonit[vm]: guest: hello from Linux");
+    m.wait_for("vm: ended (poweroff)");
+    m.wait_for("writing 0 to isa-debug-exit");
+    let status = m.wait_exit();
+    if status.code() != Some(1) {
+        m.fail(&format!(
+            "QEMU exit status {status}, wanted 1 = (0 << 1) | 1"
+        ));
+    }
+    m.assert_order(&["vm: ended (poweroff)", "web: ended", "every unit is down"]);
+}
+
+#[test]
+fn a_zone_over_memory_max_is_oom_killed_and_restarted() {
+    if !prerequisites() {
+        return;
+    }
+    let config = r#"
+[host]
+modules = ["overlay"]
+
+[zone.hog]
+root = "/zones/hog"
+template = "/templates/base"
+memory_max = "16M"
+restart = "on-failure"
+backoff = { initial = "500ms", max = "2s", reset_after = "60s" }
+command = ["/bin/sh", "-c", "echo hog start; exec dd if=/dev/zero of=/dev/null bs=64M count=1"]
+"#;
+    let mut m = Machine::boot("oom", config, "zonit.shell");
+    m.wait_for("hog start");
+    m.wait_for("hog: ended (signal SIGKILL)");
+    m.wait_for("hog: started");
+    m.wait_for("hog: ended (signal SIGKILL)");
+    let memevents = m
+        .run("cat /sys/fs/cgroup/zonit/hog/memory.events")
+        .join("\n");
+    let oom_kills: u64 = memevents
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("oom_kill "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(oom_kills >= 2, "memory.events: {memevents}");
+    m.index_of("Memory cgroup out of memory")
+        .unwrap_or_else(|| m.fail("no OOM report from the kernel"));
+    m.type_line("zonit ctl poweroff");
+    m.assert_orderly_end("reboot: Power down");
+}
+
+#[test]
+fn a_fork_bomb_under_pids_max_is_contained() {
+    if !prerequisites() {
+        return;
+    }
+    let config = r#"
+[host]
+modules = ["overlay"]
+shutdown_timeout = "20s"
+
+[defaults]
+stop_timeout = "2s"
+
+[zone.steady]
+root = "/zones/steady"
+template = "/templates/base"
+command = ["/bin/sh", "-c", "i=0; while true; do i=$((i+1)); echo steady $i; sleep 1; done"]
+
+# Every process forks a copy of itself, forever: held at 32 processes
+# and a quarter of a CPU. A shell whose fork fails exits, and the zone
+# starts over.
+[zone.bomb]
+root = "/zones/bomb"
+template = "/templates/base"
+after = ["steady"]
+pids_max = 32
+cpu_max = 0.25
+restart = "always"
+backoff = { initial = "100ms", max = "500ms", reset_after = "60s" }
+command = ["/bin/sh", "-c", "echo bomb away; b() { b & b; }; b"]
+"#;
+    let mut m = Machine::boot("forkbomb", config, "zonit.shell");
+    m.wait_for("bomb away");
+    // The bomb hits its limit...
+    m.wait_for("can't fork");
+    // ...while the other zone goes on and PID 1 answers.
+    let before = m.wait_for("steady ");
+    let n: u32 = before.rsplit(' ').next().unwrap().parse().unwrap();
+    m.wait_for(&format!("steady {}", n + 3));
+    let status = m.run("zonit ctl status").join("\n");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.contains("steady") && l.contains("running")),
+        "{status}"
+    );
+    // The limit was hit (pids.events counts refused forks), and the
+    // kernel said where.
+    let events = m
+        .run("cat /sys/fs/cgroup/zonit/bomb/pids.events")
+        .join("\n");
+    let refused: u64 = events
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("max "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(refused > 0, "pids.events: {events}");
+    m.index_of("fork rejected by pids controller in /zonit/bomb")
+        .unwrap_or_else(|| m.fail("no pids controller report"));
+    m.type_line("zonit ctl poweroff");
+    m.assert_orderly_end("reboot: Power down");
+    m.assert_order(&["steady: ended", "every unit is down"]);
+}
+
+#[test]
+fn a_bad_config_is_reported_and_pid1_stays_up_for_a_reload() {
+    if !prerequisites() {
+        return;
+    }
+    // Two mistakes: an unknown key and an `after` naming no unit.
+    let config = "[host]\nlog_level = \"info\"\ncolour = \"blue\"\n\n[zone.a]\nroot = \"/zones/a\"\ncommand = [\"/bin/true\"]\nafter = [\"nope\"]\n";
+    let mut m = Machine::boot("bad-config", config, "zonit.rescue");
+    m.fatal.retain(|f| *f != "cannot be loaded");
+    m.wait_for("cannot be loaded (2 error(s))");
+    m.wait_for("/etc/zonit.toml:3:1:");
+    m.wait_for("/etc/zonit.toml:8:");
+    m.wait_for("rescue shell /bin/sh started");
+    // PID 1 is up and serving the control socket with no units.
+    let status = m.run("zonit ctl status; echo rc=$?").join("\n");
+    assert!(status.contains("rc=0"), "{status}");
+    // Fix the file from the rescue shell and reload.
+    m.run(concat!(
+        "printf '[host]\\nmodules = [\"overlay\"]\\n[zone.fixed]\\nroot = \"/zones/fixed\"\\n",
+        "template = \"/templates/base\"\\ncommand = [\"/bin/sh\", \"-c\", \"echo fixed up; sleep 1000\"]\\n'",
+        " > /etc/zonit.toml"
+    ));
+    m.type_line("zonit ctl reload");
+    m.wait_for("config loaded: 1 unit(s)");
+    m.wait_for(&format!("all 1 {MARKER}"));
+    m.wait_anywhere("fixed up");
+    m.type_line("zonit ctl poweroff");
+    m.assert_orderly_end("reboot: Power down");
+}
+
+/// Ten zones from the busybox template, each a shell loop.
+fn ten_zones() -> String {
+    let mut c = String::from("[host]\nmodules = [\"overlay\"]\nshutdown_timeout = \"20s\"\n");
+    for i in 0..10 {
+        c.push_str(&format!(
+            "\n[zone.z{i}]\nroot = \"/zones/z{i}\"\ntemplate = \"/templates/base\"\ncommand = [\"/bin/sh\", \"-c\", \"while true; do sleep 5; done\"]\n"
+        ));
+    }
+    c
+}
+
+/// The number after `word` in `line` (`... word 12.5 ...`).
+fn number_after(line: &str, word: &str) -> f64 {
+    let rest = &line[line.find(word).unwrap() + word.len()..];
+    rest.split_whitespace()
+        .next()
+        .unwrap()
+        .trim_matches(|c: char| !c.is_ascii_digit() && c != '.')
+        .parse()
+        .unwrap()
+}
+
+/// BENCHMARKS.md: boot of ten zones as PID 1 under emulation, measured
+/// with zonit's own CLOCK_MONOTONIC stamps, and PID 1's memory. Run with
+/// `cargo test --release --test qemu -- --ignored --nocapture bench_`.
+#[test]
+#[ignore = "benchmark; see BENCHMARKS.md"]
+fn bench_ten_zones_boot_and_pid1_rss() {
+    if !prerequisites() {
+        return;
+    }
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let config = ten_zones();
+    for run in 0..runs {
+        let mut m = Machine::boot(&format!("bench-{run}"), &config, "zonit.shell");
+        let start = m.wait_for("as PID 1 (started at monotonic");
+        let t0 = number_after(&start, "monotonic");
+        let marker = m.wait_for(&format!("all 10 {MARKER}"));
+        let t1 = number_after(&marker, "monotonic");
+        let agent_ms = number_after(&marker, "after");
+        let status = m.run("grep -E 'VmRSS|VmHWM' /proc/1/status").join("\n");
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .map(|l| number_after(l, key))
+                .unwrap_or(f64::NAN)
+        };
+        println!(
+            "run {run}: kernel->zonit {t0:.3} s, zonit first instruction -> all 10 running {:.1} ms (agent {agent_ms:.1} ms), PID 1 VmRSS {} KiB, VmHWM {} KiB",
+            (t1 - t0) * 1000.0,
+            kib("VmRSS:"),
+            kib("VmHWM:")
+        );
+        m.type_line("zonit ctl poweroff");
+        m.assert_orderly_end("reboot: Power down");
+    }
+}
