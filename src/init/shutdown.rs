@@ -91,10 +91,7 @@ fn final_words(cmd: libc::c_int) -> &'static str {
 }
 
 fn sigchld_set() -> libc::sigset_t {
-    let mut set = sys::empty_sigset();
-    // SAFETY: `set` is an initialised sigset and SIGCHLD a valid signal.
-    unsafe { libc::sigaddset(&mut set, libc::SIGCHLD) };
-    set
+    sys::sigset_of(&[libc::SIGCHLD])
 }
 
 /// Sends `sig` to every process but PID 1, then reaps until none of our

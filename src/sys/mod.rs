@@ -152,6 +152,17 @@ pub fn empty_sigset() -> libc::sigset_t {
     }
 }
 
+/// A signal set holding `signals`; invalid numbers are left out.
+pub fn sigset_of(signals: &[i32]) -> libc::sigset_t {
+    let mut set = empty_sigset();
+    for &sig in signals {
+        // SAFETY: `set` is an initialised sigset; an invalid `sig` makes
+        // sigaddset fail with EINVAL and change nothing.
+        unsafe { libc::sigaddset(&mut set, sig) };
+    }
+    set
+}
+
 /// A signal set with every signal.
 pub fn full_sigset() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigfillset initialises it.
