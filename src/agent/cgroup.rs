@@ -258,28 +258,9 @@ fn enable(dir: &Path, controllers: &[String]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Network, TemplateMode};
-    use std::collections::BTreeMap;
 
     fn zone() -> Zone {
-        Zone {
-            root: "/z".into(),
-            template: None,
-            template_mode: TemplateMode::Overlay,
-            command: vec!["/bin/true".into()],
-            hostname: "z".into(),
-            env: BTreeMap::new(),
-            workdir: "/".into(),
-            user: (0, 0),
-            capabilities: vec![],
-            mounts: vec![],
-            network: Network::None,
-            memory_max: None,
-            cpu_max: None,
-            pids_max: None,
-            rlimits: BTreeMap::new(),
-            stop_signal: libc::SIGTERM,
-        }
+        Zone::example("/z")
     }
 
     #[test]

@@ -287,6 +287,32 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+#[cfg(test)]
+impl Zone {
+    /// A minimal zone rooted at `root` running `/bin/true`, for unit tests.
+    pub fn example(root: &str) -> Zone {
+        let name = root.rsplit('/').next().unwrap_or("zone");
+        Zone {
+            root: root.into(),
+            template: None,
+            template_mode: TemplateMode::Overlay,
+            command: vec!["/bin/true".into()],
+            hostname: name.into(),
+            env: BTreeMap::new(),
+            workdir: "/".into(),
+            user: (0, 0),
+            capabilities: vec![],
+            mounts: vec![],
+            network: Network::None,
+            memory_max: None,
+            cpu_max: None,
+            pids_max: None,
+            rlimits: BTreeMap::new(),
+            stop_signal: libc::SIGTERM,
+        }
+    }
+}
+
 impl Config {
     /// The unit called `name`.
     pub fn unit(&self, name: &str) -> Option<&Unit> {

@@ -284,28 +284,10 @@ pub fn plan(zone: &Zone, host: &HostFacts) -> Vec<Op> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{BindMount, Network};
-    use std::collections::BTreeMap;
+    use crate::config::BindMount;
 
     fn zone() -> Zone {
-        Zone {
-            root: "/zones/web".into(),
-            template: None,
-            template_mode: TemplateMode::Overlay,
-            command: vec!["/bin/true".into()],
-            hostname: "web".into(),
-            env: BTreeMap::new(),
-            workdir: "/".into(),
-            user: (0, 0),
-            capabilities: vec![],
-            mounts: vec![],
-            network: Network::None,
-            memory_max: None,
-            cpu_max: None,
-            pids_max: None,
-            rlimits: BTreeMap::new(),
-            stop_signal: libc::SIGTERM,
-        }
+        Zone::example("/zones/web")
     }
 
     fn host() -> HostFacts {
