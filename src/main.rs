@@ -107,6 +107,7 @@ fn run(args: &[String]) -> ExitCode {
     let agent = match Agent::new(agent::Options {
         config_path,
         mode: Mode::Run,
+        log_level: None,
     }) {
         Ok(a) => a,
         Err(agent::Error::Config(diags)) => {

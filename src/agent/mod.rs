@@ -98,6 +98,16 @@ pub struct Options {
     pub config_path: PathBuf,
     /// Run or Init.
     pub mode: Mode,
+    /// A log level that wins over `[host] log_level`, also across reloads
+    /// (the kernel command line's `zonit.log=`).
+    pub log_level: Option<log::LevelFilter>,
+}
+
+impl Options {
+    /// The log level to use with `config`.
+    pub fn log_level_for(&self, config: &Config) -> log::LevelFilter {
+        self.log_level.unwrap_or(config.host.log_level)
+    }
 }
 
 #[derive(Debug)]
@@ -155,7 +165,7 @@ impl Agent {
         crate::zone::seccomp::program().map_err(Error::Seccomp)?;
         // The logger starts at info so config errors are always shown; from
         // here on the operator's level applies.
-        log::set_max_level(config.host.log_level);
+        log::set_max_level(opts.log_level_for(&config));
         let poll = Poll::new().map_err(Error::Poll)?;
         let mut signals =
             Signals::new([SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGPWR])
@@ -467,7 +477,7 @@ impl Agent {
                 "reload: changes to control_socket, hostname, modules and sysctl take effect at the next boot"
             );
         }
-        log::set_max_level(self.config.host.log_level);
+        log::set_max_level(self.opts.log_level_for(&self.config));
         let actions = self
             .sup
             .reload(specs(&self.config), &changed, &added, Instant::now());

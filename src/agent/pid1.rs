@@ -134,7 +134,7 @@ impl Agent {
         }
         let mut new = new;
         new.host.control_socket = self.config.host.control_socket.clone();
-        log::set_max_level(new.host.log_level);
+        log::set_max_level(self.opts.log_level_for(&new));
         self.sup = crate::supervisor::Supervisor::new(super::specs(&new));
         let n = new.units.len();
         self.config = new;

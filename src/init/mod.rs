@@ -112,6 +112,7 @@ fn boot_and_run(t0_ns: u64) -> (ShutdownAction, bool) {
     let opts = agent::Options {
         config_path: config_path.clone(),
         mode: Mode::Init,
+        log_level: cmdline.log,
     };
     let built = match config::load(&config_path) {
         Ok(cfg) => {
@@ -154,6 +155,7 @@ fn boot_and_run(t0_ns: u64) -> (ShutdownAction, bool) {
             match Agent::without_config(agent::Options {
                 config_path: config_path.clone(),
                 mode: Mode::Init,
+                log_level: cmdline.log,
             }) {
                 Ok(mut a) => {
                     a.on_adopted_host(adopted_host);
