@@ -831,3 +831,23 @@ fn bench_ten_zones_boot_and_pid1_rss() {
         m.assert_orderly_end("reboot: Power down");
     }
 }
+
+/// The kernel these tests boot (Debian's cloud kernel) has every option the
+/// host fragment requires, built in or, where marked, as a module zonit
+/// loads itself.
+#[test]
+fn the_test_kernel_passes_the_kernel_config_check() {
+    if !prerequisites() {
+        return;
+    }
+    let out = Command::new(repo().join("scripts/check-kernel-config.sh"))
+        .arg(kernel_dir().join("config"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
