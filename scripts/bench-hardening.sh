@@ -133,19 +133,19 @@ restart = "never"
 EOF
     sed 's/^exit_with.*/&\nlog_level = "debug"/' "$one" > "$dir/one-debug.toml"
     # A zone that shows the difference: its CapBnd, Seccomp and NoNewPrivs
-    # lines, what /proc/kcore is (masked: /dev/null, a character device),
+    # lines, what /proc/interrupts is (masked: /dev/null, a character device),
     # and how many mounts sit on /proc/sys (read-only: one).
     sed '/^command/d' "$one" > "$dir/check.toml"
     cat >> "$dir/check.toml" <<'EOF'
-command = ["/bin/busybox", "sh", "-c", 'busybox grep -E "^(CapBnd|Seccomp|NoNewPrivs):" /proc/self/status; busybox stat -c %F /proc/kcore; busybox grep -c " /proc/sys " /proc/self/mountinfo']
+command = ["/bin/busybox", "sh", "-c", 'busybox grep -E "^(CapBnd|Seccomp|NoNewPrivs):" /proc/self/status; busybox stat -c %F /proc/interrupts; busybox grep -c " /proc/sys " /proc/self/mountinfo']
 EOF
     say "### Hardened vs unhardened: what the zone sees"
     say ""
-    say "| binary | CapBnd | Seccomp | NoNewPrivs | /proc/kcore is | mounts on /proc/sys |"
+    say "| binary | CapBnd | Seccomp | NoNewPrivs | /proc/interrupts is | mounts on /proc/sys |"
     say "|---|---|---|---|---|---|"
     for b in hardened:"$ZONIT" unhardened:"$U"; do
         local out
-        out=$("${b#*:}" run --config "$dir/check.toml" 2>/dev/null | tr -s ' \t' ' ')
+        out=$("${b#*:}" run --config "$dir/check.toml" 2>&1 | sed -n 's/^zonit\[one\]: //p' | tr -s ' \t' ' ' || true)
         say "| ${b%%:*} | $(awk '/^CapBnd/ {print $2}' <<< "$out") | $(awk '/^Seccomp:/ {print $2}' <<< "$out") | $(awk '/^NoNewPrivs/ {print $2}' <<< "$out") | $(sed -n 4p <<< "$out") | $(sed -n 5p <<< "$out") |"
     done
     say ""
@@ -240,10 +240,12 @@ zones() {
     } > "$cfg"
     # Limits: two processes and ~4 agent fds per zone, ~30 mounts per zone
     # (each in its own mount namespace: fs.mount-max is per namespace).
-    local nofile=$((N * 8 + 1024))
+    local nofile=$((N * 8 + 1024)) was
+    was=$(ulimit -n)
+    ((nofile > was)) || nofile=$was
     say "### $N overlay zones from one template"
     say ""
-    say "Limits: \`ulimit -n\` raised to $nofile for the agent (was $(ulimit -n)); kernel.pid_max $(cat /proc/sys/kernel/pid_max), kernel.threads-max $(cat /proc/sys/kernel/threads-max), fs.mount-max $(cat /proc/sys/fs/mount-max) (per mount namespace), fs.file-max $(cat /proc/sys/fs/file-max), $(awk '/MemAvailable/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo) available."
+    say "Limits: \`ulimit -n\` raised to $nofile for the agent (was $was); kernel.pid_max $(cat /proc/sys/kernel/pid_max), kernel.threads-max $(cat /proc/sys/kernel/threads-max), fs.mount-max $(cat /proc/sys/fs/mount-max) (per mount namespace), fs.file-max $(cat /proc/sys/fs/file-max), $(awk '/MemAvailable/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo) available."
     say ""
     ctl_running() { "$ZONIT" ctl --socket "$cfg.sock" status --json 2>/dev/null | grep -o '"state":"running"' | wc -l; }
     local t=() zpid t0 t1 n_up
@@ -294,7 +296,7 @@ zones() {
     files=$(find "$zd/.z1.overlay" | wc -l)
     say "| what | figure |"
     say "|---|---|"
-    say "| time to all $N running (\`ctl status --json\`, polled every 50 ms) | $(printf '%s\n' "${t[@]}" | median | xargs fmt_ms) ms median, rounds $(printf '%s\n' "${t[@]}" | while read -r x; do fmt_ms "$x"; echo; done | minmax) ms, $(awk -v n="$N" -v s="$(printf '%s\n' "${t[@]}" | median)" 'BEGIN {printf "%.0f", n / s}') starts/s |"
+    say "| time to all $N running (\`ctl status --json\`, polled every 50 ms) | $(fmt_ms "$(printf '%s\n' "${t[@]}" | median)") ms median, rounds $(printf '%s\n' "${t[@]}" | while read -r x; do fmt_ms "$x"; echo; done | minmax) ms, $(awk -v n="$N" -v s="$(printf '%s\n' "${t[@]}" | median)" 'BEGIN {printf "%.0f", n / s}') starts/s |"
     say "| zone inits / sleeps found | $ni / $ns |"
     say "| agent RSS / PSS | $a_rss / $a_pss KiB |"
     say "| zone init PSS, median (RSS median) | $(median <<< "$i_pss") KiB ($(median <<< "$i_rss") KiB) |"
