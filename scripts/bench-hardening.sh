@@ -18,12 +18,13 @@
 #   ZONIT=PATH        binary to measure (default: cargo build --release)
 #
 # "Unhardened" has no switch in zonit: no environment variable, option or
-# feature turns the hardening off. This script builds a second binary, for
+# feature turns the hardening off. This script builds two more binaries, for
 # measurement only, from a scratch copy of the source in which it patches
 # out (a) the masked and read-only /proc and /sys paths (the plan's Mask and
 # ReadOnly ops), (b) the capability drop and no_new_privs, and (c) the
-# seccomp filter (neither compiled nor installed). That binary lives in a
-# temporary directory and is deleted on exit. The script checks that every
+# seccomp filter (neither compiled nor installed): `unhardened` without all
+# three, `nomasks` without (a) only, to split the cost. They live in a
+# temporary directory, deleted on exit. The script checks that every
 # patch applied, so a source change cannot silently make the two binaries
 # equal. The nodev/nosuid mount flags and the fd-based mounts stay: they are
 # flags and call shapes, not extra work.
@@ -91,35 +92,44 @@ say() { report+=("$*"); }
 echo "bench: $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg) at start" >&2
 
 # --- 1. hardened vs unhardened vs crun ----------------------------------------
-build_unhardened() {
-    local src=$dir/src-unhardened
+# build_variant NAME WHAT: a measurement-only binary at $dir/zonit-NAME,
+# built from a scratch copy of the tracked source with WHAT patched out:
+# `masks` (the plan's Mask and ReadOnly ops) and/or `privs` (capability
+# drop, no_new_privs, seccomp compile and install).
+build_variant() {
+    local name=$1 what=$2 src=$dir/src-$1
     mkdir -p "$src"
     git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$src"
-    # Each edit must change exactly the lines it names; counted below.
-    local plan=$src/src/zone/plan.rs spawn=$src/src/zone/spawn.rs sec=$src/src/zone/seccomp.rs
-    sed -i -e 's/^    for path in MASKED {$/    for path in MASKED.into_iter().take(0) {/' \
-        -e 's/^    for cpu in &host.cpus {$/    for cpu in host.cpus.iter().take(0) {/' \
-        -e 's/^    for path in READ_ONLY {$/    for path in READ_ONLY.into_iter().take(0) {/' "$plan"
-    sed -i -e '/^    sys::limit_bounding_and_ambient(&prep.caps, prep.last_cap)?;$/d' \
-        -e 's/^        sys::set_capabilities(&prep.caps)?;$/        let _ = \&prep.caps;/' \
-        -e '/^    nix::sys::prctl::set_no_new_privs().map_err(io::Error::from)?;$/d' \
-        -e 's/^    if let Err(e) = seccomp::install(prep.seccomp) {$/    if let Err(e) = Ok::<(), seccomp::Error>(()) {/' "$spawn"
-    sed -i -e 's/PROGRAM.get_or_init(build)/PROGRAM.get_or_init(|| Ok(Vec::new()))/' "$sec"
-    local n
-    n=$(grep -c 'take(0)' "$plan")
-    [[ $n == 3 ]] || { echo "bench: plan.rs patch: $n of 3 applied" >&2; exit 1; }
-    ! grep -q 'limit_bounding_and_ambient(&prep.caps\|set_capabilities(&prep.caps)\|set_no_new_privs()\|seccomp::install(prep' "$spawn" ||
-        { echo "bench: spawn.rs patch incomplete" >&2; exit 1; }
-    grep -q 'get_or_init(|| Ok(Vec::new()))' "$sec" || { echo "bench: seccomp.rs patch failed" >&2; exit 1; }
+    # Each edit must change exactly the lines it names; checked below.
+    local plan=$src/src/zone/plan.rs spawn=$src/src/zone/spawn.rs sec=$src/src/zone/seccomp.rs n
+    if [[ $what == *masks* ]]; then
+        sed -i -e 's/^    for path in MASKED {$/    for path in MASKED.into_iter().take(0) {/' \
+            -e 's/^    for cpu in &host.cpus {$/    for cpu in host.cpus.iter().take(0) {/' \
+            -e 's/^    for path in READ_ONLY {$/    for path in READ_ONLY.into_iter().take(0) {/' "$plan"
+        n=$(grep -c 'take(0)' "$plan")
+        [[ $n == 3 ]] || { echo "bench: plan.rs patch: $n of 3 applied" >&2; exit 1; }
+    fi
+    if [[ $what == *privs* ]]; then
+        sed -i -e '/^    sys::limit_bounding_and_ambient(&prep.caps, prep.last_cap)?;$/d' \
+            -e 's/^        sys::set_capabilities(&prep.caps)?;$/        let _ = \&prep.caps;/' \
+            -e '/^    nix::sys::prctl::set_no_new_privs().map_err(io::Error::from)?;$/d' \
+            -e 's/^    if let Err(e) = seccomp::install(prep.seccomp) {$/    if let Err(e) = Ok::<(), seccomp::Error>(()) {/' "$spawn"
+        sed -i -e 's/PROGRAM.get_or_init(build)/PROGRAM.get_or_init(|| Ok(Vec::new()))/' "$sec"
+        ! grep -q 'limit_bounding_and_ambient(&prep.caps\|set_capabilities(&prep.caps)\|set_no_new_privs()\|seccomp::install(prep' "$spawn" ||
+            { echo "bench: spawn.rs patch incomplete" >&2; exit 1; }
+        grep -q 'get_or_init(|| Ok(Vec::new()))' "$sec" || { echo "bench: seccomp.rs patch failed" >&2; exit 1; }
+    fi
     # Its own target directory under target/: dependencies are built once.
     (cd "$src" && CARGO_TARGET_DIR=$OLDPWD/target/bench-unhardened cargo build --release --quiet 2>/dev/null)
-    cp target/bench-unhardened/x86_64-unknown-linux-gnu/release/zonit "$dir/zonit-unhardened"
+    cp target/bench-unhardened/x86_64-unknown-linux-gnu/release/zonit "$dir/zonit-$name"
+    rm -rf "$src"
 }
 
 latency() {
-    echo "bench: building the unhardened measurement binary" >&2
-    build_unhardened
-    local U=$dir/zonit-unhardened
+    echo "bench: building the measurement-only binaries" >&2
+    build_variant unhardened masks,privs
+    build_variant nomasks masks
+    local U=$dir/zonit-unhardened M=$dir/zonit-nomasks
     local one=$dir/one.toml
     cat > "$one" <<EOF
 [host]
@@ -143,7 +153,7 @@ EOF
     say ""
     say "| binary | CapBnd | Seccomp | NoNewPrivs | /proc/interrupts is | mounts on /proc/sys |"
     say "|---|---|---|---|---|---|"
-    for b in hardened:"$ZONIT" unhardened:"$U"; do
+    for b in hardened:"$ZONIT" nomasks:"$M" unhardened:"$U"; do
         local out
         out=$("${b#*:}" run --config "$dir/check.toml" 2>&1 | sed -n 's/^zonit\[one\]: //p' | tr -s ' \t' ' ' || true)
         say "| ${b%%:*} | $(awk '/^CapBnd/ {print $2}' <<< "$out") | $(awk '/^Seccomp:/ {print $2}' <<< "$out") | $(awk '/^NoNewPrivs/ {print $2}' <<< "$out") | $(sed -n 4p <<< "$out") | $(sed -n 5p <<< "$out") |"
@@ -170,6 +180,7 @@ EOF
         hyperfine -N --style none --warmup 20 --runs "$RUNS" --export-csv "$dir/lat$r.csv" \
             -n hardened "$ZONIT run --config $one" \
             -n unhardened "$U run --config $one" \
+            -n nomasks "$M run --config $one" \
             -n unshare "unshare --pid --fork --mount --uts --ipc --net --root $root /bin/true" >/dev/null
         "${crun_wrap[@]}" hyperfine -N --style none --warmup 20 --runs "$RUNS" \
             --export-csv "$dir/crun$r.csv" -n crun "crun run -b $bundle zonit-hbench-$$" >/dev/null
@@ -180,11 +191,13 @@ EOF
         # to `ready` and to the init reaped), alternating the binaries.
         : > "$dir/dh$r.log"
         : > "$dir/du$r.log"
+        : > "$dir/dm$r.log"
         for _ in $(seq "$RUNS"); do
             "$ZONIT" run --config "$dir/one-debug.toml" 2>> "$dir/dh$r.log"
             "$U" run --config "$dir/one-debug.toml" 2>> "$dir/du$r.log"
+            "$M" run --config "$dir/one-debug.toml" 2>> "$dir/dm$r.log"
         done
-        for k in h u; do
+        for k in h u m; do
             lat[ready-$k]+="$(awk '/command running/ {print $6 / 1e6}' "$dir/d$k$r.log" | median) "
             lat[reaped-$k]+="$(awk '/reaped/ {print $5 / 1e6}' "$dir/d$k$r.log" | median) "
         done
@@ -200,12 +213,17 @@ EOF
     say "| what | median | round medians | measured |"
     say "|---|---|---|---|"
     row hardened "zonit run, full hardening" "\`zonit run\`, one zone, /bin/true, to agent exit"
-    row unhardened "zonit run, hardening patched out" "the same with the measurement-only binary"
-    diffrow d "**hardening cost, whole run**" hardened unhardened "difference of the two medians"
+    row nomasks "zonit run, masks and read-only paths patched out" "the same with a measurement-only binary"
+    row unhardened "zonit run, all hardening patched out" "the same with a measurement-only binary"
+    diffrow d "**hardening cost, whole run**" hardened unhardened "difference of the medians"
     row reaped-h "zone start to reaped, hardened" "agent's spawn decision to the init reaped (debug log)"
+    row reaped-m "zone start to reaped, no masks/read-only" "same"
     row reaped-u "zone start to reaped, unhardened" "same"
-    diffrow d2 "**hardening cost, zone start**" reaped-h reaped-u "difference of the two medians"
+    diffrow d2 "**hardening cost, zone start**" reaped-h reaped-u "difference of the medians"
+    diffrow d3 "of which masks and read-only paths" reaped-h reaped-m "difference of the medians"
+    diffrow d4 "of which capabilities, no_new_privs, seccomp" reaped-m reaped-u "difference of the medians"
     row ready-h "zone start to \`ready\`, hardened" "spawn decision to the command executed"
+    row ready-m "zone start to \`ready\`, no masks/read-only" "same"
     row ready-u "zone start to \`ready\`, unhardened" "same"
     row crun "crun run" "OCI runtime, /bin/true, to exit"
     row unshare "unshare --root (no mounts)" "for scale"
@@ -299,6 +317,7 @@ zones() {
     say "| time to all $N running (\`ctl status --json\`, polled every 50 ms) | $(fmt_ms "$(printf '%s\n' "${t[@]}" | median)") ms median, rounds $(printf '%s\n' "${t[@]}" | while read -r x; do fmt_ms "$x"; echo; done | minmax) ms, $(awk -v n="$N" -v s="$(printf '%s\n' "${t[@]}" | median)" 'BEGIN {printf "%.0f", n / s}') starts/s |"
     say "| zone inits / sleeps found | $ni / $ns |"
     say "| agent RSS / PSS | $a_rss / $a_pss KiB |"
+    say "| agent open fds | $(find "/proc/$zpid/fd" -mindepth 1 | wc -l) |"
     say "| zone init PSS, median (RSS median) | $(median <<< "$i_pss") KiB ($(median <<< "$i_rss") KiB) |"
     say "| \`sleep\` PSS, median (RSS median) | $(median <<< "$s_pss") KiB ($(median <<< "$s_rss") KiB) |"
     say "| total PSS (agent + inits + sleeps) / $N | $(awk -v t="$tot" -v n="$N" 'BEGIN {printf "%.0f", t / n}') KiB (total $(awk -v t="$tot" 'BEGIN {printf "%.1f", t / 1024}') MiB) |"
