@@ -176,11 +176,11 @@ EOF
     declare -A lat
     for r in $(seq "$ROUNDS"); do
         echo "bench: latency round $r/$ROUNDS" >&2
-        # Interleaved in one hyperfine: both binaries see the same load.
+        # Absolute figures. hyperfine runs one command's runs after the
+        # other's, so load drift between them would pass for a difference:
+        # the A/B of the binaries is the alternating loop below.
         hyperfine -N --style none --warmup 20 --runs "$RUNS" --export-csv "$dir/lat$r.csv" \
             -n hardened "$ZONIT run --config $one" \
-            -n unhardened "$U run --config $one" \
-            -n nomasks "$M run --config $one" \
             -n unshare "unshare --pid --fork --mount --uts --ipc --net --root $root /bin/true" >/dev/null
         "${crun_wrap[@]}" hyperfine -N --style none --warmup 20 --runs "$RUNS" \
             --export-csv "$dir/crun$r.csv" -n crun "crun run -b $bundle zonit-hbench-$$" >/dev/null
@@ -192,12 +192,21 @@ EOF
         : > "$dir/dh$r.log"
         : > "$dir/du$r.log"
         : > "$dir/dm$r.log"
+        # The whole run is timed too (wall time around the command, bash's
+        # fork and exec included, the same for the three).
+        local k b t0 t1
         for _ in $(seq "$RUNS"); do
-            "$ZONIT" run --config "$dir/one-debug.toml" 2>> "$dir/dh$r.log"
-            "$U" run --config "$dir/one-debug.toml" 2>> "$dir/du$r.log"
-            "$M" run --config "$dir/one-debug.toml" 2>> "$dir/dm$r.log"
+            for k in h m u; do
+                case $k in h) b=$ZONIT ;; m) b=$M ;; u) b=$U ;; esac
+                t0=$EPOCHREALTIME
+                "$b" run --config "$dir/one-debug.toml" 2>> "$dir/d$k$r.log"
+                t1=$EPOCHREALTIME
+                elapsed "$t0" "$t1" >> "$dir/w$k$r"
+                echo >> "$dir/w$k$r"
+            done
         done
         for k in h u m; do
+            lat[run-$k]+="$(median < "$dir/w$k$r") "
             lat[ready-$k]+="$(awk '/command running/ {print $6 / 1e6}' "$dir/d$k$r.log" | median) "
             lat[reaped-$k]+="$(awk '/reaped/ {print $5 / 1e6}' "$dir/d$k$r.log" | median) "
         done
@@ -212,10 +221,11 @@ EOF
     say ""
     say "| what | median | round medians | measured |"
     say "|---|---|---|---|"
-    row hardened "zonit run, full hardening" "\`zonit run\`, one zone, /bin/true, to agent exit"
-    row nomasks "zonit run, masks and read-only paths patched out" "the same with a measurement-only binary"
-    row unhardened "zonit run, all hardening patched out" "the same with a measurement-only binary"
-    diffrow d "**hardening cost, whole run**" hardened unhardened "difference of the medians"
+    row hardened "zonit run, full hardening (hyperfine)" "\`zonit run\`, one zone, /bin/true, to agent exit"
+    row run-h "zonit run, hardened, alternating" "wall time around \`zonit run\` (debug log on), binaries alternating run by run"
+    row run-m "zonit run, no masks/read-only, alternating" "same"
+    row run-u "zonit run, unhardened, alternating" "same"
+    diffrow d "**hardening cost, whole run**" run-h run-u "difference of the medians"
     row reaped-h "zone start to reaped, hardened" "agent's spawn decision to the init reaped (debug log)"
     row reaped-m "zone start to reaped, no masks/read-only" "same"
     row reaped-u "zone start to reaped, unhardened" "same"
