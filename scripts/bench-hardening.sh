@@ -245,13 +245,13 @@ EOF
     # the calls themselves).
     perf trace -f -o "$dir/trace.txt" -- "$ZONIT" run --config "$one" 2>/dev/null >/dev/null || true
     if [[ -s $dir/trace.txt ]]; then
-        local caps masks ro sec
+        local caps masks drops sec
         caps=$(grep -c 'CAPBSET_DROP\|capset(\|CAP_AMBIENT\|NO_NEW_PRIVS' "$dir/trace.txt" || true)
         sec=$(grep -c ' seccomp(\|SET_SECCOMP' "$dir/trace.txt" || true)
         masks=$(grep -c 'fsconfig\|fsmount\|fsopen\|open_tree\|move_mount\|mount_setattr\| mount(' "$dir/trace.txt" || true)
         say "Syscalls in one traced hardened start (\`perf trace -f\`): capability drop and no_new_privs $caps, seccomp $sec, all new-API and classic mount calls $masks."
-        ro=$(awk '/CAPBSET_DROP/ {n++} END {print n + 0}' "$dir/trace.txt")
-        say "(of which CAPBSET_DROP: $ro)"
+        drops=$(awk '/CAPBSET_DROP/ {n++} END {print n + 0}' "$dir/trace.txt")
+        say "(of which CAPBSET_DROP: $drops)"
         say ""
     fi
 }
@@ -320,8 +320,6 @@ zones() {
     up_kb=$(du -sk "$zd"/.z*.overlay | awk '{print $1}')
     root_kb=$(du -sk "$zd"/z* | awk '{print $1}')
     up_med=$(median <<< "$up_kb")
-    local files
-    files=$(find "$zd/.z1.overlay" | wc -l)
     say "| what | figure |"
     say "|---|---|"
     say "| time to all $N running (\`ctl status --json\`, polled every 50 ms) | $(fmt_ms "$(printf '%s\n' "${t[@]}" | median)") ms median, rounds $(printf '%s\n' "${t[@]}" | while read -r x; do fmt_ms "$x"; echo; done | minmax) ms, $(awk -v n="$N" -v s="$(printf '%s\n' "${t[@]}" | median)" 'BEGIN {printf "%.0f", n / s}') starts/s |"
@@ -336,7 +334,6 @@ zones() {
     say "| disk: \`du -sk\` of each zone root dir on the host, median / total | $(median <<< "$root_kb") KiB / $(sum <<< "$root_kb") KiB |"
     say "| mounts in a zone's namespace (\`/proc/PID/mountinfo\` lines) | $mounts |"
     say ""
-    : "$files"
     echo "bench: stopping $N zones" >&2
     t0=$(now)
     kill -TERM "$zpid"
