@@ -836,6 +836,10 @@ disks = [{ path = "/guests/disk.img" }]
     // 2. A reboot restarts it (on_reboot = "restart").
     m.wait_for("zonit[vm]: guest: rebooting");
     m.wait_for("vm: ended (reboot)");
+    // Linux with hardware-reduced ACPI and no EFI reboots through the
+    // BIOS reset vector, whose stub writes the reset register.
+    m.index_of("guest reset (ACPI reset register)")
+        .unwrap_or_else(|| m.fail("the reboot was not the ACPI reset register"));
     m.wait_for("zonit[vm]: guest: hello from Linux");
     m.wait_for("zonit[vm]: guest: stage [rebooted]");
     m.wait_for("zonit[vm]: guest: panicking in 3 s");
@@ -846,6 +850,8 @@ disks = [{ path = "/guests/disk.img" }]
     // restarts it.
     m.wait_for("sysrq triggered crash");
     m.wait_for("vm: ended (crash)");
+    m.index_of("guest kernel panicked (pvpanic)")
+        .unwrap_or_else(|| m.fail("the crash was not reported through pvpanic"));
     m.wait_for("zonit[vm]: guest: hello from Linux");
     m.wait_for("zonit[vm]: guest: stage [panicked]");
     m.wait_for("zonit[vm]: guest: waiting for ctrl-alt-del");

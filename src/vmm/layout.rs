@@ -62,6 +62,9 @@ pub const ACPI_END: u64 = RESET_VECTOR_ADDR;
 /// stands in for the firmware.
 pub const RESET_VECTOR_ADDR: u64 = 0xf_fff0;
 
+// The ACPI tables must never overwrite the stub.
+const _: () = assert!(ACPI_END <= RESET_VECTOR_ADDR);
+
 /// Real-mode code for [`RESET_VECTOR_ADDR`]: writes the ACPI reset
 /// register (the monitor ends the guest as a reboot), then, should that
 /// be ignored, pulses the i8042 reset line, then halts forever.
@@ -521,7 +524,6 @@ mod tests {
     #[test]
     fn reset_vector_fills_the_last_16_bytes_below_1m_and_writes_the_reset_port() {
         assert_eq!(RESET_VECTOR_ADDR + 16, HIMEM_START);
-        assert!(ACPI_END <= RESET_VECTOR_ADDR);
         let code = reset_vector(0x602, 1);
         // mov dx, 0x602; mov al, 1; out dx, al
         assert_eq!(code[..6], [0xba, 0x02, 0x06, 0xb0, 0x01, 0xee]);
