@@ -578,7 +578,8 @@ command = ["/bin/true"]
 ///   boot 1 prints the disk's marker (sector 0) and reboots; boot 2
 ///   panics through sysrq (pvpanic tells the monitor; the kernel's panic
 ///   timeout is 0, so without pvpanic it would hang); boot 3 writes a
-///   marker to sector 2, sets `kernel.ctrl-alt-del` to 0 (its default 1
+///   marker to sector 2, loads `button` (the power button, reported and
+///   its GED interrupts counted), sets `kernel.ctrl-alt-del` to 0 (its default 1
 ///   restarts at once) and waits for Ctrl-Alt-Del, which the kernel
 ///   (i8042 and atkbd are built in) then turns into SIGINT to init, and
 ///   powers off.
@@ -624,7 +625,13 @@ cycle)
         # Take Ctrl-Alt-Del over from the kernel, as an init does
         # (reboot(CAD_OFF)): it then arrives as SIGINT instead of a restart.
         echo 0 > /proc/sys/kernel/ctrl-alt-del
-        trap 'echo "guest: ctrl-alt-del, powering off"; poweroff -f' INT
+        # The power button the monitor presses at the same time: bound
+        # by the button driver, pressed through the GED's interrupt.
+        insmod /lib/modules/button.ko
+        echo "guest: power button bound to [$(ls /sys/bus/acpi/drivers/button | grep PNP0C0C)]"
+        ged() { grep Ged /proc/interrupts | tr -s ' ' | cut -d ' ' -f 3; }
+        echo "guest: GED interrupts $(ged)"
+        trap 'echo "guest: ctrl-alt-del, powering off (GED interrupts $(ged))"; poweroff -f' INT
         echo "guest: waiting for ctrl-alt-del"
         while true; do sleep 1; done ;;
     esac ;;
@@ -641,6 +648,7 @@ const GUEST_MODULES: &[&str] = &[
     "block/virtio_blk.ko",
     "misc/pvpanic/pvpanic.ko",
     "misc/pvpanic/pvpanic-mmio.ko",
+    "acpi/button.ko",
 ];
 
 /// The guest initrd: busybox, GUEST_INIT and GUEST_MODULES. Built once.
@@ -854,6 +862,8 @@ disks = [{ path = "/guests/disk.img" }]
         .unwrap_or_else(|| m.fail("the crash was not reported through pvpanic"));
     m.wait_for("zonit[vm]: guest: hello from Linux");
     m.wait_for("zonit[vm]: guest: stage [panicked]");
+    m.wait_for("zonit[vm]: guest: power button bound to [PNP0C0C:00]");
+    m.wait_for("zonit[vm]: guest: GED interrupts 0");
     m.wait_for("zonit[vm]: guest: waiting for ctrl-alt-del");
     let restarts = m.assert_status("vm", "running", "crash");
     assert_eq!(restarts, 2, "vm restarts after a reboot and a crash");
@@ -863,7 +873,8 @@ disks = [{ path = "/guests/disk.img" }]
     // stop_timeout (60 s).
     let asked = Instant::now();
     m.type_line("zonit ctl stop vm");
-    m.wait_for("zonit[vm]: guest: ctrl-alt-del, powering off");
+    // The GED interrupt (the power button) arrived too.
+    m.wait_for("zonit[vm]: guest: ctrl-alt-del, powering off (GED interrupts 1)");
     m.wait_for("vm: ended (poweroff)");
     let took = asked.elapsed();
     if took > Duration::from_secs(20) {
