@@ -293,6 +293,12 @@ pub fn load(mem: &GuestMemoryMmap, spec: BootSpec<'_>) -> Result<Entry, BootErro
         &layout::gdt(kernel.entry.mode),
     )?;
     write(mem, "IDT", layout::IDT_ADDR, 0u64)?;
+    let stub = layout::reset_vector(acpi::RESET_PORT, acpi::RESET_VALUE);
+    mem.write_slice(&stub, GuestAddress(layout::RESET_VECTOR_ADDR))
+        .map_err(|source| BootError::WriteMemory {
+            what: "reset vector",
+            source,
+        })?;
     let blob = acpi::build_tables(&spec.acpi)?;
     mem.write_slice(&blob, GuestAddress(layout::ACPI_ADDR))
         .map_err(|source| BootError::WriteMemory {

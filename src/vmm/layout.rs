@@ -52,8 +52,43 @@ pub const EBDA_START: u64 = 0x9fc00;
 /// ACPI tables, RSDP first. Linux also finds the RSDP by scanning
 /// `[0xe0000, 0x100000)` on 16-byte boundaries, so it lives there.
 pub const ACPI_ADDR: u64 = 0xe0000;
-/// End of the area reserved for ACPI tables.
-pub const ACPI_END: u64 = 0x10_0000;
+/// End of the area reserved for ACPI tables: the reset vector follows.
+pub const ACPI_END: u64 = RESET_VECTOR_ADDR;
+/// The x86 reset vector (`F000:FFF0`), the last 16 bytes of the low
+/// megabyte. Linux reaches it on reboot with hardware-reduced ACPI: it
+/// then prefers an EFI reset, and without EFI runtime services falls back
+/// to a real-mode jump here (`reboot=bios`), never trying the ACPI reset
+/// register. Zeroed RAM there would hang the guest, so [`reset_vector`]
+/// stands in for the firmware.
+pub const RESET_VECTOR_ADDR: u64 = 0xf_fff0;
+
+// The ACPI tables must never overwrite the stub.
+const _: () = assert!(ACPI_END <= RESET_VECTOR_ADDR);
+
+/// Real-mode code for [`RESET_VECTOR_ADDR`]: writes the ACPI reset
+/// register (the monitor ends the guest as a reboot), then, should that
+/// be ignored, pulses the i8042 reset line, then halts forever.
+pub fn reset_vector(reset_port: u16, reset_value: u8) -> [u8; 16] {
+    let [port_lo, port_hi] = reset_port.to_le_bytes();
+    [
+        0xba,
+        port_lo,
+        port_hi, // mov dx, reset_port
+        0xb0,
+        reset_value, // mov al, reset_value
+        0xee,        // out dx, al
+        0xb0,
+        0xfe, // mov al, 0xfe (pulse reset)
+        0xe6,
+        0x64, // out 0x64, al
+        0xfa, // cli
+        0xf4, // hlt
+        0xeb,
+        0xfd, // jmp back to hlt
+        0x90,
+        0x90, // nop padding
+    ]
+}
 /// First byte above the legacy low megabyte: kernels load from here.
 pub const HIMEM_START: u64 = 0x10_0000;
 /// Start of the 1 GiB hole below 4 GiB for MMIO (IOAPIC, LAPIC, virtio).
@@ -485,6 +520,20 @@ pub fn boot_sregs(mode: EntryMode) -> BootSregs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reset_vector_fills_the_last_16_bytes_below_1m_and_writes_the_reset_port() {
+        assert_eq!(RESET_VECTOR_ADDR + 16, HIMEM_START);
+        let code = reset_vector(0x602, 1);
+        // mov dx, 0x602; mov al, 1; out dx, al
+        assert_eq!(code[..6], [0xba, 0x02, 0x06, 0xb0, 0x01, 0xee]);
+        // then the i8042 pulse, and a halt loop whose jump lands on hlt.
+        assert_eq!(code[6..10], [0xb0, 0xfe, 0xe6, 0x64]);
+        assert_eq!(code[11], 0xf4);
+        assert_eq!(code[12..14], [0xeb, 0xfd]);
+        let after_jump = 14i64 + i64::from(code[13] as i8);
+        assert_eq!(after_jump, 11);
+    }
 
     #[test]
     fn small_guest_has_three_e820_entries_ending_at_memory_size() {
