@@ -47,17 +47,9 @@ if [[ $(id -u) != 0 ]]; then
     exit 1
 fi
 
-missing=()
-for pair in hyperfine:hyperfine crun:crun unshare:util-linux bwrap:bubblewrap; do
-    command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
-done
-dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "install ok installed" ||
-    missing+=(busybox-static)
-if ((${#missing[@]})); then
-    echo "bench: installing ${missing[*]}" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+# hyperfine, bubblewrap, crun, s6, busybox-static, util-linux: the same
+# list every benchmark uses, kept in one place.
+ZONIT_BENCH=1 scripts/setup.sh
 busybox=$(command -v busybox)
 
 if [[ -z ${ZONIT:-} ]]; then

@@ -35,18 +35,9 @@ if [[ $(id -u) != 0 ]]; then
 fi
 
 # --- tools -----------------------------------------------------------------
-missing=()
-for pair in hyperfine:hyperfine bwrap:bubblewrap crun:crun s6-svscan:s6 unshare:util-linux; do
-    command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
-done
-# The zone root needs a static busybox (the `busybox` package is dynamic).
-dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "install ok installed" ||
-    missing+=(busybox-static)
-if ((${#missing[@]})); then
-    echo "bench: installing ${missing[*]}" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+# hyperfine, bubblewrap, crun, s6, busybox-static, util-linux: the same
+# list every benchmark uses, kept in one place.
+ZONIT_BENCH=1 scripts/setup.sh
 busybox=$(command -v busybox)
 
 if [[ -z ${ZONIT:-} ]]; then
