@@ -537,3 +537,30 @@ fn exec_into_a_stopped_zone_or_missing_command_fails_cleanly() {
     assert_eq!(exec(&z, &["web", "--", "true"], b"").0, 0);
     assert_eq!(z.state("web"), "running");
 }
+
+#[test]
+fn sighup_reloads_the_config() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("sighup", |d| zone(d, "one", "sleep 1000", ""));
+    z.wait_state("one", "running");
+    let original = std::fs::read_to_string(&z.config).unwrap();
+    let d = z.dir.clone();
+    std::fs::write(
+        &z.config,
+        format!(
+            "{original}{}",
+            zone(&d, "two", "echo two-up; sleep 1000", "")
+        ),
+    )
+    .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(z.pid()),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    z.wait_state("two", "running");
+    z.wait_log("reloaded: 1 added, 0 changed, 0 removed");
+    assert_eq!(z.state("one"), "running");
+}
