@@ -43,7 +43,11 @@ pub fn template() -> &'static Path {
             .map(Path::new)
             .find(|p| p.exists())
             .expect("busybox-static is needed: apt-get install busybox-static");
-        let dir = std::env::temp_dir().join(format!("zonit-template-{}", std::process::id()));
+        // Under the build's own scratch directory, rebuilt per test binary
+        // run, so test runs leave nothing in /tmp.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("zonit-template-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         let bin = dir.join("bin");
         std::fs::create_dir_all(&bin).unwrap();
         for d in ["proc", "sys", "dev", "tmp", "etc", "srv"] {
