@@ -223,7 +223,9 @@ impl Agent {
                     self.send_log(id, &text);
                 }
                 if follow {
-                    if let Err(e) = self.ensure_followable(&name) {
+                    // A unit added by a reload has no pipe yet; make it so
+                    // the follower sees its first start too.
+                    if let Err(e) = self.ensure_runtime(&name) {
                         self.send(id, &proto::error(&format!("unable to follow {name}: {e}")));
                         return;
                     }
@@ -249,12 +251,6 @@ impl Agent {
             Request::Reboot {} => self.host_command(id, ShutdownAction::Reboot),
             Request::Halt {} => self.host_command(id, ShutdownAction::Halt),
         }
-    }
-
-    fn ensure_followable(&mut self, name: &str) -> io::Result<()> {
-        // Output capture exists from the first start; a never-started unit
-        // gets its pipe now so the follower sees the first start too.
-        self.ensure_runtime_pub(name)
     }
 
     fn unit_command(&mut self, id: usize, input: Input, name: &str) {

@@ -244,7 +244,7 @@ impl Agent {
         self.sources.reserve(2 * n + 16);
         let names: Vec<String> = self.config.units.iter().map(|u| u.name.clone()).collect();
         for name in &names {
-            if let Err(e) = self.ensure_runtime_pub(name) {
+            if let Err(e) = self.ensure_runtime(name) {
                 // spawn_unit tries again and reports the failure.
                 log::warn!("{name}: unable to create the output pipe: {e}");
             }

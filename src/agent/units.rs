@@ -124,11 +124,8 @@ impl Agent {
         }
     }
 
-    pub(super) fn ensure_runtime_pub(&mut self, unit: &str) -> io::Result<()> {
-        self.ensure_runtime(unit)
-    }
-
-    fn ensure_runtime(&mut self, unit: &str) -> io::Result<()> {
+    /// Creates the unit's runtime (output pipe, log ring) if it has none.
+    pub(super) fn ensure_runtime(&mut self, unit: &str) -> io::Result<()> {
         if self.units.contains_key(unit) {
             return Ok(());
         }

@@ -12,7 +12,6 @@
 //! `error MESSAGE`, `exit N`, `signal N`) and forwards signals to the
 //! command, so the agent handles it like a zone's init.
 
-use std::io::Read;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::sched::CloneFlags;
@@ -95,12 +94,6 @@ fn helper(
     // The helper keeps no copy of the caller's fds, so the caller sees EOF
     // as soon as the command closes them.
     let _ = sys::close_fds_from(3, &[status.as_raw_fd(), rx.as_raw_fd()]);
-    let mut msg = String::new();
-    let _ = std::fs::File::from(rx).read_to_string(&mut msg);
-    if msg.is_empty() {
-        spawn::report(&status, "ready");
-    } else {
-        spawn::report(&status, &format!("error {msg}"));
-    }
+    spawn::report_exec(rx, &status);
     spawn::reap_forever(cmd, &status)
 }

@@ -283,7 +283,16 @@ fn zone_init(prep: &Prepared, status: OwnedFd, output: BorrowedFd<'_>) -> ! {
         }
     };
     drop(tx);
-    // EOF without data: the exec succeeded (the pipe is close-on-exec).
+    report_exec(rx, &status);
+    reap_forever(cmd, &status)
+}
+
+/// Waits on the command's exec pipe and reports to the agent: EOF without
+/// data means the exec succeeded (the pipe is close-on-exec), `ready`;
+/// anything written is why it failed, `error MESSAGE`. Reads into the
+/// stack: the caller lives on, and heap pages it writes stop being shared
+/// with the agent.
+pub(super) fn report_exec(rx: OwnedFd, status: &OwnedFd) {
     let mut msg = [0u8; STATUS_LINE_MAX];
     let mut len = 0;
     let mut rx = std::fs::File::from(rx);
@@ -295,14 +304,12 @@ fn zone_init(prep: &Prepared, status: OwnedFd, output: BorrowedFd<'_>) -> ! {
             Err(_) => break,
         }
     }
-    drop(rx);
     if len == 0 {
-        report(&status, "ready");
+        report(status, "ready");
     } else {
         let msg = String::from_utf8_lossy(&msg[..len]);
-        report(&status, &format!("error {msg}"));
+        report(status, &format!("error {msg}"));
     }
-    reap_forever(cmd, &status)
 }
 
 fn setup(prep: &Prepared) -> Result<(), SetupError> {
