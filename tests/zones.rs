@@ -564,3 +564,34 @@ fn sighup_reloads_the_config() {
     z.wait_log("reloaded: 1 added, 0 changed, 0 removed");
     assert_eq!(z.state("one"), "running");
 }
+
+#[test]
+fn a_zone_killed_at_stop_timeout_starts_again() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("killrestart", |d| {
+        zone(
+            d,
+            "stubborn",
+            "trap '' TERM; echo up; while true; do sleep 0.1; done",
+            "stop_timeout = \"1s\"\nrestart = \"never\"",
+        )
+    });
+    z.wait_state("stubborn", "running");
+    assert_eq!(z.ctl(&["stop", "stubborn"]).0, 0);
+    assert_eq!(z.unit("stubborn")["last_exit"], "signal SIGKILL");
+    assert_eq!(z.ctl(&["start", "stubborn"]).0, 0);
+    z.wait_state("stubborn", "running");
+    // Still running a while later: the kill of the last run did not
+    // follow the new one into its cgroup.
+    std::thread::sleep(Duration::from_millis(700));
+    let u = z.unit("stubborn");
+    assert_eq!(u["state"], "running", "{u}\n{}", z.log_text());
+    assert_eq!(
+        z.log_text().matches("zonit[stubborn]: up").count(),
+        2,
+        "{}",
+        z.log_text()
+    );
+}

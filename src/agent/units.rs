@@ -248,7 +248,10 @@ impl Agent {
         }
         let group = match self.cgroups.prepare(unit, zone) {
             Ok(g) => g,
-            Err(e) => return failed(error_chain(&e), true),
+            Err(e) => {
+                let permanent = !matches!(e, super::cgroup::Error::Busy { .. });
+                return failed(error_chain(&e), permanent);
+            }
         };
         let Some(rt) = self.units.get(unit) else {
             return failed("internal: runtime missing".into(), false);
@@ -373,6 +376,9 @@ impl Agent {
             return;
         };
         self.unwatch_status(&proc.status);
+        if !proc.guest {
+            self.cgroups.run_ended(unit);
+        }
         let input = if let Some(msg) = proc.error {
             log::error!("{unit}: {msg}");
             Input::StartFailed {
