@@ -595,3 +595,59 @@ fn a_zone_killed_at_stop_timeout_starts_again() {
         z.log_text()
     );
 }
+
+#[test]
+fn a_stop_sent_right_after_a_start_stops_the_zone_without_a_kill() {
+    if !require_root() {
+        return;
+    }
+    const N: usize = 20;
+    let z = Zonit::start("startstop", |d| {
+        (0..N)
+            .map(|i| {
+                zone(
+                    d,
+                    &format!("z{i}"),
+                    "sleep 1000",
+                    "autostart = false\nstop_timeout = \"5s\"",
+                )
+            })
+            .collect::<String>()
+    });
+    let t = Instant::now();
+    let conns: Vec<UnixStream> = (0..N)
+        .map(|i| {
+            let mut s = UnixStream::connect(&z.socket).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            // Both requests in one write: the stop reaches the agent while
+            // the zone's init is being born.
+            s.write_all(
+                format!(
+                    "{{\"v\":1,\"cmd\":\"start\",\"name\":\"z{i}\"}}\n{{\"v\":1,\"cmd\":\"stop\",\"name\":\"z{i}\"}}\n"
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+            s
+        })
+        .collect();
+    for s in conns {
+        let mut r = BufReader::new(s);
+        for _ in 0..2 {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            assert!(line.contains("\"ok\":true"), "{line}");
+        }
+    }
+    let took = t.elapsed();
+    for i in 0..N {
+        let u = z.unit(&format!("z{i}"));
+        assert_eq!(u["state"], "stopped", "{u}");
+        assert_ne!(u["last_exit"], "signal SIGKILL", "{u}\n{}", z.log_text());
+    }
+    assert!(
+        took < Duration::from_secs(5),
+        "stops waited for stop_timeout: {took:?}"
+    );
+    assert!(!z.log_text().contains("killing it"), "{}", z.log_text());
+}

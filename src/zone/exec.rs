@@ -59,8 +59,9 @@ fn helper(
         spawn::report(&status, &format!("error {msg}"));
         sys::exit_now(126)
     };
-    sys::reset_signals();
-    sys::set_sigmask(libc::SIG_SETMASK, &sys::full_sigset());
+    // Born with every signal blocked (`sys::clone3`); they stay blocked
+    // for `sigwait`.
+    sys::reset_signal_handlers();
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     // Before joining: nothing in the zone may ptrace or read this process.
     let _ = nix::sys::prctl::set_dumpable(false);

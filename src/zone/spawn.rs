@@ -231,10 +231,11 @@ pub(super) fn report(status: &OwnedFd, line: &str) {
 /// the clone) is what each zone costs. The setup's allocations happen in
 /// the command's process and vanish with its exec.
 fn zone_init(prep: &Prepared, status: OwnedFd, output: BorrowedFd<'_>) -> ! {
-    sys::reset_signals();
-    // Signals stay blocked in the init so they queue for `sigwait`: the
-    // init of a PID namespace drops unblocked signals it has no handler for.
-    sys::set_sigmask(libc::SIG_SETMASK, &sys::full_sigset());
+    // Born with every signal blocked (`sys::clone3`), and they stay
+    // blocked so they queue for `sigwait`: the init of a PID namespace
+    // drops unblocked signals it has no handler for, and one sent before
+    // this point must not be lost either.
+    sys::reset_signal_handlers();
     // If the agent dies, so does the zone.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     let _ = nix::unistd::setsid();
