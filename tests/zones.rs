@@ -148,7 +148,7 @@ fn stop_is_not_followed_by_a_restart() {
 }
 
 #[test]
-fn stop_of_a_zone_ignoring_sigterm_kills_it_after_stop_timeout() {
+fn stop_of_a_zone_ignoring_sigterm_kills_it_after_stop_timeout_and_it_starts_again() {
     if !require_root() {
         return;
     }
@@ -156,8 +156,8 @@ fn stop_of_a_zone_ignoring_sigterm_kills_it_after_stop_timeout() {
         zone(
             d,
             "stubborn",
-            "trap '' TERM; while true; do sleep 0.1; done",
-            "stop_timeout = \"500ms\"",
+            "trap '' TERM; echo up; while true; do sleep 0.1; done",
+            "stop_timeout = \"500ms\"\nrestart = \"never\"",
         )
     });
     z.wait_state("stubborn", "running");
@@ -170,6 +170,13 @@ fn stop_of_a_zone_ignoring_sigterm_kills_it_after_stop_timeout() {
     );
     assert!(took < Duration::from_secs(3), "kill took {took:?}");
     assert_eq!(z.unit("stubborn")["last_exit"], "signal SIGKILL");
+    // The kill does not follow the next run into its cgroup.
+    assert_eq!(z.ctl(&["start", "stubborn"]).0, 0);
+    z.wait_state("stubborn", "running");
+    std::thread::sleep(Duration::from_millis(700));
+    let u = z.unit("stubborn");
+    assert_eq!(u["state"], "running", "{u}\n{}", z.log_text());
+    assert_eq!(z.log_text().matches("zonit[stubborn]: up").count(), 2);
 }
 
 #[test]
@@ -530,9 +537,15 @@ fn exec_into_a_stopped_zone_or_missing_command_fails_cleanly() {
     let (code, _, err) = exec(&z, &["off", "--", "true"], b"");
     assert_eq!(code, 1);
     assert!(err.contains("not running"), "{err}");
+    // Not found: 127, as a shell says.
     let (code, _, err) = exec(&z, &["web", "--", "/no/such"], b"");
-    assert_eq!(code, 1);
+    assert_eq!(code, 127, "{err}");
     assert!(err.contains("/no/such"), "{err}");
+    let (code, _, err) = exec(&z, &["web", "--", "nosuchcmd"], b"");
+    assert_eq!(code, 127, "{err}");
+    // Found but not executable: 126.
+    let (code, _, err) = exec(&z, &["web", "--", "/etc"], b"");
+    assert_eq!(code, 126, "{err}");
     // The zone is unaffected and exec still works.
     assert_eq!(exec(&z, &["web", "--", "true"], b"").0, 0);
     assert_eq!(z.state("web"), "running");
@@ -563,37 +576,6 @@ fn sighup_reloads_the_config() {
     z.wait_state("two", "running");
     z.wait_log("reloaded: 1 added, 0 changed, 0 removed");
     assert_eq!(z.state("one"), "running");
-}
-
-#[test]
-fn a_zone_killed_at_stop_timeout_starts_again() {
-    if !require_root() {
-        return;
-    }
-    let z = Zonit::start("killrestart", |d| {
-        zone(
-            d,
-            "stubborn",
-            "trap '' TERM; echo up; while true; do sleep 0.1; done",
-            "stop_timeout = \"1s\"\nrestart = \"never\"",
-        )
-    });
-    z.wait_state("stubborn", "running");
-    assert_eq!(z.ctl(&["stop", "stubborn"]).0, 0);
-    assert_eq!(z.unit("stubborn")["last_exit"], "signal SIGKILL");
-    assert_eq!(z.ctl(&["start", "stubborn"]).0, 0);
-    z.wait_state("stubborn", "running");
-    // Still running a while later: the kill of the last run did not
-    // follow the new one into its cgroup.
-    std::thread::sleep(Duration::from_millis(700));
-    let u = z.unit("stubborn");
-    assert_eq!(u["state"], "running", "{u}\n{}", z.log_text());
-    assert_eq!(
-        z.log_text().matches("zonit[stubborn]: up").count(),
-        2,
-        "{}",
-        z.log_text()
-    );
 }
 
 #[test]
