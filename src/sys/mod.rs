@@ -218,7 +218,7 @@ pub fn execve(
     envp: &[*const libc::c_char],
 ) -> io::Error {
     // SAFETY: callers pass NUL-terminated arrays of pointers to C strings
-    // that live until the call (see `zone::spawn::Exec`).
+    // that live until the call (see `zone::command::command`).
     unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
     io::Error::last_os_error()
 }

@@ -18,8 +18,9 @@ use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
 use nix::unistd::ForkResult;
 
-use super::protocol;
-use super::spawn::{self, Error, Started, Stdio};
+use super::command::{self, Stdio};
+use super::start::{self, Error, Prepared, Started};
+use super::{init, protocol};
 use crate::config::Zone;
 use crate::sys;
 
@@ -32,7 +33,7 @@ pub fn exec(
     cgroup: Option<BorrowedFd<'_>>,
     stdio: [OwnedFd; 3],
 ) -> Result<Started, Error> {
-    let prep = spawn::prepare_command(zone, argv)?;
+    let prep = start::prepare_command(zone, argv)?;
     let (agent_end, zone_end) = protocol::channel().map_err(Error::Channel)?;
     match sys::clone3(0, cgroup).map_err(Error::Clone)? {
         sys::Forked::Child => {
@@ -50,13 +51,8 @@ pub fn exec(
     }
 }
 
-fn helper(
-    prep: &spawn::Prepared,
-    init: BorrowedFd<'_>,
-    channel: OwnedFd,
-    stdio: &[OwnedFd; 3],
-) -> ! {
-    let fail = |msg: String| -> ! { spawn::give_up(&channel, &msg) };
+fn helper(prep: &Prepared, init: BorrowedFd<'_>, channel: OwnedFd, stdio: &[OwnedFd; 3]) -> ! {
+    let fail = |msg: String| -> ! { init::give_up(&channel, &msg) };
     // Born with every signal blocked (`sys::clone3`); they stay blocked
     // for `sigwait`.
     sys::reset_signal_handlers();
@@ -84,7 +80,7 @@ fn helper(
     let cmd = match sys::fork() {
         Ok(ForkResult::Child) => {
             drop(rx);
-            spawn::command(prep, tx, Stdio::Fds(stdio))
+            command::command(prep, tx, Stdio::Fds(stdio))
         }
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => fail(format!("unable to fork the command: {e}")),
@@ -93,6 +89,6 @@ fn helper(
     // The helper keeps no copy of the caller's fds, so the caller sees EOF
     // as soon as the command closes them.
     let _ = sys::close_fds_from(3, &[channel.as_raw_fd(), rx.as_raw_fd()]);
-    spawn::report_exec(rx, &channel);
-    spawn::reap_forever(cmd, &channel)
+    init::report_exec(rx, &channel);
+    init::reap_forever(cmd, &channel)
 }
