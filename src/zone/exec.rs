@@ -19,8 +19,8 @@ use nix::sys::signal::Signal;
 use nix::unistd::ForkResult;
 
 use super::command::{self, Stdio};
+use super::init;
 use super::start::{self, Error, Prepared, Started};
-use super::{init, protocol};
 use crate::config::Zone;
 use crate::sys;
 
@@ -34,21 +34,7 @@ pub fn exec(
     stdio: [OwnedFd; 3],
 ) -> Result<Started, Error> {
     let prep = start::prepare_command(zone, argv)?;
-    let (agent_end, zone_end) = protocol::channel().map_err(Error::Channel)?;
-    match sys::clone3(0, cgroup).map_err(Error::Clone)? {
-        sys::Forked::Child => {
-            drop(agent_end);
-            helper(&prep, init, zone_end, &stdio)
-        }
-        sys::Forked::Parent { pid, pidfd } => {
-            drop(zone_end);
-            Ok(Started {
-                pid,
-                pidfd,
-                channel: agent_end,
-            })
-        }
-    }
+    start::clone_with_channel(0, cgroup, |channel| helper(&prep, init, channel, &stdio))
 }
 
 fn helper(prep: &Prepared, init: BorrowedFd<'_>, channel: OwnedFd, stdio: &[OwnedFd; 3]) -> ! {

@@ -175,17 +175,31 @@ pub fn spawn(
     cgroup: Option<BorrowedFd<'_>>,
 ) -> Result<Started, Error> {
     let prep = prepare(zone)?;
-    let (agent_end, zone_end) = protocol::channel().map_err(Error::Channel)?;
     let flags = (libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWNET
         | libc::CLONE_NEWCGROUP) as u64;
+    clone_with_channel(flags, cgroup, |channel| {
+        init::zone_init(&prep, channel, output)
+    })
+}
+
+/// `clone3` with a zone start channel: the child runs `child` with its
+/// end (which never returns: it execs or exits; should it return, the
+/// child exits 127); the agent gets the child and its own end.
+pub(super) fn clone_with_channel(
+    flags: u64,
+    cgroup: Option<BorrowedFd<'_>>,
+    child: impl FnOnce(OwnedFd),
+) -> Result<Started, Error> {
+    let (agent_end, zone_end) = protocol::channel().map_err(Error::Channel)?;
     match sys::clone3(flags, cgroup).map_err(Error::Clone)? {
         sys::Forked::Child => {
             drop(agent_end);
-            init::zone_init(&prep, zone_end, output)
+            child(zone_end);
+            sys::exit_now(127)
         }
         sys::Forked::Parent { pid, pidfd } => {
             drop(zone_end);
