@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the appliance initramfs (SPEC section 9): zonit as /init plus
+# Builds the appliance initramfs: zonit as /init plus
 # everything initramfs/manifest lists, as a reproducible gzip newc archive.
 #
 # Usage: scripts/build-initramfs.sh [--release] [--config FILE] [OUTPUT]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Boots an initramfs with zonit as /init in QEMU with software emulation
-# (SPEC section 10: these machines' KVM cannot boot Linux), the serial
+# (the KVM of these build machines is nested and cannot boot Linux), the serial
 # console on this terminal.
 #
 # Usage: scripts/run-qemu.sh [--initrd FILE] [--append WORDS] [-- QEMU-ARGS...]

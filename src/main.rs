@@ -1,5 +1,5 @@
 //! `zonit` entry point: picks a face by argv[0] and the first argument
-//! (SPEC section 1) and maps the outcome to an exit status.
+//! and maps the outcome to an exit status.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -1,4 +1,4 @@
-//! Tier-4 tests (SPEC section 10): the real appliance initramfs, zonit as
+//! Tier-4 tests: the real appliance initramfs, zonit as
 //! `/init`, booted in `qemu-system-x86_64` with software emulation, read
 //! from the serial console with deadlines.
 //!
@@ -699,7 +699,7 @@ fn guest_initrd() -> &'static Path {
     })
 }
 
-/// SPEC section 10's "nested Linux KVM guest inside": the Debian kernel
+/// A nested Linux KVM guest inside the appliance: the Debian kernel
 /// as a guest of zonit's own monitor, on KVM (kvm_amd) inside the
 /// emulated machine, beside a zone.
 #[test]
@@ -782,7 +782,7 @@ impl Machine {
     }
 }
 
-/// Issue 5 item 7: every kind of guest end, with the Debian kernel in
+/// Every kind of guest end, with the Debian kernel in
 /// zonit's monitor, in one host boot. `off` powers off and, being a clean
 /// end, is not restarted under `on-failure`. `vm` (GUEST_INIT's `cycle`,
 /// started from the shell once `off` is done, so the two never share

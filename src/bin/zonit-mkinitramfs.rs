@@ -1,5 +1,5 @@
 //! `zonit-mkinitramfs MANIFEST OUTPUT`: the host tool that builds the
-//! appliance's initramfs (SPEC section 9) from a manifest in `initramfs/`,
+//! appliance's initramfs from a manifest in `initramfs/`,
 //! as a gzip-compressed newc archive.
 //!
 //! Reproducible: the gzip header carries no mtime and no file name, and

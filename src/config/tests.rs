@@ -1,4 +1,4 @@
-//! Tests of the whole parser: the SPEC example, each kind of error with its
+//! Tests of the whole parser: the reference example, each kind of error with its
 //! position, several errors at once, defaults merging and `after` cycles.
 
 // A failed test should stop right where it fails.
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::*;
 
-const SPEC_EXAMPLE: &str = r#"[host]
+const REFERENCE_EXAMPLE: &str = r#"[host]
 hostname = "edge-01"
 modules = ["kvm_amd"]          # loaded at boot, dependencies resolved from modules.dep
 sysctl = { "net.ipv4.ip_forward" = "1" }
@@ -61,8 +61,8 @@ stop_timeout = "20s"           # graceful stop (guest told to shut down), then t
 after = ["web"]
 "#;
 
-/// The units the SPEC example refers to but does not define.
-const SPEC_EXTRA_UNITS: &str = r#"
+/// The units the reference example refers to but does not define.
+const REFERENCE_EXTRA_UNITS: &str = r#"
 [zone.db]
 root = "/zones/db"
 command = ["/bin/db"]
@@ -129,7 +129,7 @@ const MINIMAL_ZONE: &str = "[zone.a]\nroot = \"/zones/a\"\ncommand = [\"/bin/a\"
 
 #[test]
 fn spec_example_parses_into_the_expected_values() {
-    let config = ok(&format!("{SPEC_EXAMPLE}{SPEC_EXTRA_UNITS}"));
+    let config = ok(&format!("{REFERENCE_EXAMPLE}{REFERENCE_EXTRA_UNITS}"));
 
     let host = &config.host;
     assert_eq!(host.hostname.as_deref(), Some("edge-01"));
@@ -226,7 +226,7 @@ fn spec_example_parses_into_the_expected_values() {
 
 #[test]
 fn spec_example_alone_reports_its_dangling_references() {
-    let diags = errors(SPEC_EXAMPLE);
+    let diags = errors(REFERENCE_EXAMPLE);
     assert_eq!(diags.len(), 2, "{}", render(&diags));
     // exit_with = "selftest"
     assert_error_at(&diags, 11, 13, &["exit_with", "selftest", "[host]"]);

@@ -1,4 +1,4 @@
-//! zonit as PID 1 on a bare host (SPEC section 3): boot, hand over to the
+//! zonit as PID 1 on a bare host: boot, hand over to the
 //! agent, shut down. Never returns.
 //!
 //! Boot order: API file systems (plan in [`mounts`]), the console as
