@@ -26,7 +26,7 @@ for tier in "${tiers[@]}"; do
             cargo clippy --all-targets -- -D warnings
             ;;
         1)
-            cargo test --lib --bins --test initramfs --test kernel_config --test fuzz_regressions --test syslog --test pid1_panic --test repo
+            cargo test --lib --bins --test initramfs --test kernel_config --test fuzz_regressions --test syslog --test pid1_panic --test repo --test cli
             ;;
         2)
             cargo test --test zones --test hardening --test escape

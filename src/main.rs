@@ -73,7 +73,7 @@ fn check(args: &[String]) -> ExitCode {
         }
         Err(diags) => {
             for d in &diags {
-                eprintln!("{d}");
+                zonit::logging::stderr_line(&d.to_string());
             }
             ExitCode::from(1)
         }
@@ -112,7 +112,7 @@ fn run(args: &[String]) -> ExitCode {
         Ok(a) => a,
         Err(agent::Error::Config(diags)) => {
             for d in &diags {
-                eprintln!("{d}");
+                zonit::logging::stderr_line(&d.to_string());
             }
             return ExitCode::from(1);
         }
