@@ -34,7 +34,10 @@ fn config_errors_are_written_one_whole_line_per_write() {
     while let Ok(n) = ours.recv(&mut buf) {
         writes.push(String::from_utf8_lossy(&buf[..n]).into_owned());
     }
-    assert!(writes.len() >= 3, "expected one write per error: {writes:?}");
+    assert!(
+        writes.len() >= 3,
+        "expected one write per error: {writes:?}"
+    );
     let file = path.display().to_string();
     for w in &writes {
         assert!(

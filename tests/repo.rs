@@ -87,7 +87,10 @@ fn outside_references_are_recognised() {
         Some("SPEC section")
     );
     assert_eq!(outside_reference("(see issue 12)"), Some("issue N"));
-    assert_eq!(outside_reference("done in milestone 1"), Some("milestone N"));
+    assert_eq!(
+        outside_reference("done in milestone 1"),
+        Some("milestone N")
+    );
     assert_eq!(outside_reference("an issue with the disk"), None);
     assert_eq!(outside_reference("Ipv6Addr::UNSPECIFIED"), None);
 }

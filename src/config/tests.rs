@@ -128,7 +128,7 @@ fn guest<'a>(config: &'a Config, name: &str) -> &'a Guest {
 const MINIMAL_ZONE: &str = "[zone.a]\nroot = \"/zones/a\"\ncommand = [\"/bin/a\"]\n";
 
 #[test]
-fn spec_example_parses_into_the_expected_values() {
+fn reference_example_parses_into_the_expected_values() {
     let config = ok(&format!("{REFERENCE_EXAMPLE}{REFERENCE_EXTRA_UNITS}"));
 
     let host = &config.host;
@@ -431,9 +431,28 @@ fn syntax_errors_are_reported_with_positions_and_stop_checking() {
 }
 
 #[test]
-fn duplicate_table_is_a_syntax_error() {
-    let diags = errors(&format!("{MINIMAL_ZONE}{MINIMAL_ZONE}"));
-    assert!(diags.iter().any(|d| d.line == 4), "{}", render(&diags));
+fn a_duplicate_table_is_one_error_at_its_second_header() {
+    let diags = errors(&format!("{MINIMAL_ZONE}{MINIMAL_ZONE}[host]\nbogus = 1\n"));
+    assert_eq!(diags.len(), 1, "{}", render(&diags));
+    assert_eq!((diags[0].line, diags[0].col), (4, 1), "{}", render(&diags));
+    assert!(
+        diags[0].message.contains("[zone.a] appears twice"),
+        "{}",
+        render(&diags)
+    );
+}
+
+#[test]
+fn a_duplicate_key_in_a_table_is_still_reported_after_a_duplicate_table() {
+    let diags = errors(&format!(
+        "{MINIMAL_ZONE}{MINIMAL_ZONE}[zone.b]\nroot = \"/b\"\nroot = \"/c\"\n"
+    ));
+    assert_eq!(diags.len(), 2, "{}", render(&diags));
+    assert!(
+        diags[1].message.contains("duplicate key"),
+        "{}",
+        render(&diags)
+    );
 }
 
 #[test]
@@ -859,4 +878,43 @@ fn example_in_the_config_reference_is_valid() {
     let config = ok(&doc[start..start + len]);
     assert_eq!(config.units.len(), 4);
     assert_eq!(zone(&config, "web").rlimits.get("nofile"), Some(&1024));
+}
+
+#[test]
+fn a_control_socket_path_longer_than_a_unix_socket_holds_is_rejected() {
+    let long = format!("/run/{}.sock", "s".repeat(100));
+    let diags = errors(&format!("[host]\ncontrol_socket = \"{long}\"\n"));
+    assert_error_at(&diags, 2, 18, &["control_socket", "at most 107"]);
+    // 107 bytes exactly is the longest that binds.
+    let fits = format!("/{}", "s".repeat(106));
+    ok(&format!("[host]\ncontrol_socket = \"{fits}\"\n"));
+}
+
+#[test]
+fn argv_and_env_strings_over_the_kernels_limit_are_rejected() {
+    let huge = "x".repeat(128 * 1024);
+    let diags = errors(&format!(
+        "[zone.a]\nroot = \"/z\"\ncommand = [\"/bin/a\", \"{huge}\"]\nenv = {{ BIG = \"{huge}\" }}\n"
+    ));
+    assert_eq!(diags.len(), 2, "{}", render(&diags));
+    assert_error_at(&diags, 3, 22, &["command", "execve(2) takes at most"]);
+    assert_error_at(&diags, 4, 15, &["env", "execve(2) takes at most"]);
+    // One byte under the limit with its NUL is fine.
+    let fits = "x".repeat(128 * 1024 - 1);
+    ok(&format!(
+        "[zone.a]\nroot = \"/z\"\ncommand = [\"/bin/a\", \"{fits}\"]\n"
+    ));
+}
+
+#[test]
+fn stop_signals_that_pause_or_resume_are_rejected() {
+    for sig in ["STOP", "SIGCONT", "TSTP", "SIGSTOP"] {
+        let diags = errors(&format!("{MINIMAL_ZONE}stop_signal = \"{sig}\"\n"));
+        assert_error_at(&diags, 4, 15, &["stop_signal", "instead of ending it"]);
+    }
+    let diags = errors(&format!(
+        "[defaults]\nstop_signal = \"STOP\"\n{MINIMAL_ZONE}"
+    ));
+    assert_eq!(diags.len(), 1, "{}", render(&diags));
+    ok(&format!("{MINIMAL_ZONE}stop_signal = \"SIGQUIT\"\n"));
 }
