@@ -35,7 +35,7 @@ fi
 
 cargo_flags=()
 [[ $profile == release ]] && cargo_flags+=(--release)
-cargo build "${cargo_flags[@]}" --bin zonit --bin zonit-mkinitramfs
+cargo build "${cargo_flags[@]}" --bin zonit --bin zonit-mkinitramfs --workspace
 
 # Stage /lib: the listed modules of the fetched kernel, under
 # lib/modules/VERSION, with the kernel's built-in list and modules.dep if

@@ -23,9 +23,10 @@ for tier in "${tiers[@]}"; do
     case $tier in
         lint)
             cargo fmt --all -- --check
-            cargo clippy --all-targets -- -D warnings
+            cargo clippy --workspace --all-targets -- -D warnings
             ;;
         1)
+            cargo test -p zonit-mkinitramfs
             cargo test --lib --bins --test initramfs --test kernel_config --test fuzz_regressions --test syslog --test pid1_panic --test repo --test cli
             ;;
         2)

@@ -32,7 +32,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-const MKINITRAMFS: &str = env!("CARGO_BIN_EXE_zonit-mkinitramfs");
+/// The image writer (tools/mkinitramfs), built in release by
+/// scripts/build-initramfs.sh beside the base image.
+fn mkinitramfs() -> PathBuf {
+    base_initramfs();
+    let debug = Path::new(env!("CARGO_BIN_EXE_zonit"));
+    let target = debug.parent().and_then(Path::parent).unwrap();
+    target.join("release/zonit-mkinitramfs")
+}
 
 /// Longest wait for one console line. TCG on a loaded 2-core machine is
 /// slow; a healthy boot reaches its marker in 3-6 s.
@@ -127,7 +134,7 @@ fn initramfs_with(name: &str, config: &str, extra: &str) -> PathBuf {
     )
     .unwrap();
     let overlay = dir.join("config.cpio.gz");
-    let run = Command::new(MKINITRAMFS)
+    let run = Command::new(mkinitramfs())
         .arg(dir.join("manifest"))
         .arg(&overlay)
         .output()
@@ -685,7 +692,7 @@ fn guest_initrd() -> &'static Path {
         }
         std::fs::write(dir.join("manifest"), manifest).unwrap();
         let out = dir.join("guest.cpio.gz");
-        let run = Command::new(MKINITRAMFS)
+        let run = Command::new(mkinitramfs())
             .arg(dir.join("manifest"))
             .arg(&out)
             .output()

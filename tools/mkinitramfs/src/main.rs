@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use flate2::{Compression, GzBuilder};
-use zonit::cpio;
+use zonit_mkinitramfs as cpio;
 
 #[derive(Debug, thiserror::Error)]
 enum Error {
