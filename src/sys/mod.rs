@@ -56,9 +56,27 @@ pub enum Forked {
 /// `clone3` with fork semantics (no new stack), `CLONE_PIDFD` always set,
 /// `SIGCHLD` as exit signal, optionally straight into the cgroup `cgroup`.
 ///
+/// The child is born with every signal blocked: a signal sent to it at any
+/// moment after the clone (a stop right after a start) stays pending until
+/// the child has set up its own handling, instead of running the caller's
+/// handlers or, in a PID namespace's init, being dropped. The caller's
+/// mask is restored on its side.
+///
 /// The caller must be single-threaded (the agent is): the child is a copy of
 /// it with one thread, so it may allocate and take locks.
 pub fn clone3(flags: u64, cgroup: Option<BorrowedFd<'_>>) -> io::Result<Forked> {
+    let mut old = empty_sigset();
+    // SAFETY: both sets are initialised and outlive the call.
+    let ret = unsafe { libc::sigprocmask(libc::SIG_SETMASK, &full_sigset(), &mut old) };
+    check(ret.into())?;
+    let forked = clone3_raw(flags, cgroup);
+    if !matches!(forked, Ok(Forked::Child)) {
+        set_sigmask(libc::SIG_SETMASK, &old);
+    }
+    forked
+}
+
+fn clone3_raw(flags: u64, cgroup: Option<BorrowedFd<'_>>) -> io::Result<Forked> {
     let mut pidfd: libc::c_int = -1;
     let mut args = CloneArgs {
         flags: flags | libc::CLONE_PIDFD as u64,
@@ -134,7 +152,15 @@ fn close_range(first: RawFd, last: RawFd) -> io::Result<()> {
 /// Resets every signal's disposition to default and unblocks all signals,
 /// undoing what the agent installed before it forked us.
 pub fn reset_signals() {
-    for sig in 1..libc::SIGRTMAX() {
+    reset_signal_handlers();
+    set_sigmask(libc::SIG_SETMASK, &empty_sigset());
+}
+
+/// Resets every signal's disposition to default and leaves the mask as it
+/// is: a child born from [`clone3`] keeps every signal blocked, so what
+/// was sent to it meanwhile stays pending.
+pub fn reset_signal_handlers() {
+    for sig in 1..=libc::SIGRTMAX() {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP {
             continue;
         }
@@ -142,7 +168,6 @@ pub fn reset_signals() {
         // numbers (32, 33 taken by glibc) are ignored on purpose.
         unsafe { libc::signal(sig, libc::SIG_DFL) };
     }
-    set_sigmask(libc::SIG_SETMASK, &empty_sigset());
 }
 
 /// An empty signal set.
