@@ -16,7 +16,7 @@ use mio::net::{UnixListener, UnixStream};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use serde_json::json;
 
-use super::{Agent, Error, LISTENER, Mode, ShutdownAction, Source};
+use super::{Agent, Error, LISTENER, Mode, ShutdownAction, Source, claim};
 use crate::config::UnitKind;
 use crate::control::proto::{self, Request, UnitRow};
 use crate::supervisor::{Input, State};
@@ -38,30 +38,25 @@ pub(super) struct Conn {
 }
 
 impl Agent {
-    pub(super) fn bind_control(&mut self) -> Result<(), Error> {
+    /// Claims the control socket's path (see `claim`), binds the socket
+    /// and watches it; returns the record a dead predecessor left.
+    pub(super) fn bind_control(&mut self) -> Result<claim::Record, Error> {
         let path = self.config.host.control_socket.clone();
         let err = |source: io::Error| Error::Socket {
             path: path.clone(),
             source,
         };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(err)?;
-            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-        }
-        // A socket left by an earlier agent would make bind fail.
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(err(e)),
-        }
+        let (claim, previous) = claim::Claim::take(&path).map_err(Error::Claim)?;
         let mut listener = UnixListener::bind(&path).map_err(err)?;
+        // From here on the claim removes the socket if anything fails.
+        self.claim = Some(claim);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
         self.poll
             .registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(Error::Poll)?;
         self.listener = Some(listener);
-        Ok(())
+        Ok(previous)
     }
 
     pub(super) fn accept(&mut self) {

@@ -12,6 +12,7 @@
 //! per-request or per-unit error: it is logged and the loop goes on.
 
 mod cgroup;
+mod claim;
 mod control;
 mod exec;
 mod guest;
@@ -80,6 +81,9 @@ pub enum Error {
     /// The zones' seccomp filter does not compile.
     #[error("unable to build the zone seccomp filter")]
     Seccomp(#[source] &'static crate::zone::seccomp::Error),
+    /// The control socket's path is taken or unusable.
+    #[error("unable to claim the control socket")]
+    Claim(#[source] claim::Error),
     /// The control socket could not be bound.
     #[error("unable to bind the control socket {path}")]
     Socket {
@@ -132,6 +136,8 @@ pub struct Agent {
     poll: Poll,
     signals: Signals,
     listener: Option<mio::net::UnixListener>,
+    /// The hold on the socket's path; dropped last, it removes the socket.
+    claim: Option<claim::Claim>,
     conns: HashMap<usize, Conn>,
     units: HashMap<String, UnitRt>,
     sources: HashMap<Token, Source>,
@@ -188,6 +194,7 @@ impl Agent {
             poll,
             signals,
             listener: None,
+            claim: None,
             conns: HashMap::new(),
             units: HashMap::new(),
             sources: HashMap::new(),
@@ -196,12 +203,25 @@ impl Agent {
             stop_waiters: Vec::new(),
             pending_reads: Vec::new(),
             shutdown: None,
-            cgroups: cgroup::Cgroups::detect(&cgroup_instance(opts_mode)),
+            cgroups: cgroup::Cgroups::default(),
             pid1: pid1::Pid1State::default(),
             retiring: HashMap::new(),
             execs: HashMap::new(),
         };
-        agent.bind_control()?;
+        // The socket first: an agent that cannot serve it (another one
+        // does, the path is unusable) must leave no cgroup behind.
+        let previous = agent.bind_control()?;
+        if let Some(dir) = &previous.cgroup {
+            claim::reclaim_cgroup(dir, previous.pid);
+        }
+        agent.cgroups = cgroup::Cgroups::detect(&cgroup_instance(opts_mode));
+        let record = claim::Record {
+            pid: Some(std::process::id() as i32),
+            cgroup: agent.cgroups.base().map(Into::into),
+        };
+        if let Some(c) = &mut agent.claim {
+            c.record(&record);
+        }
         Ok(agent)
     }
 

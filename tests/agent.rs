@@ -1,0 +1,173 @@
+//! Tier 2: the agent's own robustness under `zonit run` as PID 1 of a PID
+//! namespace: its hold on the control socket, leftovers of a dead
+//! predecessor, hostile clients, reload storms, fd limits.
+//! Needs root (fails under CI=true without it) and busybox-static.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Zonit, own_cgroup2, require_root, run_expecting_exit, test_dir, zone};
+
+/// A fresh cgroup2 group for one test, removed on drop.
+struct TestGroup(PathBuf);
+
+impl TestGroup {
+    fn new(name: &str) -> TestGroup {
+        let base = own_cgroup2().expect("cgroup2 is mounted");
+        let dir = base.join(format!("zonit-test-{}-{name}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        TestGroup(dir)
+    }
+
+    fn children(&self) -> Vec<String> {
+        std::fs::read_dir(&self.0)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_type().unwrap().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+}
+
+impl Drop for TestGroup {
+    fn drop(&mut self) {
+        for c in self.children() {
+            let _ = std::fs::remove_dir(self.0.join(c));
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+fn lock_record(socket: &Path) -> String {
+    let mut lock = socket.as_os_str().to_os_string();
+    lock.push(".lock");
+    std::fs::read_to_string(PathBuf::from(lock)).unwrap()
+}
+
+#[test]
+fn a_second_agent_on_the_same_socket_refuses_and_names_the_first() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("second", |d| zone(d, "web", "sleep 1000", ""));
+    z.wait_state("web", "running");
+    let group = TestGroup::new("second");
+    let (code, out) = run_expecting_exit(&z.config, Some(&group.0), Duration::from_secs(10));
+    assert_eq!(code, Some(1), "the second agent must refuse: {out}");
+    assert!(
+        out.contains(&format!("another agent (pid {})", z.pid())),
+        "the message names the first agent's pid {}: {out}",
+        z.pid()
+    );
+    assert!(
+        group.children().is_empty(),
+        "a refused agent left cgroups behind: {:?}",
+        group.children()
+    );
+    // The first agent still serves its socket and its zone.
+    assert_eq!(z.state("web"), "running");
+}
+
+#[test]
+fn the_next_agent_removes_what_a_sigkilled_one_left() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("reclaim", |d| zone(d, "web", "sleep 1000", ""));
+    z.wait_state("web", "running");
+    let record = lock_record(&z.socket);
+    let base = record
+        .lines()
+        .find_map(|l| l.strip_prefix("cgroup "))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("no cgroup in the lock record: {record}"));
+    assert!(base.join("web").is_dir(), "{}", base.display());
+    let (dir, config, socket) = z.kill_hard();
+    assert!(base.exists(), "the dead agent's cgroup is left");
+    assert!(socket.exists(), "the dead agent's socket is left");
+    let z = Zonit::launch(dir, config, socket);
+    z.wait_log("left by a dead agent");
+    assert!(
+        !base.exists(),
+        "the dead agent's cgroup {} is still there",
+        base.display()
+    );
+    z.wait_state("web", "running");
+}
+
+#[test]
+fn control_socket_in_an_existing_directory_keeps_its_mode() {
+    if !require_root() {
+        return;
+    }
+    let dir = test_dir("sockdir");
+    let shared = dir.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let socket = shared.join("ctl.sock");
+    let config = dir.join("zonit.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[host]\ncontrol_socket = \"{}\"\n{}",
+            socket.display(),
+            zone(&dir, "web", "sleep 1000", "")
+        ),
+    )
+    .unwrap();
+    let mut z = Zonit::launch(dir, config, socket.clone());
+    let mode = std::fs::metadata(&shared).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o1777, "an existing directory must keep its mode");
+    assert_eq!(z.terminate(), 0);
+    assert!(!socket.exists(), "the socket is removed at exit");
+}
+
+#[test]
+fn a_missing_socket_directory_is_created_0700() {
+    if !require_root() {
+        return;
+    }
+    let dir = test_dir("newdir");
+    let socket = dir.join("new/sub/ctl.sock");
+    let config = dir.join("zonit.toml");
+    std::fs::write(
+        &config,
+        format!("[host]\ncontrol_socket = \"{}\"\n", socket.display()),
+    )
+    .unwrap();
+    let _z = Zonit::launch(dir.clone(), config, socket.clone());
+    let mode = std::fs::metadata(dir.join("new/sub"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700);
+}
+
+#[test]
+fn a_file_at_the_socket_path_is_refused_and_kept() {
+    if !require_root() {
+        return;
+    }
+    let dir = test_dir("notsock");
+    let socket = dir.join("ctl.sock");
+    std::fs::write(&socket, "precious").unwrap();
+    let config = dir.join("zonit.toml");
+    std::fs::write(
+        &config,
+        format!("[host]\ncontrol_socket = \"{}\"\n", socket.display()),
+    )
+    .unwrap();
+    let group = TestGroup::new("notsock");
+    let (code, out) = run_expecting_exit(&config, Some(&group.0), Duration::from_secs(10));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("is not a socket"), "{out}");
+    assert_eq!(std::fs::read_to_string(&socket).unwrap(), "precious");
+    assert!(group.children().is_empty(), "{:?}", group.children());
+    let _ = std::fs::remove_dir_all(&dir);
+}
