@@ -171,3 +171,81 @@ fn a_file_at_the_socket_path_is_refused_and_kept() {
     assert!(group.children().is_empty(), "{:?}", group.children());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The agent's open fds.
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Sends `line` with `n` fds (of /dev/null) attached; returns the first
+/// reply line.
+fn request_with_fds(socket: &Path, line: &[u8], n: usize) -> String {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    use std::io::{BufRead, BufReader};
+    use std::os::fd::AsRawFd;
+    let stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let files: Vec<std::fs::File> = (0..n)
+        .map(|_| std::fs::File::open("/dev/null").unwrap())
+        .collect();
+    let raw: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
+    let iov = [std::io::IoSlice::new(line)];
+    let sent = sendmsg::<()>(
+        stream.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&raw)],
+        MsgFlags::empty(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(sent, line.len());
+    let mut reply = String::new();
+    BufReader::new(&stream).read_line(&mut reply).unwrap();
+    reply
+}
+
+#[test]
+fn requests_carrying_too_many_fds_get_an_error_and_leak_none() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("fds", |d| zone(d, "web", "sleep 1000", ""));
+    z.wait_state("web", "running");
+    let pid = z.pid();
+    let before = fd_count(pid);
+    for i in 0..100 {
+        let (line, n) = if i % 2 == 0 {
+            (&br#"{"v":1,"cmd":"status"}"#[..], 5)
+        } else {
+            (
+                &br#"{"v":1,"cmd":"exec","name":"web","argv":["id"]}"#[..],
+                200,
+            )
+        };
+        let mut line = line.to_vec();
+        line.push(b'\n');
+        let reply = request_with_fds(&z.socket, &line, n);
+        assert!(
+            reply.contains(r#""ok":false"#) && reply.contains(&format!("carried {n} fds")),
+            "request {i}: {reply}"
+        );
+    }
+    // The agent closes each connection once it has seen the client go.
+    let mut after = 0;
+    for _ in 0..100 {
+        after = fd_count(pid);
+        if after == before {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        after, before,
+        "the agent's fds went from {before} to {after}"
+    );
+    assert_eq!(z.state("web"), "running");
+}

@@ -33,8 +33,64 @@ pub(super) struct Conn {
     /// Close once `wbuf` is flushed.
     closing: bool,
     writable_registered: bool,
-    /// fds passed with SCM_RIGHTS, for the next `exec` request.
-    pub(super) fds: Vec<OwnedFd>,
+    /// fds passed with SCM_RIGHTS, for the next request.
+    pub(super) fds: PassedFds,
+}
+
+/// fds that `exec` takes: stdin, stdout, stderr.
+const EXEC_FDS: usize = 3;
+
+/// The fds a client passed for its next request.
+#[derive(Default)]
+pub(super) struct PassedFds {
+    fds: Vec<OwnedFd>,
+    /// More fds arrived than any request takes (they were closed): how
+    /// many. The next request is refused.
+    refused: Option<usize>,
+}
+
+impl PassedFds {
+    /// Keeps passed fds for the next request, or closes them at once when
+    /// they are more than a request can take.
+    fn take_fds(&mut self, fds: Vec<OwnedFd>, truncated: bool) {
+        if fds.is_empty() && !truncated {
+            return;
+        }
+        let total = self.fds.len() + fds.len();
+        if truncated || total > EXEC_FDS || self.refused.is_some() {
+            // Dropping closes every one of them.
+            self.fds.clear();
+            self.refused = Some(self.refused.unwrap_or(0) + total);
+        } else {
+            self.fds.extend(fds);
+        }
+    }
+
+    /// A request comes with exactly the fds it takes: three for `exec`,
+    /// none for anything else. Refused fds are closed.
+    fn check(&mut self, req: &Request) -> Result<(), String> {
+        let wanted = match req {
+            Request::Exec { .. } => EXEC_FDS,
+            _ => 0,
+        };
+        let got = match self.refused.take() {
+            Some(n) => n,
+            None if wanted == 0 && !self.fds.is_empty() => {
+                let n = self.fds.len();
+                self.fds.clear();
+                n
+            }
+            None => return Ok(()),
+        };
+        Err(format!(
+            "request refused: it carried {got} fds (SCM_RIGHTS); exec takes {EXEC_FDS} (stdin, stdout, stderr), other requests none"
+        ))
+    }
+
+    /// The fds for the request being carried out.
+    pub(super) fn take(&mut self) -> Vec<OwnedFd> {
+        std::mem::take(&mut self.fds)
+    }
 }
 
 impl Agent {
@@ -111,7 +167,7 @@ impl Agent {
                     wbuf: Vec::new(),
                     closing: false,
                     writable_registered: false,
-                    fds: Vec::new(),
+                    fds: PassedFds::default(),
                 },
             );
         }
@@ -124,17 +180,13 @@ impl Agent {
             let mut buf = [0u8; 4096];
             loop {
                 match sys::recv_with_fds(conn.stream.as_fd(), &mut buf) {
-                    Ok((0, _)) => {
-                        eof = true;
-                        break;
-                    }
-                    Ok((n, fds)) => {
-                        conn.rbuf.extend_from_slice(&buf[..n]);
-                        // Only the latest stdio triple is kept; extra fds
-                        // are closed at once.
-                        if !fds.is_empty() {
-                            conn.fds = fds;
+                    Ok(got) => {
+                        conn.fds.take_fds(got.fds, got.truncated);
+                        if got.bytes == 0 {
+                            eof = true;
+                            break;
                         }
+                        conn.rbuf.extend_from_slice(&buf[..got.bytes]);
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -165,7 +217,18 @@ impl Agent {
                 continue;
             }
             match proto::decode(&line) {
-                Ok(req) => self.request(id, req),
+                Ok(req) => {
+                    if let Err(msg) = self
+                        .conns
+                        .get_mut(&id)
+                        .map_or(Ok(()), |c| c.fds.check(&req))
+                    {
+                        log::debug!("control socket: {msg}");
+                        self.send(id, &proto::error(&msg));
+                        continue;
+                    }
+                    self.request(id, req)
+                }
                 Err(e) => {
                     log::debug!("control socket: {e}");
                     self.send(id, &proto::error(&e.to_string()));
@@ -400,5 +463,58 @@ impl Agent {
         for u in self.units.values_mut() {
             u.followers.retain(|c| *c != id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fds(n: usize) -> Vec<OwnedFd> {
+        (0..n)
+            .map(|_| std::fs::File::open("/dev/null").unwrap().into())
+            .collect()
+    }
+
+    fn exec() -> Request {
+        Request::Exec {
+            name: "z".into(),
+            argv: vec!["id".into()],
+        }
+    }
+
+    #[test]
+    fn exec_takes_its_three_fds() {
+        let mut p = PassedFds::default();
+        p.take_fds(fds(3), false);
+        assert!(p.check(&exec()).is_ok());
+        assert_eq!(p.take().len(), 3);
+    }
+
+    #[test]
+    fn too_many_fds_are_closed_and_the_next_request_refused() {
+        let mut p = PassedFds::default();
+        p.take_fds(fds(2), false);
+        p.take_fds(fds(5), false);
+        assert!(p.fds.is_empty(), "every fd is closed at once");
+        let err = p.check(&exec()).unwrap_err();
+        assert!(err.contains("carried 7 fds"), "{err}");
+        // Only that request is refused.
+        assert!(p.check(&Request::Status {}).is_ok());
+    }
+
+    #[test]
+    fn truncated_fds_refuse_the_request() {
+        let mut p = PassedFds::default();
+        p.take_fds(Vec::new(), true);
+        assert!(p.check(&exec()).is_err());
+    }
+
+    #[test]
+    fn fds_with_a_request_that_takes_none_are_refused_and_closed() {
+        let mut p = PassedFds::default();
+        p.take_fds(fds(1), false);
+        assert!(p.check(&Request::Status {}).is_err());
+        assert!(p.fds.is_empty());
     }
 }
