@@ -249,3 +249,111 @@ fn requests_carrying_too_many_fds_get_an_error_and_leak_none() {
     );
     assert_eq!(z.state("web"), "running");
 }
+
+/// Reads reply lines from `stream` until `n` arrived or `timeout` passed.
+fn read_replies(
+    stream: &std::os::unix::net::UnixStream,
+    n: usize,
+    timeout: Duration,
+) -> Vec<String> {
+    use std::io::{BufRead, BufReader};
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    let mut out = Vec::new();
+    let mut reader = BufReader::new(stream);
+    let deadline = std::time::Instant::now() + timeout;
+    while out.len() < n && std::time::Instant::now() < deadline {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => break,
+            Ok(_) => out.push(line),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+#[test]
+fn pipelined_requests_all_get_replies_without_another_byte() {
+    if !require_root() {
+        return;
+    }
+    use std::io::Write;
+    let z = Zonit::start("pipeline", |d| zone(d, "web", "sleep 1000", ""));
+    z.wait_state("web", "running");
+    let stream = std::os::unix::net::UnixStream::connect(&z.socket).unwrap();
+    // 2000 requests of 50 bytes: more than one request's worth of bytes
+    // (64 KiB) arrives at once.
+    let flood = br#"{"v":1,"cmd":"logs","name":"web","lines":0}      
+"#
+    .repeat(2000);
+    let mut writer = stream.try_clone().unwrap();
+    let t = std::thread::spawn(move || writer.write_all(&flood).unwrap());
+    let replies = read_replies(&stream, 2000, Duration::from_secs(20));
+    t.join().unwrap();
+    assert_eq!(replies.len(), 2000, "replies to 2000 pipelined requests");
+    assert!(replies.iter().all(|r| r.contains(r#""ok":true"#)));
+}
+
+#[test]
+fn a_half_closed_client_still_gets_every_reply() {
+    if !require_root() {
+        return;
+    }
+    use std::io::Write;
+    use std::net::Shutdown;
+    let z = Zonit::start("halfclose", |d| {
+        zone(d, "svc", "sleep 1000", "")
+            + &zone(d, "ticker", "while true; do echo tick; sleep 0.2; done", "")
+    });
+    z.wait_state("svc", "running");
+    z.wait_state("ticker", "running");
+    // `stop` answers once the unit is stopped, long after the half-close.
+    let mut s = std::os::unix::net::UnixStream::connect(&z.socket).unwrap();
+    s.write_all(b"{\"v\":1,\"cmd\":\"stop\",\"name\":\"svc\"}\n")
+        .unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let replies = read_replies(&s, 1, Duration::from_secs(10));
+    assert_eq!(replies.len(), 1, "no reply to stop after half-close");
+    assert!(
+        replies[0].contains(r#""state":"stopped""#),
+        "{}",
+        replies[0]
+    );
+    // `logs -f` keeps following.
+    let mut s = std::os::unix::net::UnixStream::connect(&z.socket).unwrap();
+    s.write_all(b"{\"v\":1,\"cmd\":\"logs\",\"name\":\"ticker\",\"lines\":0,\"follow\":true}\n")
+        .unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let replies = read_replies(&s, 5, Duration::from_secs(5));
+    let ticks = replies.iter().filter(|r| r.contains("tick")).count();
+    assert!(ticks >= 3, "followed output after half-close: {replies:?}");
+    assert!(
+        !replies.iter().any(|r| r.contains(r#""end""#)),
+        "{replies:?}"
+    );
+}
+
+#[test]
+fn closing_an_exec_client_hangs_up_its_command() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("exechup", |d| zone(d, "web", "sleep 1000", ""));
+    z.wait_state("web", "running");
+    let mut ctl = std::process::Command::new(common::ZONIT)
+        .args(["ctl", "--socket"])
+        .arg(&z.socket)
+        .args(["exec", "web", "--", "sleep", "4242"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    z.wait_for("the exec'd command", Duration::from_secs(10), || {
+        !common::pids_with_cmdline("sleep\x004242").is_empty()
+    });
+    ctl.kill().unwrap();
+    ctl.wait().unwrap();
+    z.wait_for("the command to end", Duration::from_secs(10), || {
+        common::pids_with_cmdline("sleep\x004242").is_empty()
+    });
+}

@@ -24,6 +24,9 @@ use crate::sys;
 
 /// Most unsent reply bytes kept for one client.
 const MAX_PENDING: usize = 1024 * 1024;
+/// Most request lines carried out for one client per wake-up, so one
+/// client's pipelined flood cannot starve the loop.
+const LINE_BUDGET: usize = 256;
 
 pub(super) struct Conn {
     stream: UnixStream,
@@ -32,6 +35,10 @@ pub(super) struct Conn {
     wbuf: Vec<u8>,
     /// Close once `wbuf` is flushed.
     closing: bool,
+    /// The client will send nothing more (it half-closed or closed).
+    eof: bool,
+    /// The client closed both directions: nothing can reach it.
+    gone: bool,
     writable_registered: bool,
     /// fds passed with SCM_RIGHTS, for the next request.
     pub(super) fds: PassedFds,
@@ -166,6 +173,8 @@ impl Agent {
                     rbuf: Vec::new(),
                     wbuf: Vec::new(),
                     closing: false,
+                    eof: false,
+                    gone: false,
                     writable_registered: false,
                     fds: PassedFds::default(),
                 },
@@ -173,76 +182,114 @@ impl Agent {
         }
     }
 
-    pub(super) fn on_conn(&mut self, id: usize) {
-        let mut eof = false;
-        let mut lines = Vec::new();
-        if let Some(conn) = self.conns.get_mut(&id) {
-            let mut buf = [0u8; 4096];
-            loop {
-                match sys::recv_with_fds(conn.stream.as_fd(), &mut buf) {
-                    Ok(got) => {
-                        conn.fds.take_fds(got.fds, got.truncated);
-                        if got.bytes == 0 {
-                            eof = true;
-                            break;
-                        }
-                        conn.rbuf.extend_from_slice(&buf[..got.bytes]);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        eof = true;
-                        break;
-                    }
-                }
-                if conn.rbuf.len() > proto::MAX_REQUEST {
-                    break;
-                }
+    /// A client's socket is readable or writable (or, from the loop's
+    /// pending list, it has more to process): flushes replies, carries out
+    /// complete request lines one at a time, reads more when none is left.
+    /// `gone` says the client closed both directions.
+    ///
+    /// The socket is edge-triggered, so this either reads until
+    /// `WouldBlock`, or stops with a way back: a writable event (replies
+    /// piling up: requests wait until the client reads) or the loop's
+    /// pending list (the per-wake-up budget is spent).
+    pub(super) fn on_conn(&mut self, id: usize, gone: bool) {
+        let mut handled = 0;
+        let mut buf = [0u8; 4096];
+        if gone && let Some(conn) = self.conns.get_mut(&id) {
+            conn.gone = true;
+        }
+        loop {
+            self.flush(id);
+            let Some(conn) = self.conns.get_mut(&id) else {
+                return;
+            };
+            if conn.closing {
+                break;
             }
-            while let Some(nl) = conn.rbuf.iter().position(|&b| b == b'\n') {
+            if conn.wbuf.len() > MAX_PENDING / 2 && !conn.gone {
+                break; // resumed by the writable event
+            }
+            if handled >= LINE_BUDGET {
+                self.pending_conns.push(id);
+                break;
+            }
+            if let Some(nl) = conn.rbuf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = conn.rbuf.drain(..=nl).collect();
-                lines.push(line[..nl].to_vec());
+                handled += 1;
+                self.line(id, &line[..nl]);
+                continue;
             }
             if conn.rbuf.len() > proto::MAX_REQUEST {
                 conn.rbuf.clear();
-                conn.wbuf.extend_from_slice(&proto::error(&format!(
-                    "request longer than {} bytes",
-                    proto::MAX_REQUEST
-                )));
                 conn.closing = true;
-            }
-        }
-        for line in lines {
-            if line.iter().all(u8::is_ascii_whitespace) {
+                let msg = format!("request longer than {} bytes", proto::MAX_REQUEST);
+                self.send(id, &proto::error(&msg));
                 continue;
             }
-            match proto::decode(&line) {
-                Ok(req) => {
-                    if let Err(msg) = self
-                        .conns
-                        .get_mut(&id)
-                        .map_or(Ok(()), |c| c.fds.check(&req))
-                    {
-                        log::debug!("control socket: {msg}");
-                        self.send(id, &proto::error(&msg));
-                        continue;
+            if conn.eof {
+                break;
+            }
+            match sys::recv_with_fds(conn.stream.as_fd(), &mut buf) {
+                Ok(got) => {
+                    conn.fds.take_fds(got.fds, got.truncated);
+                    if got.bytes == 0 {
+                        conn.eof = true;
                     }
-                    self.request(id, req)
+                    conn.rbuf.extend_from_slice(&buf[..got.bytes]);
                 }
-                Err(e) => {
-                    log::debug!("control socket: {e}");
-                    self.send(id, &proto::error(&e.to_string()));
-                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => conn.eof = true,
             }
         }
-        self.flush(id);
-        if eof {
+        if self.conns.get(&id).is_some_and(|c| c.gone) {
             self.exec_client_gone(id);
+            self.close(id);
+        } else {
+            self.close_if_done(id);
+        }
+    }
+
+    /// Carries out one request line.
+    fn line(&mut self, id: usize, line: &[u8]) {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return;
+        }
+        match proto::decode(line) {
+            Ok(req) => {
+                if let Err(msg) = self
+                    .conns
+                    .get_mut(&id)
+                    .map_or(Ok(()), |c| c.fds.check(&req))
+                {
+                    log::debug!("control socket: {msg}");
+                    self.send(id, &proto::error(&msg));
+                    return;
+                }
+                self.request(id, req)
+            }
+            Err(e) => {
+                log::debug!("control socket: {e}");
+                self.send(id, &proto::error(&e.to_string()));
+            }
+        }
+    }
+
+    /// Closes a connection whose client has stopped sending once nothing
+    /// is owed to it: every reply sent, no `stop` waiting, no log
+    /// following, no exec running. A half-closed client thus still gets
+    /// every reply.
+    fn close_if_done(&mut self, id: usize) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        // An unfinished last line is never carried out.
+        if !conn.eof || !conn.wbuf.is_empty() {
+            return;
         }
         let waiting = self.stop_waiters.iter().any(|(c, _)| *c == id)
             || self.units.values().any(|u| u.followers.contains(&id))
             || self.exec_pending(id);
-        if eof && (!waiting || self.conns.get(&id).is_some_and(|c| c.wbuf.is_empty())) {
+        if !waiting {
             self.close(id);
         }
     }
@@ -451,6 +498,8 @@ impl Agent {
         }
         if conn.closing && conn.wbuf.is_empty() {
             self.close(id);
+        } else if conn.eof && conn.wbuf.is_empty() {
+            self.close_if_done(id);
         }
     }
 

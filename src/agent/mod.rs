@@ -145,6 +145,8 @@ pub struct Agent {
     pids: HashMap<i32, String>,
     stop_waiters: Vec<(usize, String)>,
     pending_reads: Vec<String>,
+    /// Control connections with requests left over from the last wake-up.
+    pending_conns: Vec<usize>,
     shutdown: Option<Shutdown>,
     cgroups: cgroup::Cgroups,
     pid1: pid1::Pid1State,
@@ -202,6 +204,7 @@ impl Agent {
             pids: HashMap::new(),
             stop_waiters: Vec::new(),
             pending_reads: Vec::new(),
+            pending_conns: Vec::new(),
             shutdown: None,
             cgroups: cgroup::Cgroups::default(),
             pid1: pid1::Pid1State::default(),
@@ -281,12 +284,18 @@ impl Agent {
             // Never spin: a broken poll still waits a little.
             std::thread::sleep(Duration::from_millis(100));
         }
-        let tokens: Vec<Token> = events.iter().map(|e| e.token()).collect();
-        for token in tokens {
-            self.dispatch(token);
+        let tokens: Vec<(Token, bool)> = events
+            .iter()
+            .map(|e| (e.token(), e.is_write_closed() || e.is_error()))
+            .collect();
+        for (token, hangup) in tokens {
+            self.dispatch(token, hangup);
         }
         for unit in std::mem::take(&mut self.pending_reads) {
             self.read_output(&unit);
+        }
+        for id in std::mem::take(&mut self.pending_conns) {
+            self.on_conn(id, false);
         }
         self.reap();
         self.feed(Input::Tick);
@@ -296,7 +305,7 @@ impl Agent {
     }
 
     fn timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.pending_reads.is_empty() {
+        if !self.pending_reads.is_empty() || !self.pending_conns.is_empty() {
             return Some(Duration::ZERO);
         }
         let shutdown = self
@@ -311,7 +320,8 @@ impl Agent {
             .map(|d| d.saturating_duration_since(now))
     }
 
-    fn dispatch(&mut self, token: Token) {
+    /// `hangup`: the other end of the source is closed for good.
+    fn dispatch(&mut self, token: Token, hangup: bool) {
         match token {
             SIGNALS => self.on_signals(),
             LISTENER => self.accept(),
@@ -326,7 +336,7 @@ impl Agent {
                 }
                 Some(Source::Conn(id)) => {
                     let id = *id;
-                    self.on_conn(id);
+                    self.on_conn(id, hangup);
                 }
                 Some(Source::ExecStatus(pid)) => {
                     let pid = *pid;
