@@ -91,7 +91,7 @@ pub fn limit_files(zone: &Zone) -> Vec<LimitFile> {
 }
 
 /// zonit's base group for zones.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Cgroups {
     base: Option<PathBuf>,
     controllers: Vec<String>,
@@ -161,6 +161,11 @@ impl Cgroups {
             base: Some(base),
             controllers,
         }
+    }
+
+    /// The base group's directory, if there is one.
+    pub fn base(&self) -> Option<&Path> {
+        self.base.as_deref()
     }
 
     /// Creates (or reuses) the group of unit `name`, writes `zone`'s limits,
