@@ -91,7 +91,7 @@ pub fn limit_files(zone: &Zone) -> Vec<LimitFile> {
 }
 
 /// zonit's base group for zones.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Cgroups {
     base: Option<PathBuf>,
     controllers: Vec<String>,
@@ -106,8 +106,9 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> E
 }
 
 impl Cgroups {
-    /// Finds cgroup2 and prepares `<own group>/zonit` with every available
-    /// controller enabled for its children. Never fails: problems are
+    /// Finds cgroup2 and prepares `<own group>/zonit` with the
+    /// controllers zone limits need (`cpu`, `memory`, `pids`) enabled for
+    /// its children. Never fails: problems are
     /// logged and zones with limits will fail to start with the reason.
     /// `instance` names the base group: `zonit` as PID 1; a unique name
     /// under `zonit run`, so several agents on one host never share (and
@@ -160,6 +161,11 @@ impl Cgroups {
             base: Some(base),
             controllers,
         }
+    }
+
+    /// The base group's directory, if there is one.
+    pub fn base(&self) -> Option<&Path> {
+        self.base.as_deref()
     }
 
     /// Creates (or reuses) the group of unit `name`, writes `zone`'s limits,

@@ -31,7 +31,7 @@ impl Agent {
         let fds = self
             .conns
             .get_mut(&id)
-            .map(|c| std::mem::take(&mut c.fds))
+            .map(|c| c.fds.take())
             .unwrap_or_default();
         let Ok(stdio) = <[OwnedFd; 3]>::try_from(fds) else {
             self.send(
