@@ -633,3 +633,33 @@ fn a_stop_sent_right_after_a_start_stops_the_zone_without_a_kill() {
     );
     assert!(!z.log_text().contains("killing it"), "{}", z.log_text());
 }
+
+#[test]
+fn the_zone_init_names_itself_and_the_host_config_path_stays_outside() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("initname", |d| {
+        zone(
+            d,
+            "web",
+            "echo cmdline=$(tr '\\0' ' ' < /proc/1/cmdline)end comm=$(cat /proc/1/comm); \
+             echo ps; ps; echo ps-end; sleep 1000",
+            "",
+        )
+    });
+    let out = z.output_until("web", "ps-end");
+    assert!(
+        out.contains("cmdline=zonit-init web end comm=zonit-init"),
+        "{out}\n{}",
+        z.log_text()
+    );
+    let config = z.config.display().to_string();
+    assert!(!out.contains(&config), "the config path leaks: {out}");
+    let ps = out.split("\nps\n").nth(1).unwrap_or("");
+    assert!(ps.contains("zonit-init web"), "ps: {out}");
+    // On the host, the zone's init is told apart from the agent.
+    let init = common::child_of(z.pid() as u32).unwrap();
+    let host_view = std::fs::read(format!("/proc/{init}/cmdline")).unwrap();
+    assert_eq!(host_view, b"zonit-init\0web\0");
+}

@@ -239,8 +239,12 @@ impl Agent {
         let Some(rt) = self.units.get(unit) else {
             return failed("internal: runtime missing".into(), false);
         };
-        let started = match start::spawn(zone, rt.out_tx.as_fd(), group.as_ref().map(|g| g.as_fd()))
-        {
+        let started = match start::spawn(
+            unit,
+            zone,
+            rt.out_tx.as_fd(),
+            group.as_ref().map(|g| g.as_fd()),
+        ) {
             Ok(s) => s,
             Err(e) => {
                 let permanent = matches!(e, start::Error::Nul { .. });

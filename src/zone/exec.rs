@@ -24,16 +24,21 @@ use super::start::{self, Error, Prepared, Started};
 use crate::config::Zone;
 use crate::sys;
 
+/// What an exec helper calls itself (`comm`, and the first word of its
+/// command line, the zone's name being the second).
+const EXEC_NAME: &std::ffi::CStr = c"zonit-exec";
+
 /// Starts `argv` in the zone whose init is `init`, with the caller's
 /// `stdio`, inside the zone's cgroup `cgroup` when it has one.
 pub fn exec(
+    name: &str,
     zone: &Zone,
     argv: &[String],
     init: BorrowedFd<'_>,
     cgroup: Option<BorrowedFd<'_>>,
     stdio: [OwnedFd; 3],
 ) -> Result<Started, Error> {
-    let prep = start::prepare_command(zone, argv)?;
+    let prep = start::prepare_command(EXEC_NAME, name, zone, argv)?;
     start::clone_with_channel(0, cgroup, |channel| helper(&prep, init, channel, &stdio))
 }
 
@@ -42,6 +47,7 @@ fn helper(prep: &Prepared, init: BorrowedFd<'_>, channel: OwnedFd, stdio: &[Owne
     // Born with every signal blocked (`sys::clone3`); they stay blocked
     // for `sigwait`.
     sys::reset_signal_handlers();
+    let _ = sys::set_process_name(&prep.title, EXEC_NAME);
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     // Before joining: nothing in the zone may ptrace or read this process.
     let _ = nix::sys::prctl::set_dumpable(false);

@@ -49,6 +49,11 @@ pub(super) fn zone_init(prep: &Prepared, channel: OwnedFd, output: BorrowedFd<'_
     // drops unblocked signals it has no handler for, and one sent before
     // this point must not be lost either.
     sys::reset_signal_handlers();
+    // Its own name, not the agent's command line (which holds the host's
+    // config path): `prep` lives as long as this process. A kernel without
+    // CONFIG_CHECKPOINT_RESTORE keeps the command line (comm is set in any
+    // case); the zone runs all the same, so that is no reason to fail it.
+    let _ = sys::set_process_name(&prep.title, super::start::INIT_NAME);
     // If the agent dies, so does the zone.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     let _ = nix::unistd::setsid();

@@ -12,7 +12,7 @@
 //! single-threaded, so the child may allocate. Only stdio is inherited by
 //! the command; every other fd the agent holds is closed in the init.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -76,19 +76,34 @@ pub(super) struct Prepared {
     /// command does not read /proc on every start.
     pub(super) last_cap: u8,
     pub(super) rlimits: Vec<(Resource, u64)>,
+    /// The process's own name, `argv` style (`zonit-init\0web\0`), shown by
+    /// `ps` inside and outside the zone instead of the agent's command line.
+    pub(super) title: Vec<u8>,
 }
 
 fn cstring(s: impl Into<Vec<u8>>, what: &'static str) -> Result<CString, Error> {
     CString::new(s).map_err(|_| Error::Nul { what })
 }
 
-fn prepare(zone: &Zone) -> Result<Prepared, Error> {
-    prepare_command(zone, &zone.command)
+fn prepare(name: &str, zone: &Zone) -> Result<Prepared, Error> {
+    prepare_command(INIT_NAME, name, zone, &zone.command)
 }
+
+/// What a zone's init calls itself (`comm`, and the first word of its
+/// command line, the zone's name being the second).
+pub const INIT_NAME: &CStr = c"zonit-init";
 
 /// Prepares running `command` with `zone`'s environment, user,
 /// capabilities and limits (the zone's own command, or `ctl exec`).
-pub(super) fn prepare_command(zone: &Zone, command: &[String]) -> Result<Prepared, Error> {
+/// `role` and `name` name the process that runs it (see [`Prepared::title`]).
+pub(super) fn prepare_command(
+    role: &CStr,
+    name: &str,
+    zone: &Zone,
+    command: &[String],
+) -> Result<Prepared, Error> {
+    let mut title = role.to_bytes_with_nul().to_vec();
+    title.extend_from_slice(cstring(name, "unit name")?.as_bytes_with_nul());
     let argv = command
         .iter()
         .map(|a| cstring(a.as_str(), "command"))
@@ -141,6 +156,7 @@ pub(super) fn prepare_command(zone: &Zone, command: &[String]) -> Result<Prepare
             .iter()
             .filter_map(|(k, v)| rlimit_resource(k).map(|r| (r, *v)))
             .collect(),
+        title,
     })
 }
 
@@ -167,14 +183,15 @@ pub fn rlimit_resource(name: &str) -> Option<Resource> {
     })
 }
 
-/// Starts `zone` with stdout and stderr on `output`, optionally inside the
-/// cgroup open at `cgroup`.
+/// Starts `zone` (the unit `name`) with stdout and stderr on `output`,
+/// optionally inside the cgroup open at `cgroup`.
 pub fn spawn(
+    name: &str,
     zone: &Zone,
     output: BorrowedFd<'_>,
     cgroup: Option<BorrowedFd<'_>>,
 ) -> Result<Started, Error> {
-    let prep = prepare(zone)?;
+    let prep = prepare(name, zone)?;
     let flags = (libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWUTS
