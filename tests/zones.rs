@@ -305,19 +305,26 @@ fn missing_root_makes_the_unit_failed_with_the_reason() {
 }
 
 #[test]
-fn missing_command_in_the_zone_fails_the_start_with_the_reason() {
+fn a_command_that_cannot_be_executed_fails_the_start_with_the_shells_status() {
     if !require_root() {
         return;
     }
     let z = Zonit::start("nocmd", |d| {
-        zone(d, "x", "true", "restart = \"never\"").replace(
-            "command = [\"/bin/sh\", \"-c\", \"true\"]",
-            "command = [\"/no/such/binary\"]",
-        )
+        let cmd = |name: &str, path: &str| {
+            zone(d, name, "true", "restart = \"never\"").replace(
+                "command = [\"/bin/sh\", \"-c\", \"true\"]",
+                &format!("command = [\"{path}\"]"),
+            )
+        };
+        [cmd("x", "/no/such/binary"), cmd("dir", "/etc")].concat()
     });
     z.wait_state("x", "failed");
     let reason = z.unit("x")["reason"].as_str().unwrap().to_string();
     assert!(reason.contains("/no/such/binary"), "{reason}");
+    assert!(reason.contains("(status 127)"), "{reason}");
+    z.wait_state("dir", "failed");
+    let reason = z.unit("dir")["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("(status 126)"), "{reason}");
 }
 
 #[test]

@@ -395,7 +395,7 @@ impl Agent {
                     reason: f.reason,
                     permanent: f.permanent,
                 };
-                (input, 1)
+                (input, f.status)
             }
             Outcome::Ended(end) => {
                 log::info!("{unit}: ended ({})", end.describe());

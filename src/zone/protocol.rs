@@ -220,7 +220,7 @@ pub struct Failure {
     /// The same error will recur: no restart.
     pub permanent: bool,
     /// The status a shell would give (127 not found, 126 not executable;
-    /// 1 for anything else).
+    /// 1 for anything else): what `ctl exec` and `exit_with` report.
     pub status: i32,
 }
 
@@ -257,10 +257,11 @@ impl Report {
                 })
             }
             Message::ExecFailed { errno, message } => {
+                let status = exec_failure_status(errno);
                 self.failure = Some(Failure {
-                    reason: message,
+                    reason: format!("{message} (status {status})"),
                     permanent: false,
-                    status: exec_failure_status(errno),
+                    status,
                 })
             }
             Message::Exited(c) => self.end = Some(End::Exit(c)),
