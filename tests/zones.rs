@@ -670,3 +670,50 @@ fn the_zone_init_names_itself_and_the_host_config_path_stays_outside() {
     let host_view = std::fs::read(format!("/proc/{init}/cmdline")).unwrap();
     assert_eq!(host_view, b"zonit-init\0web\0");
 }
+
+#[test]
+fn setup_errors_inside_the_zone_fail_the_start_for_good_with_the_reason() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("setupfail", |d| {
+        let file = d.join("a-file");
+        std::fs::write(&file, "x").unwrap();
+        let always = "restart = \"always\"\nbackoff = { initial = \"50ms\", max = \"50ms\" }";
+        [
+            zone(
+                d,
+                "nowd",
+                "true",
+                &format!("{always}\nworkdir = \"/no/such/dir\""),
+            ),
+            zone(
+                d,
+                "nofile",
+                "true",
+                &format!("{always}\nrlimits = {{ nofile = 100000000 }}"),
+            ),
+            zone(
+                d,
+                "fileondir",
+                "true",
+                &format!(
+                    "{always}\nmounts = [{{ source = \"{}\", target = \"/etc\" }}]",
+                    file.display()
+                ),
+            ),
+        ]
+        .concat()
+    });
+    for (unit, needle) in [
+        ("nowd", "/no/such/dir"),
+        ("nofile", "NOFILE"),
+        ("fileondir", "/etc"),
+    ] {
+        z.wait_state(unit, "failed");
+        let u = z.unit(unit);
+        let reason = u["reason"].as_str().unwrap_or("");
+        assert!(reason.contains(needle), "{unit}: {u}");
+        assert_eq!(u["restarts"], 0, "{unit}: {u}\n{}", z.log_text());
+    }
+}

@@ -34,7 +34,7 @@ pub(super) fn zone_command(
     output: BorrowedFd<'_>,
 ) -> ! {
     if let Err(e) = setup(prep) {
-        fail_start(&exec_pipe, &Message::StartFailed(error_chain(&e)));
+        fail_setup(&exec_pipe, error_chain(&e), &e);
     }
     // Held here until the agent has done its part from outside (the
     // zone's network): the command must find it in place.
@@ -54,6 +54,28 @@ pub(super) fn fail_start(exec_pipe: &OwnedFd, msg: &Message) -> ! {
     // One write of at most PIPE_BUF bytes is atomic.
     let _ = nix::unistd::write(exec_pipe, &buf[..n]);
     sys::exit_now(127)
+}
+
+/// A step of the zone's set-up failed: the same config will fail the
+/// same way next time, so the start failed for good, unless the errno says
+/// the host was only short of something ([`protocol::setup_failure`]).
+fn fail_setup(exec_pipe: &OwnedFd, reason: String, e: &(dyn std::error::Error + 'static)) -> ! {
+    fail_start(exec_pipe, &protocol::setup_failure(reason, errno_of(e)))
+}
+
+/// The errno at the bottom of an error's chain, if any.
+fn errno_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cur = Some(e);
+    let mut found = None;
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            found = io.raw_os_error().or(found);
+        } else if let Some(errno) = err.downcast_ref::<nix::errno::Errno>() {
+            found = Some(*errno as i32);
+        }
+        cur = err.source();
+    }
+    found
 }
 
 fn setup(prep: &Prepared) -> Result<(), SetupError> {
@@ -102,20 +124,27 @@ pub(super) fn command(prep: &Prepared, exec_pipe: OwnedFd, io: Stdio<'_>) -> ! {
     if let Err(e) = sys::close_fds_from(3, &[exec_pipe.as_raw_fd()]) {
         fail("unable to close inherited fds", &e);
     }
+    // From here on each step depends on the config: see `fail_setup`.
     if let Err(e) = nix::unistd::chdir(prep.workdir.as_c_str()) {
-        fail(&format!("unable to enter workdir {:?}", prep.workdir), &e);
+        let reason = format!("unable to enter workdir {:?}: {e}", prep.workdir);
+        fail_setup(&exec_pipe, reason, &e);
     }
     for (res, limit) in &prep.rlimits {
         if let Err(e) = setrlimit(*res, *limit, *limit) {
-            fail(&format!("unable to set {res:?}"), &e);
+            fail_setup(
+                &exec_pipe,
+                format!("unable to set {res:?} to {limit}: {e}"),
+                &e,
+            );
         }
     }
     if let Err(e) = drop_privileges(prep) {
-        fail("unable to drop privileges", &e);
+        fail_setup(&exec_pipe, format!("unable to drop privileges: {e}"), &e);
     }
     // Last, so everything above may still use what the filter refuses.
     if let Err(e) = seccomp::install(prep.seccomp) {
-        fail("unable to install seccomp", &error_chain(&e));
+        let reason = format!("unable to install seccomp: {}", error_chain(&e));
+        fail_setup(&exec_pipe, reason, &e);
     }
     let argv = ptrs(&prep.argv);
     let envp = ptrs(&prep.envp);

@@ -282,6 +282,26 @@ impl Report {
     }
 }
 
+/// The message for a failed step of a zone's set-up (`errno`, when the
+/// step failed in a syscall): `SetupFailed`, since the same config fails
+/// the same way next time, unless the errno says the host was only short
+/// of something (memory, fds, processes, disk space) or busy: then
+/// `StartFailed`, and the restart policy applies.
+pub fn setup_failure(reason: String, errno: Option<i32>) -> Message {
+    match errno {
+        Some(
+            libc::ENOMEM
+            | libc::EAGAIN
+            | libc::EMFILE
+            | libc::ENFILE
+            | libc::ENOSPC
+            | libc::EINTR
+            | libc::EBUSY,
+        ) => Message::StartFailed(reason),
+        _ => Message::SetupFailed(reason),
+    }
+}
+
 /// The status a shell gives a command it could not execute: 127 when it
 /// was not found, 126 when it was found but could not run.
 pub fn exec_failure_status(errno: i32) -> i32 {
@@ -347,6 +367,16 @@ mod tests {
             panic!("not decoded");
         };
         assert!(text.chars().all(|c| c == 'é'), "{text}");
+    }
+
+    #[test]
+    fn setup_errors_are_for_good_unless_the_host_was_short_of_something() {
+        let f = |errno| setup_failure("x".into(), errno);
+        assert_eq!(f(Some(libc::ENOENT)), Message::SetupFailed("x".into()));
+        assert_eq!(f(Some(libc::EPERM)), Message::SetupFailed("x".into()));
+        assert_eq!(f(None), Message::SetupFailed("x".into()));
+        assert_eq!(f(Some(libc::EMFILE)), Message::StartFailed("x".into()));
+        assert_eq!(f(Some(libc::ENOMEM)), Message::StartFailed("x".into()));
     }
 
     #[test]
