@@ -717,3 +717,24 @@ fn setup_errors_inside_the_zone_fail_the_start_for_good_with_the_reason() {
         assert_eq!(u["restarts"], 0, "{unit}: {u}\n{}", z.log_text());
     }
 }
+
+#[test]
+fn stop_wakes_a_stopped_command_so_it_can_handle_the_stop_signal() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("sigcont", |d| {
+        zone(
+            d,
+            "paused",
+            "trap 'echo got-term; exit 0' TERM; echo pausing; kill -STOP $$; sleep 1000",
+            "stop_timeout = \"3s\"",
+        )
+    });
+    z.wait_log("zonit[paused]: pausing");
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    assert_eq!(z.ctl(&["stop", "paused"]).0, 0);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert_eq!(z.unit("paused")["last_exit"], "exit 0", "{}", z.log_text());
+}

@@ -94,6 +94,10 @@ impl Agent {
                     _ => libc::SIGTERM,
                 };
                 self.signal_unit(&unit, pid, sig);
+                // A stopped command would keep the stop signal pending
+                // until stop_timeout ends in a kill: wake it to handle it
+                // (the zone's init forwards SIGCONT like any signal).
+                self.signal_unit(&unit, pid, libc::SIGCONT);
             }
             Action::Kill { unit, pid } => {
                 log::warn!("{unit}: stop_timeout reached, killing it");
