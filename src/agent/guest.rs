@@ -144,6 +144,8 @@ mod tests {
                 },
             ],
             on_reboot: OnReboot::Restart,
+            nics: vec![],
+            ports: vec![],
         };
         assert_eq!(
             monitor_argv(&g).join(" "),
