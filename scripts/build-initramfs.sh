@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the appliance initramfs (SPEC section 9): zonit as /init plus
+# Builds the appliance initramfs: zonit as /init plus
 # everything initramfs/manifest lists, as a reproducible gzip newc archive.
 #
 # Usage: scripts/build-initramfs.sh [--release] [--config FILE] [OUTPUT]
@@ -35,7 +35,7 @@ fi
 
 cargo_flags=()
 [[ $profile == release ]] && cargo_flags+=(--release)
-cargo build "${cargo_flags[@]}" --bin zonit --bin zonit-mkinitramfs
+cargo build "${cargo_flags[@]}" --bin zonit --bin zonit-mkinitramfs --workspace
 
 # Stage /lib: the listed modules of the fetched kernel, under
 # lib/modules/VERSION, with the kernel's built-in list and modules.dep if

@@ -10,8 +10,6 @@ pub mod agent;
 pub mod config;
 /// Control protocol and `zonit ctl` client.
 pub mod control;
-/// The initramfs manifest parser and newc cpio writer.
-pub mod cpio;
 /// PID 1: host boot, console, modules, shutdown.
 pub mod init;
 /// Per-unit output capture: ring buffer, line splitting, rate limit.

@@ -91,8 +91,9 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> E
 }
 
 impl Cgroups {
-    /// Finds cgroup2 and prepares `<own group>/zonit` with every available
-    /// controller enabled for its children. Never fails: problems are
+    /// Finds cgroup2 and prepares `<own group>/zonit` with the
+    /// controllers zone limits need (`cpu`, `memory`, `pids`) enabled for
+    /// its children. Never fails: problems are
     /// logged and zones with limits will fail to start with the reason.
     /// `instance` names the base group: `zonit` as PID 1; a unique name
     /// under `zonit run`, so several agents on one host never share (and

@@ -99,15 +99,64 @@ pub struct RawDocument {
     pub networks: Vec<(Spanned<String>, RawNetwork)>,
 }
 
+/// The parser's errors as (span, message), one per mistake: a table whose
+/// header appears twice is one error at the second header, not one more
+/// "duplicate key" for every key under it.
+fn syntax_errors(text: &str, errors: &[toml::de::Error]) -> Vec<(Range<usize>, String)> {
+    let mut out = Vec::new();
+    let mut repeated_bodies: Vec<Range<usize>> = Vec::new();
+    for e in errors {
+        let span = e.span().unwrap_or(0..0);
+        let message = e.message().trim_end().replace('\n', "; ");
+        let duplicate = message.starts_with("duplicate key");
+        if duplicate && repeated_bodies.iter().any(|b| b.contains(&span.start)) {
+            continue;
+        }
+        let line_start = text[..span.start.min(text.len())]
+            .rfind('\n')
+            .map_or(0, |i| i + 1);
+        let line_end = text[line_start..]
+            .find('\n')
+            .map_or(text.len(), |i| line_start + i);
+        let line = text[line_start..line_end].trim();
+        if duplicate && line.starts_with('[') {
+            let body_end = next_header(text, line_end);
+            repeated_bodies.push(line_end..body_end);
+            let header = line.split('#').next().unwrap_or(line).trim();
+            out.push((
+                line_start..line_end,
+                format!(
+                    "table {header} appears twice in the file; merge its keys into the first {header}"
+                ),
+            ));
+            continue;
+        }
+        out.push((span, format!("TOML syntax: {message}")));
+    }
+    out
+}
+
+/// Byte offset of the start of the first line after `from` that is a table
+/// header (`[` first), or the end of `text`.
+fn next_header(text: &str, from: usize) -> usize {
+    let mut at = from;
+    for line in text[from..].split_inclusive('\n') {
+        if line.trim_start().starts_with('[') && at > from {
+            return at;
+        }
+        at += line.len();
+    }
+    text.len()
+}
+
 /// Parses `text`. Returns `None` when the TOML itself is malformed: what the
 /// parser recovers from a broken file is a guess, and checking a guess would
 /// report errors that are not in the file.
 pub fn read(text: &str, rep: &mut Reporter<'_>) -> Option<RawDocument> {
     let (root, errors) = DeTable::parse_recoverable(text);
     if !errors.is_empty() {
-        for e in errors {
-            let message = e.message().trim_end().replace('\n', "; ");
-            rep.at(e.span().unwrap_or(0..0), format!("TOML syntax: {message}"));
+        for (span, message) in syntax_errors(text, &errors) {
+            rep.at(span, message);
         }
         return None;
     }

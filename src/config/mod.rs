@@ -1,4 +1,4 @@
-//! The configuration model (SPEC section 2): what the operator wants to run.
+//! The configuration model: what the operator wants to run.
 //!
 //! `parse` turns TOML text into a [`Config`] or into *every* error it holds,
 //! each carrying file, line and column. A [`Config`] that exists is valid:

@@ -1,4 +1,4 @@
-//! Tests of the whole parser: the SPEC example, each kind of error with its
+//! Tests of the whole parser: the reference example, each kind of error with its
 //! position, several errors at once, defaults merging and `after` cycles.
 
 // A failed test should stop right where it fails.
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::*;
 
-const SPEC_EXAMPLE: &str = r#"[host]
+const REFERENCE_EXAMPLE: &str = r#"[host]
 hostname = "edge-01"
 modules = ["kvm_amd"]          # loaded at boot, dependencies resolved from modules.dep
 sysctl = { "net.ipv4.ip_forward" = "1" }
@@ -61,8 +61,8 @@ stop_timeout = "20s"           # graceful stop (guest told to shut down), then t
 after = ["web"]
 "#;
 
-/// The units the SPEC example refers to but does not define.
-const SPEC_EXTRA_UNITS: &str = r#"
+/// The units the reference example refers to but does not define.
+const REFERENCE_EXTRA_UNITS: &str = r#"
 [zone.db]
 root = "/zones/db"
 command = ["/bin/db"]
@@ -128,8 +128,8 @@ fn guest<'a>(config: &'a Config, name: &str) -> &'a Guest {
 const MINIMAL_ZONE: &str = "[zone.a]\nroot = \"/zones/a\"\ncommand = [\"/bin/a\"]\n";
 
 #[test]
-fn spec_example_parses_into_the_expected_values() {
-    let config = ok(&format!("{SPEC_EXAMPLE}{SPEC_EXTRA_UNITS}"));
+fn reference_example_parses_into_the_expected_values() {
+    let config = ok(&format!("{REFERENCE_EXAMPLE}{REFERENCE_EXTRA_UNITS}"));
 
     let host = &config.host;
     assert_eq!(host.hostname.as_deref(), Some("edge-01"));
@@ -229,7 +229,7 @@ fn spec_example_parses_into_the_expected_values() {
 
 #[test]
 fn spec_example_alone_reports_its_dangling_references() {
-    let diags = errors(SPEC_EXAMPLE);
+    let diags = errors(REFERENCE_EXAMPLE);
     assert_eq!(diags.len(), 2, "{}", render(&diags));
     // exit_with = "selftest"
     assert_error_at(&diags, 11, 13, &["exit_with", "selftest", "[host]"]);
@@ -434,9 +434,28 @@ fn syntax_errors_are_reported_with_positions_and_stop_checking() {
 }
 
 #[test]
-fn duplicate_table_is_a_syntax_error() {
-    let diags = errors(&format!("{MINIMAL_ZONE}{MINIMAL_ZONE}"));
-    assert!(diags.iter().any(|d| d.line == 4), "{}", render(&diags));
+fn a_duplicate_table_is_one_error_at_its_second_header() {
+    let diags = errors(&format!("{MINIMAL_ZONE}{MINIMAL_ZONE}[host]\nbogus = 1\n"));
+    assert_eq!(diags.len(), 1, "{}", render(&diags));
+    assert_eq!((diags[0].line, diags[0].col), (4, 1), "{}", render(&diags));
+    assert!(
+        diags[0].message.contains("[zone.a] appears twice"),
+        "{}",
+        render(&diags)
+    );
+}
+
+#[test]
+fn a_duplicate_key_in_a_table_is_still_reported_after_a_duplicate_table() {
+    let diags = errors(&format!(
+        "{MINIMAL_ZONE}{MINIMAL_ZONE}[zone.b]\nroot = \"/b\"\nroot = \"/c\"\n"
+    ));
+    assert_eq!(diags.len(), 2, "{}", render(&diags));
+    assert!(
+        diags[1].message.contains("duplicate key"),
+        "{}",
+        render(&diags)
+    );
 }
 
 #[test]
@@ -1083,4 +1102,43 @@ fn a_network_default_is_checked_per_zone_and_reported_once() {
     );
     assert_error_at(&diags, 2, 11, &["`nope`", "\"none\", \"host\""]);
     assert_eq!(diags.len(), 1, "{}", render(&diags));
+}
+
+#[test]
+fn a_control_socket_path_longer_than_a_unix_socket_holds_is_rejected() {
+    let long = format!("/run/{}.sock", "s".repeat(100));
+    let diags = errors(&format!("[host]\ncontrol_socket = \"{long}\"\n"));
+    assert_error_at(&diags, 2, 18, &["control_socket", "at most 107"]);
+    // 107 bytes exactly is the longest that binds.
+    let fits = format!("/{}", "s".repeat(106));
+    ok(&format!("[host]\ncontrol_socket = \"{fits}\"\n"));
+}
+
+#[test]
+fn argv_and_env_strings_over_the_kernels_limit_are_rejected() {
+    let huge = "x".repeat(128 * 1024);
+    let diags = errors(&format!(
+        "[zone.a]\nroot = \"/z\"\ncommand = [\"/bin/a\", \"{huge}\"]\nenv = {{ BIG = \"{huge}\" }}\n"
+    ));
+    assert_eq!(diags.len(), 2, "{}", render(&diags));
+    assert_error_at(&diags, 3, 22, &["command", "execve(2) takes at most"]);
+    assert_error_at(&diags, 4, 15, &["env", "execve(2) takes at most"]);
+    // One byte under the limit with its NUL is fine.
+    let fits = "x".repeat(128 * 1024 - 1);
+    ok(&format!(
+        "[zone.a]\nroot = \"/z\"\ncommand = [\"/bin/a\", \"{fits}\"]\n"
+    ));
+}
+
+#[test]
+fn stop_signals_that_pause_or_resume_are_rejected() {
+    for sig in ["STOP", "SIGCONT", "TSTP", "SIGSTOP"] {
+        let diags = errors(&format!("{MINIMAL_ZONE}stop_signal = \"{sig}\"\n"));
+        assert_error_at(&diags, 4, 15, &["stop_signal", "instead of ending it"]);
+    }
+    let diags = errors(&format!(
+        "[defaults]\nstop_signal = \"STOP\"\n{MINIMAL_ZONE}"
+    ));
+    assert_eq!(diags.len(), 1, "{}", render(&diags));
+    ok(&format!("{MINIMAL_ZONE}stop_signal = \"SIGQUIT\"\n"));
 }

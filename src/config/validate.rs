@@ -38,6 +38,11 @@ pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
 /// Longest kernel command line: x86's `COMMAND_LINE_SIZE` (2048) less the
 /// terminating NUL.
 pub const MAX_CMDLINE: usize = 2047;
+/// Longest single argument or environment string execve(2) takes,
+/// `MAX_ARG_STRLEN` (32 pages), its terminating NUL included.
+pub const MAX_EXEC_STRING: usize = 32 * 4096;
+/// Longest unix socket path: `sun_path` holds 108 bytes with the NUL.
+pub const MAX_SOCKET_PATH: usize = 107;
 /// Highest vCPU count: the legacy xAPIC ID space the boot tables describe.
 pub const MAX_VCPUS: i64 = 255;
 
@@ -246,6 +251,25 @@ impl<'r, 'f> Checker<'r, 'f> {
             Some(value.get_ref().clone())
         }
     }
+
+    /// `value` as one string of a command's argv or environment: no NUL,
+    /// and short enough for execve(2), which refuses the whole exec (E2BIG)
+    /// otherwise, at every start.
+    fn exec_string(&mut self, key: &str, value: &Spanned<String>, len: usize) -> Option<String> {
+        let v = self.no_nul(key, value)?;
+        if len + 1 > MAX_EXEC_STRING {
+            self.error(
+                value.span(),
+                key,
+                format!(
+                    "the string is {len} bytes; execve(2) takes at most {} per argument or environment entry",
+                    MAX_EXEC_STRING - 1
+                ),
+            );
+            return None;
+        }
+        Some(v)
+    }
 }
 
 fn default_host() -> Host {
@@ -335,7 +359,20 @@ fn host(raw: &RawHost, rep: &mut Reporter<'_>) -> Option<Host> {
         }
     }
     if let Some(path) = c.abs_path("control_socket", raw.control_socket.as_ref()) {
-        host.control_socket = path;
+        let len = path.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            if let Some(raw_path) = raw.control_socket.as_ref() {
+                c.error(
+                    raw_path.span(),
+                    "control_socket",
+                    format!(
+                        "the path is {len} bytes; a unix socket path holds at most {MAX_SOCKET_PATH}: choose a shorter one"
+                    ),
+                );
+            }
+        } else {
+            host.control_socket = path;
+        }
     }
     if let Some(d) = c.duration("shutdown_timeout", raw.shutdown_timeout.as_ref()) {
         host.shutdown_timeout = d;
@@ -678,7 +715,26 @@ fn zone_part(c: &mut Checker<'_, '_>, keys: ZoneKeys<'_>) -> ZonePart {
     }
     if let Some(sig) = keys.stop_signal {
         part.stop_signal = names::signal_number(sig.get_ref());
-        if part.stop_signal.is_none() {
+        if let Some(n) = part.stop_signal
+            && [
+                libc::SIGSTOP,
+                libc::SIGCONT,
+                libc::SIGTSTP,
+                libc::SIGTTIN,
+                libc::SIGTTOU,
+            ]
+            .contains(&n)
+        {
+            part.stop_signal = None;
+            c.error(
+                sig.span(),
+                "stop_signal",
+                format!(
+                    "\"{}\" pauses or resumes a process instead of ending it, so every stop would wait for stop_timeout and kill; use SIGTERM, SIGINT, SIGQUIT or the signal the program shuts down on",
+                    sig.get_ref().escape_debug()
+                ),
+            );
+        } else if part.stop_signal.is_none() {
             c.error(
                 sig.span(),
                 "stop_signal",
@@ -700,7 +756,8 @@ fn zone_part(c: &mut Checker<'_, '_>, keys: ZoneKeys<'_>) -> ZonePart {
                     name.escape_debug()
                 ),
             );
-        } else if let Some(v) = c.no_nul("env", value) {
+        } else if let Some(v) = c.exec_string("env", value, name.len() + 1 + value.get_ref().len())
+        {
             part.env.insert(name.clone(), v);
         }
     }
@@ -919,7 +976,7 @@ fn zone(
             let args: Vec<Option<String>> = cmd
                 .get_ref()
                 .iter()
-                .map(|a| c.no_nul("command", a))
+                .map(|a| c.exec_string("command", a, a.get_ref().len()))
                 .collect();
             args.into_iter().collect::<Option<Vec<String>>>()
         }

@@ -1,8 +1,11 @@
 //! The thin syscall layer: the few calls that neither `nix` nor `std` wrap,
 //! with all of their `unsafe` in one place.
 //!
-//! Invariant: every wrapper turns a `-1` return into `io::Error` through
-//! [`check`]; nothing here decides anything.
+//! Invariant: every wrapper of a call that can fail turns a `-1` return
+//! into `io::Error` through [`check`]; the exceptions are [`set_sigmask`]
+//! and [`reset_signals`], whose calls fail only for arguments they never
+//! pass (an invalid `how`, the signal numbers glibc reserves). Nothing here
+//! decides anything.
 
 use std::ffi::CStr;
 use std::io;

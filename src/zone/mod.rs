@@ -1,4 +1,4 @@
-//! Zones (SPEC section 5): shared-kernel jails. `plan` decides the file
+//! Zones: shared-kernel jails. `plan` decides the file
 //! system purely, `rootfs` applies it, `template` provisions a root from a
 //! template, `seccomp` holds the syscall filter, `spawn` creates the zone's
 //! init and command.
