@@ -4,4 +4,5 @@
 //!
 //! The user contract is docs/networking.md.
 
+pub mod netlink;
 pub mod plan;
