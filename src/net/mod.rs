@@ -5,4 +5,5 @@
 //! The user contract is docs/networking.md.
 
 pub mod netlink;
+pub mod nft;
 pub mod plan;

@@ -92,8 +92,8 @@ pub enum Rule {
 }
 
 impl Rule {
-    /// The rule in nft syntax (documentation, logs, and comparison with
-    /// what `nft list` reads back).
+    /// The rule in nft syntax, as `nft list` shows it (documentation,
+    /// logs, and the read-back test).
     pub fn to_nft(&self) -> String {
         match self {
             Rule::Dnat {
@@ -107,14 +107,18 @@ impl Rule {
                     IpAddr::V4(a) => ("ip", "127.0.0.0/8", format!("{a}:{to_port}")),
                     IpAddr::V6(a) => ("ip6", "::1", format!("[{a}]:{to_port}")),
                 };
-                let skip = if *skip_loopback {
-                    format!("{family} daddr != {lo} ")
+                // As nft lists it: a match on the address implies the
+                // family, so nft leaves out the explicit `meta nfproto`.
+                let guard = if *skip_loopback {
+                    format!("{family} daddr != {lo}")
                 } else {
-                    String::new()
+                    format!(
+                        "meta nfproto {}",
+                        if to.is_ipv4() { "ipv4" } else { "ipv6" }
+                    )
                 };
                 format!(
-                    "meta nfproto {} {skip}fib daddr type local {} dport {port} dnat {family} to {target}",
-                    if to.is_ipv4() { "ipv4" } else { "ipv6" },
+                    "{guard} fib daddr type local {} dport {port} dnat {family} to {target}",
                     proto.name()
                 )
             }
@@ -453,7 +457,7 @@ ports = ["2222:22"]
         assert_eq!(plan.ruleset.output.len(), 6);
         assert_eq!(
             plan.ruleset.output[0].to_nft(),
-            "meta nfproto ipv4 ip daddr != 127.0.0.0/8 fib daddr type local tcp dport 8080 dnat ip to 10.88.0.2:80"
+            "ip daddr != 127.0.0.0/8 fib daddr type local tcp dport 8080 dnat ip to 10.88.0.2:80"
         );
         assert_eq!(
             rules(&plan.ruleset.postrouting),
