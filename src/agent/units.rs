@@ -289,19 +289,13 @@ impl Agent {
                 permanent: false,
             }];
         };
-        for path in std::iter::once(&guest.kernel)
-            .chain(guest.initrd.as_ref())
-            .chain(guest.disks.iter().map(|d| &d.path))
-        {
-            if !path.is_file() {
-                let reason = format!("{} does not exist or is not a file", path.display());
-                log::error!("{unit}: {reason}");
-                return vec![Input::StartFailed {
-                    unit: unit.to_string(),
-                    reason,
-                    permanent: true,
-                }];
-            }
+        if let Err(reason) = super::guest::preflight(guest) {
+            log::error!("{unit}: {reason}");
+            return vec![Input::StartFailed {
+                unit: unit.to_string(),
+                reason,
+                permanent: true,
+            }];
         }
         let started = match super::guest::spawn(guest, rt.out_tx.as_fd()) {
             Ok(s) => s,
@@ -315,11 +309,12 @@ impl Agent {
                 }];
             }
         };
+        let status = self.watch_status(started.status, Source::Status(unit.to_string()));
         self.pids.insert(started.pid, unit.to_string());
         if let Some(rt) = self.units.get_mut(unit) {
             rt.proc = Some(Proc {
                 pidfd: started.pidfd,
-                status: None,
+                status,
                 status_buf: Vec::new(),
                 reported: None,
                 error: None,
@@ -328,15 +323,11 @@ impl Agent {
             });
         }
         log::info!("{unit}: monitor started, pid {}", started.pid);
-        // A monitor is running as soon as it exists: it reports no
-        // readiness of its own.
-        vec![
-            Input::Spawned {
-                unit: unit.to_string(),
-                pid: started.pid,
-            },
-            Input::Ready(unit.to_string()),
-        ]
+        // Running once the monitor reports `ready` on its status pipe.
+        vec![Input::Spawned {
+            unit: unit.to_string(),
+            pid: started.pid,
+        }]
     }
 
     /// Reads the zone init's status lines.
@@ -369,11 +360,21 @@ impl Agent {
     pub(super) fn unit_ended(&mut self, unit: &str, status: WaitStatus) {
         self.read_status(unit);
         self.read_output(unit);
-        let Some(proc) = self.units.get_mut(unit).and_then(|u| u.proc.take()) else {
+        let Some(mut proc) = self.units.get_mut(unit).and_then(|u| u.proc.take()) else {
             return;
         };
         self.unwatch_status(&proc.status);
-        let input = if let Some(msg) = proc.error {
+        let guest = proc
+            .guest
+            .then(|| super::guest::outcome(status, proc.error.take()));
+        let input = if let Some(super::guest::Outcome::SetupFailed(reason)) = guest {
+            log::error!("{unit}: {reason}");
+            Input::StartFailed {
+                unit: unit.to_string(),
+                reason,
+                permanent: true,
+            }
+        } else if let Some(msg) = proc.error {
             log::error!("{unit}: {msg}");
             Input::StartFailed {
                 unit: unit.to_string(),
@@ -381,8 +382,8 @@ impl Agent {
                 permanent: false,
             }
         } else {
-            let end = if proc.guest {
-                super::guest::end_of(status)
+            let end = if let Some(super::guest::Outcome::Ended(end)) = guest {
+                end
             } else {
                 proc.reported.unwrap_or(match status {
                     WaitStatus::Exited(_, code) => End::Exit(code),

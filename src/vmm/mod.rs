@@ -19,6 +19,7 @@ pub mod cpu;
 pub mod devices;
 pub mod exits;
 pub mod layout;
+pub mod limits;
 pub mod seccomp;
 pub mod vm;
 
@@ -131,14 +132,8 @@ impl Ending {
     }
 }
 
-/// Most disks a guest can have: one GSI each, 16 to 23 (the IOAPIC pins
-/// above the ISA range, so they never collide with legacy devices).
-pub const MAX_DISKS: usize = 8;
 /// GSI of the first disk.
 const FIRST_DISK_GSI: u32 = 16;
-
-/// Default guest memory when `--memory` is absent.
-pub const DEFAULT_MEMORY: u64 = 128 << 20;
 
 /// A `--disk` argument.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,11 +159,13 @@ pub struct Options {
     pub vcpus: u8,
     /// `--disk`, in order.
     pub disks: Vec<DiskOption>,
+    /// `--status-fd`: an inherited pipe for the agent ([`Status`]).
+    pub status_fd: Option<i32>,
 }
 
 /// The usage text.
 pub const USAGE: &str = "usage: zonit vmm --kernel PATH [--initrd PATH] [--cmdline STR] \
-[--memory BYTES] [--vcpus N] [--disk PATH[,ro]]...";
+[--memory BYTES] [--vcpus N] [--disk PATH[,ro]]... [--status-fd N]";
 
 /// Errors in the monitor's command line.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -185,7 +182,7 @@ pub enum OptionsError {
     /// `--kernel` is missing.
     #[error("--kernel is required\n{USAGE}")]
     MissingKernel,
-    /// A value that does not parse.
+    /// A value that does not parse or is out of bounds.
     #[error("invalid {flag} {value:?}: {reason}")]
     BadValue {
         /// The flag.
@@ -193,21 +190,34 @@ pub enum OptionsError {
         /// Its value.
         value: String,
         /// What is wrong.
-        reason: &'static str,
+        reason: String,
     },
+    /// The options together exceed a limit.
+    #[error(transparent)]
+    Limit(limits::LimitError),
 }
 
-/// Parses a size: bytes, or a number with a binary suffix K, M, G or T.
-pub fn parse_size(s: &str) -> Option<u64> {
-    let (digits, shift) = match s.as_bytes().last()? {
-        b'K' | b'k' => (&s[..s.len() - 1], 10),
-        b'M' | b'm' => (&s[..s.len() - 1], 20),
-        b'G' | b'g' => (&s[..s.len() - 1], 30),
-        b'T' | b't' => (&s[..s.len() - 1], 40),
-        _ => (s, 0),
-    };
-    let n: u64 = digits.parse().ok()?;
-    n.checked_mul(1u64 << shift)
+/// Parses `--status-fd`'s value: a descriptor number above stdio.
+fn status_fd(value: &str) -> Result<i32, OptionsError> {
+    value
+        .parse::<i32>()
+        .ok()
+        .filter(|&fd| fd > 2)
+        .ok_or_else(|| {
+            bad(
+                "--status-fd",
+                value,
+                "expected a descriptor number above 2".into(),
+            )
+        })
+}
+
+fn bad(flag: &'static str, value: &str, reason: String) -> OptionsError {
+    OptionsError::BadValue {
+        flag,
+        value: value.to_string(),
+        reason,
+    }
 }
 
 impl Options {
@@ -218,9 +228,10 @@ impl Options {
             kernel: PathBuf::new(),
             initrd: None,
             cmdline: String::new(),
-            memory: DEFAULT_MEMORY,
+            memory: limits::DEFAULT_MEMORY,
             vcpus: 1,
             disks: Vec::new(),
+            status_fd: None,
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -233,7 +244,13 @@ impl Options {
             }
             if !matches!(
                 flag,
-                "--kernel" | "--initrd" | "--cmdline" | "--memory" | "--vcpus" | "--disk"
+                "--kernel"
+                    | "--initrd"
+                    | "--cmdline"
+                    | "--memory"
+                    | "--vcpus"
+                    | "--disk"
+                    | "--status-fd"
             ) {
                 return Err(OptionsError::Unknown(arg.clone()));
             }
@@ -244,24 +261,30 @@ impl Options {
             match flag {
                 "--kernel" => kernel = Some(PathBuf::from(value)),
                 "--initrd" => opts.initrd = Some(PathBuf::from(value)),
-                "--cmdline" => opts.cmdline = value,
                 "--memory" => {
-                    opts.memory = parse_size(&value).ok_or(OptionsError::BadValue {
-                        flag: "--memory",
-                        value: value.clone(),
-                        reason: "expected bytes, or a number with K, M, G or T",
-                    })?;
+                    opts.memory = limits::parse_memory(&value)
+                        .map_err(|why| bad("--memory", &value, why))
+                        .and_then(|bytes| {
+                            limits::check_memory(bytes)
+                                .map_err(|e| bad("--memory", &value, e.to_string()))
+                        })?;
                 }
                 "--vcpus" => {
                     opts.vcpus = value
-                        .parse::<u8>()
-                        .ok()
-                        .filter(|n| (1..=254).contains(n))
-                        .ok_or(OptionsError::BadValue {
-                            flag: "--vcpus",
-                            value: value.clone(),
-                            reason: "expected a number from 1 to 254",
+                        .parse::<i64>()
+                        .map_err(|_| bad("--vcpus", &value, "not a number".into()))
+                        .and_then(|n| {
+                            limits::check_vcpus(n)
+                                .map_err(|e| bad("--vcpus", &value, e.to_string()))
                         })?;
+                }
+                "--status-fd" => {
+                    opts.status_fd = Some(status_fd(&value)?);
+                }
+                "--cmdline" => {
+                    limits::check_cmdline(&value)
+                        .map_err(|e| bad("--cmdline", &value, e.to_string()))?;
+                    opts.cmdline = value;
                 }
                 _ => {
                     let (path, readonly) = match value.strip_suffix(",ro") {
@@ -269,11 +292,7 @@ impl Options {
                         None => (value.as_str(), false),
                     };
                     if path.is_empty() {
-                        return Err(OptionsError::BadValue {
-                            flag: "--disk",
-                            value: value.clone(),
-                            reason: "expected PATH or PATH,ro",
-                        });
+                        return Err(bad("--disk", &value, "expected PATH or PATH,ro".into()));
                     }
                     opts.disks.push(DiskOption {
                         path: PathBuf::from(path),
@@ -283,6 +302,7 @@ impl Options {
             }
         }
         opts.kernel = kernel.ok_or(OptionsError::MissingKernel)?;
+        limits::check_virtio_devices(opts.disks.len()).map_err(OptionsError::Limit)?;
         Ok(opts)
     }
 }
@@ -301,9 +321,6 @@ pub enum MonitorError {
         #[source]
         source: std::io::Error,
     },
-    /// More disks than GSIs set aside for them.
-    #[error("{0} disks given but a guest can have at most {MAX_DISKS}")]
-    TooManyDisks(usize),
     /// A disk's size cannot be read.
     #[error("cannot read the size of disk {path}")]
     DiskSize {
@@ -313,9 +330,6 @@ pub enum MonitorError {
         #[source]
         source: std::io::Error,
     },
-    /// Guest memory size rejected.
-    #[error(transparent)]
-    Layout(#[from] layout::LayoutError),
     /// KVM setup.
     #[error(transparent)]
     Vm(#[from] vm::VmError),
@@ -453,15 +467,11 @@ impl Monitor {
     /// Everything before confinement: files, KVM, memory, boot, devices,
     /// vCPUs.
     fn build(opts: &Options) -> Result<Self, MonitorError> {
-        layout::check_memory_size(opts.memory)?;
         let mut kernel = open("kernel", &opts.kernel, false)?;
         let mut initrd = match &opts.initrd {
             Some(p) => Some((open("initrd", p, false)?, p)),
             None => None,
         };
-        if opts.disks.len() > MAX_DISKS {
-            return Err(MonitorError::TooManyDisks(opts.disks.len()));
-        }
         let mut disks = Vec::with_capacity(opts.disks.len());
         for (i, disk) in opts.disks.iter().enumerate() {
             let mut file = open("disk", &disk.path, !disk.readonly)?;
@@ -647,6 +657,10 @@ impl Monitor {
             return e.into();
         }
         start.wait();
+        if let Some(ending) = latch.get() {
+            finish(ending);
+        }
+        report_status("ready");
         log::debug!("guest started");
 
         loop {
@@ -683,6 +697,36 @@ impl Monitor {
     }
 }
 
+/// The monitor's reports to the agent on the `--status-fd` pipe, one line
+/// each: `ready` once the guest's first instruction is about to run,
+/// `error MESSAGE` when set-up fails (then the monitor exits with
+/// [`GuestEnd::SetupFailed`]'s status). Without `--status-fd` nothing is
+/// sent.
+static STATUS: OnceLock<File> = OnceLock::new();
+
+/// Longest status line: one pipe write up to `PIPE_BUF` is atomic.
+const MAX_STATUS_LINE: usize = 1024;
+
+/// Sends one status line (newlines in `text` become spaces).
+fn report_status(text: &str) {
+    if let Some(mut pipe) = STATUS.get() {
+        let mut line: String = text
+            .chars()
+            .map(|c| if c == '\n' { ' ' } else { c })
+            .take(MAX_STATUS_LINE)
+            .collect();
+        line.push('\n');
+        let _ = pipe.write_all(line.as_bytes());
+    }
+}
+
+/// Reports a set-up failure and returns the set-up failure status.
+fn setup_failed(reason: &str) -> ExitCode {
+    log::error!("{reason}");
+    report_status(&format!("error {reason}"));
+    ExitCode::from(GuestEnd::SetupFailed.exit_code().unwrap_or(1))
+}
+
 /// Logs the end and exits with its status, without tearing anything down:
 /// vCPU threads may still be inside `KVM_RUN` on guest memory, and the
 /// kernel releases all of it with the process.
@@ -691,6 +735,9 @@ fn finish(ending: Ending) -> ! {
         GuestEnd::Poweroff | GuestEnd::Reboot => log::info!("{}", ending.reason),
         _ => log::error!("{}", ending.reason),
     }
+    if ending.end == GuestEnd::SetupFailed {
+        report_status(&format!("error {}", ending.reason));
+    }
     let code = ending.end.exit_code().unwrap_or(3);
     std::process::exit(i32::from(code))
 }
@@ -698,28 +745,28 @@ fn finish(ending: Ending) -> ! {
 /// Entry point of `zonit vmm`; `args` are the arguments after `vmm`.
 pub fn main(args: &[String]) -> ExitCode {
     init_logging();
-    let setup_failed = ExitCode::from(1);
     let opts = match Options::parse(args) {
         Ok(opts) => opts,
         Err(OptionsError::Help) => {
             let _ = writeln!(std::io::stdout(), "{USAGE}");
             return ExitCode::SUCCESS;
         }
-        Err(e) => {
-            log::error!("{e}");
-            return setup_failed;
-        }
+        Err(e) => return setup_failed(&e.to_string()),
     };
+    if let Some(fd) = opts.status_fd {
+        match crate::sys::take_inherited_fd(fd) {
+            Ok(fd) => {
+                let _ = STATUS.set(File::from(fd));
+            }
+            Err(e) => return setup_failed(&format!("cannot use --status-fd {fd}: {e}")),
+        }
+    }
     let monitor = match Monitor::build(&opts) {
         Ok(m) => m,
-        Err(e) => {
-            log::error!("{}", error_chain(&e));
-            return setup_failed;
-        }
+        Err(e) => return setup_failed(&error_chain(&e)),
     };
     let err = monitor.run();
-    log::error!("{}", error_chain(&err));
-    setup_failed
+    setup_failed(&error_chain(&err))
 }
 
 #[cfg(test)]
@@ -799,7 +846,7 @@ mod tests {
         let o = Options::parse(&args("--kernel /k")).unwrap();
         assert_eq!(
             (o.memory, o.vcpus, o.cmdline.as_str()),
-            (DEFAULT_MEMORY, 1, "")
+            (limits::DEFAULT_MEMORY, 1, "")
         );
         assert_eq!(Options::parse(&args("")), Err(OptionsError::MissingKernel));
         assert_eq!(
@@ -822,14 +869,36 @@ mod tests {
     }
 
     #[test]
-    fn sizes_parse_with_binary_suffixes() {
-        assert_eq!(parse_size("4096"), Some(4096));
-        assert_eq!(parse_size("64M"), Some(64 << 20));
-        assert_eq!(parse_size("2G"), Some(2 << 30));
-        assert_eq!(parse_size("1t"), Some(1 << 40));
-        assert_eq!(parse_size(""), None);
-        assert_eq!(parse_size("M"), None);
-        assert_eq!(parse_size("99999999999T"), None);
+    fn options_outside_the_guest_limits_are_refused() {
+        for (line, flag) in [
+            ("--kernel /k --vcpus 255", "--vcpus"),
+            ("--kernel /k --memory 65538K", "--memory"),
+            ("--kernel /k --memory 2T", "--memory"),
+            ("--kernel /k --memory 15M", "--memory"),
+        ] {
+            match Options::parse(&args(line)) {
+                Err(OptionsError::BadValue { flag: f, .. }) => assert_eq!(f, flag, "{line}"),
+                other => panic!("{line}: {other:?}"),
+            }
+        }
+        let nine = format!("--kernel /k{}", " --disk /d".repeat(9));
+        assert_eq!(
+            Options::parse(&args(&nine)),
+            Err(OptionsError::Limit(limits::LimitError::VirtioDevices(9)))
+        );
+        let long = vec![
+            "--kernel".to_string(),
+            "/k".into(),
+            "--cmdline".into(),
+            "x".repeat(limits::MAX_CMDLINE + 1),
+        ];
+        assert!(matches!(
+            Options::parse(&long),
+            Err(OptionsError::BadValue {
+                flag: "--cmdline",
+                ..
+            })
+        ));
     }
 
     #[test]
