@@ -447,6 +447,48 @@ fn a_guest_ignoring_sigterm_keeps_running_until_sigkill() {
     assert_eq!(out.end(), GuestEnd::Killed);
 }
 
+/// A monitor (debug build) told to panic on purpose on `thread`.
+fn panicking_monitor(kernel: &Path, thread: &str) -> Running {
+    let mut cmd = monitor(kernel, &["--cmdline", "spin"]);
+    cmd.env("ZONIT_VMM_TEST_PANIC", thread);
+    Running::start(cmd)
+}
+
+#[test]
+fn a_panic_on_a_vcpu_thread_ends_the_guest_as_a_crash() {
+    let Some(kernel) = setup(Payload::Elf) else {
+        return;
+    };
+    // Without the guard the thread dies alone and the monitor waits forever
+    // (finish() fails the test after its deadline).
+    let out = panicking_monitor(&kernel, "vcpu").finish();
+    assert_eq!(out.status.code(), Some(3), "{}", out.stderr);
+    assert_eq!(out.end(), GuestEnd::Crash);
+    assert!(
+        out.stderr.contains("panic on monitor thread vcpu0"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_panic_on_the_main_thread_ends_the_guest_as_a_crash() {
+    let Some(kernel) = setup(Payload::Elf) else {
+        return;
+    };
+    let mut run = panicking_monitor(&kernel, "main");
+    run.wait_for("spinning");
+    // The main thread panics when it handles the stop request.
+    run.signal(nix::sys::signal::Signal::SIGTERM);
+    let out = run.finish();
+    assert_eq!(out.status.code(), Some(3), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("panic on monitor thread main"),
+        "{}",
+        out.stderr
+    );
+}
+
 #[test]
 fn smp_guest_sees_every_vcpu_in_the_madt_and_starts_them() {
     let Some(kernel) = setup(Payload::Elf) else {

@@ -624,6 +624,7 @@ impl Monitor {
             (Err(e), _) | (_, Err(e)) => return e.into(),
         };
         log::debug!("seccomp filters built");
+        let _ = PANIC_LATCH.set(latch.clone());
         // Every thread installs its filter, then all meet here before the
         // guest's first instruction.
         let start = Arc::new(Barrier::new(vcpus.len() + 1));
@@ -647,6 +648,7 @@ impl Monitor {
                             std::thread::park();
                         }
                     }
+                    test_panic("vcpu");
                     cpu::run(vcpu, id, ctx, latch)
                 });
             if let Err(source) = spawned {
@@ -678,6 +680,7 @@ impl Monitor {
             }
             let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
             if ready(&fds[0]) {
+                test_panic("main");
                 while let Ok(Some(info)) = signals.read_signal() {
                     log::info!(
                         "signal {} received: asking the guest to shut down",
@@ -742,9 +745,71 @@ fn finish(ending: Ending) -> ! {
     std::process::exit(i32::from(code))
 }
 
-/// Entry point of `zonit vmm`; `args` are the arguments after `vmm`.
+/// Debug builds only: panics on purpose where `ZONIT_VMM_TEST_PANIC`
+/// names this thread (`vcpu`, `main`), so the tests can check that any
+/// panic in the monitor ends the guest as a crash. Release builds have no
+/// such hook.
+#[cfg(debug_assertions)]
+#[allow(clippy::panic)]
+fn test_panic(thread: &str) {
+    if std::env::var_os("ZONIT_VMM_TEST_PANIC").is_some_and(|v| v == thread) {
+        panic!("test panic on the {thread} thread (ZONIT_VMM_TEST_PANIC)");
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn test_panic(_thread: &str) {}
+
+/// The latch a panic ends the guest through, from the moment the threads
+/// that run the guest exist.
+static PANIC_LATCH: OnceLock<Arc<EndLatch>> = OnceLock::new();
+
+/// The monitor's panic hook. The binary unwinds (PID 1 must not abort),
+/// and unwinding would end only the panicking thread, leaving the guest
+/// frozen and the monitor up; it would also drop (close) descriptors, which
+/// the seccomp filters forbid. So once the guest's threads run, a panic on
+/// any thread ends the guest as a crash right here, without unwinding:
+/// the main thread exits, any other thread records the crash, which wakes
+/// the main thread to exit, and parks. Before that (set-up, no filters
+/// yet) the panic unwinds to [`main`], which exits with the crash status.
+fn on_panic(info: &std::panic::PanicHookInfo<'_>) {
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("unnamed");
+    let at = info
+        .location()
+        .map(|l| format!(" at {}:{}", l.file(), l.line()))
+        .unwrap_or_default();
+    let what = info.payload_as_str().unwrap_or("no message");
+    let reason = format!("panic on monitor thread {name}{at}: {what}");
+    let Some(latch) = PANIC_LATCH.get() else {
+        log::error!("{reason}");
+        return;
+    };
+    latch.end(Ending::new(GuestEnd::Crash, reason.clone()));
+    if name == "main" {
+        finish(
+            latch
+                .get()
+                .unwrap_or_else(|| Ending::new(GuestEnd::Crash, reason)),
+        );
+    }
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Entry point of `zonit vmm`; `args` are the arguments after `vmm`. A
+/// panic anywhere in the monitor ends the guest as a crash ([`on_panic`]).
 pub fn main(args: &[String]) -> ExitCode {
+    std::panic::catch_unwind(|| monitor_main(args)).unwrap_or_else(|_| {
+        log::error!("the monitor panicked");
+        ExitCode::from(GuestEnd::Crash.exit_code().unwrap_or(3))
+    })
+}
+
+fn monitor_main(args: &[String]) -> ExitCode {
     init_logging();
+    std::panic::set_hook(Box::new(on_panic));
     let opts = match Options::parse(args) {
         Ok(opts) => opts,
         Err(OptionsError::Help) => {
