@@ -17,7 +17,7 @@ mod names;
 mod raw;
 #[cfg(test)]
 mod tests;
-mod units;
+pub(crate) mod units;
 mod validate;
 
 /// Default location of the config file.
