@@ -98,8 +98,7 @@ pub fn spawn(guest: &Guest, output: BorrowedFd<'_>) -> Result<Started, Error> {
     let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     ptrs.push(std::ptr::null());
     let env: [*const libc::c_char; 1] = [std::ptr::null()];
-    let (status_rx, status_tx) =
-        crate::zone::protocol::channel().map_err(Error::Channel)?;
+    let (status_rx, status_tx) = crate::zone::protocol::channel().map_err(Error::Channel)?;
     match sys::clone3(0, None).map_err(Error::Clone)? {
         sys::Forked::Child => {
             sys::reset_signals();

@@ -39,6 +39,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::zone::protocol::{MAX_MESSAGE, Message};
 use devices::acpi::{self, AcpiConfig, AcpiPm, VirtioMmioSlot};
 use devices::block::Block;
 use devices::i8042::{self, I8042};
@@ -46,7 +47,6 @@ use devices::pvpanic::{self, PvPanic};
 use devices::serial::{self, EventFdTrigger, SerialDevice};
 use devices::virtio_mmio::VirtioMmio;
 use exits::{EndLatch, ExitContext};
-use crate::zone::protocol::{MAX_MESSAGE, Message};
 
 /// How a guest ended, as the monitor's exit status tells the agent.
 ///
