@@ -18,7 +18,7 @@ pub mod network;
 mod raw;
 #[cfg(test)]
 mod tests;
-mod units;
+pub(crate) mod units;
 mod validate;
 
 /// Default location of the config file.

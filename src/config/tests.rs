@@ -761,7 +761,7 @@ fn guest_values_are_validated() {
         "backoff = { initial = \"0ms\" }\n",                            // 12
     ));
     assert_error_at(&diags, 2, 10, &["`kernel`", "absolute"]);
-    assert_error_at(&diags, 3, 9, &["`vcpus`", "between 1 and 255"]);
+    assert_error_at(&diags, 3, 9, &["`vcpus`", "between 1 and 254"]);
     assert_error_at(&diags, 4, 10, &["`memory`", "at least 16M"]);
     assert_error_at(&diags, 5, 13, &["`on_reboot`", "restart, stop"]);
     assert_error_at(&diags, 6, 19, &["`disks[0].path`"]);
@@ -770,6 +770,44 @@ fn guest_values_are_validated() {
     assert_error_at(&diags, 11, 39, &["`start_limit.interval`", "above zero"]);
     assert_error_at(&diags, 12, 23, &["`backoff.initial`", "above zero"]);
     assert_eq!(diags.len(), 9, "{}", render(&diags));
+}
+
+#[test]
+fn guests_outside_the_monitors_limits_are_refused() {
+    let disks = "{ path = \"/d\" }, ".repeat(8);
+    let diags = errors(&format!(
+        concat!(
+            "[guest.g]\n",
+            "kernel = \"/k\"\n",
+            "vcpus = 255\n",         // 3
+            "memory = \"65538K\"\n", // 4
+            "[guest.h]\n",
+            "kernel = \"/k\"\n",
+            "memory = \"2T\"\n",                     // 7
+            "disks = [{}{{ path = \"/ninth\" }}]\n", // 8
+            "[guest.i]\n",
+            "kernel = \"/k\"\n",
+            "vcpus = 254\n",
+            "memory = \"1T\"\n",
+            "disks = [{}]\n",
+        ),
+        disks, disks
+    ));
+    assert_error_at(&diags, 3, 9, &["`vcpus` in [guest.g]", "between 1 and 254"]);
+    assert_error_at(
+        &diags,
+        4,
+        10,
+        &["`memory` in [guest.g]", "65538K", "multiple of 4 KiB"],
+    );
+    assert_error_at(
+        &diags,
+        7,
+        10,
+        &["`memory` in [guest.h]", "2T", "at most 1T"],
+    );
+    assert_error_at(&diags, 8, 146, &["`disks` in [guest.h]", "9", "at most 8"]);
+    assert_eq!(diags.len(), 4, "{}", render(&diags));
 }
 
 #[test]

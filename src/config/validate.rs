@@ -20,31 +20,21 @@ use super::document::{RawDocument, RawUnit, RawUnitKind, Reporter};
 use super::names;
 use super::network as net;
 use super::raw::{Limit, RawBackoff, RawDefaults, RawGuest, RawHost, RawStartLimit, RawZone, Size};
-use super::units::{format_size, parse_duration, parse_size};
+use super::units::{parse_duration, parse_size};
 use super::{
     Backoff, BindMount, Config, CtrlAltDel, DEFAULT_CONTROL_SOCKET, Disk, Guest, Host, Network,
     NetworkDef, Nic, OnReboot, PortForward, RestartPolicy, StartLimit, TemplateMode, Unit,
     UnitKind, Zone,
 };
+use crate::vmm::limits;
 
-/// Smallest guest memory accepted: below this not even a minimal Linux
-/// kernel with an initramfs boots.
-pub const MIN_GUEST_MEMORY: u64 = 16 << 20;
-/// Default guest memory: enough for a small Linux guest with a busybox
-/// userland, small enough to run many guests on an edge box.
-pub const DEFAULT_GUEST_MEMORY: u64 = 128 << 20;
 /// Default guest kernel command line.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
-/// Longest kernel command line: x86's `COMMAND_LINE_SIZE` (2048) less the
-/// terminating NUL.
-pub const MAX_CMDLINE: usize = 2047;
 /// Longest single argument or environment string execve(2) takes,
 /// `MAX_ARG_STRLEN` (32 pages), its terminating NUL included.
 pub const MAX_EXEC_STRING: usize = 32 * 4096;
 /// Longest unix socket path: `sun_path` holds 108 bytes with the NUL.
 pub const MAX_SOCKET_PATH: usize = 107;
-/// Highest vCPU count: the legacy xAPIC ID space the boot tables describe.
-pub const MAX_VCPUS: i64 = 255;
 
 /// Checks the whole document. Returns `None` if anything was reported
 /// (here or before).
@@ -787,45 +777,24 @@ fn guest_part(c: &mut Checker<'_, '_>, keys: GuestKeys<'_>) -> GuestPart {
         ),
         ..GuestPart::default()
     };
+    // The monitor's own limits (`vmm::limits`), so a guest that passes
+    // here is one the monitor accepts.
     if let (Some(bytes), Some(raw)) = (part.memory, keys.memory)
-        && bytes < MIN_GUEST_MEMORY
+        && let Err(e) = limits::check_memory(bytes)
     {
-        c.error(
-            raw.span(),
-            "memory",
-            format!(
-                "{} is too little for a guest; give at least {}",
-                format_size(bytes),
-                format_size(MIN_GUEST_MEMORY)
-            ),
-        );
+        c.error(raw.span(), "memory", e);
         part.memory = None;
     }
     if let Some(vcpus) = keys.vcpus {
-        let n = *vcpus.get_ref();
-        if (1..=MAX_VCPUS).contains(&n) {
-            part.vcpus = u32::try_from(n).ok();
-        } else {
-            c.error(
-                vcpus.span(),
-                "vcpus",
-                format!("{n} is not a vCPU count between 1 and {MAX_VCPUS}"),
-            );
+        match limits::check_vcpus(*vcpus.get_ref()) {
+            Ok(n) => part.vcpus = Some(u32::from(n)),
+            Err(e) => c.error(vcpus.span(), "vcpus", e),
         }
     }
     if let Some(cmdline) = keys.cmdline {
-        let text = cmdline.get_ref();
-        if text.len() > MAX_CMDLINE {
-            c.error(
-                cmdline.span(),
-                "cmdline",
-                format!(
-                    "the command line is {} bytes; the kernel takes at most {MAX_CMDLINE}",
-                    text.len()
-                ),
-            );
-        } else {
-            part.cmdline = c.no_nul("cmdline", cmdline);
+        match limits::check_cmdline(cmdline.get_ref()) {
+            Ok(()) => part.cmdline = c.no_nul("cmdline", cmdline),
+            Err(e) => c.error(cmdline.span(), "cmdline", e),
         }
     }
     part
@@ -1078,8 +1047,14 @@ fn guest(
         missing(c, raw, "kernel", "\"/guests/vmlinuz\"");
     }
     let initrd = c.abs_path("initrd", g.initrd.as_ref());
+    let raw_disks = g.disks.as_deref().unwrap_or_default();
+    if let Err(e) = limits::check_virtio_devices(raw_disks.len())
+        && let Some(first_over) = raw_disks.get(limits::MAX_VIRTIO_DEVICES)
+    {
+        c.error(first_over.span(), "disks", e);
+    }
     let mut disks = Vec::new();
-    for (i, d) in g.disks.iter().flatten().enumerate() {
+    for (i, d) in raw_disks.iter().enumerate() {
         let d = d.get_ref();
         if let Some(path) = c.abs_path(&format!("disks[{i}].path"), Some(&d.path)) {
             disks.push(Disk {
@@ -1142,7 +1117,7 @@ fn guest(
         kernel: kernel?,
         initrd,
         cmdline: part.cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.to_owned()),
-        memory: part.memory.unwrap_or(DEFAULT_GUEST_MEMORY),
+        memory: part.memory.unwrap_or(limits::DEFAULT_MEMORY),
         vcpus: part.vcpus.unwrap_or(1),
         disks,
         on_reboot: part.on_reboot.unwrap_or(OnReboot::Restart),

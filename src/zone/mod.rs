@@ -5,6 +5,7 @@
 
 pub mod exec;
 pub mod plan;
+pub mod protocol;
 pub mod rootfs;
 pub mod seccomp;
 pub mod spawn;
