@@ -67,9 +67,11 @@ else
 fi
 # The archive must not depend on the builder's umask.
 chmod -R u=rwX,go=rX "$lib"
+scripts/make-template.sh "$lib/template"
+rmdir "$lib/template/tmp"   # listed in the manifest with its sticky 1777 mode
 
 # The target is fixed by .cargo/config.toml; honour a relocated target dir.
 bin_dir="${CARGO_TARGET_DIR:-$PWD/target}/x86_64-unknown-linux-gnu/$profile"
 mkdir -p "$(dirname "$output")"
-ZONIT_BIN="$bin_dir/zonit" ZONIT_CONFIG="$config" ZONIT_LIB="$lib" \
+ZONIT_BIN="$bin_dir/zonit" ZONIT_CONFIG="$config" ZONIT_LIB="$lib" ZONIT_TEMPLATE="$lib/template" \
     "$bin_dir/zonit-mkinitramfs" initramfs/manifest "$output"

@@ -18,7 +18,7 @@ use crate::logging::UNIT_TARGET_PREFIX;
 use crate::logging::error_chain;
 use crate::supervisor::{Action, End, Input};
 use crate::sys;
-use crate::zone::protocol::{self, Message, Outcome, Report};
+use crate::zone::protocol::{self, Failure, Message, Outcome, Report};
 use crate::zone::{preflight, start};
 
 /// Most bytes read from one unit's output per wake-up, so a flooding unit
@@ -311,19 +311,13 @@ impl Agent {
                 permanent: false,
             }];
         };
-        for path in std::iter::once(&guest.kernel)
-            .chain(guest.initrd.as_ref())
-            .chain(guest.disks.iter().map(|d| &d.path))
-        {
-            if !path.is_file() {
-                let reason = format!("{} does not exist or is not a file", path.display());
-                log::error!("{unit}: {reason}");
-                return vec![Input::StartFailed {
-                    unit: unit.to_string(),
-                    reason,
-                    permanent: true,
-                }];
-            }
+        if let Err(reason) = super::guest::preflight(guest) {
+            log::error!("{unit}: {reason}");
+            return vec![Input::StartFailed {
+                unit: unit.to_string(),
+                reason,
+                permanent: true,
+            }];
         }
         let started = match super::guest::spawn(guest, rt.out_tx.as_fd()) {
             Ok(s) => s,
@@ -337,28 +331,25 @@ impl Agent {
                 }];
             }
         };
+        let child = self.watch_channel(
+            started.pidfd,
+            started.channel,
+            Source::Status(unit.to_string()),
+        );
         self.pids.insert(started.pid, unit.to_string());
         if let Some(rt) = self.units.get_mut(unit) {
             rt.proc = Some(Proc {
-                child: Child {
-                    pidfd: started.pidfd,
-                    channel: None,
-                    report: Report::default(),
-                },
+                child,
                 guest: true,
                 spawned_at: Instant::now(),
             });
         }
         log::info!("{unit}: monitor started, pid {}", started.pid);
-        // A monitor is running as soon as it exists: it reports no
-        // readiness of its own.
-        vec![
-            Input::Spawned {
-                unit: unit.to_string(),
-                pid: started.pid,
-            },
-            Input::Ready(unit.to_string()),
-        ]
+        // Running once the monitor reports `ready` on its status pipe.
+        vec![Input::Spawned {
+            unit: unit.to_string(),
+            pid: started.pid,
+        }]
     }
 
     /// Reads what the zone's init reported.
@@ -381,12 +372,20 @@ impl Agent {
     pub(super) fn unit_ended(&mut self, unit: &str, status: WaitStatus) {
         self.read_status(unit);
         self.read_output(unit);
-        let Some(proc) = self.units.get_mut(unit).and_then(|u| u.proc.take()) else {
+        let Some(mut proc) = self.units.get_mut(unit).and_then(|u| u.proc.take()) else {
             return;
         };
         self.unwatch_channel(&proc.child);
         let outcome = if proc.guest {
-            Outcome::Ended(super::guest::end_of(status))
+            let reported = proc.child.report.failure.take().map(|f| f.reason);
+            match super::guest::outcome(status, reported) {
+                super::guest::Outcome::Ended(end) => Outcome::Ended(end),
+                super::guest::Outcome::SetupFailed(reason) => Outcome::Failed(Failure {
+                    reason,
+                    permanent: true,
+                    status: 1,
+                }),
+            }
         } else {
             self.cgroups.run_ended(unit);
             proc.child.report.outcome(status)

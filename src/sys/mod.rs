@@ -447,6 +447,51 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
 }
 
+/// Takes ownership of `fd`, a descriptor this process inherited and was
+/// told about on its command line (never one of stdio, 0 to 2), and makes
+/// it close-on-exec. Fails if `fd` is not open. The caller takes each
+/// number at most once, before opening anything itself.
+pub fn take_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    if fd < 3 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: F_GETFD/F_SETFD only read and set the descriptor's flags; an
+    // fd that is not open fails with EBADF and touches nothing.
+    let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFD) }.into())?;
+    let flags = flags as libc::c_int | libc::FD_CLOEXEC;
+    // SAFETY: as above.
+    let ret = unsafe { libc::fcntl(fd, libc::F_SETFD, flags) };
+    check(ret.into())?;
+    // SAFETY: the fd is open (checked above) and, by the caller's contract,
+    // inherited and owned by nothing else in this process.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// In a freshly forked child about to exec: puts `fds` at 3, 4, ... in
+/// order (without close-on-exec) and closes every other fd from 3 up.
+/// Each is first copied above the target range, so a source that already
+/// sits on a target number is never overwritten before it is placed.
+pub fn place_inherited_fds(fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let n = RawFd::try_from(fds.len()).map_err(|_| io::Error::from_raw_os_error(libc::EMFILE))?;
+    let mut high = [0 as RawFd; 16];
+    if fds.len() > high.len() {
+        return Err(io::Error::from_raw_os_error(libc::EMFILE));
+    }
+    for (slot, fd) in high.iter_mut().zip(fds) {
+        // SAFETY: F_DUPFD_CLOEXEC creates a new descriptor and touches no
+        // memory; the copy is owned by this child until it execs.
+        let ret = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3 + n) };
+        *slot = check(ret.into())? as RawFd;
+    }
+    for (i, &src) in high.iter().take(fds.len()).enumerate() {
+        // SAFETY: dup2 onto 3 + i, a number this child reserved for the
+        // monitor; whatever was there is closed below anyway.
+        let ret = unsafe { libc::dup2(src, 3 + i as RawFd) };
+        check(ret.into())?;
+    }
+    close_fds_from(3 + n, &[])
+}
+
 /// Sets `O_NONBLOCK` on `fd`.
 pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     use nix::fcntl::{FcntlArg, OFlag, fcntl};
