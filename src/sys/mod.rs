@@ -2,9 +2,10 @@
 //! with all of their `unsafe` in one place.
 //!
 //! Invariant: every wrapper of a call that can fail turns a `-1` return
-//! into `io::Error` through [`check`]; the exceptions are [`set_sigmask`]
-//! and [`reset_signals`], whose calls fail only for arguments they never
-//! pass (an invalid `how`, the signal numbers glibc reserves). Nothing here
+//! into `io::Error` through [`check`]; the exceptions are [`set_sigmask`],
+//! [`reset_signals`] and [`reset_signal_handlers`], whose calls fail only
+//! for arguments they never pass (an invalid `how`, the signal numbers
+//! glibc reserves). Nothing here
 //! decides anything.
 
 use std::ffi::CStr;
