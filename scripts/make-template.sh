@@ -25,7 +25,7 @@ applets=(
     sh ash echo cat dd sleep ls ps hostname mount umount true false kill id wc
     head tail grep sed awk env printf test '[' uname date mkdir rm cp mv ln touch
     pwd sort uniq tr cut sync top free df du which whoami seq readlink stat
-    chmod mknod nproc reboot poweroff httpd nc wget ip ifconfig ping
+    chmod mknod nproc reboot poweroff httpd nc wget ip ifconfig ping tty stty
 )
 mkdir "$dir"
 mkdir -p "$dir"/{bin,proc,sys,dev,tmp,root,srv,etc}

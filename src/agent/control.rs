@@ -46,6 +46,9 @@ pub(super) struct Conn {
 
 /// fds that `exec` takes: stdin, stdout, stderr.
 const EXEC_FDS: usize = 3;
+/// fds that `exec` with a terminal takes: the socket the terminal's
+/// master goes back on.
+const EXEC_TTY_FDS: usize = 1;
 
 /// The fds a client passed for its next request.
 #[derive(Default)]
@@ -74,10 +77,12 @@ impl PassedFds {
     }
 
     /// A request comes with exactly the fds it takes: three for `exec`,
-    /// none for anything else. Refused fds are closed.
+    /// one for `exec` with a terminal, none for anything else. Refused fds
+    /// are closed.
     fn check(&mut self, req: &Request) -> Result<(), String> {
         let wanted = match req {
-            Request::Exec { .. } => EXEC_FDS,
+            Request::Exec { tty: None, .. } => EXEC_FDS,
+            Request::Exec { tty: Some(_), .. } => EXEC_TTY_FDS,
             _ => 0,
         };
         let got = match self.refused.take() {
@@ -90,7 +95,7 @@ impl PassedFds {
             None => return Ok(()),
         };
         Err(format!(
-            "request refused: it carried {got} fds (SCM_RIGHTS); exec takes {EXEC_FDS} (stdin, stdout, stderr), other requests none"
+            "request refused: it carried {got} fds (SCM_RIGHTS); exec takes {EXEC_FDS} (stdin, stdout, stderr), exec with a terminal {EXEC_TTY_FDS} (a socket), other requests none"
         ))
     }
 
@@ -341,7 +346,7 @@ impl Agent {
                     self.send(id, &proto::ok(json!({ "end": true })));
                 }
             }
-            Request::Exec { name, argv } => self.start_exec(id, &name, &argv),
+            Request::Exec { name, argv, tty } => self.start_exec(id, &name, &argv, tty),
             Request::Reload {} => match self.reload() {
                 Ok(msg) => self.send(id, &proto::ok(json!({ "message": msg }))),
                 Err(errors) => {
@@ -529,6 +534,7 @@ mod tests {
         Request::Exec {
             name: "z".into(),
             argv: vec!["id".into()],
+            tty: None,
         }
     }
 

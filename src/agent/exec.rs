@@ -9,7 +9,7 @@ use serde_json::json;
 use super::units::{Child, end_status_code};
 use super::{Agent, Source};
 use crate::config::UnitKind;
-use crate::control::proto;
+use crate::control::proto::{self, WindowSize};
 use crate::logging::error_chain;
 use crate::supervisor::State;
 use crate::sys;
@@ -23,7 +23,13 @@ pub(super) struct Session {
 }
 
 impl Agent {
-    pub(super) fn start_exec(&mut self, id: usize, name: &str, argv: &[String]) {
+    pub(super) fn start_exec(
+        &mut self,
+        id: usize,
+        name: &str,
+        argv: &[String],
+        tty: Option<WindowSize>,
+    ) {
         if argv.first().is_none_or(|a| a.is_empty()) {
             self.send(id, &proto::error("exec needs a command: argv is empty"));
             return;
@@ -33,14 +39,31 @@ impl Agent {
             .get_mut(&id)
             .map(|c| c.fds.take())
             .unwrap_or_default();
-        let Ok(stdio) = <[OwnedFd; 3]>::try_from(fds) else {
-            self.send(
-                id,
-                &proto::error(
-                    "exec needs the caller's stdin, stdout and stderr passed with SCM_RIGHTS",
-                ),
-            );
-            return;
+        let io = match tty {
+            None => match <[OwnedFd; 3]>::try_from(fds) {
+                Ok(stdio) => exec::Io::Stdio(stdio),
+                Err(_) => {
+                    self.send(
+                        id,
+                        &proto::error(
+                            "exec needs the caller's stdin, stdout and stderr passed with SCM_RIGHTS",
+                        ),
+                    );
+                    return;
+                }
+            },
+            Some(size) => match <[OwnedFd; 1]>::try_from(fds) {
+                Ok([back]) => exec::Io::Terminal { back, size },
+                Err(_) => {
+                    self.send(
+                        id,
+                        &proto::error(
+                            "exec with a terminal needs one socket passed with SCM_RIGHTS, for the terminal's master",
+                        ),
+                    );
+                    return;
+                }
+            },
         };
         let zone = match self.config.unit(name).map(|u| &u.kind) {
             Some(UnitKind::Zone(z)) => z.clone(),
@@ -71,7 +94,7 @@ impl Agent {
             argv,
             init,
             group.as_ref().map(|g| g.as_fd()),
-            stdio,
+            io,
         ) {
             Ok(s) => s,
             Err(e) => {

@@ -11,7 +11,8 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use super::proto::{self, Request, UnitRow};
+use super::proto::{self, Request, UnitRow, WindowSize};
+use super::terminal;
 use crate::config::DEFAULT_CONTROL_SOCKET;
 
 const USAGE: &str = "usage: zonit ctl [--socket PATH] COMMAND
@@ -19,8 +20,10 @@ commands:
   status [--json]            one row per unit
   start|stop|restart NAME    as named; stop waits until the unit is stopped
   logs NAME [-n N] [-f]      captured output; -f follows
-  exec ZONE -- CMD [ARGS...]   run a command in a running zone with this
-                             terminal's stdin/stdout/stderr; exits with its status
+  exec [-t] ZONE -- CMD [ARGS...]
+                             run a command in a running zone with this
+                             terminal's stdin/stdout/stderr, or with -t on a
+                             new terminal in the zone; exits with its status
   reload                     re-read the config
   poweroff|reboot|halt       orderly shutdown (PID 1 only)";
 
@@ -49,10 +52,22 @@ pub fn main(args: &[String]) -> ExitCode {
             _ => rest.push(a),
         }
     }
-    let (req, output) = match parse(&rest) {
+    let (mut req, output) = match parse(&rest) {
         Ok(x) => x,
         Err(msg) => return usage(&msg),
     };
+    if let Request::Exec {
+        tty: Some(size), ..
+    } = &mut req
+    {
+        match terminal::local_size() {
+            Ok(s) => *size = s,
+            Err(msg) => {
+                eprintln!("zonit ctl: {msg}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     match run(&socket, &req, output) {
         Ok(code) => code,
         Err(e) => {
@@ -110,8 +125,13 @@ fn parse(words: &[&str]) -> Result<(Request, Output), String> {
             }
         }
         "exec" => {
-            let name = name(1)?;
-            let rest = &words[2..];
+            let tty = matches!(words.get(1), Some(&("-t" | "--tty")));
+            let first = if tty { 2 } else { 1 };
+            let name = words
+                .get(first)
+                .map(|s| s.to_string())
+                .ok_or("exec needs a zone name")?;
+            let rest = &words[first + 1..];
             let argv = match rest.first() {
                 Some(&"--") => &rest[1..],
                 _ => rest,
@@ -122,6 +142,8 @@ fn parse(words: &[&str]) -> Result<(Request, Output), String> {
             Request::Exec {
                 name,
                 argv: argv.iter().map(|s| s.to_string()).collect(),
+                // The size is the terminal's, read when the request goes.
+                tty: tty.then_some(WindowSize { rows: 0, cols: 0 }),
             }
         }
         "reload" => Request::Reload {},
@@ -135,6 +157,19 @@ fn parse(words: &[&str]) -> Result<(Request, Output), String> {
 
 fn run(socket: &PathBuf, req: &Request, output: Output) -> std::io::Result<ExitCode> {
     let mut stream = UnixStream::connect(socket)?;
+    if let Request::Exec {
+        name,
+        argv,
+        tty: Some(size),
+    } = req
+    {
+        let done = terminal::exec(&mut stream, name.clone(), argv.clone(), *size)?;
+        if let Some(code) = done {
+            return Ok(code);
+        }
+        // No terminal came back: the agent's reply says why.
+        return replies(stream, req, output);
+    }
     let line = proto::encode_request(req);
     if matches!(req, Request::Exec { .. }) {
         // Our own stdio travels with the request: the command in the zone
@@ -144,6 +179,12 @@ fn run(socket: &PathBuf, req: &Request, output: Output) -> std::io::Result<ExitC
     } else {
         stream.write_all(&line)?;
     }
+    replies(stream, req, output)
+}
+
+/// Prints the agent's replies to `req` until the last one; returns the
+/// exit status they call for.
+fn replies(stream: UnixStream, req: &Request, output: Output) -> std::io::Result<ExitCode> {
     let reader = BufReader::new(stream);
     let stdout = std::io::stdout();
     for line in reader.lines() {
@@ -281,12 +322,19 @@ mod tests {
             req,
             Request::Exec {
                 name: "web".into(),
-                argv: vec!["ls".into(), "-l".into()]
+                argv: vec!["ls".into(), "-l".into()],
+                tty: None,
             }
         );
         let (req, _) = parse(&["exec", "web", "id"]).unwrap();
         assert!(matches!(req, Request::Exec { argv, .. } if argv == ["id"]));
         assert!(parse(&["exec", "web", "--"]).is_err());
+        let (req, _) = parse(&["exec", "-t", "web", "--", "sh"]).unwrap();
+        assert!(
+            matches!(req, Request::Exec { name, tty: Some(_), .. } if name == "web"),
+            "-t asks for a terminal"
+        );
+        assert!(parse(&["exec", "-t"]).is_err());
     }
 
     #[test]

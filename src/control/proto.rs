@@ -5,6 +5,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+pub use crate::sys::tty::WindowSize;
+
 /// Protocol version spoken by this build.
 pub const VERSION: u64 = 1;
 /// Longest request line accepted.
@@ -42,14 +44,19 @@ pub enum Request {
         #[serde(default)]
         follow: bool,
     },
-    /// Run a command inside a running zone. The caller's stdin, stdout and
-    /// stderr travel with the request line as SCM_RIGHTS; the final reply
-    /// carries the command's exit status.
+    /// Run a command inside a running zone. Without `tty`, the caller's
+    /// stdin, stdout and stderr travel with the request line as
+    /// SCM_RIGHTS; with it, one socket does, on which the pseudo-terminal's
+    /// master comes back. The final reply carries the command's exit
+    /// status.
     Exec {
         /// Zone name.
         name: String,
         /// The command and its arguments.
         argv: Vec<String>,
+        /// Run the command on a new terminal of this size.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tty: Option<WindowSize>,
     },
     /// Re-read the config.
     Reload {},
@@ -181,6 +188,36 @@ mod tests {
         let bytes = encode_request(&r);
         assert_eq!(bytes.last(), Some(&b'\n'));
         assert_eq!(decode(&bytes[..bytes.len() - 1]), Ok(r));
+    }
+
+    #[test]
+    fn exec_carries_the_terminal_size_only_when_it_asks_for_a_terminal() {
+        let tty = Request::Exec {
+            name: "z".into(),
+            argv: vec!["sh".into()],
+            tty: Some(WindowSize { rows: 24, cols: 80 }),
+        };
+        let line = encode_request(&tty);
+        let v: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v["tty"], json!({"rows": 24, "cols": 80}));
+        assert_eq!(decode(&line[..line.len() - 1]), Ok(tty));
+        let plain = encode_request(&Request::Exec {
+            name: "z".into(),
+            argv: vec!["sh".into()],
+            tty: None,
+        });
+        let v: Value = serde_json::from_slice(&plain).unwrap();
+        assert!(v.get("tty").is_none(), "{v}");
+        for bad in [
+            r#"{"v":1,"cmd":"exec","name":"z","argv":["sh"],"tty":{"rows":24}}"#,
+            r#"{"v":1,"cmd":"exec","name":"z","argv":["sh"],"tty":{"rows":70000,"cols":80}}"#,
+            r#"{"v":1,"cmd":"exec","name":"z","argv":["sh"],"tty":{"rows":1,"cols":2,"x":3}}"#,
+        ] {
+            assert!(
+                matches!(decode(bad.as_bytes()), Err(DecodeError::Bad(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

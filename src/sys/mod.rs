@@ -12,6 +12,8 @@ use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
+pub mod tty;
+
 /// Turns a `-1` return into the thread's `errno` as an `io::Error`.
 pub fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
     if ret == -1 {

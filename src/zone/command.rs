@@ -107,6 +107,9 @@ pub(super) enum Stdio<'a> {
     Output(BorrowedFd<'a>),
     /// The caller's own three fds (`zonit ctl exec`).
     Fds(&'a [OwnedFd; 3]),
+    /// A terminal's slave (`zonit ctl exec -t`): stdin, stdout, stderr and
+    /// the controlling terminal.
+    Terminal(OwnedFd),
 }
 
 /// The command's process: drop privileges and exec. Never returns.
@@ -118,7 +121,7 @@ pub(super) fn command(prep: &Prepared, exec_pipe: OwnedFd, io: Stdio<'_>) -> ! {
     // handlers anyway: only the init's full block mask is left to undo.
     sys::set_sigmask(libc::SIG_SETMASK, &sys::empty_sigset());
     let _ = nix::unistd::setsid();
-    if let Err(e) = stdio(io) {
+    if let Err(e) = stdio(io, prep) {
         fail("unable to set up stdio", &e);
     }
     if let Err(e) = sys::close_fds_from(3, &[exec_pipe.as_raw_fd()]) {
@@ -176,7 +179,7 @@ fn ptrs(v: &[CString]) -> Vec<*const libc::c_char> {
         .collect()
 }
 
-fn stdio(io: Stdio<'_>) -> io::Result<()> {
+fn stdio(io: Stdio<'_>, prep: &Prepared) -> io::Result<()> {
     match io {
         Stdio::Output(output) => {
             let null = std::fs::File::open("/dev/null")?;
@@ -188,6 +191,21 @@ fn stdio(io: Stdio<'_>) -> io::Result<()> {
             nix::unistd::dup2_stdin(i.as_fd()).map_err(io::Error::from)?;
             nix::unistd::dup2_stdout(o.as_fd()).map_err(io::Error::from)?;
             nix::unistd::dup2_stderr(e.as_fd()).map_err(io::Error::from)?;
+        }
+        Stdio::Terminal(slave) => {
+            // The session leader (setsid above) takes its controlling
+            // terminal; the terminal belongs to the zone's user, as a
+            // login's does, so the command may change its modes.
+            sys::tty::set_controlling_terminal(slave.as_fd())?;
+            nix::unistd::fchown(
+                &slave,
+                Some(Uid::from_raw(prep.uid)),
+                Some(Gid::from_raw(prep.gid)),
+            )
+            .map_err(io::Error::from)?;
+            nix::unistd::dup2_stdin(&slave).map_err(io::Error::from)?;
+            nix::unistd::dup2_stdout(&slave).map_err(io::Error::from)?;
+            nix::unistd::dup2_stderr(&slave).map_err(io::Error::from)?;
         }
     }
     Ok(())
