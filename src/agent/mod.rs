@@ -11,7 +11,7 @@
 //! process. Nothing in here may panic or return early from the loop on a
 //! per-request or per-unit error: it is logged and the loop goes on.
 
-mod cgroup;
+pub(crate) mod cgroup;
 mod claim;
 mod control;
 mod exec;
