@@ -8,7 +8,7 @@
 //! except under `CI=true`, where it fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -663,6 +663,25 @@ fn a_file_that_is_no_kernel_is_a_setup_failure() {
     let out = boot(&junk_kernel("not-a-kernel"), &[]);
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
     assert!(out.stderr.contains("cannot load kernel"), "{}", out.stderr);
+}
+
+#[test]
+fn console_input_on_the_monitors_stdin_reaches_the_guests_uart() {
+    let Some(kernel) = setup(Payload::Elf) else {
+        return;
+    };
+    let mut cmd = monitor(&kernel, &["--cmdline", "echo"]);
+    cmd.stdin(Stdio::piped());
+    let mut run = Running::start(cmd);
+    let mut input = run.child.stdin.take().expect("stdin");
+    run.wait_for("echo ready");
+    // More than the 64-byte receive FIFO: the rest waits in the pipe.
+    let line = format!("{}\n", "abcdefghij".repeat(20));
+    input.write_all(line.as_bytes()).expect("type");
+    run.wait_for(line.trim_end());
+    input.write_all(b"\x04").expect("Ctrl-D");
+    let out = run.finish();
+    assert_eq!(out.end(), GuestEnd::Poweroff, "{}", out.stderr);
 }
 
 // ---------------------------------------------------------------- agent

@@ -44,7 +44,7 @@ use devices::acpi::{self, AcpiConfig, AcpiPm, VirtioMmioSlot};
 use devices::block::Block;
 use devices::i8042::{self, I8042};
 use devices::pvpanic::{self, PvPanic};
-use devices::serial::{self, EventFdTrigger, SerialDevice};
+use devices::serial::{self, ConsoleInput, EventFdTrigger, SerialDevice};
 use devices::virtio_mmio::VirtioMmio;
 use exits::{EndLatch, ExitContext};
 
@@ -352,6 +352,9 @@ pub enum MonitorError {
     /// Signal handling setup.
     #[error("cannot set up signal handling")]
     Signals(#[source] nix::Error),
+    /// The console's input side.
+    #[error("cannot set up the console's input")]
+    ConsoleInput(#[source] std::io::Error),
     /// The wake-up pipe.
     #[error("cannot create the wake-up pipe")]
     Pipe(#[source] std::io::Error),
@@ -447,6 +450,7 @@ struct Monitor {
     wake: PipeReader,
     signals: SignalFd,
     stop: StopButton,
+    input: ConsoleInput,
     // Kept open for the whole run: KVM and guest memory must outlive the
     // vCPU threads, which only end with the process.
     _vm: vm::Vm,
@@ -530,6 +534,13 @@ impl Monitor {
             EventFdTrigger(vm.irqfd(serial::COM1_IRQ)?),
             File::from(stdout),
         )));
+        // Console input: the monitor's stdin (the agent's pipe, or
+        // /dev/null for none).
+        let input = std::io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .and_then(|stdin| ConsoleInput::new(File::from(stdin), console.clone()))
+            .map_err(MonitorError::ConsoleInput)?;
         let keyboard = Arc::new(Mutex::new(I8042::new(EventFdTrigger(
             vm.irqfd(i8042::KBD_IRQ)?,
         ))));
@@ -598,6 +609,7 @@ impl Monitor {
             latch: Arc::new(EndLatch::new(wake_writer)),
             wake,
             signals,
+            input,
             stop: StopButton { ged, keyboard },
             _vm: vm,
         })
@@ -613,6 +625,7 @@ impl Monitor {
             latch,
             mut wake,
             signals,
+            mut input,
             stop,
             _vm,
         } = self;
@@ -670,6 +683,7 @@ impl Monitor {
             let mut fds = [
                 PollFd::new(signals.as_fd(), PollFlags::POLLIN),
                 PollFd::new(wake.as_fd(), PollFlags::POLLIN),
+                input.poll_fd(),
             ];
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) => {}
@@ -680,6 +694,7 @@ impl Monitor {
                 }
             }
             let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+            let input_ready = ready(&fds[2]);
             if ready(&fds[0]) {
                 test_panic("main");
                 while let Ok(Some(info)) = signals.read_signal() {
@@ -696,6 +711,9 @@ impl Monitor {
                 if let Some(ending) = latch.get() {
                     finish(ending);
                 }
+            }
+            if input_ready {
+                input.on_ready();
             }
         }
     }

@@ -17,7 +17,9 @@
  *   reboot     i8042 reset command (0xFE to port 0x64)
  *   acpireset  write the FADT reset value to the FADT reset register
  *   panic      write PANICKED to the pvpanic port
- *   spin       halt forever with interrupts off
+ *   spin       halt forever with interrupts off (never reads COM1)
+ *   echo       print "echo ready", then echo every byte received on COM1
+ *              (polling the line status register); Ctrl-D powers off
  *   cad        poll the i8042 until 8 scan code bytes arrive, print them,
  *              then power off
  *   blk        drive the virtio-mmio block device at 0xd0000000: print its
@@ -222,6 +224,9 @@ main64:
         lea rdi, [rip + w_pio]
         call has_word
         jnz do_pio
+        lea rdi, [rip + w_echo]
+        call has_word
+        jnz do_echo
         jmp do_poweroff
 
 /* -------------------------------------------------------------- actions */
@@ -250,6 +255,22 @@ do_panic:
         mov dx, 0x505
         out dx, al
         jmp halt_forever
+
+do_echo:
+        lea rdi, [rip + str_echo]
+        call puts
+1:      mov dx, COM1 + 5
+        in al, dx
+        test al, 1                              /* data ready */
+        jnz 2f
+        pause
+        jmp 1b
+2:      mov dx, COM1
+        in al, dx
+        cmp al, 4                               /* Ctrl-D */
+        je do_poweroff
+        call putc
+        jmp 1b
 
 do_spin:
         lea rdi, [rip + str_spin]
@@ -798,6 +819,8 @@ w_cad:          .asciz "cad"
 w_smp:          .asciz "smp"
 w_blk:          .asciz "blk"
 w_pio:          .asciz "pio"
+w_echo:         .asciz "echo"
+str_echo:       .asciz "echo ready\n"
 str_pio:        .asciz "pio: "
 str_pio_done:   .asciz "pio done\n"
 str_blk_features: .asciz "blk features: "
