@@ -887,3 +887,221 @@ fn more_than_eight_disks_is_a_setup_failure() {
     assert_eq!(out.end(), GuestEnd::SetupFailed);
     assert!(out.stderr.contains("at most 8"), "{}", out.stderr);
 }
+
+/// A `zonit ctl console` whose stdin the test writes and whose output it
+/// collects.
+struct ConsoleClient {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    output: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    errors: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl ConsoleClient {
+    fn attach(z: &common::Zonit, args: &[&str]) -> ConsoleClient {
+        let mut child = Command::new(ZONIT)
+            .arg("ctl")
+            .arg("--socket")
+            .arg(&z.socket)
+            .arg("console")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("zonit ctl console");
+        let collect = |mut from: Box<dyn Read + Send>| {
+            let into = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let sink = into.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = from.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+            into
+        };
+        let output = collect(Box::new(child.stdout.take().unwrap()));
+        let errors = collect(Box::new(child.stderr.take().unwrap()));
+        ConsoleClient {
+            stdin: child.stdin.take(),
+            child,
+            output,
+            errors,
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned()
+    }
+
+    fn errors(&self) -> String {
+        String::from_utf8_lossy(&self.errors.lock().unwrap()).into_owned()
+    }
+
+    fn wait_output(&self, needle: &str) {
+        let deadline = Instant::now() + DEADLINE;
+        while !self.text().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} from the console; got {:?} and {:?}",
+                self.text(),
+                self.errors()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn type_bytes(&mut self, bytes: &[u8]) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(bytes).expect("type");
+        stdin.flush().expect("flush");
+    }
+
+    fn wait(&mut self) -> i32 {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "console client did not end: {:?}",
+                self.errors()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for ConsoleClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn console_echoes_typed_text_detaches_on_ctrl_bracket_and_has_one_writer() {
+    let Some(kernel) = setup(Payload::Elf) else {
+        return;
+    };
+    let z = common::Zonit::start("console", |_| guest("echoer", &kernel, "echo", ""));
+    z.wait_for("the guest to boot", DEADLINE, || {
+        z.ctl(&["logs", "echoer"]).1.contains("echo ready")
+    });
+    let mut writer = ConsoleClient::attach(&z, &["echoer"]);
+    // History first, then the echo of what is typed.
+    writer.wait_output("echo ready");
+    assert!(
+        writer.errors().contains("Ctrl-] detaches"),
+        "{}",
+        writer.errors()
+    );
+    writer.type_bytes(b"typed through the console\n");
+    writer.wait_output("typed through the console");
+
+    // A second writer is refused; viewers are welcome.
+    let (code, _, err) = z.ctl(&["console", "echoer"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("has a writer already"), "{err}");
+    let mut viewer = ConsoleClient::attach(&z, &["echoer", "--read-only"]);
+    viewer.wait_output("typed through the console");
+    viewer.type_bytes(b"ignored\n");
+    writer.type_bytes(b"second line\n");
+    viewer.wait_output("second line");
+    assert!(!viewer.text().contains("ignored"), "a viewer cannot type");
+
+    writer.type_bytes(b"\x1d");
+    assert_eq!(writer.wait(), 0, "Ctrl-] detaches: {}", writer.errors());
+    assert!(writer.errors().contains("Detached"), "{}", writer.errors());
+    viewer.type_bytes(b"\x1d");
+    assert_eq!(viewer.wait(), 0);
+
+    // --force takes the console from its writer.
+    let mut first = ConsoleClient::attach(&z, &["echoer"]);
+    first.wait_output("second line");
+    let mut second = ConsoleClient::attach(&z, &["echoer", "--force"]);
+    second.wait_output("second line");
+    assert_eq!(first.wait(), 1);
+    assert!(first.errors().contains("took over"), "{}", first.errors());
+    second.type_bytes(b"from the new writer\n");
+    second.wait_output("from the new writer");
+    assert_eq!(z.state("echoer"), "running");
+}
+
+fn status_kb(pid: i32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn a_flood_of_input_to_a_guest_that_does_not_read_stays_bounded() {
+    let Some(kernel) = setup(Payload::Elf) else {
+        return;
+    };
+    let z = common::Zonit::start("console-flood", |_| guest("deaf", &kernel, "spin", ""));
+    z.wait_for("the guest to boot", DEADLINE, || {
+        z.ctl(&["logs", "deaf"]).1.contains("spinning")
+    });
+    let agent = z.pid();
+    // The agent's only child; `status` gives pids of the agent's PID
+    // namespace.
+    let monitor = common::child_of(agent as u32).expect("the monitor");
+    let mut client = ConsoleClient::attach(&z, &["deaf"]);
+    client.wait_output("spinning");
+    let (rss0, fds0, mon0) = (
+        status_kb(agent, "VmRSS:"),
+        open_fds(agent),
+        status_kb(monitor, "VmRSS:"),
+    );
+    let chunk = vec![b'x'; 64 * 1024];
+    let t = Instant::now();
+    for _ in 0..(8 * 1024 * 1024 / chunk.len()) {
+        client.type_bytes(&chunk);
+    }
+    let took = t.elapsed();
+    // The agent's loop is not held up.
+    let t = Instant::now();
+    assert_eq!(z.state("deaf"), "running");
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    client.type_bytes(b"\x1d");
+    assert_eq!(client.wait(), 0, "{}", client.errors());
+    assert!(
+        client.errors().contains("not reading its console"),
+        "the writer is told: {}",
+        client.errors()
+    );
+    let (rss1, fds1, mon1) = (
+        status_kb(agent, "VmRSS:"),
+        open_fds(agent),
+        status_kb(monitor, "VmRSS:"),
+    );
+    eprintln!(
+        "8 MiB typed in {took:?}; agent RSS {rss0} -> {rss1} kB, fds {fds0} -> {fds1}; monitor RSS {mon0} -> {mon1} kB"
+    );
+    assert!(
+        rss1 < rss0 + 2048,
+        "agent RSS grew from {rss0} to {rss1} kB"
+    );
+    assert!(
+        mon1 < mon0 + 1024,
+        "monitor RSS grew from {mon0} to {mon1} kB"
+    );
+    // Before: with the client's connection; after: without it.
+    assert_eq!(fds1 + 1, fds0, "agent fds");
+}

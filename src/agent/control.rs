@@ -324,28 +324,19 @@ impl Agent {
                     self.send(id, &proto::error(&format!("no unit named `{name}`")));
                     return;
                 }
-                let text = self
-                    .units
-                    .get(&name)
-                    .map(|u| u.tail(lines))
-                    .unwrap_or_default();
-                if !text.is_empty() {
-                    self.send_log(id, &text);
-                }
                 if follow {
-                    // A unit added by a reload has no pipe yet; make it so
-                    // the follower sees its first start too.
-                    if let Err(e) = self.ensure_runtime(&name) {
-                        self.send(id, &proto::error(&format!("unable to follow {name}: {e}")));
-                        return;
-                    }
-                    if let Some(u) = self.units.get_mut(&name) {
-                        u.followers.push(id);
-                    }
+                    self.follow(id, &name, lines);
                 } else {
+                    self.send_tail(id, &name, lines);
                     self.send(id, &proto::ok(json!({ "end": true })));
                 }
             }
+            Request::Console {
+                name,
+                read_only,
+                force,
+            } => self.attach_console(id, &name, read_only, force),
+            Request::Input { data } => self.console_input(id, &data),
             Request::Exec { name, argv, tty } => self.start_exec(id, &name, &argv, tty),
             Request::Reload {} => match self.reload() {
                 Ok(msg) => self.send(id, &proto::ok(json!({ "message": msg }))),
@@ -360,6 +351,40 @@ impl Agent {
             Request::Poweroff {} => self.host_command(id, ShutdownAction::Poweroff),
             Request::Reboot {} => self.host_command(id, ShutdownAction::Reboot),
             Request::Halt {} => self.host_command(id, ShutdownAction::Halt),
+        }
+    }
+
+    /// Sends the last `lines` lines of `name`'s output (all of the ring
+    /// when `None`).
+    fn send_tail(&mut self, id: usize, name: &str, lines: Option<usize>) {
+        let text = self
+            .units
+            .get(name)
+            .map(|u| u.tail(lines))
+            .unwrap_or_default();
+        if !text.is_empty() {
+            self.send_log(id, &text);
+        }
+    }
+
+    /// Sends the tail of `name`'s output, then streams new output to `id`.
+    pub(super) fn follow(&mut self, id: usize, name: &str, lines: Option<usize>) {
+        self.send_tail(id, name, lines);
+        // A unit added by a reload has no pipe yet; make it so the
+        // follower sees its first start too.
+        if let Err(e) = self.ensure_runtime(name) {
+            self.send(id, &proto::error(&format!("unable to follow {name}: {e}")));
+            return;
+        }
+        if let Some(u) = self.units.get_mut(name) {
+            u.followers.push(id);
+        }
+    }
+
+    /// Stops streaming output to `id`.
+    pub(super) fn unfollow(&mut self, id: usize) {
+        for u in self.units.values_mut() {
+            u.followers.retain(|c| *c != id);
         }
     }
 
@@ -514,9 +539,8 @@ impl Agent {
             self.sources.remove(&conn.token);
         }
         self.stop_waiters.retain(|(c, _)| *c != id);
-        for u in self.units.values_mut() {
-            u.followers.retain(|c| *c != id);
-        }
+        self.unfollow(id);
+        self.console_client_gone(id);
     }
 }
 

@@ -87,8 +87,13 @@ pub fn monitor_argv(guest: &Guest) -> Vec<String> {
     argv
 }
 
-/// Starts the monitor for `guest` with stdout and stderr on `output`.
-pub fn spawn(guest: &Guest, output: BorrowedFd<'_>) -> Result<Started, Error> {
+/// Starts the monitor for `guest` with stdout and stderr on `output` and
+/// its console input (stdin) from `input`.
+pub fn spawn(
+    guest: &Guest,
+    output: BorrowedFd<'_>,
+    input: BorrowedFd<'_>,
+) -> Result<Started, Error> {
     let argv = monitor_argv(guest)
         .into_iter()
         .map(CString::new)
@@ -105,11 +110,7 @@ pub fn spawn(guest: &Guest, output: BorrowedFd<'_>) -> Result<Started, Error> {
             let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
             let _ = nix::unistd::setsid();
             let setup = || -> std::io::Result<()> {
-                {
-                    // Dropped (closed) before the sweep below closes the rest.
-                    let null = std::fs::File::open("/dev/null")?;
-                    nix::unistd::dup2_stdin(&null)?;
-                }
+                nix::unistd::dup2_stdin(input)?;
                 nix::unistd::dup2_stdout(output)?;
                 nix::unistd::dup2_stderr(output)?;
                 // The start channel becomes fd 3 (STATUS_FD); nothing else

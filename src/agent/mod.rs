@@ -13,6 +13,7 @@
 
 pub(crate) mod cgroup;
 mod claim;
+mod console;
 mod control;
 mod exec;
 mod guest;
@@ -120,6 +121,8 @@ enum Source {
     Status(String),
     Conn(usize),
     ExecStatus(i32),
+    /// A guest's console input pipe has room.
+    ConsoleInput(String),
 }
 
 struct Shutdown {
@@ -154,6 +157,8 @@ pub struct Agent {
     retiring: HashMap<String, config::Unit>,
     /// Running `ctl exec` helpers by PID.
     execs: HashMap<i32, exec::Session>,
+    /// Guests' interactive consoles.
+    consoles: console::Consoles,
 }
 
 fn specs(config: &Config) -> Vec<Spec> {
@@ -210,6 +215,7 @@ impl Agent {
             pid1: pid1::Pid1State::default(),
             retiring: HashMap::new(),
             execs: HashMap::new(),
+            consoles: HashMap::new(),
         };
         // The socket first: an agent that cannot serve it (another one
         // does, the path is unusable) must leave no cgroup behind.
@@ -341,6 +347,10 @@ impl Agent {
                 Some(Source::ExecStatus(pid)) => {
                     let pid = *pid;
                     self.read_exec_status(pid);
+                }
+                Some(Source::ConsoleInput(unit)) => {
+                    let unit = unit.clone();
+                    self.write_console(&unit);
                 }
                 None => {}
             },
@@ -532,6 +542,7 @@ impl Agent {
         for name in self.sup.take_retired() {
             self.retiring.remove(&name);
             self.cgroups.remove(&name);
+            self.drop_console(&name);
             if let Some(rt) = self.units.remove(&name) {
                 self.release_unit(&name, rt);
             }

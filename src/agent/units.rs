@@ -319,9 +319,30 @@ impl Agent {
                 permanent: true,
             }];
         }
-        let started = match super::guest::spawn(guest, rt.out_tx.as_fd()) {
+        let out = match rt.out_tx.try_clone() {
+            Ok(fd) => fd,
+            Err(e) => {
+                return vec![Input::StartFailed {
+                    unit: unit.to_string(),
+                    reason: format!("unable to duplicate the output pipe: {e}"),
+                    permanent: false,
+                }];
+            }
+        };
+        let input = match self.console_pipe(unit) {
+            Ok(fd) => fd,
+            Err(e) => {
+                return vec![Input::StartFailed {
+                    unit: unit.to_string(),
+                    reason: format!("unable to create the console input pipe: {e}"),
+                    permanent: false,
+                }];
+            }
+        };
+        let started = match super::guest::spawn(guest, out.as_fd(), input.as_fd()) {
             Ok(s) => s,
             Err(e) => {
+                self.console_gone(unit);
                 let reason = error_chain(&e);
                 log::error!("{unit}: {reason}");
                 return vec![Input::StartFailed {
@@ -376,6 +397,9 @@ impl Agent {
             return;
         };
         self.unwatch_channel(&proc.child);
+        if proc.guest {
+            self.console_gone(unit);
+        }
         let outcome = if proc.guest {
             let reported = proc.child.report.failure.take().map(|f| f.reason);
             match super::guest::outcome(status, reported) {

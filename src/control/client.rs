@@ -24,6 +24,9 @@ commands:
                              run a command in a running zone with this
                              terminal's stdin/stdout/stderr, or with -t on a
                              new terminal in the zone; exits with its status
+  console GUEST [--read-only] [--force]
+                             the guest's serial console, interactive;
+                             Ctrl-] detaches
   reload                     re-read the config
   poweroff|reboot|halt       orderly shutdown (PID 1 only)";
 
@@ -146,6 +149,25 @@ fn parse(words: &[&str]) -> Result<(Request, Output), String> {
                 tty: tty.then_some(WindowSize { rows: 0, cols: 0 }),
             }
         }
+        "console" => {
+            let name = name(1)?;
+            let (mut read_only, mut force) = (false, false);
+            for w in &words[2..] {
+                match *w {
+                    "--read-only" => read_only = true,
+                    "--force" => force = true,
+                    other => return Err(format!("unknown console option {other}")),
+                }
+            }
+            if read_only && force {
+                return Err("--read-only and --force exclude each other".into());
+            }
+            Request::Console {
+                name,
+                read_only,
+                force,
+            }
+        }
         "reload" => Request::Reload {},
         "poweroff" => Request::Poweroff {},
         "reboot" => Request::Reboot {},
@@ -169,6 +191,9 @@ fn run(socket: &PathBuf, req: &Request, output: Output) -> std::io::Result<ExitC
         }
         // No terminal came back: the agent's reply says why.
         return replies(stream, req, output);
+    }
+    if matches!(req, Request::Console { .. }) {
+        return terminal::console(&mut stream, req);
     }
     let line = proto::encode_request(req);
     if matches!(req, Request::Exec { .. }) {
@@ -335,6 +360,21 @@ mod tests {
             "-t asks for a terminal"
         );
         assert!(parse(&["exec", "-t"]).is_err());
+    }
+
+    #[test]
+    fn parses_console_options() {
+        let (req, _) = parse(&["console", "vm", "--read-only"]).unwrap();
+        assert_eq!(
+            req,
+            Request::Console {
+                name: "vm".into(),
+                read_only: true,
+                force: false
+            }
+        );
+        assert!(parse(&["console"]).is_err());
+        assert!(parse(&["console", "vm", "--read-only", "--force"]).is_err());
     }
 
     #[test]

@@ -58,6 +58,24 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tty: Option<WindowSize>,
     },
+    /// Attach to a guest's serial console: its recent output, then what
+    /// it prints, as `log` replies; a writer may send `input`.
+    Console {
+        /// Guest name.
+        name: String,
+        /// Watch only; any number of read-only clients may attach.
+        #[serde(default)]
+        read_only: bool,
+        /// Take the console over from its current writer.
+        #[serde(default)]
+        force: bool,
+    },
+    /// Bytes for the guest's console, from its writer; no reply unless it
+    /// is refused or input is being dropped.
+    Input {
+        /// One character per byte, U+0000 to U+00FF.
+        data: String,
+    },
     /// Re-read the config.
     Reload {},
     /// Orderly power-off (PID 1 only).

@@ -1,12 +1,15 @@
-//! The client's side of an interactive session (`zonit ctl exec -t`): the
-//! local terminal in raw mode (restored on every way out), the signals
-//! that matter to it, and the relay between this terminal and the
-//! pseudo-terminal the agent's exec helper made in the zone.
+//! The client's side of interactive sessions: the local terminal in raw
+//! mode (restored on every way out), the signals that matter to it, and
+//! two relays.
 //!
-//! The zone's terminal master comes back to the client itself
-//! (SCM_RIGHTS), so the client relays the bytes and sets the window size
-//! (`TIOCSWINSZ` on the master, which signals the command with SIGWINCH);
-//! the agent only answers with the exit status.
+//! `zonit ctl exec -t`: the zone's terminal master comes back to the
+//! client itself (SCM_RIGHTS), so the client relays the bytes and sets the
+//! window size (`TIOCSWINSZ` on the master, which signals the command with
+//! SIGWINCH); the agent only answers with the exit status.
+//!
+//! `zonit ctl console`: the guest's output arrives as `log` replies, and
+//! keystrokes go as `input` requests on the same connection; Ctrl-]
+//! detaches.
 
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -285,6 +288,154 @@ fn ended(line: &[u8]) -> Ended {
     Ended {
         exit: v["exit"].as_i64().map_or(1, |c| c.clamp(1, 255) as u8),
         error: Some(msg.to_string()),
+    }
+}
+
+/// The key that detaches from a console: Ctrl-], as telnet's and virsh's.
+pub const DETACH: u8 = 0x1d;
+
+/// `zonit ctl console`: attaches with `req`, then shows the console and
+/// passes keystrokes (a writer only) until Ctrl-] or the end of the
+/// connection.
+pub fn console(stream: &mut UnixStream, req: &Request) -> io::Result<std::process::ExitCode> {
+    let (name, read_only) = match req {
+        Request::Console {
+            name, read_only, ..
+        } => (name.as_str(), *read_only),
+        _ => return Err(io::Error::other("not a console request")),
+    };
+    stream.write_all(&proto::encode_request(req))?;
+    let mut pending = Vec::new();
+    let first = loop {
+        if let Some(nl) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=nl).collect();
+            break line;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = io::Read::read(stream, &mut chunk)?;
+        if n == 0 {
+            return Err(io::Error::other("the agent closed the connection"));
+        }
+        pending.extend_from_slice(&chunk[..n]);
+    };
+    let v: Value = serde_json::from_slice(&first).unwrap_or(Value::Null);
+    if v["ok"] != Value::Bool(true) {
+        let msg = v["error"]
+            .as_str()
+            .unwrap_or("the agent refused the console");
+        eprintln!("zonit ctl: {msg}");
+        return Ok(std::process::ExitCode::from(1));
+    }
+    let signals = Signals::install()?;
+    let stdin = io::stdin();
+    let raw = if nix::unistd::isatty(stdin.as_fd()).unwrap_or(false) {
+        Some(RawMode::enter()?)
+    } else {
+        None
+    };
+    let mode = if read_only { " (read-only)" } else { "" };
+    eprint!("Connected to the console of {name}{mode}; Ctrl-] detaches\r\n");
+    let ended = console_relay(stream, pending, !read_only, &signals);
+    drop(raw);
+    let ended = ended?;
+    match &ended.error {
+        Some(msg) => eprintln!("zonit ctl: {msg}"),
+        None => eprintln!("Detached from the console of {name}"),
+    }
+    Ok(std::process::ExitCode::from(ended.exit))
+}
+
+/// Shows the console's output and, for a `writer`, sends what is typed,
+/// until Ctrl-], a signal, or the agent ends the session.
+fn console_relay(
+    stream: &mut UnixStream,
+    mut pending: Vec<u8>,
+    writer: bool,
+    signals: &Signals,
+) -> io::Result<Ended> {
+    let stdin = io::stdin();
+    let mut stdin_open = true;
+    let mut buf = [0u8; CHUNK];
+    loop {
+        while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=nl).collect();
+            let v: Value = serde_json::from_slice(&line).unwrap_or(Value::Null);
+            if v["ok"] != Value::Bool(true) {
+                return Ok(ended(&line));
+            }
+            if let Some(text) = v["log"].as_str() {
+                show(text.as_bytes())?;
+            } else if let Some(notice) = v["notice"].as_str() {
+                eprint!("\r\n[zonit: {notice}]\r\n");
+            } else if v.get("end").is_some() {
+                return Ok(Ended {
+                    exit: 0,
+                    error: Some("the guest was removed from the config".into()),
+                });
+            }
+        }
+        let none = PollFlags::empty();
+        let mut fds = [
+            PollFd::new(
+                stdin.as_fd(),
+                if stdin_open { PollFlags::POLLIN } else { none },
+            ),
+            PollFd::new(stream.as_fd(), PollFlags::POLLIN),
+            PollFd::new(signals.winch.as_fd(), PollFlags::POLLIN),
+            PollFd::new(signals.quit.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
+        let (stdin_ready, stream_ready, winch, quit) = (ready(0), ready(1), ready(2), ready(3));
+        if quit {
+            drain(signals.quit.as_fd());
+            let sig = signals.which.load(Ordering::Relaxed) as u8;
+            return Ok(Ended {
+                exit: 128u8.saturating_add(sig),
+                error: Some("interrupted".into()),
+            });
+        }
+        if winch {
+            // A serial console has no window size to pass on.
+            drain(signals.winch.as_fd());
+        }
+        if stdin_open && stdin_ready {
+            let n = match nix::unistd::read(stdin.as_fd(), &mut buf) {
+                Ok(0) | Err(nix::errno::Errno::EBADF | nix::errno::Errno::EIO) => {
+                    stdin_open = false;
+                    0
+                }
+                Ok(n) => n,
+                Err(_) => 0,
+            };
+            let typed = &buf[..n];
+            let detach = typed.iter().position(|&b| b == DETACH);
+            let send = &typed[..detach.unwrap_or(n)];
+            if writer && !send.is_empty() {
+                let data: String = send.iter().map(|&b| char::from(b)).collect();
+                stream.write_all(&proto::encode_request(&Request::Input { data }))?;
+            }
+            if detach.is_some() {
+                return Ok(Ended {
+                    exit: 0,
+                    error: None,
+                });
+            }
+        }
+        if stream_ready {
+            let n = io::Read::read(stream, &mut buf)?;
+            if n == 0 {
+                return Ok(Ended {
+                    exit: 1,
+                    error: Some("the agent closed the connection".into()),
+                });
+            }
+            pending.extend_from_slice(&buf[..n]);
+        }
     }
 }
 
