@@ -357,3 +357,55 @@ fn closing_an_exec_client_hangs_up_its_command() {
         common::pids_with_cmdline("sleep\x004242").is_empty()
     });
 }
+
+#[test]
+fn a_stop_waiter_is_answered_when_another_client_starts_the_unit() {
+    if !require_root() {
+        return;
+    }
+    use std::io::Write;
+    let z = Zonit::start("supersede", |d| {
+        zone(
+            d,
+            "slow",
+            "trap 'sleep 1; exit 0' TERM; while true; do sleep 0.1; done",
+            "stop_timeout = \"5s\"",
+        )
+    });
+    z.wait_state("slow", "running");
+    let mut waiter = std::os::unix::net::UnixStream::connect(&z.socket).unwrap();
+    waiter
+        .write_all(b"{\"v\":1,\"cmd\":\"stop\",\"name\":\"slow\"}\n")
+        .unwrap();
+    z.wait_state("slow", "stopping");
+    assert_eq!(z.ctl(&["start", "slow"]).0, 0);
+    let replies = read_replies(&waiter, 1, Duration::from_secs(10));
+    assert_eq!(replies.len(), 1, "the stop waiter got no answer");
+    assert!(
+        replies[0].contains(r#""ok":false"#) && replies[0].contains("superseded"),
+        "{}",
+        replies[0]
+    );
+    z.wait_state("slow", "running");
+}
+
+#[test]
+fn ctl_gives_up_after_its_timeout() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("ctltimeout", |d| {
+        zone(
+            d,
+            "stubborn",
+            "trap '' TERM; while true; do sleep 0.1; done",
+            "stop_timeout = \"3s\"",
+        )
+    });
+    z.wait_state("stubborn", "running");
+    let t = std::time::Instant::now();
+    let (code, _, err) = z.ctl(&["--timeout", "500ms", "stop", "stubborn"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("no reply from the agent"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}

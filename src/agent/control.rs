@@ -19,7 +19,7 @@ use serde_json::json;
 use super::{Agent, Error, LISTENER, Mode, ShutdownAction, Source, claim};
 use crate::config::UnitKind;
 use crate::control::proto::{self, Request, UnitRow};
-use crate::supervisor::{Input, State};
+use crate::supervisor::{Input, StopOutcome};
 use crate::sys;
 
 /// Most unsent reply bytes kept for one client.
@@ -415,21 +415,26 @@ impl Agent {
             .collect()
     }
 
-    /// Replies to `stop` requests whose unit has come to rest.
+    /// Replies to `stop` requests whose unit has come to rest, or that a
+    /// later start or restart superseded.
     pub(super) fn answer_stop_waiters(&mut self) {
         let mut done = Vec::new();
         self.stop_waiters.retain(|(id, unit)| {
-            let state = self.sup.status(unit).map(|s| s.state);
-            match state {
-                Some(State::Running | State::Starting | State::Stopping) => true,
-                other => {
-                    done.push((*id, other.map_or("unknown", |s| s.as_str())));
-                    false
-                }
-            }
+            let outcome = self.sup.status(unit).map(|s| s.stop_outcome());
+            let reply = match outcome {
+                Some(StopOutcome::Pending) => return true,
+                Some(StopOutcome::Done(state)) => proto::ok(json!({ "state": state.as_str() })),
+                Some(StopOutcome::Superseded(state)) => proto::error(&format!(
+                    "stop of {unit} superseded: another request started it again (now {})",
+                    state.as_str()
+                )),
+                None => proto::ok(json!({ "state": "removed" })),
+            };
+            done.push((*id, reply));
+            false
         });
-        for (id, state) in done {
-            self.send(id, &proto::ok(json!({ "state": state })));
+        for (id, reply) in done {
+            self.send(id, &reply);
             self.flush(id);
         }
     }

@@ -20,6 +20,8 @@ mod tests;
 mod units;
 mod validate;
 
+pub use units::parse_duration;
+
 /// Default location of the config file.
 pub const DEFAULT_PATH: &str = "/etc/zonit.toml";
 /// Default location of the control socket.

@@ -197,7 +197,30 @@ pub struct Status {
     retiring: bool,
 }
 
+/// Where an operator's `stop` of a unit stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopOutcome {
+    /// The unit still has a process and is still wanted down.
+    Pending,
+    /// The unit came to rest in this state.
+    Done(State),
+    /// A later request wanted it up again (start, restart): the stop will
+    /// never complete. The unit's state now.
+    Superseded(State),
+}
+
 impl Status {
+    /// Where a `stop` requested earlier stands now.
+    pub fn stop_outcome(&self) -> StopOutcome {
+        if self.want == Want::Up {
+            return StopOutcome::Superseded(self.state);
+        }
+        match self.state {
+            State::Running | State::Starting | State::Stopping => StopOutcome::Pending,
+            other => StopOutcome::Done(other),
+        }
+    }
+
     fn new() -> Self {
         Status {
             state: State::Stopped,

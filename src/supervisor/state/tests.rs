@@ -567,3 +567,44 @@ fn removed_unit_without_process_is_dropped_at_once() {
     assert!(h.sup.status("a").is_none());
     assert_eq!(h.sup.take_retired(), vec!["a".to_string()]);
 }
+
+#[test]
+fn a_stop_is_superseded_by_a_start_while_stopping() {
+    let mut h = Harness::new(vec![spec("a", &[], RestartPolicy::Always)]);
+    h.feed(Input::Start("a".into()));
+    let pid = h.pid("a");
+    h.feed(Input::Stop("a".into()));
+    assert_eq!(
+        h.sup.status("a").unwrap().stop_outcome(),
+        StopOutcome::Pending
+    );
+    h.feed(Input::Start("a".into()));
+    assert_eq!(
+        h.sup.status("a").unwrap().stop_outcome(),
+        StopOutcome::Superseded(State::Stopping)
+    );
+    h.feed(Input::Ended {
+        unit: "a".into(),
+        end: End::Signal(15),
+    });
+    assert_ne!(h.pid("a"), pid, "started again");
+    assert_eq!(
+        h.sup.status("a").unwrap().stop_outcome(),
+        StopOutcome::Superseded(State::Running)
+    );
+}
+
+#[test]
+fn a_completed_stop_reports_the_resting_state() {
+    let mut h = Harness::new(vec![spec("a", &[], RestartPolicy::Always)]);
+    h.feed(Input::Start("a".into()));
+    h.feed(Input::Stop("a".into()));
+    h.feed(Input::Ended {
+        unit: "a".into(),
+        end: End::Signal(15),
+    });
+    assert_eq!(
+        h.sup.status("a").unwrap().stop_outcome(),
+        StopOutcome::Done(State::Stopped)
+    );
+}
