@@ -409,3 +409,90 @@ fn ctl_gives_up_after_its_timeout() {
     assert!(err.contains("no reply from the agent"), "{err}");
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }
+
+#[test]
+fn three_hundred_zones_run_under_a_1024_fd_hard_limit() {
+    if !require_root() {
+        return;
+    }
+    const N: usize = 300;
+    let dir = test_dir("manyzones");
+    let socket = dir.join("ctl.sock");
+    let config = dir.join("zonit.toml");
+    let mut body = format!("[host]\ncontrol_socket = \"{}\"\n", socket.display());
+    for i in 0..N {
+        body.push_str(&zone(
+            &dir,
+            &format!("z{i}"),
+            "sleep 1000",
+            "restart = \"always\"",
+        ));
+    }
+    std::fs::write(&config, body).unwrap();
+    // The soft limit of a PID 1 as the kernel starts it is 1024; start
+    // lower so the agent must raise it to get through.
+    let z = Zonit::launch_wrapped(dir, config, socket, &["prlimit", "--nofile=256:1024"]);
+    z.wait_for("every zone running", Duration::from_secs(240), || {
+        let rows = z.status();
+        rows.len() == N && rows.iter().all(|u| u["state"] == "running")
+    });
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", z.pid())).unwrap();
+    let nofile = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert!(
+        nofile.split_whitespace().filter(|w| *w == "1024").count() == 2,
+        "soft limit raised to the hard one: {nofile}"
+    );
+    let fds = fd_count(z.pid());
+    assert!(fds < 1000, "{fds} fds for {N} running zones");
+    assert!(
+        z.status().iter().all(|u| u["restarts"] == 0),
+        "a zone failed to start on the way"
+    );
+}
+
+#[test]
+fn running_out_of_fds_is_a_passing_failure_not_a_permanent_one() {
+    if !require_root() {
+        return;
+    }
+    const N: usize = 150;
+    let dir = test_dir("emfile");
+    let socket = dir.join("ctl.sock");
+    let config = dir.join("zonit.toml");
+    let mut body = format!("[host]\ncontrol_socket = \"{}\"\n", socket.display());
+    for i in 0..N {
+        body.push_str(&zone(
+            &dir,
+            &format!("z{i}"),
+            "sleep 1000",
+            "restart = \"always\"\nbackoff = { initial = \"100ms\", max = \"500ms\" }",
+        ));
+    }
+    std::fs::write(&config, body).unwrap();
+    // Too few fds for every zone at once: some starts run out of fds.
+    let z = Zonit::launch_wrapped(dir, config, socket, &["prlimit", "--nofile=400:400"]);
+    z.wait_for("the fd limit to be hit", Duration::from_secs(60), || {
+        z.log_text().contains("Too many open files")
+    });
+    let failed: Vec<String> = z
+        .status()
+        .iter()
+        .filter(|u| u["state"] == "failed")
+        .map(|u| u["name"].to_string())
+        .collect();
+    assert!(failed.is_empty(), "zones failed for good: {failed:?}");
+    // Room made: every zone still wanted comes up.
+    for i in 0..40 {
+        assert_eq!(z.ctl(&["stop", &format!("z{i}")]).0, 0);
+    }
+    z.wait_for("the other zones running", Duration::from_secs(60), || {
+        z.status()
+            .iter()
+            .filter(|u| u["state"] == "running")
+            .count()
+            == N - 40
+    });
+}

@@ -24,6 +24,8 @@ use crate::sys;
 
 /// Most unsent reply bytes kept for one client.
 const MAX_PENDING: usize = 1024 * 1024;
+/// How soon an accept that failed for want of fds or memory is retried.
+pub(super) const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 /// Most request lines carried out for one client per wake-up, so one
 /// client's pipelined flood cannot starve the loop.
 const LINE_BUDGET: usize = 256;
@@ -133,6 +135,11 @@ impl Agent {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     log::warn!("control socket: accept failed: {e}");
+                    // The listener is edge-triggered: a client left in the
+                    // backlog (say, while out of fds) is tried again soon.
+                    if sys::is_transient(&e) {
+                        self.accept_retry = Some(Instant::now() + ACCEPT_RETRY);
+                    }
                     return;
                 }
             };
@@ -330,10 +337,7 @@ impl Agent {
                 if follow {
                     // A unit added by a reload has no pipe yet; make it so
                     // the follower sees its first start too.
-                    if let Err(e) = self.ensure_runtime(&name) {
-                        self.send(id, &proto::error(&format!("unable to follow {name}: {e}")));
-                        return;
-                    }
+                    self.ensure_runtime(&name);
                     if let Some(u) = self.units.get_mut(&name) {
                         u.followers.push(id);
                     }

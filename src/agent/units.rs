@@ -24,10 +24,13 @@ use crate::zone::spawn;
 /// cannot starve the loop.
 const READ_BUDGET: usize = 256 * 1024;
 
-/// A unit's live resources.
+/// A unit's live resources. Only a unit with a process holds fds (its
+/// output pipe, pidfd and status pipe); the ring outlives its runs.
 pub(super) struct UnitRt {
-    out_rx: File,
-    out_tx: OwnedFd,
+    /// Read end of the output pipe of the current run: the agent keeps no
+    /// write end, so it reaches end of file once the run's processes are
+    /// gone.
+    out: Option<(File, mio::Token)>,
     ring: Ring,
     splitter: LineSplitter,
     rate: RateLimit,
@@ -112,11 +115,8 @@ impl Agent {
     }
 
     /// Drops a unit's runtime: its output pipe and its log followers.
-    pub(super) fn release_unit(&mut self, name: &str, rt: UnitRt) {
-        let _ = self
-            .poll
-            .registry()
-            .deregister(&mut SourceFd(&rt.out_rx.as_raw_fd()));
+    pub(super) fn release_unit(&mut self, name: &str, mut rt: UnitRt) {
+        self.unwatch_status(&rt.out.take());
         self.sources
             .retain(|_, s| !matches!(s, Source::Output(u) | Source::Status(u) if u == name));
         for id in rt.followers {
@@ -124,22 +124,15 @@ impl Agent {
         }
     }
 
-    /// Creates the unit's runtime (output pipe, log ring) if it has none.
-    pub(super) fn ensure_runtime(&mut self, unit: &str) -> io::Result<()> {
+    /// Creates the unit's runtime (log ring, no fds) if it has none.
+    pub(super) fn ensure_runtime(&mut self, unit: &str) {
         if self.units.contains_key(unit) {
-            return Ok(());
+            return;
         }
-        let (rx, tx) = sys::pipe()?;
-        sys::set_nonblocking(rx.as_fd())?;
-        let token = self.token(Source::Output(unit.to_string()));
-        self.poll
-            .registry()
-            .register(&mut SourceFd(&rx.as_raw_fd()), token, Interest::READABLE)?;
         self.units.insert(
             unit.to_string(),
             UnitRt {
-                out_rx: File::from(rx),
-                out_tx: tx,
+                out: None,
                 ring: Ring::default(),
                 splitter: LineSplitter::default(),
                 rate: RateLimit::new(LOG_BURST, LOG_PER_SECOND, Instant::now()),
@@ -147,7 +140,30 @@ impl Agent {
                 followers: Vec::new(),
             },
         );
-        Ok(())
+    }
+
+    /// A fresh output pipe for the unit's next run: the read end is
+    /// watched, the write end returned for the child (and closed here once
+    /// the child has its copy).
+    fn open_output(&mut self, unit: &str) -> io::Result<OwnedFd> {
+        self.close_output(unit);
+        self.ensure_runtime(unit);
+        let (rx, tx) = sys::pipe()?;
+        let watched = self.watch_status(rx, Source::Output(unit.to_string()));
+        let Some(out) = watched else {
+            return Err(io::Error::other("unable to watch the output pipe"));
+        };
+        if let Some(rt) = self.units.get_mut(unit) {
+            rt.out = Some(out);
+        }
+        Ok(tx)
+    }
+
+    /// Reads what is left of a finished run's output and closes the pipe.
+    fn close_output(&mut self, unit: &str) {
+        self.read_output(unit);
+        let out = self.units.get_mut(unit).and_then(|rt| rt.out.take());
+        self.unwatch_status(&out);
     }
 
     /// Registers a status pipe with the poll under `source`.
@@ -197,9 +213,6 @@ impl Agent {
         let Some(cfg) = self.config.unit(unit).cloned() else {
             return failed("not in the config".into(), true);
         };
-        if let Err(e) = self.ensure_runtime(unit) {
-            return failed(format!("unable to create the output pipe: {e}"), false);
-        }
         let zone = match &cfg.kind {
             UnitKind::Zone(z) => z,
             UnitKind::Guest(g) => return self.spawn_guest(unit, g),
@@ -248,15 +261,22 @@ impl Agent {
         }
         let group = match self.cgroups.prepare(unit, zone) {
             Ok(g) => g,
-            Err(e) => return failed(error_chain(&e), true),
+            Err(e) => {
+                // Out of fds or memory passes; a missing controller does not.
+                let permanent = !matches!(&e, super::cgroup::Error::Io { source, .. } if sys::is_transient(source));
+                return failed(error_chain(&e), permanent);
+            }
         };
-        let Some(rt) = self.units.get(unit) else {
-            return failed("internal: runtime missing".into(), false);
+        let out = match self.open_output(unit) {
+            Ok(tx) => tx,
+            Err(e) => return failed(format!("unable to create the output pipe: {e}"), false),
         };
-        let started = match spawn::spawn(zone, rt.out_tx.as_fd(), group.as_ref().map(|g| g.as_fd()))
-        {
+        let spawned = spawn::spawn(zone, out.as_fd(), group.as_ref().map(|g| g.as_fd()));
+        drop(out);
+        let started = match spawned {
             Ok(s) => s,
             Err(e) => {
+                self.close_output(unit);
                 let permanent = matches!(e, spawn::Error::Nul { .. });
                 return failed(format!("unable to start: {}", error_chain(&e)), permanent);
             }
@@ -282,13 +302,6 @@ impl Agent {
     }
 
     fn spawn_guest(&mut self, unit: &str, guest: &crate::config::Guest) -> Vec<Input> {
-        let Some(rt) = self.units.get(unit) else {
-            return vec![Input::StartFailed {
-                unit: unit.to_string(),
-                reason: "internal: no output pipe".into(),
-                permanent: false,
-            }];
-        };
         for path in std::iter::once(&guest.kernel)
             .chain(guest.initrd.as_ref())
             .chain(guest.disks.iter().map(|d| &d.path))
@@ -303,10 +316,14 @@ impl Agent {
                 }];
             }
         }
-        let started = match super::guest::spawn(guest, rt.out_tx.as_fd()) {
+        let spawned = self
+            .open_output(unit)
+            .map_err(|e| format!("unable to create the output pipe: {e}"))
+            .and_then(|out| super::guest::spawn(guest, out.as_fd()).map_err(|e| error_chain(&e)));
+        let started = match spawned {
             Ok(s) => s,
-            Err(e) => {
-                let reason = error_chain(&e);
+            Err(reason) => {
+                self.close_output(unit);
                 log::error!("{unit}: {reason}");
                 return vec![Input::StartFailed {
                     unit: unit.to_string(),
@@ -368,7 +385,7 @@ impl Agent {
     /// The unit's top process was reaped with `status`.
     pub(super) fn unit_ended(&mut self, unit: &str, status: WaitStatus) {
         self.read_status(unit);
-        self.read_output(unit);
+        self.close_output(unit);
         let Some(proc) = self.units.get_mut(unit).and_then(|u| u.proc.take()) else {
             return;
         };
@@ -428,7 +445,8 @@ impl Agent {
                 self.pending_reads.push(unit.to_string());
                 break;
             }
-            match rt.out_rx.read(&mut buf) {
+            let Some((out, _)) = &mut rt.out else { break };
+            match out.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
                     total += n;
