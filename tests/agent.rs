@@ -496,3 +496,85 @@ fn running_out_of_fds_is_a_passing_failure_not_a_permanent_one() {
             == N - 40
     });
 }
+
+#[test]
+fn a_sighup_storm_over_good_and_broken_configs_keeps_a_slow_stopping_unit() {
+    if !require_root() {
+        return;
+    }
+    let slow = |d: &Path| {
+        zone(
+            d,
+            "slow",
+            "trap 'sleep 0.5; exit 0' TERM; while true; do sleep 0.1; done",
+            "stop_timeout = \"5s\"",
+        )
+    };
+    let z = Zonit::start("hupstorm", |d| zone(d, "keep", "sleep 1000", "") + &slow(d));
+    z.wait_state("slow", "running");
+    let host = format!("[host]\ncontrol_socket = \"{}\"\n", z.socket.display());
+    let with = format!(
+        "{host}{}{}",
+        zone(&z.dir, "keep", "sleep 1000", ""),
+        slow(&z.dir)
+    );
+    let without = format!("{host}{}", zone(&z.dir, "keep", "sleep 1000", ""));
+    let broken = format!("{without}[zone.bad]\nroot = 7\n");
+    let pid = nix::unistd::Pid::from_raw(z.pid());
+    for i in 0..200 {
+        let text = [&with, &without, &broken][i % 3];
+        std::fs::write(&z.config, text).unwrap();
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::fs::write(&z.config, &with).unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    // Every reload has been handled once a status request is answered
+    // after the last one.
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, _, err) = z.ctl(&["start", "slow"]);
+    assert_eq!(code, 0, "slow disappeared: {err}");
+    assert!(z.status().iter().any(|u| u["name"] == "slow"));
+    assert_eq!(z.state("keep"), "running");
+}
+
+#[test]
+fn a_unit_removed_and_re_added_while_stopping_stays() {
+    if !require_root() {
+        return;
+    }
+    let slow = |d: &Path| {
+        zone(
+            d,
+            "slow",
+            "trap 'sleep 1; exit 0' TERM; while true; do sleep 0.1; done",
+            "stop_timeout = \"5s\"",
+        )
+    };
+    let z = Zonit::start("readd", |d| zone(d, "keep", "sleep 1000", "") + &slow(d));
+    z.wait_state("slow", "running");
+    let host = format!("[host]\ncontrol_socket = \"{}\"\n", z.socket.display());
+    let with = format!(
+        "{host}{}{}",
+        zone(&z.dir, "keep", "sleep 1000", ""),
+        slow(&z.dir)
+    );
+    let without = format!("{host}{}", zone(&z.dir, "keep", "sleep 1000", ""));
+    std::fs::write(&z.config, &without).unwrap();
+    assert_eq!(z.ctl(&["reload"]).0, 0);
+    assert_eq!(
+        z.state("slow"),
+        "stopping",
+        "a removed unit shows until stopped"
+    );
+    std::fs::write(&z.config, &with).unwrap();
+    assert_eq!(z.ctl(&["reload"]).0, 0);
+    // Its old process ends; the unit stays and runs again.
+    z.wait_for("slow to run again", Duration::from_secs(10), || {
+        z.status()
+            .iter()
+            .any(|u| u["name"] == "slow" && u["state"] == "running")
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(z.state("slow"), "running");
+}

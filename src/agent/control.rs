@@ -394,9 +394,11 @@ impl Agent {
 
     pub(super) fn status_rows(&self) -> Vec<UnitRow> {
         let now = Instant::now();
+        // Units a reload removed show until they have stopped.
         self.config
             .units
             .iter()
+            .chain(self.retiring.values())
             .filter_map(|u| {
                 let st = self.sup.status(&u.name)?;
                 Some(UnitRow {

@@ -499,6 +499,10 @@ impl Agent {
             .filter(|u| self.config.unit(&u.name).is_none())
             .map(|u| u.name.clone())
             .collect();
+        // A unit removed by an earlier reload may be back before it stopped.
+        for unit in &self.config.units {
+            self.retiring.remove(&unit.name);
+        }
         for name in &removed {
             if let Some(u) = old.unit(name) {
                 self.retiring.insert(name.clone(), u.clone());

@@ -321,7 +321,12 @@ impl Supervisor {
         let mut actions = Vec::new();
         for spec in specs {
             let status = match old.remove(&spec.name) {
-                Some(e) => e.status,
+                // A unit removed by an earlier reload and still stopping
+                // is back: it is no longer to be dropped.
+                Some(e) => Status {
+                    retiring: false,
+                    ..e.status
+                },
                 None => Status::new(),
             };
             self.entries.push(Entry { spec, status });

@@ -608,3 +608,30 @@ fn a_completed_stop_reports_the_resting_state() {
         StopOutcome::Done(State::Stopped)
     );
 }
+
+#[test]
+fn a_unit_re_added_while_still_stopping_is_kept_and_started_again() {
+    let both = || {
+        vec![
+            spec("keep", &[], RestartPolicy::Always),
+            spec("slow", &[], RestartPolicy::Always),
+        ]
+    };
+    let mut h = Harness::new(both());
+    h.feed(Input::StartAll(vec!["keep".into(), "slow".into()]));
+    let first = h.pid("slow");
+    h.sup.reload(
+        vec![spec("keep", &[], RestartPolicy::Always)],
+        &[],
+        &[],
+        h.now,
+    );
+    assert_eq!(h.state("slow"), State::Stopping);
+    let a = h.sup.reload(both(), &[], &["slow".into()], h.now);
+    assert!(spawned(&a).is_empty(), "waits for the old process to end");
+    h.end("slow", End::Signal(15));
+    assert!(h.sup.status("slow").is_some(), "re-added unit disappeared");
+    assert!(h.sup.take_retired().is_empty());
+    assert_eq!(h.state("slow"), State::Running);
+    assert_ne!(h.pid("slow"), first);
+}
