@@ -578,3 +578,21 @@ fn a_unit_removed_and_re_added_while_stopping_stays() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(z.state("slow"), "running");
 }
+
+#[test]
+fn a_fifo_at_the_config_path_does_not_stall_reload() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("fifo", |d| zone(d, "web", "sleep 1000", ""));
+    z.wait_state("web", "running");
+    std::fs::remove_file(&z.config).unwrap();
+    nix::unistd::mkfifo(&z.config, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let pid = nix::unistd::Pid::from_raw(z.pid());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    z.wait_log("the config must be a regular file");
+    let (code, _, err) = z.ctl(&["--timeout", "5s", "reload"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("a FIFO"), "{err}");
+    assert_eq!(z.state("web"), "running");
+}
