@@ -596,3 +596,31 @@ fn a_fifo_at_the_config_path_does_not_stall_reload() {
     assert!(err.contains("a FIFO"), "{err}");
     assert_eq!(z.state("web"), "running");
 }
+
+#[test]
+fn an_exit_with_unit_that_cannot_start_ends_the_run_at_once() {
+    if !require_root() {
+        return;
+    }
+    let dir = test_dir("exitwith");
+    let config = dir.join("zonit.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[host]\ncontrol_socket = \"{}\"\nexit_with = \"x\"\nshutdown_timeout = \"20s\"\n\
+             [zone.x]\nroot = \"{}\"\ncommand = [\"/bin/true\"]\n",
+            dir.join("ctl.sock").display(),
+            dir.join("missing").display()
+        ),
+    )
+    .unwrap();
+    let t = std::time::Instant::now();
+    let (code, out) = run_expecting_exit(&config, None, Duration::from_secs(10));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -278,6 +278,12 @@ impl Agent {
 
     /// One wake-up: wait, dispatch, reap, advance timers.
     fn turn(&mut self, events: &mut Events) -> Option<ShutdownAction> {
+        // A shutdown begun outside the loop (say, at start by an
+        // `exit_with` unit that cannot start) may already be complete:
+        // nothing would wake the poll for it.
+        if let Some(action) = self.check_shutdown() {
+            return Some(action);
+        }
         let timeout = self.timeout(Instant::now());
         if let Err(e) = self.poll.poll(events, timeout)
             && e.kind() != io::ErrorKind::Interrupted
