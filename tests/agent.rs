@@ -624,3 +624,22 @@ fn an_exit_with_unit_that_cannot_start_ends_the_run_at_once() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn control_characters_in_unit_output_are_escaped_in_the_log_and_raw_in_logs() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("escape", |d| {
+        zone(
+            d,
+            "web",
+            "printf 'x\\rzonit: error: forged \\033[31mred\\n'; sleep 1000",
+            "",
+        )
+    });
+    z.wait_log("zonit[web]: x\\x0dzonit: error: forged \\x1b[31mred");
+    assert!(!z.log_text().contains('\u{1b}'), "{}", z.log_text());
+    let out = z.output_until("web", "x\rzonit: error: forged \u{1b}[31mred");
+    assert!(out.contains('\r'));
+}

@@ -13,7 +13,7 @@ use nix::sys::wait::WaitStatus;
 
 use super::{Agent, Source};
 use crate::config::UnitKind;
-use crate::logbuf::{Admit, LOG_BURST, LOG_PER_SECOND, LineSplitter, RateLimit, Ring};
+use crate::logbuf::{Admit, LOG_BURST, LOG_PER_SECOND, LineSplitter, RateLimit, Ring, escape_line};
 use crate::logging::UNIT_TARGET_PREFIX;
 use crate::logging::error_chain;
 use crate::supervisor::{Action, End, Input};
@@ -463,13 +463,17 @@ impl Agent {
         let now = Instant::now();
         let target = format!("{UNIT_TARGET_PREFIX}{unit}");
         let (splitter, rate) = (&mut rt.splitter, &mut rt.rate);
+        let notice = |dropped: u64| {
+            log::warn!(target: &target, "({dropped} lines not logged: rate limit; `zonit ctl logs` has them)");
+        };
         splitter.feed(&chunks, |line| match rate.admit(now) {
             Admit::Pass { dropped } => {
                 if dropped > 0 {
-                    log::warn!(target: &target, "({dropped} lines not logged: rate limit; `zonit ctl logs` has them)");
+                    notice(dropped);
                 }
-                log::info!(target: &target, "{}", String::from_utf8_lossy(line));
+                log::info!(target: &target, "{}", escape_line(line));
             }
+            Admit::Notice { dropped } => notice(dropped),
             Admit::Drop => {}
         });
         let followers = rt.followers.clone();
