@@ -643,3 +643,39 @@ fn control_characters_in_unit_output_are_escaped_in_the_log_and_raw_in_logs() {
     let out = z.output_until("web", "x\rzonit: error: forged \u{1b}[31mred");
     assert!(out.contains('\r'));
 }
+
+#[test]
+fn start_limit_and_operator_actions_are_logged_once_and_restarts_counted_right() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("limitlog", |d| {
+        zone(
+            d,
+            "crashy",
+            "exit 1",
+            "restart = \"always\"\nbackoff = { initial = \"50ms\", max = \"50ms\" }\n\
+             start_limit = { burst = 5, interval = \"60s\" }",
+        ) + &zone(d, "svc", "sleep 1000", "")
+    });
+    z.wait_state("crashy", "failed");
+    let u = z.unit("crashy");
+    assert_eq!(u["restarts"], 4, "5 starts are 4 restarts: {u}");
+    let count = |needle: &str| z.log_text().matches(needle).count();
+    z.wait_log("crashy: failed: start limit hit");
+    assert_eq!(count("start limit hit"), 1, "{}", z.log_text());
+    z.wait_state("svc", "running");
+    assert_eq!(z.ctl(&["stop", "svc"]).0, 0);
+    assert_eq!(z.ctl(&["start", "svc"]).0, 0);
+    assert_eq!(z.ctl(&["restart", "svc"]).0, 0);
+    assert_eq!(z.ctl(&["reload"]).0, 0);
+    z.wait_log("control: reload");
+    for what in ["stop svc", "start svc", "restart svc", "reload"] {
+        assert_eq!(
+            count(&format!("control: {what} (requested by pid")),
+            1,
+            "{what}:\n{}",
+            z.log_text()
+        );
+    }
+}

@@ -41,6 +41,8 @@ pub(super) struct Conn {
     eof: bool,
     /// The client closed both directions: nothing can reach it.
     gone: bool,
+    /// The client's pid (SO_PEERCRED), for the log.
+    peer_pid: i32,
     writable_registered: bool,
     /// fds passed with SCM_RIGHTS, for the next request.
     pub(super) fds: PassedFds,
@@ -143,8 +145,8 @@ impl Agent {
                     return;
                 }
             };
-            match getsockopt(&stream, PeerCredentials) {
-                Ok(cred) if cred.uid() == 0 => {}
+            let peer_pid = match getsockopt(&stream, PeerCredentials) {
+                Ok(cred) if cred.uid() == 0 => cred.pid(),
                 Ok(cred) => {
                     log::warn!(
                         "control socket: refused pid {} uid {}: only root may control zonit",
@@ -160,7 +162,7 @@ impl Agent {
                     log::warn!("control socket: unable to read peer credentials: {e}");
                     continue;
                 }
-            }
+            };
             let id = self.next_token;
             let token = self.token(Source::Conn(id));
             if let Err(e) = self
@@ -182,6 +184,7 @@ impl Agent {
                     closing: false,
                     eof: false,
                     gone: false,
+                    peer_pid,
                     writable_registered: false,
                     fds: PassedFds::default(),
                 },
@@ -314,6 +317,7 @@ impl Agent {
                     self.send(id, &proto::error(&format!("no unit named `{name}`")));
                     return;
                 }
+                self.log_operator(id, &format!("stop {name}"));
                 self.stop_waiters.push((id, name.clone()));
                 self.feed(Input::Stop(name));
             }
@@ -346,16 +350,19 @@ impl Agent {
                 }
             }
             Request::Exec { name, argv } => self.start_exec(id, &name, &argv),
-            Request::Reload {} => match self.reload() {
-                Ok(msg) => self.send(id, &proto::ok(json!({ "message": msg }))),
-                Err(errors) => {
-                    let msg = format!(
-                        "reload failed; the running config is unchanged:\n{}",
-                        errors.join("\n")
-                    );
-                    self.send(id, &proto::error(&msg));
+            Request::Reload {} => {
+                self.log_operator(id, "reload");
+                match self.reload_and_log() {
+                    Ok(msg) => self.send(id, &proto::ok(json!({ "message": msg }))),
+                    Err(errors) => {
+                        let msg = format!(
+                            "reload failed; the running config is unchanged:\n{}",
+                            errors.join("\n")
+                        );
+                        self.send(id, &proto::error(&msg));
+                    }
                 }
-            },
+            }
             Request::Poweroff {} => self.host_command(id, ShutdownAction::Poweroff),
             Request::Reboot {} => self.host_command(id, ShutdownAction::Reboot),
             Request::Halt {} => self.host_command(id, ShutdownAction::Halt),
@@ -367,6 +374,11 @@ impl Agent {
             self.send(id, &proto::error(&format!("no unit named `{name}`")));
             return;
         }
+        let verb = match input {
+            Input::Restart(_) => "restart",
+            _ => "start",
+        };
+        self.log_operator(id, &format!("{verb} {name}"));
         self.feed(input);
         let state = self
             .sup
@@ -385,11 +397,18 @@ impl Agent {
             );
             return;
         }
+        self.log_operator(id, &format!("{action:?}").to_lowercase());
         self.send(
             id,
             &proto::ok(json!({ "message": format!("{action:?} started") })),
         );
         self.begin_shutdown(action);
+    }
+
+    /// One log line per operator action, naming the client.
+    fn log_operator(&self, id: usize, what: &str) {
+        let pid = self.conns.get(&id).map_or(0, |c| c.peer_pid);
+        log::info!("control: {what} (requested by pid {pid})");
     }
 
     pub(super) fn status_rows(&self) -> Vec<UnitRow> {

@@ -364,7 +364,13 @@ impl Agent {
         for sig in pending {
             match (sig, self.opts.mode) {
                 (SIGCHLD, _) => {} // reaped after every wake-up
-                (SIGHUP, _) => self.reload_and_log(),
+                (SIGHUP, _) => {
+                    log::info!(
+                        "SIGHUP received, reloading {}",
+                        self.opts.config_path.display()
+                    );
+                    let _ = self.reload_and_log();
+                }
                 (SIGTERM | SIGINT, Mode::Run) => {
                     log::info!("{} received, stopping every unit", signal_name(sig));
                     self.begin_shutdown(ShutdownAction::Exit(0));
@@ -467,8 +473,10 @@ impl Agent {
         }
     }
 
-    fn reload_and_log(&mut self) {
-        match self.reload() {
+    /// Reloads and logs the outcome (SIGHUP and `ctl reload` alike).
+    fn reload_and_log(&mut self) -> Result<String, Vec<String>> {
+        let res = self.reload();
+        match &res {
             Ok(msg) => log::info!("{msg}"),
             Err(errors) => {
                 for e in errors {
@@ -477,6 +485,7 @@ impl Agent {
                 log::error!("reload failed; the running config is unchanged");
             }
         }
+        res
     }
 
     /// Re-reads the config. On error the running config stays in place;

@@ -83,6 +83,7 @@ impl Agent {
                 self.signal_unit(&unit, pid, libc::SIGKILL);
                 self.cgroups.kill(&unit);
             }
+            Action::GaveUp { unit, reason } => log::error!("{unit}: failed: {reason}"),
         }
     }
 

@@ -161,6 +161,14 @@ pub enum Action {
         /// Host PID of the top process.
         pid: i32,
     },
+    /// Tell the operator (the log) of a change no process event shows:
+    /// the unit was given up on.
+    GaveUp {
+        /// Unit name.
+        unit: String,
+        /// Why, as `status` shows it.
+        reason: String,
+    },
 }
 
 /// Errors of operator inputs.
@@ -180,7 +188,8 @@ pub struct Status {
     pub want: Want,
     /// Host PID of the top process while it exists.
     pub pid: Option<i32>,
-    /// Automatic restarts since the agent started.
+    /// Automatic restarts since the agent started (counted when the
+    /// restart is carried out, not when it is decided).
     pub restarts: u32,
     /// When the command became ready, while running.
     pub running_since: Option<Instant>,
@@ -195,6 +204,8 @@ pub struct Status {
     starts: VecDeque<Instant>,
     /// Removed from the config by a reload: dropped once it has no process.
     retiring: bool,
+    /// The next spawn is an automatic restart.
+    restart_due: bool,
 }
 
 /// Where an operator's `stop` of a unit stands.
@@ -236,6 +247,7 @@ impl Status {
             spawn_pending: false,
             starts: VecDeque::new(),
             retiring: false,
+            restart_due: false,
         }
     }
 
@@ -486,6 +498,7 @@ impl Supervisor {
                 st.consecutive = 0;
                 st.starts.clear();
                 st.reason = None;
+                st.restart_due = false;
             }
             State::Starting | State::Running | State::Stopping => {}
         }
@@ -537,7 +550,7 @@ impl Supervisor {
                 st.consecutive = 0;
             }
             st.consecutive = st.consecutive.saturating_add(1);
-            st.restarts = st.restarts.saturating_add(1);
+            st.restart_due = true;
             st.state = State::Backoff;
             st.deadline = Some(now + backoff_delay(&e.spec.backoff, st.consecutive));
         } else {
@@ -624,15 +637,24 @@ impl Supervisor {
                 st.starts.pop_front();
             }
             if st.starts.len() >= limit.burst as usize {
-                st.state = State::Failed;
-                st.want = Want::Down;
-                st.reason = Some(format!(
+                let reason = format!(
                     "start limit hit: {} starts within {:?}",
                     limit.burst, limit.interval
-                ));
+                );
+                st.state = State::Failed;
+                st.want = Want::Down;
+                st.restart_due = false;
+                st.reason = Some(reason.clone());
+                actions.push(Action::GaveUp {
+                    unit: e.spec.name.clone(),
+                    reason,
+                });
                 return;
             }
             st.starts.push_back(now);
+        }
+        if std::mem::take(&mut st.restart_due) {
+            st.restarts = st.restarts.saturating_add(1);
         }
         st.spawn_pending = true;
         actions.push(Action::Spawn(e.spec.name.clone()));

@@ -635,3 +635,34 @@ fn a_unit_re_added_while_still_stopping_is_kept_and_started_again() {
     assert_eq!(h.state("slow"), State::Running);
     assert_ne!(h.pid("slow"), first);
 }
+
+#[test]
+fn a_start_limit_of_5_shows_4_restarts_and_says_it_gave_up() {
+    let mut s = spec("z", &[], RestartPolicy::Always);
+    s.start_limit = Some(StartLimit {
+        burst: 5,
+        interval: Duration::from_secs(60),
+    });
+    let mut h = Harness::new(vec![s]);
+    h.feed(Input::Start("z".into()));
+    let mut spawns = 1;
+    let mut gave_up = Vec::new();
+    while h.state("z") != State::Failed {
+        h.end("z", End::Exit(1));
+        for a in h.advance_to_deadline() {
+            match a {
+                Action::Spawn(_) => spawns += 1,
+                Action::GaveUp { reason, .. } => gave_up.push(reason),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(spawns, 5);
+    assert_eq!(
+        h.sup.status("z").unwrap().restarts,
+        4,
+        "5 starts are 4 restarts"
+    );
+    assert_eq!(gave_up.len(), 1);
+    assert!(gave_up[0].contains("start limit hit"), "{gave_up:?}");
+}
