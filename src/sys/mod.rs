@@ -534,6 +534,15 @@ pub fn set_link_up(name: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// An error that says the system is short of something for now (fds,
+/// memory, processes) rather than that the operation can never succeed.
+pub fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EAGAIN | libc::ENOBUFS)
+    )
+}
+
 /// Most fds the kernel passes in one message (`SCM_MAX_FD`); the receive
 /// buffer has room for all of them, so none is ever left in flight.
 const SCM_MAX_FD: usize = 253;
