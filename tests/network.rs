@@ -454,3 +454,168 @@ fn port_forwards_reach_a_zone_from_outside_the_host_and_another_zone_and_nat_tak
     let (_, tables) = run(&["nft", "list", "tables"]);
     assert!(!tables.contains("zonit"), "{tables}");
 }
+
+/// The config of the agent-level tests: two zones on a NAT network, one
+/// with a port forward, and one without a network.
+fn agent_units(dir: &std::path::Path) -> String {
+    format!(
+        "[network.lan]\naddress = \"10.88.0.1/24\"\naddress6 = \"fd88::1/64\"\nnat = true\ndns = [\"10.88.0.1\"]\n\n{}{}{}",
+        common::zone(
+            dir,
+            "web",
+            "exec busybox nc -ll -p 80 -e echo hello-from-web",
+            "network = \"lan\"\naddress = \"10.88.0.2\"\nports = [\"8080:80\"]\nrestart = \"always\"",
+        ),
+        common::zone(dir, "client", "exec sleep 1000", "network = \"lan\""),
+        common::zone(dir, "alone", "exec sleep 1000", ""),
+    )
+}
+
+fn host_links(prefix: &str) -> Vec<String> {
+    let (_, text) = run(&["ip", "-o", "link", "show"]);
+    text.lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+#[test]
+fn zones_on_a_network_under_the_agent_reach_each_other_the_host_and_the_outside() {
+    if !in_private_netns(
+        "zones_on_a_network_under_the_agent_reach_each_other_the_host_and_the_outside",
+    ) {
+        return;
+    }
+    run(&["ip", "link", "set", "lo", "up"]);
+    let z = common::Zonit::start("net-agent", agent_units);
+    for unit in ["web", "client", "alone"] {
+        z.wait_state(unit, "running");
+    }
+    let exec = |unit: &str, cmd: &str| z.ctl(&["exec", unit, "--", "/bin/sh", "-c", cmd]);
+
+    // status --json shows the addresses; client's was derived.
+    let web = z.unit("web");
+    assert_eq!(
+        web["addresses"],
+        serde_json::json!(["10.88.0.2", "fd88::2"])
+    );
+    let client_addr = z.unit("client")["addresses"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(client_addr.starts_with("10.88.0."), "{client_addr}");
+    assert_eq!(z.unit("alone")["addresses"], serde_json::json!([]));
+
+    // Inside: eth0 with its address, the default route, the files.
+    let (code, out, err) = exec(
+        "web",
+        "ip -o addr show eth0; ip route; cat /etc/resolv.conf /etc/hosts",
+    );
+    assert_eq!(code, 0, "{err}");
+    for needle in [
+        "10.88.0.2/24",
+        "fd88::2/64",
+        "default via 10.88.0.1 dev eth0",
+        "nameserver 10.88.0.1",
+        "10.88.0.2\tweb",
+        &format!("{client_addr}\tclient"),
+    ] {
+        assert!(out.contains(needle), "no `{needle}` in:\n{out}");
+    }
+    // A zone without network sees only lo.
+    let (_, out, _) = exec("alone", "ip -o link show");
+    let links: Vec<&str> = out.lines().filter_map(|l| l.split(": ").nth(1)).collect();
+    assert_eq!(links, ["lo"], "{out}");
+    // A zone cannot change its address (no CAP_NET_ADMIN).
+    let (code, _, _) = exec("web", "ip addr add 10.88.0.77/24 dev eth0");
+    assert_ne!(code, 0, "a zone changed its address");
+    let (_, out, _) = exec("web", "ip -o addr show eth0");
+    assert!(!out.contains("10.88.0.77"), "{out}");
+
+    // Zone to zone, over IPv4 and IPv6, and through the port forward.
+    for (what, cmd, want) in [
+        (
+            "zone to zone",
+            "busybox nc -w 3 10.88.0.2 80 </dev/null",
+            "hello-from-web",
+        ),
+        (
+            "zone to zone, IPv6",
+            "busybox nc -w 3 fd88::2 80 </dev/null",
+            "hello-from-web",
+        ),
+        (
+            "hairpin through the host port",
+            "busybox nc -w 3 10.88.0.1 8080 </dev/null",
+            "hello-from-web",
+        ),
+    ] {
+        let (_, out, err) = exec("client", cmd);
+        assert!(out.contains(want), "{what}: {out} {err}\n{}", z.log_text());
+    }
+    // Host to zone, directly and through the port forward.
+    assert_eq!(fetch(None, "10.88.0.2", 80), "hello-from-web");
+    assert_eq!(fetch(None, "10.88.0.1", 8080), "hello-from-web");
+
+    // Restarts: each incarnation gets a fresh link; none is left behind.
+    for _ in 0..3 {
+        let (code, _, err) = z.ctl(&["restart", "web"]);
+        assert_eq!(code, 0, "{err}");
+        z.wait_state("web", "running");
+    }
+    assert!(!z.log_text().contains("File exists"), "{}", z.log_text());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while host_links("zv").len() != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "stale links: {:?}",
+            host_links("zv")
+        );
+        sleep(Duration::from_millis(20));
+    }
+    assert_eq!(fetch(None, "10.88.0.1", 8080), "hello-from-web");
+}
+
+#[test]
+fn the_agent_removes_its_bridges_and_table_at_exit_and_a_successor_recovers_after_sigkill() {
+    if !in_private_netns(
+        "the_agent_removes_its_bridges_and_table_at_exit_and_a_successor_recovers_after_sigkill",
+    ) {
+        return;
+    }
+    run(&["ip", "link", "set", "lo", "up"]);
+    let z = common::Zonit::start("net-kill", agent_units);
+    z.wait_state("web", "running");
+    assert_eq!(host_links("zn-"), ["zn-lan"]);
+    // SIGKILL: the bridge and the table stay behind.
+    let (dir, config, socket) = z.kill_hard();
+    assert_eq!(host_links("zn-"), ["zn-lan"]);
+    assert!(run(&["nft", "list", "table", "inet", "zonit"]).0);
+
+    // The next agent adopts the bridge, replaces the table, and works.
+    let mut z = common::Zonit::launch(dir, config, socket);
+    z.wait_state("web", "running");
+    z.wait_state("client", "running");
+    assert_eq!(fetch(None, "10.88.0.1", 8080), "hello-from-web");
+    let (_, listing) = run(&["nft", "list", "table", "inet", "zonit"]);
+    assert_eq!(
+        listing.matches("dnat ip to 10.88.0.2:80").count(),
+        2,
+        "{listing}"
+    );
+
+    // An orderly exit leaves nothing.
+    assert_eq!(z.terminate(), 0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !host_links("z").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left behind: {:?}",
+            host_links("z")
+        );
+        sleep(Duration::from_millis(20));
+    }
+    let (_, tables) = run(&["nft", "list", "tables"]);
+    assert!(!tables.contains("zonit"), "{tables}");
+}

@@ -187,11 +187,16 @@ pub fn spawn(
 ) -> Result<Started, Error> {
     let prep = prepare(zone)?;
     let (agent_end, zone_end) = protocol::channel().map_err(Error::Channel)?;
+    // `network = "host"` shares the agent's network stack.
+    let netns = match zone.network {
+        crate::config::Network::Host => 0,
+        _ => libc::CLONE_NEWNET,
+    };
     let flags = (libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWNET
+        | netns
         | libc::CLONE_NEWCGROUP) as u64;
     match sys::clone3(flags, cgroup).map_err(Error::Clone)? {
         sys::Forked::Child => {
