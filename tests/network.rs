@@ -267,6 +267,7 @@ fn a_link_that_is_not_a_bridge_is_never_adopted() {
 const FORWARDS: &str = r#"
 [network.lan]
 address = "10.88.0.1/24"
+address6 = "fd88::1/64"
 nat = true
 
 [zone.a]
@@ -358,6 +359,7 @@ fn port_forwards_reach_a_zone_from_outside_the_host_and_another_zone_and_nat_tak
             "ip", "link", "add", "up0", "type", "veth", "peer", "name", "out0", "netns", &peer,
         ],
         vec!["ip", "addr", "add", "192.0.2.1/24", "dev", "up0"],
+        vec!["ip", "addr", "add", "2001:db8::1/64", "dev", "up0", "nodad"],
         vec!["ip", "link", "set", "up0", "up"],
         vec!["ip", "link", "set", "lo", "up"],
     ] {
@@ -366,6 +368,15 @@ fn port_forwards_reach_a_zone_from_outside_the_host_and_another_zone_and_nat_tak
     }
     for cmd in [
         &["ip", "addr", "add", "192.0.2.2/24", "dev", "out0"][..],
+        &[
+            "ip",
+            "addr",
+            "add",
+            "2001:db8::2/64",
+            "dev",
+            "out0",
+            "nodad",
+        ],
         &["ip", "link", "set", "out0", "up"],
     ] {
         let (ok, text) = outside.run(cmd);
@@ -382,8 +393,22 @@ fn port_forwards_reach_a_zone_from_outside_the_host_and_another_zone_and_nat_tak
     let mut outside_server = serve(&outside, 9000, "outside");
     sleep(Duration::from_millis(200));
 
-    let cases: [(&str, Option<&NetnsProc>, &str, u16, &str); 5] = [
+    let cases: [(&str, Option<&NetnsProc>, &str, u16, &str); 7] = [
         ("from outside", Some(&outside), "192.0.2.1", 8080, "zone-a"),
+        (
+            "from outside, IPv6",
+            Some(&outside),
+            "2001:db8::1",
+            8080,
+            "zone-a",
+        ),
+        (
+            "a zone out through NAT, IPv6",
+            Some(&a),
+            "2001:db8::2",
+            9000,
+            "outside",
+        ),
         ("from the host", None, "192.0.2.1", 8080, "zone-a"),
         (
             "from the host, bridge address",
@@ -532,6 +557,15 @@ fn zones_on_a_network_under_the_agent_reach_each_other_the_host_and_the_outside(
     assert_ne!(code, 0, "a zone changed its address");
     let (_, out, _) = exec("web", "ip -o addr show eth0");
     assert!(!out.contains("10.88.0.77"), "{out}");
+    for cmd in [
+        "ip link set eth0 down",
+        "ip route del default",
+        "echo 10.0.0.1 web >> /etc/hosts",
+        "echo nameserver 10.0.0.1 >> /etc/resolv.conf",
+    ] {
+        let (code, _, _) = exec("web", cmd);
+        assert_ne!(code, 0, "a zone could: {cmd}");
+    }
 
     // Zone to zone, over IPv4 and IPv6, and through the port forward.
     for (what, cmd, want) in [
