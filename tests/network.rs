@@ -653,3 +653,32 @@ fn the_agent_removes_its_bridges_and_table_at_exit_and_a_successor_recovers_afte
     let (_, tables) = run(&["nft", "list", "tables"]);
     assert!(!tables.contains("zonit"), "{tables}");
 }
+
+#[test]
+fn the_agent_gives_a_named_host_interface_its_addresses_mtu_and_default_route() {
+    if !in_private_netns(
+        "the_agent_gives_a_named_host_interface_its_addresses_mtu_and_default_route",
+    ) {
+        return;
+    }
+    let (ok, text) = run(&[
+        "ip", "link", "add", "up0", "type", "veth", "peer", "name", "peer0",
+    ]);
+    assert!(ok, "{text}");
+    let z = common::Zonit::start("net-iface", |_| {
+        "[interface.up0]\naddress = [\"192.0.2.10/24\", \"2001:db8::10/64\"]\ngateway = \"192.0.2.1\"\nmtu = 1400\n"
+            .to_string()
+    });
+    z.wait_for("up0 configured", Duration::from_secs(5), || {
+        run(&["ip", "route"])
+            .1
+            .contains("default via 192.0.2.1 dev up0")
+    });
+    let (_, link) = run(&["ip", "-o", "addr", "show", "dev", "up0"]);
+    assert!(
+        link.contains("192.0.2.10/24") && link.contains("2001:db8::10/64"),
+        "{link}"
+    );
+    let (_, link) = run(&["ip", "-o", "link", "show", "dev", "up0"]);
+    assert!(link.contains("mtu 1400") && link.contains(",UP"), "{link}");
+}

@@ -45,6 +45,7 @@ impl HostNet {
     /// Brings the host in line with `config`'s networks; every failure is
     /// logged with what to do, and the rest is still attempted.
     pub fn apply(&mut self, config: &Config) {
+        self.interfaces(config);
         let plan = plan::host_plan(config);
         if plan.bridges.is_empty() && self.applied.is_none() {
             return;
@@ -102,6 +103,31 @@ impl HostNet {
                 && let Err(e) = self.zone_files(config, &unit.name, zone)
             {
                 log::warn!("{}: {e}", unit.name);
+            }
+        }
+    }
+
+    /// Configures the host NICs the config names (`[interface.X]`).
+    fn interfaces(&self, config: &Config) {
+        if config.interfaces.is_empty() {
+            return;
+        }
+        let mut rtnl = match Rtnl::new() {
+            Ok(r) => r,
+            Err(e) => {
+                log::error!("networking: {e}");
+                return;
+            }
+        };
+        for iface in &config.interfaces {
+            if iface.address == crate::config::InterfaceAddress::Dhcp {
+                log::warn!(
+                    "interface {}: DHCP is not supported yet; it is only brought up. Give static addresses and a gateway",
+                    iface.name
+                );
+            }
+            if let Err(e) = netlink::set_up_interface(&mut rtnl, iface) {
+                log::error!("interface {}: {e}", iface.name);
             }
         }
     }

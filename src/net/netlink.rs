@@ -258,6 +258,17 @@ impl Rtnl {
         Ok(())
     }
 
+    /// Sets the MTU of link `index` (named `name`).
+    pub fn set_mtu(&mut self, index: u32, name: &str, mtu: u32) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        self.request(RouteNetlinkMessage::SetLink(msg), 0, || {
+            format!("set the MTU of {name} to {mtu}")
+        })?;
+        Ok(())
+    }
+
     /// Sets link `index` (named `name`) up.
     pub fn set_up(&mut self, index: u32, name: &str) -> Result<()> {
         let mut msg = LinkMessage::default();
@@ -394,6 +405,26 @@ pub fn set_up_bridges(rtnl: &mut Rtnl, bridges: &[Bridge]) -> Result<()> {
             rtnl.add_address(index, &bridge.name, addr)?;
         }
         rtnl.set_up(index, &bridge.name)?;
+    }
+    Ok(())
+}
+
+/// Configures host NIC `iface` as the config says: MTU, static
+/// addresses, up, default route. A DHCP interface is only brought up.
+pub fn set_up_interface(rtnl: &mut Rtnl, iface: &crate::config::Interface) -> Result<()> {
+    let name = iface.name.as_str();
+    let index = rtnl.index(name)?;
+    if let Some(mtu) = iface.mtu {
+        rtnl.set_mtu(index, name, mtu)?;
+    }
+    if let crate::config::InterfaceAddress::Static(list) = &iface.address {
+        for addr in list {
+            rtnl.add_address(index, name, addr)?;
+        }
+    }
+    rtnl.set_up(index, name)?;
+    if let Some(gateway) = iface.gateway {
+        rtnl.add_default_route(index, name, gateway)?;
     }
     Ok(())
 }
