@@ -682,3 +682,22 @@ fn the_agent_gives_a_named_host_interface_its_addresses_mtu_and_default_route() 
     let (_, link) = run(&["ip", "-o", "link", "show", "dev", "up0"]);
     assert!(link.contains("mtu 1400") && link.contains(",UP"), "{link}");
 }
+
+#[test]
+fn a_zone_whose_host_link_name_is_taken_starts_at_once_with_the_next_name() {
+    if !in_private_netns("a_zone_whose_host_link_name_is_taken_starts_at_once_with_the_next_name") {
+        return;
+    }
+    // What a zone left running by a killed agent would hold.
+    let taken = format!("{}-0", zonit::config::network::zone_ifname("web"));
+    let (ok, text) = run(&[
+        "ip", "link", "add", &taken, "type", "veth", "peer", "name", "x0",
+    ]);
+    assert!(ok, "{text}");
+    let z = common::Zonit::start("net-taken", agent_units);
+    z.wait_state("web", "running");
+    assert_eq!(z.unit("web")["restarts"], 0, "{}", z.log_text());
+    let next = format!("{}-1", zonit::config::network::zone_ifname("web"));
+    assert!(link_exists(&next), "{}", z.log_text());
+    assert_eq!(fetch(None, "10.88.0.2", 80), "hello-from-web");
+}

@@ -210,21 +210,33 @@ impl HostNet {
         unit: &str,
         init: BorrowedFd<'_>,
     ) -> Result<(), String> {
-        let n = self.incarnations.entry(unit.to_string()).or_insert(0);
-        let incarnation = *n;
-        *n = n.wrapping_add(1);
-        let Some((zplan, _)) = plan::zone_plan_of(config, unit, incarnation) else {
-            return Ok(());
-        };
         let place = format!("zone {unit}");
         let netns = netlink::netns_of(init, &place).map_err(|e| e.to_string())?;
         let mut rtnl = Rtnl::new().map_err(|e| e.to_string())?;
-        netlink::set_up_zone(&mut rtnl, &zplan, netns.as_fd(), unit).map_err(|e| {
-            format!(
-                "{e}; check that bridge {} exists (see the log at start)",
-                zplan.bridge
-            )
-        })
+        // A host end still there (a zone of a killed agent that lives on)
+        // makes the next name the one to use.
+        let mut tries = 0;
+        loop {
+            let n = self.incarnations.entry(unit.to_string()).or_insert(0);
+            let incarnation = *n;
+            *n = n.wrapping_add(1);
+            let Some((zplan, _)) = plan::zone_plan_of(config, unit, incarnation) else {
+                return Ok(());
+            };
+            match netlink::set_up_zone(&mut rtnl, &zplan, netns.as_fd(), unit) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_link_exists() && tries + 1 < plan::INCARNATIONS => {
+                    log::info!("{unit}: {e}; trying the next name");
+                    tries += 1;
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "{e}; check that bridge {} exists (see the log at start)",
+                        zplan.bridge
+                    ));
+                }
+            }
+        }
     }
 
     /// The addresses of a unit, for `status`.

@@ -65,6 +65,13 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// The kernel said a link of that name exists already.
+    pub fn is_link_exists(&self) -> bool {
+        matches!(self, Error::Request { err, .. } if err.raw_os_error() == Some(libc::EEXIST))
+    }
+}
+
 type Result<T> = std::result::Result<T, Error>;
 
 /// An rtnetlink connection bound to one network namespace.
