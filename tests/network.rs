@@ -484,7 +484,7 @@ fn port_forwards_reach_a_zone_from_outside_the_host_and_another_zone_and_nat_tak
 /// with a port forward, and one without a network.
 fn agent_units(dir: &std::path::Path) -> String {
     format!(
-        "[network.lan]\naddress = \"10.88.0.1/24\"\naddress6 = \"fd88::1/64\"\nnat = true\ndns = [\"10.88.0.1\"]\n\n{}{}{}",
+        "[network.lan]\naddress = \"10.88.0.1/24\"\naddress6 = \"fd88::1/64\"\nnat = true\ndns = [\"10.88.0.1\"]\n\n{}{}{}{}",
         common::zone(
             dir,
             "web",
@@ -493,6 +493,7 @@ fn agent_units(dir: &std::path::Path) -> String {
         ),
         common::zone(dir, "client", "exec sleep 1000", "network = \"lan\""),
         common::zone(dir, "alone", "exec sleep 1000", ""),
+        common::zone(dir, "shared", "exec sleep 1000", "network = \"host\""),
     )
 }
 
@@ -552,6 +553,10 @@ fn zones_on_a_network_under_the_agent_reach_each_other_the_host_and_the_outside(
     let (_, out, _) = exec("alone", "ip -o link show");
     let links: Vec<&str> = out.lines().filter_map(|l| l.split(": ").nth(1)).collect();
     assert_eq!(links, ["lo"], "{out}");
+    // network = "host": the agent's own interfaces, the bridge among them.
+    z.wait_state("shared", "running");
+    let (_, out, _) = exec("shared", "ip -o link show");
+    assert!(out.contains("zn-lan"), "{out}");
     // A zone cannot change its address (no CAP_NET_ADMIN).
     let (code, _, _) = exec("web", "ip addr add 10.88.0.77/24 dev eth0");
     assert_ne!(code, 0, "a zone changed its address");

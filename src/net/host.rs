@@ -210,6 +210,9 @@ impl HostNet {
         unit: &str,
         init: BorrowedFd<'_>,
     ) -> Result<(), String> {
+        if plan::zone_plan_of(config, unit, 0).is_none() {
+            return Ok(()); // not on a [network.X]
+        }
         let place = format!("zone {unit}");
         let netns = netlink::netns_of(init, &place).map_err(|e| e.to_string())?;
         let mut rtnl = Rtnl::new().map_err(|e| e.to_string())?;
