@@ -10,18 +10,17 @@ use std::sync::{Arc, Mutex};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-use super::devices::acpi::{self, AcpiConfig, AcpiPm, VirtioMmioSlot};
+use super::devices::acpi::{self, AcpiConfig, AcpiPm};
+use super::devices::alloc::Allocator;
 use super::devices::block::Block;
 use super::devices::i8042::{self, I8042};
 use super::devices::pvpanic::{self, PvPanic};
 use super::devices::serial::{self, EventFdTrigger, SerialDevice};
-use super::devices::virtio_mmio::VirtioMmio;
+use super::devices::virtio_mmio::{self, VirtioDevice, VirtioMmio};
+use super::devices::{SharedDevice, Syscalls};
 use super::exits::{EndLatch, ExitContext};
 use super::run::StopButton;
-use super::{MonitorError, Options, boot, cpu, devices, layout, vm};
-
-/// GSI of the first disk.
-const FIRST_DISK_GSI: u32 = 16;
+use super::{MonitorError, Options, boot, cpu, vm};
 
 /// A VM ready to run.
 pub(super) struct Monitor {
@@ -31,6 +30,8 @@ pub(super) struct Monitor {
     pub(super) wake: PipeReader,
     pub(super) signals: SignalFd,
     pub(super) stop: StopButton,
+    /// What the present devices need on the vCPU threads.
+    pub(super) vcpu_syscalls: Vec<Syscalls>,
     // Kept open for the whole run: KVM and guest memory must outlive the
     // vCPU threads, which only end with the process.
     pub(super) _vm: vm::Vm,
@@ -46,6 +47,66 @@ fn open(what: &'static str, path: &std::path::Path, write: bool) -> Result<File,
             path: path.to_path_buf(),
             source,
         })
+}
+
+/// Device wiring: every device goes on its bus, gets its interrupt line
+/// and adds its own description to the DSDT and its syscalls to the vCPU
+/// filter, through here. Adding a virtio device is one [`Wiring::virtio`]
+/// call.
+struct Wiring<'v> {
+    vm: &'v vm::Vm,
+    alloc: Allocator,
+    ctx: ExitContext,
+    dsdt: Vec<Vec<u8>>,
+    syscalls: Vec<Syscalls>,
+}
+
+impl<'v> Wiring<'v> {
+    fn new(vm: &'v vm::Vm) -> Self {
+        Self {
+            vm,
+            alloc: Allocator::new(),
+            ctx: ExitContext::default(),
+            dsdt: vec![acpi::power_button_aml()],
+            syscalls: Vec::new(),
+        }
+    }
+
+    /// A legacy device at fixed ports, with its DSDT entry if it has one.
+    fn ports(
+        &mut self,
+        name: &'static str,
+        (base, len): (u16, u64),
+        device: SharedDevice,
+        aml: Option<Vec<u8>>,
+    ) -> Result<(), MonitorError> {
+        self.ctx
+            .pio
+            .insert(u64::from(base), len, device)
+            .map_err(|source| MonitorError::Bus { name, source })?;
+        self.dsdt.extend(aml);
+        Ok(())
+    }
+
+    /// A virtio device behind its own virtio-mmio transport, at the next
+    /// window and interrupt line the allocator gives.
+    fn virtio<D: VirtioDevice + 'static>(&mut self, device: D) -> Result<(), MonitorError> {
+        let syscalls = device.syscalls();
+        let name = syscalls.device;
+        let slot = self
+            .alloc
+            .virtio(virtio_mmio::WINDOW)
+            .map_err(|source| MonitorError::Allocate { name, source })?;
+        let irq = EventFdTrigger(self.vm.irqfd(slot.gsi)?);
+        let transport = VirtioMmio::new(device, irq, self.vm.memory.clone());
+        self.ctx
+            .mmio
+            .insert(slot.base, slot.len, Arc::new(Mutex::new(transport)))
+            .map_err(|source| MonitorError::Bus { name, source })?;
+        self.dsdt.push(virtio_mmio::aml(&slot));
+        self.syscalls.push(syscalls);
+        Ok(())
+    }
 }
 
 impl Monitor {
@@ -67,14 +128,11 @@ impl Monitor {
                     path: disk.path.clone(),
                     source,
                 })?;
-            let slot = VirtioMmioSlot {
-                base: layout::VIRTIO_MMIO_BASE + i as u64 * layout::VIRTIO_MMIO_STRIDE,
-                len: devices::virtio_mmio::WINDOW,
-                gsi: FIRST_DISK_GSI + i as u32,
-            };
-            disks.push((
-                Block::new(file, size, disk.readonly, &format!("zonit-disk-{i}")),
-                slot,
+            disks.push(Block::new(
+                file,
+                size,
+                disk.readonly,
+                &format!("zonit-disk-{i}"),
             ));
         }
 
@@ -91,21 +149,6 @@ impl Monitor {
         log::debug!("files open");
         let vm = vm::Vm::create(opts.memory, opts.vcpus)?;
         log::debug!("VM created with its memory");
-        let entry = boot::load(
-            &vm.memory,
-            boot::BootSpec {
-                kernel: (&mut kernel, &opts.kernel),
-                initrd: initrd.as_mut().map(|(f, p)| (f, p.as_path())),
-                cmdline: &opts.cmdline,
-                mem_size: opts.memory,
-                acpi: AcpiConfig {
-                    vcpus: opts.vcpus,
-                    virtio: disks.iter().map(|(_, slot)| *slot).collect(),
-                },
-            },
-        )?;
-        log::debug!("guest loaded");
-
         let stdout = std::io::stdout()
             .as_fd()
             .try_clone_to_owned()
@@ -118,54 +161,41 @@ impl Monitor {
             vm.irqfd(i8042::KBD_IRQ)?,
         ))));
         let ged = vm.irqfd(acpi::GED_GSI)?;
-        let mut ctx = ExitContext::default();
-        let place = |bus: &mut devices::Bus, name, base: u16, len, dev: devices::SharedDevice| {
-            bus.insert(u64::from(base), len, dev)
-                .map_err(|source| MonitorError::Bus { name, source })
-        };
-        place(
-            &mut ctx.pio,
-            "serial",
-            serial::COM1_BASE,
-            serial::COM1_LEN,
-            console,
-        )?;
-        place(
-            &mut ctx.pio,
-            "i8042",
-            i8042::DATA_PORT,
-            i8042::PORT_RANGE,
-            keyboard.clone(),
-        )?;
-        place(
-            &mut ctx.pio,
-            "acpi-pm",
-            acpi::PM_BASE,
-            acpi::PM_LEN,
-            Arc::new(Mutex::new(AcpiPm)),
-        )?;
-        place(
-            &mut ctx.pio,
-            "pvpanic",
-            pvpanic::PORT,
-            1,
-            Arc::new(Mutex::new(PvPanic::default())),
-        )?;
-        for (block, slot) in disks {
-            let transport = VirtioMmio::new(
-                block,
-                EventFdTrigger(vm.irqfd(slot.gsi)?),
-                vm.memory.clone(),
-            );
-            ctx.mmio
-                .insert(slot.base, slot.len, Arc::new(Mutex::new(transport)))
-                .map_err(|source| MonitorError::Bus {
-                    name: "virtio-blk",
-                    source,
-                })?;
+        let mut wiring = Wiring::new(&vm);
+        let com1 = (serial::COM1_BASE, serial::COM1_LEN);
+        wiring.ports("serial", com1, console, Some(serial::aml()))?;
+        let kbd = (i8042::DATA_PORT, i8042::PORT_RANGE);
+        wiring.ports("i8042", kbd, keyboard.clone(), Some(i8042::aml()))?;
+        let pm = Arc::new(Mutex::new(AcpiPm));
+        wiring.ports("acpi-pm", (acpi::PM_BASE, acpi::PM_LEN), pm, None)?;
+        let pvpanic = Arc::new(Mutex::new(PvPanic::default()));
+        wiring.ports("pvpanic", (pvpanic::PORT, 1), pvpanic, Some(pvpanic::aml()))?;
+        for disk in disks {
+            wiring.virtio(disk)?;
         }
-
+        let Wiring {
+            ctx,
+            dsdt,
+            syscalls,
+            ..
+        } = wiring;
         log::debug!("devices placed");
+
+        let entry = boot::load(
+            &vm.memory,
+            boot::BootSpec {
+                kernel: (&mut kernel, &opts.kernel),
+                initrd: initrd.as_mut().map(|(f, p)| (f, p.as_path())),
+                cmdline: &opts.cmdline,
+                mem_size: opts.memory,
+                acpi: AcpiConfig {
+                    vcpus: opts.vcpus,
+                    devices: dsdt,
+                },
+            },
+        )?;
+        log::debug!("guest loaded");
+
         let supported = vm.supported_cpuid()?;
         let mut vcpus = Vec::with_capacity(usize::from(opts.vcpus));
         for id in 0..opts.vcpus {
@@ -183,6 +213,7 @@ impl Monitor {
             wake,
             signals,
             stop: StopButton { ged, keyboard },
+            vcpu_syscalls: syscalls,
             _vm: vm,
         })
     }

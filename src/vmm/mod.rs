@@ -67,6 +67,15 @@ pub enum MonitorError {
     /// Configuring a vCPU.
     #[error(transparent)]
     Cpu(#[from] cpu::CpuError),
+    /// No window or interrupt line left for a device.
+    #[error("cannot place device {name}")]
+    Allocate {
+        /// The device.
+        name: &'static str,
+        /// Cause.
+        #[source]
+        source: devices::alloc::Exhausted,
+    },
     /// Placing devices.
     #[error("cannot place device {name}")]
     Bus {

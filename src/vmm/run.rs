@@ -54,16 +54,18 @@ impl Monitor {
             mut wake,
             signals,
             stop,
+            vcpu_syscalls,
             _vm,
         } = self;
         if let Err(e) = confine::confine() {
             return e.into();
         }
         log::debug!("confined");
-        let (main_filter, vcpu_filter) = match (seccomp::main_filter(), seccomp::vcpu_filter()) {
-            (Ok(m), Ok(v)) => (m, v),
-            (Err(e), _) | (_, Err(e)) => return e.into(),
-        };
+        let (main_filter, vcpu_filter) =
+            match (seccomp::main_filter(), seccomp::vcpu_filter(&vcpu_syscalls)) {
+                (Ok(m), Ok(v)) => (m, v),
+                (Err(e), _) | (_, Err(e)) => return e.into(),
+            };
         log::debug!("seccomp filters built");
         let _ = PANIC_LATCH.set(latch.clone());
         // Every thread installs its filter, then all meet here before the

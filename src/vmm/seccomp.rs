@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::vmm::devices::Syscalls;
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule, TargetArch,
@@ -117,8 +118,9 @@ fn compile(thread: &'static str, rules: Rules) -> Result<BpfProgram, SeccompErro
 }
 
 /// The filter of a vCPU thread: run the vCPU, drive devices (eventfd and
-/// console writes), log.
-pub fn vcpu_filter() -> Result<BpfProgram, SeccompError> {
+/// console writes), log; plus what each present device needs to serve its
+/// queues on the notifying vCPU (`devices`, each named for its device).
+pub fn vcpu_filter(devices: &[Syscalls]) -> Result<BpfProgram, SeccompError> {
     let build = |source| SeccompError::Build {
         thread: "vCPU",
         source,
@@ -130,11 +132,14 @@ pub fn vcpu_filter() -> Result<BpfProgram, SeccompError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(build)?;
     rules.insert(libc::SYS_ioctl, ioctl);
-    // virtio-blk requests are served on the vCPU that notifies.
-    allow(
-        &mut rules,
-        &[libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_fdatasync],
-    );
+    for needs in devices {
+        log::debug!(
+            "seccomp: vCPU threads may make syscalls {:?} for {}",
+            needs.list,
+            needs.device
+        );
+        allow(&mut rules, needs.list);
+    }
     compile("vCPU", rules)
 }
 
@@ -176,7 +181,7 @@ mod tests {
 
     #[test]
     fn filters_compile() {
-        assert!(!vcpu_filter().unwrap().is_empty());
+        assert!(!vcpu_filter(&[]).unwrap().is_empty());
         assert!(!main_filter().unwrap().is_empty());
     }
 }
