@@ -868,3 +868,81 @@ fn more_than_eight_disks_is_a_setup_failure() {
     assert_eq!(out.end(), GuestEnd::SetupFailed);
     assert!(out.stderr.contains("at most 8"), "{}", out.stderr);
 }
+
+/// Runs `ip ARGS` (iproute2) in the calling thread's network namespace.
+fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn virtio_net_sends_an_arp_request_through_its_tap_and_receives_the_reply() {
+    let Some(kernel) = setup(Payload::Elf) else {
+        return;
+    };
+    if !require(
+        "ip (iproute2)",
+        Command::new("ip").arg("-V").output().is_ok(),
+    ) {
+        return;
+    }
+    // Everything happens on a thread that entered a network namespace of
+    // its own: the tap, the bridge and the monitor (spawned from this
+    // thread) never see the machine's interfaces.
+    let (out, neigh) = std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("private netns");
+        let (tap, name) = zonit::sys::open_tap("ztap0").expect("open the tap");
+        assert_eq!(name, "ztap0");
+        ip(&["link", "add", "zbr0", "type", "bridge"]);
+        ip(&["addr", "add", "10.99.0.1/24", "dev", "zbr0"]);
+        ip(&["link", "set", "zbr0", "up"]);
+        ip(&["link", "set", "ztap0", "master", "zbr0"]);
+        ip(&["link", "set", "ztap0", "up"]);
+        // The monitor inherits the tap under its own number.
+        nix::fcntl::fcntl(
+            &tap,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )
+        .expect("clear close-on-exec");
+        let net = format!(
+            "fd={},mac=52:54:00:12:34:56",
+            std::os::fd::AsRawFd::as_raw_fd(&tap)
+        );
+        let mut run = Running::start(monitor(&kernel, &["--cmdline", "net", "--net", &net]));
+        run.wait_for("net: arp reply from");
+        let out = run.finish();
+        // Our copy of the tap keeps its link (and the bridge's carrier,
+        // hence its neighbour table) up after the monitor's end.
+        let neigh = ip(&["neigh", "show", "10.99.0.2"]);
+        drop(tap);
+        (out, neigh)
+    })
+    .join()
+    .expect("network thread");
+    assert_eq!(out.end(), GuestEnd::Poweroff, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("net mac: 525400123456"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("net: arp request sent"),
+        "{}",
+        out.stdout
+    );
+    // The reply came from the bridge (its MAC is the tap's, a random one),
+    // and the device wrote num_buffers.
+    let reply = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("net: arp reply from"))
+        .unwrap_or_default();
+    assert!(reply.ends_with(" num_buffers 1"), "{reply}");
+    // The host side saw the guest's request: it learnt the guest's MAC.
+    assert!(neigh.contains("52:54:00:12:34:56"), "{neigh}");
+}

@@ -14,12 +14,13 @@ use super::devices::acpi::{self, AcpiConfig, AcpiPm};
 use super::devices::alloc::Allocator;
 use super::devices::block::Block;
 use super::devices::i8042::{self, I8042};
+use super::devices::net::{self, Net};
 use super::devices::pvpanic::{self, PvPanic};
 use super::devices::serial::{self, EventFdTrigger, SerialDevice};
 use super::devices::virtio_mmio::{self, VirtioDevice, VirtioMmio};
 use super::devices::{SharedDevice, Syscalls};
 use super::exits::{EndLatch, ExitContext};
-use super::run::StopButton;
+use super::run::{StopButton, Worker};
 use super::{MonitorError, Options, boot, cpu, vm};
 
 /// A VM ready to run.
@@ -32,6 +33,8 @@ pub(super) struct Monitor {
     pub(super) stop: StopButton,
     /// What the present devices need on the vCPU threads.
     pub(super) vcpu_syscalls: Vec<Syscalls>,
+    /// The devices' own threads.
+    pub(super) workers: Vec<Worker>,
     // Kept open for the whole run: KVM and guest memory must outlive the
     // vCPU threads, which only end with the process.
     pub(super) _vm: vm::Vm,
@@ -90,7 +93,10 @@ impl<'v> Wiring<'v> {
 
     /// A virtio device behind its own virtio-mmio transport, at the next
     /// window and interrupt line the allocator gives.
-    fn virtio<D: VirtioDevice + 'static>(&mut self, device: D) -> Result<(), MonitorError> {
+    fn virtio<D: VirtioDevice + 'static>(
+        &mut self,
+        device: D,
+    ) -> Result<Arc<Mutex<VirtioMmio<D, EventFdTrigger>>>, MonitorError> {
         let syscalls = device.syscalls();
         let name = syscalls.device;
         let slot = self
@@ -98,21 +104,26 @@ impl<'v> Wiring<'v> {
             .virtio(virtio_mmio::WINDOW)
             .map_err(|source| MonitorError::Allocate { name, source })?;
         let irq = EventFdTrigger(self.vm.irqfd(slot.gsi)?);
-        let transport = VirtioMmio::new(device, irq, self.vm.memory.clone());
+        let transport = Arc::new(Mutex::new(VirtioMmio::new(
+            device,
+            irq,
+            self.vm.memory.clone(),
+        )));
         self.ctx
             .mmio
-            .insert(slot.base, slot.len, Arc::new(Mutex::new(transport)))
+            .insert(slot.base, slot.len, transport.clone())
             .map_err(|source| MonitorError::Bus { name, source })?;
         self.dsdt.push(virtio_mmio::aml(&slot));
         self.syscalls.push(syscalls);
-        Ok(())
+        Ok(transport)
     }
 }
 
 impl Monitor {
     /// Everything before confinement: files, KVM, memory, boot, devices,
     /// vCPUs.
-    pub(super) fn build(opts: &Options) -> Result<Self, MonitorError> {
+    /// `taps` are the `--net` cards' inherited taps, in order.
+    pub(super) fn build(opts: &Options, taps: Vec<File>) -> Result<Self, MonitorError> {
         let mut kernel = open("kernel", &opts.kernel, false)?;
         let mut initrd = match &opts.initrd {
             Some(p) => Some((open("initrd", p, false)?, p)),
@@ -173,6 +184,17 @@ impl Monitor {
         for disk in disks {
             wiring.virtio(disk)?;
         }
+        let mut workers = Vec::with_capacity(taps.len());
+        for (index, (tap, opt)) in taps.into_iter().zip(&opts.nets).enumerate() {
+            let (card, rx) =
+                Net::new(tap, opt.mac).map_err(|source| MonitorError::Net { index, source })?;
+            let card = wiring.virtio(card)?;
+            workers.push(Worker {
+                name: format!("net{index}-rx"),
+                syscalls: net::RX_WORKER_SYSCALLS,
+                body: Box::new(move || rx.run(&card)),
+            });
+        }
         let Wiring {
             ctx,
             dsdt,
@@ -214,6 +236,7 @@ impl Monitor {
             signals,
             stop: StopButton { ged, keyboard },
             vcpu_syscalls: syscalls,
+            workers,
             _vm: vm,
         })
     }

@@ -32,7 +32,7 @@ pub mod vm;
 use std::path::PathBuf;
 
 pub use end::{Ending, GuestEnd};
-pub use options::{DiskOption, Options, OptionsError, USAGE};
+pub use options::{DiskOption, NetOption, Options, OptionsError, USAGE, parse_mac};
 pub use run::main;
 
 /// Errors of the monitor as a whole.
@@ -100,6 +100,24 @@ pub enum MonitorError {
     /// Seccomp.
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
+    /// A device's worker thread cannot be started.
+    #[error("cannot start the thread {name}")]
+    SpawnThread {
+        /// The thread's name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A network card cannot be set up on its tap.
+    #[error("cannot set up network card {index} on its tap")]
+    Net {
+        /// Order among the cards.
+        index: usize,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// A vCPU thread cannot be started.
     #[error("cannot start the thread of vCPU {id}")]
     SpawnVcpu {

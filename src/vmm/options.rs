@@ -15,6 +15,30 @@ pub struct DiskOption {
     pub readonly: bool,
 }
 
+/// A `--net` argument: a network card on an inherited tap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetOption {
+    /// The tap's descriptor, inherited from the agent.
+    pub fd: i32,
+    /// The card's MAC address.
+    pub mac: [u8; 6],
+}
+
+/// Parses a MAC address written as six colon-separated hex bytes
+/// (`52:54:00:12:34:56`).
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
 /// The monitor's parsed command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Options {
@@ -30,13 +54,16 @@ pub struct Options {
     pub vcpus: u8,
     /// `--disk`, in order.
     pub disks: Vec<DiskOption>,
-    /// `--status-fd`: an inherited pipe for the agent ([`Status`]).
+    /// `--net`, in order (after the disks on the virtio bus).
+    pub nets: Vec<NetOption>,
+    /// `--status-fd`: an inherited pipe on which the monitor reports to
+    /// the agent.
     pub status_fd: Option<i32>,
 }
 
 /// The usage text.
 pub const USAGE: &str = "usage: zonit vmm --kernel PATH [--initrd PATH] [--cmdline STR] \
-[--memory BYTES] [--vcpus N] [--disk PATH[,ro]]... [--status-fd N]";
+[--memory BYTES] [--vcpus N] [--disk PATH[,ro]]... [--net fd=N,mac=MAC]... [--status-fd N]";
 
 /// Errors in the monitor's command line.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -66,21 +93,41 @@ pub enum OptionsError {
     /// The options together exceed a limit.
     #[error(transparent)]
     Limit(limits::LimitError),
+    /// One inherited descriptor given for two uses.
+    #[error("descriptor {0} is given twice (--net, --status-fd)")]
+    SharedFd(i32),
 }
 
-/// Parses `--status-fd`'s value: a descriptor number above stdio.
-fn status_fd(value: &str) -> Result<i32, OptionsError> {
-    value
-        .parse::<i32>()
+/// Parses an inherited descriptor's number: above stdio.
+fn inherited_fd(flag: &'static str, value: &str, text: &str) -> Result<i32, OptionsError> {
+    text.parse::<i32>()
         .ok()
         .filter(|&fd| fd > 2)
-        .ok_or_else(|| {
-            bad(
-                "--status-fd",
-                value,
-                "expected a descriptor number above 2".into(),
-            )
-        })
+        .ok_or_else(|| bad(flag, value, "expected a descriptor number above 2".into()))
+}
+
+/// Parses `--net fd=N,mac=MAC`.
+fn net(value: &str) -> Result<NetOption, OptionsError> {
+    let (mut fd, mut mac) = (None, None);
+    for field in value.split(',') {
+        match field.split_once('=') {
+            Some(("fd", n)) => fd = Some(inherited_fd("--net", value, n)?),
+            Some(("mac", m)) => {
+                mac = Some(parse_mac(m).ok_or_else(|| {
+                    bad(
+                        "--net",
+                        value,
+                        "expected a MAC like 52:54:00:12:34:56".into(),
+                    )
+                })?);
+            }
+            _ => return Err(bad("--net", value, "expected fd=N,mac=MAC".into())),
+        }
+    }
+    match (fd, mac) {
+        (Some(fd), Some(mac)) => Ok(NetOption { fd, mac }),
+        _ => Err(bad("--net", value, "expected fd=N,mac=MAC".into())),
+    }
 }
 
 fn bad(flag: &'static str, value: &str, reason: String) -> OptionsError {
@@ -102,6 +149,7 @@ impl Options {
             memory: limits::DEFAULT_MEMORY,
             vcpus: 1,
             disks: Vec::new(),
+            nets: Vec::new(),
             status_fd: None,
         };
         let mut it = args.iter();
@@ -121,6 +169,7 @@ impl Options {
                     | "--memory"
                     | "--vcpus"
                     | "--disk"
+                    | "--net"
                     | "--status-fd"
             ) {
                 return Err(OptionsError::Unknown(arg.clone()));
@@ -150,8 +199,9 @@ impl Options {
                         })?;
                 }
                 "--status-fd" => {
-                    opts.status_fd = Some(status_fd(&value)?);
+                    opts.status_fd = Some(inherited_fd("--status-fd", &value, &value)?);
                 }
+                "--net" => opts.nets.push(net(&value)?),
                 "--cmdline" => {
                     limits::check_cmdline(&value)
                         .map_err(|e| bad("--cmdline", &value, e.to_string()))?;
@@ -173,7 +223,18 @@ impl Options {
             }
         }
         opts.kernel = kernel.ok_or(OptionsError::MissingKernel)?;
-        limits::check_virtio_devices(opts.disks.len()).map_err(OptionsError::Limit)?;
+        limits::check_virtio_devices(opts.disks.len() + opts.nets.len())
+            .map_err(OptionsError::Limit)?;
+        let mut fds: Vec<i32> = opts
+            .nets
+            .iter()
+            .map(|n| n.fd)
+            .chain(opts.status_fd)
+            .collect();
+        fds.sort_unstable();
+        if let Some(w) = fds.windows(2).find(|w| w[0] == w[1]) {
+            return Err(OptionsError::SharedFd(w[0]));
+        }
         Ok(opts)
     }
 }
@@ -237,6 +298,62 @@ mod tests {
             Err(OptionsError::BadValue { .. })
         ));
         assert_eq!(Options::parse(&args("--help")), Err(OptionsError::Help));
+    }
+
+    #[test]
+    fn net_options_carry_an_inherited_tap_and_a_mac() {
+        let o = Options::parse(&args(
+            "--kernel /k --net fd=4,mac=52:54:00:12:34:56 --net=mac=02:00:00:00:00:0A,fd=5 --status-fd 3",
+        ))
+        .unwrap();
+        assert_eq!(
+            o.nets,
+            vec![
+                NetOption {
+                    fd: 4,
+                    mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56]
+                },
+                NetOption {
+                    fd: 5,
+                    mac: [2, 0, 0, 0, 0, 0x0a]
+                }
+            ]
+        );
+        for bad in [
+            "--net fd=4",
+            "--net mac=52:54:00:12:34:56",
+            "--net fd=1,mac=52:54:00:12:34:56",
+            "--net fd=4,mac=52:54:00:12:34",
+            "--net fd=4,mac=52:54:00:12:34:5g",
+            "--net fd=4,mac=52:54:00:12:34:56:78",
+            "--net fd=4,mac=52:54:00:12:34:56,mtu=9000",
+        ] {
+            assert!(
+                matches!(
+                    Options::parse(&args(&format!("--kernel /k {bad}"))),
+                    Err(OptionsError::BadValue { flag: "--net", .. })
+                ),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            Options::parse(&args(
+                "--kernel /k --net fd=3,mac=52:54:00:12:34:56 --status-fd 3"
+            )),
+            Err(OptionsError::SharedFd(3))
+        );
+        // Disks and cards share the eight virtio slots.
+        let nine = format!(
+            "--kernel /k{}{}",
+            " --disk /d".repeat(5),
+            (0..4)
+                .map(|i| format!(" --net fd={},mac=02:00:00:00:00:0{i}", 10 + i))
+                .collect::<String>()
+        );
+        assert_eq!(
+            Options::parse(&args(&nine)),
+            Err(OptionsError::Limit(limits::LimitError::VirtioDevices(9)))
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::builder::Monitor;
+use super::devices::Syscalls;
 use super::devices::i8042::I8042;
 use super::devices::serial::EventFdTrigger;
 use super::exits::EndLatch;
@@ -42,6 +43,14 @@ impl StopButton {
     }
 }
 
+/// A device's own thread (a network card's receive side): named, with the
+/// syscalls its filter allows, started with the vCPUs.
+pub(super) struct Worker {
+    pub(super) name: String,
+    pub(super) syscalls: Syscalls,
+    pub(super) body: Box<dyn FnOnce() + Send>,
+}
+
 impl Monitor {
     /// Confines the process, starts the vCPUs, and waits for the end.
     /// Returns only on a setup failure; otherwise the process exits with
@@ -55,6 +64,7 @@ impl Monitor {
             signals,
             stop,
             vcpu_syscalls,
+            workers,
             _vm,
         } = self;
         if let Err(e) = confine::confine() {
@@ -70,7 +80,31 @@ impl Monitor {
         let _ = PANIC_LATCH.set(latch.clone());
         // Every thread installs its filter, then all meet here before the
         // guest's first instruction.
-        let start = Arc::new(Barrier::new(vcpus.len() + 1));
+        let start = Arc::new(Barrier::new(vcpus.len() + workers.len() + 1));
+        for worker in workers {
+            let filter = match seccomp::worker_filter(&worker.syscalls) {
+                Ok(f) => f,
+                Err(e) => return e.into(),
+            };
+            let (latch, start, name) = (latch.clone(), start.clone(), worker.name.clone());
+            let spawned = std::thread::Builder::new()
+                .name(worker.name)
+                .spawn(move || {
+                    if let Err(e) = seccomp::apply(&filter) {
+                        latch.end(Ending::new(GuestEnd::SetupFailed, error_chain(&e)));
+                    }
+                    start.wait();
+                    if latch.get().is_none() {
+                        (worker.body)();
+                    }
+                    loop {
+                        std::thread::park();
+                    }
+                });
+            if let Err(source) = spawned {
+                return MonitorError::SpawnThread { name, source };
+            }
+        }
         for (id, vcpu) in vcpus.into_iter().enumerate() {
             let id = id as u8;
             let (ctx, latch, start, filter) = (
@@ -269,7 +303,16 @@ fn monitor_main(args: &[String]) -> ExitCode {
             Err(e) => return setup_failed(&format!("cannot use --status-fd {fd}: {e}")),
         }
     }
-    let monitor = match Monitor::build(&opts) {
+    // Taken before the monitor opens anything, so no number it opens
+    // itself can be mistaken for one it inherited.
+    let mut taps = Vec::with_capacity(opts.nets.len());
+    for net in &opts.nets {
+        match crate::sys::take_inherited_fd(net.fd) {
+            Ok(fd) => taps.push(File::from(fd)),
+            Err(e) => return setup_failed(&format!("cannot use --net fd={}: {e}", net.fd)),
+        }
+    }
+    let monitor = match Monitor::build(&opts, taps) {
         Ok(m) => m,
         Err(e) => return setup_failed(&error_chain(&e)),
     };

@@ -143,6 +143,22 @@ pub fn vcpu_filter(devices: &[Syscalls]) -> Result<BpfProgram, SeccompError> {
     compile("vCPU", rules)
 }
 
+/// The filter of a device's own worker thread (a network card's receive
+/// side): what every thread may do, plus what the device names.
+pub fn worker_filter(device: &Syscalls) -> Result<BpfProgram, SeccompError> {
+    let mut rules = common_rules().map_err(|source| SeccompError::Build {
+        thread: "device worker",
+        source,
+    })?;
+    log::debug!(
+        "seccomp: the {} worker may make syscalls {:?}",
+        device.device,
+        device.list
+    );
+    allow(&mut rules, device.list);
+    compile("device worker", rules)
+}
+
 /// The filter of the main thread: wait for signals and the guest's end,
 /// press the stop button, exit.
 pub fn main_filter() -> Result<BpfProgram, SeccompError> {
@@ -183,5 +199,7 @@ mod tests {
     fn filters_compile() {
         assert!(!vcpu_filter(&[]).unwrap().is_empty());
         assert!(!main_filter().unwrap().is_empty());
+        let net = crate::vmm::devices::net::RX_WORKER_SYSCALLS;
+        assert!(!worker_filter(&net).unwrap().is_empty());
     }
 }

@@ -12,6 +12,7 @@ pub mod alloc;
 pub mod aml;
 pub mod block;
 pub mod i8042;
+pub mod net;
 pub mod pvpanic;
 pub mod serial;
 pub mod virtio_mmio;

@@ -156,6 +156,11 @@ impl<D: VirtioDevice, T: Trigger> VirtioMmio<D, T> {
         &self.device
     }
 
+    /// The device, for a device's own worker thread.
+    pub fn device_mut(&mut self) -> &mut D {
+        &mut self.device
+    }
+
     fn reset(&mut self) {
         for q in &mut self.queues {
             q.reset();
@@ -195,7 +200,10 @@ impl<D: VirtioDevice, T: Trigger> VirtioMmio<D, T> {
         self.status = value;
     }
 
-    fn notify(&mut self, index: u32) {
+    /// Serves queue `index` as a guest notify does, and raises the
+    /// interrupt if buffers were used; also called by a device's worker
+    /// when data arrives from outside (a frame on a tap).
+    pub fn notify_queue(&mut self, index: u32) {
         if self.status & STATUS_DRIVER_OK == 0 {
             return;
         }
@@ -283,7 +291,7 @@ impl<D: VirtioDevice, T: Trigger> VirtioMmio<D, T> {
                     q.set_used_ring_address((!high).then_some(value), high.then_some(value));
                 }
             }
-            QUEUE_NOTIFY => self.notify(value),
+            QUEUE_NOTIFY => self.notify_queue(value),
             INTERRUPT_ACK => self.interrupt_status &= !value,
             STATUS => self.set_status(value),
             _ => log::trace!("ignored virtio-mmio write {value:#x} at {offset:#x}"),
