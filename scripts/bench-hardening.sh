@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The hardening benchmarks of BENCHMARKS.md ("Hardening (issue 4)"):
+# The hardening benchmarks of BENCHMARKS.md ("Hardening"):
 #
 #   latency  one zone start with full hardening, beside the same start
-#            without it, beside crun (and, for scale, the issue-2 peers)
+#            without it, beside crun (and, for scale, the zone-start peers)
 #   zones    N overlay zones from one template (default 1000), each running
 #            `sleep 1000`: time to all running, disk and memory per zone
 #
@@ -230,7 +230,7 @@ EOF
     row crun "crun run" "OCI runtime, /bin/true, to exit"
     row unshare "unshare --root (no mounts)" "for scale"
     say ""
-    ((${#crun_wrap[@]})) && say "crun ran with the host's cgroup2 ($cg2) hidden, on cgroup v1 alone (as in issue 2)." && say ""
+    ((${#crun_wrap[@]})) && say "crun ran with the host's cgroup2 ($cg2) hidden, on cgroup v1 alone." && say ""
 
     # Syscalls each hardening step makes in the command's process (counted,
     # not timed: tracing costs ~10-20 us per call on this VM, far more than

@@ -1,6 +1,5 @@
 //! Tier 2: the escape suite. Each test is an attack a hostile root inside a
-//! zone would try (research table A1–A12, SPEC section 5's "nothing inside
-//! a zone can see ..."), and passes only if the attack fails. Needs root,
+//! zone would try, and passes only if the attack fails. Needs root,
 //! busybox-static and gcc (for the syscall probe). `docs/security.md` maps
 //! each protection to its test here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

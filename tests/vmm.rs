@@ -667,7 +667,7 @@ fn a_file_that_is_no_kernel_is_a_setup_failure() {
 
 // ---------------------------------------------------------------- agent
 // Guest units under `zonit run`: the agent starts one monitor per guest and
-// applies SPEC section 4 to how each guest ended.
+// applies the restart policy to how each guest ended.
 
 fn guest(name: &str, kernel: &Path, cmdline: &str, extra: &str) -> String {
     format!(

@@ -16,7 +16,7 @@ use mio::net::{UnixListener, UnixStream};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use serde_json::json;
 
-use super::{Agent, Error, LISTENER, Mode, ShutdownAction, Source};
+use super::{Agent, Error, LISTENER, Mode, ShutdownAction, Source, claim};
 use crate::config::UnitKind;
 use crate::control::proto::{self, Request, UnitRow};
 use crate::supervisor::{Input, State};
@@ -24,6 +24,9 @@ use crate::sys;
 
 /// Most unsent reply bytes kept for one client.
 const MAX_PENDING: usize = 1024 * 1024;
+/// Most request lines carried out for one client per wake-up, so one
+/// client's pipelined flood cannot starve the loop.
+const LINE_BUDGET: usize = 256;
 
 pub(super) struct Conn {
     stream: UnixStream,
@@ -32,36 +35,91 @@ pub(super) struct Conn {
     wbuf: Vec<u8>,
     /// Close once `wbuf` is flushed.
     closing: bool,
+    /// The client will send nothing more (it half-closed or closed).
+    eof: bool,
+    /// The client closed both directions: nothing can reach it.
+    gone: bool,
     writable_registered: bool,
-    /// fds passed with SCM_RIGHTS, for the next `exec` request.
-    pub(super) fds: Vec<OwnedFd>,
+    /// fds passed with SCM_RIGHTS, for the next request.
+    pub(super) fds: PassedFds,
+}
+
+/// fds that `exec` takes: stdin, stdout, stderr.
+const EXEC_FDS: usize = 3;
+
+/// The fds a client passed for its next request.
+#[derive(Default)]
+pub(super) struct PassedFds {
+    fds: Vec<OwnedFd>,
+    /// More fds arrived than any request takes (they were closed): how
+    /// many. The next request is refused.
+    refused: Option<usize>,
+}
+
+impl PassedFds {
+    /// Keeps passed fds for the next request, or closes them at once when
+    /// they are more than a request can take.
+    fn take_fds(&mut self, fds: Vec<OwnedFd>, truncated: bool) {
+        if fds.is_empty() && !truncated {
+            return;
+        }
+        let total = self.fds.len() + fds.len();
+        if truncated || total > EXEC_FDS || self.refused.is_some() {
+            // Dropping closes every one of them.
+            self.fds.clear();
+            self.refused = Some(self.refused.unwrap_or(0) + total);
+        } else {
+            self.fds.extend(fds);
+        }
+    }
+
+    /// A request comes with exactly the fds it takes: three for `exec`,
+    /// none for anything else. Refused fds are closed.
+    fn check(&mut self, req: &Request) -> Result<(), String> {
+        let wanted = match req {
+            Request::Exec { .. } => EXEC_FDS,
+            _ => 0,
+        };
+        let got = match self.refused.take() {
+            Some(n) => n,
+            None if wanted == 0 && !self.fds.is_empty() => {
+                let n = self.fds.len();
+                self.fds.clear();
+                n
+            }
+            None => return Ok(()),
+        };
+        Err(format!(
+            "request refused: it carried {got} fds (SCM_RIGHTS); exec takes {EXEC_FDS} (stdin, stdout, stderr), other requests none"
+        ))
+    }
+
+    /// The fds for the request being carried out.
+    pub(super) fn take(&mut self) -> Vec<OwnedFd> {
+        std::mem::take(&mut self.fds)
+    }
 }
 
 impl Agent {
-    pub(super) fn bind_control(&mut self) -> Result<(), Error> {
+    /// Claims the control socket's path (see `claim`), binds the socket
+    /// and watches it; returns the record a dead predecessor left.
+    pub(super) fn bind_control(&mut self) -> Result<claim::Record, Error> {
         let path = self.config.host.control_socket.clone();
         let err = |source: io::Error| Error::Socket {
             path: path.clone(),
             source,
         };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(err)?;
-            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-        }
-        // A socket left by an earlier agent would make bind fail.
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(err(e)),
-        }
+        let (claim, previous) = claim::Claim::take(&path).map_err(Error::Claim)?;
         let mut listener = UnixListener::bind(&path).map_err(err)?;
+        // From here on the claim removes the socket if anything fails.
+        self.claim = Some(claim);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
         self.poll
             .registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(Error::Poll)?;
         self.listener = Some(listener);
-        Ok(())
+        Ok(previous)
     }
 
     pub(super) fn accept(&mut self) {
@@ -115,76 +173,123 @@ impl Agent {
                     rbuf: Vec::new(),
                     wbuf: Vec::new(),
                     closing: false,
+                    eof: false,
+                    gone: false,
                     writable_registered: false,
-                    fds: Vec::new(),
+                    fds: PassedFds::default(),
                 },
             );
         }
     }
 
-    pub(super) fn on_conn(&mut self, id: usize) {
-        let mut eof = false;
-        let mut lines = Vec::new();
-        if let Some(conn) = self.conns.get_mut(&id) {
-            let mut buf = [0u8; 4096];
-            loop {
-                match sys::recv_with_fds(conn.stream.as_fd(), &mut buf) {
-                    Ok((0, _)) => {
-                        eof = true;
-                        break;
-                    }
-                    Ok((n, fds)) => {
-                        conn.rbuf.extend_from_slice(&buf[..n]);
-                        // Only the latest stdio triple is kept; extra fds
-                        // are closed at once.
-                        if !fds.is_empty() {
-                            conn.fds = fds;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        eof = true;
-                        break;
-                    }
-                }
-                if conn.rbuf.len() > proto::MAX_REQUEST {
-                    break;
-                }
+    /// A client's socket is readable or writable (or, from the loop's
+    /// pending list, it has more to process): flushes replies, carries out
+    /// complete request lines one at a time, reads more when none is left.
+    /// `gone` says the client closed both directions.
+    ///
+    /// The socket is edge-triggered, so this either reads until
+    /// `WouldBlock`, or stops with a way back: a writable event (replies
+    /// piling up: requests wait until the client reads) or the loop's
+    /// pending list (the per-wake-up budget is spent).
+    pub(super) fn on_conn(&mut self, id: usize, gone: bool) {
+        let mut handled = 0;
+        let mut buf = [0u8; 4096];
+        if gone && let Some(conn) = self.conns.get_mut(&id) {
+            conn.gone = true;
+        }
+        loop {
+            self.flush(id);
+            let Some(conn) = self.conns.get_mut(&id) else {
+                return;
+            };
+            if conn.closing {
+                break;
             }
-            while let Some(nl) = conn.rbuf.iter().position(|&b| b == b'\n') {
+            if conn.wbuf.len() > MAX_PENDING / 2 && !conn.gone {
+                break; // resumed by the writable event
+            }
+            if handled >= LINE_BUDGET {
+                self.pending_conns.push(id);
+                break;
+            }
+            if let Some(nl) = conn.rbuf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = conn.rbuf.drain(..=nl).collect();
-                lines.push(line[..nl].to_vec());
+                handled += 1;
+                self.line(id, &line[..nl]);
+                continue;
             }
             if conn.rbuf.len() > proto::MAX_REQUEST {
                 conn.rbuf.clear();
-                conn.wbuf.extend_from_slice(&proto::error(&format!(
-                    "request longer than {} bytes",
-                    proto::MAX_REQUEST
-                )));
                 conn.closing = true;
-            }
-        }
-        for line in lines {
-            if line.iter().all(u8::is_ascii_whitespace) {
+                let msg = format!("request longer than {} bytes", proto::MAX_REQUEST);
+                self.send(id, &proto::error(&msg));
                 continue;
             }
-            match proto::decode(&line) {
-                Ok(req) => self.request(id, req),
-                Err(e) => {
-                    log::debug!("control socket: {e}");
-                    self.send(id, &proto::error(&e.to_string()));
+            if conn.eof {
+                break;
+            }
+            match sys::recv_with_fds(conn.stream.as_fd(), &mut buf) {
+                Ok(got) => {
+                    conn.fds.take_fds(got.fds, got.truncated);
+                    if got.bytes == 0 {
+                        conn.eof = true;
+                    }
+                    conn.rbuf.extend_from_slice(&buf[..got.bytes]);
                 }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => conn.eof = true,
             }
         }
-        self.flush(id);
-        if eof {
+        if self.conns.get(&id).is_some_and(|c| c.gone) {
             self.exec_client_gone(id);
+            self.close(id);
+        } else {
+            self.close_if_done(id);
+        }
+    }
+
+    /// Carries out one request line.
+    fn line(&mut self, id: usize, line: &[u8]) {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return;
+        }
+        match proto::decode(line) {
+            Ok(req) => {
+                if let Err(msg) = self
+                    .conns
+                    .get_mut(&id)
+                    .map_or(Ok(()), |c| c.fds.check(&req))
+                {
+                    log::debug!("control socket: {msg}");
+                    self.send(id, &proto::error(&msg));
+                    return;
+                }
+                self.request(id, req)
+            }
+            Err(e) => {
+                log::debug!("control socket: {e}");
+                self.send(id, &proto::error(&e.to_string()));
+            }
+        }
+    }
+
+    /// Closes a connection whose client has stopped sending once nothing
+    /// is owed to it: every reply sent, no `stop` waiting, no log
+    /// following, no exec running. A half-closed client thus still gets
+    /// every reply.
+    fn close_if_done(&mut self, id: usize) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        // An unfinished last line is never carried out.
+        if !conn.eof || !conn.wbuf.is_empty() {
+            return;
         }
         let waiting = self.stop_waiters.iter().any(|(c, _)| *c == id)
             || self.units.values().any(|u| u.followers.contains(&id))
             || self.exec_pending(id);
-        if eof && (!waiting || self.conns.get(&id).is_some_and(|c| c.wbuf.is_empty())) {
+        if !waiting {
             self.close(id);
         }
     }
@@ -393,6 +498,8 @@ impl Agent {
         }
         if conn.closing && conn.wbuf.is_empty() {
             self.close(id);
+        } else if conn.eof && conn.wbuf.is_empty() {
+            self.close_if_done(id);
         }
     }
 
@@ -405,5 +512,58 @@ impl Agent {
         for u in self.units.values_mut() {
             u.followers.retain(|c| *c != id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fds(n: usize) -> Vec<OwnedFd> {
+        (0..n)
+            .map(|_| std::fs::File::open("/dev/null").unwrap().into())
+            .collect()
+    }
+
+    fn exec() -> Request {
+        Request::Exec {
+            name: "z".into(),
+            argv: vec!["id".into()],
+        }
+    }
+
+    #[test]
+    fn exec_takes_its_three_fds() {
+        let mut p = PassedFds::default();
+        p.take_fds(fds(3), false);
+        assert!(p.check(&exec()).is_ok());
+        assert_eq!(p.take().len(), 3);
+    }
+
+    #[test]
+    fn too_many_fds_are_closed_and_the_next_request_refused() {
+        let mut p = PassedFds::default();
+        p.take_fds(fds(2), false);
+        p.take_fds(fds(5), false);
+        assert!(p.fds.is_empty(), "every fd is closed at once");
+        let err = p.check(&exec()).unwrap_err();
+        assert!(err.contains("carried 7 fds"), "{err}");
+        // Only that request is refused.
+        assert!(p.check(&Request::Status {}).is_ok());
+    }
+
+    #[test]
+    fn truncated_fds_refuse_the_request() {
+        let mut p = PassedFds::default();
+        p.take_fds(Vec::new(), true);
+        assert!(p.check(&exec()).is_err());
+    }
+
+    #[test]
+    fn fds_with_a_request_that_takes_none_are_refused_and_closed() {
+        let mut p = PassedFds::default();
+        p.take_fds(fds(1), false);
+        assert!(p.check(&Request::Status {}).is_err());
+        assert!(p.fds.is_empty());
     }
 }

@@ -3,9 +3,10 @@
 //!
 //! The monitor is zonit itself, re-executed from `/proc/self/exe`, so a
 //! monitor crash is just a unit ending. Its stdout (the guest's serial
-//! console) and stderr go to the unit's output pipe; its status pipe
-//! (`--status-fd`, docs/vmm.md) says `ready` when the guest starts, or
-//! why its set-up failed, which makes the unit failed for good.
+//! console) and stderr go to the unit's output pipe; over its start
+//! channel (`--status-fd`, the same typed protocol zones use,
+//! `zone::protocol`) it reports `Ready` when the guest starts, or why its
+//! set-up failed, which makes the unit failed for good.
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -27,9 +28,9 @@ pub enum Error {
     /// A path or the command line holds a NUL byte.
     #[error("guest setting contains a NUL byte")]
     Nul,
-    /// The status pipe could not be created.
-    #[error("unable to create the monitor's status pipe")]
-    Pipe(#[source] std::io::Error),
+    /// The start channel could not be created.
+    #[error("unable to create the monitor's start channel")]
+    Channel(#[source] std::io::Error),
     /// clone3 failed.
     #[error("unable to start the monitor process")]
     Clone(#[source] std::io::Error),
@@ -41,11 +42,11 @@ pub struct Started {
     pub pid: i32,
     /// Its pidfd.
     pub pidfd: OwnedFd,
-    /// Read end of its status pipe.
-    pub status: OwnedFd,
+    /// The agent's end of its start channel.
+    pub channel: OwnedFd,
 }
 
-/// Where the monitor finds its status pipe: the first fd after stdio.
+/// Where the monitor finds its start channel: the first fd after stdio.
 const STATUS_FD: i32 = 3;
 
 /// Checks what the agent can check before starting a monitor: every image
@@ -97,7 +98,7 @@ pub fn spawn(guest: &Guest, output: BorrowedFd<'_>) -> Result<Started, Error> {
     let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     ptrs.push(std::ptr::null());
     let env: [*const libc::c_char; 1] = [std::ptr::null()];
-    let (status_rx, status_tx) = sys::pipe().map_err(Error::Pipe)?;
+    let (status_rx, status_tx) = crate::zone::protocol::channel().map_err(Error::Channel)?;
     match sys::clone3(0, None).map_err(Error::Clone)? {
         sys::Forked::Child => {
             sys::reset_signals();
@@ -111,7 +112,7 @@ pub fn spawn(guest: &Guest, output: BorrowedFd<'_>) -> Result<Started, Error> {
                 }
                 nix::unistd::dup2_stdout(output)?;
                 nix::unistd::dup2_stderr(output)?;
-                // The status pipe becomes fd 3 (STATUS_FD); nothing else
+                // The start channel becomes fd 3 (STATUS_FD); nothing else
                 // is inherited.
                 sys::place_inherited_fds(&[status_tx.as_fd()])
             };
@@ -126,7 +127,7 @@ pub fn spawn(guest: &Guest, output: BorrowedFd<'_>) -> Result<Started, Error> {
         sys::Forked::Parent { pid, pidfd } => Ok(Started {
             pid,
             pidfd,
-            status: status_rx,
+            channel: status_rx,
         }),
     }
 }
@@ -142,7 +143,7 @@ pub enum Outcome {
 }
 
 /// How a guest ended, from its monitor's wait status and the error it
-/// reported on its status pipe, by the monitor's own contract
+/// reported on its start channel, by the monitor's own contract
 /// ([`GuestEnd`], docs/vmm.md). A monitor killed from outside keeps its
 /// signal, so `status` says which.
 pub fn outcome(status: WaitStatus, reported_error: Option<String>) -> Outcome {
@@ -189,6 +190,8 @@ mod tests {
                 },
             ],
             on_reboot: OnReboot::Restart,
+            nics: vec![],
+            ports: vec![],
         };
         assert_eq!(
             monitor_argv(&g).join(" "),
@@ -246,6 +249,8 @@ mod tests {
             vcpus: 1,
             disks: vec![],
             on_reboot: OnReboot::Restart,
+            nics: vec![],
+            ports: vec![],
         };
         assert_eq!(preflight(&g), Ok(()));
         g.disks.push(Disk {

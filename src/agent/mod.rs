@@ -12,6 +12,7 @@
 //! per-request or per-unit error: it is logged and the loop goes on.
 
 mod cgroup;
+mod claim;
 mod control;
 mod exec;
 mod guest;
@@ -80,6 +81,9 @@ pub enum Error {
     /// The zones' seccomp filter does not compile.
     #[error("unable to build the zone seccomp filter")]
     Seccomp(#[source] &'static crate::zone::seccomp::Error),
+    /// The control socket's path is taken or unusable.
+    #[error("unable to claim the control socket")]
+    Claim(#[source] claim::Error),
     /// The control socket could not be bound.
     #[error("unable to bind the control socket {path}")]
     Socket {
@@ -132,6 +136,8 @@ pub struct Agent {
     poll: Poll,
     signals: Signals,
     listener: Option<mio::net::UnixListener>,
+    /// The hold on the socket's path; dropped last, it removes the socket.
+    claim: Option<claim::Claim>,
     conns: HashMap<usize, Conn>,
     units: HashMap<String, UnitRt>,
     sources: HashMap<Token, Source>,
@@ -139,6 +145,8 @@ pub struct Agent {
     pids: HashMap<i32, String>,
     stop_waiters: Vec<(usize, String)>,
     pending_reads: Vec<String>,
+    /// Control connections with requests left over from the last wake-up.
+    pending_conns: Vec<usize>,
     shutdown: Option<Shutdown>,
     cgroups: cgroup::Cgroups,
     pid1: pid1::Pid1State,
@@ -188,6 +196,7 @@ impl Agent {
             poll,
             signals,
             listener: None,
+            claim: None,
             conns: HashMap::new(),
             units: HashMap::new(),
             sources: HashMap::new(),
@@ -195,13 +204,27 @@ impl Agent {
             pids: HashMap::new(),
             stop_waiters: Vec::new(),
             pending_reads: Vec::new(),
+            pending_conns: Vec::new(),
             shutdown: None,
-            cgroups: cgroup::Cgroups::detect(&cgroup_instance(opts_mode)),
+            cgroups: cgroup::Cgroups::default(),
             pid1: pid1::Pid1State::default(),
             retiring: HashMap::new(),
             execs: HashMap::new(),
         };
-        agent.bind_control()?;
+        // The socket first: an agent that cannot serve it (another one
+        // does, the path is unusable) must leave no cgroup behind.
+        let previous = agent.bind_control()?;
+        if let Some(dir) = &previous.cgroup {
+            claim::reclaim_cgroup(dir, previous.pid);
+        }
+        agent.cgroups = cgroup::Cgroups::detect(&cgroup_instance(opts_mode));
+        let record = claim::Record {
+            pid: Some(std::process::id() as i32),
+            cgroup: agent.cgroups.base().map(Into::into),
+        };
+        if let Some(c) = &mut agent.claim {
+            c.record(&record);
+        }
         Ok(agent)
     }
 
@@ -261,12 +284,18 @@ impl Agent {
             // Never spin: a broken poll still waits a little.
             std::thread::sleep(Duration::from_millis(100));
         }
-        let tokens: Vec<Token> = events.iter().map(|e| e.token()).collect();
-        for token in tokens {
-            self.dispatch(token);
+        let tokens: Vec<(Token, bool)> = events
+            .iter()
+            .map(|e| (e.token(), e.is_write_closed() || e.is_error()))
+            .collect();
+        for (token, hangup) in tokens {
+            self.dispatch(token, hangup);
         }
         for unit in std::mem::take(&mut self.pending_reads) {
             self.read_output(&unit);
+        }
+        for id in std::mem::take(&mut self.pending_conns) {
+            self.on_conn(id, false);
         }
         self.reap();
         self.feed(Input::Tick);
@@ -276,7 +305,7 @@ impl Agent {
     }
 
     fn timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.pending_reads.is_empty() {
+        if !self.pending_reads.is_empty() || !self.pending_conns.is_empty() {
             return Some(Duration::ZERO);
         }
         let shutdown = self
@@ -291,7 +320,8 @@ impl Agent {
             .map(|d| d.saturating_duration_since(now))
     }
 
-    fn dispatch(&mut self, token: Token) {
+    /// `hangup`: the other end of the source is closed for good.
+    fn dispatch(&mut self, token: Token, hangup: bool) {
         match token {
             SIGNALS => self.on_signals(),
             LISTENER => self.accept(),
@@ -306,7 +336,7 @@ impl Agent {
                 }
                 Some(Source::Conn(id)) => {
                     let id = *id;
-                    self.on_conn(id);
+                    self.on_conn(id, hangup);
                 }
                 Some(Source::ExecStatus(pid)) => {
                     let pid = *pid;

@@ -1,8 +1,11 @@
 //! The thin syscall layer: the few calls that neither `nix` nor `std` wrap,
 //! with all of their `unsafe` in one place.
 //!
-//! Invariant: every wrapper turns a `-1` return into `io::Error` through
-//! [`check`]; nothing here decides anything.
+//! Invariant: every wrapper of a call that can fail turns a `-1` return
+//! into `io::Error` through [`check`]; the exceptions are [`set_sigmask`]
+//! and [`reset_signals`], whose calls fail only for arguments they never
+//! pass (an invalid `how`, the signal numbers glibc reserves). Nothing here
+//! decides anything.
 
 use std::ffi::CStr;
 use std::io;
@@ -54,9 +57,27 @@ pub enum Forked {
 /// `clone3` with fork semantics (no new stack), `CLONE_PIDFD` always set,
 /// `SIGCHLD` as exit signal, optionally straight into the cgroup `cgroup`.
 ///
+/// The child is born with every signal blocked: a signal sent to it at any
+/// moment after the clone (a stop right after a start) stays pending until
+/// the child has set up its own handling, instead of running the caller's
+/// handlers or, in a PID namespace's init, being dropped. The caller's
+/// mask is restored on its side.
+///
 /// The caller must be single-threaded (the agent is): the child is a copy of
 /// it with one thread, so it may allocate and take locks.
 pub fn clone3(flags: u64, cgroup: Option<BorrowedFd<'_>>) -> io::Result<Forked> {
+    let mut old = empty_sigset();
+    // SAFETY: both sets are initialised and outlive the call.
+    let ret = unsafe { libc::sigprocmask(libc::SIG_SETMASK, &full_sigset(), &mut old) };
+    check(ret.into())?;
+    let forked = clone3_raw(flags, cgroup);
+    if !matches!(forked, Ok(Forked::Child)) {
+        set_sigmask(libc::SIG_SETMASK, &old);
+    }
+    forked
+}
+
+fn clone3_raw(flags: u64, cgroup: Option<BorrowedFd<'_>>) -> io::Result<Forked> {
     let mut pidfd: libc::c_int = -1;
     let mut args = CloneArgs {
         flags: flags | libc::CLONE_PIDFD as u64,
@@ -132,7 +153,15 @@ fn close_range(first: RawFd, last: RawFd) -> io::Result<()> {
 /// Resets every signal's disposition to default and unblocks all signals,
 /// undoing what the agent installed before it forked us.
 pub fn reset_signals() {
-    for sig in 1..libc::SIGRTMAX() {
+    reset_signal_handlers();
+    set_sigmask(libc::SIG_SETMASK, &empty_sigset());
+}
+
+/// Resets every signal's disposition to default and leaves the mask as it
+/// is: a child born from [`clone3`] keeps every signal blocked, so what
+/// was sent to it meanwhile stays pending.
+pub fn reset_signal_handlers() {
+    for sig in 1..=libc::SIGRTMAX() {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP {
             continue;
         }
@@ -140,7 +169,6 @@ pub fn reset_signals() {
         // numbers (32, 33 taken by glibc) are ignored on purpose.
         unsafe { libc::signal(sig, libc::SIG_DFL) };
     }
-    set_sigmask(libc::SIG_SETMASK, &empty_sigset());
 }
 
 /// An empty signal set.
@@ -430,34 +458,78 @@ pub fn open_tap(name: &str) -> io::Result<(OwnedFd, String)> {
     ))
 }
 
-/// Most fds accepted in one control message.
-pub const MAX_RECV_FDS: usize = 3;
+/// Most fds the kernel passes in one message (`SCM_MAX_FD`); the receive
+/// buffer has room for all of them, so none is ever left in flight.
+const SCM_MAX_FD: usize = 253;
 
-/// `recvmsg` into `buf`, non-blocking, taking up to [`MAX_RECV_FDS`]
-/// passed fds (close-on-exec). Returns the byte count (0 at EOF) and the
-/// fds.
-pub fn recv_with_fds(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-    let mut iov = [io::IoSliceMut::new(buf)];
-    let mut space = nix::cmsg_space!([RawFd; MAX_RECV_FDS]);
-    let msg = recvmsg::<()>(
-        fd.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
-    )
-    .map_err(io::Error::from)?;
+/// What one [`recv_with_fds`] brought.
+#[derive(Debug)]
+pub struct Received {
+    /// Bytes read into the buffer (0 at end of stream).
+    pub bytes: usize,
+    /// Every fd passed with them (close-on-exec), owned: dropping closes.
+    pub fds: Vec<OwnedFd>,
+    /// The kernel cut the ancillary data (`MSG_CTRUNC`): more was sent
+    /// than fits, and the fds that did not fit are lost.
+    pub truncated: bool,
+}
+
+/// `recvmsg` into `buf`, non-blocking, taking every passed fd
+/// (close-on-exec) whatever their number, so that none can leak.
+pub fn recv_with_fds(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
+    const SPACE: usize = SCM_MAX_FD * std::mem::size_of::<RawFd>() + 64;
+    // u64 elements: cmsghdr alignment.
+    let mut control = [0u64; SPACE.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is a valid empty one.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: msg points at one iovec over `buf` and at `control`, both
+    // live and writable for the call.
+    let n = unsafe {
+        libc::recvmsg(
+            fd.as_raw_fd(),
+            &mut msg,
+            libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT,
+        )
+    };
+    let bytes = check(n as libc::c_long)? as usize;
     let mut fds = Vec::new();
-    for cmsg in msg.cmsgs().map_err(io::Error::from)? {
-        if let ControlMessageOwned::ScmRights(raw) = cmsg {
-            for r in raw {
-                // SAFETY: the kernel installed `r` in our fd table for this
-                // message; nothing else owns it.
-                fds.push(unsafe { OwnedFd::from_raw_fd(r) });
+    // SAFETY: msg was filled by recvmsg; CMSG_FIRSTHDR/NXTHDR stay within
+    // msg_controllen, which the kernel set to what it wrote.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !cmsg.is_null() {
+        // SAFETY: cmsg is a header inside the control buffer (see above).
+        let hdr = unsafe { &*cmsg };
+        if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: CMSG_LEN(0) is a constant computation.
+            let head = unsafe { libc::CMSG_LEN(0) } as usize;
+            let count = (hdr.cmsg_len as usize).saturating_sub(head) / std::mem::size_of::<RawFd>();
+            // SAFETY: the data of an SCM_RIGHTS header holds `count` fds.
+            let data = unsafe { libc::CMSG_DATA(cmsg) }.cast::<RawFd>();
+            for i in 0..count {
+                // SAFETY: i < count, inside the header's data; the data may
+                // be unaligned.
+                let raw = unsafe { data.add(i).read_unaligned() };
+                // SAFETY: the kernel installed `raw` in our fd table for
+                // this message; nothing else owns it.
+                fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
             }
         }
+        // SAFETY: as for CMSG_FIRSTHDR.
+        cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
     }
-    Ok((msg.bytes, fds))
+    Ok(Received {
+        bytes,
+        fds,
+        truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
+    })
 }
 
 /// Sends `data` with `fds` attached (SCM_RIGHTS).

@@ -25,6 +25,7 @@ use super::logger::init_logging;
 use super::options::{Options, OptionsError, USAGE};
 use super::{Ending, GuestEnd, MonitorError, confine, cpu, devices, seccomp};
 use crate::logging::error_chain;
+use crate::zone::protocol::{MAX_MESSAGE, Message};
 
 /// Asks the guest to shut down: the ACPI power button (through the GED
 /// interrupt) and Ctrl-Alt-Del on the keyboard, so that both an ACPI-aware
@@ -139,7 +140,7 @@ impl Monitor {
         if let Some(ending) = latch.get() {
             finish(ending);
         }
-        report_status("ready");
+        report_status(&Message::Ready);
         log::debug!("guest started");
 
         loop {
@@ -177,33 +178,27 @@ impl Monitor {
     }
 }
 
-/// The monitor's reports to the agent on the `--status-fd` pipe, one line
-/// each: `ready` once the guest's first instruction is about to run,
-/// `error MESSAGE` when set-up fails (then the monitor exits with
-/// [`GuestEnd::SetupFailed`]'s status). Without `--status-fd` nothing is
-/// sent.
+/// The monitor's reports to the agent on the `--status-fd` channel, in
+/// the agent's start protocol (`zone::protocol`, one message a datagram):
+/// `Ready` once the guest's first instruction is about to run,
+/// `SetupFailed` with the reason when set-up fails (then the monitor exits
+/// with [`GuestEnd::SetupFailed`]'s status). Without `--status-fd` nothing
+/// is sent. Sent with write(2), which the monitor's filters allow.
 static STATUS: OnceLock<File> = OnceLock::new();
 
-/// Longest status line: one pipe write up to `PIPE_BUF` is atomic.
-const MAX_STATUS_LINE: usize = 1024;
-
-/// Sends one status line (newlines in `text` become spaces).
-fn report_status(text: &str) {
-    if let Some(mut pipe) = STATUS.get() {
-        let mut line: String = text
-            .chars()
-            .map(|c| if c == '\n' { ' ' } else { c })
-            .take(MAX_STATUS_LINE)
-            .collect();
-        line.push('\n');
-        let _ = pipe.write_all(line.as_bytes());
+/// Sends one message to the agent.
+fn report_status(msg: &Message) {
+    if let Some(mut channel) = STATUS.get() {
+        let mut buf = [0u8; MAX_MESSAGE];
+        let n = msg.encode(&mut buf);
+        let _ = channel.write_all(&buf[..n]);
     }
 }
 
 /// Reports a set-up failure and returns the set-up failure status.
 fn setup_failed(reason: &str) -> ExitCode {
     log::error!("{reason}");
-    report_status(&format!("error {reason}"));
+    report_status(&Message::SetupFailed(reason.to_string()));
     ExitCode::from(GuestEnd::SetupFailed.exit_code().unwrap_or(1))
 }
 
@@ -216,7 +211,7 @@ fn finish(ending: Ending) -> ! {
         _ => log::error!("{}", ending.reason),
     }
     if ending.end == GuestEnd::SetupFailed {
-        report_status(&format!("error {}", ending.reason));
+        report_status(&Message::SetupFailed(ending.reason.clone()));
     }
     let code = ending.end.exit_code().unwrap_or(3);
     std::process::exit(i32::from(code))

@@ -12,9 +12,11 @@
 //! single-threaded, so the child may allocate. Only stdio is inherited by
 //! the command; every other fd the agent holds is closed in the init.
 //!
-//! The init reports to the agent over the *status pipe*, one line each:
-//! `ready` (the command was executed), `error MESSAGE` (setup failed),
-//! `exit N` or `signal N` (how the command ended).
+//! The init and the agent talk over the zone start protocol
+//! ([`super::protocol`]): the command's process sets up the zone, then
+//! waits for the agent's `Go` before it drops privileges and executes the
+//! command; the init reports `Ready` or why the start failed, then how the
+//! command ended.
 
 use std::ffi::CString;
 use std::io::{self, Read};
@@ -27,6 +29,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Pid, Uid};
 
 use super::plan::{self, Op};
+use super::protocol::{self, MAX_MESSAGE, Message};
 use super::{rootfs, seccomp, template};
 use crate::config::{TemplateMode, Zone};
 use crate::logging::error_chain;
@@ -44,9 +47,9 @@ pub enum Error {
         /// Which setting.
         what: &'static str,
     },
-    /// The status pipe could not be created.
-    #[error("unable to create the status pipe")]
-    Pipe(#[source] io::Error),
+    /// The channel to the zone could not be created.
+    #[error("unable to create the zone's channel")]
+    Channel(#[source] io::Error),
     /// clone3 failed.
     #[error("unable to clone the zone's init")]
     Clone(#[source] io::Error),
@@ -61,8 +64,8 @@ pub struct Started {
     pub pid: i32,
     /// pidfd of the zone's init.
     pub pidfd: OwnedFd,
-    /// Read end of the status pipe.
-    pub status: OwnedFd,
+    /// The agent's end of the zone start channel ([`protocol`]).
+    pub channel: OwnedFd,
 }
 
 /// Everything the child needs, prepared before the clone.
@@ -183,7 +186,7 @@ pub fn spawn(
     cgroup: Option<BorrowedFd<'_>>,
 ) -> Result<Started, Error> {
     let prep = prepare(zone)?;
-    let (status_rx, status_tx) = sys::pipe().map_err(Error::Pipe)?;
+    let (agent_end, zone_end) = protocol::channel().map_err(Error::Channel)?;
     let flags = (libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWUTS
@@ -192,35 +195,30 @@ pub fn spawn(
         | libc::CLONE_NEWCGROUP) as u64;
     match sys::clone3(flags, cgroup).map_err(Error::Clone)? {
         sys::Forked::Child => {
-            drop(status_rx);
-            zone_init(&prep, status_tx, output)
+            drop(agent_end);
+            zone_init(&prep, zone_end, output)
         }
         sys::Forked::Parent { pid, pidfd } => {
-            drop(status_tx);
+            drop(zone_end);
             Ok(Started {
                 pid,
                 pidfd,
-                status: status_rx,
+                channel: agent_end,
             })
         }
     }
 }
 
-/// Longest status line the init sends (a pipe write up to `PIPE_BUF` is
-/// atomic); longer error messages are cut.
-const STATUS_LINE_MAX: usize = 2048;
+/// Sends `msg` to the agent; nothing to do if the agent is gone.
+pub(super) fn report(channel: &OwnedFd, msg: &Message) {
+    let _ = msg.send(channel.as_fd());
+}
 
-pub(super) fn report(status: &OwnedFd, line: &str) {
-    // Built on the stack: the init's heap is shared copy-on-write with the
-    // agent, and every heap page it writes becomes its own for the zone's
-    // lifetime.
-    let mut buf = [0u8; STATUS_LINE_MAX];
-    let n = line.len().min(STATUS_LINE_MAX - 1);
-    buf[..n].copy_from_slice(&line.as_bytes()[..n]);
-    buf[n] = b'\n';
-    // One write of a short line is atomic on a pipe; nothing to do if the
-    // agent is gone.
-    let _ = nix::unistd::write(status, &buf[..=n]);
+/// The init (or exec helper) could not start the command: tell the agent
+/// and exit.
+pub(super) fn give_up(channel: &OwnedFd, msg: &str) -> ! {
+    report(channel, &Message::StartFailed(msg.to_string()));
+    sys::exit_now(126)
 }
 
 /// The zone's init: fork the process that sets up the zone and becomes
@@ -230,70 +228,74 @@ pub(super) fn report(status: &OwnedFd, line: &str) {
 /// and what it writes to memory shared with the agent (copy-on-write since
 /// the clone) is what each zone costs. The setup's allocations happen in
 /// the command's process and vanish with its exec.
-fn zone_init(prep: &Prepared, status: OwnedFd, output: BorrowedFd<'_>) -> ! {
-    sys::reset_signals();
-    // Signals stay blocked in the init so they queue for `sigwait`: the
-    // init of a PID namespace drops unblocked signals it has no handler for.
-    sys::set_sigmask(libc::SIG_SETMASK, &sys::full_sigset());
+fn zone_init(prep: &Prepared, channel: OwnedFd, output: BorrowedFd<'_>) -> ! {
+    // Born with every signal blocked (`sys::clone3`), and they stay
+    // blocked so they queue for `sigwait`: the init of a PID namespace
+    // drops unblocked signals it has no handler for, and one sent before
+    // this point must not be lost either.
+    sys::reset_signal_handlers();
     // If the agent dies, so does the zone.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     let _ = nix::unistd::setsid();
     // Nothing inside the zone may read this process's memory or fds.
     let _ = nix::sys::prctl::set_dumpable(false);
-    let status_raw = status.as_raw_fd();
-    if let Err(e) = sys::close_fds_from(3, &[status_raw, output.as_raw_fd()]) {
-        report(
-            &status,
-            &format!("error unable to close inherited fds: {e}"),
-        );
-        sys::exit_now(126);
+    if let Err(e) = sys::close_fds_from(3, &[channel.as_raw_fd(), output.as_raw_fd()]) {
+        give_up(&channel, &format!("unable to close inherited fds: {e}"));
     }
     // pivot_root (done by the command's process) moves the root and the
     // working directory of every process that is at the old root: standing
     // at `/` puts the init inside the zone too, holding no reference to the
     // host's tree.
     if let Err(e) = nix::unistd::chdir("/") {
-        report(&status, &format!("error unable to enter /: {e}"));
-        sys::exit_now(126);
+        give_up(&channel, &format!("unable to enter /: {e}"));
     }
     let (rx, tx) = match sys::pipe() {
         Ok(p) => p,
-        Err(e) => {
-            report(&status, &format!("error unable to create exec pipe: {e}"));
-            sys::exit_now(126);
-        }
+        Err(e) => give_up(&channel, &format!("unable to create exec pipe: {e}")),
     };
     let cmd = match sys::fork() {
         Ok(ForkResult::Child) => {
             drop(rx);
-            drop(status);
             // The zone's mount namespace, hostname and network are the
             // init's too: setting them up here keeps the setup's memory out
             // of the long-lived init.
             if let Err(e) = setup(prep) {
-                let _ = nix::unistd::write(&tx, error_chain(&e).as_bytes());
-                sys::exit_now(127);
+                fail_start(&tx, &Message::StartFailed(error_chain(&e)));
             }
+            // Held here until the agent has done its part from outside
+            // (the zone's network): the command must find it in place.
+            if let Err(e) = protocol::await_go(channel.as_fd()) {
+                let msg = format!("the agent gave up on this start: {e}");
+                fail_start(&tx, &Message::StartFailed(msg));
+            }
+            drop(channel);
             command(prep, tx, Stdio::Output(output))
         }
         Ok(ForkResult::Parent { child }) => child,
-        Err(e) => {
-            report(&status, &format!("error unable to fork the command: {e}"));
-            sys::exit_now(126);
-        }
+        Err(e) => give_up(&channel, &format!("unable to fork the command: {e}")),
     };
     drop(tx);
-    report_exec(rx, &status);
-    reap_forever(cmd, &status)
+    report_exec(rx, &channel);
+    reap_forever(cmd, &channel)
+}
+
+/// The command's process could not start the command: `msg` goes to the
+/// init over the exec pipe (the init relays it to the agent), then exit.
+fn fail_start(exec_pipe: &OwnedFd, msg: &Message) -> ! {
+    let mut buf = [0u8; MAX_MESSAGE];
+    let n = msg.encode(&mut buf);
+    // One write of at most PIPE_BUF bytes is atomic.
+    let _ = nix::unistd::write(exec_pipe, &buf[..n]);
+    sys::exit_now(127)
 }
 
 /// Waits on the command's exec pipe and reports to the agent: EOF without
-/// data means the exec succeeded (the pipe is close-on-exec), `ready`;
-/// anything written is why it failed, `error MESSAGE`. Reads into the
-/// stack: the caller lives on, and heap pages it writes stop being shared
-/// with the agent.
-pub(super) fn report_exec(rx: OwnedFd, status: &OwnedFd) {
-    let mut msg = [0u8; STATUS_LINE_MAX];
+/// data means the exec succeeded (the pipe is close-on-exec), `Ready`;
+/// anything written is the message saying why it failed, relayed as it
+/// came. Reads into the stack: the caller lives on, and heap pages it
+/// writes stop being shared with the agent.
+pub(super) fn report_exec(rx: OwnedFd, channel: &OwnedFd) {
+    let mut msg = [0u8; MAX_MESSAGE];
     let mut len = 0;
     let mut rx = std::fs::File::from(rx);
     while len < msg.len() {
@@ -305,10 +307,9 @@ pub(super) fn report_exec(rx: OwnedFd, status: &OwnedFd) {
         }
     }
     if len == 0 {
-        report(status, "ready");
+        report(channel, &Message::Ready);
     } else {
-        let msg = String::from_utf8_lossy(&msg[..len]);
-        report(status, &format!("error {msg}"));
+        let _ = protocol::send_raw(channel.as_fd(), &msg[..len]);
     }
 }
 
@@ -337,7 +338,7 @@ enum SetupError {
 
 /// Waits for signals: forwards each to `cmd`, and on SIGCHLD reaps every
 /// child; when `cmd` ends, reports its status and exits with it.
-pub(super) fn reap_forever(cmd: Pid, status: &OwnedFd) -> ! {
+pub(super) fn reap_forever(cmd: Pid, channel: &OwnedFd) -> ! {
     let all = sys::full_sigset();
     loop {
         let sig = match sys::sigwait(&all) {
@@ -354,11 +355,11 @@ pub(super) fn reap_forever(cmd: Pid, status: &OwnedFd) -> ! {
         loop {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) if pid == cmd => {
-                    report(status, &format!("exit {code}"));
+                    report(channel, &Message::Exited(code));
                     sys::exit_now(code);
                 }
                 Ok(WaitStatus::Signaled(pid, sig, _)) if pid == cmd => {
-                    report(status, &format!("signal {}", sig as i32));
+                    report(channel, &Message::Signaled(sig as i32));
                     sys::exit_now(128 + sig as i32);
                 }
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
@@ -377,12 +378,10 @@ pub(super) enum Stdio<'a> {
 }
 
 /// The command's process: drop privileges and exec. Never returns.
-pub(super) fn command(prep: &Prepared, exec_status: OwnedFd, io: Stdio<'_>) -> ! {
-    let fail_with = |msg: &str| -> ! {
-        let _ = nix::unistd::write(&exec_status, msg.as_bytes());
-        sys::exit_now(127)
+pub(super) fn command(prep: &Prepared, exec_pipe: OwnedFd, io: Stdio<'_>) -> ! {
+    let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
+        fail_start(&exec_pipe, &Message::StartFailed(format!("{what}: {e}")))
     };
-    let fail = |what: &str, e: &dyn std::fmt::Display| -> ! { fail_with(&format!("{what}: {e}")) };
     // The init reset every disposition before forking us, and exec resets
     // handlers anyway: only the init's full block mask is left to undo.
     sys::set_sigmask(libc::SIG_SETMASK, &sys::empty_sigset());
@@ -390,7 +389,7 @@ pub(super) fn command(prep: &Prepared, exec_status: OwnedFd, io: Stdio<'_>) -> !
     if let Err(e) = stdio(io) {
         fail("unable to set up stdio", &e);
     }
-    if let Err(e) = sys::close_fds_from(3, &[exec_status.as_raw_fd()]) {
+    if let Err(e) = sys::close_fds_from(3, &[exec_pipe.as_raw_fd()]) {
         fail("unable to close inherited fds", &e);
     }
     if let Err(e) = nix::unistd::chdir(prep.workdir.as_c_str()) {
@@ -422,7 +421,13 @@ pub(super) fn command(prep: &Prepared, exec_status: OwnedFd, io: Stdio<'_>) -> !
         .first()
         .map(|a| a.to_string_lossy())
         .unwrap_or_default();
-    fail(&format!("unable to execute {arg0}"), &last)
+    fail_start(
+        &exec_pipe,
+        &Message::ExecFailed {
+            errno: last.raw_os_error().unwrap_or(libc::ENOENT),
+            message: format!("unable to execute {arg0}: {last}"),
+        },
+    )
 }
 
 fn ptrs(v: &[CString]) -> Vec<*const libc::c_char> {

@@ -12,14 +12,6 @@ use std::time::{Duration, Instant};
 
 pub const ZONIT: &str = env!("CARGO_BIN_EXE_zonit");
 
-/// Applets linked into the test template.
-const APPLETS: &[&str] = &[
-    "sh", "echo", "cat", "sleep", "ls", "ps", "hostname", "id", "true", "false", "kill", "wc",
-    "grep", "head", "mount", "umount", "touch", "rm", "mkdir", "ln", "date", "awk", "seq",
-    "readlink", "stat", "chmod", "mknod", "dd", "ip", "ifconfig", "nc", "printf", "test", "[",
-    "tr", "cut", "sync", "uname", "env", "pwd", "cp", "whoami", "nproc", "reboot", "poweroff",
-];
-
 /// Fails (under CI=true) or skips (otherwise) when not root.
 /// Returns false when the test should return early.
 pub fn require_root() -> bool {
@@ -34,29 +26,24 @@ pub fn require_root() -> bool {
     false
 }
 
-/// A busybox template tree, built once per test binary.
+/// The busybox zone template (scripts/make-template.sh), built once per
+/// test binary.
 pub fn template() -> &'static Path {
     static T: OnceLock<PathBuf> = OnceLock::new();
     T.get_or_init(|| {
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-            .iter()
-            .map(Path::new)
-            .find(|p| p.exists())
-            .expect("busybox-static is needed: apt-get install busybox-static");
         // Under the build's own scratch directory, rebuilt per test binary
         // run, so test runs leave nothing in /tmp.
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("zonit-template-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let bin = dir.join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        for d in ["proc", "sys", "dev", "tmp", "etc", "srv"] {
-            std::fs::create_dir_all(dir.join(d)).unwrap();
-        }
-        std::fs::copy(busybox, bin.join("busybox")).unwrap();
-        for a in APPLETS {
-            let _ = std::os::unix::fs::symlink("busybox", bin.join(a));
-        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-template.sh");
+        let out = Command::new(&script).arg(&dir).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{} failed (busybox-static is needed):\n{}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
         dir
     })
 }
@@ -69,6 +56,7 @@ pub struct Zonit {
     child: Option<Child>,
     log: Arc<Mutex<Vec<(Instant, String)>>>,
     pub started: Instant,
+    keep_dir: bool,
 }
 
 static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -124,6 +112,13 @@ impl Zonit {
             units(&dir)
         );
         std::fs::write(&config, body).unwrap();
+        Self::launch(dir, config, socket)
+    }
+
+    /// Starts zonit on an existing `config` (whose control socket is
+    /// `socket`) and waits until the socket answers; `dir` is removed when
+    /// the returned value is dropped.
+    pub fn launch(dir: PathBuf, config: PathBuf, socket: PathBuf) -> Zonit {
         let mut child = Command::new("unshare")
             .args(["--pid", "--fork", "--mount", "--kill-child"])
             .arg(ZONIT)
@@ -154,11 +149,29 @@ impl Zonit {
             child: Some(child),
             log,
             started: Instant::now(),
+            keep_dir: false,
         };
+        // A socket file alone may be a dead predecessor's.
         z.wait_for("control socket", Duration::from_secs(10), || {
-            z.socket.exists()
+            std::os::unix::net::UnixStream::connect(&z.socket).is_ok()
         });
         z
+    }
+
+    /// SIGKILLs zonit (and with it its PID namespace) without letting it
+    /// clean up; returns the test directory, the config and the socket,
+    /// which stay in place for a successor.
+    pub fn kill_hard(mut self) -> (PathBuf, PathBuf, PathBuf) {
+        let mut child = self.child.take().unwrap();
+        let zonit = child_of(child.id()).expect("zonit process under unshare");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(zonit),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        child.wait().unwrap();
+        self.keep_dir = true;
+        (self.dir.clone(), self.config.clone(), self.socket.clone())
     }
 
     /// Runs `zonit ctl` against this agent; returns (exit code, stdout, stderr).
@@ -328,8 +341,79 @@ impl Drop for Zonit {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.keep_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
+}
+
+/// Runs `zonit run --config config` in this PID namespace, for an agent
+/// that is expected to refuse to start; kills it after `timeout`.
+/// `cgroup`, when given, is the cgroup2 directory it is started in.
+/// Returns its exit code (None when it had to be killed) and its output.
+pub fn run_expecting_exit(
+    config: &Path,
+    cgroup: Option<&Path>,
+    timeout: Duration,
+) -> (Option<i32>, String) {
+    let script = match cgroup {
+        Some(cg) => format!(
+            "echo $$ > '{}/cgroup.procs' && exec \"$0\" run --config \"$1\"",
+            cg.display()
+        ),
+        None => "exec \"$0\" run --config \"$1\"".into(),
+    };
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg(ZONIT)
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + timeout;
+    let mut code = None;
+    while Instant::now() < deadline {
+        if let Some(st) = child.try_wait().unwrap() {
+            code = st.code();
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    if code.is_none() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        thread::sleep(Duration::from_secs(2));
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (code, text)
+}
+
+/// The cgroup2 directory this test process is in.
+pub fn own_cgroup2() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mount = info.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        (post.split_whitespace().next()? == "cgroup2")
+            .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))?
+    })?;
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let own = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))?
+        .trim()
+        .to_string();
+    Some(mount.join(own.trim_start_matches('/')))
 }
 
 /// Puts `probe` (tests/probe/probe.c, built with `gcc -static`) into the

@@ -1,0 +1,369 @@
+//! Tier 2: the agent's own robustness under `zonit run` as PID 1 of a PID
+//! namespace: its hold on the control socket, leftovers of a dead
+//! predecessor, hostile clients, reload storms, fd limits.
+//! Needs root (fails under CI=true without it) and busybox-static.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Zonit, own_cgroup2, require_root, run_expecting_exit, test_dir, zone};
+
+/// A fresh cgroup2 group for one test, removed on drop.
+struct TestGroup(PathBuf);
+
+impl TestGroup {
+    fn new(name: &str) -> TestGroup {
+        let base = own_cgroup2().expect("cgroup2 is mounted");
+        let dir = base.join(format!("zonit-test-{}-{name}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        TestGroup(dir)
+    }
+
+    fn children(&self) -> Vec<String> {
+        std::fs::read_dir(&self.0)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_type().unwrap().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+}
+
+impl Drop for TestGroup {
+    fn drop(&mut self) {
+        for c in self.children() {
+            let _ = std::fs::remove_dir(self.0.join(c));
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+fn lock_record(socket: &Path) -> String {
+    let mut lock = socket.as_os_str().to_os_string();
+    lock.push(".lock");
+    std::fs::read_to_string(PathBuf::from(lock)).unwrap()
+}
+
+#[test]
+fn a_second_agent_on_the_same_socket_refuses_and_names_the_first() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("second", |d| zone(d, "web", "sleep 1000", ""));
+    z.wait_state("web", "running");
+    let group = TestGroup::new("second");
+    let (code, out) = run_expecting_exit(&z.config, Some(&group.0), Duration::from_secs(10));
+    assert_eq!(code, Some(1), "the second agent must refuse: {out}");
+    assert!(
+        out.contains(&format!("another agent (pid {})", z.pid())),
+        "the message names the first agent's pid {}: {out}",
+        z.pid()
+    );
+    assert!(
+        group.children().is_empty(),
+        "a refused agent left cgroups behind: {:?}",
+        group.children()
+    );
+    // The first agent still serves its socket and its zone.
+    assert_eq!(z.state("web"), "running");
+}
+
+#[test]
+fn the_next_agent_removes_what_a_sigkilled_one_left() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("reclaim", |d| zone(d, "web", "sleep 1000", ""));
+    z.wait_state("web", "running");
+    let record = lock_record(&z.socket);
+    let base = record
+        .lines()
+        .find_map(|l| l.strip_prefix("cgroup "))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("no cgroup in the lock record: {record}"));
+    assert!(base.join("web").is_dir(), "{}", base.display());
+    let (dir, config, socket) = z.kill_hard();
+    assert!(base.exists(), "the dead agent's cgroup is left");
+    assert!(socket.exists(), "the dead agent's socket is left");
+    let z = Zonit::launch(dir, config, socket);
+    z.wait_log("left by a dead agent");
+    assert!(
+        !base.exists(),
+        "the dead agent's cgroup {} is still there",
+        base.display()
+    );
+    z.wait_state("web", "running");
+}
+
+#[test]
+fn control_socket_in_an_existing_directory_keeps_its_mode() {
+    if !require_root() {
+        return;
+    }
+    let dir = test_dir("sockdir");
+    let shared = dir.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let socket = shared.join("ctl.sock");
+    let config = dir.join("zonit.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[host]\ncontrol_socket = \"{}\"\n{}",
+            socket.display(),
+            zone(&dir, "web", "sleep 1000", "")
+        ),
+    )
+    .unwrap();
+    let mut z = Zonit::launch(dir, config, socket.clone());
+    let mode = std::fs::metadata(&shared).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o1777, "an existing directory must keep its mode");
+    assert_eq!(z.terminate(), 0);
+    assert!(!socket.exists(), "the socket is removed at exit");
+}
+
+#[test]
+fn a_missing_socket_directory_is_created_0700() {
+    if !require_root() {
+        return;
+    }
+    let dir = test_dir("newdir");
+    let socket = dir.join("new/sub/ctl.sock");
+    let config = dir.join("zonit.toml");
+    std::fs::write(
+        &config,
+        format!("[host]\ncontrol_socket = \"{}\"\n", socket.display()),
+    )
+    .unwrap();
+    let _z = Zonit::launch(dir.clone(), config, socket.clone());
+    let mode = std::fs::metadata(dir.join("new/sub"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700);
+}
+
+#[test]
+fn a_file_at_the_socket_path_is_refused_and_kept() {
+    if !require_root() {
+        return;
+    }
+    let dir = test_dir("notsock");
+    let socket = dir.join("ctl.sock");
+    std::fs::write(&socket, "precious").unwrap();
+    let config = dir.join("zonit.toml");
+    std::fs::write(
+        &config,
+        format!("[host]\ncontrol_socket = \"{}\"\n", socket.display()),
+    )
+    .unwrap();
+    let group = TestGroup::new("notsock");
+    let (code, out) = run_expecting_exit(&config, Some(&group.0), Duration::from_secs(10));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("is not a socket"), "{out}");
+    assert_eq!(std::fs::read_to_string(&socket).unwrap(), "precious");
+    assert!(group.children().is_empty(), "{:?}", group.children());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The agent's open fds.
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Sends `line` with `n` fds (of /dev/null) attached; returns the first
+/// reply line.
+fn request_with_fds(socket: &Path, line: &[u8], n: usize) -> String {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    use std::io::{BufRead, BufReader};
+    use std::os::fd::AsRawFd;
+    let stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let files: Vec<std::fs::File> = (0..n)
+        .map(|_| std::fs::File::open("/dev/null").unwrap())
+        .collect();
+    let raw: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
+    let iov = [std::io::IoSlice::new(line)];
+    let sent = sendmsg::<()>(
+        stream.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&raw)],
+        MsgFlags::empty(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(sent, line.len());
+    let mut reply = String::new();
+    BufReader::new(&stream).read_line(&mut reply).unwrap();
+    reply
+}
+
+#[test]
+fn requests_carrying_too_many_fds_get_an_error_and_leak_none() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("fds", |d| zone(d, "web", "sleep 1000", ""));
+    z.wait_state("web", "running");
+    let pid = z.pid();
+    // What the agent holds once the zone's start has settled (a start's
+    // own descriptors may still be closing as it turns `running`).
+    let mut before = fd_count(pid);
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = fd_count(pid);
+        if now == before {
+            break;
+        }
+        before = now;
+    }
+    for i in 0..100 {
+        let (line, n) = if i % 2 == 0 {
+            (&br#"{"v":1,"cmd":"status"}"#[..], 5)
+        } else {
+            (
+                &br#"{"v":1,"cmd":"exec","name":"web","argv":["id"]}"#[..],
+                200,
+            )
+        };
+        let mut line = line.to_vec();
+        line.push(b'\n');
+        let reply = request_with_fds(&z.socket, &line, n);
+        assert!(
+            reply.contains(r#""ok":false"#) && reply.contains(&format!("carried {n} fds")),
+            "request {i}: {reply}"
+        );
+    }
+    // The agent closes each connection once it has seen the client go.
+    let mut after = 0;
+    for _ in 0..100 {
+        after = fd_count(pid);
+        if after <= before {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        after <= before,
+        "the agent's fds went from {before} to {after}"
+    );
+    assert_eq!(z.state("web"), "running");
+}
+
+/// Reads reply lines from `stream` until `n` arrived or `timeout` passed.
+fn read_replies(
+    stream: &std::os::unix::net::UnixStream,
+    n: usize,
+    timeout: Duration,
+) -> Vec<String> {
+    use std::io::{BufRead, BufReader};
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    let mut out = Vec::new();
+    let mut reader = BufReader::new(stream);
+    let deadline = std::time::Instant::now() + timeout;
+    while out.len() < n && std::time::Instant::now() < deadline {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => break,
+            Ok(_) => out.push(line),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+#[test]
+fn pipelined_requests_all_get_replies_without_another_byte() {
+    if !require_root() {
+        return;
+    }
+    use std::io::Write;
+    let z = Zonit::start("pipeline", |d| zone(d, "web", "sleep 1000", ""));
+    z.wait_state("web", "running");
+    let stream = std::os::unix::net::UnixStream::connect(&z.socket).unwrap();
+    // 2000 requests of 50 bytes: more than one request's worth of bytes
+    // (64 KiB) arrives at once.
+    let flood = br#"{"v":1,"cmd":"logs","name":"web","lines":0}      
+"#
+    .repeat(2000);
+    let mut writer = stream.try_clone().unwrap();
+    let t = std::thread::spawn(move || writer.write_all(&flood).unwrap());
+    let replies = read_replies(&stream, 2000, Duration::from_secs(20));
+    t.join().unwrap();
+    assert_eq!(replies.len(), 2000, "replies to 2000 pipelined requests");
+    assert!(replies.iter().all(|r| r.contains(r#""ok":true"#)));
+}
+
+#[test]
+fn a_half_closed_client_still_gets_every_reply() {
+    if !require_root() {
+        return;
+    }
+    use std::io::Write;
+    use std::net::Shutdown;
+    let z = Zonit::start("halfclose", |d| {
+        zone(d, "svc", "sleep 1000", "")
+            + &zone(d, "ticker", "while true; do echo tick; sleep 0.2; done", "")
+    });
+    z.wait_state("svc", "running");
+    z.wait_state("ticker", "running");
+    // `stop` answers once the unit is stopped, long after the half-close.
+    let mut s = std::os::unix::net::UnixStream::connect(&z.socket).unwrap();
+    s.write_all(b"{\"v\":1,\"cmd\":\"stop\",\"name\":\"svc\"}\n")
+        .unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let replies = read_replies(&s, 1, Duration::from_secs(10));
+    assert_eq!(replies.len(), 1, "no reply to stop after half-close");
+    assert!(
+        replies[0].contains(r#""state":"stopped""#),
+        "{}",
+        replies[0]
+    );
+    // `logs -f` keeps following.
+    let mut s = std::os::unix::net::UnixStream::connect(&z.socket).unwrap();
+    s.write_all(b"{\"v\":1,\"cmd\":\"logs\",\"name\":\"ticker\",\"lines\":0,\"follow\":true}\n")
+        .unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let replies = read_replies(&s, 5, Duration::from_secs(5));
+    let ticks = replies.iter().filter(|r| r.contains("tick")).count();
+    assert!(ticks >= 3, "followed output after half-close: {replies:?}");
+    assert!(
+        !replies.iter().any(|r| r.contains(r#""end""#)),
+        "{replies:?}"
+    );
+}
+
+#[test]
+fn closing_an_exec_client_hangs_up_its_command() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("exechup", |d| zone(d, "web", "sleep 1000", ""));
+    z.wait_state("web", "running");
+    let mut ctl = std::process::Command::new(common::ZONIT)
+        .args(["ctl", "--socket"])
+        .arg(&z.socket)
+        .args(["exec", "web", "--", "sleep", "4242"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    z.wait_for("the exec'd command", Duration::from_secs(10), || {
+        !common::pids_with_cmdline("sleep\x004242").is_empty()
+    });
+    ctl.kill().unwrap();
+    ctl.wait().unwrap();
+    z.wait_for("the command to end", Duration::from_secs(10), || {
+        common::pids_with_cmdline("sleep\x004242").is_empty()
+    });
+}
