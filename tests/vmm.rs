@@ -880,27 +880,43 @@ fn ip(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-#[test]
-fn virtio_net_sends_an_arp_request_through_its_tap_and_receives_the_reply() {
-    let Some(kernel) = setup(Payload::Elf) else {
-        return;
-    };
-    if !require(
+/// The ELF payload, if iproute2 is there too, for the network tests.
+fn setup_net() -> Option<PathBuf> {
+    let kernel = setup(Payload::Elf)?;
+    require(
         "ip (iproute2)",
         Command::new("ip").arg("-V").output().is_ok(),
-    ) {
-        return;
-    }
-    // Everything happens on a thread that entered a network namespace of
-    // its own: the tap, the bridge and the monitor (spawned from this
-    // thread) never see the machine's interfaces.
-    let (out, neigh) = std::thread::spawn(move || {
+    )
+    .then_some(kernel)
+}
+
+/// Runs `f` on a thread that entered a network namespace of its own, with
+/// the bridge `bridge` up at 10.99.0.1/24 (what the payload's `net` mode
+/// asks for). What the thread creates or spawns (taps, monitors, agents)
+/// never sees the machine's interfaces.
+fn in_private_netns<T: Send + 'static>(
+    bridge: &'static str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    std::thread::spawn(move || {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("private netns");
+        ip(&["link", "add", bridge, "type", "bridge"]);
+        ip(&["addr", "add", "10.99.0.1/24", "dev", bridge]);
+        ip(&["link", "set", bridge, "up"]);
+        f()
+    })
+    .join()
+    .expect("network thread")
+}
+
+#[test]
+fn virtio_net_sends_an_arp_request_through_its_tap_and_receives_the_reply() {
+    let Some(kernel) = setup_net() else {
+        return;
+    };
+    let (out, neigh) = in_private_netns("zbr0", move || {
         let (tap, name) = zonit::sys::open_tap("ztap0").expect("open the tap");
         assert_eq!(name, "ztap0");
-        ip(&["link", "add", "zbr0", "type", "bridge"]);
-        ip(&["addr", "add", "10.99.0.1/24", "dev", "zbr0"]);
-        ip(&["link", "set", "zbr0", "up"]);
         ip(&["link", "set", "ztap0", "master", "zbr0"]);
         ip(&["link", "set", "ztap0", "up"]);
         // The monitor inherits the tap under its own number.
@@ -921,9 +937,7 @@ fn virtio_net_sends_an_arp_request_through_its_tap_and_receives_the_reply() {
         let neigh = ip(&["neigh", "show", "10.99.0.2"]);
         drop(tap);
         (out, neigh)
-    })
-    .join()
-    .expect("network thread");
+    });
     assert_eq!(out.end(), GuestEnd::Poweroff, "{}", out.stderr);
     assert!(
         out.stdout.contains("net mac: 525400123456"),
@@ -945,4 +959,33 @@ fn virtio_net_sends_an_arp_request_through_its_tap_and_receives_the_reply() {
     assert!(reply.ends_with(" num_buffers 1"), "{reply}");
     // The host side saw the guest's request: it learnt the guest's MAC.
     assert!(neigh.contains("52:54:00:12:34:56"), "{neigh}");
+}
+
+#[test]
+fn agent_gives_a_guest_its_nic_on_the_networks_bridge() {
+    let Some(kernel) = setup_net() else {
+        return;
+    };
+    // The network's bridge is there; the agent makes the tap, puts it on
+    // the bridge and hands it to the monitor.
+    let logs = in_private_netns("zn-lan", move || {
+        let z = common::Zonit::start("guest-nic", |_| {
+            format!(
+                "[network.lan]\naddress = \"10.99.0.1/24\"\n\n{}",
+                guest(
+                    "vm",
+                    &kernel,
+                    "net",
+                    "restart = \"never\"\n\
+                     nics = [{ network = \"lan\", mac = \"52:54:00:12:34:56\", address = \"10.99.0.2\" }]",
+                )
+            )
+        });
+        z.wait_state("vm", "exited");
+        let vm = z.unit("vm");
+        assert_eq!(vm["last_exit"], "poweroff", "{vm}");
+        z.ctl(&["logs", "vm"]).1
+    });
+    assert!(logs.contains("net mac: 525400123456"), "{logs}");
+    assert!(logs.contains("net: arp reply from"), "{logs}");
 }

@@ -350,7 +350,20 @@ impl Agent {
                 permanent: true,
             }];
         }
-        let started = match super::guest::spawn(guest, rt.out_tx.as_fd()) {
+        let taps = match super::guest::open_taps(guest, &self.config.networks) {
+            Ok(taps) => taps,
+            Err(reason) => {
+                log::error!("{unit}: {reason}");
+                return vec![Input::StartFailed {
+                    unit: unit.to_string(),
+                    reason,
+                    permanent: false,
+                }];
+            }
+        };
+        // The agent's copies of the taps close when this returns: each
+        // tap then lives as long as its monitor.
+        let started = match super::guest::spawn(guest, rt.out_tx.as_fd(), &taps) {
             Ok(s) => s,
             Err(e) => {
                 let reason = error_chain(&e);

@@ -32,7 +32,7 @@ pub mod vm;
 use std::path::PathBuf;
 
 pub use end::{Ending, GuestEnd};
-pub use options::{DiskOption, NetOption, Options, OptionsError, USAGE, parse_mac};
+pub use options::{DiskOption, NetOption, Options, OptionsError, USAGE};
 pub use run::main;
 
 /// Errors of the monitor as a whole.

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use super::limits;
+use crate::config::network::parse_mac;
 
 /// A `--disk` argument.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,21 +23,6 @@ pub struct NetOption {
     pub fd: i32,
     /// The card's MAC address.
     pub mac: [u8; 6],
-}
-
-/// Parses a MAC address written as six colon-separated hex bytes
-/// (`52:54:00:12:34:56`).
-pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut mac {
-        let part = parts.next()?;
-        if part.len() != 2 {
-            return None;
-        }
-        *byte = u8::from_str_radix(part, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
 }
 
 /// The monitor's parsed command line.
