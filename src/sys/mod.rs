@@ -411,6 +411,24 @@ pub fn set_link_up(name: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Drops this process's page-table entries for the address ranges
+/// `(start, len)` (`MADV_DONTNEED`), so their pages stop counting in its
+/// resident set until touched again. Only for private file mappings that
+/// are not writable and hold no private copy of any page (see
+/// `vmm::memory`): their contents come back unchanged from the file on the
+/// next access, so nothing is lost.
+pub fn release_file_pages(ranges: &[(usize, usize)]) -> io::Result<()> {
+    for &(start, len) in ranges {
+        // SAFETY: by the contract above the range is a read-only private
+        // file mapping with no private (modified) page: dropping its PTEs
+        // cannot change what any access reads, and no Rust object owns
+        // the mapping's memory as mutable.
+        let ret = unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTNEED) };
+        check(ret.into())?;
+    }
+    Ok(())
+}
+
 /// Size of the virtio-net header the tap reads and writes before each
 /// frame (`virtio_net_hdr_v1`).
 pub const TAP_VNET_HDR_LEN: libc::c_int = 12;

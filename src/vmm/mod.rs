@@ -24,6 +24,7 @@ pub mod exits;
 pub mod layout;
 pub mod limits;
 mod logger;
+pub mod memory;
 mod options;
 mod run;
 pub mod seccomp;

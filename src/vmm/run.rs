@@ -23,7 +23,7 @@ use super::devices::serial::EventFdTrigger;
 use super::exits::EndLatch;
 use super::logger::init_logging;
 use super::options::{Options, OptionsError, USAGE};
-use super::{Ending, GuestEnd, MonitorError, confine, cpu, devices, seccomp};
+use super::{Ending, GuestEnd, MonitorError, confine, cpu, devices, memory, seccomp};
 use crate::logging::error_chain;
 use crate::zone::protocol::{MAX_MESSAGE, Message};
 
@@ -68,6 +68,15 @@ impl Monitor {
             workers,
             _vm,
         } = self;
+        // Listed while /proc is still reachable; dropped as the guest
+        // starts (`memory`).
+        let setup_pages = match std::fs::read_to_string("/proc/self/smaps") {
+            Ok(text) => memory::clean_file_mappings(&text),
+            Err(e) => {
+                log::debug!("cannot list the monitor's mappings: {e}");
+                Vec::new()
+            }
+        };
         if let Err(e) = confine::confine() {
             return e.into();
         }
@@ -141,6 +150,9 @@ impl Monitor {
             finish(ending);
         }
         report_status(&Message::Ready);
+        if let Err(e) = crate::sys::release_file_pages(&setup_pages) {
+            log::debug!("cannot release the set-up pages: {e}");
+        }
         log::debug!("guest started");
 
         loop {
