@@ -359,10 +359,25 @@ impl Agent {
                 permanent: true,
             }];
         }
+        let taps = match super::guest::open_taps(guest, &self.config.networks) {
+            Ok(taps) => taps,
+            Err(reason) => {
+                log::error!("{unit}: {reason}");
+                return vec![Input::StartFailed {
+                    unit: unit.to_string(),
+                    reason,
+                    permanent: false,
+                }];
+            }
+        };
+        // The agent's copies of the taps close when this returns: each
+        // tap then lives as long as its monitor.
         let spawned = self
             .open_output(unit)
             .map_err(|e| format!("unable to create the output pipe: {e}"))
-            .and_then(|out| super::guest::spawn(guest, out.as_fd()).map_err(|e| error_chain(&e)));
+            .and_then(|out| {
+                super::guest::spawn(guest, out.as_fd(), &taps).map_err(|e| error_chain(&e))
+            });
         let started = match spawned {
             Ok(s) => s,
             Err(reason) => {
