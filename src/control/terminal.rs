@@ -81,6 +81,26 @@ impl Signals {
         }
         Ok(Signals { winch, quit, which })
     }
+
+    /// A quitting signal arrived: the session ends with 128 + its number.
+    fn interrupted(&self, why: &str) -> Ended {
+        drain(self.quit.as_fd());
+        let sig = self.which.load(Ordering::Relaxed) as u8;
+        Ended {
+            exit: 128u8.saturating_add(sig),
+            error: Some(why.to_string()),
+        }
+    }
+}
+
+/// Waits until one of `fds` is ready; false when a signal interrupted
+/// the wait (its pipe is then readable: poll again).
+fn wait(fds: &mut [PollFd<'_>]) -> io::Result<bool> {
+    match poll(fds, PollTimeout::NONE) {
+        Ok(_) => Ok(true),
+        Err(nix::errno::Errno::EINTR) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Reads whatever is waiting on a non-blocking pipe (signal bytes).
@@ -186,10 +206,8 @@ fn relay(stream: &mut UnixStream, master: BorrowedFd<'_>, signals: &Signals) -> 
             PollFd::new(signals.winch.as_fd(), PollFlags::POLLIN),
             PollFd::new(signals.quit.as_fd(), PollFlags::POLLIN),
         ];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
+        if !wait(&mut fds)? {
+            continue;
         }
         let ready = |i: usize| {
             fds[i].revents().is_some_and(|r| {
@@ -202,12 +220,7 @@ fn relay(stream: &mut UnixStream, master: BorrowedFd<'_>, signals: &Signals) -> 
             .revents()
             .is_some_and(|r| r.contains(PollFlags::POLLOUT));
         if quit {
-            drain(signals.quit.as_fd());
-            let sig = signals.which.load(Ordering::Relaxed) as u8;
-            return Ok(Ended {
-                exit: 128u8.saturating_add(sig),
-                error: Some("interrupted; the command gets SIGHUP".into()),
-            });
+            return Ok(signals.interrupted("interrupted; the command gets SIGHUP"));
         }
         if winch {
             drain(signals.winch.as_fd());
@@ -384,20 +397,13 @@ fn console_relay(
             PollFd::new(signals.winch.as_fd(), PollFlags::POLLIN),
             PollFd::new(signals.quit.as_fd(), PollFlags::POLLIN),
         ];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
+        if !wait(&mut fds)? {
+            continue;
         }
         let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
         let (stdin_ready, stream_ready, winch, quit) = (ready(0), ready(1), ready(2), ready(3));
         if quit {
-            drain(signals.quit.as_fd());
-            let sig = signals.which.load(Ordering::Relaxed) as u8;
-            return Ok(Ended {
-                exit: 128u8.saturating_add(sig),
-                error: Some("interrupted".into()),
-            });
+            return Ok(signals.interrupted("interrupted"));
         }
         if winch {
             // A serial console has no window size to pass on.
