@@ -39,12 +39,15 @@ control_socket = "$socket"
 kernel = "$WORK/payload-pvh"
 cmdline = "echo"
 memory = "32M"
+# The echo payload ignores the power button: kill it soon at the end.
+stop_timeout = "1s"
 EOF
 rm -f "$socket"
 unshare --pid --fork --mount --kill-child "$ZONIT" run --config "$WORK/zonit.toml" \
     2>"$WORK/zonit.log" &
 agent=$!
-trap 'kill $agent 2>/dev/null; wait $agent 2>/dev/null || true' EXIT
+# unshare ignores SIGTERM while it waits: the agent (its child) gets it.
+trap 'kill $(cat /proc/$agent/task/$agent/children 2>/dev/null) 2>/dev/null; wait $agent || true' EXIT
 for _ in $(seq 100); do
     "$ZONIT" ctl --socket "$socket" logs echo 2>/dev/null | grep -q "echo ready" && break
     sleep 0.1
