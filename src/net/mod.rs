@@ -4,6 +4,7 @@
 //!
 //! The user contract is docs/networking.md.
 
+pub mod dhcp;
 pub mod netlink;
 pub mod nft;
 pub mod plan;

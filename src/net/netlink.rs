@@ -342,6 +342,51 @@ impl Rtnl {
         })?;
         Ok(())
     }
+
+    /// The index and hardware address of link `name`.
+    pub fn link_mac(&mut self, name: &str) -> Result<(u32, [u8; 6])> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.into()));
+        let replies = self.request(RouteNetlinkMessage::GetLink(msg), 0, || {
+            format!("look up link {name}")
+        })?;
+        for reply in replies {
+            if let RouteNetlinkMessage::NewLink(link) = reply {
+                let mac = link.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok(),
+                    _ => None,
+                });
+                if let Some(mac) = mac {
+                    return Ok((link.header.index, mac));
+                }
+            }
+        }
+        Err(Error::Request {
+            what: format!("find the Ethernet address of {name}{}", self.place),
+            err: errno(libc::ENODEV),
+        })
+    }
+
+    /// Removes `addr` from link `index` (named `name`); an address that is
+    /// not there is no error.
+    pub fn delete_address(&mut self, index: u32, name: &str, addr: &Cidr) -> Result<()> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = match addr.addr {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
+        msg.header.prefix_len = addr.prefix;
+        msg.header.index = index;
+        msg.attributes.push(AddressAttribute::Local(addr.addr));
+        match self.request(RouteNetlinkMessage::DelAddress(msg), 0, || {
+            format!("remove address {addr} from {name}")
+        }) {
+            Err(Error::Request { err, .. }) if err.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+                Ok(())
+            }
+            other => other.map(drop),
+        }
+    }
 }
 
 /// Creates (or adopts) each bridge of the host plan, with its addresses,
