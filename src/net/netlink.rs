@@ -236,14 +236,7 @@ impl Rtnl {
     /// skip duplicate address detection: they are static, and a tentative
     /// address would refuse `bind(2)` for a second.
     pub fn add_address(&mut self, index: u32, name: &str, addr: &Cidr) -> Result<()> {
-        let mut msg = AddressMessage::default();
-        msg.header.family = match addr.addr {
-            IpAddr::V4(_) => AddressFamily::Inet,
-            IpAddr::V6(_) => AddressFamily::Inet6,
-        };
-        msg.header.prefix_len = addr.prefix;
-        msg.header.index = index;
-        msg.attributes.push(AddressAttribute::Local(addr.addr));
+        let mut msg = address_message(index, addr);
         msg.attributes.push(AddressAttribute::Address(addr.addr));
         if addr.addr.is_ipv6() {
             msg.attributes
@@ -370,14 +363,7 @@ impl Rtnl {
     /// Removes `addr` from link `index` (named `name`); an address that is
     /// not there is no error.
     pub fn delete_address(&mut self, index: u32, name: &str, addr: &Cidr) -> Result<()> {
-        let mut msg = AddressMessage::default();
-        msg.header.family = match addr.addr {
-            IpAddr::V4(_) => AddressFamily::Inet,
-            IpAddr::V6(_) => AddressFamily::Inet6,
-        };
-        msg.header.prefix_len = addr.prefix;
-        msg.header.index = index;
-        msg.attributes.push(AddressAttribute::Local(addr.addr));
+        let msg = address_message(index, addr);
         match self.request(RouteNetlinkMessage::DelAddress(msg), 0, || {
             format!("remove address {addr} from {name}")
         }) {
@@ -387,6 +373,19 @@ impl Rtnl {
             other => other.map(drop),
         }
     }
+}
+
+/// An address message for `addr` on link `index`.
+fn address_message(index: u32, addr: &Cidr) -> AddressMessage {
+    let mut msg = AddressMessage::default();
+    msg.header.family = match addr.addr {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
+    msg.header.prefix_len = addr.prefix;
+    msg.header.index = index;
+    msg.attributes.push(AddressAttribute::Local(addr.addr));
+    msg
 }
 
 /// Creates (or adopts) each bridge of the host plan, with its addresses,
