@@ -738,6 +738,23 @@ fn template_mode_without_template_is_an_error() {
 }
 
 #[test]
+fn overlay_paths_that_the_mount_options_would_split_are_refused() {
+    let diags = errors(
+        "[zone.a]\nroot = \"/zones/a,b\"\ncommand = [\"/bin/a\"]\ntemplate = \"/t/a:/t/b\"\n",
+    );
+    assert_eq!(diags.len(), 2, "{}", render(&diags));
+    assert_error_at(&diags, 2, 8, &["`root`", "holds `,`", "overlayfs"]);
+    assert_error_at(&diags, 4, 12, &["`template`", "holds `:`"]);
+    let diags = errors(&format!("{MINIMAL_ZONE}template = \"/t\\\\x\"\n"));
+    assert_error_at(&diags, 4, 12, &["holds `\\`"]);
+    // A copied template never goes into mount options; nor does a plain root.
+    ok(
+        "[zone.a]\nroot = \"/zones/a,b\"\ncommand = [\"/bin/a\"]\ntemplate = \"/t/a:b\"\ntemplate_mode = \"copy\"\n",
+    );
+    ok("[zone.a]\nroot = \"/zones/a:b,c\"\ncommand = [\"/bin/a\"]\n");
+}
+
+#[test]
 fn capabilities_accept_any_spelling_and_are_deduplicated() {
     let config = ok(&format!(
         "{MINIMAL_ZONE}capabilities = [\"net_raw\", \"CAP_CHOWN\", \"Cap_Net_Raw\"]\n"
