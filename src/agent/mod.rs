@@ -154,6 +154,8 @@ pub struct Agent {
     retiring: HashMap<String, config::Unit>,
     /// Running `ctl exec` helpers by PID.
     execs: HashMap<i32, exec::Session>,
+    /// Bridges, the nf_tables table, zones' network files.
+    net: crate::net::host::HostNet,
 }
 
 fn specs(config: &Config) -> Vec<Spec> {
@@ -189,6 +191,7 @@ impl Agent {
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(Error::Poll)?;
         let opts_mode = opts.mode;
+        let net_files = net_files_dir(&config.host.control_socket);
         let mut agent = Agent {
             sup: Supervisor::new(specs(&config)),
             config,
@@ -208,6 +211,7 @@ impl Agent {
             shutdown: None,
             cgroups: cgroup::Cgroups::default(),
             pid1: pid1::Pid1State::default(),
+            net: crate::net::host::HostNet::new(net_files),
             retiring: HashMap::new(),
             execs: HashMap::new(),
         };
@@ -239,6 +243,7 @@ impl Agent {
     /// exit status for `zonit run`.
     pub fn run(mut self) -> ShutdownAction {
         self.reserve_runtimes();
+        self.net.apply(&self.config);
         self.start_autostart();
         let mut events = Events::with_capacity(256);
         loop {
@@ -247,7 +252,10 @@ impl Agent {
             let turn =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.turn(&mut events)));
             match turn {
-                Ok(Some(action)) => return action,
+                Ok(Some(action)) => {
+                    self.net.teardown();
+                    return action;
+                }
                 Ok(None) => {}
                 Err(_) => log::error!("the event loop caught a panic; carrying on"),
             }
@@ -508,6 +516,7 @@ impl Agent {
             );
         }
         log::set_max_level(self.opts.log_level_for(&self.config));
+        self.net.apply(&self.config);
         let actions = self
             .sup
             .reload(specs(&self.config), &changed, &added, Instant::now());
@@ -537,6 +546,15 @@ impl Agent {
             }
         }
     }
+}
+
+/// Where zones' generated `resolv.conf` and `hosts` live: beside the
+/// control socket, so each agent has its own.
+fn net_files_dir(control_socket: &std::path::Path) -> PathBuf {
+    control_socket
+        .parent()
+        .unwrap_or(std::path::Path::new("/run/zonit"))
+        .join("net")
 }
 
 fn cgroup_instance(mode: Mode) -> String {

@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
 use mio::Interest;
@@ -243,6 +243,21 @@ impl Agent {
         let Some(rt) = self.units.get(unit) else {
             return failed("internal: runtime missing".into(), false);
         };
+        // A zone on a network sees its resolv.conf and hosts read-only.
+        let net_files = match self.net.zone_files(&self.config, unit, zone) {
+            Ok(m) => m,
+            Err(reason) => return failed(reason, false),
+        };
+        let with_files;
+        let zone = if net_files.is_empty() {
+            zone
+        } else {
+            with_files = crate::config::Zone {
+                mounts: [zone.mounts.clone(), net_files].concat(),
+                ..zone.clone()
+            };
+            &with_files
+        };
         let started = match start::spawn(
             unit,
             zone,
@@ -258,7 +273,7 @@ impl Agent {
         // The zone's init is born and set up its side; the command waits
         // for `Go` until the agent's part is in place.
         let released = self
-            .zone_outside_setup(unit, zone, started.pid)
+            .zone_outside_setup(unit, zone, started.pidfd.as_fd())
             .and_then(|()| {
                 Message::Go
                     .send(started.channel.as_fd())
@@ -291,16 +306,16 @@ impl Agent {
     }
 
     /// What the agent sets up for a zone from outside, after the zone's
-    /// init is cloned (`init_pid` reaches its namespaces) and before its
-    /// command is released with `Go`: the place for per-zone networking
-    /// (a veth moved into the zone's network namespace). Nothing yet.
+    /// init is cloned (its pidfd `init` reaches its namespaces) and before
+    /// its command is released with `Go`: a bridged zone's veth, addresses
+    /// and routes.
     fn zone_outside_setup(
         &mut self,
-        _unit: &str,
+        unit: &str,
         _zone: &crate::config::Zone,
-        _init_pid: i32,
+        init: BorrowedFd<'_>,
     ) -> Result<(), String> {
-        Ok(())
+        self.net.zone_start(&self.config, unit, init)
     }
 
     fn spawn_guest(&mut self, unit: &str, guest: &crate::config::Guest) -> Vec<Input> {
