@@ -156,6 +156,8 @@ pub struct Agent {
     execs: HashMap<i32, exec::Session>,
     /// Bridges, the nf_tables table, zones' network files.
     net: crate::net::host::HostNet,
+    /// DHCP clients of host NICs and servers of bridges.
+    dhcp: crate::net::dhcp::socket::Dhcp,
 }
 
 fn specs(config: &Config) -> Vec<Spec> {
@@ -212,6 +214,7 @@ impl Agent {
             cgroups: cgroup::Cgroups::default(),
             pid1: pid1::Pid1State::default(),
             net: crate::net::host::HostNet::new(net_files),
+            dhcp: Default::default(),
             retiring: HashMap::new(),
             execs: HashMap::new(),
         };
@@ -243,7 +246,7 @@ impl Agent {
     /// exit status for `zonit run`.
     pub fn run(mut self) -> ShutdownAction {
         self.reserve_runtimes();
-        self.net.apply(&self.config);
+        self.apply_network();
         self.start_autostart();
         let mut events = Events::with_capacity(256);
         loop {
@@ -253,6 +256,7 @@ impl Agent {
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.turn(&mut events)));
             match turn {
                 Ok(Some(action)) => {
+                    self.dhcp.release(self.poll.registry(), Instant::now());
                     self.net.teardown();
                     return action;
                 }
@@ -305,6 +309,7 @@ impl Agent {
         for id in std::mem::take(&mut self.pending_conns) {
             self.on_conn(id, false);
         }
+        self.dhcp.on_timer(Instant::now());
         self.reap();
         self.feed(Input::Tick);
         self.check_boot_done();
@@ -321,7 +326,7 @@ impl Agent {
             .as_ref()
             .filter(|s| !s.killed)
             .map(|s| s.deadline);
-        [self.sup.next_deadline(), shutdown]
+        [self.sup.next_deadline(), shutdown, self.dhcp.deadline()]
             .into_iter()
             .flatten()
             .min()
@@ -333,6 +338,7 @@ impl Agent {
         match token {
             SIGNALS => self.on_signals(),
             LISTENER => self.accept(),
+            t if crate::net::dhcp::socket::Dhcp::owns(t) => self.dhcp.on_ready(t, Instant::now()),
             t => match self.sources.get(&t) {
                 Some(Source::Output(unit)) => {
                     let unit = unit.clone();
@@ -516,7 +522,7 @@ impl Agent {
             );
         }
         log::set_max_level(self.opts.log_level_for(&self.config));
-        self.net.apply(&self.config);
+        self.apply_network();
         let actions = self
             .sup
             .reload(specs(&self.config), &changed, &added, Instant::now());
@@ -534,6 +540,15 @@ impl Agent {
             changed.len(),
             removed.len()
         ))
+    }
+
+    /// Brings the host's networking in line with the config: NICs,
+    /// bridges and the firewall table first, then the DHCP clients and
+    /// servers that use them.
+    fn apply_network(&mut self) {
+        self.net.apply(&self.config);
+        self.dhcp
+            .apply(&self.config, self.poll.registry(), Instant::now());
     }
 
     /// Frees the runtime of units a reload removed, once they are down.

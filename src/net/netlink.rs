@@ -461,7 +461,8 @@ pub fn set_up_bridges(rtnl: &mut Rtnl, bridges: &[Bridge]) -> Result<()> {
 }
 
 /// Configures host NIC `iface` as the config says: MTU, static
-/// addresses, up, default route. A DHCP interface is only brought up.
+/// addresses, up, default route. A DHCP interface is only brought up
+/// here; its address comes from its DHCP client (`net::dhcp`).
 pub fn set_up_interface(rtnl: &mut Rtnl, iface: &crate::config::Interface) -> Result<()> {
     let name = iface.name.as_str();
     let index = rtnl.index(name)?;

@@ -186,6 +186,9 @@ impl Uplink {
 
     fn apply(&self, lease: &Lease) -> Result<(), crate::net::netlink::Error> {
         let mut rtnl = Rtnl::new()?;
+        if let (Some(mtu), false) = (lease.mtu, self.fixed_mtu) {
+            rtnl.set_mtu(self.ifindex, &self.ifname, mtu.into())?;
+        }
         rtnl.add_address(self.ifindex, &self.ifname, &cidr(lease))?;
         if let Some(router) = lease.router {
             rtnl.add_default_route(self.ifindex, &self.ifname, IpAddr::V4(router))?;
