@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The hardening benchmarks of BENCHMARKS.md ("Hardening (issue 4)"):
+# The hardening benchmarks of BENCHMARKS.md ("Hardening"):
 #
 #   latency  one zone start with full hardening, beside the same start
-#            without it, beside crun (and, for scale, the issue-2 peers)
+#            without it, beside crun (and, for scale, the zone-start peers)
 #   zones    N overlay zones from one template (default 1000), each running
 #            `sleep 1000`: time to all running, disk and memory per zone
 #
@@ -93,13 +93,13 @@ build_variant() {
     mkdir -p "$src"
     git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$src"
     # Each edit must change exactly the lines it names; checked below.
-    local plan=$src/src/zone/plan.rs spawn=$src/src/zone/spawn.rs sec=$src/src/zone/seccomp.rs n
+    local plan=$src/src/zone/mount_plan.rs spawn=$src/src/zone/command.rs sec=$src/src/zone/seccomp.rs n
     if [[ $what == *masks* ]]; then
         sed -i -e 's/^    for path in MASKED {$/    for path in MASKED.into_iter().take(0) {/' \
             -e 's/^    for cpu in &host.cpus {$/    for cpu in host.cpus.iter().take(0) {/' \
             -e 's/^    for path in READ_ONLY {$/    for path in READ_ONLY.into_iter().take(0) {/' "$plan"
         n=$(grep -c 'take(0)' "$plan")
-        [[ $n == 3 ]] || { echo "bench: plan.rs patch: $n of 3 applied" >&2; exit 1; }
+        [[ $n == 3 ]] || { echo "bench: mount_plan.rs patch: $n of 3 applied" >&2; exit 1; }
     fi
     if [[ $what == *privs* ]]; then
         sed -i -e '/^    sys::limit_bounding_and_ambient(&prep.caps, prep.last_cap)?;$/d' \
@@ -108,7 +108,7 @@ build_variant() {
             -e 's/^    if let Err(e) = seccomp::install(prep.seccomp) {$/    if let Err(e) = Ok::<(), seccomp::Error>(()) {/' "$spawn"
         sed -i -e 's/PROGRAM.get_or_init(build)/PROGRAM.get_or_init(|| Ok(Vec::new()))/' "$sec"
         ! grep -q 'limit_bounding_and_ambient(&prep.caps\|set_capabilities(&prep.caps)\|set_no_new_privs()\|seccomp::install(prep' "$spawn" ||
-            { echo "bench: spawn.rs patch incomplete" >&2; exit 1; }
+            { echo "bench: command.rs patch incomplete" >&2; exit 1; }
         grep -q 'get_or_init(|| Ok(Vec::new()))' "$sec" || { echo "bench: seccomp.rs patch failed" >&2; exit 1; }
     fi
     # Its own target directory under target/: dependencies are built once.
@@ -230,7 +230,7 @@ EOF
     row crun "crun run" "OCI runtime, /bin/true, to exit"
     row unshare "unshare --root (no mounts)" "for scale"
     say ""
-    ((${#crun_wrap[@]})) && say "crun ran with the host's cgroup2 ($cg2) hidden, on cgroup v1 alone (as in issue 2)." && say ""
+    ((${#crun_wrap[@]})) && say "crun ran with the host's cgroup2 ($cg2) hidden, on cgroup v1 alone." && say ""
 
     # Syscalls each hardening step makes in the command's process (counted,
     # not timed: tracing costs ~10-20 us per call on this VM, far more than

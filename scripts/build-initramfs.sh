@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the appliance initramfs (SPEC section 9): zonit as /init plus
+# Builds the appliance initramfs: zonit as /init plus
 # everything initramfs/manifest lists, as a reproducible gzip newc archive.
 #
 # Usage: scripts/build-initramfs.sh [--release] [--config FILE] [OUTPUT]
@@ -35,7 +35,7 @@ fi
 
 cargo_flags=()
 [[ $profile == release ]] && cargo_flags+=(--release)
-cargo build "${cargo_flags[@]}" --bin zonit --bin zonit-mkinitramfs
+cargo build "${cargo_flags[@]}" --bin zonit --bin zonit-mkinitramfs --workspace
 
 # Stage /lib: the listed modules of the fetched kernel, under
 # lib/modules/VERSION, with the kernel's built-in list and modules.dep if
@@ -67,9 +67,11 @@ else
 fi
 # The archive must not depend on the builder's umask.
 chmod -R u=rwX,go=rX "$lib"
+scripts/make-template.sh "$lib/template"
+rmdir "$lib/template/tmp"   # listed in the manifest with its sticky 1777 mode
 
 # The target is fixed by .cargo/config.toml; honour a relocated target dir.
 bin_dir="${CARGO_TARGET_DIR:-$PWD/target}/x86_64-unknown-linux-gnu/$profile"
 mkdir -p "$(dirname "$output")"
-ZONIT_BIN="$bin_dir/zonit" ZONIT_CONFIG="$config" ZONIT_LIB="$lib" \
+ZONIT_BIN="$bin_dir/zonit" ZONIT_CONFIG="$config" ZONIT_LIB="$lib" ZONIT_TEMPLATE="$lib/template" \
     "$bin_dir/zonit-mkinitramfs" initramfs/manifest "$output"

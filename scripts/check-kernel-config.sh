@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Tells which options a kernel .config lacks against zonit's config
-# fragments (SPEC section 9): merge_config.sh's re-check, made strict.
+# fragments: merge_config.sh's re-check, made strict.
 #
 # Usage: scripts/check-kernel-config.sh CONFIG [FRAGMENT...]
 #   FRAGMENT defaults to every kernel-config/*.config; later fragments

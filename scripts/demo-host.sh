@@ -11,10 +11,8 @@ zonit=$PWD/target/x86_64-unknown-linux-gnu/release/zonit
 
 dir=$(mktemp -d /tmp/zonit-demo.XXXXXX)
 trap 'rm -rf "$dir"' EXIT
-mkdir -p "$dir/base/bin" "$dir/base/etc" "$dir/zones"
-cp /bin/busybox "$dir/base/bin/busybox"
-for a in sh echo sleep hostname id cat ls ps; do ln -s busybox "$dir/base/bin/$a"; done
-cp initramfs/base/etc/passwd initramfs/base/etc/group "$dir/base/etc/"
+scripts/make-template.sh "$dir/base"
+mkdir -p "$dir/zones"
 # Same config, with its paths moved under the demo directory.
 sed -e "s|\"/zones/|\"$dir/zones/|; s|\"/templates/base\"|\"$dir/base\"|" \
     -e "s|^\[host\]|[host]\ncontrol_socket = \"$dir/control.sock\"|" \

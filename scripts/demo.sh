@@ -12,10 +12,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-if [[ ! -x /bin/busybox ]]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q busybox-static ||
-        { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q busybox-static; }
-fi
+scripts/setup.sh
 scripts/fetch-kernel.sh
 scripts/build-initramfs.sh --release build/demo.cpio.gz
 exec scripts/run-qemu.sh --initrd build/demo.cpio.gz --append "$*"

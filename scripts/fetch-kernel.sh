@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fetches Debian's cloud kernel for the QEMU tests and the appliance image
-# (SPEC section 10) without installing it: `apt-get download` the versioned
+# without installing it: `apt-get download` the versioned
 # linux-image-*-cloud-amd64 package that the linux-image-cloud-amd64
 # metapackage points at, and unpack it with `dpkg-deb -x`.
 #

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Boots an initramfs with zonit as /init in QEMU with software emulation
-# (SPEC section 10: these machines' KVM cannot boot Linux), the serial
+# (the KVM of these build machines is nested and cannot boot Linux), the serial
 # console on this terminal.
 #
 # Usage: scripts/run-qemu.sh [--initrd FILE] [--append WORDS] [-- QEMU-ARGS...]
@@ -33,13 +33,7 @@ while [[ $# -gt 0 ]]; do
 done
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-if ! command -v qemu-system-x86_64 >/dev/null; then
-    echo "run-qemu: installing qemu-system-x86" >&2
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-system-x86 >&2; then
-        apt-get update -q >&2
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-system-x86 >&2
-    fi
-fi
+scripts/setup.sh >&2
 kernel_dir=${ZONIT_KERNEL_DIR:-$PWD/build/kernel}
 [[ -f $kernel_dir/vmlinuz ]] || scripts/fetch-kernel.sh "$kernel_dir" >&2
 if [[ -z $initrd ]]; then

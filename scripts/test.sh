@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every test tier of SPEC section 10 (the README's test command).
+# Runs every test tier (the README's test command).
 #
 # Usage: scripts/test.sh [TIER...]   tiers: lint 1 2 3 4 static (default: all)
 #   lint    cargo fmt --check, clippy -D warnings
@@ -23,13 +23,14 @@ for tier in "${tiers[@]}"; do
     case $tier in
         lint)
             cargo fmt --all -- --check
-            cargo clippy --all-targets -- -D warnings
+            cargo clippy --workspace --all-targets -- -D warnings
             ;;
         1)
-            cargo test --lib --bins --test initramfs --test kernel_config --test fuzz_regressions --test syslog --test pid1_panic
+            cargo test -p zonit-mkinitramfs
+            cargo test --lib --bins --test initramfs --test kernel_config --test fuzz_regressions --test syslog --test pid1_panic --test repo --test cli
             ;;
         2)
-            cargo test --test zones --test agent --test hardening --test escape
+            cargo test --test zones --test agent --test hardening --test escape --test network
             ;;
         3)
             cargo test --test vmm

@@ -10,14 +10,14 @@ pub mod agent;
 pub mod config;
 /// Control protocol and `zonit ctl` client.
 pub mod control;
-/// The initramfs manifest parser and newc cpio writer.
-pub mod cpio;
 /// PID 1: host boot, console, modules, shutdown.
 pub mod init;
 /// Per-unit output capture: ring buffer, line splitting, rate limit.
 pub mod logbuf;
 /// Log backend: stderr or /dev/kmsg.
 pub mod logging;
+/// Zone networking on the host: plans, nf_tables ruleset, netlink.
+pub mod net;
 /// Supervision engine: pure state machine and restart policy.
 pub mod supervisor;
 /// The thin syscall layer (all raw `unsafe` for process control).

@@ -151,7 +151,7 @@ fn connect_syslog(
 pub fn emergency(message: &str) {
     let line = format!("zonit: error: {message}");
     let Some(logger) = LOGGER.get() else {
-        let _ = writeln!(std::io::stderr().lock(), "{line}");
+        stderr_line(&line);
         return;
     };
     match logger.sink.try_lock() {
@@ -159,14 +159,36 @@ pub fn emergency(message: &str) {
             Sink::Kmsg(f) => {
                 let _ = f.write_all(format!("<3>{line}\n").as_bytes());
             }
-            Sink::Stderr => {
-                let _ = writeln!(std::io::stderr().lock(), "{line}");
-            }
+            Sink::Stderr => stderr_line(&line),
         },
-        Err(_) => {
-            let _ = writeln!(std::io::stderr().lock(), "{line}");
-        }
+        Err(_) => stderr_line(&line),
     }
+}
+
+/// Writes `line` and its newline to stderr in one write(2): a line written
+/// in pieces can be cut in two by another writer of the same terminal (the
+/// kernel's console output, a unit's shell).
+pub fn stderr_line(line: &str) {
+    let mut buf = String::with_capacity(line.len() + 1);
+    buf.push_str(line);
+    buf.push('\n');
+    let _ = std::io::stderr().lock().write_all(buf.as_bytes());
+}
+
+/// Prints `line` as is (no `zonit: LEVEL:` prefix) where the operator reads
+/// zonit: as PID 1, one record of the kernel log at `level`, which the
+/// kernel prints on the console whole and never interleaved with its own
+/// lines; elsewhere on stderr, in one write.
+pub fn print_line(level: Level, line: &str) {
+    if let Some(logger) = LOGGER.get()
+        && let Ok(mut sink) = logger.sink.lock()
+        && let Sink::Kmsg(f) = &mut *sink
+    {
+        let rec = format!("<{}>{line}\n", kmsg_priority(level));
+        let _ = f.write_all(rec.as_bytes());
+        return;
+    }
+    stderr_line(line);
 }
 
 /// Longest a TCP syslog write may block the agent.
@@ -218,9 +240,7 @@ impl Log for Logger {
         let line = format_line(record);
         if let Ok(mut sink) = self.sink.lock() {
             match &mut *sink {
-                Sink::Stderr => {
-                    let _ = writeln!(std::io::stderr().lock(), "{line}");
-                }
+                Sink::Stderr => stderr_line(&line),
                 Sink::Kmsg(f) => {
                     // One write(2) per record: /dev/kmsg makes a record of
                     // every write, so a formatted write_fmt in pieces

@@ -1,5 +1,5 @@
 //! `zonit` entry point: picks a face by argv[0] and the first argument
-//! (SPEC section 1) and maps the outcome to an exit status.
+//! and maps the outcome to an exit status.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -73,7 +73,7 @@ fn check(args: &[String]) -> ExitCode {
         }
         Err(diags) => {
             for d in &diags {
-                eprintln!("{d}");
+                zonit::logging::stderr_line(&d.to_string());
             }
             ExitCode::from(1)
         }
@@ -112,7 +112,7 @@ fn run(args: &[String]) -> ExitCode {
         Ok(a) => a,
         Err(agent::Error::Config(diags)) => {
             for d in &diags {
-                eprintln!("{d}");
+                zonit::logging::stderr_line(&d.to_string());
             }
             return ExitCode::from(1);
         }

@@ -1,4 +1,4 @@
-//! Tier-4 tests (SPEC section 10): the real appliance initramfs, zonit as
+//! Tier-4 tests: the real appliance initramfs, zonit as
 //! `/init`, booted in `qemu-system-x86_64` with software emulation, read
 //! from the serial console with deadlines.
 //!
@@ -32,7 +32,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-const MKINITRAMFS: &str = env!("CARGO_BIN_EXE_zonit-mkinitramfs");
+/// The image writer (tools/mkinitramfs), built in release by
+/// scripts/build-initramfs.sh beside the base image.
+fn mkinitramfs() -> PathBuf {
+    base_initramfs();
+    let debug = Path::new(env!("CARGO_BIN_EXE_zonit"));
+    let target = debug.parent().and_then(Path::parent).unwrap();
+    target.join("release/zonit-mkinitramfs")
+}
 
 /// Longest wait for one console line. TCG on a loaded 2-core machine is
 /// slow; a healthy boot reaches its marker in 3-6 s.
@@ -127,7 +134,7 @@ fn initramfs_with(name: &str, config: &str, extra: &str) -> PathBuf {
     )
     .unwrap();
     let overlay = dir.join("config.cpio.gz");
-    let run = Command::new(MKINITRAMFS)
+    let run = Command::new(mkinitramfs())
         .arg(dir.join("manifest"))
         .arg(&overlay)
         .output()
@@ -685,7 +692,7 @@ fn guest_initrd() -> &'static Path {
         }
         std::fs::write(dir.join("manifest"), manifest).unwrap();
         let out = dir.join("guest.cpio.gz");
-        let run = Command::new(MKINITRAMFS)
+        let run = Command::new(mkinitramfs())
             .arg(dir.join("manifest"))
             .arg(&out)
             .output()
@@ -699,7 +706,7 @@ fn guest_initrd() -> &'static Path {
     })
 }
 
-/// SPEC section 10's "nested Linux KVM guest inside": the Debian kernel
+/// A nested Linux KVM guest inside the appliance: the Debian kernel
 /// as a guest of zonit's own monitor, on KVM (kvm_amd) inside the
 /// emulated machine, beside a zone.
 #[test]
@@ -782,7 +789,7 @@ impl Machine {
     }
 }
 
-/// Issue 5 item 7: every kind of guest end, with the Debian kernel in
+/// Every kind of guest end, with the Debian kernel in
 /// zonit's monitor, in one host boot. `off` powers off and, being a clean
 /// end, is not restarted under `on-failure`. `vm` (GUEST_INIT's `cycle`,
 /// started from the shell once `off` is done, so the two never share

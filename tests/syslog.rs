@@ -1,4 +1,4 @@
-//! Remote syslog (SPEC section 7): zonit's records reach a collector on
+//! Remote syslog: zonit's records reach a collector on
 //! 127.0.0.1 as RFC 5424 messages, over UDP and over TCP.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

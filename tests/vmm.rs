@@ -447,6 +447,48 @@ fn a_guest_ignoring_sigterm_keeps_running_until_sigkill() {
     assert_eq!(out.end(), GuestEnd::Killed);
 }
 
+/// A monitor (debug build) told to panic on purpose on `thread`.
+fn panicking_monitor(kernel: &Path, thread: &str) -> Running {
+    let mut cmd = monitor(kernel, &["--cmdline", "spin"]);
+    cmd.env("ZONIT_VMM_TEST_PANIC", thread);
+    Running::start(cmd)
+}
+
+#[test]
+fn a_panic_on_a_vcpu_thread_ends_the_guest_as_a_crash() {
+    let Some(kernel) = setup(Payload::Elf) else {
+        return;
+    };
+    // Without the guard the thread dies alone and the monitor waits forever
+    // (finish() fails the test after its deadline).
+    let out = panicking_monitor(&kernel, "vcpu").finish();
+    assert_eq!(out.status.code(), Some(3), "{}", out.stderr);
+    assert_eq!(out.end(), GuestEnd::Crash);
+    assert!(
+        out.stderr.contains("panic on monitor thread vcpu0"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_panic_on_the_main_thread_ends_the_guest_as_a_crash() {
+    let Some(kernel) = setup(Payload::Elf) else {
+        return;
+    };
+    let mut run = panicking_monitor(&kernel, "main");
+    run.wait_for("spinning");
+    // The main thread panics when it handles the stop request.
+    run.signal(nix::sys::signal::Signal::SIGTERM);
+    let out = run.finish();
+    assert_eq!(out.status.code(), Some(3), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("panic on monitor thread main"),
+        "{}",
+        out.stderr
+    );
+}
+
 #[test]
 fn smp_guest_sees_every_vcpu_in_the_madt_and_starts_them() {
     let Some(kernel) = setup(Payload::Elf) else {
@@ -605,22 +647,27 @@ fn bad_arguments_are_a_setup_failure() {
     assert!(out.stderr.contains("--vcpus"), "{}", out.stderr);
 }
 
+/// A regular file of 8 KiB that is no kernel.
+fn junk_kernel(name: &str) -> PathBuf {
+    let junk = payload_dir().join(name);
+    std::fs::create_dir_all(payload_dir()).expect("dir");
+    std::fs::write(&junk, vec![0x5a; 8192]).expect("write junk");
+    junk
+}
+
 #[test]
 fn a_file_that_is_no_kernel_is_a_setup_failure() {
     if !kvm_available() {
         return;
     }
-    let junk = payload_dir().join("not-a-kernel");
-    std::fs::create_dir_all(payload_dir()).expect("dir");
-    std::fs::write(&junk, vec![0x5a; 8192]).expect("write junk");
-    let out = boot(&junk, &[]);
+    let out = boot(&junk_kernel("not-a-kernel"), &[]);
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
     assert!(out.stderr.contains("cannot load kernel"), "{}", out.stderr);
 }
 
 // ---------------------------------------------------------------- agent
 // Guest units under `zonit run`: the agent starts one monitor per guest and
-// applies SPEC section 4 to how each guest ended.
+// applies the restart policy to how each guest ended.
 
 fn guest(name: &str, kernel: &Path, cmdline: &str, extra: &str) -> String {
     format!(
@@ -707,6 +754,41 @@ fn agent_stops_a_guest_gracefully_then_kills_one_that_ignores_it() {
     assert_eq!(stubborn["state"], "stopped");
     assert_eq!(stubborn["last_exit"], "signal SIGKILL");
     assert_eq!(stubborn["restarts"], 0);
+}
+
+#[test]
+fn agent_marks_a_guest_failed_for_good_when_its_monitor_cannot_set_it_up() {
+    if !kvm_available() {
+        return;
+    }
+    // A regular file passes the agent's own check; the monitor then finds
+    // it is no kernel. A directory fails the agent's check.
+    let junk = junk_kernel("agent-not-a-kernel");
+    let z = common::Zonit::start("guest-setup", |_| {
+        [
+            guest("junk", &junk, "poweroff", "restart = \"on-failure\""),
+            guest("dir", Path::new("/"), "poweroff", "restart = \"always\""),
+        ]
+        .concat()
+    });
+    z.wait_state("junk", "failed");
+    z.wait_state("dir", "failed");
+    // Long enough for a restart under the 100 ms backoff, had there been one.
+    std::thread::sleep(Duration::from_millis(500));
+    let junk = z.unit("junk");
+    assert_eq!(junk["state"], "failed", "{junk}");
+    assert_eq!(junk["restarts"], 0, "{junk}");
+    let reason = junk["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("cannot load kernel"), "{junk}");
+    let dir = z.unit("dir");
+    assert_eq!(dir["restarts"], 0, "{dir}");
+    assert!(
+        dir["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("neither a regular file nor a block device"),
+        "{dir}"
+    );
 }
 
 /// A 4 KiB disk image whose sector 0 starts with "zonit disk test\n".

@@ -1,11 +1,16 @@
 //! cgroup v2 groups for zones: one group per zone under zonit's base
-//! group, with the configured limits, entered atomically at clone time
-//! (`CLONE_INTO_CGROUP`).
+//! group, with the configured limits, and inside it one fresh leaf group
+//! per run, entered atomically at clone time (`CLONE_INTO_CGROUP`).
 //!
-//! Layout: `<cgroup2 mount><zonit's own group>/zonit/<unit>`; as PID 1
-//! that is `/sys/fs/cgroup/zonit/<unit>`. A limit whose controller is not
-//! available is an error for that zone (never silently unenforced); a zone
-//! without limits runs without a group when there is no cgroup2 at all.
+//! Layout: `<cgroup2 mount><zonit's own group>/zonit/<unit>/run`; as PID 1
+//! that is `/sys/fs/cgroup/zonit/<unit>/run`. The unit's group holds the
+//! limits and the counters (`memory.events` counts the OOM kills of every
+//! run); the leaf is removed and made again before each start, so nothing
+//! of one run's end (above all a `cgroup.kill`, which some kernels let
+//! linger on the group and turn on every process cloned into it later)
+//! can reach the next run. A limit whose controller is not available is
+//! an error for that zone (never silently unenforced); a zone without
+//! limits runs without a group when there is no cgroup2 at all.
 //!
 //! `limit_files` is the pure part (config -> file writes); the rest is
 //! thin file I/O.
@@ -36,6 +41,13 @@ pub enum Error {
         /// The group that lacks it.
         path: PathBuf,
     },
+    /// The last run's leaf group still holds processes (they are being
+    /// killed); a later start will find it empty.
+    #[error("the last run's processes are still exiting in {path}")]
+    Busy {
+        /// The leaf group.
+        path: PathBuf,
+    },
     /// A file or directory operation failed.
     #[error("unable to {what} {path}")]
     Io {
@@ -48,6 +60,9 @@ pub enum Error {
         source: io::Error,
     },
 }
+
+/// The leaf group of a unit's current run, below the unit's group.
+const RUN_GROUP: &str = "run";
 
 /// The controllers zone limits need; zonit enables no others.
 const USED_CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
@@ -91,8 +106,9 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> E
 }
 
 impl Cgroups {
-    /// Finds cgroup2 and prepares `<own group>/zonit` with every available
-    /// controller enabled for its children. Never fails: problems are
+    /// Finds cgroup2 and prepares `<own group>/zonit` with the
+    /// controllers zone limits need (`cpu`, `memory`, `pids`) enabled for
+    /// its children. Never fails: problems are
     /// logged and zones with limits will fail to start with the reason.
     /// `instance` names the base group: `zonit` as PID 1; a unique name
     /// under `zonit run`, so several agents on one host never share (and
@@ -152,8 +168,9 @@ impl Cgroups {
         self.base.as_deref()
     }
 
-    /// Creates (or reuses) the group of unit `name`, writes `zone`'s limits
-    /// and returns the group directory opened for `CLONE_INTO_CGROUP`.
+    /// Creates (or reuses) the group of unit `name`, writes `zone`'s limits,
+    /// makes a fresh leaf group for the next run (removing the last run's)
+    /// and returns the leaf opened for `CLONE_INTO_CGROUP`.
     pub fn prepare(&self, name: &str, zone: &Zone) -> Result<Option<OwnedFd>, Error> {
         let limits = limit_files(zone);
         let Some(base) = &self.base else {
@@ -172,11 +189,7 @@ impl Cgroups {
             }
         }
         let dir = base.join(name);
-        match fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io_err("create", &dir)(e)),
-        }
+        create_dir(&dir)?;
         for (_, _, file, value) in &limits {
             let path = dir.join(file);
             // memory.swap.max is missing when the kernel has no swap
@@ -186,25 +199,39 @@ impl Cgroups {
             }
             fs::write(&path, value).map_err(io_err("write", &path))?;
         }
-        let fd = fs::File::open(&dir).map_err(io_err("open", &dir))?;
+        let run = dir.join(RUN_GROUP);
+        remove_leaf(&run)?;
+        create_dir(&run)?;
+        let fd = fs::File::open(&run).map_err(io_err("open", &run))?;
         Ok(Some(OwnedFd::from(fd)))
     }
 
-    /// The unit's existing group, opened for `CLONE_INTO_CGROUP`.
+    /// The leaf group of the unit's current run, opened for
+    /// `CLONE_INTO_CGROUP`.
     pub fn open(&self, name: &str) -> Option<OwnedFd> {
-        let dir = self.base.as_ref()?.join(name);
+        let dir = self.base.as_ref()?.join(name).join(RUN_GROUP);
         fs::File::open(dir).ok().map(OwnedFd::from)
     }
 
-    /// Kills every process in the unit's group (`cgroup.kill`).
+    /// Kills every process of the unit's current run (`cgroup.kill` on its
+    /// leaf group, which the next start replaces).
     pub fn kill(&self, name: &str) {
         if let Some(base) = &self.base {
-            let path = base.join(name).join("cgroup.kill");
+            let path = base.join(name).join(RUN_GROUP).join("cgroup.kill");
             if path.exists()
                 && let Err(e) = fs::write(&path, "1")
             {
                 log::warn!("{name}: unable to write {}: {e}", path.display());
             }
+        }
+    }
+
+    /// Removes the leaf group of a run that ended, so no group of a dead
+    /// run lingers; one that still holds processes is left for the next
+    /// start (or [`Cgroups::remove`]) to retry.
+    pub fn run_ended(&self, name: &str) {
+        if let Some(base) = &self.base {
+            let _ = fs::remove_dir(base.join(name).join(RUN_GROUP));
         }
     }
 
@@ -222,9 +249,10 @@ impl Cgroups {
             .unwrap_or(0)
     }
 
-    /// Removes the unit's group (it must be empty).
+    /// Removes the unit's group and its leaf (both must be empty).
     pub fn remove(&self, name: &str) {
         if let Some(base) = &self.base {
+            let _ = fs::remove_dir(base.join(name).join(RUN_GROUP));
             let _ = fs::remove_dir(base.join(name));
         }
     }
@@ -234,6 +262,27 @@ impl Cgroups {
         if let Some(base) = &self.base {
             let _ = fs::remove_dir(base);
         }
+    }
+}
+
+fn create_dir(dir: &Path) -> Result<(), Error> {
+    match fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io_err("create", dir)(e)),
+    }
+}
+
+/// Removes a leaf group if it exists; `Busy` while it still holds
+/// processes.
+fn remove_leaf(dir: &Path) -> Result<(), Error> {
+    match fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(Error::Busy {
+            path: dir.to_path_buf(),
+        }),
+        Err(e) => Err(io_err("remove", dir)(e)),
     }
 }
 

@@ -1,29 +1,25 @@
 //! `zonit ctl exec` sessions: one exec helper per request, answered with
 //! the command's exit status when the helper is reaped.
 
-use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 
 use nix::sys::wait::WaitStatus;
 use serde_json::json;
 
-use super::units::{StatusLine, drain_status, end_status_code};
+use super::units::{Child, end_status_code};
 use super::{Agent, Source};
 use crate::config::UnitKind;
 use crate::control::proto;
 use crate::logging::error_chain;
-use crate::supervisor::{End, State};
+use crate::supervisor::State;
 use crate::sys;
 use crate::zone::exec;
+use crate::zone::protocol::Outcome;
 
 /// One running `exec`.
 pub(super) struct Session {
     conn: usize,
-    pidfd: OwnedFd,
-    status: Option<(File, mio::Token)>,
-    buf: Vec<u8>,
-    error: Option<String>,
-    reported: Option<End>,
+    child: Child,
 }
 
 impl Agent {
@@ -69,8 +65,14 @@ impl Agent {
             return;
         };
         let group = self.cgroups.open(name);
-        let started = match exec::exec(&zone, argv, init, group.as_ref().map(|g| g.as_fd()), stdio)
-        {
+        let started = match exec::exec(
+            name,
+            &zone,
+            argv,
+            init,
+            group.as_ref().map(|g| g.as_fd()),
+            stdio,
+        ) {
             Ok(s) => s,
             Err(e) => {
                 let msg = format!("unable to exec in {name}: {}", error_chain(&e));
@@ -80,18 +82,12 @@ impl Agent {
             }
         };
         log::info!("{name}: exec {:?}, pid {}", argv, started.pid);
-        let status = self.watch_status(started.status, Source::ExecStatus(started.pid));
-        self.execs.insert(
-            started.pid,
-            Session {
-                conn: id,
-                pidfd: started.pidfd,
-                status,
-                buf: Vec::new(),
-                error: None,
-                reported: None,
-            },
+        let child = self.watch_channel(
+            started.pidfd,
+            started.channel,
+            Source::ExecStatus(started.pid),
         );
+        self.execs.insert(started.pid, Session { conn: id, child });
     }
 
     /// Whether connection `id` waits for an exec to end.
@@ -103,7 +99,7 @@ impl Agent {
     /// forwards the signal), as a terminal does.
     pub(super) fn exec_client_gone(&mut self, id: usize) {
         for s in self.execs.values().filter(|s| s.conn == id) {
-            let _ = sys::pidfd_send_signal(s.pidfd.as_fd(), libc::SIGHUP);
+            let _ = sys::pidfd_send_signal(s.child.pidfd.as_fd(), libc::SIGHUP);
         }
     }
 
@@ -112,21 +108,13 @@ impl Agent {
     /// with its zone, not with it.
     pub(super) fn kill_execs(&mut self) {
         for s in self.execs.values() {
-            let _ = sys::pidfd_send_signal(s.pidfd.as_fd(), libc::SIGKILL);
+            let _ = sys::pidfd_send_signal(s.child.pidfd.as_fd(), libc::SIGKILL);
         }
     }
 
     pub(super) fn read_exec_status(&mut self, pid: i32) {
-        if let Some(s) = self.execs.get_mut(&pid)
-            && let Some((file, _)) = &mut s.status
-        {
-            for line in drain_status(file, &mut s.buf) {
-                match line {
-                    StatusLine::Error(msg) => s.error = Some(msg),
-                    StatusLine::End(end) => s.reported = Some(end),
-                    StatusLine::Ready | StatusLine::Unknown => {}
-                }
-            }
+        if let Some(s) = self.execs.get_mut(&pid) {
+            s.child.read();
         }
     }
 
@@ -139,18 +127,10 @@ impl Agent {
         let Some(s) = self.execs.remove(&pid) else {
             return true;
         };
-        self.unwatch_status(&s.status);
-        let reply = match (s.error, s.reported) {
-            (Some(msg), _) => proto::error(&msg),
-            (None, Some(end)) => proto::ok(json!({ "exit": end_status_code(&end) })),
-            (None, None) => {
-                let end = match status {
-                    WaitStatus::Exited(_, c) => End::Exit(c),
-                    WaitStatus::Signaled(_, sig, _) => End::Signal(sig as i32),
-                    _ => End::Crash,
-                };
-                proto::ok(json!({ "exit": end_status_code(&end) }))
-            }
+        self.unwatch_channel(&s.child);
+        let reply = match s.child.report.outcome(status) {
+            Outcome::Failed(f) => proto::error_with_exit(&f.reason, f.status),
+            Outcome::Ended(end) => proto::ok(json!({ "exit": end_status_code(&end) })),
         };
         self.send(s.conn, &reply);
         self.flush(s.conn);

@@ -3,10 +3,13 @@
 //!
 //! The monitor is zonit itself, re-executed from `/proc/self/exe`, so a
 //! monitor crash is just a unit ending. Its stdout (the guest's serial
-//! console) and stderr go to the unit's output pipe.
+//! console) and stderr go to the unit's output pipe; over its start
+//! channel (`--status-fd`, the same typed protocol zones use,
+//! `zone::protocol`) it reports `Ready` when the guest starts, or why its
+//! set-up failed, which makes the unit failed for good.
 
 use std::ffi::CString;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
@@ -14,7 +17,7 @@ use nix::sys::wait::WaitStatus;
 use crate::config::Guest;
 use crate::supervisor::End;
 use crate::sys;
-use crate::vmm::GuestEnd;
+use crate::vmm::{GuestEnd, limits};
 
 /// The executable re-run as the monitor.
 const SELF_EXE: &str = "/proc/self/exe";
@@ -25,6 +28,9 @@ pub enum Error {
     /// A path or the command line holds a NUL byte.
     #[error("guest setting contains a NUL byte")]
     Nul,
+    /// The start channel could not be created.
+    #[error("unable to create the monitor's start channel")]
+    Channel(#[source] std::io::Error),
     /// clone3 failed.
     #[error("unable to start the monitor process")]
     Clone(#[source] std::io::Error),
@@ -36,6 +42,21 @@ pub struct Started {
     pub pid: i32,
     /// Its pidfd.
     pub pidfd: OwnedFd,
+    /// The agent's end of its start channel.
+    pub channel: OwnedFd,
+}
+
+/// Where the monitor finds its start channel: the first fd after stdio.
+const STATUS_FD: i32 = 3;
+
+/// Checks what the agent can check before starting a monitor: every image
+/// (kernel, initrd, disks) is a regular file or a block device. A failure
+/// is permanent: it recurs on every start until the host changes.
+pub fn preflight(guest: &Guest) -> Result<(), String> {
+    std::iter::once(&guest.kernel)
+        .chain(guest.initrd.as_ref())
+        .chain(guest.disks.iter().map(|d| &d.path))
+        .try_for_each(|path| limits::check_image(path))
 }
 
 /// The monitor's argv for `guest` (pure).
@@ -56,6 +77,8 @@ pub fn monitor_argv(guest: &Guest) -> Vec<String> {
     argv.push(guest.memory.to_string());
     argv.push("--vcpus".into());
     argv.push(guest.vcpus.to_string());
+    argv.push("--status-fd".into());
+    argv.push(STATUS_FD.to_string());
     for d in &guest.disks {
         argv.push("--disk".into());
         let ro = if d.readonly { ",ro" } else { "" };
@@ -75,6 +98,7 @@ pub fn spawn(guest: &Guest, output: BorrowedFd<'_>) -> Result<Started, Error> {
     let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     ptrs.push(std::ptr::null());
     let env: [*const libc::c_char; 1] = [std::ptr::null()];
+    let (status_rx, status_tx) = crate::zone::protocol::channel().map_err(Error::Channel)?;
     match sys::clone3(0, None).map_err(Error::Clone)? {
         sys::Forked::Child => {
             sys::reset_signals();
@@ -88,7 +112,9 @@ pub fn spawn(guest: &Guest, output: BorrowedFd<'_>) -> Result<Started, Error> {
                 }
                 nix::unistd::dup2_stdout(output)?;
                 nix::unistd::dup2_stderr(output)?;
-                sys::close_fds_from(3, &[])
+                // The start channel becomes fd 3 (STATUS_FD); nothing else
+                // is inherited.
+                sys::place_inherited_fds(&[status_tx.as_fd()])
             };
             if let Err(e) = setup() {
                 eprintln!("zonit: unable to set up the monitor's stdio: {e}");
@@ -98,25 +124,45 @@ pub fn spawn(guest: &Guest, output: BorrowedFd<'_>) -> Result<Started, Error> {
             eprintln!("zonit: unable to execute the monitor {SELF_EXE}: {err}");
             sys::exit_now(1)
         }
-        sys::Forked::Parent { pid, pidfd } => Ok(Started { pid, pidfd }),
+        sys::Forked::Parent { pid, pidfd } => Ok(Started {
+            pid,
+            pidfd,
+            channel: status_rx,
+        }),
     }
 }
 
-/// How a guest ended, from its monitor's wait status, by the monitor's
-/// own contract ([`GuestEnd`], docs/vmm.md). A monitor killed from outside
-/// keeps its signal, so `status` says which.
-pub fn end_of(status: WaitStatus) -> End {
+/// How a monitor ended: the guest's end, or a set-up failure.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest ran and ended so.
+    Ended(End),
+    /// The monitor could not set the guest up; the reason it reported,
+    /// or a pointer to its log when it reported none.
+    SetupFailed(String),
+}
+
+/// How a guest ended, from its monitor's wait status and the error it
+/// reported on its start channel, by the monitor's own contract
+/// ([`GuestEnd`], docs/vmm.md). A monitor killed from outside keeps its
+/// signal, so `status` says which.
+pub fn outcome(status: WaitStatus, reported_error: Option<String>) -> Outcome {
     let (code, signal) = match status {
         WaitStatus::Exited(_, c) => (Some(c), None),
         WaitStatus::Signaled(_, s, _) => (None, Some(s as i32)),
         _ => (None, None),
     };
-    match GuestEnd::from_code_or_signal(code, signal) {
+    Outcome::Ended(match GuestEnd::from_code_or_signal(code, signal) {
         GuestEnd::Poweroff => End::Poweroff,
         GuestEnd::Reboot => End::Reboot,
-        GuestEnd::Crash | GuestEnd::SetupFailed => End::Crash,
+        GuestEnd::Crash => End::Crash,
         GuestEnd::Killed => End::Signal(signal.unwrap_or(libc::SIGKILL)),
-    }
+        GuestEnd::SetupFailed => {
+            return Outcome::SetupFailed(reported_error.unwrap_or_else(|| {
+                "the monitor failed to set the guest up; its log has the reason".into()
+            }));
+        }
+    })
 }
 
 #[cfg(test)]
@@ -144,28 +190,77 @@ mod tests {
                 },
             ],
             on_reboot: OnReboot::Restart,
+            nics: vec![],
+            ports: vec![],
         };
         assert_eq!(
             monitor_argv(&g).join(" "),
             "zonit vmm --kernel /g/vmlinuz --initrd /g/initrd --cmdline console=ttyS0 quiet \
-             --memory 268435456 --vcpus 2 --disk /g/a.img --disk /g/b.img,ro"
+             --memory 268435456 --vcpus 2 --status-fd 3 --disk /g/a.img --disk /g/b.img,ro"
         );
     }
 
     #[test]
     fn monitor_statuses_map_to_guest_ends() {
         let p = Pid::from_raw(1);
-        assert_eq!(end_of(WaitStatus::Exited(p, 0)), End::Poweroff);
-        assert_eq!(end_of(WaitStatus::Exited(p, 2)), End::Reboot);
-        assert_eq!(end_of(WaitStatus::Exited(p, 3)), End::Crash);
-        assert_eq!(end_of(WaitStatus::Exited(p, 1)), End::Crash);
+        let ended = |s| outcome(s, None);
         assert_eq!(
-            end_of(WaitStatus::Signaled(p, Signal::SIGKILL, false)),
-            End::Signal(9)
+            ended(WaitStatus::Exited(p, 0)),
+            Outcome::Ended(End::Poweroff)
+        );
+        assert_eq!(ended(WaitStatus::Exited(p, 2)), Outcome::Ended(End::Reboot));
+        assert_eq!(ended(WaitStatus::Exited(p, 3)), Outcome::Ended(End::Crash));
+        assert_eq!(
+            ended(WaitStatus::Signaled(p, Signal::SIGKILL, false)),
+            Outcome::Ended(End::Signal(9))
         );
         assert_eq!(
-            end_of(WaitStatus::Signaled(p, Signal::SIGSYS, true)),
-            End::Crash
+            ended(WaitStatus::Signaled(p, Signal::SIGSYS, true)),
+            Outcome::Ended(End::Crash)
+        );
+    }
+
+    #[test]
+    fn a_monitor_set_up_failure_is_no_crash_and_carries_its_reason() {
+        let p = Pid::from_raw(1);
+        assert_eq!(
+            outcome(
+                WaitStatus::Exited(p, 1),
+                Some("cannot open kernel /k".into())
+            ),
+            Outcome::SetupFailed("cannot open kernel /k".into())
+        );
+        assert!(matches!(
+            outcome(WaitStatus::Exited(p, 1), None),
+            Outcome::SetupFailed(_)
+        ));
+    }
+
+    #[test]
+    fn preflight_accepts_files_and_refuses_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("vmlinuz");
+        std::fs::write(&kernel, b"k").unwrap();
+        let mut g = Guest {
+            kernel,
+            initrd: None,
+            cmdline: String::new(),
+            memory: 64 << 20,
+            vcpus: 1,
+            disks: vec![],
+            on_reboot: OnReboot::Restart,
+            nics: vec![],
+            ports: vec![],
+        };
+        assert_eq!(preflight(&g), Ok(()));
+        g.disks.push(Disk {
+            path: dir.path().to_path_buf(),
+            readonly: false,
+        });
+        assert!(
+            preflight(&g)
+                .unwrap_err()
+                .contains("neither a regular file")
         );
     }
 }

@@ -1,6 +1,7 @@
 //! What the agent does for PID 1 beyond supervising: running without a
-//! valid config (rescue) until a reload brings one, telling when boot is
-//! done, and surviving a panic inside one turn of the loop.
+//! valid config (rescue) until a reload brings one, and telling when boot
+//! is done. (A panic inside one turn of the loop is caught by the loop
+//! itself, in `mod.rs`.)
 //!
 //! Kept apart from the loop itself so that changes to reload and the loop
 //! stay easy to merge: `mod.rs` only calls in here.

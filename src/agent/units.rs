@@ -18,14 +18,15 @@ use crate::logging::UNIT_TARGET_PREFIX;
 use crate::logging::error_chain;
 use crate::supervisor::{Action, End, Input};
 use crate::sys;
-use crate::zone::spawn;
+use crate::zone::protocol::{self, Failure, Message, Outcome, Report};
+use crate::zone::{preflight, start};
 
 /// Most bytes read from one unit's output per wake-up, so a flooding unit
 /// cannot starve the loop.
 const READ_BUDGET: usize = 256 * 1024;
 
 /// A unit's live resources. Only a unit with a process holds fds (its
-/// output pipe, pidfd and status pipe); the ring outlives its runs.
+/// output pipe, pidfd and start channel); the ring outlives its runs.
 pub(super) struct UnitRt {
     /// Read end of the output pipe of the current run: the agent keeps no
     /// write end, so it reaches end of file once the run's processes are
@@ -43,21 +44,40 @@ struct Proc {
     /// When the agent began starting it: the origin of the start timings
     /// logged at debug level.
     spawned_at: Instant,
-    pidfd: OwnedFd,
-    status: Option<(File, mio::Token)>,
-    status_buf: Vec<u8>,
-    /// What the zone's init reported about the command's end.
-    reported: Option<End>,
-    /// Setup error reported by the zone's init.
-    error: Option<String>,
+    child: Child,
     /// A guest's monitor: its wait status says how the guest ended.
     guest: bool,
+}
+
+/// A process the agent started: a zone's init or a `ctl exec` helper,
+/// which report over the zone start channel, or a guest's monitor, which
+/// has none.
+pub(super) struct Child {
+    pub(super) pidfd: OwnedFd,
+    /// The agent's end of the zone start channel, registered with the poll.
+    channel: Option<(OwnedFd, mio::Token)>,
+    /// What came over the channel so far.
+    pub(super) report: Report,
+}
+
+impl Child {
+    /// Takes in every message waiting on the channel; returns true when
+    /// one of them made the start ready.
+    pub(super) fn read(&mut self) -> bool {
+        let mut ready = false;
+        if let Some((fd, _)) = &self.channel {
+            for msg in protocol::drain(fd.as_fd()) {
+                ready |= self.report.record(msg);
+            }
+        }
+        ready
+    }
 }
 
 impl UnitRt {
     /// The pidfd of the unit's top process, while it runs.
     pub(super) fn pidfd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        self.proc.as_ref().map(|p| p.pidfd.as_fd())
+        self.proc.as_ref().map(|p| p.child.pidfd.as_fd())
     }
 
     /// The captured output (last `n` lines).
@@ -77,6 +97,10 @@ impl Agent {
                     _ => libc::SIGTERM,
                 };
                 self.signal_unit(&unit, pid, sig);
+                // A stopped command would keep the stop signal pending
+                // until stop_timeout ends in a kill: wake it to handle it
+                // (the zone's init forwards SIGCONT like any signal).
+                self.signal_unit(&unit, pid, libc::SIGCONT);
             }
             Action::Kill { unit, pid } => {
                 log::warn!("{unit}: stop_timeout reached, killing it");
@@ -91,7 +115,7 @@ impl Agent {
         let Some(proc) = self.units.get(unit).and_then(|u| u.proc.as_ref()) else {
             return;
         };
-        if let Err(e) = sys::pidfd_send_signal(proc.pidfd.as_fd(), sig) {
+        if let Err(e) = sys::pidfd_send_signal(proc.child.pidfd.as_fd(), sig) {
             // ESRCH: it ended and is about to be reaped.
             if e.raw_os_error() != Some(libc::ESRCH) {
                 log::warn!(
@@ -117,7 +141,7 @@ impl Agent {
 
     /// Drops a unit's runtime: its output pipe and its log followers.
     pub(super) fn release_unit(&mut self, name: &str, mut rt: UnitRt) {
-        self.unwatch_status(&rt.out.take());
+        self.unwatch_output(rt.out.take());
         self.sources
             .retain(|_, s| !matches!(s, Source::Output(u) | Source::Status(u) if u == name));
         for id in rt.followers {
@@ -150,12 +174,18 @@ impl Agent {
         self.close_output(unit);
         self.ensure_runtime(unit);
         let (rx, tx) = sys::pipe()?;
-        let watched = self.watch_status(rx, Source::Output(unit.to_string()));
-        let Some(out) = watched else {
-            return Err(io::Error::other("unable to watch the output pipe"));
-        };
+        let token = self.token(Source::Output(unit.to_string()));
+        let res = sys::set_nonblocking(rx.as_fd()).and_then(|()| {
+            self.poll
+                .registry()
+                .register(&mut SourceFd(&rx.as_raw_fd()), token, Interest::READABLE)
+        });
+        if let Err(e) = res {
+            self.sources.remove(&token);
+            return Err(e);
+        }
         if let Some(rt) = self.units.get_mut(unit) {
-            rt.out = Some(out);
+            rt.out = Some((File::from(rx), token));
         }
         Ok(tx)
     }
@@ -164,38 +194,50 @@ impl Agent {
     fn close_output(&mut self, unit: &str) {
         self.read_output(unit);
         let out = self.units.get_mut(unit).and_then(|rt| rt.out.take());
-        self.unwatch_status(&out);
+        self.unwatch_output(out);
     }
 
-    /// Registers a status pipe with the poll under `source`.
-    pub(super) fn watch_status(
-        &mut self,
-        fd: OwnedFd,
-        source: Source,
-    ) -> Option<(File, mio::Token)> {
+    fn unwatch_output(&mut self, out: Option<(File, mio::Token)>) {
+        if let Some((file, token)) = out {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&file.as_raw_fd()));
+            self.sources.remove(&token);
+        }
+    }
+
+    /// Watches the agent's end of a zone start channel under `source`:
+    /// the [`Child`] for a process that reports over it.
+    pub(super) fn watch_channel(&mut self, pidfd: OwnedFd, fd: OwnedFd, source: Source) -> Child {
         let token = self.token(source);
         let res = sys::set_nonblocking(fd.as_fd()).and_then(|()| {
             self.poll
                 .registry()
                 .register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE)
         });
-        match res {
-            Ok(()) => Some((File::from(fd), token)),
+        let channel = match res {
+            Ok(()) => Some((fd, token)),
             Err(e) => {
-                log::warn!("unable to watch a status pipe: {e}");
+                log::warn!("unable to watch a zone start channel: {e}");
                 self.sources.remove(&token);
                 None
             }
+        };
+        Child {
+            pidfd,
+            channel,
+            report: Report::default(),
         }
     }
 
-    /// Stops watching a status pipe.
-    pub(super) fn unwatch_status(&mut self, status: &Option<(File, mio::Token)>) {
-        if let Some((file, token)) = status {
+    /// Stops watching a child's channel.
+    pub(super) fn unwatch_channel(&mut self, child: &Child) {
+        if let Some((fd, token)) = &child.channel {
             let _ = self
                 .poll
                 .registry()
-                .deregister(&mut SourceFd(&file.as_raw_fd()));
+                .deregister(&mut SourceFd(&fd.as_raw_fd()));
             self.sources.remove(token);
         }
     }
@@ -218,53 +260,16 @@ impl Agent {
             UnitKind::Zone(z) => z,
             UnitKind::Guest(g) => return self.spawn_guest(unit, g),
         };
-        if zone.template.is_none() && !zone.root.is_dir() {
-            return failed(
-                format!(
-                    "root {} does not exist or is not a directory; create it or set `template`",
-                    zone.root.display()
-                ),
-                true,
-            );
-        }
-        if let Some(t) = &zone.template
-            && !t.is_dir()
-        {
-            return failed(
-                format!(
-                    "template {} does not exist or is not a directory",
-                    t.display()
-                ),
-                true,
-            );
-        }
-        // Checked here rather than in the zone's init so a mistake in the
-        // config is a permanent failure with its reason, not a restart loop.
-        for m in &zone.mounts {
-            if !m.source.exists() {
-                return failed(
-                    format!(
-                        "bind source {} does not exist; create it or remove the mount",
-                        m.source.display()
-                    ),
-                    true,
-                );
-            }
-            if m.target.starts_with("/proc") || m.target.starts_with("/sys") {
-                return failed(
-                    format!(
-                        "bind target {} is under /proc or /sys, which zonit sets up itself; choose another target",
-                        m.target.display()
-                    ),
-                    true,
-                );
-            }
+        if let Err(reason) = preflight::check(zone) {
+            return failed(reason, true);
         }
         let group = match self.cgroups.prepare(unit, zone) {
             Ok(g) => g,
             Err(e) => {
-                // Out of fds or memory passes; a missing controller does not.
-                let permanent = !matches!(&e, super::cgroup::Error::Io { source, .. } if sys::is_transient(source));
+                // A busy leaf group empties; running out of fds or memory
+                // passes; a missing controller does not.
+                let permanent = !matches!(&e, super::cgroup::Error::Busy { .. })
+                    && !matches!(&e, super::cgroup::Error::Io { source, .. } if sys::is_transient(source));
                 return failed(error_chain(&e), permanent);
             }
         };
@@ -272,26 +277,41 @@ impl Agent {
             Ok(tx) => tx,
             Err(e) => return failed(format!("unable to create the output pipe: {e}"), false),
         };
-        let spawned = spawn::spawn(zone, out.as_fd(), group.as_ref().map(|g| g.as_fd()));
+        let spawned = start::spawn(unit, zone, out.as_fd(), group.as_ref().map(|g| g.as_fd()));
         drop(out);
         let started = match spawned {
             Ok(s) => s,
             Err(e) => {
                 self.close_output(unit);
-                let permanent = matches!(e, spawn::Error::Nul { .. });
+                let permanent = matches!(e, start::Error::Nul { .. });
                 return failed(format!("unable to start: {}", error_chain(&e)), permanent);
             }
         };
-        let status = self.watch_status(started.status, Source::Status(unit.to_string()));
+        // The zone's init is born and set up its side; the command waits
+        // for `Go` until the agent's part is in place.
+        let released = self
+            .zone_outside_setup(unit, zone, started.pid)
+            .and_then(|()| {
+                Message::Go
+                    .send(started.channel.as_fd())
+                    .map_err(|e| format!("unable to release the zone's command: {e}"))
+            });
+        let mut child = self.watch_channel(
+            started.pidfd,
+            started.channel,
+            Source::Status(unit.to_string()),
+        );
+        if let Err(reason) = released {
+            // The command must not run without what it was promised: this
+            // start ends here, with the reason, once the init is reaped.
+            child.report.record(Message::StartFailed(reason));
+            let _ = sys::pidfd_send_signal(child.pidfd.as_fd(), libc::SIGKILL);
+        }
         self.pids.insert(started.pid, unit.to_string());
         if let Some(rt) = self.units.get_mut(unit) {
             rt.proc = Some(Proc {
                 spawned_at,
-                pidfd: started.pidfd,
-                status,
-                status_buf: Vec::new(),
-                reported: None,
-                error: None,
+                child,
                 guest: false,
             });
         }
@@ -302,20 +322,27 @@ impl Agent {
         }]
     }
 
+    /// What the agent sets up for a zone from outside, after the zone's
+    /// init is cloned (`init_pid` reaches its namespaces) and before its
+    /// command is released with `Go`: the place for per-zone networking
+    /// (a veth moved into the zone's network namespace). Nothing yet.
+    fn zone_outside_setup(
+        &mut self,
+        _unit: &str,
+        _zone: &crate::config::Zone,
+        _init_pid: i32,
+    ) -> Result<(), String> {
+        Ok(())
+    }
+
     fn spawn_guest(&mut self, unit: &str, guest: &crate::config::Guest) -> Vec<Input> {
-        for path in std::iter::once(&guest.kernel)
-            .chain(guest.initrd.as_ref())
-            .chain(guest.disks.iter().map(|d| &d.path))
-        {
-            if !path.is_file() {
-                let reason = format!("{} does not exist or is not a file", path.display());
-                log::error!("{unit}: {reason}");
-                return vec![Input::StartFailed {
-                    unit: unit.to_string(),
-                    reason,
-                    permanent: true,
-                }];
-            }
+        if let Err(reason) = super::guest::preflight(guest) {
+            log::error!("{unit}: {reason}");
+            return vec![Input::StartFailed {
+                unit: unit.to_string(),
+                reason,
+                permanent: true,
+            }];
         }
         let spawned = self
             .open_output(unit)
@@ -333,51 +360,38 @@ impl Agent {
                 }];
             }
         };
+        let child = self.watch_channel(
+            started.pidfd,
+            started.channel,
+            Source::Status(unit.to_string()),
+        );
         self.pids.insert(started.pid, unit.to_string());
         if let Some(rt) = self.units.get_mut(unit) {
             rt.proc = Some(Proc {
-                pidfd: started.pidfd,
-                status: None,
-                status_buf: Vec::new(),
-                reported: None,
-                error: None,
+                child,
                 guest: true,
                 spawned_at: Instant::now(),
             });
         }
         log::info!("{unit}: monitor started, pid {}", started.pid);
-        // A monitor is running as soon as it exists: it reports no
-        // readiness of its own.
-        vec![
-            Input::Spawned {
-                unit: unit.to_string(),
-                pid: started.pid,
-            },
-            Input::Ready(unit.to_string()),
-        ]
+        // Running once the monitor reports `ready` on its status pipe.
+        vec![Input::Spawned {
+            unit: unit.to_string(),
+            pid: started.pid,
+        }]
     }
 
-    /// Reads the zone init's status lines.
+    /// Reads what the zone's init reported.
     pub(super) fn read_status(&mut self, unit: &str) {
-        let mut ready = None;
-        if let Some(proc) = self.units.get_mut(unit).and_then(|u| u.proc.as_mut())
-            && let Some((file, _)) = &mut proc.status
-        {
-            for line in drain_status(file, &mut proc.status_buf) {
-                match line {
-                    StatusLine::Ready => ready = Some(proc.spawned_at.elapsed()),
-                    StatusLine::Error(msg) => proc.error = Some(msg),
-                    StatusLine::End(end) => proc.reported = Some(end),
-                    StatusLine::Unknown => {}
-                }
-            }
-        }
-        if let Some(after) = ready {
+        let Some(proc) = self.units.get_mut(unit).and_then(|u| u.proc.as_mut()) else {
+            return;
+        };
+        if proc.child.read() {
             // The start latency as the agent sees it: from deciding to
-            // spawn to the init's `ready` (the command was executed).
+            // spawn to the init's `Ready` (the command was executed).
             log::debug!(
                 "{unit}: command running, {} us after spawn",
-                after.as_micros()
+                proc.spawned_at.elapsed().as_micros()
             );
             self.feed(Input::Ready(unit.to_string()));
         }
@@ -387,40 +401,47 @@ impl Agent {
     pub(super) fn unit_ended(&mut self, unit: &str, status: WaitStatus) {
         self.read_status(unit);
         self.close_output(unit);
-        let Some(proc) = self.units.get_mut(unit).and_then(|u| u.proc.take()) else {
+        let Some(mut proc) = self.units.get_mut(unit).and_then(|u| u.proc.take()) else {
             return;
         };
-        self.unwatch_status(&proc.status);
-        let input = if let Some(msg) = proc.error {
-            log::error!("{unit}: {msg}");
-            Input::StartFailed {
-                unit: unit.to_string(),
-                reason: msg,
-                permanent: false,
+        self.unwatch_channel(&proc.child);
+        let outcome = if proc.guest {
+            let reported = proc.child.report.failure.take().map(|f| f.reason);
+            match super::guest::outcome(status, reported) {
+                super::guest::Outcome::Ended(end) => Outcome::Ended(end),
+                super::guest::Outcome::SetupFailed(reason) => Outcome::Failed(Failure {
+                    reason,
+                    permanent: true,
+                    status: 1,
+                }),
             }
         } else {
-            let end = if proc.guest {
-                super::guest::end_of(status)
-            } else {
-                proc.reported.unwrap_or(match status {
-                    WaitStatus::Exited(_, code) => End::Exit(code),
-                    WaitStatus::Signaled(_, sig, _) => End::Signal(sig as i32),
-                    _ => End::Crash,
-                })
-            };
-            log::info!("{unit}: ended ({})", end.describe());
-            log::debug!(
-                "{unit}: reaped {} us after spawn",
-                proc.spawned_at.elapsed().as_micros()
-            );
-            Input::Ended {
-                unit: unit.to_string(),
-                end: end.clone(),
-            }
+            self.cgroups.run_ended(unit);
+            proc.child.report.outcome(status)
         };
-        let exit_code = match &input {
-            Input::Ended { end, .. } => end_status_code(end),
-            _ => 1,
+        let (input, exit_code) = match outcome {
+            Outcome::Failed(f) => {
+                log::error!("{unit}: {}", f.reason);
+                let input = Input::StartFailed {
+                    unit: unit.to_string(),
+                    reason: f.reason,
+                    permanent: f.permanent,
+                };
+                (input, f.status)
+            }
+            Outcome::Ended(end) => {
+                log::info!("{unit}: ended ({})", end.describe());
+                log::debug!(
+                    "{unit}: reaped {} us after spawn",
+                    proc.spawned_at.elapsed().as_micros()
+                );
+                let code = end_status_code(&end);
+                let input = Input::Ended {
+                    unit: unit.to_string(),
+                    end,
+                };
+                (input, code)
+            }
         };
         self.feed(input);
         if self.config.host.exit_with.as_deref() == Some(unit) && self.shutdown.is_none() {
@@ -484,54 +505,6 @@ impl Agent {
     }
 }
 
-/// Reads what is available on a status pipe into `buf` and returns the
-/// complete lines. `buf` is bounded: a well-behaved init writes a few short
-/// lines, and nothing more is kept in any case.
-pub(super) fn drain_status(file: &mut File, buf: &mut Vec<u8>) -> Vec<StatusLine> {
-    let mut chunk = [0u8; 512];
-    loop {
-        match file.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => {
-                if buf.len() < 4096 {
-                    buf.extend_from_slice(&chunk[..n]);
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        }
-    }
-    let mut lines = Vec::new();
-    while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
-        let line: Vec<u8> = buf.drain(..=nl).collect();
-        lines.push(parse_status_line(&String::from_utf8_lossy(&line[..nl])));
-    }
-    lines
-}
-
-/// One line of the status-pipe protocol (see `zone::spawn`).
-pub(super) enum StatusLine {
-    Ready,
-    Error(String),
-    End(End),
-    Unknown,
-}
-
-pub(super) fn parse_status_line(line: &str) -> StatusLine {
-    let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
-    match word {
-        "ready" => StatusLine::Ready,
-        "error" => StatusLine::Error(rest.to_string()),
-        "exit" => rest
-            .parse()
-            .map_or(StatusLine::Unknown, |c| StatusLine::End(End::Exit(c))),
-        "signal" => rest
-            .parse()
-            .map_or(StatusLine::Unknown, |s| StatusLine::End(End::Signal(s))),
-        _ => StatusLine::Unknown,
-    }
-}
-
 /// The status `exit_with` reports for an end: the exit code, 128 + signal,
 /// 0 for a guest poweroff, 1 for anything else.
 pub(super) fn end_status_code(end: &End) -> i32 {
@@ -546,23 +519,6 @@ pub(super) fn end_status_code(end: &End) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn status_lines_are_parsed() {
-        assert!(matches!(parse_status_line("ready"), StatusLine::Ready));
-        assert!(matches!(
-            parse_status_line("exit 3"),
-            StatusLine::End(End::Exit(3))
-        ));
-        assert!(matches!(
-            parse_status_line("signal 9"),
-            StatusLine::End(End::Signal(9))
-        ));
-        assert!(
-            matches!(parse_status_line("error no root"), StatusLine::Error(m) if m == "no root")
-        );
-        assert!(matches!(parse_status_line("exit x"), StatusLine::Unknown));
-    }
 
     #[test]
     fn exit_with_status_codes() {

@@ -20,8 +20,8 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use super::Diagnostic;
 use super::names;
 use super::raw::{
-    RawBackoff, RawDefaults, RawDisk, RawGuest, RawHost, RawMount, RawStartLimit, RawZone,
-    fields_of,
+    RawBackoff, RawDefaults, RawDisk, RawGuest, RawHost, RawInterface, RawMount, RawNetwork,
+    RawNic, RawStartLimit, RawZone, fields_of,
 };
 
 /// Collects diagnostics and turns byte spans into 1-based line and column.
@@ -93,6 +93,60 @@ pub struct RawDocument {
     pub defaults: Option<RawDefaults>,
     /// Zones and guests, in the order their headers appear in the file.
     pub units: Vec<RawUnit>,
+    /// `[interface.NAME]` sections, in file order.
+    pub interfaces: Vec<(Spanned<String>, RawInterface)>,
+    /// `[network.NAME]` sections, in file order.
+    pub networks: Vec<(Spanned<String>, RawNetwork)>,
+}
+
+/// The parser's errors as (span, message), one per mistake: a table whose
+/// header appears twice is one error at the second header, not one more
+/// "duplicate key" for every key under it.
+fn syntax_errors(text: &str, errors: &[toml::de::Error]) -> Vec<(Range<usize>, String)> {
+    let mut out = Vec::new();
+    let mut repeated_bodies: Vec<Range<usize>> = Vec::new();
+    for e in errors {
+        let span = e.span().unwrap_or(0..0);
+        let message = e.message().trim_end().replace('\n', "; ");
+        let duplicate = message.starts_with("duplicate key");
+        if duplicate && repeated_bodies.iter().any(|b| b.contains(&span.start)) {
+            continue;
+        }
+        let line_start = text[..span.start.min(text.len())]
+            .rfind('\n')
+            .map_or(0, |i| i + 1);
+        let line_end = text[line_start..]
+            .find('\n')
+            .map_or(text.len(), |i| line_start + i);
+        let line = text[line_start..line_end].trim();
+        if duplicate && line.starts_with('[') {
+            let body_end = next_header(text, line_end);
+            repeated_bodies.push(line_end..body_end);
+            let header = line.split('#').next().unwrap_or(line).trim();
+            out.push((
+                line_start..line_end,
+                format!(
+                    "table {header} appears twice in the file; merge its keys into the first {header}"
+                ),
+            ));
+            continue;
+        }
+        out.push((span, format!("TOML syntax: {message}")));
+    }
+    out
+}
+
+/// Byte offset of the start of the first line after `from` that is a table
+/// header (`[` first), or the end of `text`.
+fn next_header(text: &str, from: usize) -> usize {
+    let mut at = from;
+    for line in text[from..].split_inclusive('\n') {
+        if line.trim_start().starts_with('[') && at > from {
+            return at;
+        }
+        at += line.len();
+    }
+    text.len()
 }
 
 /// Parses `text`. Returns `None` when the TOML itself is malformed: what the
@@ -101,9 +155,8 @@ pub struct RawDocument {
 pub fn read(text: &str, rep: &mut Reporter<'_>) -> Option<RawDocument> {
     let (root, errors) = DeTable::parse_recoverable(text);
     if !errors.is_empty() {
-        for e in errors {
-            let message = e.message().trim_end().replace('\n', "; ");
-            rep.at(e.span().unwrap_or(0..0), format!("TOML syntax: {message}"));
+        for (span, message) in syntax_errors(text, &errors) {
+            rep.at(span, message);
         }
         return None;
     }
@@ -120,6 +173,14 @@ pub fn read(text: &str, rep: &mut Reporter<'_>) -> Option<RawDocument> {
                     .map(|s| s.0);
             }
             kind @ ("zone" | "guest") => read_units(kind, value, rep, &mut doc.units),
+            "interface" => {
+                let schema = Schema::of(fields_of::<RawInterface>());
+                doc.interfaces = read_named("interface", value, &schema, rep);
+            }
+            "network" => {
+                let schema = Schema::of(fields_of::<RawNetwork>());
+                doc.networks = read_named("network", value, &schema, rep);
+            }
             other => {
                 let hint = names::closest(other, &SECTIONS)
                     .map(|c| format!("did you mean [{c}]? "))
@@ -127,17 +188,45 @@ pub fn read(text: &str, rep: &mut Reporter<'_>) -> Option<RawDocument> {
                 rep.at(
                     key_span,
                     format!(
-                        "unknown section `{other}`; {hint}expected one of: [host], [defaults], [zone.NAME], [guest.NAME]"
+                        "unknown section `{other}`; {hint}expected one of: [host], [defaults], [interface.NAME], [network.NAME], [zone.NAME], [guest.NAME]"
                     ),
                 );
             }
         }
     }
     doc.units.sort_by_key(|u| u.name.span().start);
+    doc.interfaces.sort_by_key(|(n, _)| n.span().start);
+    doc.networks.sort_by_key(|(n, _)| n.span().start);
     Some(doc)
 }
 
-const SECTIONS: [&str; 4] = ["host", "defaults", "zone", "guest"];
+const SECTIONS: [&str; 6] = ["host", "defaults", "interface", "network", "zone", "guest"];
+
+/// Reads `[kind.NAME]` sections that are not units (interfaces, networks).
+fn read_named<'i, T: Deserialize<'i>>(
+    kind: &str,
+    value: Spanned<DeValue<'i>>,
+    schema: &Schema,
+    rep: &mut Reporter<'_>,
+) -> Vec<(Spanned<String>, T)> {
+    let span = value.span();
+    let DeValue::Table(table) = value.into_inner() else {
+        rep.at(
+            span,
+            format!("`{kind}` must be a table; write each one as [{kind}.NAME]"),
+        );
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (name, body) in table {
+        let name = Spanned::new(name.span(), name.into_inner().into_owned());
+        let label = format!("[{kind}.{}]", name.get_ref());
+        if let Some((raw, _)) = section::<T>(body, &label, schema, rep) {
+            out.push((name, raw));
+        }
+    }
+    out
+}
 
 fn read_units(
     kind: &str,
@@ -242,11 +331,9 @@ fn zone_schema() -> Schema {
 }
 
 fn guest_schema() -> Schema {
-    let mut schema = common_nested(Schema::of(fields_of::<RawGuest>())).with(
-        "disks",
-        true,
-        Schema::of(fields_of::<RawDisk>()),
-    );
+    let mut schema = common_nested(Schema::of(fields_of::<RawGuest>()))
+        .with("disks", true, Schema::of(fields_of::<RawDisk>()))
+        .with("nics", true, Schema::of(fields_of::<RawNic>()));
     schema.advice = |key| {
         fields_of::<RawZone>()
             .contains(&key)

@@ -1,4 +1,4 @@
-//! Tests of the whole parser: the SPEC example, each kind of error with its
+//! Tests of the whole parser: the reference example, each kind of error with its
 //! position, several errors at once, defaults merging and `after` cycles.
 
 // A failed test should stop right where it fails.
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::*;
 
-const SPEC_EXAMPLE: &str = r#"[host]
+const REFERENCE_EXAMPLE: &str = r#"[host]
 hostname = "edge-01"
 modules = ["kvm_amd"]          # loaded at boot, dependencies resolved from modules.dep
 sysctl = { "net.ipv4.ip_forward" = "1" }
@@ -61,8 +61,8 @@ stop_timeout = "20s"           # graceful stop (guest told to shut down), then t
 after = ["web"]
 "#;
 
-/// The units the SPEC example refers to but does not define.
-const SPEC_EXTRA_UNITS: &str = r#"
+/// The units the reference example refers to but does not define.
+const REFERENCE_EXTRA_UNITS: &str = r#"
 [zone.db]
 root = "/zones/db"
 command = ["/bin/db"]
@@ -128,8 +128,8 @@ fn guest<'a>(config: &'a Config, name: &str) -> &'a Guest {
 const MINIMAL_ZONE: &str = "[zone.a]\nroot = \"/zones/a\"\ncommand = [\"/bin/a\"]\n";
 
 #[test]
-fn spec_example_parses_into_the_expected_values() {
-    let config = ok(&format!("{SPEC_EXAMPLE}{SPEC_EXTRA_UNITS}"));
+fn reference_example_parses_into_the_expected_values() {
+    let config = ok(&format!("{REFERENCE_EXAMPLE}{REFERENCE_EXTRA_UNITS}"));
 
     let host = &config.host;
     assert_eq!(host.hostname.as_deref(), Some("edge-01"));
@@ -187,6 +187,7 @@ fn spec_example_parses_into_the_expected_values() {
                 readonly: true,
             }],
             network: Network::None,
+            ports: vec![],
             memory_max: Some(128 << 20),
             cpu_max: Some(0.5),
             pids_max: Some(64),
@@ -212,6 +213,8 @@ fn spec_example_parses_into_the_expected_values() {
                 readonly: false,
             }],
             on_reboot: OnReboot::Restart,
+            nics: vec![],
+            ports: vec![],
         }
     );
 
@@ -226,7 +229,7 @@ fn spec_example_parses_into_the_expected_values() {
 
 #[test]
 fn spec_example_alone_reports_its_dangling_references() {
-    let diags = errors(SPEC_EXAMPLE);
+    let diags = errors(REFERENCE_EXAMPLE);
     assert_eq!(diags.len(), 2, "{}", render(&diags));
     // exit_with = "selftest"
     assert_error_at(&diags, 11, 13, &["exit_with", "selftest", "[host]"]);
@@ -431,9 +434,28 @@ fn syntax_errors_are_reported_with_positions_and_stop_checking() {
 }
 
 #[test]
-fn duplicate_table_is_a_syntax_error() {
-    let diags = errors(&format!("{MINIMAL_ZONE}{MINIMAL_ZONE}"));
-    assert!(diags.iter().any(|d| d.line == 4), "{}", render(&diags));
+fn a_duplicate_table_is_one_error_at_its_second_header() {
+    let diags = errors(&format!("{MINIMAL_ZONE}{MINIMAL_ZONE}[host]\nbogus = 1\n"));
+    assert_eq!(diags.len(), 1, "{}", render(&diags));
+    assert_eq!((diags[0].line, diags[0].col), (4, 1), "{}", render(&diags));
+    assert!(
+        diags[0].message.contains("[zone.a] appears twice"),
+        "{}",
+        render(&diags)
+    );
+}
+
+#[test]
+fn a_duplicate_key_in_a_table_is_still_reported_after_a_duplicate_table() {
+    let diags = errors(&format!(
+        "{MINIMAL_ZONE}{MINIMAL_ZONE}[zone.b]\nroot = \"/b\"\nroot = \"/c\"\n"
+    ));
+    assert_eq!(diags.len(), 2, "{}", render(&diags));
+    assert!(
+        diags[1].message.contains("duplicate key"),
+        "{}",
+        render(&diags)
+    );
 }
 
 #[test]
@@ -716,6 +738,23 @@ fn template_mode_without_template_is_an_error() {
 }
 
 #[test]
+fn overlay_paths_that_the_mount_options_would_split_are_refused() {
+    let diags = errors(
+        "[zone.a]\nroot = \"/zones/a,b\"\ncommand = [\"/bin/a\"]\ntemplate = \"/t/a:/t/b\"\n",
+    );
+    assert_eq!(diags.len(), 2, "{}", render(&diags));
+    assert_error_at(&diags, 2, 8, &["`root`", "holds `,`", "overlayfs"]);
+    assert_error_at(&diags, 4, 12, &["`template`", "holds `:`"]);
+    let diags = errors(&format!("{MINIMAL_ZONE}template = \"/t\\\\x\"\n"));
+    assert_error_at(&diags, 4, 12, &["holds `\\`"]);
+    // A copied template never goes into mount options; nor does a plain root.
+    ok(
+        "[zone.a]\nroot = \"/zones/a,b\"\ncommand = [\"/bin/a\"]\ntemplate = \"/t/a:b\"\ntemplate_mode = \"copy\"\n",
+    );
+    ok("[zone.a]\nroot = \"/zones/a:b,c\"\ncommand = [\"/bin/a\"]\n");
+}
+
+#[test]
 fn capabilities_accept_any_spelling_and_are_deduplicated() {
     let config = ok(&format!(
         "{MINIMAL_ZONE}capabilities = [\"net_raw\", \"CAP_CHOWN\", \"Cap_Net_Raw\"]\n"
@@ -739,7 +778,7 @@ fn guest_values_are_validated() {
         "backoff = { initial = \"0ms\" }\n",                            // 12
     ));
     assert_error_at(&diags, 2, 10, &["`kernel`", "absolute"]);
-    assert_error_at(&diags, 3, 9, &["`vcpus`", "between 1 and 255"]);
+    assert_error_at(&diags, 3, 9, &["`vcpus`", "between 1 and 254"]);
     assert_error_at(&diags, 4, 10, &["`memory`", "at least 16M"]);
     assert_error_at(&diags, 5, 13, &["`on_reboot`", "restart, stop"]);
     assert_error_at(&diags, 6, 19, &["`disks[0].path`"]);
@@ -748,6 +787,44 @@ fn guest_values_are_validated() {
     assert_error_at(&diags, 11, 39, &["`start_limit.interval`", "above zero"]);
     assert_error_at(&diags, 12, 23, &["`backoff.initial`", "above zero"]);
     assert_eq!(diags.len(), 9, "{}", render(&diags));
+}
+
+#[test]
+fn guests_outside_the_monitors_limits_are_refused() {
+    let disks = "{ path = \"/d\" }, ".repeat(8);
+    let diags = errors(&format!(
+        concat!(
+            "[guest.g]\n",
+            "kernel = \"/k\"\n",
+            "vcpus = 255\n",         // 3
+            "memory = \"65538K\"\n", // 4
+            "[guest.h]\n",
+            "kernel = \"/k\"\n",
+            "memory = \"2T\"\n",                     // 7
+            "disks = [{}{{ path = \"/ninth\" }}]\n", // 8
+            "[guest.i]\n",
+            "kernel = \"/k\"\n",
+            "vcpus = 254\n",
+            "memory = \"1T\"\n",
+            "disks = [{}]\n",
+        ),
+        disks, disks
+    ));
+    assert_error_at(&diags, 3, 9, &["`vcpus` in [guest.g]", "between 1 and 254"]);
+    assert_error_at(
+        &diags,
+        4,
+        10,
+        &["`memory` in [guest.g]", "65538K", "multiple of 4 KiB"],
+    );
+    assert_error_at(
+        &diags,
+        7,
+        10,
+        &["`memory` in [guest.h]", "2T", "at most 1T"],
+    );
+    assert_error_at(&diags, 8, 146, &["`disks` in [guest.h]", "9", "at most 8"]);
+    assert_eq!(diags.len(), 4, "{}", render(&diags));
 }
 
 #[test]
@@ -859,6 +936,266 @@ fn example_in_the_config_reference_is_valid() {
     let config = ok(&doc[start..start + len]);
     assert_eq!(config.units.len(), 4);
     assert_eq!(zone(&config, "web").rlimits.get("nofile"), Some(&1024));
+    assert_eq!(zone(&config, "web").ports.len(), 1);
+}
+
+const NETWORKED: &str = r#"[interface.eth0]
+address = "dhcp"
+
+[interface.eth1]
+address = ["192.0.2.10/24", "2001:db8::10/64"]
+gateway = "192.0.2.1"
+mtu = 9000
+
+[network.lan]
+address = "10.88.0.1/24"
+address6 = "fd88::1/64"
+nat = true
+dns = ["10.88.0.1"]
+dhcp = true
+
+[zone.web]
+root = "/zones/web"
+command = ["/bin/httpd"]
+network = "lan"
+address = "10.88.0.2"
+ports = ["8080:80", "5353:53/udp"]
+
+[zone.db]
+root = "/zones/db"
+command = ["/bin/db"]
+network = "lan"
+
+[zone.tool]
+root = "/zones/tool"
+command = ["/bin/tool"]
+network = "host"
+
+[guest.router]
+kernel = "/guests/vmlinuz"
+nics = [{ network = "lan", mac = "52:54:00:00:00:09", address = "10.88.0.9" }, { network = "lan" }]
+ports = ["2222:22"]
+"#;
+
+#[test]
+fn networking_keys_parse_into_interfaces_networks_and_nics() {
+    let config = ok(NETWORKED);
+    assert_eq!(config.interfaces.len(), 2);
+    assert_eq!(config.interfaces[0].address, InterfaceAddress::Dhcp);
+    let eth1 = &config.interfaces[1];
+    match &eth1.address {
+        InterfaceAddress::Static(list) => {
+            let shown: Vec<String> = list.iter().map(|c| c.to_string()).collect();
+            assert_eq!(shown, ["192.0.2.10/24", "2001:db8::10/64"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(eth1.gateway, Some("192.0.2.1".parse().unwrap()));
+    assert_eq!(eth1.mtu, Some(9000));
+    let lan = config.network("lan").unwrap();
+    assert_eq!(lan.bridge, "zn-lan");
+    assert!(lan.nat && lan.dhcp);
+    assert_eq!(lan.dns, ["10.88.0.1".parse::<std::net::IpAddr>().unwrap()]);
+
+    let web = zone(&config, "web");
+    let Network::Bridged(nic) = &web.network else {
+        panic!("{:?}", web.network)
+    };
+    assert_eq!(nic.address, Some("10.88.0.2".parse().unwrap()));
+    assert_eq!(nic.address6, Some("fd88::2".parse().unwrap()));
+    assert_eq!(nic.mac, network::derive_mac("web", 0));
+    assert_eq!(
+        web.ports,
+        [
+            PortForward {
+                proto: Proto::Tcp,
+                host_port: 8080,
+                port: 80
+            },
+            PortForward {
+                proto: Proto::Udp,
+                host_port: 5353,
+                port: 53
+            }
+        ]
+    );
+    let db = zone(&config, "db");
+    let Network::Bridged(db_nic) = &db.network else {
+        panic!("{:?}", db.network)
+    };
+    let db_ip = db_nic.address.unwrap();
+    assert!(lan.address.contains(db_ip.into()));
+    assert!(
+        ![
+            nic.address.unwrap(),
+            "10.88.0.1".parse().unwrap(),
+            "10.88.0.9".parse().unwrap()
+        ]
+        .contains(&db_ip)
+    );
+    assert_eq!(zone(&config, "tool").network, Network::Host);
+
+    let router = guest(&config, "router");
+    assert_eq!(router.nics.len(), 2);
+    assert_eq!(
+        network::format_mac(&router.nics[0].mac),
+        "52:54:00:00:00:09"
+    );
+    assert_eq!(router.nics[0].address, Some("10.88.0.9".parse().unwrap()));
+    assert_eq!(router.nics[1].address, None);
+    assert_eq!(router.nics[1].mac, network::derive_mac("router", 1));
+    assert_ne!(router.nics[0].host_ifname, router.nics[1].host_ifname);
+    assert_eq!(router.ports.len(), 1);
+}
+
+#[test]
+fn a_derived_zone_address_does_not_depend_on_file_order_or_on_other_zones() {
+    let alone = ok(
+        "[network.lan]\naddress = \"10.88.0.1/24\"\n[zone.db]\nroot = \"/z\"\ncommand = [\"/x\"]\nnetwork = \"lan\"\n",
+    );
+    let Network::Bridged(nic) = &zone(&alone, "db").network else {
+        panic!()
+    };
+    let derived = nic.address.unwrap();
+    // The same zone after others, one of them holding that very address
+    // explicitly: db moves off it, and back when it is free.
+    let crowded = format!(
+        "[network.lan]\naddress = \"10.88.0.1/24\"\n[zone.x]\nroot = \"/z\"\ncommand = [\"/x\"]\nnetwork = \"lan\"\naddress = \"{derived}\"\n[zone.db]\nroot = \"/z\"\ncommand = [\"/x\"]\nnetwork = \"lan\"\n[zone.y]\nroot = \"/z\"\ncommand = [\"/x\"]\nnetwork = \"lan\"\n"
+    );
+    let config = ok(&crowded);
+    let Network::Bridged(nic) = &zone(&config, "db").network else {
+        panic!()
+    };
+    assert_ne!(nic.address.unwrap(), derived);
+    let reordered = "[zone.y]\nroot = \"/z\"\ncommand = [\"/x\"]\nnetwork = \"lan\"\n[zone.db]\nroot = \"/z\"\ncommand = [\"/x\"]\nnetwork = \"lan\"\n[network.lan]\naddress = \"10.88.0.1/24\"\n";
+    let (a, b) = (
+        ok(reordered),
+        ok(&crowded.replace(&format!("address = \"{derived}\"\n"), "")),
+    );
+    assert_eq!(zone(&a, "db").network, zone(&b, "db").network);
+    assert_eq!(zone(&a, "y").network, zone(&b, "y").network);
+}
+
+#[test]
+fn networking_mistakes_are_each_reported_at_their_value() {
+    let diags = errors(
+        r#"[interface.a-name-of-16-byt]
+address = "192.0.2.10"
+[network.lan]
+address = "10.88.0.1/24"
+[network.other]
+address = "10.88.0.129/25"
+[network.empty]
+nat = true
+[zone.a]
+root = "/z"
+command = ["/x"]
+network = "lan"
+address = "10.89.0.2"
+ports = ["99999"]
+[zone.b]
+root = "/z"
+command = ["/x"]
+network = "lam"
+[zone.c]
+root = "/z"
+command = ["/x"]
+ports = ["80:80"]
+address = "10.88.0.3"
+[zone.d]
+root = "/z"
+command = ["/x"]
+network = "lan"
+address = "10.88.0.4"
+ports = ["8080:80"]
+[zone.e]
+root = "/z"
+command = ["/x"]
+network = "lan"
+address = "10.88.0.4"
+ports = ["8080:8080"]
+[guest.g]
+kernel = "/k"
+nics = [{ network = "lan" }]
+ports = ["2222:22"]
+"#,
+    );
+    assert_error_at(&diags, 1, 12, &["interface name", "15 bytes"]);
+    assert_error_at(&diags, 2, 11, &["`address`", "\"192.0.2.10\""]);
+    assert_error_at(&diags, 6, 11, &["overlaps", "[network.lan]"]);
+    assert_error_at(&diags, 7, 10, &["no `address`"]);
+    assert_error_at(
+        &diags,
+        13,
+        11,
+        &["10.89.0.2", "outside the subnet 10.88.0.0/24"],
+    );
+    assert_error_at(&diags, 14, 10, &["\"99999\""]);
+    assert_error_at(&diags, 18, 11, &["`lam`", "did you mean `lan`?"]);
+    assert_error_at(
+        &diags,
+        22,
+        10,
+        &["`ports`", "needs the zone on a [network.X]"],
+    );
+    assert_error_at(
+        &diags,
+        23,
+        11,
+        &["`address`", "needs the zone on a [network.X]"],
+    );
+    assert_error_at(&diags, 34, 11, &["10.88.0.4", "already `d`'s"]);
+    assert_error_at(&diags, 35, 10, &["8080/tcp", "already forwarded to `d`"]);
+    assert_error_at(&diags, 39, 10, &["`ports`", "needs an address"]);
+    assert_eq!(diags.len(), 12, "{}", render(&diags));
+}
+
+#[test]
+fn a_network_default_is_checked_per_zone_and_reported_once() {
+    let diags = errors(
+        "[defaults]\nnetwork = \"nope\"\n[zone.a]\nroot = \"/z\"\ncommand = [\"/x\"]\n[zone.b]\nroot = \"/z\"\ncommand = [\"/x\"]\n",
+    );
+    assert_error_at(&diags, 2, 11, &["`nope`", "\"none\", \"host\""]);
+    assert_eq!(diags.len(), 1, "{}", render(&diags));
+}
+
+#[test]
+fn a_control_socket_path_longer_than_a_unix_socket_holds_is_rejected() {
+    let long = format!("/run/{}.sock", "s".repeat(100));
+    let diags = errors(&format!("[host]\ncontrol_socket = \"{long}\"\n"));
+    assert_error_at(&diags, 2, 18, &["control_socket", "at most 107"]);
+    // 107 bytes exactly is the longest that binds.
+    let fits = format!("/{}", "s".repeat(106));
+    ok(&format!("[host]\ncontrol_socket = \"{fits}\"\n"));
+}
+
+#[test]
+fn argv_and_env_strings_over_the_kernels_limit_are_rejected() {
+    let huge = "x".repeat(128 * 1024);
+    let diags = errors(&format!(
+        "[zone.a]\nroot = \"/z\"\ncommand = [\"/bin/a\", \"{huge}\"]\nenv = {{ BIG = \"{huge}\" }}\n"
+    ));
+    assert_eq!(diags.len(), 2, "{}", render(&diags));
+    assert_error_at(&diags, 3, 22, &["command", "execve(2) takes at most"]);
+    assert_error_at(&diags, 4, 15, &["env", "execve(2) takes at most"]);
+    // One byte under the limit with its NUL is fine.
+    let fits = "x".repeat(128 * 1024 - 1);
+    ok(&format!(
+        "[zone.a]\nroot = \"/z\"\ncommand = [\"/bin/a\", \"{fits}\"]\n"
+    ));
+}
+
+#[test]
+fn stop_signals_that_pause_or_resume_are_rejected() {
+    for sig in ["STOP", "SIGCONT", "TSTP", "SIGSTOP"] {
+        let diags = errors(&format!("{MINIMAL_ZONE}stop_signal = \"{sig}\"\n"));
+        assert_error_at(&diags, 4, 15, &["stop_signal", "instead of ending it"]);
+    }
+    let diags = errors(&format!(
+        "[defaults]\nstop_signal = \"STOP\"\n{MINIMAL_ZONE}"
+    ));
+    assert_eq!(diags.len(), 1, "{}", render(&diags));
+    ok(&format!("{MINIMAL_ZONE}stop_signal = \"SIGQUIT\"\n"));
 }
 
 #[test]

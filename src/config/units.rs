@@ -15,6 +15,11 @@ const NANOS_PER_SEC: u128 = 1_000_000_000;
 
 /// Parses a duration such as `"100ms"`, `"10s"`, `"1.5s"`, `"5m"`, `"2h"`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    if let Some(positive) = text.strip_prefix('-') {
+        return Err(format!(
+            "duration \"{text}\" is negative; durations are zero or more, as in \"{positive}\""
+        ));
+    }
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(text.len());
@@ -42,9 +47,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         DecimalError::Malformed => format!(
             "duration \"{text}\" is not a number followed by a unit; write it like \"100ms\", \"1.5s\" or \"5m\""
         ),
-        DecimalError::Overflow | DecimalError::Inexact => {
-            format!("duration \"{text}\" is too large")
-        }
+        DecimalError::Overflow => format!("duration \"{text}\" is too large"),
+        DecimalError::Inexact => format!(
+            "duration \"{text}\" is finer than a nanosecond, the smallest step zonit keeps"
+        ),
     })?;
     let secs = u64::try_from(nanos / NANOS_PER_SEC)
         .map_err(|_| format!("duration \"{text}\" is too large"))?;
@@ -190,7 +196,6 @@ mod tests {
                 .contains("unknown unit")
         );
         assert!(parse_duration("10 s").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration("-1s").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("s").unwrap_err().contains("not a number"));
         assert!(parse_duration("1.s").unwrap_err().contains("not a number"));
         assert!(
@@ -226,7 +231,17 @@ mod tests {
     }
 
     #[test]
-    fn sub_nanosecond_fractions_are_rejected() {
+    fn a_negative_duration_is_called_negative() {
+        let err = parse_duration("-5s").unwrap_err();
+        assert!(err.contains("negative"), "{err}");
+        assert!(err.contains("\"5s\""), "{err}");
+    }
+
+    #[test]
+    fn sub_nanosecond_fractions_are_rejected_as_too_fine_not_too_large() {
+        let err = parse_duration("0.0000000001ms").unwrap_err();
+        assert!(err.contains("finer than a nanosecond"), "{err}");
+        assert!(!err.contains("too large"), "{err}");
         assert!(parse_duration("0.0000000001s").is_err());
         assert_eq!(parse_duration("0.0000000010s"), Ok(Duration::from_nanos(1)));
     }

@@ -18,26 +18,23 @@ use toml::Spanned;
 
 use super::document::{RawDocument, RawUnit, RawUnitKind, Reporter};
 use super::names;
+use super::network as net;
 use super::raw::{Limit, RawBackoff, RawDefaults, RawGuest, RawHost, RawStartLimit, RawZone, Size};
-use super::units::{format_size, parse_duration, parse_size};
+use super::units::{parse_duration, parse_size};
 use super::{
     Backoff, BindMount, Config, CtrlAltDel, DEFAULT_CONTROL_SOCKET, Disk, Guest, Host, Network,
-    OnReboot, RestartPolicy, StartLimit, TemplateMode, Unit, UnitKind, Zone,
+    NetworkDef, Nic, OnReboot, PortForward, RestartPolicy, StartLimit, TemplateMode, Unit,
+    UnitKind, Zone,
 };
+use crate::vmm::limits;
 
-/// Smallest guest memory accepted: below this not even a minimal Linux
-/// kernel with an initramfs boots.
-pub const MIN_GUEST_MEMORY: u64 = 16 << 20;
-/// Default guest memory: enough for a small Linux guest with a busybox
-/// userland, small enough to run many guests on an edge box.
-pub const DEFAULT_GUEST_MEMORY: u64 = 128 << 20;
 /// Default guest kernel command line.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
-/// Longest kernel command line: x86's `COMMAND_LINE_SIZE` (2048) less the
-/// terminating NUL.
-pub const MAX_CMDLINE: usize = 2047;
-/// Highest vCPU count: the legacy xAPIC ID space the boot tables describe.
-pub const MAX_VCPUS: i64 = 255;
+/// Longest single argument or environment string execve(2) takes,
+/// `MAX_ARG_STRLEN` (32 pages), its terminating NUL included.
+pub const MAX_EXEC_STRING: usize = 32 * 4096;
+/// Longest unix socket path: `sun_path` holds 108 bytes with the NUL.
+pub const MAX_SOCKET_PATH: usize = 107;
 
 /// Checks the whole document. Returns `None` if anything was reported
 /// (here or before).
@@ -50,12 +47,15 @@ pub fn build(doc: RawDocument, rep: &mut Reporter<'_>) -> Option<Config> {
         Some(raw) => defaults(raw, rep),
         None => Defaults::default(),
     };
+    let interfaces = net::interfaces(&doc.interfaces, rep);
+    let networks = net::networks(&doc.networks, rep);
     let mut units = Vec::with_capacity(doc.units.len());
     for raw in &doc.units {
-        if let Some(unit) = unit(raw, &defaults, rep) {
+        if let Some(unit) = unit(raw, &defaults, &networks, rep) {
             units.push(unit);
         }
     }
+    net::assign(&doc, &mut units, &networks, &interfaces, rep);
     check_names(&doc.units, rep);
     check_after(&doc.units, rep);
     if let Some(raw) = &doc.host {
@@ -65,7 +65,12 @@ pub fn build(doc: RawDocument, rep: &mut Reporter<'_>) -> Option<Config> {
     if !rep.diagnostics.is_empty() {
         return None;
     }
-    Some(Config { host, units })
+    Some(Config {
+        host,
+        interfaces,
+        networks,
+        units,
+    })
 }
 
 /// Checks values of one section; every method reports at the value's span
@@ -178,6 +183,56 @@ impl<'r, 'f> Checker<'r, 'f> {
         }
     }
 
+    /// The `[network.X]` that `value` names.
+    fn network_name<'n>(
+        &mut self,
+        key: &str,
+        value: &Spanned<String>,
+        networks: &'n [NetworkDef],
+    ) -> Option<&'n NetworkDef> {
+        let text = value.get_ref();
+        if let Some(def) = networks.iter().find(|n| &n.name == text) {
+            return Some(def);
+        }
+        let all: Vec<&str> = networks.iter().map(|n| n.name.as_str()).collect();
+        let hint = names::closest(text, &all)
+            .map(|n| format!(" (did you mean `{n}`?)"))
+            .unwrap_or_default();
+        let modes = if key == "network" {
+            "\"none\", \"host\" or "
+        } else {
+            ""
+        };
+        self.error(
+            value.span(),
+            key,
+            format!(
+                "`{}` is no [network.X] of this file{hint}; expected {modes}the name of a [network.X]",
+                text.escape_debug()
+            ),
+        );
+        None
+    }
+
+    /// Port forwards as written (`"8080:80"`, `"5353:53/udp"`).
+    fn ports(&mut self, list: Option<&[Spanned<String>]>) -> Vec<PortForward> {
+        let mut ports = Vec::new();
+        for p in list.into_iter().flatten() {
+            match net::parse_port(p.get_ref()) {
+                Some(fwd) => ports.push(fwd),
+                None => self.error(
+                    p.span(),
+                    "ports",
+                    format!(
+                        "\"{}\" is not HOST:PORT with ports 1 to 65535 and an optional /tcp or /udp, as in \"8080:80\" or \"5353:53/udp\"",
+                        p.get_ref().escape_debug()
+                    ),
+                ),
+            }
+        }
+        ports
+    }
+
     fn no_nul(&mut self, key: &str, value: &Spanned<String>) -> Option<String> {
         if value.get_ref().contains('\0') {
             self.error(value.span(), key, "the value cannot contain a NUL byte");
@@ -185,6 +240,25 @@ impl<'r, 'f> Checker<'r, 'f> {
         } else {
             Some(value.get_ref().clone())
         }
+    }
+
+    /// `value` as one string of a command's argv or environment: no NUL,
+    /// and short enough for execve(2), which refuses the whole exec (E2BIG)
+    /// otherwise, at every start.
+    fn exec_string(&mut self, key: &str, value: &Spanned<String>, len: usize) -> Option<String> {
+        let v = self.no_nul(key, value)?;
+        if len + 1 > MAX_EXEC_STRING {
+            self.error(
+                value.span(),
+                key,
+                format!(
+                    "the string is {len} bytes; execve(2) takes at most {} per argument or environment entry",
+                    MAX_EXEC_STRING - 1
+                ),
+            );
+            return None;
+        }
+        Some(v)
     }
 }
 
@@ -275,7 +349,20 @@ fn host(raw: &RawHost, rep: &mut Reporter<'_>) -> Option<Host> {
         }
     }
     if let Some(path) = c.abs_path("control_socket", raw.control_socket.as_ref()) {
-        host.control_socket = path;
+        let len = path.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            if let Some(raw_path) = raw.control_socket.as_ref() {
+                c.error(
+                    raw_path.span(),
+                    "control_socket",
+                    format!(
+                        "the path is {len} bytes; a unix socket path holds at most {MAX_SOCKET_PATH}: choose a shorter one"
+                    ),
+                );
+            }
+        } else {
+            host.control_socket = path;
+        }
     }
     if let Some(d) = c.duration("shutdown_timeout", raw.shutdown_timeout.as_ref()) {
         host.shutdown_timeout = d;
@@ -345,7 +432,8 @@ struct ZonePart {
     pids_max: Option<u64>,
     rlimits: BTreeMap<String, u64>,
     stop_signal: Option<i32>,
-    network: Option<Network>,
+    /// As written; resolved against the networks per zone.
+    network: Option<Spanned<String>>,
     env: BTreeMap<String, String>,
 }
 
@@ -363,7 +451,7 @@ impl ZonePart {
             pids_max: self.pids_max.or(defaults.pids_max),
             rlimits,
             stop_signal: self.stop_signal.or(defaults.stop_signal),
-            network: self.network.or(defaults.network),
+            network: self.network.or_else(|| defaults.network.clone()),
             env,
         }
     }
@@ -539,7 +627,7 @@ fn zone_part(c: &mut Checker<'_, '_>, keys: ZoneKeys<'_>) -> ZonePart {
         memory_max: c.size("memory_max", keys.memory_max),
         pids_max: c.positive_int("pids_max", keys.pids_max),
         stop_signal: None,
-        network: c.choice("network", keys.network, &[("none", Network::None)]),
+        network: keys.network.cloned(),
         ..ZonePart::default()
     };
     if let (Some(0), Some(raw)) = (part.memory_max, keys.memory_max) {
@@ -617,7 +705,26 @@ fn zone_part(c: &mut Checker<'_, '_>, keys: ZoneKeys<'_>) -> ZonePart {
     }
     if let Some(sig) = keys.stop_signal {
         part.stop_signal = names::signal_number(sig.get_ref());
-        if part.stop_signal.is_none() {
+        if let Some(n) = part.stop_signal
+            && [
+                libc::SIGSTOP,
+                libc::SIGCONT,
+                libc::SIGTSTP,
+                libc::SIGTTIN,
+                libc::SIGTTOU,
+            ]
+            .contains(&n)
+        {
+            part.stop_signal = None;
+            c.error(
+                sig.span(),
+                "stop_signal",
+                format!(
+                    "\"{}\" pauses or resumes a process instead of ending it, so every stop would wait for stop_timeout and kill; use SIGTERM, SIGINT, SIGQUIT or the signal the program shuts down on",
+                    sig.get_ref().escape_debug()
+                ),
+            );
+        } else if part.stop_signal.is_none() {
             c.error(
                 sig.span(),
                 "stop_signal",
@@ -639,7 +746,8 @@ fn zone_part(c: &mut Checker<'_, '_>, keys: ZoneKeys<'_>) -> ZonePart {
                     name.escape_debug()
                 ),
             );
-        } else if let Some(v) = c.no_nul("env", value) {
+        } else if let Some(v) = c.exec_string("env", value, name.len() + 1 + value.get_ref().len())
+        {
             part.env.insert(name.clone(), v);
         }
     }
@@ -669,51 +777,35 @@ fn guest_part(c: &mut Checker<'_, '_>, keys: GuestKeys<'_>) -> GuestPart {
         ),
         ..GuestPart::default()
     };
+    // The monitor's own limits (`vmm::limits`), so a guest that passes
+    // here is one the monitor accepts.
     if let (Some(bytes), Some(raw)) = (part.memory, keys.memory)
-        && bytes < MIN_GUEST_MEMORY
+        && let Err(e) = limits::check_memory(bytes)
     {
-        c.error(
-            raw.span(),
-            "memory",
-            format!(
-                "{} is too little for a guest; give at least {}",
-                format_size(bytes),
-                format_size(MIN_GUEST_MEMORY)
-            ),
-        );
+        c.error(raw.span(), "memory", e);
         part.memory = None;
     }
     if let Some(vcpus) = keys.vcpus {
-        let n = *vcpus.get_ref();
-        if (1..=MAX_VCPUS).contains(&n) {
-            part.vcpus = u32::try_from(n).ok();
-        } else {
-            c.error(
-                vcpus.span(),
-                "vcpus",
-                format!("{n} is not a vCPU count between 1 and {MAX_VCPUS}"),
-            );
+        match limits::check_vcpus(*vcpus.get_ref()) {
+            Ok(n) => part.vcpus = Some(u32::from(n)),
+            Err(e) => c.error(vcpus.span(), "vcpus", e),
         }
     }
     if let Some(cmdline) = keys.cmdline {
-        let text = cmdline.get_ref();
-        if text.len() > MAX_CMDLINE {
-            c.error(
-                cmdline.span(),
-                "cmdline",
-                format!(
-                    "the command line is {} bytes; the kernel takes at most {MAX_CMDLINE}",
-                    text.len()
-                ),
-            );
-        } else {
-            part.cmdline = c.no_nul("cmdline", cmdline);
+        match limits::check_cmdline(cmdline.get_ref()) {
+            Ok(()) => part.cmdline = c.no_nul("cmdline", cmdline),
+            Err(e) => c.error(cmdline.span(), "cmdline", e),
         }
     }
     part
 }
 
-fn unit(raw: &RawUnit, defaults: &Defaults, rep: &mut Reporter<'_>) -> Option<Unit> {
+fn unit(
+    raw: &RawUnit,
+    defaults: &Defaults,
+    networks: &[NetworkDef],
+    rep: &mut Reporter<'_>,
+) -> Option<Unit> {
     let name = raw.name.get_ref();
     let (kind_name, common_keys) = match &raw.kind {
         RawUnitKind::Zone(z) => ("zone", common_keys_zone(z)),
@@ -743,8 +835,10 @@ fn unit(raw: &RawUnit, defaults: &Defaults, rep: &mut Reporter<'_>) -> Option<Un
         autostart: common.autostart.unwrap_or(true),
     };
     let kind = match &raw.kind {
-        RawUnitKind::Zone(z) => zone(&mut c, raw, z, &defaults.zone).map(UnitKind::Zone),
-        RawUnitKind::Guest(g) => guest(&mut c, raw, g, &defaults.guest).map(UnitKind::Guest),
+        RawUnitKind::Zone(z) => zone(&mut c, raw, z, &defaults.zone, networks).map(UnitKind::Zone),
+        RawUnitKind::Guest(g) => {
+            guest(&mut c, raw, g, &defaults.guest, networks).map(UnitKind::Guest)
+        }
     };
     let kind = kind?;
     c.ok.then(|| Unit {
@@ -797,7 +891,13 @@ fn missing(c: &mut Checker<'_, '_>, raw: &RawUnit, key: &str, example: &str) {
     );
 }
 
-fn zone(c: &mut Checker<'_, '_>, raw: &RawUnit, z: &RawZone, defaults: &ZonePart) -> Option<Zone> {
+fn zone(
+    c: &mut Checker<'_, '_>,
+    raw: &RawUnit,
+    z: &RawZone,
+    defaults: &ZonePart,
+    networks: &[NetworkDef],
+) -> Option<Zone> {
     let name = raw.name.get_ref();
     let part = zone_part(
         c,
@@ -832,6 +932,27 @@ fn zone(c: &mut Checker<'_, '_>, raw: &RawUnit, z: &RawZone, defaults: &ZonePart
             "it has no effect without `template`; add a template or remove template_mode",
         );
     }
+    if template.is_some() && template_mode.unwrap_or(TemplateMode::Overlay) == TemplateMode::Overlay
+    {
+        // Both go into overlayfs's option string: the template as the
+        // lower layer, the root's sibling state directory as upper/work.
+        for (key, value, path) in [
+            ("root", &z.root, &root),
+            ("template", &z.template, &template),
+        ] {
+            if let (Some(value), Some(path)) = (value, path)
+                && let Some(ch) = crate::zone::mount_plan::overlay_unsafe_char(path)
+            {
+                c.error(
+                    value.span(),
+                    key,
+                    format!(
+                        "the path holds `{ch}`, which overlayfs's mount options cannot carry (`,` `:` `\\` split them); choose a path without it"
+                    ),
+                );
+            }
+        }
+    }
     let command = match &z.command {
         Some(cmd) if cmd.get_ref().is_empty() => {
             c.error(
@@ -845,7 +966,7 @@ fn zone(c: &mut Checker<'_, '_>, raw: &RawUnit, z: &RawZone, defaults: &ZonePart
             let args: Vec<Option<String>> = cmd
                 .get_ref()
                 .iter()
-                .map(|a| c.no_nul("command", a))
+                .map(|a| c.exec_string("command", a, a.get_ref().len()))
                 .collect();
             args.into_iter().collect::<Option<Vec<String>>>()
         }
@@ -889,6 +1010,19 @@ fn zone(c: &mut Checker<'_, '_>, raw: &RawUnit, z: &RawZone, defaults: &ZonePart
             });
         }
     }
+    let network = zone_network(c, name, part.network.as_ref(), networks, z);
+    let ports = c.ports(z.ports.as_deref());
+    let bridged = part
+        .network
+        .as_ref()
+        .is_some_and(|n| !matches!(n.get_ref().as_str(), "none" | "host"));
+    if !bridged && let Some(first) = z.ports.iter().flatten().next() {
+        c.error(
+            first.span(),
+            "ports",
+            "a port forward needs the zone on a [network.X]; set network = \"NAME\"",
+        );
+    }
     Some(Zone {
         root: root?,
         template,
@@ -902,7 +1036,8 @@ fn zone(c: &mut Checker<'_, '_>, raw: &RawUnit, z: &RawZone, defaults: &ZonePart
             .capabilities
             .unwrap_or_else(|| names::DEFAULT_CAPABILITIES.to_vec()),
         mounts,
-        network: part.network.unwrap_or(Network::None),
+        network: network?,
+        ports,
         memory_max: part.memory_max,
         cpu_max: part.cpu_max,
         pids_max: part.pids_max,
@@ -916,6 +1051,7 @@ fn guest(
     raw: &RawUnit,
     g: &RawGuest,
     defaults: &GuestPart,
+    networks: &[NetworkDef],
 ) -> Option<Guest> {
     let part = guest_part(
         c,
@@ -932,8 +1068,14 @@ fn guest(
         missing(c, raw, "kernel", "\"/guests/vmlinuz\"");
     }
     let initrd = c.abs_path("initrd", g.initrd.as_ref());
+    let raw_disks = g.disks.as_deref().unwrap_or_default();
+    if let Err(e) = limits::check_virtio_devices(raw_disks.len())
+        && let Some(first_over) = raw_disks.get(limits::MAX_VIRTIO_DEVICES)
+    {
+        c.error(first_over.span(), "disks", e);
+    }
     let mut disks = Vec::new();
-    for (i, d) in g.disks.iter().flatten().enumerate() {
+    for (i, d) in raw_disks.iter().enumerate() {
         let d = d.get_ref();
         if let Some(path) = c.abs_path(&format!("disks[{i}].path"), Some(&d.path)) {
             disks.push(Disk {
@@ -942,15 +1084,119 @@ fn guest(
             });
         }
     }
+    let name = raw.name.get_ref();
+    let mut nics = Vec::new();
+    for (i, n) in g.nics.iter().flatten().enumerate() {
+        let n = n.get_ref();
+        let key = format!("nics[{i}]");
+        let Some(network) = c.network_name(&format!("{key}.network"), &n.network, networks) else {
+            continue;
+        };
+        let mac = match &n.mac {
+            None => Some(net::derive_mac(name, i)),
+            Some(m) => match net::check_mac(m.get_ref()) {
+                Ok(mac) => Some(mac),
+                Err(e) => {
+                    c.error(m.span(), &format!("{key}.mac"), e);
+                    None
+                }
+            },
+        };
+        let address = match &n.address {
+            None => Some(None),
+            Some(a) => match net::check_unit_address(network, a.get_ref()) {
+                Ok(ip) => Some(Some(ip)),
+                Err(e) => {
+                    c.error(a.span(), &format!("{key}.address"), e);
+                    None
+                }
+            },
+        };
+        if let (Some(mac), Some(address)) = (mac, address) {
+            nics.push(Nic {
+                network: network.name.clone(),
+                mac,
+                address,
+                address6: None,
+                host_ifname: net::tap_ifname(name, i),
+            });
+        }
+    }
+    let ports = c.ports(g.ports.as_deref());
+    if let Some(p) = &g.ports
+        && let Some(first) = p.first()
+        && c.ok
+        && !nics.iter().any(|n| n.address.is_some())
+    {
+        c.error(
+            first.span(),
+            "ports",
+            "a port forward needs an address to forward to; give the guest's first nic an `address`",
+        );
+    }
     Some(Guest {
         kernel: kernel?,
         initrd,
         cmdline: part.cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.to_owned()),
-        memory: part.memory.unwrap_or(DEFAULT_GUEST_MEMORY),
+        memory: part.memory.unwrap_or(limits::DEFAULT_MEMORY),
         vcpus: part.vcpus.unwrap_or(1),
         disks,
         on_reboot: part.on_reboot.unwrap_or(OnReboot::Restart),
+        nics,
+        ports,
     })
+}
+
+/// A zone's `network` (its own or from `[defaults]`) with its `address`.
+fn zone_network(
+    c: &mut Checker<'_, '_>,
+    name: &str,
+    network: Option<&Spanned<String>>,
+    networks: &[NetworkDef],
+    z: &RawZone,
+) -> Option<Network> {
+    let mode = match network.map(|n| n.get_ref().as_str()) {
+        None | Some("none") => Network::None,
+        Some("host") => Network::Host,
+        Some(_) => {
+            let written = network?;
+            // A bad name from [defaults] is reported there, once.
+            let label = if z.network.is_none() {
+                std::mem::replace(&mut c.label, "[defaults]".into())
+            } else {
+                c.label.clone()
+            };
+            let def = c.network_name("network", written, networks);
+            c.label = label;
+            let def = def?;
+            let address = match &z.address {
+                None => None,
+                Some(a) => match net::check_unit_address(def, a.get_ref()) {
+                    Ok(ip) => Some(ip),
+                    Err(e) => {
+                        c.error(a.span(), "address", e);
+                        return None;
+                    }
+                },
+            };
+            return Some(Network::Bridged(Box::new(Nic {
+                network: def.name.clone(),
+                mac: net::derive_mac(name, 0),
+                address,
+                address6: None,
+                host_ifname: net::zone_ifname(name),
+            })));
+        }
+    };
+    if let Some(a) = &z.address {
+        c.error(
+            a.span(),
+            "address",
+            "an address needs the zone on a [network.X]; set network = \"NAME\"",
+        );
+        return None;
+    }
+    Some(mode)
 }
 
 fn label(raw: &RawUnit) -> String {

@@ -216,7 +216,8 @@ fn run(
         if v["ok"] != Value::Bool(true) {
             let msg = v["error"].as_str().unwrap_or("unknown error");
             eprintln!("zonit ctl: {msg}");
-            return Ok(ExitCode::from(1));
+            let code = v["exit"].as_i64().map_or(1, |c| c.clamp(1, 255) as u8);
+            return Ok(ExitCode::from(code));
         }
         if let Some(text) = v["log"].as_str() {
             let mut out = stdout.lock();

@@ -1,4 +1,4 @@
-//! The control socket (SPEC section 6): protocol codec and client. The
+//! The control socket: protocol codec and client. The
 //! server side lives in the agent's event loop (`agent::control`).
 
 pub mod client;

@@ -138,6 +138,12 @@ pub fn error(message: &str) -> Vec<u8> {
     line(&json!({"v": VERSION, "ok": false, "error": message}))
 }
 
+/// An error reply that also carries the exit status `zonit ctl` ends with
+/// (an `exec` whose command could not be executed: 127 or 126).
+pub fn error_with_exit(message: &str, exit: i32) -> Vec<u8> {
+    line(&json!({"v": VERSION, "ok": false, "error": message, "exit": exit}))
+}
+
 fn line(v: &Value) -> Vec<u8> {
     let mut out = serde_json::to_vec(v).unwrap_or_default();
     out.push(b'\n');

@@ -79,7 +79,10 @@ pub fn spawn_shell(shell: &Path) -> io::Result<i32> {
             }
             let err = sys::execve(&path, &argv, &envp);
             // stderr is the console now: say why there is no shell.
-            eprintln!("zonit: unable to run {}: {err}", path.to_string_lossy());
+            crate::logging::stderr_line(&format!(
+                "zonit: unable to run {}: {err}",
+                path.to_string_lossy()
+            ));
             sys::exit_now(127)
         }
     }

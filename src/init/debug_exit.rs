@@ -1,5 +1,4 @@
-//! Test mode's verdict through QEMU's `isa-debug-exit` device (SPEC
-//! section 3, `[host] exit_with`).
+//! Test mode's verdict through QEMU's `isa-debug-exit` device (`[host] exit_with`).
 //!
 //! QEMU started with `-device isa-debug-exit,iobase=0xf4,iosize=0x04`
 //! exits as soon as a byte is written to port 0xf4, with exit code

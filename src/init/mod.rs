@@ -1,4 +1,4 @@
-//! zonit as PID 1 on a bare host (SPEC section 3): boot, hand over to the
+//! zonit as PID 1 on a bare host: boot, hand over to the
 //! agent, shut down. Never returns.
 //!
 //! Boot order: API file systems (plan in [`mounts`]), the console as
@@ -43,7 +43,7 @@ pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         let me = std::process::id();
         if me != MAIN_PID.load(Ordering::SeqCst) {
-            eprintln!("zonit: panic in child {me}: {info}");
+            crate::logging::stderr_line(&format!("zonit: panic in child {me}: {info}"));
             crate::sys::exit_now(127);
         }
         crate::logging::emergency(&format!("panic: {info}"));
@@ -301,27 +301,25 @@ fn adopted_host(host: &Host) {
 }
 
 /// Prints every diagnostic on the console (plain `FILE:LINE:COL: message`,
-/// as `zonit check` prints them) and one summary line in the kernel log.
+/// as `zonit check` prints them), each line one record of the kernel log
+/// so that no kernel line can cut it in two.
 fn report_config_errors(path: &Path, diags: &[config::Diagnostic]) {
-    use std::io::Write;
-    let mut err = std::io::stderr().lock();
-    let _ = writeln!(
-        err,
-        "zonit: the config {} cannot be loaded ({} error(s)):",
-        path.display(),
-        diags.len()
+    use crate::logging::print_line;
+    use log::Level;
+    print_line(
+        Level::Error,
+        &format!(
+            "zonit: the config {} cannot be loaded ({} error(s)):",
+            path.display(),
+            diags.len()
+        ),
     );
     for d in diags {
-        let _ = writeln!(err, "{d}");
+        print_line(Level::Error, &d.to_string());
     }
-    let _ = writeln!(
-        err,
-        "zonit: no units started; fix the file and run `zonit ctl reload` (or send SIGHUP to PID 1)"
-    );
-    log::error!(
-        "config {} has {} error(s); running with no units until a reload succeeds",
-        path.display(),
-        diags.len()
+    print_line(
+        Level::Error,
+        "zonit: no units started; fix the file and run `zonit ctl reload` (or send SIGHUP to PID 1)",
     );
 }
 

@@ -1,5 +1,5 @@
 //! Kernel modules by name, with their dependencies, loaded with
-//! `finit_module(2)` (SPEC section 3, `[host] modules`).
+//! `finit_module(2)`.
 //!
 //! Where dependencies come from:
 //! - `modules.dep` in `/lib/modules/$(uname -r)/`, when depmod made one;

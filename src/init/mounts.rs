@@ -107,7 +107,7 @@ const NOSUID_NODEV: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV);
 const NOSUID_NODEV_NOEXEC: MsFlags = NOSUID_NODEV.union(MsFlags::MS_NOEXEC);
 
 /// The host's API file systems, in the order they must be mounted (a
-/// parent before anything under it). SPEC section 3.
+/// parent before anything under it).
 pub const BOOT_MOUNTS: &[Mount] = &[
     Mount {
         source: "proc",

@@ -1,4 +1,4 @@
-//! The end of PID 1's life (SPEC section 3, Shutdown), after the agent
+//! The end of PID 1's life, after the agent
 //! has stopped every unit in reverse order: SIGTERM then SIGKILL to
 //! whatever is left, sync, unmount (or remount read-only) everything
 //! deepest first, then `reboot(2)`.

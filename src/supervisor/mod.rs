@@ -1,4 +1,4 @@
-//! Supervision (SPEC section 4): the pure engine and its restart policy.
+//! Supervision: the pure engine and its restart policy.
 //! The runtime that carries out its actions lives in `agent`.
 
 pub mod policy;

@@ -2,8 +2,8 @@
 //!
 //! Inputs are operator commands, process events and the passage of time;
 //! outputs are [`Action`]s the runtime carries out. Nothing here touches the
-//! system or reads a clock: `now` is always passed in, so the whole policy of
-//! SPEC section 4 is unit-tested with a fake clock.
+//! system or reads a clock: `now` is always passed in, so the whole restart and
+//! ordering policy is unit-tested with a fake clock.
 //!
 //! Wanted state ([`Want`]) is kept apart from observed state ([`State`]): the
 //! operator says what should run, and [`Supervisor::settle`] reconciles,
@@ -18,7 +18,7 @@ use crate::config::{self, Backoff, OnReboot, RestartPolicy, StartLimit, UnitKind
 
 use super::policy::{End, backoff_delay, should_restart};
 
-/// Observed state of a unit (SPEC section 4).
+/// Observed state of a unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     /// Not running, not wanted (or never started).

@@ -104,12 +104,6 @@ pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 /// The local APIC's base address.
 pub const LAPIC_ADDR: u64 = 0xfee0_0000;
 
-/// Smallest guest memory accepted: the low megabyte plus room for a kernel.
-pub const MIN_MEMORY: u64 = 16 << 20;
-/// Largest guest memory accepted (a sanity bound on a typo, not a limit of
-/// the layout).
-pub const MAX_MEMORY: u64 = 1 << 40;
-
 /// e820 type of usable RAM.
 pub const E820_RAM: u32 = 1;
 /// e820 type of reserved memory.
@@ -159,18 +153,6 @@ impl MemoryRange {
 /// Why a memory size cannot be laid out.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LayoutError {
-    /// The size is out of bounds or not page-aligned.
-    #[error(
-        "guest memory of {size} bytes is not usable: it must be a multiple of 4096 between {min} and {max}"
-    )]
-    MemorySize {
-        /// Requested size.
-        size: u64,
-        /// [`MIN_MEMORY`].
-        min: u64,
-        /// [`MAX_MEMORY`].
-        max: u64,
-    },
     /// The initrd does not fit between the kernel and the end of low memory.
     #[error(
         "initrd of {size} bytes does not fit in guest memory below {limit:#x} above the kernel (ends at {kernel_end:#x}); give the guest more memory"
@@ -183,18 +165,6 @@ pub enum LayoutError {
         /// End of the kernel image.
         kernel_end: u64,
     },
-}
-
-/// Checks a guest memory size.
-pub fn check_memory_size(size: u64) -> Result<(), LayoutError> {
-    if !(MIN_MEMORY..=MAX_MEMORY).contains(&size) || !size.is_multiple_of(4096) {
-        return Err(LayoutError::MemorySize {
-            size,
-            min: MIN_MEMORY,
-            max: MAX_MEMORY,
-        });
-    }
-    Ok(())
 }
 
 /// The RAM ranges backing `size` bytes of guest memory: up to the MMIO gap,
@@ -593,14 +563,6 @@ mod tests {
             assert!(pair[0].0 + pair[0].1 <= pair[1].0, "{pair:x?}");
         }
         const { assert!(BOOT_STACK_ADDR > ZERO_PAGE_ADDR + 4096 && BOOT_STACK_ADDR < PML4_ADDR) };
-    }
-
-    #[test]
-    fn memory_size_bounds_are_checked() {
-        assert!(check_memory_size(64 << 20).is_ok());
-        assert!(check_memory_size(1 << 20).is_err());
-        assert!(check_memory_size((64 << 20) + 1).is_err());
-        assert!(check_memory_size(MAX_MEMORY + 4096).is_err());
     }
 
     #[test]

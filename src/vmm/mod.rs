@@ -19,6 +19,7 @@ pub mod cpu;
 pub mod devices;
 pub mod exits;
 pub mod layout;
+pub mod limits;
 pub mod seccomp;
 pub mod vm;
 
@@ -38,6 +39,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::zone::protocol::{MAX_MESSAGE, Message};
 use devices::acpi::{self, AcpiConfig, AcpiPm, VirtioMmioSlot};
 use devices::block::Block;
 use devices::i8042::{self, I8042};
@@ -131,14 +133,8 @@ impl Ending {
     }
 }
 
-/// Most disks a guest can have: one GSI each, 16 to 23 (the IOAPIC pins
-/// above the ISA range, so they never collide with legacy devices).
-pub const MAX_DISKS: usize = 8;
 /// GSI of the first disk.
 const FIRST_DISK_GSI: u32 = 16;
-
-/// Default guest memory when `--memory` is absent.
-pub const DEFAULT_MEMORY: u64 = 128 << 20;
 
 /// A `--disk` argument.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,11 +160,13 @@ pub struct Options {
     pub vcpus: u8,
     /// `--disk`, in order.
     pub disks: Vec<DiskOption>,
+    /// `--status-fd`: an inherited pipe for the agent ([`Status`]).
+    pub status_fd: Option<i32>,
 }
 
 /// The usage text.
 pub const USAGE: &str = "usage: zonit vmm --kernel PATH [--initrd PATH] [--cmdline STR] \
-[--memory BYTES] [--vcpus N] [--disk PATH[,ro]]...";
+[--memory BYTES] [--vcpus N] [--disk PATH[,ro]]... [--status-fd N]";
 
 /// Errors in the monitor's command line.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -185,7 +183,7 @@ pub enum OptionsError {
     /// `--kernel` is missing.
     #[error("--kernel is required\n{USAGE}")]
     MissingKernel,
-    /// A value that does not parse.
+    /// A value that does not parse or is out of bounds.
     #[error("invalid {flag} {value:?}: {reason}")]
     BadValue {
         /// The flag.
@@ -193,21 +191,34 @@ pub enum OptionsError {
         /// Its value.
         value: String,
         /// What is wrong.
-        reason: &'static str,
+        reason: String,
     },
+    /// The options together exceed a limit.
+    #[error(transparent)]
+    Limit(limits::LimitError),
 }
 
-/// Parses a size: bytes, or a number with a binary suffix K, M, G or T.
-pub fn parse_size(s: &str) -> Option<u64> {
-    let (digits, shift) = match s.as_bytes().last()? {
-        b'K' | b'k' => (&s[..s.len() - 1], 10),
-        b'M' | b'm' => (&s[..s.len() - 1], 20),
-        b'G' | b'g' => (&s[..s.len() - 1], 30),
-        b'T' | b't' => (&s[..s.len() - 1], 40),
-        _ => (s, 0),
-    };
-    let n: u64 = digits.parse().ok()?;
-    n.checked_mul(1u64 << shift)
+/// Parses `--status-fd`'s value: a descriptor number above stdio.
+fn status_fd(value: &str) -> Result<i32, OptionsError> {
+    value
+        .parse::<i32>()
+        .ok()
+        .filter(|&fd| fd > 2)
+        .ok_or_else(|| {
+            bad(
+                "--status-fd",
+                value,
+                "expected a descriptor number above 2".into(),
+            )
+        })
+}
+
+fn bad(flag: &'static str, value: &str, reason: String) -> OptionsError {
+    OptionsError::BadValue {
+        flag,
+        value: value.to_string(),
+        reason,
+    }
 }
 
 impl Options {
@@ -218,9 +229,10 @@ impl Options {
             kernel: PathBuf::new(),
             initrd: None,
             cmdline: String::new(),
-            memory: DEFAULT_MEMORY,
+            memory: limits::DEFAULT_MEMORY,
             vcpus: 1,
             disks: Vec::new(),
+            status_fd: None,
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -233,7 +245,13 @@ impl Options {
             }
             if !matches!(
                 flag,
-                "--kernel" | "--initrd" | "--cmdline" | "--memory" | "--vcpus" | "--disk"
+                "--kernel"
+                    | "--initrd"
+                    | "--cmdline"
+                    | "--memory"
+                    | "--vcpus"
+                    | "--disk"
+                    | "--status-fd"
             ) {
                 return Err(OptionsError::Unknown(arg.clone()));
             }
@@ -244,24 +262,30 @@ impl Options {
             match flag {
                 "--kernel" => kernel = Some(PathBuf::from(value)),
                 "--initrd" => opts.initrd = Some(PathBuf::from(value)),
-                "--cmdline" => opts.cmdline = value,
                 "--memory" => {
-                    opts.memory = parse_size(&value).ok_or(OptionsError::BadValue {
-                        flag: "--memory",
-                        value: value.clone(),
-                        reason: "expected bytes, or a number with K, M, G or T",
-                    })?;
+                    opts.memory = limits::parse_memory(&value)
+                        .map_err(|why| bad("--memory", &value, why))
+                        .and_then(|bytes| {
+                            limits::check_memory(bytes)
+                                .map_err(|e| bad("--memory", &value, e.to_string()))
+                        })?;
                 }
                 "--vcpus" => {
                     opts.vcpus = value
-                        .parse::<u8>()
-                        .ok()
-                        .filter(|n| (1..=254).contains(n))
-                        .ok_or(OptionsError::BadValue {
-                            flag: "--vcpus",
-                            value: value.clone(),
-                            reason: "expected a number from 1 to 254",
+                        .parse::<i64>()
+                        .map_err(|_| bad("--vcpus", &value, "not a number".into()))
+                        .and_then(|n| {
+                            limits::check_vcpus(n)
+                                .map_err(|e| bad("--vcpus", &value, e.to_string()))
                         })?;
+                }
+                "--status-fd" => {
+                    opts.status_fd = Some(status_fd(&value)?);
+                }
+                "--cmdline" => {
+                    limits::check_cmdline(&value)
+                        .map_err(|e| bad("--cmdline", &value, e.to_string()))?;
+                    opts.cmdline = value;
                 }
                 _ => {
                     let (path, readonly) = match value.strip_suffix(",ro") {
@@ -269,11 +293,7 @@ impl Options {
                         None => (value.as_str(), false),
                     };
                     if path.is_empty() {
-                        return Err(OptionsError::BadValue {
-                            flag: "--disk",
-                            value: value.clone(),
-                            reason: "expected PATH or PATH,ro",
-                        });
+                        return Err(bad("--disk", &value, "expected PATH or PATH,ro".into()));
                     }
                     opts.disks.push(DiskOption {
                         path: PathBuf::from(path),
@@ -283,6 +303,7 @@ impl Options {
             }
         }
         opts.kernel = kernel.ok_or(OptionsError::MissingKernel)?;
+        limits::check_virtio_devices(opts.disks.len()).map_err(OptionsError::Limit)?;
         Ok(opts)
     }
 }
@@ -301,9 +322,6 @@ pub enum MonitorError {
         #[source]
         source: std::io::Error,
     },
-    /// More disks than GSIs set aside for them.
-    #[error("{0} disks given but a guest can have at most {MAX_DISKS}")]
-    TooManyDisks(usize),
     /// A disk's size cannot be read.
     #[error("cannot read the size of disk {path}")]
     DiskSize {
@@ -313,9 +331,6 @@ pub enum MonitorError {
         #[source]
         source: std::io::Error,
     },
-    /// Guest memory size rejected.
-    #[error(transparent)]
-    Layout(#[from] layout::LayoutError),
     /// KVM setup.
     #[error(transparent)]
     Vm(#[from] vm::VmError),
@@ -453,15 +468,11 @@ impl Monitor {
     /// Everything before confinement: files, KVM, memory, boot, devices,
     /// vCPUs.
     fn build(opts: &Options) -> Result<Self, MonitorError> {
-        layout::check_memory_size(opts.memory)?;
         let mut kernel = open("kernel", &opts.kernel, false)?;
         let mut initrd = match &opts.initrd {
             Some(p) => Some((open("initrd", p, false)?, p)),
             None => None,
         };
-        if opts.disks.len() > MAX_DISKS {
-            return Err(MonitorError::TooManyDisks(opts.disks.len()));
-        }
         let mut disks = Vec::with_capacity(opts.disks.len());
         for (i, disk) in opts.disks.iter().enumerate() {
             let mut file = open("disk", &disk.path, !disk.readonly)?;
@@ -614,6 +625,7 @@ impl Monitor {
             (Err(e), _) | (_, Err(e)) => return e.into(),
         };
         log::debug!("seccomp filters built");
+        let _ = PANIC_LATCH.set(latch.clone());
         // Every thread installs its filter, then all meet here before the
         // guest's first instruction.
         let start = Arc::new(Barrier::new(vcpus.len() + 1));
@@ -637,6 +649,7 @@ impl Monitor {
                             std::thread::park();
                         }
                     }
+                    test_panic("vcpu");
                     cpu::run(vcpu, id, ctx, latch)
                 });
             if let Err(source) = spawned {
@@ -647,6 +660,10 @@ impl Monitor {
             return e.into();
         }
         start.wait();
+        if let Some(ending) = latch.get() {
+            finish(ending);
+        }
+        report_status(&Message::Ready);
         log::debug!("guest started");
 
         loop {
@@ -664,6 +681,7 @@ impl Monitor {
             }
             let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
             if ready(&fds[0]) {
+                test_panic("main");
                 while let Ok(Some(info)) = signals.read_signal() {
                     log::info!(
                         "signal {} received: asking the guest to shut down",
@@ -683,6 +701,30 @@ impl Monitor {
     }
 }
 
+/// The monitor's reports to the agent on the `--status-fd` channel, in
+/// the agent's start protocol (`zone::protocol`, one message a datagram):
+/// `Ready` once the guest's first instruction is about to run,
+/// `SetupFailed` with the reason when set-up fails (then the monitor exits
+/// with [`GuestEnd::SetupFailed`]'s status). Without `--status-fd` nothing
+/// is sent. Sent with write(2), which the monitor's filters allow.
+static STATUS: OnceLock<File> = OnceLock::new();
+
+/// Sends one message to the agent.
+fn report_status(msg: &Message) {
+    if let Some(mut channel) = STATUS.get() {
+        let mut buf = [0u8; MAX_MESSAGE];
+        let n = msg.encode(&mut buf);
+        let _ = channel.write_all(&buf[..n]);
+    }
+}
+
+/// Reports a set-up failure and returns the set-up failure status.
+fn setup_failed(reason: &str) -> ExitCode {
+    log::error!("{reason}");
+    report_status(&Message::SetupFailed(reason.to_string()));
+    ExitCode::from(GuestEnd::SetupFailed.exit_code().unwrap_or(1))
+}
+
 /// Logs the end and exits with its status, without tearing anything down:
 /// vCPU threads may still be inside `KVM_RUN` on guest memory, and the
 /// kernel releases all of it with the process.
@@ -691,35 +733,100 @@ fn finish(ending: Ending) -> ! {
         GuestEnd::Poweroff | GuestEnd::Reboot => log::info!("{}", ending.reason),
         _ => log::error!("{}", ending.reason),
     }
+    if ending.end == GuestEnd::SetupFailed {
+        report_status(&Message::SetupFailed(ending.reason.clone()));
+    }
     let code = ending.end.exit_code().unwrap_or(3);
     std::process::exit(i32::from(code))
 }
 
-/// Entry point of `zonit vmm`; `args` are the arguments after `vmm`.
+/// Debug builds only: panics on purpose where `ZONIT_VMM_TEST_PANIC`
+/// names this thread (`vcpu`, `main`), so the tests can check that any
+/// panic in the monitor ends the guest as a crash. Release builds have no
+/// such hook.
+#[cfg(debug_assertions)]
+#[allow(clippy::panic)]
+fn test_panic(thread: &str) {
+    if std::env::var_os("ZONIT_VMM_TEST_PANIC").is_some_and(|v| v == thread) {
+        panic!("test panic on the {thread} thread (ZONIT_VMM_TEST_PANIC)");
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn test_panic(_thread: &str) {}
+
+/// The latch a panic ends the guest through, from the moment the threads
+/// that run the guest exist.
+static PANIC_LATCH: OnceLock<Arc<EndLatch>> = OnceLock::new();
+
+/// The monitor's panic hook. The binary unwinds (PID 1 must not abort),
+/// and unwinding would end only the panicking thread, leaving the guest
+/// frozen and the monitor up; it would also drop (close) descriptors, which
+/// the seccomp filters forbid. So once the guest's threads run, a panic on
+/// any thread ends the guest as a crash right here, without unwinding:
+/// the main thread exits, any other thread records the crash, which wakes
+/// the main thread to exit, and parks. Before that (set-up, no filters
+/// yet) the panic unwinds to [`main`], which exits with the crash status.
+fn on_panic(info: &std::panic::PanicHookInfo<'_>) {
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("unnamed");
+    let at = info
+        .location()
+        .map(|l| format!(" at {}:{}", l.file(), l.line()))
+        .unwrap_or_default();
+    let what = info.payload_as_str().unwrap_or("no message");
+    let reason = format!("panic on monitor thread {name}{at}: {what}");
+    let Some(latch) = PANIC_LATCH.get() else {
+        log::error!("{reason}");
+        return;
+    };
+    latch.end(Ending::new(GuestEnd::Crash, reason.clone()));
+    if name == "main" {
+        finish(
+            latch
+                .get()
+                .unwrap_or_else(|| Ending::new(GuestEnd::Crash, reason)),
+        );
+    }
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Entry point of `zonit vmm`; `args` are the arguments after `vmm`. A
+/// panic anywhere in the monitor ends the guest as a crash ([`on_panic`]).
 pub fn main(args: &[String]) -> ExitCode {
+    std::panic::catch_unwind(|| monitor_main(args)).unwrap_or_else(|_| {
+        log::error!("the monitor panicked");
+        ExitCode::from(GuestEnd::Crash.exit_code().unwrap_or(3))
+    })
+}
+
+fn monitor_main(args: &[String]) -> ExitCode {
     init_logging();
-    let setup_failed = ExitCode::from(1);
+    std::panic::set_hook(Box::new(on_panic));
     let opts = match Options::parse(args) {
         Ok(opts) => opts,
         Err(OptionsError::Help) => {
             let _ = writeln!(std::io::stdout(), "{USAGE}");
             return ExitCode::SUCCESS;
         }
-        Err(e) => {
-            log::error!("{e}");
-            return setup_failed;
-        }
+        Err(e) => return setup_failed(&e.to_string()),
     };
+    if let Some(fd) = opts.status_fd {
+        match crate::sys::take_inherited_fd(fd) {
+            Ok(fd) => {
+                let _ = STATUS.set(File::from(fd));
+            }
+            Err(e) => return setup_failed(&format!("cannot use --status-fd {fd}: {e}")),
+        }
+    }
     let monitor = match Monitor::build(&opts) {
         Ok(m) => m,
-        Err(e) => {
-            log::error!("{}", error_chain(&e));
-            return setup_failed;
-        }
+        Err(e) => return setup_failed(&error_chain(&e)),
     };
     let err = monitor.run();
-    log::error!("{}", error_chain(&err));
-    setup_failed
+    setup_failed(&error_chain(&err))
 }
 
 #[cfg(test)]
@@ -799,7 +906,7 @@ mod tests {
         let o = Options::parse(&args("--kernel /k")).unwrap();
         assert_eq!(
             (o.memory, o.vcpus, o.cmdline.as_str()),
-            (DEFAULT_MEMORY, 1, "")
+            (limits::DEFAULT_MEMORY, 1, "")
         );
         assert_eq!(Options::parse(&args("")), Err(OptionsError::MissingKernel));
         assert_eq!(
@@ -822,14 +929,36 @@ mod tests {
     }
 
     #[test]
-    fn sizes_parse_with_binary_suffixes() {
-        assert_eq!(parse_size("4096"), Some(4096));
-        assert_eq!(parse_size("64M"), Some(64 << 20));
-        assert_eq!(parse_size("2G"), Some(2 << 30));
-        assert_eq!(parse_size("1t"), Some(1 << 40));
-        assert_eq!(parse_size(""), None);
-        assert_eq!(parse_size("M"), None);
-        assert_eq!(parse_size("99999999999T"), None);
+    fn options_outside_the_guest_limits_are_refused() {
+        for (line, flag) in [
+            ("--kernel /k --vcpus 255", "--vcpus"),
+            ("--kernel /k --memory 65538K", "--memory"),
+            ("--kernel /k --memory 2T", "--memory"),
+            ("--kernel /k --memory 15M", "--memory"),
+        ] {
+            match Options::parse(&args(line)) {
+                Err(OptionsError::BadValue { flag: f, .. }) => assert_eq!(f, flag, "{line}"),
+                other => panic!("{line}: {other:?}"),
+            }
+        }
+        let nine = format!("--kernel /k{}", " --disk /d".repeat(9));
+        assert_eq!(
+            Options::parse(&args(&nine)),
+            Err(OptionsError::Limit(limits::LimitError::VirtioDevices(9)))
+        );
+        let long = vec![
+            "--kernel".to_string(),
+            "/k".into(),
+            "--cmdline".into(),
+            "x".repeat(limits::MAX_CMDLINE + 1),
+        ];
+        assert!(matches!(
+            Options::parse(&long),
+            Err(OptionsError::BadValue {
+                flag: "--cmdline",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -8,9 +8,9 @@
 //! the same privilege drop as the zone's own command (capabilities, uid,
 //! rlimits, no_new_privs) and the caller's stdin, stdout and stderr.
 //!
-//! The helper speaks the status-pipe protocol of `spawn` (`ready`,
-//! `error MESSAGE`, `exit N`, `signal N`) and forwards signals to the
-//! command, so the agent handles it like a zone's init.
+//! The helper speaks the zone start protocol ([`super::protocol`]) like a
+//! zone's init (without waiting for `Go`: the zone is set up already) and
+//! forwards signals to the command, so the agent handles both alike.
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
@@ -18,53 +18,40 @@ use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
 use nix::unistd::ForkResult;
 
-use super::spawn::{self, Error, Started, Stdio};
+use super::command::{self, Stdio};
+use super::init;
+use super::start::{self, Error, Prepared, Started};
 use crate::config::Zone;
 use crate::sys;
+
+/// What an exec helper calls itself (`comm`, and the first word of its
+/// command line, the zone's name being the second).
+const EXEC_NAME: &std::ffi::CStr = c"zonit-exec";
 
 /// Starts `argv` in the zone whose init is `init`, with the caller's
 /// `stdio`, inside the zone's cgroup `cgroup` when it has one.
 pub fn exec(
+    name: &str,
     zone: &Zone,
     argv: &[String],
     init: BorrowedFd<'_>,
     cgroup: Option<BorrowedFd<'_>>,
     stdio: [OwnedFd; 3],
 ) -> Result<Started, Error> {
-    let prep = spawn::prepare_command(zone, argv)?;
-    let (status_rx, status_tx) = sys::pipe().map_err(Error::Pipe)?;
-    match sys::clone3(0, cgroup).map_err(Error::Clone)? {
-        sys::Forked::Child => {
-            drop(status_rx);
-            helper(&prep, init, status_tx, &stdio)
-        }
-        sys::Forked::Parent { pid, pidfd } => {
-            drop(status_tx);
-            Ok(Started {
-                pid,
-                pidfd,
-                status: status_rx,
-            })
-        }
-    }
+    let prep = start::prepare_command(EXEC_NAME, name, zone, argv)?;
+    start::clone_with_channel(0, cgroup, |channel| helper(&prep, init, channel, &stdio))
 }
 
-fn helper(
-    prep: &spawn::Prepared,
-    init: BorrowedFd<'_>,
-    status: OwnedFd,
-    stdio: &[OwnedFd; 3],
-) -> ! {
-    let fail = |msg: String| -> ! {
-        spawn::report(&status, &format!("error {msg}"));
-        sys::exit_now(126)
-    };
-    sys::reset_signals();
-    sys::set_sigmask(libc::SIG_SETMASK, &sys::full_sigset());
+fn helper(prep: &Prepared, init: BorrowedFd<'_>, channel: OwnedFd, stdio: &[OwnedFd; 3]) -> ! {
+    let fail = |msg: String| -> ! { init::give_up(&channel, &msg) };
+    // Born with every signal blocked (`sys::clone3`); they stay blocked
+    // for `sigwait`.
+    sys::reset_signal_handlers();
+    let _ = sys::set_process_name(&prep.title, EXEC_NAME);
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     // Before joining: nothing in the zone may ptrace or read this process.
     let _ = nix::sys::prctl::set_dumpable(false);
-    let mut keep = vec![status.as_raw_fd(), init.as_raw_fd()];
+    let mut keep = vec![channel.as_raw_fd(), init.as_raw_fd()];
     keep.extend(stdio.iter().map(|f| f.as_raw_fd()));
     if let Err(e) = sys::close_fds_from(3, &keep) {
         fail(format!("unable to close inherited fds: {e}"));
@@ -85,7 +72,7 @@ fn helper(
     let cmd = match sys::fork() {
         Ok(ForkResult::Child) => {
             drop(rx);
-            spawn::command(prep, tx, Stdio::Fds(stdio))
+            command::command(prep, tx, Stdio::Fds(stdio))
         }
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => fail(format!("unable to fork the command: {e}")),
@@ -93,7 +80,7 @@ fn helper(
     drop(tx);
     // The helper keeps no copy of the caller's fds, so the caller sees EOF
     // as soon as the command closes them.
-    let _ = sys::close_fds_from(3, &[status.as_raw_fd(), rx.as_raw_fd()]);
-    spawn::report_exec(rx, &status);
-    spawn::reap_forever(cmd, &status)
+    let _ = sys::close_fds_from(3, &[channel.as_raw_fd(), rx.as_raw_fd()]);
+    init::report_exec(rx, &channel);
+    init::reap_forever(cmd, &channel)
 }

@@ -1,4 +1,4 @@
-//! The seccomp filter every zone command runs under (SPEC section 5): it
+//! The seccomp filter every zone command runs under: it
 //! refuses the calls that manage the *host* rather than the zone.
 //!
 //! The filter is a deny list, not Docker's allow list: a zone already runs

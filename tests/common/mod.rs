@@ -12,14 +12,6 @@ use std::time::{Duration, Instant};
 
 pub const ZONIT: &str = env!("CARGO_BIN_EXE_zonit");
 
-/// Applets linked into the test template.
-const APPLETS: &[&str] = &[
-    "sh", "echo", "cat", "sleep", "ls", "ps", "hostname", "id", "true", "false", "kill", "wc",
-    "grep", "head", "mount", "umount", "touch", "rm", "mkdir", "ln", "date", "awk", "seq",
-    "readlink", "stat", "chmod", "mknod", "dd", "ip", "ifconfig", "nc", "printf", "test", "[",
-    "tr", "cut", "sync", "uname", "env", "pwd", "cp", "whoami", "nproc", "reboot", "poweroff",
-];
-
 /// Fails (under CI=true) or skips (otherwise) when not root.
 /// Returns false when the test should return early.
 pub fn require_root() -> bool {
@@ -34,29 +26,24 @@ pub fn require_root() -> bool {
     false
 }
 
-/// A busybox template tree, built once per test binary.
+/// The busybox zone template (scripts/make-template.sh), built once per
+/// test binary.
 pub fn template() -> &'static Path {
     static T: OnceLock<PathBuf> = OnceLock::new();
     T.get_or_init(|| {
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-            .iter()
-            .map(Path::new)
-            .find(|p| p.exists())
-            .expect("busybox-static is needed: apt-get install busybox-static");
         // Under the build's own scratch directory, rebuilt per test binary
         // run, so test runs leave nothing in /tmp.
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("zonit-template-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let bin = dir.join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        for d in ["proc", "sys", "dev", "tmp", "etc", "srv"] {
-            std::fs::create_dir_all(dir.join(d)).unwrap();
-        }
-        std::fs::copy(busybox, bin.join("busybox")).unwrap();
-        for a in APPLETS {
-            let _ = std::os::unix::fs::symlink("busybox", bin.join(a));
-        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-template.sh");
+        let out = Command::new(&script).arg(&dir).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{} failed (busybox-static is needed):\n{}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
         dir
     })
 }

@@ -32,8 +32,9 @@ pub trait BusDevice: Send {
 pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
 
 /// Locks a mutex, ignoring poisoning: devices keep consistent state between
-/// register accesses, and a poisoned lock only means another vCPU thread
-/// panicked, which aborts the monitor in release builds anyway.
+/// register accesses, and a poisoned lock only means another thread of the
+/// monitor panicked, which has already ended the guest as a crash
+/// (`EndLatch::spawn_thread`): the monitor is about to exit.
 pub fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

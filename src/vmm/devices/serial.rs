@@ -4,7 +4,7 @@
 //!
 //! Owns: COM1's eight registers. Invariants: output is never buffered here,
 //! so memory stays bounded whatever the guest prints (a slow reader slows
-//! the guest down instead); the guest gets no console input in milestone 1,
+//! the guest down instead); the guest gets no console input yet,
 //! so the receive FIFO stays empty; a failing output (closed pipe) is logged
 //! once and the bytes are dropped, the guest keeps running.
 

@@ -1,4 +1,4 @@
-//! The initramfs as a list (SPEC section 9): a gen_init_cpio-style text
+//! The initramfs as a list: a gen_init_cpio-style text
 //! manifest, and a writer for the `newc` (070701) cpio format the kernel
 //! unpacks into its rootfs.
 //!

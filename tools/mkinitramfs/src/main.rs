@@ -1,5 +1,5 @@
 //! `zonit-mkinitramfs MANIFEST OUTPUT`: the host tool that builds the
-//! appliance's initramfs (SPEC section 9) from a manifest in `initramfs/`,
+//! appliance's initramfs from a manifest in `initramfs/`,
 //! as a gzip-compressed newc archive.
 //!
 //! Reproducible: the gzip header carries no mtime and no file name, and
@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use flate2::{Compression, GzBuilder};
-use zonit::cpio;
+use zonit_mkinitramfs as cpio;
 
 #[derive(Debug, thiserror::Error)]
 enum Error {
