@@ -6,6 +6,7 @@
 //! bound: request lines are capped at `proto::MAX_REQUEST`, unsent replies
 //! at [`MAX_PENDING`] (a follower that falls behind is dropped).
 
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
@@ -29,6 +30,22 @@ pub(super) const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_m
 /// Most request lines carried out for one client per wake-up, so one
 /// client's pipelined flood cannot starve the loop.
 const LINE_BUDGET: usize = 256;
+
+/// The control server's state: the listening socket and the hold on its
+/// path, the client connections, and what is owed to them.
+#[derive(Default)]
+pub(super) struct Server {
+    pub(super) listener: Option<UnixListener>,
+    /// The hold on the socket's path; dropped last, it removes the socket.
+    pub(super) claim: Option<claim::Claim>,
+    pub(super) conns: HashMap<usize, Conn>,
+    /// `stop` requests waiting for their unit: (connection, unit).
+    pub(super) stop_waiters: Vec<(usize, String)>,
+    /// Connections with requests left over from the last wake-up.
+    pub(super) pending: Vec<usize>,
+    /// When to try `accept` again after it failed for want of fds.
+    pub(super) accept_retry: Option<Instant>,
+}
 
 pub(super) struct Conn {
     stream: UnixStream,
@@ -116,19 +133,19 @@ impl Agent {
         let (claim, previous) = claim::Claim::take(&path).map_err(Error::Claim)?;
         let mut listener = UnixListener::bind(&path).map_err(err)?;
         // From here on the claim removes the socket if anything fails.
-        self.claim = Some(claim);
+        self.control.claim = Some(claim);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
         self.poll
             .registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(Error::Poll)?;
-        self.listener = Some(listener);
+        self.control.listener = Some(listener);
         Ok(previous)
     }
 
     pub(super) fn accept(&mut self) {
         loop {
-            let Some(listener) = &self.listener else {
+            let Some(listener) = &self.control.listener else {
                 return;
             };
             let mut stream = match listener.accept() {
@@ -140,7 +157,7 @@ impl Agent {
                     // The listener is edge-triggered: a client left in the
                     // backlog (say, while out of fds) is tried again soon.
                     if sys::is_transient(&e) {
-                        self.accept_retry = Some(Instant::now() + ACCEPT_RETRY);
+                        self.control.accept_retry = Some(Instant::now() + ACCEPT_RETRY);
                     }
                     return;
                 }
@@ -163,7 +180,7 @@ impl Agent {
                     continue;
                 }
             };
-            let id = self.next_token;
+            let id = self.sources.next_id();
             let token = self.token(Source::Conn(id));
             if let Err(e) = self
                 .poll
@@ -174,7 +191,7 @@ impl Agent {
                 self.sources.remove(&token);
                 continue;
             }
-            self.conns.insert(
+            self.control.conns.insert(
                 id,
                 Conn {
                     stream,
@@ -204,12 +221,12 @@ impl Agent {
     pub(super) fn on_conn(&mut self, id: usize, gone: bool) {
         let mut handled = 0;
         let mut buf = [0u8; 4096];
-        if gone && let Some(conn) = self.conns.get_mut(&id) {
+        if gone && let Some(conn) = self.control.conns.get_mut(&id) {
             conn.gone = true;
         }
         loop {
             self.flush(id);
-            let Some(conn) = self.conns.get_mut(&id) else {
+            let Some(conn) = self.control.conns.get_mut(&id) else {
                 return;
             };
             if conn.closing {
@@ -219,7 +236,7 @@ impl Agent {
                 break; // resumed by the writable event
             }
             if handled >= LINE_BUDGET {
-                self.pending_conns.push(id);
+                self.control.pending.push(id);
                 break;
             }
             if let Some(nl) = conn.rbuf.iter().position(|&b| b == b'\n') {
@@ -251,7 +268,7 @@ impl Agent {
                 Err(_) => conn.eof = true,
             }
         }
-        if self.conns.get(&id).is_some_and(|c| c.gone) {
+        if self.control.conns.get(&id).is_some_and(|c| c.gone) {
             self.exec_client_gone(id);
             self.close(id);
         } else {
@@ -267,6 +284,7 @@ impl Agent {
         match proto::decode(line) {
             Ok(req) => {
                 if let Err(msg) = self
+                    .control
                     .conns
                     .get_mut(&id)
                     .map_or(Ok(()), |c| c.fds.check(&req))
@@ -289,15 +307,19 @@ impl Agent {
     /// following, no exec running. A half-closed client thus still gets
     /// every reply.
     fn close_if_done(&mut self, id: usize) {
-        let Some(conn) = self.conns.get(&id) else {
+        let Some(conn) = self.control.conns.get(&id) else {
             return;
         };
         // An unfinished last line is never carried out.
         if !conn.eof || !conn.wbuf.is_empty() {
             return;
         }
-        let waiting = self.stop_waiters.iter().any(|(c, _)| *c == id)
-            || self.units.values().any(|u| u.followers.contains(&id))
+        let waiting = self.control.stop_waiters.iter().any(|(c, _)| *c == id)
+            || self
+                .runtimes
+                .units
+                .values()
+                .any(|u| u.followers.contains(&id))
             || self.exec_pending(id);
         if !waiting {
             self.close(id);
@@ -318,7 +340,7 @@ impl Agent {
                     return;
                 }
                 self.log_operator(id, &format!("stop {name}"));
-                self.stop_waiters.push((id, name.clone()));
+                self.control.stop_waiters.push((id, name.clone()));
                 self.feed(Input::Stop(name));
             }
             Request::Logs {
@@ -331,6 +353,7 @@ impl Agent {
                     return;
                 }
                 let text = self
+                    .runtimes
                     .units
                     .get(&name)
                     .map(|u| u.tail(lines))
@@ -342,7 +365,7 @@ impl Agent {
                     // A unit added by a reload has no pipe yet; make it so
                     // the follower sees its first start too.
                     self.ensure_runtime(&name);
-                    if let Some(u) = self.units.get_mut(&name) {
+                    if let Some(u) = self.runtimes.units.get_mut(&name) {
                         u.followers.push(id);
                     }
                 } else {
@@ -407,7 +430,7 @@ impl Agent {
 
     /// One log line per operator action, naming the client.
     fn log_operator(&self, id: usize, what: &str) {
-        let pid = self.conns.get(&id).map_or(0, |c| c.peer_pid);
+        let pid = self.control.conns.get(&id).map_or(0, |c| c.peer_pid);
         log::info!("control: {what} (requested by pid {pid})");
     }
 
@@ -417,7 +440,7 @@ impl Agent {
         self.config
             .units
             .iter()
-            .chain(self.retiring.values())
+            .chain(self.runtimes.retiring.values())
             .filter_map(|u| {
                 let st = self.sup.status(&u.name)?;
                 Some(UnitRow {
@@ -444,7 +467,7 @@ impl Agent {
     /// later start or restart superseded.
     pub(super) fn answer_stop_waiters(&mut self) {
         let mut done = Vec::new();
-        self.stop_waiters.retain(|(id, unit)| {
+        self.control.stop_waiters.retain(|(id, unit)| {
             let outcome = self.sup.status(unit).map(|s| s.stop_outcome());
             let reply = match outcome {
                 Some(StopOutcome::Pending) => return true,
@@ -477,7 +500,7 @@ impl Agent {
     }
 
     pub(super) fn send(&mut self, id: usize, bytes: &[u8]) {
-        let Some(conn) = self.conns.get_mut(&id) else {
+        let Some(conn) = self.control.conns.get_mut(&id) else {
             return;
         };
         if conn.wbuf.len() + bytes.len() > MAX_PENDING {
@@ -491,7 +514,7 @@ impl Agent {
     }
 
     pub(super) fn flush(&mut self, id: usize) {
-        let Some(conn) = self.conns.get_mut(&id) else {
+        let Some(conn) = self.control.conns.get_mut(&id) else {
             return;
         };
         while !conn.wbuf.is_empty() {
@@ -534,12 +557,12 @@ impl Agent {
     }
 
     fn close(&mut self, id: usize) {
-        if let Some(mut conn) = self.conns.remove(&id) {
+        if let Some(mut conn) = self.control.conns.remove(&id) {
             let _ = self.poll.registry().deregister(&mut conn.stream);
             self.sources.remove(&conn.token);
         }
-        self.stop_waiters.retain(|(c, _)| *c != id);
-        for u in self.units.values_mut() {
+        self.control.stop_waiters.retain(|(c, _)| *c != id);
+        for u in self.runtimes.units.values_mut() {
             u.followers.retain(|c| *c != id);
         }
     }
