@@ -68,6 +68,55 @@ pub(super) struct Conn {
 /// fds that `exec` takes: stdin, stdout, stderr.
 const EXEC_FDS: usize = 3;
 
+impl Conn {
+    /// Queues a reply; false when that would pass [`MAX_PENDING`] (the
+    /// client is not reading: it is to be dropped).
+    fn queue(&mut self, bytes: &[u8]) -> bool {
+        if self.wbuf.len() + bytes.len() > MAX_PENDING {
+            self.wbuf.clear();
+            self.closing = true;
+            return false;
+        }
+        self.wbuf.extend_from_slice(bytes);
+        true
+    }
+
+    /// Writes what the socket takes of the queued replies, and watches for
+    /// writability exactly while some are left. A write error marks the
+    /// connection for closing.
+    fn flush(&mut self, registry: &mio::Registry) {
+        while !self.wbuf.is_empty() {
+            match self.stream.write(&self.wbuf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.wbuf.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.wbuf.clear();
+                    self.closing = true;
+                    break;
+                }
+            }
+        }
+        let want_writable = !self.wbuf.is_empty();
+        if want_writable != self.writable_registered {
+            let interest = if want_writable {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            if registry
+                .reregister(&mut self.stream, self.token, interest)
+                .is_ok()
+            {
+                self.writable_registered = want_writable;
+            }
+        }
+    }
+}
+
 /// The fds a client passed for its next request.
 #[derive(Default)]
 pub(super) struct PassedFds {
@@ -503,52 +552,17 @@ impl Agent {
         let Some(conn) = self.control.conns.get_mut(&id) else {
             return;
         };
-        if conn.wbuf.len() + bytes.len() > MAX_PENDING {
+        if !conn.queue(bytes) {
             log::warn!("control socket: client not reading its replies; dropping it");
-            conn.wbuf.clear();
-            conn.closing = true;
             self.close(id);
-            return;
         }
-        conn.wbuf.extend_from_slice(bytes);
     }
 
     pub(super) fn flush(&mut self, id: usize) {
         let Some(conn) = self.control.conns.get_mut(&id) else {
             return;
         };
-        while !conn.wbuf.is_empty() {
-            match conn.stream.write(&conn.wbuf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    conn.wbuf.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    conn.wbuf.clear();
-                    conn.closing = true;
-                    break;
-                }
-            }
-        }
-        let want_writable = !conn.wbuf.is_empty();
-        if want_writable != conn.writable_registered {
-            let interest = if want_writable {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            let token = conn.token;
-            if self
-                .poll
-                .registry()
-                .reregister(&mut conn.stream, token, interest)
-                .is_ok()
-            {
-                conn.writable_registered = want_writable;
-            }
-        }
+        conn.flush(self.poll.registry());
         if conn.closing && conn.wbuf.is_empty() {
             self.close(id);
         } else if conn.eof && conn.wbuf.is_empty() {
