@@ -678,3 +678,34 @@ fn start_limit_and_operator_actions_are_logged_once_and_restarts_counted_right()
         );
     }
 }
+
+#[test]
+fn a_second_agent_in_another_pid_namespace_names_the_first_as_recorded() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("secondns", |d| zone(d, "web", "sleep 1000", ""));
+    let mut child = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount", "--kill-child"])
+        .arg(common::ZONIT)
+        .args(["run", "--config"])
+        .arg(&z.config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    // The first agent is PID 1 of its own namespace, invisible from here.
+    assert!(
+        text.contains("another agent (pid 1 in its own PID namespace"),
+        "{text}"
+    );
+    assert_eq!(z.state("web"), "running");
+}
