@@ -507,6 +507,7 @@ impl Agent {
                     last_exit: st.last_exit.as_ref().map(|e| e.describe()),
                     reason: st.reason.clone(),
                     oom_kills: self.cgroups.oom_kills(&u.name),
+                    addresses: crate::net::host::HostNet::addresses(&self.config, &u.name),
                 })
             })
             .collect()

@@ -11,7 +11,7 @@
 //! process. Nothing in here may panic or return early from the loop on a
 //! per-request or per-unit error: it is logged and the loop goes on.
 
-mod cgroup;
+pub(crate) mod cgroup;
 mod claim;
 mod control;
 mod exec;
@@ -146,6 +146,8 @@ pub struct Agent {
     pid1: pid1::Pid1State,
     /// Running `ctl exec` helpers by PID.
     execs: HashMap<i32, exec::Session>,
+    /// Bridges, the nf_tables table, zones' network files.
+    net: crate::net::host::HostNet,
 }
 
 /// What each poll token stands for.
@@ -226,6 +228,7 @@ impl Agent {
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(Error::Poll)?;
         let opts_mode = opts.mode;
+        let net_files = net_files_dir(&config.host.control_socket);
         let mut agent = Agent {
             sup: Supervisor::new(specs(&config)),
             config,
@@ -238,6 +241,7 @@ impl Agent {
             shutdown: None,
             cgroups: cgroup::Cgroups::default(),
             pid1: pid1::Pid1State::default(),
+            net: crate::net::host::HostNet::new(net_files),
             execs: HashMap::new(),
         };
         // The socket first: an agent that cannot serve it (another one
@@ -265,6 +269,7 @@ impl Agent {
     /// exit status for `zonit run`.
     pub fn run(mut self) -> ShutdownAction {
         self.reserve_runtimes();
+        self.net.apply(&self.config);
         self.start_autostart();
         let mut events = Events::with_capacity(256);
         loop {
@@ -273,7 +278,10 @@ impl Agent {
             let turn =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.turn(&mut events)));
             match turn {
-                Ok(Some(action)) => return action,
+                Ok(Some(action)) => {
+                    self.net.teardown();
+                    return action;
+                }
                 Ok(None) => {}
                 Err(_) => log::error!("the event loop caught a panic; carrying on"),
             }
@@ -563,6 +571,7 @@ impl Agent {
             );
         }
         log::set_max_level(self.opts.log_level_for(&self.config));
+        self.net.apply(&self.config);
         let actions = self
             .sup
             .reload(specs(&self.config), &changed, &added, Instant::now());
@@ -608,6 +617,15 @@ fn raise_nofile() {
         Ok(_) => {}
         Err(e) => log::warn!("unable to read the open files limit: {e}"),
     }
+}
+
+/// Where zones' generated `resolv.conf` and `hosts` live: beside the
+/// control socket, so each agent has its own.
+fn net_files_dir(control_socket: &std::path::Path) -> PathBuf {
+    control_socket
+        .parent()
+        .unwrap_or(std::path::Path::new("/run/zonit"))
+        .join("net")
 }
 
 fn cgroup_instance(mode: Mode) -> String {

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
 use mio::Interest;
@@ -295,6 +295,21 @@ impl Agent {
                 return failed(error_chain(&e), permanent);
             }
         };
+        // A zone on a network sees its resolv.conf and hosts read-only.
+        let net_files = match self.net.zone_files(&self.config, unit, zone) {
+            Ok(m) => m,
+            Err(reason) => return failed(reason, false),
+        };
+        let with_files;
+        let zone = if net_files.is_empty() {
+            zone
+        } else {
+            with_files = crate::config::Zone {
+                mounts: [zone.mounts.clone(), net_files].concat(),
+                ..zone.clone()
+            };
+            &with_files
+        };
         let out = match self.open_output(unit) {
             Ok(tx) => tx,
             Err(e) => return failed(format!("unable to create the output pipe: {e}"), false),
@@ -312,7 +327,7 @@ impl Agent {
         // The zone's init is born and set up its side; the command waits
         // for `Go` until the agent's part is in place.
         let released = self
-            .zone_outside_setup(unit, zone, started.pid)
+            .zone_outside_setup(unit, zone, started.pidfd.as_fd())
             .and_then(|()| {
                 Message::Go
                     .send(started.channel.as_fd())
@@ -345,16 +360,16 @@ impl Agent {
     }
 
     /// What the agent sets up for a zone from outside, after the zone's
-    /// init is cloned (`init_pid` reaches its namespaces) and before its
-    /// command is released with `Go`: the place for per-zone networking
-    /// (a veth moved into the zone's network namespace). Nothing yet.
+    /// init is cloned (its pidfd `init` reaches its namespaces) and before
+    /// its command is released with `Go`: a bridged zone's veth, addresses
+    /// and routes.
     fn zone_outside_setup(
         &mut self,
-        _unit: &str,
+        unit: &str,
         _zone: &crate::config::Zone,
-        _init_pid: i32,
+        init: BorrowedFd<'_>,
     ) -> Result<(), String> {
-        Ok(())
+        self.net.zone_start(&self.config, unit, init)
     }
 
     fn spawn_guest(&mut self, unit: &str, guest: &crate::config::Guest) -> Vec<Input> {
@@ -366,10 +381,25 @@ impl Agent {
                 permanent: true,
             }];
         }
+        let taps = match super::guest::open_taps(guest, &self.config.networks) {
+            Ok(taps) => taps,
+            Err(reason) => {
+                log::error!("{unit}: {reason}");
+                return vec![Input::StartFailed {
+                    unit: unit.to_string(),
+                    reason,
+                    permanent: false,
+                }];
+            }
+        };
+        // The agent's copies of the taps close when this returns: each
+        // tap then lives as long as its monitor.
         let spawned = self
             .open_output(unit)
             .map_err(|e| format!("unable to create the output pipe: {e}"))
-            .and_then(|out| super::guest::spawn(guest, out.as_fd()).map_err(|e| error_chain(&e)));
+            .and_then(|out| {
+                super::guest::spawn(guest, out.as_fd(), &taps).map_err(|e| error_chain(&e))
+            });
         let started = match spawned {
             Ok(s) => s,
             Err(reason) => {

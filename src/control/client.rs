@@ -373,6 +373,7 @@ mod tests {
             last_exit: Some("exit 1".into()),
             reason: None,
             oom_kills: 0,
+            addresses: vec![],
         }];
         let t = table(&rows);
         let lines: Vec<&str> = t.lines().collect();
