@@ -20,7 +20,7 @@ use serde_json::json;
 use super::{Agent, Error, LISTENER, Mode, ShutdownAction, Source, claim};
 use crate::config::UnitKind;
 use crate::control::proto::{self, Request, UnitRow};
-use crate::supervisor::{Input, StopOutcome};
+use crate::supervisor::{Input, StopOutcome, Supervisor};
 use crate::sys;
 
 /// Most unsent reply bytes kept for one client.
@@ -45,6 +45,28 @@ pub(super) struct Server {
     pub(super) pending: Vec<usize>,
     /// When to try `accept` again after it failed for want of fds.
     pub(super) accept_retry: Option<Instant>,
+}
+
+impl Server {
+    /// Takes the `stop` requests whose unit came to rest, or that a later
+    /// start or restart superseded, with the reply each gets.
+    fn settled_stops(&mut self, sup: &Supervisor) -> Vec<(usize, Vec<u8>)> {
+        let mut done = Vec::new();
+        self.stop_waiters.retain(|(id, unit)| {
+            let reply = match sup.status(unit).map(|s| s.stop_outcome()) {
+                Some(StopOutcome::Pending) => return true,
+                Some(StopOutcome::Done(state)) => proto::ok(json!({ "state": state.as_str() })),
+                Some(StopOutcome::Superseded(state)) => proto::error(&format!(
+                    "stop of {unit} superseded: another request started it again (now {})",
+                    state.as_str()
+                )),
+                None => proto::ok(json!({ "state": "removed" })),
+            };
+            done.push((*id, reply));
+            false
+        });
+        done
+    }
 }
 
 pub(super) struct Conn {
@@ -516,22 +538,7 @@ impl Agent {
     /// Replies to `stop` requests whose unit has come to rest, or that a
     /// later start or restart superseded.
     pub(super) fn answer_stop_waiters(&mut self) {
-        let mut done = Vec::new();
-        self.control.stop_waiters.retain(|(id, unit)| {
-            let outcome = self.sup.status(unit).map(|s| s.stop_outcome());
-            let reply = match outcome {
-                Some(StopOutcome::Pending) => return true,
-                Some(StopOutcome::Done(state)) => proto::ok(json!({ "state": state.as_str() })),
-                Some(StopOutcome::Superseded(state)) => proto::error(&format!(
-                    "stop of {unit} superseded: another request started it again (now {})",
-                    state.as_str()
-                )),
-                None => proto::ok(json!({ "state": "removed" })),
-            };
-            done.push((*id, reply));
-            false
-        });
-        for (id, reply) in done {
+        for (id, reply) in self.control.settled_stops(&self.sup) {
             self.send(id, &reply);
             self.flush(id);
         }
@@ -598,6 +605,57 @@ mod tests {
             name: "z".into(),
             argv: vec!["id".into()],
         }
+    }
+
+    fn engine() -> Supervisor {
+        let spec = crate::supervisor::Spec {
+            name: "a".into(),
+            after: Vec::new(),
+            restart: crate::config::RestartPolicy::Always,
+            backoff: crate::config::Backoff::default(),
+            start_limit: None,
+            stop_timeout: std::time::Duration::from_secs(10),
+            reboot_restarts: false,
+        };
+        Supervisor::new(vec![spec])
+    }
+
+    #[test]
+    fn a_stop_waiter_gets_stopped_or_superseded_once() {
+        let now = Instant::now();
+        let mut sup = engine();
+        sup.handle(Input::Start("a".into()), now).unwrap();
+        sup.handle(
+            Input::Spawned {
+                unit: "a".into(),
+                pid: 7,
+            },
+            now,
+        )
+        .unwrap();
+        sup.handle(Input::Ready("a".into()), now).unwrap();
+        let mut server = Server::default();
+        server.stop_waiters.push((1, "a".into()));
+        sup.handle(Input::Stop("a".into()), now).unwrap();
+        assert!(server.settled_stops(&sup).is_empty(), "still stopping");
+        sup.handle(Input::Start("a".into()), now).unwrap();
+        let done = server.settled_stops(&sup);
+        assert_eq!(done.len(), 1);
+        assert!(String::from_utf8_lossy(&done[0].1).contains("superseded"));
+        assert!(server.settled_stops(&sup).is_empty(), "answered once");
+        server.stop_waiters.push((2, "a".into()));
+        sup.handle(Input::Stop("a".into()), now).unwrap();
+        let end = crate::supervisor::End::Signal(15);
+        sup.handle(
+            Input::Ended {
+                unit: "a".into(),
+                end,
+            },
+            now,
+        )
+        .unwrap();
+        let done = server.settled_stops(&sup);
+        assert!(String::from_utf8_lossy(&done[0].1).contains(r#""state":"stopped""#));
     }
 
     #[test]
