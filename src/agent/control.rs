@@ -91,6 +91,33 @@ pub(super) struct Conn {
 const EXEC_FDS: usize = 3;
 
 impl Conn {
+    /// Takes the next complete request line out of the read buffer,
+    /// without its newline.
+    fn next_line(&mut self) -> Option<Vec<u8>> {
+        let nl = self.rbuf.iter().position(|&b| b == b'\n')?;
+        let mut line: Vec<u8> = self.rbuf.drain(..=nl).collect();
+        line.pop();
+        Some(line)
+    }
+
+    /// Reads one chunk (and the fds passed with it) into the buffers;
+    /// false when the socket has nothing more for now.
+    fn read_some(&mut self, buf: &mut [u8]) -> bool {
+        match sys::recv_with_fds(self.stream.as_fd(), buf) {
+            Ok(got) => {
+                self.fds.take_fds(got.fds, got.truncated);
+                if got.bytes == 0 {
+                    self.eof = true;
+                }
+                self.rbuf.extend_from_slice(&buf[..got.bytes]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(_) => self.eof = true,
+        }
+        true
+    }
+
     /// Queues a reply; false when that would pass [`MAX_PENDING`] (the
     /// client is not reading: it is to be dropped).
     fn queue(&mut self, bytes: &[u8]) -> bool {
@@ -310,10 +337,9 @@ impl Agent {
                 self.control.pending.push(id);
                 break;
             }
-            if let Some(nl) = conn.rbuf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = conn.rbuf.drain(..=nl).collect();
+            if let Some(line) = conn.next_line() {
                 handled += 1;
-                self.line(id, &line[..nl]);
+                self.line(id, &line);
                 continue;
             }
             if conn.rbuf.len() > proto::MAX_REQUEST {
@@ -326,17 +352,8 @@ impl Agent {
             if conn.eof {
                 break;
             }
-            match sys::recv_with_fds(conn.stream.as_fd(), &mut buf) {
-                Ok(got) => {
-                    conn.fds.take_fds(got.fds, got.truncated);
-                    if got.bytes == 0 {
-                        conn.eof = true;
-                    }
-                    conn.rbuf.extend_from_slice(&buf[..got.bytes]);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => conn.eof = true,
+            if !conn.read_some(&mut buf) {
+                break;
             }
         }
         if self.control.conns.get(&id).is_some_and(|c| c.gone) {
