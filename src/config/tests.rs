@@ -828,6 +828,20 @@ fn guests_outside_the_monitors_limits_are_refused() {
 }
 
 #[test]
+fn disks_and_nics_share_the_eight_virtio_slots() {
+    let disks = "{ path = \"/d\" }, ".repeat(6);
+    let nic = "{ network = \"lan\" }, ";
+    let diags = errors(&format!(
+        "[network.lan]\naddress = \"10.88.0.1/24\"\n[guest.g]\nkernel = \"/k\"\n\
+         disks = [{disks}]\nnics = [{}]\n",
+        nic.repeat(3)
+    ));
+    let col = "nics = [".len() + 2 * nic.len() + 1;
+    assert_error_at(&diags, 6, col, &["`nics` in [guest.g]", "9", "at most 8"]);
+    assert_eq!(diags.len(), 1, "{}", render(&diags));
+}
+
+#[test]
 fn start_limit_needs_both_fields() {
     let diags = errors(&format!("{MINIMAL_ZONE}start_limit = {{ burst = 3 }}\n"));
     assert_eq!(diags.len(), 1, "{}", render(&diags));
