@@ -18,7 +18,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
     NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
@@ -244,14 +244,7 @@ impl Rtnl {
     /// skip duplicate address detection: they are static, and a tentative
     /// address would refuse `bind(2)` for a second.
     pub fn add_address(&mut self, index: u32, name: &str, addr: &Cidr) -> Result<()> {
-        let mut msg = AddressMessage::default();
-        msg.header.family = match addr.addr {
-            IpAddr::V4(_) => AddressFamily::Inet,
-            IpAddr::V6(_) => AddressFamily::Inet6,
-        };
-        msg.header.prefix_len = addr.prefix;
-        msg.header.index = index;
-        msg.attributes.push(AddressAttribute::Local(addr.addr));
+        let mut msg = address_message(index, addr);
         msg.attributes.push(AddressAttribute::Address(addr.addr));
         if addr.addr.is_ipv6() {
             msg.attributes
@@ -263,6 +256,44 @@ impl Rtnl {
             || format!("add address {addr} to {name}"),
         )?;
         Ok(())
+    }
+
+    /// The addresses on link `index` (named `name`), link-local ones left
+    /// out (the kernel makes those).
+    pub fn addresses(&mut self, index: u32, name: &str) -> Result<Vec<Cidr>> {
+        let replies = self.request(
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            NLM_F_DUMP,
+            || format!("list the addresses of {name}"),
+        )?;
+        let mut out = Vec::new();
+        for reply in replies {
+            let RouteNetlinkMessage::NewAddress(msg) = reply else {
+                continue;
+            };
+            if msg.header.index != index {
+                continue;
+            }
+            let addr = msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(ip) => Some(*ip),
+                _ => None,
+            });
+            let addr = addr.or_else(|| {
+                msg.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                })
+            });
+            if let Some(ip) = addr
+                && !matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
+            {
+                out.push(Cidr {
+                    addr: ip,
+                    prefix: msg.header.prefix_len,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Sets the MTU of link `index` (named `name`).
@@ -361,6 +392,57 @@ impl Rtnl {
         })?;
         Ok(())
     }
+
+    /// The index and hardware address of link `name`.
+    pub fn link_mac(&mut self, name: &str) -> Result<(u32, [u8; 6])> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.into()));
+        let replies = self.request(RouteNetlinkMessage::GetLink(msg), 0, || {
+            format!("look up link {name}")
+        })?;
+        for reply in replies {
+            if let RouteNetlinkMessage::NewLink(link) = reply {
+                let mac = link.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok(),
+                    _ => None,
+                });
+                if let Some(mac) = mac {
+                    return Ok((link.header.index, mac));
+                }
+            }
+        }
+        Err(Error::Request {
+            what: format!("find the Ethernet address of {name}{}", self.place),
+            err: errno(libc::ENODEV),
+        })
+    }
+
+    /// Removes `addr` from link `index` (named `name`); an address that is
+    /// not there is no error.
+    pub fn delete_address(&mut self, index: u32, name: &str, addr: &Cidr) -> Result<()> {
+        let msg = address_message(index, addr);
+        match self.request(RouteNetlinkMessage::DelAddress(msg), 0, || {
+            format!("remove address {addr} from {name}")
+        }) {
+            Err(Error::Request { err, .. }) if err.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+                Ok(())
+            }
+            other => other.map(drop),
+        }
+    }
+}
+
+/// An address message for `addr` on link `index`.
+fn address_message(index: u32, addr: &Cidr) -> AddressMessage {
+    let mut msg = AddressMessage::default();
+    msg.header.family = match addr.addr {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
+    msg.header.prefix_len = addr.prefix;
+    msg.header.index = index;
+    msg.attributes.push(AddressAttribute::Local(addr.addr));
+    msg
 }
 
 /// The network namespace of the process behind `pidfd` (named `place`
@@ -408,6 +490,14 @@ pub fn netns_of(pidfd: BorrowedFd<'_>, place: &str) -> Result<OwnedFd> {
 pub fn set_up_bridges(rtnl: &mut Rtnl, bridges: &[Bridge]) -> Result<()> {
     for bridge in bridges {
         let index = rtnl.ensure_bridge(&bridge.name)?;
+        // An adopted bridge may carry the addresses of an older config.
+        for stale in rtnl
+            .addresses(index, &bridge.name)?
+            .into_iter()
+            .filter(|a| !bridge.addresses.contains(a))
+        {
+            rtnl.delete_address(index, &bridge.name, &stale)?;
+        }
         for addr in &bridge.addresses {
             rtnl.add_address(index, &bridge.name, addr)?;
         }
@@ -417,7 +507,8 @@ pub fn set_up_bridges(rtnl: &mut Rtnl, bridges: &[Bridge]) -> Result<()> {
 }
 
 /// Configures host NIC `iface` as the config says: MTU, static
-/// addresses, up, default route. A DHCP interface is only brought up.
+/// addresses, up, default route. A DHCP interface is only brought up
+/// here; its address comes from its DHCP client (`net::dhcp`).
 pub fn set_up_interface(rtnl: &mut Rtnl, iface: &crate::config::Interface) -> Result<()> {
     let name = iface.name.as_str();
     let index = rtnl.index(name)?;
