@@ -708,6 +708,28 @@ fn console_input_on_the_monitors_stdin_reaches_the_guests_uart() {
     assert_eq!(out.end(), GuestEnd::Poweroff, "{}", out.stderr);
 }
 
+#[test]
+fn the_end_of_console_input_leaves_the_guest_running() {
+    let Some(kernel) = setup(Payload::Elf) else {
+        return;
+    };
+    let mut cmd = monitor(&kernel, &["--cmdline", "echo"]);
+    cmd.stdin(Stdio::piped());
+    let mut run = Running::start(cmd);
+    let mut input = run.child.stdin.take().expect("stdin");
+    run.wait_for("echo ready");
+    input.write_all(b"before the end\n").expect("type");
+    run.wait_for("before the end");
+    // End of file reaches the monitor's main thread, under its seccomp
+    // filter.
+    drop(input);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(run.still_running(), "the monitor ended with its input");
+    run.signal(nix::sys::signal::Signal::SIGKILL);
+    let out = run.finish();
+    assert_eq!(out.end(), GuestEnd::Killed, "{}", out.stderr);
+}
+
 // ---------------------------------------------------------------- agent
 // Guest units under `zonit run`: the agent starts one monitor per guest and
 // applies the restart policy to how each guest ended.

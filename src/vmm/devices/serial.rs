@@ -154,9 +154,11 @@ pub type Console = SerialDevice<EventFdTrigger, File>;
 /// While the FIFO is full the thread waits on the room pipe instead of
 /// `source`, so nothing is held here.
 pub struct ConsoleInput {
-    /// None once it reached end of file (no input was given, or the agent
-    /// closed it).
-    source: Option<File>,
+    source: File,
+    /// The source reached end of file (no input was given, or the agent
+    /// closed it) or failed. It stays open: the main thread's seccomp
+    /// filter has no `close`.
+    ended: bool,
     room: PipeReader,
     uart: Arc<Mutex<Console>>,
     full: bool,
@@ -172,7 +174,8 @@ impl ConsoleInput {
             .map_err(|_| io::Error::other("console lock poisoned"))?
             .room = Some(signal);
         Ok(Self {
-            source: Some(source),
+            source,
+            ended: false,
             room,
             uart,
             full: false,
@@ -182,10 +185,12 @@ impl ConsoleInput {
     /// What the main thread polls for this: the room pipe while the
     /// FIFO is full, the source otherwise, nothing once the source ended.
     pub fn poll_fd(&self) -> PollFd<'_> {
-        match &self.source {
-            Some(src) if !self.full => PollFd::new(src.as_fd(), PollFlags::POLLIN),
-            Some(_) => PollFd::new(self.room.as_fd(), PollFlags::POLLIN),
-            None => PollFd::new(self.room.as_fd(), PollFlags::empty()),
+        if self.ended {
+            PollFd::new(self.room.as_fd(), PollFlags::empty())
+        } else if self.full {
+            PollFd::new(self.room.as_fd(), PollFlags::POLLIN)
+        } else {
+            PollFd::new(self.source.as_fd(), PollFlags::POLLIN)
         }
     }
 
@@ -197,9 +202,9 @@ impl ConsoleInput {
             self.full = false;
             return;
         }
-        let Some(src) = &mut self.source else {
+        if self.ended {
             return;
-        };
+        }
         let Ok(mut uart) = self.uart.lock() else {
             return;
         };
@@ -210,8 +215,8 @@ impl ConsoleInput {
         }
         let mut buf = [0u8; 64];
         let want = room.min(buf.len());
-        match src.read(&mut buf[..want]) {
-            Ok(0) => self.source = None,
+        match self.source.read(&mut buf[..want]) {
+            Ok(0) => self.ended = true,
             Ok(n) => {
                 uart.enqueue_input(&buf[..n]);
             }
@@ -219,7 +224,7 @@ impl ConsoleInput {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => {
                 log::warn!("guest console input failed, ignoring it from now on: {e}");
-                self.source = None;
+                self.ended = true;
             }
         }
     }
