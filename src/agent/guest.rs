@@ -190,6 +190,9 @@ mod tests {
                 },
             ],
             on_reboot: OnReboot::Restart,
+            memory_max: 512 << 20,
+            cpu_max: None,
+            pids_max: None,
         };
         assert_eq!(
             monitor_argv(&g).join(" "),
@@ -247,6 +250,9 @@ mod tests {
             vcpus: 1,
             disks: vec![],
             on_reboot: OnReboot::Restart,
+            memory_max: 512 << 20,
+            cpu_max: None,
+            pids_max: None,
         };
         assert_eq!(preflight(&g), Ok(()));
         g.disks.push(Disk {

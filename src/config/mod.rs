@@ -13,12 +13,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod document;
+mod hostmounts;
 mod names;
 mod raw;
 #[cfg(test)]
 mod tests;
 pub(crate) mod units;
 mod validate;
+
+pub use hostmounts::{HostMount, MountSource};
 
 /// Default location of the config file.
 pub const DEFAULT_PATH: &str = "/etc/zonit.toml";
@@ -58,6 +61,9 @@ pub struct Host {
     pub rescue_shell: Option<PathBuf>,
     /// Test mode: when this unit ends, power off and report its status.
     pub exit_with: Option<String>,
+    /// Data file systems PID 1 mounts at boot (`[[host.mounts]]`), in
+    /// file order.
+    pub mounts: Vec<HostMount>,
 }
 
 /// Remote syslog transport and address (`udp://ADDR:PORT`, `tcp://ADDR:PORT`).
@@ -259,6 +265,46 @@ pub struct Guest {
     pub disks: Vec<Disk>,
     /// What a guest reboot does.
     pub on_reboot: OnReboot,
+    /// cgroup v2 memory.max of the monitor in bytes: by default the
+    /// guest's memory plus [`crate::vmm::limits::MONITOR_ALLOWANCE`].
+    pub memory_max: u64,
+    /// cgroup v2 cpu.max of the monitor in CPUs.
+    pub cpu_max: Option<f64>,
+    /// cgroup v2 pids.max of the monitor (its threads count).
+    pub pids_max: Option<u64>,
+}
+
+/// The cgroup v2 limits of one unit's group, zone or guest alike.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct CgroupLimits {
+    /// memory.max in bytes.
+    pub memory_max: Option<u64>,
+    /// cpu.max in CPUs.
+    pub cpu_max: Option<f64>,
+    /// pids.max.
+    pub pids_max: Option<u64>,
+}
+
+impl Zone {
+    /// The limits of the zone's cgroup.
+    pub fn cgroup_limits(&self) -> CgroupLimits {
+        CgroupLimits {
+            memory_max: self.memory_max,
+            cpu_max: self.cpu_max,
+            pids_max: self.pids_max,
+        }
+    }
+}
+
+impl Guest {
+    /// The limits of the monitor's cgroup.
+    pub fn cgroup_limits(&self) -> CgroupLimits {
+        CgroupLimits {
+            memory_max: Some(self.memory_max),
+            cpu_max: self.cpu_max,
+            pids_max: self.pids_max,
+        }
+    }
 }
 
 /// One problem in a config file, with its position.
@@ -365,6 +411,9 @@ pub fn load(path: &Path) -> Result<Config, Vec<Diagnostic>> {
 /// | guest `vcpus` | `1` |
 /// | guest `cmdline` | `"console=ttyS0"` |
 /// | guest `on_reboot` | `"restart"` |
+/// | guest `memory_max` | `memory` + [`crate::vmm::limits::MONITOR_ALLOWANCE`] |
+/// | `host.mounts[].wait` | `"10s"` |
+/// | `host.mounts[].required` | `true` |
 pub fn parse(file: &Path, text: &str) -> Result<Config, Vec<Diagnostic>> {
     let mut rep = document::Reporter::new(file, text);
     let config = document::read(text, &mut rep).and_then(|doc| validate::build(doc, &mut rep));
