@@ -11,6 +11,9 @@ packages=(
     qemu-system-x86  # tier-4 tests and the appliance demo
     iproute2         # network checks in tests
     gcc libc6-dev    # the static syscall probe of the escape tests
+    # Test-only: file system and partition images for the superblock
+    # readers (tier 1) and the data-disk QEMU tests (tier 4).
+    e2fsprogs xfsprogs btrfs-progs dosfstools gdisk
 )
 if [[ ${ZONIT_BENCH:-0} == 1 ]]; then
     # Peers measured side by side in BENCHMARKS.md.

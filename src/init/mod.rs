@@ -14,8 +14,10 @@
 //! open for `zonit ctl reload`. A panic is caught (the release profile
 //! unwinds for this); if one escapes the agent, PID 1 reaps forever.
 
+pub mod blkid;
 pub mod cmdline;
 pub mod console;
+pub mod datamounts;
 pub mod debug_exit;
 pub mod modules;
 pub mod mounts;
