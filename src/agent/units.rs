@@ -219,6 +219,9 @@ impl Agent {
         let Some(cfg) = self.config.unit(unit).cloned() else {
             return failed("not in the config".into(), true);
         };
+        if let Some(reason) = self.blocked_by_mount(&cfg) {
+            return failed(reason, true);
+        }
         if let Err(e) = self.ensure_runtime(unit) {
             return failed(format!("unable to create the output pipe: {e}"), false);
         }
