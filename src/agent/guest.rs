@@ -193,6 +193,8 @@ mod tests {
             memory_max: 512 << 20,
             cpu_max: None,
             pids_max: None,
+            nics: vec![],
+            ports: vec![],
         };
         assert_eq!(
             monitor_argv(&g).join(" "),
@@ -253,6 +255,8 @@ mod tests {
             memory_max: 512 << 20,
             cpu_max: None,
             pids_max: None,
+            nics: vec![],
+            ports: vec![],
         };
         assert_eq!(preflight(&g), Ok(()));
         g.disks.push(Disk {

@@ -18,11 +18,13 @@ use toml::Spanned;
 
 use super::document::{RawDocument, RawUnit, RawUnitKind, Reporter};
 use super::names;
+use super::network as net;
 use super::raw::{Limit, RawBackoff, RawDefaults, RawGuest, RawHost, RawStartLimit, RawZone, Size};
 use super::units::{parse_duration, parse_size};
 use super::{
     Backoff, BindMount, CgroupLimits, Config, CtrlAltDel, DEFAULT_CONTROL_SOCKET, Disk, Guest,
-    Host, Network, OnReboot, RestartPolicy, StartLimit, TemplateMode, Unit, UnitKind, Zone,
+    Host, Network, NetworkDef, Nic, OnReboot, PortForward, RestartPolicy, StartLimit, TemplateMode,
+    Unit, UnitKind, Zone,
 };
 use crate::vmm::limits;
 
@@ -45,12 +47,15 @@ pub fn build(doc: RawDocument, rep: &mut Reporter<'_>) -> Option<Config> {
         Some(raw) => defaults(raw, rep),
         None => Defaults::default(),
     };
+    let interfaces = net::interfaces(&doc.interfaces, rep);
+    let networks = net::networks(&doc.networks, rep);
     let mut units = Vec::with_capacity(doc.units.len());
     for raw in &doc.units {
-        if let Some(unit) = unit(raw, &defaults, rep) {
+        if let Some(unit) = unit(raw, &defaults, &networks, rep) {
             units.push(unit);
         }
     }
+    net::assign(&doc, &mut units, &networks, &interfaces, rep);
     check_names(&doc.units, rep);
     check_after(&doc.units, rep);
     if let Some(raw) = &doc.host {
@@ -60,7 +65,12 @@ pub fn build(doc: RawDocument, rep: &mut Reporter<'_>) -> Option<Config> {
     if !rep.diagnostics.is_empty() {
         return None;
     }
-    Some(Config { host, units })
+    Some(Config {
+        host,
+        interfaces,
+        networks,
+        units,
+    })
 }
 
 /// Checks values of one section; every method reports at the value's span
@@ -214,6 +224,56 @@ impl<'r, 'f> Checker<'r, 'f> {
             }
         }
         limits
+    }
+
+    /// The `[network.X]` that `value` names.
+    fn network_name<'n>(
+        &mut self,
+        key: &str,
+        value: &Spanned<String>,
+        networks: &'n [NetworkDef],
+    ) -> Option<&'n NetworkDef> {
+        let text = value.get_ref();
+        if let Some(def) = networks.iter().find(|n| &n.name == text) {
+            return Some(def);
+        }
+        let all: Vec<&str> = networks.iter().map(|n| n.name.as_str()).collect();
+        let hint = names::closest(text, &all)
+            .map(|n| format!(" (did you mean `{n}`?)"))
+            .unwrap_or_default();
+        let modes = if key == "network" {
+            "\"none\", \"host\" or "
+        } else {
+            ""
+        };
+        self.error(
+            value.span(),
+            key,
+            format!(
+                "`{}` is no [network.X] of this file{hint}; expected {modes}the name of a [network.X]",
+                text.escape_debug()
+            ),
+        );
+        None
+    }
+
+    /// Port forwards as written (`"8080:80"`, `"5353:53/udp"`).
+    fn ports(&mut self, list: Option<&[Spanned<String>]>) -> Vec<PortForward> {
+        let mut ports = Vec::new();
+        for p in list.into_iter().flatten() {
+            match net::parse_port(p.get_ref()) {
+                Some(fwd) => ports.push(fwd),
+                None => self.error(
+                    p.span(),
+                    "ports",
+                    format!(
+                        "\"{}\" is not HOST:PORT with ports 1 to 65535 and an optional /tcp or /udp, as in \"8080:80\" or \"5353:53/udp\"",
+                        p.get_ref().escape_debug()
+                    ),
+                ),
+            }
+        }
+        ports
     }
 
     fn no_nul(&mut self, key: &str, value: &Spanned<String>) -> Option<String> {
@@ -417,7 +477,8 @@ struct ZonePart {
     pids_max: Option<u64>,
     rlimits: BTreeMap<String, u64>,
     stop_signal: Option<i32>,
-    network: Option<Network>,
+    /// As written; resolved against the networks per zone.
+    network: Option<Spanned<String>>,
     env: BTreeMap<String, String>,
 }
 
@@ -435,7 +496,7 @@ impl ZonePart {
             pids_max: self.pids_max.or(defaults.pids_max),
             rlimits,
             stop_signal: self.stop_signal.or(defaults.stop_signal),
-            network: self.network.or(defaults.network),
+            network: self.network.or_else(|| defaults.network.clone()),
             env,
         }
     }
@@ -613,7 +674,7 @@ fn zone_part(c: &mut Checker<'_, '_>, keys: ZoneKeys<'_>) -> ZonePart {
         cpu_max: limits.cpu_max,
         pids_max: limits.pids_max,
         stop_signal: None,
-        network: c.choice("network", keys.network, &[("none", Network::None)]),
+        network: keys.network.cloned(),
         ..ZonePart::default()
     };
     if let Some(user) = keys.user {
@@ -766,7 +827,12 @@ fn guest_part(c: &mut Checker<'_, '_>, keys: GuestKeys<'_>) -> GuestPart {
     part
 }
 
-fn unit(raw: &RawUnit, defaults: &Defaults, rep: &mut Reporter<'_>) -> Option<Unit> {
+fn unit(
+    raw: &RawUnit,
+    defaults: &Defaults,
+    networks: &[NetworkDef],
+    rep: &mut Reporter<'_>,
+) -> Option<Unit> {
     let name = raw.name.get_ref();
     let (kind_name, common_keys) = match &raw.kind {
         RawUnitKind::Zone(z) => ("zone", common_keys_zone(z)),
@@ -796,8 +862,10 @@ fn unit(raw: &RawUnit, defaults: &Defaults, rep: &mut Reporter<'_>) -> Option<Un
         autostart: common.autostart.unwrap_or(true),
     };
     let kind = match &raw.kind {
-        RawUnitKind::Zone(z) => zone(&mut c, raw, z, &defaults.zone).map(UnitKind::Zone),
-        RawUnitKind::Guest(g) => guest(&mut c, raw, g, &defaults.guest).map(UnitKind::Guest),
+        RawUnitKind::Zone(z) => zone(&mut c, raw, z, &defaults.zone, networks).map(UnitKind::Zone),
+        RawUnitKind::Guest(g) => {
+            guest(&mut c, raw, g, &defaults.guest, networks).map(UnitKind::Guest)
+        }
     };
     let kind = kind?;
     c.ok.then(|| Unit {
@@ -850,7 +918,13 @@ fn missing(c: &mut Checker<'_, '_>, raw: &RawUnit, key: &str, example: &str) {
     );
 }
 
-fn zone(c: &mut Checker<'_, '_>, raw: &RawUnit, z: &RawZone, defaults: &ZonePart) -> Option<Zone> {
+fn zone(
+    c: &mut Checker<'_, '_>,
+    raw: &RawUnit,
+    z: &RawZone,
+    defaults: &ZonePart,
+    networks: &[NetworkDef],
+) -> Option<Zone> {
     let name = raw.name.get_ref();
     let part = zone_part(
         c,
@@ -942,6 +1016,19 @@ fn zone(c: &mut Checker<'_, '_>, raw: &RawUnit, z: &RawZone, defaults: &ZonePart
             });
         }
     }
+    let network = zone_network(c, name, part.network.as_ref(), networks, z);
+    let ports = c.ports(z.ports.as_deref());
+    let bridged = part
+        .network
+        .as_ref()
+        .is_some_and(|n| !matches!(n.get_ref().as_str(), "none" | "host"));
+    if !bridged && let Some(first) = z.ports.iter().flatten().next() {
+        c.error(
+            first.span(),
+            "ports",
+            "a port forward needs the zone on a [network.X]; set network = \"NAME\"",
+        );
+    }
     Some(Zone {
         root: root?,
         template,
@@ -955,7 +1042,8 @@ fn zone(c: &mut Checker<'_, '_>, raw: &RawUnit, z: &RawZone, defaults: &ZonePart
             .capabilities
             .unwrap_or_else(|| names::DEFAULT_CAPABILITIES.to_vec()),
         mounts,
-        network: part.network.unwrap_or(Network::None),
+        network: network?,
+        ports,
         memory_max: part.memory_max,
         cpu_max: part.cpu_max,
         pids_max: part.pids_max,
@@ -969,6 +1057,7 @@ fn guest(
     raw: &RawUnit,
     g: &RawGuest,
     defaults: &GuestPart,
+    networks: &[NetworkDef],
 ) -> Option<Guest> {
     let part = guest_part(
         c,
@@ -1013,6 +1102,56 @@ fn guest(
     {
         c.error(raw.span(), "pids_max", e);
     }
+    let name = raw.name.get_ref();
+    let mut nics = Vec::new();
+    for (i, n) in g.nics.iter().flatten().enumerate() {
+        let n = n.get_ref();
+        let key = format!("nics[{i}]");
+        let Some(network) = c.network_name(&format!("{key}.network"), &n.network, networks) else {
+            continue;
+        };
+        let mac = match &n.mac {
+            None => Some(net::derive_mac(name, i)),
+            Some(m) => match net::check_mac(m.get_ref()) {
+                Ok(mac) => Some(mac),
+                Err(e) => {
+                    c.error(m.span(), &format!("{key}.mac"), e);
+                    None
+                }
+            },
+        };
+        let address = match &n.address {
+            None => Some(None),
+            Some(a) => match net::check_unit_address(network, a.get_ref()) {
+                Ok(ip) => Some(Some(ip)),
+                Err(e) => {
+                    c.error(a.span(), &format!("{key}.address"), e);
+                    None
+                }
+            },
+        };
+        if let (Some(mac), Some(address)) = (mac, address) {
+            nics.push(Nic {
+                network: network.name.clone(),
+                mac,
+                address,
+                address6: None,
+                host_ifname: net::tap_ifname(name, i),
+            });
+        }
+    }
+    let ports = c.ports(g.ports.as_deref());
+    if let Some(p) = &g.ports
+        && let Some(first) = p.first()
+        && c.ok
+        && !nics.iter().any(|n| n.address.is_some())
+    {
+        c.error(
+            first.span(),
+            "ports",
+            "a port forward needs an address to forward to; give the guest's first nic an `address`",
+        );
+    }
     Some(Guest {
         kernel: kernel?,
         initrd,
@@ -1026,7 +1165,61 @@ fn guest(
             .unwrap_or_else(|| limits::default_memory_max(memory)),
         cpu_max: cgroup.cpu_max,
         pids_max: cgroup.pids_max,
+        nics,
+        ports,
     })
+}
+
+/// A zone's `network` (its own or from `[defaults]`) with its `address`.
+fn zone_network(
+    c: &mut Checker<'_, '_>,
+    name: &str,
+    network: Option<&Spanned<String>>,
+    networks: &[NetworkDef],
+    z: &RawZone,
+) -> Option<Network> {
+    let mode = match network.map(|n| n.get_ref().as_str()) {
+        None | Some("none") => Network::None,
+        Some("host") => Network::Host,
+        Some(_) => {
+            let written = network?;
+            // A bad name from [defaults] is reported there, once.
+            let label = if z.network.is_none() {
+                std::mem::replace(&mut c.label, "[defaults]".into())
+            } else {
+                c.label.clone()
+            };
+            let def = c.network_name("network", written, networks);
+            c.label = label;
+            let def = def?;
+            let address = match &z.address {
+                None => None,
+                Some(a) => match net::check_unit_address(def, a.get_ref()) {
+                    Ok(ip) => Some(ip),
+                    Err(e) => {
+                        c.error(a.span(), "address", e);
+                        return None;
+                    }
+                },
+            };
+            return Some(Network::Bridged(Box::new(Nic {
+                network: def.name.clone(),
+                mac: net::derive_mac(name, 0),
+                address,
+                address6: None,
+                host_ifname: net::zone_ifname(name),
+            })));
+        }
+    };
+    if let Some(a) = &z.address {
+        c.error(
+            a.span(),
+            "address",
+            "an address needs the zone on a [network.X]; set network = \"NAME\"",
+        );
+        return None;
+    }
+    Some(mode)
 }
 
 fn label(raw: &RawUnit) -> String {

@@ -726,6 +726,8 @@ mod tests {
             memory_max: 128 << 20,
             cpu_max: None,
             pids_max: None,
+            nics: vec![],
+            ports: vec![],
         };
         // The innermost failed mount is named.
         assert_eq!(
