@@ -14,7 +14,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 
-use crate::config::Guest;
+use crate::config::{CgroupLimits, Guest};
 use crate::supervisor::End;
 use crate::sys;
 use crate::vmm::{GuestEnd, limits};
@@ -59,6 +59,19 @@ pub fn preflight(guest: &Guest) -> Result<(), String> {
         .try_for_each(|path| limits::check_image(path))
 }
 
+/// The limits of the monitor's cgroup: the configured ones and, unless
+/// `memory_max` is set, the guest's memory plus the monitor's allowance
+/// when the memory controller is there to enforce it. (A configured
+/// limit without its controller fails the start instead, with the
+/// reason, as for zones.)
+pub fn cgroup_limits(guest: &Guest, memory_controller: bool) -> CgroupLimits {
+    let mut limits = guest.cgroup_limits();
+    if limits.memory_max.is_none() && memory_controller {
+        limits.memory_max = Some(limits::default_memory_max(guest.memory));
+    }
+    limits
+}
+
 /// The monitor's argv for `guest` (pure).
 pub fn monitor_argv(guest: &Guest) -> Vec<String> {
     let mut argv = vec![
@@ -87,8 +100,14 @@ pub fn monitor_argv(guest: &Guest) -> Vec<String> {
     argv
 }
 
-/// Starts the monitor for `guest` with stdout and stderr on `output`.
-pub fn spawn(guest: &Guest, output: BorrowedFd<'_>) -> Result<Started, Error> {
+/// Starts the monitor for `guest` with stdout and stderr on `output`, in
+/// the cgroup `group` when given (entered at clone time, so no byte of
+/// guest memory is ever charged elsewhere).
+pub fn spawn(
+    guest: &Guest,
+    output: BorrowedFd<'_>,
+    group: Option<BorrowedFd<'_>>,
+) -> Result<Started, Error> {
     let argv = monitor_argv(guest)
         .into_iter()
         .map(CString::new)
@@ -99,7 +118,7 @@ pub fn spawn(guest: &Guest, output: BorrowedFd<'_>) -> Result<Started, Error> {
     ptrs.push(std::ptr::null());
     let env: [*const libc::c_char; 1] = [std::ptr::null()];
     let (status_rx, status_tx) = crate::zone::protocol::channel().map_err(Error::Channel)?;
-    match sys::clone3(0, None).map_err(Error::Clone)? {
+    match sys::clone3(0, group).map_err(Error::Clone)? {
         sys::Forked::Child => {
             sys::reset_signals();
             let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
@@ -190,7 +209,7 @@ mod tests {
                 },
             ],
             on_reboot: OnReboot::Restart,
-            memory_max: 512 << 20,
+            memory_max: None,
             cpu_max: None,
             pids_max: None,
             nics: vec![],
@@ -201,6 +220,36 @@ mod tests {
             "zonit vmm --kernel /g/vmlinuz --initrd /g/initrd --cmdline console=ttyS0 quiet \
              --memory 268435456 --vcpus 2 --status-fd 3 --disk /g/a.img --disk /g/b.img,ro"
         );
+    }
+
+    #[test]
+    fn a_monitor_gets_memory_plus_the_allowance_unless_told_otherwise() {
+        let mut g = Guest {
+            kernel: "/k".into(),
+            initrd: None,
+            cmdline: String::new(),
+            memory: 256 << 20,
+            vcpus: 1,
+            disks: vec![],
+            on_reboot: OnReboot::Restart,
+            memory_max: None,
+            cpu_max: Some(0.5),
+            pids_max: None,
+            nics: vec![],
+            ports: vec![],
+        };
+        let with = cgroup_limits(&g, true);
+        assert_eq!(
+            with.memory_max,
+            Some((256 << 20) + limits::MONITOR_ALLOWANCE)
+        );
+        assert_eq!(with.cpu_max, Some(0.5));
+        // No controller to enforce the default: no default, no failure.
+        assert_eq!(cgroup_limits(&g, false).memory_max, None);
+        g.memory_max = Some(64 << 20);
+        assert_eq!(cgroup_limits(&g, true).memory_max, Some(64 << 20));
+        // A configured limit stays, so the missing controller is reported.
+        assert_eq!(cgroup_limits(&g, false).memory_max, Some(64 << 20));
     }
 
     #[test]
@@ -252,7 +301,7 @@ mod tests {
             vcpus: 1,
             disks: vec![],
             on_reboot: OnReboot::Restart,
-            memory_max: 512 << 20,
+            memory_max: None,
             cpu_max: None,
             pids_max: None,
             nics: vec![],

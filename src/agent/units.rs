@@ -271,12 +271,9 @@ impl Agent {
                 );
             }
         }
-        let group = match self.cgroups.prepare(unit, zone) {
+        let group = match self.cgroups.prepare(unit, &zone.cgroup_limits()) {
             Ok(g) => g,
-            Err(e) => {
-                let permanent = !matches!(e, super::cgroup::Error::Busy { .. });
-                return failed(error_chain(&e), permanent);
-            }
+            Err(e) => return failed(error_chain(&e), cgroup_failure_is_permanent(&e)),
         };
         let Some(rt) = self.units.get(unit) else {
             return failed("internal: runtime missing".into(), false);
@@ -353,7 +350,24 @@ impl Agent {
                 permanent: true,
             }];
         }
-        let started = match super::guest::spawn(guest, rt.out_tx.as_fd()) {
+        let limits = super::guest::cgroup_limits(guest, self.cgroups.has("memory"));
+        let group = match self.cgroups.prepare(unit, &limits) {
+            Ok(g) => g,
+            Err(e) => {
+                let reason = error_chain(&e);
+                log::error!("{unit}: {reason}");
+                return vec![Input::StartFailed {
+                    unit: unit.to_string(),
+                    reason,
+                    permanent: cgroup_failure_is_permanent(&e),
+                }];
+            }
+        };
+        let started = match super::guest::spawn(
+            guest,
+            rt.out_tx.as_fd(),
+            group.as_ref().map(|g| g.as_fd()),
+        ) {
             Ok(s) => s,
             Err(e) => {
                 let reason = error_chain(&e);
@@ -410,6 +424,7 @@ impl Agent {
             return;
         };
         self.unwatch_channel(&proc.child);
+        self.cgroups.run_ended(unit);
         let outcome = if proc.guest {
             let reported = proc.child.report.failure.take().map(|f| f.reason);
             match super::guest::outcome(status, reported) {
@@ -421,7 +436,6 @@ impl Agent {
                 }),
             }
         } else {
-            self.cgroups.run_ended(unit);
             proc.child.report.outcome(status)
         };
         let (input, exit_code) = match outcome {
@@ -503,6 +517,12 @@ impl Agent {
             self.send_log(id, &chunks);
         }
     }
+}
+
+/// A group the last run still holds is a passing state; any other
+/// cgroup failure recurs at every start until the host changes.
+fn cgroup_failure_is_permanent(e: &super::cgroup::Error) -> bool {
+    !matches!(e, super::cgroup::Error::Busy { .. })
 }
 
 /// The status `exit_with` reports for an end: the exit code, 128 + signal,

@@ -365,9 +365,10 @@ pub struct Guest {
     pub disks: Vec<Disk>,
     /// What a guest reboot does.
     pub on_reboot: OnReboot,
-    /// cgroup v2 memory.max of the monitor in bytes: by default the
-    /// guest's memory plus [`crate::vmm::limits::MONITOR_ALLOWANCE`].
-    pub memory_max: u64,
+    /// cgroup v2 memory.max of the monitor in bytes, as configured;
+    /// without it the agent gives the monitor the guest's memory plus
+    /// [`crate::vmm::limits::MONITOR_ALLOWANCE`] where it can.
+    pub memory_max: Option<u64>,
     /// cgroup v2 cpu.max of the monitor in CPUs.
     pub cpu_max: Option<f64>,
     /// cgroup v2 pids.max of the monitor (its threads count).
@@ -401,10 +402,10 @@ impl Zone {
 }
 
 impl Guest {
-    /// The limits of the monitor's cgroup.
+    /// The limits of the monitor's cgroup, as configured.
     pub fn cgroup_limits(&self) -> CgroupLimits {
         CgroupLimits {
-            memory_max: Some(self.memory_max),
+            memory_max: self.memory_max,
             cpu_max: self.cpu_max,
             pids_max: self.pids_max,
         }
@@ -547,7 +548,7 @@ pub fn load(path: &Path) -> Result<Config, Vec<Diagnostic>> {
 /// | guest `vcpus` | `1` |
 /// | guest `cmdline` | `"console=ttyS0"` |
 /// | guest `on_reboot` | `"restart"` |
-/// | guest `memory_max` | `memory` + [`crate::vmm::limits::MONITOR_ALLOWANCE`] |
+/// | guest `memory_max` | none here; `memory` + [`crate::vmm::limits::MONITOR_ALLOWANCE`] where the memory controller is |
 /// | `host.mounts[].wait` | `"10s"` |
 /// | `host.mounts[].required` | `true` |
 pub fn parse(file: &Path, text: &str) -> Result<Config, Vec<Diagnostic>> {

@@ -213,7 +213,7 @@ fn reference_example_parses_into_the_expected_values() {
                 readonly: false,
             }],
             on_reboot: OnReboot::Restart,
-            memory_max: (256 << 20) + crate::vmm::limits::MONITOR_ALLOWANCE,
+            memory_max: None,
             cpu_max: None,
             pids_max: None,
             nics: vec![],
@@ -1315,19 +1315,14 @@ fn host_mount_mistakes_are_reported_where_they_are_written() {
 }
 
 #[test]
-fn guest_cgroup_limits_default_to_memory_plus_the_monitor_allowance() {
+fn guest_cgroup_limits_are_the_guests_own() {
     let config = ok(concat!(
         "[guest.a]\nkernel = \"/k\"\nmemory = \"256M\"\n",
         "[guest.b]\nkernel = \"/k\"\nvcpus = 2\nmemory_max = \"300M\"\ncpu_max = 1.5\npids_max = 3\n",
         "[defaults]\nmemory_max = \"8M\"\n",
     ));
-    let a = guest(&config, "a");
-    assert_eq!(
-        a.memory_max,
-        (256 << 20) + crate::vmm::limits::MONITOR_ALLOWANCE
-    );
-    assert_eq!((a.cpu_max, a.pids_max), (None, None));
     // [defaults] memory_max is a zone default: it never caps a guest.
+    assert_eq!(guest(&config, "a").cgroup_limits(), CgroupLimits::default());
     let b = guest(&config, "b");
     assert_eq!(
         b.cgroup_limits(),

@@ -1160,9 +1160,7 @@ fn guest(
         vcpus,
         disks,
         on_reboot: part.on_reboot.unwrap_or(OnReboot::Restart),
-        memory_max: cgroup
-            .memory_max
-            .unwrap_or_else(|| limits::default_memory_max(memory)),
+        memory_max: cgroup.memory_max,
         cpu_max: cgroup.cpu_max,
         pids_max: cgroup.pids_max,
         nics,

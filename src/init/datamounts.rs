@@ -723,7 +723,7 @@ mod tests {
                 readonly: false,
             }],
             on_reboot: OnReboot::Restart,
-            memory_max: 128 << 20,
+            memory_max: None,
             cpu_max: None,
             pids_max: None,
             nics: vec![],
