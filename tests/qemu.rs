@@ -172,6 +172,18 @@ impl Machine {
 
     /// Boots with `extra` manifest lines in the test's archive.
     fn boot_with(name: &str, config: &str, extra: &str, cmdline: &str) -> Machine {
+        Self::boot_with_disks(name, config, extra, cmdline, &[])
+    }
+
+    /// Boots with `disks` attached as virtio-blk drives, in order
+    /// (`/dev/vda`, `/dev/vdb`, ...).
+    fn boot_with_disks(
+        name: &str,
+        config: &str,
+        extra: &str,
+        cmdline: &str,
+        disks: &[&Path],
+    ) -> Machine {
         let initrd = initramfs_with(name, config, extra);
         let monitor = work_dir().join(name).join("monitor.sock");
         let _ = std::fs::remove_file(&monitor);
@@ -182,6 +194,12 @@ impl Machine {
             .arg("-monitor")
             .arg(format!("unix:{},server=on,wait=off", monitor.display()))
             .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+            .args(disks.iter().flat_map(|d| {
+                [
+                    "-drive".to_string(),
+                    format!("file={},if=virtio,format=raw", d.display()),
+                ]
+            }))
             .arg("-kernel")
             .arg(kernel_dir().join("vmlinuz"))
             .arg("-initrd")
@@ -1134,4 +1152,121 @@ fn the_test_kernel_passes_the_kernel_config_check() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A sparse `size` image formatted ext4 with `label`, for a data disk.
+fn ext4_image(name: &str, label: &str, size: u64) -> PathBuf {
+    let path = work_dir().join(format!("{name}.img"));
+    let _ = std::fs::remove_file(&path);
+    std::fs::File::create(&path).unwrap().set_len(size).unwrap();
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", label])
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("mkfs.ext4 is needed (e2fsprogs, scripts/setup.sh installs it): {e}")
+        });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path
+}
+
+/// A zone whose root (and so its overlay's upper layer) is on the data
+/// disk: it writes a file on its first boot and reads it on the next.
+const KEEPER: &str = r#"
+[host]
+modules = ["overlay", "virtio_pci", "virtio_blk"]
+shutdown_timeout = "10s"
+
+[[host.mounts]]
+source = "LABEL=zdata"
+target = "/data"
+fs = "ext4"
+options = ["noatime"]
+
+[zone.keeper]
+root = "/data/zones/keeper"
+template = "/templates/base"
+command = ["/bin/sh", "-c", "if [ -f /var/state ]; then echo keeper found: $(cat /var/state); else mkdir -p /var && echo written-on-first-boot > /var/state && echo keeper wrote state; fi; exec sleep 1000"]
+"#;
+
+/// The appliance finds its data disk by label, mounts it before the
+/// units start, and a zone rooted there keeps what it wrote across a
+/// reboot (a second QEMU boot on the same image): the mount survives an
+/// orderly shutdown, which unmounts it before powering off.
+#[test]
+fn a_zone_on_a_labelled_data_disk_keeps_its_state_across_a_reboot() {
+    if !prerequisites() {
+        return;
+    }
+    let disk = ext4_image("keeper-disk", "zdata", 64 << 20);
+    let mut m = Machine::boot_with_disks("data-disk-1", KEEPER, "", "zonit.shell", &[&disk]);
+    let mounted = m.wait_for("mounted LABEL=zdata");
+    assert!(mounted.contains("(/dev/vda) on /data (ext4)"), "{mounted}");
+    m.wait_for("keeper wrote state");
+    m.wait_for("all 1 autostart unit(s) running");
+    m.assert_order(&["mounted LABEL=zdata", "keeper: started"]);
+    m.type_line("zonit ctl poweroff");
+    m.assert_orderly_end("reboot: Power down");
+    drop(m);
+
+    let mut m = Machine::boot_with_disks("data-disk-2", KEEPER, "", "zonit.shell", &[&disk]);
+    m.wait_for("mounted LABEL=zdata");
+    let found = m.wait_for("keeper found:");
+    assert!(found.contains("written-on-first-boot"), "{found}");
+    m.type_line("zonit ctl poweroff");
+    m.assert_orderly_end("reboot: Power down");
+}
+
+/// A required data mount whose disk is absent fails only the units with
+/// a path under it, each with the mount's reason; boot goes on and the
+/// other units run.
+#[test]
+fn a_missing_required_data_disk_fails_only_the_units_under_it() {
+    if !prerequisites() {
+        return;
+    }
+    let config = r#"
+[host]
+modules = ["overlay", "virtio_pci", "virtio_blk"]
+
+[[host.mounts]]
+source = "LABEL=absent"
+target = "/data"
+fs = "ext4"
+wait = "2s"
+
+[zone.ondata]
+root = "/data/zones/ondata"
+template = "/templates/base"
+command = ["/bin/sh", "-c", "echo ondata ran; exec sleep 1000"]
+
+[zone.elsewhere]
+root = "/zones/elsewhere"
+template = "/templates/base"
+command = ["/bin/sh", "-c", "echo elsewhere ran; exec sleep 1000"]
+"#;
+    let mut m = Machine::boot("data-disk-missing", config, "zonit.shell");
+    m.wait_for("/data is not mounted: LABEL=absent not found after 2s");
+    m.wait_for("elsewhere ran");
+    let status = m.run("zonit ctl status").join("\n");
+    let row = status
+        .lines()
+        .find(|l| l.contains("ondata") && !l.contains("zonit ctl"))
+        .unwrap_or_else(|| m.fail(&format!("no ondata row in:\n{status}")))
+        .to_string();
+    assert!(row.contains("failed"), "{row}");
+    let json = m.run("zonit ctl status --json").join("\n");
+    assert!(
+        json.contains("/data is not mounted: LABEL=absent not found after 2s"),
+        "{json}"
+    );
+    if m.index_of("ondata ran").is_some() {
+        m.fail("a zone under the missing mount ran");
+    }
+    m.type_line("zonit ctl poweroff");
+    m.assert_orderly_end("reboot: Power down");
 }
