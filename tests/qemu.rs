@@ -617,7 +617,8 @@ command = ["/bin/true"]
 ///   its GED interrupts counted), sets `kernel.ctrl-alt-del` to 0 (its default 1
 ///   restarts at once) and waits for Ctrl-Alt-Del, which the kernel
 ///   (i8042 and atkbd are built in) then turns into SIGINT to init, and
-///   powers off.
+///   powers off;
+/// - `hog`: fills 200 MiB of tmpfs, then powers off.
 const GUEST_INIT: &str = r#"#!/bin/sh
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -670,6 +671,14 @@ cycle)
         echo "guest: waiting for ctrl-alt-del"
         while true; do sleep 1; done ;;
     esac ;;
+hog)
+    # Guest memory the monitor has to back: 200 MiB of tmpfs, touched.
+    mkdir -p /hog
+    mount -t tmpfs -o size=220M hog /hog
+    echo "guest: filling 200 MiB"
+    dd if=/dev/zero of=/hog/fill bs=1M count=200 2>/dev/null
+    echo "guest: still alive after filling"
+    poweroff -f ;;
 *)
     poweroff -f ;;
 esac
@@ -1207,7 +1216,7 @@ fn a_zone_on_a_labelled_data_disk_keeps_its_state_across_a_reboot() {
     let mounted = m.wait_for("mounted LABEL=zdata");
     assert!(mounted.contains("(/dev/vda) on /data (ext4)"), "{mounted}");
     m.wait_for("keeper wrote state");
-    m.wait_for("all 1 autostart unit(s) running");
+    m.wait_anywhere("all 1 autostart unit(s) running");
     m.assert_order(&["mounted LABEL=zdata", "keeper: started"]);
     m.type_line("zonit ctl poweroff");
     m.assert_orderly_end("reboot: Power down");
@@ -1266,6 +1275,48 @@ command = ["/bin/sh", "-c", "echo elsewhere ran; exec sleep 1000"]
     );
     if m.index_of("ondata ran").is_some() {
         m.fail("a zone under the missing mount ran");
+    }
+    m.type_line("zonit ctl poweroff");
+    m.assert_orderly_end("reboot: Power down");
+}
+
+/// A guest's memory is its monitor's, charged to the monitor's cgroup:
+/// a guest that touches more than its `memory_max` is killed by the
+/// kernel's OOM killer, and `status` reports the kill.
+#[test]
+fn a_guest_over_its_memory_max_is_oom_killed_and_reported() {
+    if !prerequisites() {
+        return;
+    }
+    let _serial = nested_guest_lock();
+    let config = r#"
+[host]
+modules = ["overlay", "kvm_amd"]
+shutdown_timeout = "20s"
+
+[guest.hog]
+kernel = "/guests/vmlinuz"
+initrd = "/guests/guest.cpio.gz"
+cmdline = "console=ttyS0 quiet panic=-1 zonit.test=hog"
+memory = "256M"
+memory_max = "160M"
+restart = "never"
+"#;
+    let extra = format!(
+        "dir /guests 755 0 0\nfile /guests/vmlinuz {} 644 0 0\nfile /guests/guest.cpio.gz {} 644 0 0\n",
+        kernel_dir().join("vmlinuz").display(),
+        guest_initrd().display()
+    );
+    let mut m = Machine::boot_with("guest-oom", config, &extra, "zonit.shell");
+    m.wait_for("zonit[hog]: guest: filling 200 MiB");
+    m.wait_for("hog: ended (signal SIGKILL)");
+    let row = m.status_of("hog");
+    assert_eq!(row["last_exit"], "signal SIGKILL", "{row}");
+    assert!(row["oom_kills"].as_u64() >= Some(1), "{row}");
+    let max = m.run("cat /sys/fs/cgroup/zonit/hog/memory.max").join("\n");
+    assert!(max.contains(&(160u64 << 20).to_string()), "{max}");
+    if m.index_of("guest: still alive after filling").is_some() {
+        m.fail("the guest outgrew memory_max and lived");
     }
     m.type_line("zonit ctl poweroff");
     m.assert_orderly_end("reboot: Power down");
