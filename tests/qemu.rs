@@ -1321,3 +1321,60 @@ restart = "never"
     m.type_line("zonit ctl poweroff");
     m.assert_orderly_end("reboot: Power down");
 }
+
+/// Boot to all units running with a data disk mounted by label against
+/// the same appliance without the mount (the disk attached to both, so
+/// the driver's load is common), under TCG. Reports T1 - T0 of each boot
+/// as in `bench_ten_zones_boot_and_pid1_rss`; BENCHMARKS.md has the
+/// figures and the command:
+/// `cargo test --test qemu -- --ignored --nocapture bench_data_disk`.
+#[test]
+#[ignore = "benchmark; see BENCHMARKS.md"]
+fn bench_data_disk_boot_against_none() {
+    if !prerequisites() {
+        return;
+    }
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let without = KEEPER
+        .replace("root = \"/data/zones/keeper\"", "root = \"/zones/keeper\"")
+        .replace("[[host.mounts]]", "")
+        .replace("source = \"LABEL=zdata\"\n", "")
+        .replace(
+            "target = \"/data\"\nfs = \"ext4\"\noptions = [\"noatime\"]\n",
+            "",
+        );
+    assert!(!without.contains("/data"), "{without}");
+    let disk = ext4_image("bench-disk", "zdata", 64 << 20);
+    for run in 0..runs {
+        for (what, config) in [("with", KEEPER), ("without", without.as_str())] {
+            let mut m = Machine::boot_with_disks(
+                &format!("bench-disk-{what}-{run}"),
+                config,
+                "",
+                "zonit.shell",
+                &[&disk],
+            );
+            let start = m.wait_for("as PID 1 (started at monotonic");
+            let t0 = number_after(&start, "monotonic");
+            let marker = m.wait_for(&format!("all 1 {MARKER}"));
+            let t1 = number_after(&marker, "monotonic");
+            let mount = m
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains("mounted LABEL=zdata"))
+                .map(|l| number_after(l, " after"))
+                .unwrap_or(0.0);
+            println!(
+                "run {run} {what} the data mount: zonit first instruction -> all running {:.1} ms (wait + mount {mount:.0} ms)",
+                (t1 - t0) * 1000.0
+            );
+            m.type_line("zonit ctl poweroff");
+            m.assert_orderly_end("reboot: Power down");
+        }
+    }
+}
