@@ -733,6 +733,15 @@ fn guest_initrd() -> &'static Path {
     })
 }
 
+/// Manifest lines that put the guest kernel and initrd in `/guests`.
+fn guest_files() -> String {
+    format!(
+        "dir /guests 755 0 0\nfile /guests/vmlinuz {} 644 0 0\nfile /guests/guest.cpio.gz {} 644 0 0\n",
+        kernel_dir().join("vmlinuz").display(),
+        guest_initrd().display()
+    )
+}
+
 /// A nested Linux KVM guest inside the appliance: the Debian kernel
 /// as a guest of zonit's own monitor, on KVM (kvm_amd) inside the
 /// emulated machine, beside a zone.
@@ -761,11 +770,7 @@ memory = "256M"
 restart = "never"
 after = ["web"]
 "#;
-    let extra = format!(
-        "dir /guests 755 0 0\nfile /guests/vmlinuz {} 644 0 0\nfile /guests/guest.cpio.gz {} 644 0 0\n",
-        kernel_dir().join("vmlinuz").display(),
-        guest_initrd().display()
-    );
+    let extra = guest_files();
     let mut m = Machine::boot_with("nested-guest", config, &extra, "");
     m.wait_for("web: started");
     m.wait_for("vm: monitor started");
@@ -1302,11 +1307,7 @@ memory = "256M"
 memory_max = "160M"
 restart = "never"
 "#;
-    let extra = format!(
-        "dir /guests 755 0 0\nfile /guests/vmlinuz {} 644 0 0\nfile /guests/guest.cpio.gz {} 644 0 0\n",
-        kernel_dir().join("vmlinuz").display(),
-        guest_initrd().display()
-    );
+    let extra = guest_files();
     let mut m = Machine::boot_with("guest-oom", config, &extra, "zonit.shell");
     m.wait_for("zonit[hog]: guest: filling 200 MiB");
     m.wait_for("hog: ended (signal SIGKILL)");

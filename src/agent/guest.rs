@@ -224,20 +224,9 @@ mod tests {
 
     #[test]
     fn a_monitor_gets_memory_plus_the_allowance_unless_told_otherwise() {
-        let mut g = Guest {
-            kernel: "/k".into(),
-            initrd: None,
-            cmdline: String::new(),
-            memory: 256 << 20,
-            vcpus: 1,
-            disks: vec![],
-            on_reboot: OnReboot::Restart,
-            memory_max: None,
-            cpu_max: Some(0.5),
-            pids_max: None,
-            nics: vec![],
-            ports: vec![],
-        };
+        let mut g = Guest::example("/k");
+        g.memory = 256 << 20;
+        g.cpu_max = Some(0.5);
         let with = cgroup_limits(&g, true);
         assert_eq!(
             with.memory_max,
@@ -293,20 +282,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let kernel = dir.path().join("vmlinuz");
         std::fs::write(&kernel, b"k").unwrap();
-        let mut g = Guest {
-            kernel,
-            initrd: None,
-            cmdline: String::new(),
-            memory: 64 << 20,
-            vcpus: 1,
-            disks: vec![],
-            on_reboot: OnReboot::Restart,
-            memory_max: None,
-            cpu_max: None,
-            pids_max: None,
-            nics: vec![],
-            ports: vec![],
-        };
+        let mut g = Guest::example("/");
+        g.kernel = kernel;
         assert_eq!(preflight(&g), Ok(()));
         g.disks.push(Disk {
             path: dir.path().to_path_buf(),

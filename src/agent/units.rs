@@ -208,14 +208,7 @@ impl Agent {
     /// Carries out `Spawn`; returns the engine inputs that answer it.
     fn spawn_unit(&mut self, unit: &str) -> Vec<Input> {
         let spawned_at = Instant::now();
-        let failed = |reason: String, permanent: bool| {
-            log::error!("{unit}: {reason}");
-            vec![Input::StartFailed {
-                unit: unit.to_string(),
-                reason,
-                permanent,
-            }]
-        };
+        let failed = |reason: String, permanent: bool| start_failed(unit, reason, permanent);
         let Some(cfg) = self.config.unit(unit).cloned() else {
             return failed("not in the config".into(), true);
         };
@@ -336,48 +329,20 @@ impl Agent {
 
     fn spawn_guest(&mut self, unit: &str, guest: &crate::config::Guest) -> Vec<Input> {
         let Some(rt) = self.units.get(unit) else {
-            return vec![Input::StartFailed {
-                unit: unit.to_string(),
-                reason: "internal: no output pipe".into(),
-                permanent: false,
-            }];
+            return start_failed(unit, "internal: no output pipe".into(), false);
         };
         if let Err(reason) = super::guest::preflight(guest) {
-            log::error!("{unit}: {reason}");
-            return vec![Input::StartFailed {
-                unit: unit.to_string(),
-                reason,
-                permanent: true,
-            }];
+            return start_failed(unit, reason, true);
         }
         let limits = super::guest::cgroup_limits(guest, self.cgroups.has("memory"));
         let group = match self.cgroups.prepare(unit, &limits) {
             Ok(g) => g,
-            Err(e) => {
-                let reason = error_chain(&e);
-                log::error!("{unit}: {reason}");
-                return vec![Input::StartFailed {
-                    unit: unit.to_string(),
-                    reason,
-                    permanent: cgroup_failure_is_permanent(&e),
-                }];
-            }
+            Err(e) => return start_failed(unit, error_chain(&e), cgroup_failure_is_permanent(&e)),
         };
-        let started = match super::guest::spawn(
-            guest,
-            rt.out_tx.as_fd(),
-            group.as_ref().map(|g| g.as_fd()),
-        ) {
+        let output = rt.out_tx.as_fd();
+        let started = match super::guest::spawn(guest, output, group.as_ref().map(|g| g.as_fd())) {
             Ok(s) => s,
-            Err(e) => {
-                let reason = error_chain(&e);
-                log::error!("{unit}: {reason}");
-                return vec![Input::StartFailed {
-                    unit: unit.to_string(),
-                    reason,
-                    permanent: false,
-                }];
-            }
+            Err(e) => return start_failed(unit, error_chain(&e), false),
         };
         let child = self.watch_channel(
             started.pidfd,
@@ -517,6 +482,16 @@ impl Agent {
             self.send_log(id, &chunks);
         }
     }
+}
+
+/// The engine's answer to a start that failed, logged.
+fn start_failed(unit: &str, reason: String, permanent: bool) -> Vec<Input> {
+    log::error!("{unit}: {reason}");
+    vec![Input::StartFailed {
+        unit: unit.to_string(),
+        reason,
+        permanent,
+    }]
 }
 
 /// A group the last run still holds is a passing state; any other

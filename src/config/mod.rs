@@ -465,6 +465,28 @@ impl Zone {
     }
 }
 
+#[cfg(test)]
+impl Guest {
+    /// A guest of 64 MiB and one vCPU booting `kernel`, nothing else, for
+    /// unit tests.
+    pub fn example(kernel: &str) -> Guest {
+        Guest {
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: String::new(),
+            memory: 64 << 20,
+            vcpus: 1,
+            disks: vec![],
+            on_reboot: OnReboot::Restart,
+            memory_max: None,
+            cpu_max: None,
+            pids_max: None,
+            nics: vec![],
+            ports: vec![],
+        }
+    }
+}
+
 impl Config {
     /// The unit called `name`.
     pub fn unit(&self, name: &str) -> Option<&Unit> {

@@ -13,6 +13,7 @@
 //! access is bounds-checked and a short or garbled buffer means "not this
 //! file system", never a panic.
 
+use super::le::{u16_at, u32_at, u64_at};
 use crate::config::MountSource;
 
 /// Bytes from the start of a device that [`probe`] needs: the btrfs
@@ -68,16 +69,6 @@ impl Identity {
     }
 }
 
-fn le_u16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-fn le_u32(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-fn le_u64(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
-}
-
 /// A NUL-padded byte string as text; `None` when empty.
 fn padded_text(bytes: &[u8]) -> Option<String> {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
@@ -114,7 +105,7 @@ pub fn probe(head: &[u8]) -> Option<Identity> {
 
 fn ext(head: &[u8]) -> Option<Identity> {
     let sb = head.get(EXT_SB..EXT_SB + 1024)?;
-    if le_u16(sb, 0x38)? != EXT_MAGIC {
+    if u16_at(sb, 0x38)? != EXT_MAGIC {
         return None;
     }
     Some(Identity {
@@ -153,13 +144,13 @@ fn vfat(head: &[u8]) -> Option<Identity> {
     }
     // FAT32 has no 16-bit FAT size; its extended boot record sits 0x1C
     // bytes further on.
-    let ebr = if le_u16(head, 0x16)? == 0 { 0x40 } else { 0x24 };
+    let ebr = if u16_at(head, 0x16)? == 0 { 0x40 } else { 0x24 };
     let fs_type = head.get(ebr + 0x12..ebr + 0x1A)?;
     // The boot signature 0x29 says the id and label fields are there.
     if !fs_type.starts_with(b"FAT") || *head.get(ebr + 2)? != 0x29 {
         return None;
     }
-    let id = le_u32(head, ebr + 3)?;
+    let id = u32_at(head, ebr + 3)?;
     let label = String::from_utf8_lossy(head.get(ebr + 7..ebr + 18)?)
         .trim_end_matches([' ', '\0'])
         .to_owned();
@@ -195,9 +186,9 @@ pub fn gpt_header(sector: &[u8]) -> Option<GptHeader> {
         return None;
     }
     let header = GptHeader {
-        entries_lba: le_u64(sector, 72)?,
-        count: le_u32(sector, 80)?,
-        entry_size: le_u32(sector, 84)?,
+        entries_lba: u64_at(sector, 72)?,
+        count: u32_at(sector, 80)?,
+        entry_size: u32_at(sector, 84)?,
     };
     let sane = header.entries_lba >= 2
         && header.count <= GPT_MAX_ENTRIES

@@ -512,7 +512,7 @@ fn gpt_names(node: &Path, sector: u64) -> Vec<(u32, String)> {
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::config::{Common, Guest, OnReboot, Zone};
+    use crate::config::{Common, Guest, Zone};
 
     fn mount(source: MountSource, target: &str, wait_ms: u64) -> HostMount {
         HostMount {
@@ -712,23 +712,11 @@ mod tests {
             unit_blocked(&unit("db", UnitKind::Zone(elsewhere)), &failed),
             None
         );
-        let guest = Guest {
-            kernel: "/boot/vmlinuz".into(),
-            initrd: None,
-            cmdline: String::new(),
-            memory: 64 << 20,
-            vcpus: 1,
-            disks: vec![crate::config::Disk {
-                path: "/data/images/vm.img".into(),
-                readonly: false,
-            }],
-            on_reboot: OnReboot::Restart,
-            memory_max: None,
-            cpu_max: None,
-            pids_max: None,
-            nics: vec![],
-            ports: vec![],
-        };
+        let mut guest = Guest::example("/boot/vmlinuz");
+        guest.disks.push(crate::config::Disk {
+            path: "/data/images/vm.img".into(),
+            readonly: false,
+        });
         // The innermost failed mount is named.
         assert_eq!(
             unit_blocked(&unit("vm", UnitKind::Guest(guest)), &failed).as_deref(),

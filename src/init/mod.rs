@@ -21,6 +21,7 @@ pub mod cmdline;
 pub mod console;
 pub mod datamounts;
 pub mod debug_exit;
+pub mod le;
 pub mod modules;
 pub mod mounts;
 pub mod shutdown;
