@@ -12,6 +12,9 @@
 #                 run the demo twice with the same FILE
 # Installs what it needs on a fresh Debian machine (qemu-system-x86,
 # busybox-static; the kernel comes from scripts/fetch-kernel.sh).
+# The appliance's NIC is on QEMU's user network, with this machine's
+# 127.0.0.1:8080 forwarded to it: `curl http://127.0.0.1:8080/` reaches the
+# demo's web zone through zonit's port forward.
 # Quit with Ctrl-A X, or `zonit ctl poweroff` from the shell.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -27,7 +30,8 @@ scripts/setup.sh
 scripts/fetch-kernel.sh
 if [[ -z $disk ]]; then
     scripts/build-initramfs.sh --release build/demo.cpio.gz
-    exec scripts/run-qemu.sh --initrd build/demo.cpio.gz --append "$*"
+    exec scripts/run-qemu.sh --initrd build/demo.cpio.gz --append "$*" \
+        -- -nic user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:8080-:8080
 fi
 if [[ ! -e $disk ]]; then
     truncate -s 256M "$disk"

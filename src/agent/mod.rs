@@ -11,7 +11,7 @@
 //! process. Nothing in here may panic or return early from the loop on a
 //! per-request or per-unit error: it is logged and the loop goes on.
 
-mod cgroup;
+pub(crate) mod cgroup;
 mod claim;
 mod control;
 mod exec;
@@ -153,6 +153,8 @@ pub struct Agent {
     pending_reads: Vec<String>,
     /// Control connections with requests left over from the last wake-up.
     pending_conns: Vec<usize>,
+    /// When to try `accept` again after it failed for want of fds.
+    accept_retry: Option<Instant>,
     shutdown: Option<Shutdown>,
     cgroups: cgroup::Cgroups,
     pid1: pid1::Pid1State,
@@ -160,6 +162,8 @@ pub struct Agent {
     retiring: HashMap<String, config::Unit>,
     /// Running `ctl exec` helpers by PID.
     execs: HashMap<i32, exec::Session>,
+    /// Bridges, the nf_tables table, zones' network files.
+    net: crate::net::host::HostNet,
 }
 
 fn specs(config: &Config) -> Vec<Spec> {
@@ -174,6 +178,7 @@ impl Agent {
     }
 
     fn build(opts: Options, config: Config) -> Result<Self, Error> {
+        raise_nofile();
         if opts.mode == Mode::Run && !config.host.mounts.is_empty() {
             return Err(Error::HostMountsUnderRun);
         }
@@ -198,6 +203,7 @@ impl Agent {
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(Error::Poll)?;
         let opts_mode = opts.mode;
+        let net_files = net_files_dir(&config.host.control_socket);
         let mut agent = Agent {
             sup: Supervisor::new(specs(&config)),
             config,
@@ -214,9 +220,11 @@ impl Agent {
             stop_waiters: Vec::new(),
             pending_reads: Vec::new(),
             pending_conns: Vec::new(),
+            accept_retry: None,
             shutdown: None,
             cgroups: cgroup::Cgroups::default(),
             pid1: pid1::Pid1State::default(),
+            net: crate::net::host::HostNet::new(net_files),
             retiring: HashMap::new(),
             execs: HashMap::new(),
         };
@@ -248,6 +256,7 @@ impl Agent {
     /// exit status for `zonit run`.
     pub fn run(mut self) -> ShutdownAction {
         self.reserve_runtimes();
+        self.net.apply(&self.config);
         self.start_autostart();
         let mut events = Events::with_capacity(256);
         loop {
@@ -256,15 +265,19 @@ impl Agent {
             let turn =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.turn(&mut events)));
             match turn {
-                Ok(Some(action)) => return action,
+                Ok(Some(action)) => {
+                    self.net.teardown();
+                    return action;
+                }
                 Ok(None) => {}
                 Err(_) => log::error!("the event loop caught a panic; carrying on"),
             }
         }
     }
 
-    /// Every unit's runtime (output pipe, 16 KiB log ring) and the maps'
-    /// room, made before the first zone is forked: each zone's init shares
+    /// Every unit's runtime (16 KiB log ring; fds only come with a run)
+    /// and the maps' room, made before the first zone is forked: each
+    /// zone's init shares
     /// the agent's heap copy-on-write, and every heap page the agent
     /// rewrites after a fork (a map growing, a ring being made) becomes a
     /// private page of that zone.
@@ -276,15 +289,18 @@ impl Agent {
         self.sources.reserve(2 * n + 16);
         let names: Vec<String> = self.config.units.iter().map(|u| u.name.clone()).collect();
         for name in &names {
-            if let Err(e) = self.ensure_runtime(name) {
-                // spawn_unit tries again and reports the failure.
-                log::warn!("{name}: unable to create the output pipe: {e}");
-            }
+            self.ensure_runtime(name);
         }
     }
 
     /// One wake-up: wait, dispatch, reap, advance timers.
     fn turn(&mut self, events: &mut Events) -> Option<ShutdownAction> {
+        // A shutdown begun outside the loop (say, at start by an
+        // `exit_with` unit that cannot start) may already be complete:
+        // nothing would wake the poll for it.
+        if let Some(action) = self.check_shutdown() {
+            return Some(action);
+        }
         let timeout = self.timeout(Instant::now());
         if let Err(e) = self.poll.poll(events, timeout)
             && e.kind() != io::ErrorKind::Interrupted
@@ -306,6 +322,10 @@ impl Agent {
         for id in std::mem::take(&mut self.pending_conns) {
             self.on_conn(id, false);
         }
+        if self.accept_retry.is_some_and(|t| t <= Instant::now()) {
+            self.accept_retry = None;
+            self.accept();
+        }
         self.reap();
         self.feed(Input::Tick);
         self.check_boot_done();
@@ -322,7 +342,7 @@ impl Agent {
             .as_ref()
             .filter(|s| !s.killed)
             .map(|s| s.deadline);
-        [self.sup.next_deadline(), shutdown]
+        [self.sup.next_deadline(), shutdown, self.accept_retry]
             .into_iter()
             .flatten()
             .min()
@@ -361,7 +381,13 @@ impl Agent {
         for sig in pending {
             match (sig, self.opts.mode) {
                 (SIGCHLD, _) => {} // reaped after every wake-up
-                (SIGHUP, _) => self.reload_and_log(),
+                (SIGHUP, _) => {
+                    log::info!(
+                        "SIGHUP received, reloading {}",
+                        self.opts.config_path.display()
+                    );
+                    let _ = self.reload_and_log();
+                }
                 (SIGTERM | SIGINT, Mode::Run) => {
                     log::info!("{} received, stopping every unit", signal_name(sig));
                     self.begin_shutdown(ShutdownAction::Exit(0));
@@ -464,8 +490,10 @@ impl Agent {
         }
     }
 
-    fn reload_and_log(&mut self) {
-        match self.reload() {
+    /// Reloads and logs the outcome (SIGHUP and `ctl reload` alike).
+    fn reload_and_log(&mut self) -> Result<String, Vec<String>> {
+        let res = self.reload();
+        match &res {
             Ok(msg) => log::info!("{msg}"),
             Err(errors) => {
                 for e in errors {
@@ -474,6 +502,7 @@ impl Agent {
                 log::error!("reload failed; the running config is unchanged");
             }
         }
+        res
     }
 
     /// Re-reads the config. On error the running config stays in place;
@@ -505,6 +534,10 @@ impl Agent {
             .filter(|u| self.config.unit(&u.name).is_none())
             .map(|u| u.name.clone())
             .collect();
+        // A unit removed by an earlier reload may be back before it stopped.
+        for unit in &self.config.units {
+            self.retiring.remove(&unit.name);
+        }
         for name in &removed {
             if let Some(u) = old.unit(name) {
                 self.retiring.insert(name.clone(), u.clone());
@@ -521,6 +554,7 @@ impl Agent {
             );
         }
         log::set_max_level(self.opts.log_level_for(&self.config));
+        self.net.apply(&self.config);
         let actions = self
             .sup
             .reload(specs(&self.config), &changed, &added, Instant::now());
@@ -550,6 +584,31 @@ impl Agent {
             }
         }
     }
+}
+
+/// Raises the soft limit on open files to the hard limit, as systemd does
+/// for itself: the agent holds a few fds per running unit and per client,
+/// and PID 1 starts with a soft limit of 1024. Units inherit the raised
+/// limit unless their `rlimits` set `nofile` (docs/config.md).
+fn raise_nofile() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => log::debug!("open files limit raised from {soft} to {hard}"),
+            Err(e) => log::warn!("unable to raise the open files limit from {soft} to {hard}: {e}"),
+        },
+        Ok(_) => {}
+        Err(e) => log::warn!("unable to read the open files limit: {e}"),
+    }
+}
+
+/// Where zones' generated `resolv.conf` and `hosts` live: beside the
+/// control socket, so each agent has its own.
+fn net_files_dir(control_socket: &std::path::Path) -> PathBuf {
+    control_socket
+        .parent()
+        .unwrap_or(std::path::Path::new("/run/zonit"))
+        .join("net")
 }
 
 fn cgroup_instance(mode: Mode) -> String {

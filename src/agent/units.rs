@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
 use mio::Interest;
@@ -13,22 +13,25 @@ use nix::sys::wait::WaitStatus;
 
 use super::{Agent, Source};
 use crate::config::UnitKind;
-use crate::logbuf::{Admit, LOG_BURST, LOG_PER_SECOND, LineSplitter, RateLimit, Ring};
+use crate::logbuf::{Admit, LOG_BURST, LOG_PER_SECOND, LineSplitter, RateLimit, Ring, escape_line};
 use crate::logging::UNIT_TARGET_PREFIX;
 use crate::logging::error_chain;
 use crate::supervisor::{Action, End, Input};
 use crate::sys;
 use crate::zone::protocol::{self, Failure, Message, Outcome, Report};
-use crate::zone::spawn;
+use crate::zone::{preflight, start};
 
 /// Most bytes read from one unit's output per wake-up, so a flooding unit
 /// cannot starve the loop.
 const READ_BUDGET: usize = 256 * 1024;
 
-/// A unit's live resources.
+/// A unit's live resources. Only a unit with a process holds fds (its
+/// output pipe, pidfd and start channel); the ring outlives its runs.
 pub(super) struct UnitRt {
-    out_rx: File,
-    out_tx: OwnedFd,
+    /// Read end of the output pipe of the current run: the agent keeps no
+    /// write end, so it reaches end of file once the run's processes are
+    /// gone.
+    out: Option<(File, mio::Token)>,
     ring: Ring,
     splitter: LineSplitter,
     rate: RateLimit,
@@ -94,12 +97,17 @@ impl Agent {
                     _ => libc::SIGTERM,
                 };
                 self.signal_unit(&unit, pid, sig);
+                // A stopped command would keep the stop signal pending
+                // until stop_timeout ends in a kill: wake it to handle it
+                // (the zone's init forwards SIGCONT like any signal).
+                self.signal_unit(&unit, pid, libc::SIGCONT);
             }
             Action::Kill { unit, pid } => {
                 log::warn!("{unit}: stop_timeout reached, killing it");
                 self.signal_unit(&unit, pid, libc::SIGKILL);
                 self.cgroups.kill(&unit);
             }
+            Action::GaveUp { unit, reason } => log::error!("{unit}: failed: {reason}"),
         }
     }
 
@@ -132,11 +140,8 @@ impl Agent {
     }
 
     /// Drops a unit's runtime: its output pipe and its log followers.
-    pub(super) fn release_unit(&mut self, name: &str, rt: UnitRt) {
-        let _ = self
-            .poll
-            .registry()
-            .deregister(&mut SourceFd(&rt.out_rx.as_raw_fd()));
+    pub(super) fn release_unit(&mut self, name: &str, mut rt: UnitRt) {
+        self.unwatch_output(rt.out.take());
         self.sources
             .retain(|_, s| !matches!(s, Source::Output(u) | Source::Status(u) if u == name));
         for id in rt.followers {
@@ -144,22 +149,15 @@ impl Agent {
         }
     }
 
-    /// Creates the unit's runtime (output pipe, log ring) if it has none.
-    pub(super) fn ensure_runtime(&mut self, unit: &str) -> io::Result<()> {
+    /// Creates the unit's runtime (log ring, no fds) if it has none.
+    pub(super) fn ensure_runtime(&mut self, unit: &str) {
         if self.units.contains_key(unit) {
-            return Ok(());
+            return;
         }
-        let (rx, tx) = sys::pipe()?;
-        sys::set_nonblocking(rx.as_fd())?;
-        let token = self.token(Source::Output(unit.to_string()));
-        self.poll
-            .registry()
-            .register(&mut SourceFd(&rx.as_raw_fd()), token, Interest::READABLE)?;
         self.units.insert(
             unit.to_string(),
             UnitRt {
-                out_rx: File::from(rx),
-                out_tx: tx,
+                out: None,
                 ring: Ring::default(),
                 splitter: LineSplitter::default(),
                 rate: RateLimit::new(LOG_BURST, LOG_PER_SECOND, Instant::now()),
@@ -167,7 +165,46 @@ impl Agent {
                 followers: Vec::new(),
             },
         );
-        Ok(())
+    }
+
+    /// A fresh output pipe for the unit's next run: the read end is
+    /// watched, the write end returned for the child (and closed here once
+    /// the child has its copy).
+    fn open_output(&mut self, unit: &str) -> io::Result<OwnedFd> {
+        self.close_output(unit);
+        self.ensure_runtime(unit);
+        let (rx, tx) = sys::pipe()?;
+        let token = self.token(Source::Output(unit.to_string()));
+        let res = sys::set_nonblocking(rx.as_fd()).and_then(|()| {
+            self.poll
+                .registry()
+                .register(&mut SourceFd(&rx.as_raw_fd()), token, Interest::READABLE)
+        });
+        if let Err(e) = res {
+            self.sources.remove(&token);
+            return Err(e);
+        }
+        if let Some(rt) = self.units.get_mut(unit) {
+            rt.out = Some((File::from(rx), token));
+        }
+        Ok(tx)
+    }
+
+    /// Reads what is left of a finished run's output and closes the pipe.
+    fn close_output(&mut self, unit: &str) {
+        self.read_output(unit);
+        let out = self.units.get_mut(unit).and_then(|rt| rt.out.take());
+        self.unwatch_output(out);
+    }
+
+    fn unwatch_output(&mut self, out: Option<(File, mio::Token)>) {
+        if let Some((file, token)) = out {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&file.as_raw_fd()));
+            self.sources.remove(&token);
+        }
     }
 
     /// Watches the agent's end of a zone start channel under `source`:
@@ -215,74 +252,50 @@ impl Agent {
         if let Some(reason) = self.blocked_by_mount(&cfg) {
             return failed(reason, true);
         }
-        if let Err(e) = self.ensure_runtime(unit) {
-            return failed(format!("unable to create the output pipe: {e}"), false);
-        }
         let zone = match &cfg.kind {
             UnitKind::Zone(z) => z,
             UnitKind::Guest(g) => return self.spawn_guest(unit, g),
         };
-        if zone.template.is_none() && !zone.root.is_dir() {
-            return failed(
-                format!(
-                    "root {} does not exist or is not a directory; create it or set `template`",
-                    zone.root.display()
-                ),
-                true,
-            );
-        }
-        if let Some(t) = &zone.template
-            && !t.is_dir()
-        {
-            return failed(
-                format!(
-                    "template {} does not exist or is not a directory",
-                    t.display()
-                ),
-                true,
-            );
-        }
-        // Checked here rather than in the zone's init so a mistake in the
-        // config is a permanent failure with its reason, not a restart loop.
-        for m in &zone.mounts {
-            if !m.source.exists() {
-                return failed(
-                    format!(
-                        "bind source {} does not exist; create it or remove the mount",
-                        m.source.display()
-                    ),
-                    true,
-                );
-            }
-            if m.target.starts_with("/proc") || m.target.starts_with("/sys") {
-                return failed(
-                    format!(
-                        "bind target {} is under /proc or /sys, which zonit sets up itself; choose another target",
-                        m.target.display()
-                    ),
-                    true,
-                );
-            }
+        if let Err(reason) = preflight::check(zone) {
+            return failed(reason, true);
         }
         let group = match self.cgroups.prepare(unit, &zone.cgroup_limits()) {
             Ok(g) => g,
             Err(e) => return failed(error_chain(&e), cgroup_failure_is_permanent(&e)),
         };
-        let Some(rt) = self.units.get(unit) else {
-            return failed("internal: runtime missing".into(), false);
+        // A zone on a network sees its resolv.conf and hosts read-only.
+        let net_files = match self.net.zone_files(&self.config, unit, zone) {
+            Ok(m) => m,
+            Err(reason) => return failed(reason, false),
         };
-        let started = match spawn::spawn(zone, rt.out_tx.as_fd(), group.as_ref().map(|g| g.as_fd()))
-        {
+        let with_files;
+        let zone = if net_files.is_empty() {
+            zone
+        } else {
+            with_files = crate::config::Zone {
+                mounts: [zone.mounts.clone(), net_files].concat(),
+                ..zone.clone()
+            };
+            &with_files
+        };
+        let out = match self.open_output(unit) {
+            Ok(tx) => tx,
+            Err(e) => return failed(format!("unable to create the output pipe: {e}"), false),
+        };
+        let spawned = start::spawn(unit, zone, out.as_fd(), group.as_ref().map(|g| g.as_fd()));
+        drop(out);
+        let started = match spawned {
             Ok(s) => s,
             Err(e) => {
-                let permanent = matches!(e, spawn::Error::Nul { .. });
+                self.close_output(unit);
+                let permanent = matches!(e, start::Error::Nul { .. });
                 return failed(format!("unable to start: {}", error_chain(&e)), permanent);
             }
         };
         // The zone's init is born and set up its side; the command waits
         // for `Go` until the agent's part is in place.
         let released = self
-            .zone_outside_setup(unit, zone, started.pid)
+            .zone_outside_setup(unit, zone, started.pidfd.as_fd())
             .and_then(|()| {
                 Message::Go
                     .send(started.channel.as_fd())
@@ -315,22 +328,19 @@ impl Agent {
     }
 
     /// What the agent sets up for a zone from outside, after the zone's
-    /// init is cloned (`init_pid` reaches its namespaces) and before its
-    /// command is released with `Go`: the place for per-zone networking
-    /// (a veth moved into the zone's network namespace). Nothing yet.
+    /// init is cloned (its pidfd `init` reaches its namespaces) and before
+    /// its command is released with `Go`: a bridged zone's veth, addresses
+    /// and routes.
     fn zone_outside_setup(
         &mut self,
-        _unit: &str,
+        unit: &str,
         _zone: &crate::config::Zone,
-        _init_pid: i32,
+        init: BorrowedFd<'_>,
     ) -> Result<(), String> {
-        Ok(())
+        self.net.zone_start(&self.config, unit, init)
     }
 
     fn spawn_guest(&mut self, unit: &str, guest: &crate::config::Guest) -> Vec<Input> {
-        let Some(rt) = self.units.get(unit) else {
-            return start_failed(unit, "internal: no output pipe".into(), false);
-        };
         if let Err(reason) = super::guest::preflight(guest) {
             return start_failed(unit, reason, true);
         }
@@ -339,10 +349,19 @@ impl Agent {
             Ok(g) => g,
             Err(e) => return start_failed(unit, error_chain(&e), cgroup_failure_is_permanent(&e)),
         };
-        let output = rt.out_tx.as_fd();
-        let started = match super::guest::spawn(guest, output, group.as_ref().map(|g| g.as_fd())) {
+        let spawned = self
+            .open_output(unit)
+            .map_err(|e| format!("unable to create the output pipe: {e}"))
+            .and_then(|out| {
+                super::guest::spawn(guest, out.as_fd(), group.as_ref().map(|g| g.as_fd()))
+                    .map_err(|e| error_chain(&e))
+            });
+        let started = match spawned {
             Ok(s) => s,
-            Err(e) => return start_failed(unit, error_chain(&e), false),
+            Err(reason) => {
+                self.close_output(unit);
+                return start_failed(unit, reason, false);
+            }
         };
         let child = self.watch_channel(
             started.pidfd,
@@ -384,7 +403,7 @@ impl Agent {
     /// The unit's top process was reaped with `status`.
     pub(super) fn unit_ended(&mut self, unit: &str, status: WaitStatus) {
         self.read_status(unit);
-        self.read_output(unit);
+        self.close_output(unit);
         let Some(mut proc) = self.units.get_mut(unit).and_then(|u| u.proc.take()) else {
             return;
         };
@@ -411,7 +430,7 @@ impl Agent {
                     reason: f.reason,
                     permanent: f.permanent,
                 };
-                (input, 1)
+                (input, f.status)
             }
             Outcome::Ended(end) => {
                 log::info!("{unit}: ended ({})", end.describe());
@@ -451,7 +470,8 @@ impl Agent {
                 self.pending_reads.push(unit.to_string());
                 break;
             }
-            match rt.out_rx.read(&mut buf) {
+            let Some((out, _)) = &mut rt.out else { break };
+            match out.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
                     total += n;
@@ -468,13 +488,17 @@ impl Agent {
         let now = Instant::now();
         let target = format!("{UNIT_TARGET_PREFIX}{unit}");
         let (splitter, rate) = (&mut rt.splitter, &mut rt.rate);
+        let notice = |dropped: u64| {
+            log::warn!(target: &target, "({dropped} lines not logged: rate limit; `zonit ctl logs` has them)");
+        };
         splitter.feed(&chunks, |line| match rate.admit(now) {
             Admit::Pass { dropped } => {
                 if dropped > 0 {
-                    log::warn!(target: &target, "({dropped} lines not logged: rate limit; `zonit ctl logs` has them)");
+                    notice(dropped);
                 }
-                log::info!(target: &target, "{}", String::from_utf8_lossy(line));
+                log::info!(target: &target, "{}", escape_line(line));
             }
+            Admit::Notice { dropped } => notice(dropped),
             Admit::Drop => {}
         });
         let followers = rt.followers.clone();
@@ -494,10 +518,12 @@ fn start_failed(unit: &str, reason: String, permanent: bool) -> Vec<Input> {
     }]
 }
 
-/// A group the last run still holds is a passing state; any other
-/// cgroup failure recurs at every start until the host changes.
+/// Whether a cgroup failure recurs at every start until the host
+/// changes: a busy leaf group empties and running out of fds or memory
+/// passes; a missing controller does not.
 fn cgroup_failure_is_permanent(e: &super::cgroup::Error) -> bool {
     !matches!(e, super::cgroup::Error::Busy { .. })
+        && !matches!(e, super::cgroup::Error::Io { source, .. } if sys::is_transient(source))
 }
 
 /// The status `exit_with` reports for an end: the exit code, 128 + signal,

@@ -741,6 +741,23 @@ fn template_mode_without_template_is_an_error() {
 }
 
 #[test]
+fn overlay_paths_that_the_mount_options_would_split_are_refused() {
+    let diags = errors(
+        "[zone.a]\nroot = \"/zones/a,b\"\ncommand = [\"/bin/a\"]\ntemplate = \"/t/a:/t/b\"\n",
+    );
+    assert_eq!(diags.len(), 2, "{}", render(&diags));
+    assert_error_at(&diags, 2, 8, &["`root`", "holds `,`", "overlayfs"]);
+    assert_error_at(&diags, 4, 12, &["`template`", "holds `:`"]);
+    let diags = errors(&format!("{MINIMAL_ZONE}template = \"/t\\\\x\"\n"));
+    assert_error_at(&diags, 4, 12, &["holds `\\`"]);
+    // A copied template never goes into mount options; nor does a plain root.
+    ok(
+        "[zone.a]\nroot = \"/zones/a,b\"\ncommand = [\"/bin/a\"]\ntemplate = \"/t/a:b\"\ntemplate_mode = \"copy\"\n",
+    );
+    ok("[zone.a]\nroot = \"/zones/a:b,c\"\ncommand = [\"/bin/a\"]\n");
+}
+
+#[test]
 fn capabilities_accept_any_spelling_and_are_deduplicated() {
     let config = ok(&format!(
         "{MINIMAL_ZONE}capabilities = [\"net_raw\", \"CAP_CHOWN\", \"Cap_Net_Raw\"]\n"
@@ -1353,4 +1370,27 @@ fn guest_cgroup_limits_are_validated() {
     assert_error_at(&diags, 5, 14, &["`memory_max` in [guest.a]", "above zero"]);
     assert_error_at(&diags, 6, 11, &["`cpu_max` in [guest.a]", "positive"]);
     assert_eq!(diags.len(), 3, "{}", render(&diags));
+}
+
+#[test]
+fn a_fifo_at_the_config_path_is_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("zonit.toml");
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // Without a writer, a blocking open would never return.
+    let errs = load(&path).unwrap_err();
+    assert!(errs[0].message.contains("a FIFO"), "{}", errs[0]);
+}
+
+#[test]
+fn a_config_over_the_size_limit_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("zonit.toml");
+    let mut text = "# padding\n".repeat((MAX_SIZE as usize) / 10);
+    text.push_str("\n# one line too many\n");
+    std::fs::write(&path, text).unwrap();
+    let errs = load(&path).unwrap_err();
+    assert!(errs[0].message.contains("more than the"), "{}", errs[0]);
+    std::fs::write(&path, "").unwrap();
+    assert!(load(&path).is_ok());
 }

@@ -959,6 +959,27 @@ fn zone(
             "it has no effect without `template`; add a template or remove template_mode",
         );
     }
+    if template.is_some() && template_mode.unwrap_or(TemplateMode::Overlay) == TemplateMode::Overlay
+    {
+        // Both go into overlayfs's option string: the template as the
+        // lower layer, the root's sibling state directory as upper/work.
+        for (key, value, path) in [
+            ("root", &z.root, &root),
+            ("template", &z.template, &template),
+        ] {
+            if let (Some(value), Some(path)) = (value, path)
+                && let Some(ch) = crate::zone::mount_plan::overlay_unsafe_char(path)
+            {
+                c.error(
+                    value.span(),
+                    key,
+                    format!(
+                        "the path holds `{ch}`, which overlayfs's mount options cannot carry (`,` `:` `\\` split them); choose a path without it"
+                    ),
+                );
+            }
+        }
+    }
     let command = match &z.command {
         Some(cmd) if cmd.get_ref().is_empty() => {
             c.error(

@@ -122,6 +122,9 @@ pub struct UnitRow {
     /// Times the kernel's OOM killer acted in the unit's cgroup.
     #[serde(default)]
     pub oom_kills: u64,
+    /// The unit's addresses on `[network.X]` bridges.
+    #[serde(default)]
+    pub addresses: Vec<String>,
 }
 
 /// A success reply with extra fields.

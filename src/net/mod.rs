@@ -4,6 +4,7 @@
 //!
 //! The user contract is docs/networking.md.
 
+pub mod host;
 pub mod netlink;
 pub mod nft;
 pub mod plan;

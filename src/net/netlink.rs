@@ -14,7 +14,8 @@
 use std::fs::File;
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
@@ -62,6 +63,13 @@ pub enum Error {
         #[source]
         err: nix::Error,
     },
+}
+
+impl Error {
+    /// The kernel said a link of that name exists already.
+    pub fn is_link_exists(&self) -> bool {
+        matches!(self, Error::Request { err, .. } if err.raw_os_error() == Some(libc::EEXIST))
+    }
 }
 
 type Result<T> = std::result::Result<T, Error>;
@@ -257,6 +265,17 @@ impl Rtnl {
         Ok(())
     }
 
+    /// Sets the MTU of link `index` (named `name`).
+    pub fn set_mtu(&mut self, index: u32, name: &str, mtu: u32) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        self.request(RouteNetlinkMessage::SetLink(msg), 0, || {
+            format!("set the MTU of {name} to {mtu}")
+        })?;
+        Ok(())
+    }
+
     /// Sets link `index` (named `name`) up.
     pub fn set_up(&mut self, index: u32, name: &str) -> Result<()> {
         let mut msg = LinkMessage::default();
@@ -344,6 +363,46 @@ impl Rtnl {
     }
 }
 
+/// The network namespace of the process behind `pidfd` (named `place`
+/// in errors), as a file descriptor. Through the pidfd, never a PID: under
+/// `zonit run` the agent's /proc may belong to another PID namespace,
+/// where the zone's PID names some other process. Refuses the agent's own
+/// namespace, so a mistake can never configure the host's links as a
+/// zone's.
+pub fn netns_of(pidfd: BorrowedFd<'_>, place: &str) -> Result<OwnedFd> {
+    use nix::sched::{CloneFlags, setns};
+    let own_path = "/proc/thread-self/ns/net";
+    let ns_error = |what: String, e: io::Error| Error::Namespace {
+        what,
+        err: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    };
+    let own = File::open(own_path)
+        .map_err(|e| ns_error("open this thread's network namespace".into(), e))?;
+    setns(pidfd, CloneFlags::CLONE_NEWNET).map_err(|err| Error::Namespace {
+        what: format!("enter the network namespace of {place}"),
+        err,
+    })?;
+    // /proc/thread-self is this thread whatever PID namespace /proc shows.
+    let theirs = File::open(own_path);
+    setns(own.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|err| Error::Namespace {
+        what: format!("return from the network namespace of {place}"),
+        err,
+    })?;
+    let theirs =
+        theirs.map_err(|e| ns_error(format!("open the network namespace of {place}"), e))?;
+    let same = match (own.metadata(), theirs.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => true,
+    };
+    if same {
+        return Err(Error::Namespace {
+            what: format!("use the network namespace of {place}: it is the agent's own"),
+            err: nix::Error::EINVAL,
+        });
+    }
+    Ok(theirs.into())
+}
+
 /// Creates (or adopts) each bridge of the host plan, with its addresses,
 /// and sets it up.
 pub fn set_up_bridges(rtnl: &mut Rtnl, bridges: &[Bridge]) -> Result<()> {
@@ -353,6 +412,26 @@ pub fn set_up_bridges(rtnl: &mut Rtnl, bridges: &[Bridge]) -> Result<()> {
             rtnl.add_address(index, &bridge.name, addr)?;
         }
         rtnl.set_up(index, &bridge.name)?;
+    }
+    Ok(())
+}
+
+/// Configures host NIC `iface` as the config says: MTU, static
+/// addresses, up, default route. A DHCP interface is only brought up.
+pub fn set_up_interface(rtnl: &mut Rtnl, iface: &crate::config::Interface) -> Result<()> {
+    let name = iface.name.as_str();
+    let index = rtnl.index(name)?;
+    if let Some(mtu) = iface.mtu {
+        rtnl.set_mtu(index, name, mtu)?;
+    }
+    if let crate::config::InterfaceAddress::Static(list) = &iface.address {
+        for addr in list {
+            rtnl.add_address(index, name, addr)?;
+        }
+    }
+    rtnl.set_up(index, name)?;
+    if let Some(gateway) = iface.gateway {
+        rtnl.add_default_route(index, name, gateway)?;
     }
     Ok(())
 }
