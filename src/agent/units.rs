@@ -349,11 +349,17 @@ impl Agent {
             Ok(g) => g,
             Err(e) => return start_failed(unit, error_chain(&e), cgroup_failure_is_permanent(&e)),
         };
+        let taps = match super::guest::open_taps(guest, &self.config.networks) {
+            Ok(taps) => taps,
+            Err(reason) => return start_failed(unit, reason, false),
+        };
+        // The agent's copies of the taps close when this returns: each
+        // tap then lives as long as its monitor.
         let spawned = self
             .open_output(unit)
             .map_err(|e| format!("unable to create the output pipe: {e}"))
             .and_then(|out| {
-                super::guest::spawn(guest, out.as_fd(), group.as_ref().map(|g| g.as_fd()))
+                super::guest::spawn(guest, out.as_fd(), &taps, group.as_ref().map(|g| g.as_fd()))
                     .map_err(|e| error_chain(&e))
             });
         let started = match spawned {
