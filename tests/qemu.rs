@@ -172,7 +172,7 @@ impl Machine {
 
     /// Boots with `extra` manifest lines in the test's archive.
     fn boot_with(name: &str, config: &str, extra: &str, cmdline: &str) -> Machine {
-        Self::boot_with_disks(name, config, extra, cmdline, &[])
+        Self::boot_qemu(name, config, extra, cmdline, &[])
     }
 
     /// Boots with `disks` attached as virtio-blk drives, in order
@@ -184,6 +184,16 @@ impl Machine {
         cmdline: &str,
         disks: &[&Path],
     ) -> Machine {
+        let drives: Vec<String> = disks
+            .iter()
+            .map(|d| format!("file={},if=virtio,format=raw", d.display()))
+            .collect();
+        let args: Vec<&str> = drives.iter().flat_map(|d| ["-drive", d.as_str()]).collect();
+        Self::boot_qemu(name, config, extra, cmdline, &args)
+    }
+
+    /// Boots with `extra` manifest lines and `qemu` arguments added.
+    fn boot_qemu(name: &str, config: &str, extra: &str, cmdline: &str, qemu: &[&str]) -> Machine {
         let initrd = initramfs_with(name, config, extra);
         let monitor = work_dir().join(name).join("monitor.sock");
         let _ = std::fs::remove_file(&monitor);
@@ -194,18 +204,13 @@ impl Machine {
             .arg("-monitor")
             .arg(format!("unix:{},server=on,wait=off", monitor.display()))
             .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
-            .args(disks.iter().flat_map(|d| {
-                [
-                    "-drive".to_string(),
-                    format!("file={},if=virtio,format=raw", d.display()),
-                ]
-            }))
             .arg("-kernel")
             .arg(kernel_dir().join("vmlinuz"))
             .arg("-initrd")
             .arg(&initrd)
             .arg("-append")
             .arg(format!("console=ttyS0 panic=-1 {cmdline}"))
+            .args(qemu)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -1054,6 +1059,34 @@ command = ["/bin/sh", "-c", "echo bomb away; b() { b & b; }; b"]
     m.type_line("zonit ctl poweroff");
     m.assert_orderly_end("reboot: Power down");
     m.assert_order(&["steady: ended", "every unit is down"]);
+}
+
+#[test]
+fn the_appliance_nic_takes_a_dhcp_lease_from_qemus_user_network_and_releases_it() {
+    if !prerequisites() {
+        return;
+    }
+    let config = "[host]\nmodules = [\"virtio_pci\", \"virtio_net\"]\n\n[interface.eth0]\naddress = \"dhcp\"\n";
+    let mut m = Machine::boot_qemu(
+        "dhcp-client",
+        config,
+        "",
+        "zonit.shell",
+        &[
+            "-netdev",
+            "user,id=n0",
+            "-device",
+            "virtio-net-pci,netdev=n0",
+        ],
+    );
+    // QEMU's user network serves 10.0.2.15 from 10.0.2.2.
+    m.wait_for("interface eth0: DHCP lease 10.0.2.15/24 from 10.0.2.2, router 10.0.2.2");
+    let routes = m.run("cat /proc/net/route").join("\n");
+    // The default route via 10.0.2.2 (0202000A in the kernel's byte order).
+    assert!(routes.contains("eth0\t00000000\t0202000A"), "{routes}");
+    m.type_line("zonit ctl poweroff");
+    m.wait_for("interface eth0: DHCP lease 10.0.2.15 dropped");
+    m.assert_orderly_end("reboot: Power down");
 }
 
 #[test]

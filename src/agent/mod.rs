@@ -164,6 +164,8 @@ pub struct Agent {
     execs: HashMap<i32, exec::Session>,
     /// Bridges, the nf_tables table, zones' network files.
     net: crate::net::host::HostNet,
+    /// DHCP clients of host NICs and servers of bridges.
+    dhcp: crate::net::dhcp::socket::Dhcp,
 }
 
 fn specs(config: &Config) -> Vec<Spec> {
@@ -225,6 +227,7 @@ impl Agent {
             cgroups: cgroup::Cgroups::default(),
             pid1: pid1::Pid1State::default(),
             net: crate::net::host::HostNet::new(net_files),
+            dhcp: Default::default(),
             retiring: HashMap::new(),
             execs: HashMap::new(),
         };
@@ -256,7 +259,7 @@ impl Agent {
     /// exit status for `zonit run`.
     pub fn run(mut self) -> ShutdownAction {
         self.reserve_runtimes();
-        self.net.apply(&self.config);
+        self.apply_network();
         self.start_autostart();
         let mut events = Events::with_capacity(256);
         loop {
@@ -266,6 +269,7 @@ impl Agent {
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.turn(&mut events)));
             match turn {
                 Ok(Some(action)) => {
+                    self.dhcp.release(self.poll.registry(), Instant::now());
                     self.net.teardown();
                     return action;
                 }
@@ -326,6 +330,7 @@ impl Agent {
             self.accept_retry = None;
             self.accept();
         }
+        self.dhcp.on_timer(Instant::now());
         self.reap();
         self.feed(Input::Tick);
         self.check_boot_done();
@@ -342,11 +347,16 @@ impl Agent {
             .as_ref()
             .filter(|s| !s.killed)
             .map(|s| s.deadline);
-        [self.sup.next_deadline(), shutdown, self.accept_retry]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|d| d.saturating_duration_since(now))
+        [
+            self.sup.next_deadline(),
+            shutdown,
+            self.accept_retry,
+            self.dhcp.deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|d| d.saturating_duration_since(now))
     }
 
     /// `hangup`: the other end of the source is closed for good.
@@ -354,6 +364,7 @@ impl Agent {
         match token {
             SIGNALS => self.on_signals(),
             LISTENER => self.accept(),
+            t if crate::net::dhcp::socket::Dhcp::owns(t) => self.dhcp.on_ready(t, Instant::now()),
             t => match self.sources.get(&t) {
                 Some(Source::Output(unit)) => {
                     let unit = unit.clone();
@@ -554,7 +565,7 @@ impl Agent {
             );
         }
         log::set_max_level(self.opts.log_level_for(&self.config));
-        self.net.apply(&self.config);
+        self.apply_network();
         let actions = self
             .sup
             .reload(specs(&self.config), &changed, &added, Instant::now());
@@ -572,6 +583,15 @@ impl Agent {
             changed.len(),
             removed.len()
         ))
+    }
+
+    /// Brings the host's networking in line with the config: NICs,
+    /// bridges and the firewall table first, then the DHCP clients and
+    /// servers that use them.
+    fn apply_network(&mut self) {
+        self.net.apply(&self.config);
+        self.dhcp
+            .apply(&self.config, self.poll.registry(), Instant::now());
     }
 
     /// Frees the runtime of units a reload removed, once they are down.

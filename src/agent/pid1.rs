@@ -156,7 +156,7 @@ impl Agent {
         let n = new.units.len();
         self.config = new;
         self.reserve_runtimes();
-        self.net.apply(&self.config);
+        self.apply_network();
         self.start_autostart();
         format!("config loaded: {n} unit(s)")
     }

@@ -120,12 +120,6 @@ impl HostNet {
             }
         };
         for iface in &config.interfaces {
-            if iface.address == crate::config::InterfaceAddress::Dhcp {
-                log::warn!(
-                    "interface {}: DHCP is not supported yet; it is only brought up. Give static addresses and a gateway",
-                    iface.name
-                );
-            }
             if let Err(e) = netlink::set_up_interface(&mut rtnl, iface) {
                 log::error!("interface {}: {e}", iface.name);
             }

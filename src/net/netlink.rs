@@ -244,14 +244,7 @@ impl Rtnl {
     /// skip duplicate address detection: they are static, and a tentative
     /// address would refuse `bind(2)` for a second.
     pub fn add_address(&mut self, index: u32, name: &str, addr: &Cidr) -> Result<()> {
-        let mut msg = AddressMessage::default();
-        msg.header.family = match addr.addr {
-            IpAddr::V4(_) => AddressFamily::Inet,
-            IpAddr::V6(_) => AddressFamily::Inet6,
-        };
-        msg.header.prefix_len = addr.prefix;
-        msg.header.index = index;
-        msg.attributes.push(AddressAttribute::Local(addr.addr));
+        let mut msg = address_message(index, addr);
         msg.attributes.push(AddressAttribute::Address(addr.addr));
         if addr.addr.is_ipv6() {
             msg.attributes
@@ -361,6 +354,57 @@ impl Rtnl {
         })?;
         Ok(())
     }
+
+    /// The index and hardware address of link `name`.
+    pub fn link_mac(&mut self, name: &str) -> Result<(u32, [u8; 6])> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.into()));
+        let replies = self.request(RouteNetlinkMessage::GetLink(msg), 0, || {
+            format!("look up link {name}")
+        })?;
+        for reply in replies {
+            if let RouteNetlinkMessage::NewLink(link) = reply {
+                let mac = link.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok(),
+                    _ => None,
+                });
+                if let Some(mac) = mac {
+                    return Ok((link.header.index, mac));
+                }
+            }
+        }
+        Err(Error::Request {
+            what: format!("find the Ethernet address of {name}{}", self.place),
+            err: errno(libc::ENODEV),
+        })
+    }
+
+    /// Removes `addr` from link `index` (named `name`); an address that is
+    /// not there is no error.
+    pub fn delete_address(&mut self, index: u32, name: &str, addr: &Cidr) -> Result<()> {
+        let msg = address_message(index, addr);
+        match self.request(RouteNetlinkMessage::DelAddress(msg), 0, || {
+            format!("remove address {addr} from {name}")
+        }) {
+            Err(Error::Request { err, .. }) if err.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+                Ok(())
+            }
+            other => other.map(drop),
+        }
+    }
+}
+
+/// An address message for `addr` on link `index`.
+fn address_message(index: u32, addr: &Cidr) -> AddressMessage {
+    let mut msg = AddressMessage::default();
+    msg.header.family = match addr.addr {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
+    msg.header.prefix_len = addr.prefix;
+    msg.header.index = index;
+    msg.attributes.push(AddressAttribute::Local(addr.addr));
+    msg
 }
 
 /// The network namespace of the process behind `pidfd` (named `place`
@@ -417,7 +461,8 @@ pub fn set_up_bridges(rtnl: &mut Rtnl, bridges: &[Bridge]) -> Result<()> {
 }
 
 /// Configures host NIC `iface` as the config says: MTU, static
-/// addresses, up, default route. A DHCP interface is only brought up.
+/// addresses, up, default route. A DHCP interface is only brought up
+/// here; its address comes from its DHCP client (`net::dhcp`).
 pub fn set_up_interface(rtnl: &mut Rtnl, iface: &crate::config::Interface) -> Result<()> {
     let name = iface.name.as_str();
     let index = rtnl.index(name)?;

@@ -880,6 +880,52 @@ pub fn sync() {
     unsafe { libc::sync() };
 }
 
+/// A non-blocking, close-on-exec `AF_PACKET` datagram socket that hears
+/// the IPv4 packets of interface `ifindex` that the classic BPF program
+/// `filter` accepts (it sees each packet from its IP header on). The
+/// filter is in place before the socket is bound, so no packet reaches
+/// it unfiltered.
+pub fn packet_socket(ifindex: u32, filter: &[libc::sock_filter]) -> io::Result<OwnedFd> {
+    let ty = libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+    // SAFETY: plain socket(2); protocol 0 hears nothing until bound.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, ty, 0) };
+    check(fd.into())?;
+    // SAFETY: fd was just returned by socket(2) and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let prog = libc::sock_fprog {
+        len: u16::try_from(filter.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: prog points at `filter`, alive for the call; the kernel
+    // copies the program.
+    let ret = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&raw const prog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    check(ret.into())?;
+    // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+    addr.sll_ifindex =
+        i32::try_from(ifindex).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: addr is a valid sockaddr_ll of the size passed.
+    let ret = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw const addr).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    check(ret.into())?;
+    Ok(fd)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
