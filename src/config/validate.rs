@@ -1118,11 +1118,6 @@ fn guest(
         g.cpu_max.as_ref(),
         g.pids_max.as_ref(),
     );
-    if let (Some(pids), Some(raw)) = (cgroup.pids_max, &g.pids_max)
-        && let Err(e) = limits::check_monitor_pids(pids, vcpus)
-    {
-        c.error(raw.span(), "pids_max", e);
-    }
     let name = raw.name.get_ref();
     let mut nics = Vec::new();
     for (i, n) in g.nics.iter().flatten().enumerate() {
@@ -1160,6 +1155,12 @@ fn guest(
                 host_ifname: net::tap_ifname(name, i),
             });
         }
+    }
+    let raw_nics = g.nics.as_deref().unwrap_or_default().len();
+    if let (Some(pids), Some(raw)) = (cgroup.pids_max, &g.pids_max)
+        && let Err(e) = limits::check_monitor_pids(pids, vcpus, raw_nics)
+    {
+        c.error(raw.span(), "pids_max", e);
     }
     let ports = c.ports(g.ports.as_deref());
     if let Some(p) = &g.ports

@@ -34,8 +34,8 @@ pub const MAX_CMDLINE: usize = 2047;
 /// thread stacks, the kernel's KVM page tables and per-vCPU state charged
 /// to the group, and the block devices' buffers.
 pub const MONITOR_ALLOWANCE: u64 = 64 << 20;
-/// Threads of a monitor besides its vCPU threads (the main thread, which
-/// runs the devices); a `pids_max` below `vcpus` + this could never start.
+/// Threads of a monitor besides one per vCPU and one per network card
+/// (its receive worker): the main thread, which runs the other devices.
 pub const MONITOR_OWN_THREADS: u64 = 1;
 
 /// A guest setting outside the limits; the message names the limit.
@@ -63,13 +63,15 @@ pub enum LimitError {
     Cmdline(usize),
     /// pids.max too low for the monitor's threads.
     #[error(
-        "{pids} is fewer than the monitor's threads: one per vCPU ({vcpus}) and {MONITOR_OWN_THREADS} of its own"
+        "{pids} is fewer than the monitor's threads: one per vCPU ({vcpus}), one per network card ({nics}) and {MONITOR_OWN_THREADS} of its own"
     )]
     MonitorPids {
         /// The pids_max asked for.
         pids: u64,
         /// The guest's vCPUs.
         vcpus: u32,
+        /// The guest's network cards.
+        nics: usize,
     },
 }
 
@@ -117,9 +119,9 @@ pub fn default_memory_max(memory: u64) -> u64 {
 }
 
 /// Checks that a monitor's `pids_max` leaves room for all its threads.
-pub fn check_monitor_pids(pids: u64, vcpus: u32) -> Result<(), LimitError> {
-    if pids < u64::from(vcpus) + MONITOR_OWN_THREADS {
-        return Err(LimitError::MonitorPids { pids, vcpus });
+pub fn check_monitor_pids(pids: u64, vcpus: u32, nics: usize) -> Result<(), LimitError> {
+    if pids < u64::from(vcpus) + nics as u64 + MONITOR_OWN_THREADS {
+        return Err(LimitError::MonitorPids { pids, vcpus, nics });
     }
     Ok(())
 }
@@ -197,6 +199,19 @@ mod tests {
         assert_eq!(
             check_cmdline(&"x".repeat(MAX_CMDLINE + 1)),
             Err(LimitError::Cmdline(MAX_CMDLINE + 1))
+        );
+    }
+
+    #[test]
+    fn a_monitor_needs_a_pid_per_vcpu_per_nic_and_one_of_its_own() {
+        assert_eq!(check_monitor_pids(4, 2, 1), Ok(()));
+        assert_eq!(
+            check_monitor_pids(3, 2, 1),
+            Err(LimitError::MonitorPids {
+                pids: 3,
+                vcpus: 2,
+                nics: 1
+            })
         );
     }
 
