@@ -223,4 +223,15 @@ fn the_server_gives_a_guest_its_static_lease_and_ignores_unknown_macs() {
     let (ok, out) = udhcpc(&stranger);
     assert!(!ok, "an unknown MAC got a lease:\n{out}");
     assert!(!out.contains("EVENT bound"), "{out}");
+
+    // A reload that moves the guest's address is served at once.
+    let text = std::fs::read_to_string(&z.config)
+        .unwrap()
+        .replace("10.88.0.9\"", "10.88.0.19\"");
+    std::fs::write(&z.config, text).unwrap();
+    let (code, out, err) = z.ctl(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (ok, out) = udhcpc(&known);
+    assert!(ok, "{out}\n{}", z.log_text());
+    assert!(out.contains("EVENT bound ip=10.88.0.19 "), "{out}");
 }
