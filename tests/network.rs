@@ -606,3 +606,49 @@ fn a_zone_whose_host_link_name_is_taken_starts_at_once_with_the_next_name() {
     assert!(link_exists(&next), "{}", z.log_text());
     assert_eq!(fetch(None, "10.88.0.2", 80), "hello-from-web");
 }
+
+#[test]
+fn a_reload_updates_running_zones_hosts_and_removes_a_dropped_networks_bridge() {
+    if !in_private_netns(
+        "a_reload_updates_running_zones_hosts_and_removes_a_dropped_networks_bridge",
+    ) {
+        return;
+    }
+    run(&["ip", "link", "set", "lo", "up"]);
+    let net =
+        "[network.lan]\naddress = \"10.88.0.1/24\"\n[network.spare]\naddress = \"10.89.0.1/24\"\n";
+    let z = common::Zonit::start("net-reload", |dir| {
+        format!(
+            "{net}{}",
+            common::zone(
+                dir,
+                "web",
+                "exec sleep 1000",
+                "network = \"lan\"\naddress = \"10.88.0.2\""
+            )
+        )
+    });
+    z.wait_state("web", "running");
+    let hosts = || z.ctl(&["exec", "web", "--", "cat", "/etc/hosts"]).1;
+    assert!(!hosts().contains("client"), "{}", hosts());
+    assert_eq!(host_links("zn-"), ["zn-lan", "zn-spare"]);
+
+    // Add a zone on lan, drop the spare network.
+    let dir = z.dir.clone();
+    let text = std::fs::read_to_string(&z.config).unwrap();
+    let text = text.replace("[network.spare]\naddress = \"10.89.0.1/24\"\n", "")
+        + &common::zone(
+            &dir,
+            "client",
+            "exec sleep 1000",
+            "network = \"lan\"\naddress = \"10.88.0.7\"",
+        );
+    std::fs::write(&z.config, text).unwrap();
+    let (code, _, err) = z.ctl(&["reload"]);
+    assert_eq!(code, 0, "{err}");
+    z.wait_state("client", "running");
+    // web was not restarted, yet its hosts file names the new zone.
+    assert_eq!(z.unit("web")["restarts"], 0);
+    assert!(hosts().contains("10.88.0.7\tclient"), "{}", hosts());
+    assert_eq!(host_links("zn-"), ["zn-lan"]);
+}

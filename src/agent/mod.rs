@@ -11,7 +11,7 @@
 //! process. Nothing in here may panic or return early from the loop on a
 //! per-request or per-unit error: it is logged and the loop goes on.
 
-mod cgroup;
+pub(crate) mod cgroup;
 mod claim;
 mod control;
 mod exec;
@@ -147,6 +147,8 @@ pub struct Agent {
     pending_reads: Vec<String>,
     /// Control connections with requests left over from the last wake-up.
     pending_conns: Vec<usize>,
+    /// When to try `accept` again after it failed for want of fds.
+    accept_retry: Option<Instant>,
     shutdown: Option<Shutdown>,
     cgroups: cgroup::Cgroups,
     pid1: pid1::Pid1State,
@@ -172,6 +174,7 @@ impl Agent {
     }
 
     fn build(opts: Options, config: Config) -> Result<Self, Error> {
+        raise_nofile();
         // Compiled once here, so a broken filter stops the agent at start
         // and no zone start ever compiles it.
         crate::zone::seccomp::program().map_err(Error::Seccomp)?;
@@ -210,6 +213,7 @@ impl Agent {
             stop_waiters: Vec::new(),
             pending_reads: Vec::new(),
             pending_conns: Vec::new(),
+            accept_retry: None,
             shutdown: None,
             cgroups: cgroup::Cgroups::default(),
             pid1: pid1::Pid1State::default(),
@@ -266,8 +270,9 @@ impl Agent {
         }
     }
 
-    /// Every unit's runtime (output pipe, 16 KiB log ring) and the maps'
-    /// room, made before the first zone is forked: each zone's init shares
+    /// Every unit's runtime (16 KiB log ring; fds only come with a run)
+    /// and the maps' room, made before the first zone is forked: each
+    /// zone's init shares
     /// the agent's heap copy-on-write, and every heap page the agent
     /// rewrites after a fork (a map growing, a ring being made) becomes a
     /// private page of that zone.
@@ -279,15 +284,18 @@ impl Agent {
         self.sources.reserve(2 * n + 16);
         let names: Vec<String> = self.config.units.iter().map(|u| u.name.clone()).collect();
         for name in &names {
-            if let Err(e) = self.ensure_runtime(name) {
-                // spawn_unit tries again and reports the failure.
-                log::warn!("{name}: unable to create the output pipe: {e}");
-            }
+            self.ensure_runtime(name);
         }
     }
 
     /// One wake-up: wait, dispatch, reap, advance timers.
     fn turn(&mut self, events: &mut Events) -> Option<ShutdownAction> {
+        // A shutdown begun outside the loop (say, at start by an
+        // `exit_with` unit that cannot start) may already be complete:
+        // nothing would wake the poll for it.
+        if let Some(action) = self.check_shutdown() {
+            return Some(action);
+        }
         let timeout = self.timeout(Instant::now());
         if let Err(e) = self.poll.poll(events, timeout)
             && e.kind() != io::ErrorKind::Interrupted
@@ -309,6 +317,10 @@ impl Agent {
         for id in std::mem::take(&mut self.pending_conns) {
             self.on_conn(id, false);
         }
+        if self.accept_retry.is_some_and(|t| t <= Instant::now()) {
+            self.accept_retry = None;
+            self.accept();
+        }
         self.dhcp.on_timer(Instant::now());
         self.reap();
         self.feed(Input::Tick);
@@ -326,11 +338,16 @@ impl Agent {
             .as_ref()
             .filter(|s| !s.killed)
             .map(|s| s.deadline);
-        [self.sup.next_deadline(), shutdown, self.dhcp.deadline()]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|d| d.saturating_duration_since(now))
+        [
+            self.sup.next_deadline(),
+            shutdown,
+            self.accept_retry,
+            self.dhcp.deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|d| d.saturating_duration_since(now))
     }
 
     /// `hangup`: the other end of the source is closed for good.
@@ -366,7 +383,13 @@ impl Agent {
         for sig in pending {
             match (sig, self.opts.mode) {
                 (SIGCHLD, _) => {} // reaped after every wake-up
-                (SIGHUP, _) => self.reload_and_log(),
+                (SIGHUP, _) => {
+                    log::info!(
+                        "SIGHUP received, reloading {}",
+                        self.opts.config_path.display()
+                    );
+                    let _ = self.reload_and_log();
+                }
                 (SIGTERM | SIGINT, Mode::Run) => {
                     log::info!("{} received, stopping every unit", signal_name(sig));
                     self.begin_shutdown(ShutdownAction::Exit(0));
@@ -469,8 +492,10 @@ impl Agent {
         }
     }
 
-    fn reload_and_log(&mut self) {
-        match self.reload() {
+    /// Reloads and logs the outcome (SIGHUP and `ctl reload` alike).
+    fn reload_and_log(&mut self) -> Result<String, Vec<String>> {
+        let res = self.reload();
+        match &res {
             Ok(msg) => log::info!("{msg}"),
             Err(errors) => {
                 for e in errors {
@@ -479,6 +504,7 @@ impl Agent {
                 log::error!("reload failed; the running config is unchanged");
             }
         }
+        res
     }
 
     /// Re-reads the config. On error the running config stays in place;
@@ -507,6 +533,10 @@ impl Agent {
             .filter(|u| self.config.unit(&u.name).is_none())
             .map(|u| u.name.clone())
             .collect();
+        // A unit removed by an earlier reload may be back before it stopped.
+        for unit in &self.config.units {
+            self.retiring.remove(&unit.name);
+        }
         for name in &removed {
             if let Some(u) = old.unit(name) {
                 self.retiring.insert(name.clone(), u.clone());
@@ -560,6 +590,22 @@ impl Agent {
                 self.release_unit(&name, rt);
             }
         }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, as systemd does
+/// for itself: the agent holds a few fds per running unit and per client,
+/// and PID 1 starts with a soft limit of 1024. Units inherit the raised
+/// limit unless their `rlimits` set `nofile` (docs/config.md).
+fn raise_nofile() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => log::debug!("open files limit raised from {soft} to {hard}"),
+            Err(e) => log::warn!("unable to raise the open files limit from {soft} to {hard}: {e}"),
+        },
+        Ok(_) => {}
+        Err(e) => log::warn!("unable to read the open files limit: {e}"),
     }
 }
 

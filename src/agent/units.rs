@@ -13,7 +13,7 @@ use nix::sys::wait::WaitStatus;
 
 use super::{Agent, Source};
 use crate::config::UnitKind;
-use crate::logbuf::{Admit, LOG_BURST, LOG_PER_SECOND, LineSplitter, RateLimit, Ring};
+use crate::logbuf::{Admit, LOG_BURST, LOG_PER_SECOND, LineSplitter, RateLimit, Ring, escape_line};
 use crate::logging::UNIT_TARGET_PREFIX;
 use crate::logging::error_chain;
 use crate::supervisor::{Action, End, Input};
@@ -25,10 +25,13 @@ use crate::zone::{preflight, start};
 /// cannot starve the loop.
 const READ_BUDGET: usize = 256 * 1024;
 
-/// A unit's live resources.
+/// A unit's live resources. Only a unit with a process holds fds (its
+/// output pipe, pidfd and start channel); the ring outlives its runs.
 pub(super) struct UnitRt {
-    out_rx: File,
-    out_tx: OwnedFd,
+    /// Read end of the output pipe of the current run: the agent keeps no
+    /// write end, so it reaches end of file once the run's processes are
+    /// gone.
+    out: Option<(File, mio::Token)>,
     ring: Ring,
     splitter: LineSplitter,
     rate: RateLimit,
@@ -104,6 +107,7 @@ impl Agent {
                 self.signal_unit(&unit, pid, libc::SIGKILL);
                 self.cgroups.kill(&unit);
             }
+            Action::GaveUp { unit, reason } => log::error!("{unit}: failed: {reason}"),
         }
     }
 
@@ -136,11 +140,8 @@ impl Agent {
     }
 
     /// Drops a unit's runtime: its output pipe and its log followers.
-    pub(super) fn release_unit(&mut self, name: &str, rt: UnitRt) {
-        let _ = self
-            .poll
-            .registry()
-            .deregister(&mut SourceFd(&rt.out_rx.as_raw_fd()));
+    pub(super) fn release_unit(&mut self, name: &str, mut rt: UnitRt) {
+        self.unwatch_output(rt.out.take());
         self.sources
             .retain(|_, s| !matches!(s, Source::Output(u) | Source::Status(u) if u == name));
         for id in rt.followers {
@@ -148,22 +149,15 @@ impl Agent {
         }
     }
 
-    /// Creates the unit's runtime (output pipe, log ring) if it has none.
-    pub(super) fn ensure_runtime(&mut self, unit: &str) -> io::Result<()> {
+    /// Creates the unit's runtime (log ring, no fds) if it has none.
+    pub(super) fn ensure_runtime(&mut self, unit: &str) {
         if self.units.contains_key(unit) {
-            return Ok(());
+            return;
         }
-        let (rx, tx) = sys::pipe()?;
-        sys::set_nonblocking(rx.as_fd())?;
-        let token = self.token(Source::Output(unit.to_string()));
-        self.poll
-            .registry()
-            .register(&mut SourceFd(&rx.as_raw_fd()), token, Interest::READABLE)?;
         self.units.insert(
             unit.to_string(),
             UnitRt {
-                out_rx: File::from(rx),
-                out_tx: tx,
+                out: None,
                 ring: Ring::default(),
                 splitter: LineSplitter::default(),
                 rate: RateLimit::new(LOG_BURST, LOG_PER_SECOND, Instant::now()),
@@ -171,7 +165,46 @@ impl Agent {
                 followers: Vec::new(),
             },
         );
-        Ok(())
+    }
+
+    /// A fresh output pipe for the unit's next run: the read end is
+    /// watched, the write end returned for the child (and closed here once
+    /// the child has its copy).
+    fn open_output(&mut self, unit: &str) -> io::Result<OwnedFd> {
+        self.close_output(unit);
+        self.ensure_runtime(unit);
+        let (rx, tx) = sys::pipe()?;
+        let token = self.token(Source::Output(unit.to_string()));
+        let res = sys::set_nonblocking(rx.as_fd()).and_then(|()| {
+            self.poll
+                .registry()
+                .register(&mut SourceFd(&rx.as_raw_fd()), token, Interest::READABLE)
+        });
+        if let Err(e) = res {
+            self.sources.remove(&token);
+            return Err(e);
+        }
+        if let Some(rt) = self.units.get_mut(unit) {
+            rt.out = Some((File::from(rx), token));
+        }
+        Ok(tx)
+    }
+
+    /// Reads what is left of a finished run's output and closes the pipe.
+    fn close_output(&mut self, unit: &str) {
+        self.read_output(unit);
+        let out = self.units.get_mut(unit).and_then(|rt| rt.out.take());
+        self.unwatch_output(out);
+    }
+
+    fn unwatch_output(&mut self, out: Option<(File, mio::Token)>) {
+        if let Some((file, token)) = out {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&file.as_raw_fd()));
+            self.sources.remove(&token);
+        }
     }
 
     /// Watches the agent's end of a zone start channel under `source`:
@@ -223,9 +256,6 @@ impl Agent {
         let Some(cfg) = self.config.unit(unit).cloned() else {
             return failed("not in the config".into(), true);
         };
-        if let Err(e) = self.ensure_runtime(unit) {
-            return failed(format!("unable to create the output pipe: {e}"), false);
-        }
         let zone = match &cfg.kind {
             UnitKind::Zone(z) => z,
             UnitKind::Guest(g) => return self.spawn_guest(unit, g),
@@ -236,12 +266,12 @@ impl Agent {
         let group = match self.cgroups.prepare(unit, zone) {
             Ok(g) => g,
             Err(e) => {
-                let permanent = !matches!(e, super::cgroup::Error::Busy { .. });
+                // A busy leaf group empties; running out of fds or memory
+                // passes; a missing controller does not.
+                let permanent = !matches!(&e, super::cgroup::Error::Busy { .. })
+                    && !matches!(&e, super::cgroup::Error::Io { source, .. } if sys::is_transient(source));
                 return failed(error_chain(&e), permanent);
             }
-        };
-        let Some(rt) = self.units.get(unit) else {
-            return failed("internal: runtime missing".into(), false);
         };
         // A zone on a network sees its resolv.conf and hosts read-only.
         let net_files = match self.net.zone_files(&self.config, unit, zone) {
@@ -258,14 +288,16 @@ impl Agent {
             };
             &with_files
         };
-        let started = match start::spawn(
-            unit,
-            zone,
-            rt.out_tx.as_fd(),
-            group.as_ref().map(|g| g.as_fd()),
-        ) {
+        let out = match self.open_output(unit) {
+            Ok(tx) => tx,
+            Err(e) => return failed(format!("unable to create the output pipe: {e}"), false),
+        };
+        let spawned = start::spawn(unit, zone, out.as_fd(), group.as_ref().map(|g| g.as_fd()));
+        drop(out);
+        let started = match spawned {
             Ok(s) => s,
             Err(e) => {
+                self.close_output(unit);
                 let permanent = matches!(e, start::Error::Nul { .. });
                 return failed(format!("unable to start: {}", error_chain(&e)), permanent);
             }
@@ -319,13 +351,6 @@ impl Agent {
     }
 
     fn spawn_guest(&mut self, unit: &str, guest: &crate::config::Guest) -> Vec<Input> {
-        let Some(rt) = self.units.get(unit) else {
-            return vec![Input::StartFailed {
-                unit: unit.to_string(),
-                reason: "internal: no output pipe".into(),
-                permanent: false,
-            }];
-        };
         if let Err(reason) = super::guest::preflight(guest) {
             log::error!("{unit}: {reason}");
             return vec![Input::StartFailed {
@@ -334,10 +359,29 @@ impl Agent {
                 permanent: true,
             }];
         }
-        let started = match super::guest::spawn(guest, rt.out_tx.as_fd()) {
+        let taps = match super::guest::open_taps(guest, &self.config.networks) {
+            Ok(taps) => taps,
+            Err(reason) => {
+                log::error!("{unit}: {reason}");
+                return vec![Input::StartFailed {
+                    unit: unit.to_string(),
+                    reason,
+                    permanent: false,
+                }];
+            }
+        };
+        // The agent's copies of the taps close when this returns: each
+        // tap then lives as long as its monitor.
+        let spawned = self
+            .open_output(unit)
+            .map_err(|e| format!("unable to create the output pipe: {e}"))
+            .and_then(|out| {
+                super::guest::spawn(guest, out.as_fd(), &taps).map_err(|e| error_chain(&e))
+            });
+        let started = match spawned {
             Ok(s) => s,
-            Err(e) => {
-                let reason = error_chain(&e);
+            Err(reason) => {
+                self.close_output(unit);
                 log::error!("{unit}: {reason}");
                 return vec![Input::StartFailed {
                     unit: unit.to_string(),
@@ -386,7 +430,7 @@ impl Agent {
     /// The unit's top process was reaped with `status`.
     pub(super) fn unit_ended(&mut self, unit: &str, status: WaitStatus) {
         self.read_status(unit);
-        self.read_output(unit);
+        self.close_output(unit);
         let Some(mut proc) = self.units.get_mut(unit).and_then(|u| u.proc.take()) else {
             return;
         };
@@ -453,7 +497,8 @@ impl Agent {
                 self.pending_reads.push(unit.to_string());
                 break;
             }
-            match rt.out_rx.read(&mut buf) {
+            let Some((out, _)) = &mut rt.out else { break };
+            match out.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
                     total += n;
@@ -470,13 +515,17 @@ impl Agent {
         let now = Instant::now();
         let target = format!("{UNIT_TARGET_PREFIX}{unit}");
         let (splitter, rate) = (&mut rt.splitter, &mut rt.rate);
+        let notice = |dropped: u64| {
+            log::warn!(target: &target, "({dropped} lines not logged: rate limit; `zonit ctl logs` has them)");
+        };
         splitter.feed(&chunks, |line| match rate.admit(now) {
             Admit::Pass { dropped } => {
                 if dropped > 0 {
-                    log::warn!(target: &target, "({dropped} lines not logged: rate limit; `zonit ctl logs` has them)");
+                    notice(dropped);
                 }
-                log::info!(target: &target, "{}", String::from_utf8_lossy(line));
+                log::info!(target: &target, "{}", escape_line(line));
             }
+            Admit::Notice { dropped } => notice(dropped),
             Admit::Drop => {}
         });
         let followers = rt.followers.clone();

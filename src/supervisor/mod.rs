@@ -5,4 +5,4 @@ pub mod policy;
 pub mod state;
 
 pub use policy::End;
-pub use state::{Action, Input, Spec, State, Status, Supervisor, Want};
+pub use state::{Action, Input, Spec, State, Status, StopOutcome, Supervisor, Want};

@@ -119,8 +119,20 @@ impl Zonit {
     /// `socket`) and waits until the socket answers; `dir` is removed when
     /// the returned value is dropped.
     pub fn launch(dir: PathBuf, config: PathBuf, socket: PathBuf) -> Zonit {
+        Self::launch_wrapped(dir, config, socket, &[])
+    }
+
+    /// As [`Zonit::launch`], with zonit started through `wrapper` (a
+    /// command that execs its arguments, such as `prlimit --nofile=N:M`).
+    pub fn launch_wrapped(
+        dir: PathBuf,
+        config: PathBuf,
+        socket: PathBuf,
+        wrapper: &[&str],
+    ) -> Zonit {
         let mut child = Command::new("unshare")
             .args(["--pid", "--fork", "--mount", "--kill-child"])
+            .args(wrapper)
             .arg(ZONIT)
             .args(["run", "--config"])
             .arg(&config)
