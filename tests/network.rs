@@ -652,3 +652,23 @@ fn a_reload_updates_running_zones_hosts_and_removes_a_dropped_networks_bridge() 
     assert!(hosts().contains("10.88.0.7\tclient"), "{}", hosts());
     assert_eq!(host_links("zn-"), ["zn-lan"]);
 }
+
+#[test]
+fn an_adopted_bridge_drops_the_addresses_of_an_older_config() {
+    if !in_private_netns("an_adopted_bridge_drops_the_addresses_of_an_older_config") {
+        return;
+    }
+    let mut rtnl = Rtnl::new().unwrap();
+    netlink::set_up_bridges(&mut rtnl, &[lan()]).unwrap();
+    let moved = Bridge {
+        name: "zn-lan".into(),
+        addresses: vec![cidr("10.90.0.1/24")],
+    };
+    netlink::set_up_bridges(&mut rtnl, &[moved]).unwrap();
+    let (_, addrs) = run(&["ip", "-o", "addr", "show", "dev", "zn-lan"]);
+    assert!(addrs.contains("10.90.0.1/24"), "{addrs}");
+    assert!(
+        !addrs.contains("10.88.0.1") && !addrs.contains("fd88::1"),
+        "{addrs}"
+    );
+}
