@@ -3,9 +3,13 @@
 # demo config initramfs/demo.toml, the busybox zone template, kvm and
 # overlay modules) and boots it in QEMU with the console on this terminal.
 #
-# Usage: scripts/demo.sh [EXTRA KERNEL WORDS...]
+# Usage: scripts/demo.sh [--disk FILE] [EXTRA KERNEL WORDS...]
 #   e.g. scripts/demo.sh zonit.shell     a root shell on the console beside
 #                                        the zones (try `zonit ctl status`)
+#   --disk FILE   the data-disk demo (initramfs/data-demo.toml): FILE is
+#                 the appliance's data disk, made (256 MiB, ext4, label
+#                 zdata) when missing; a zone on it counts the boots, so
+#                 run the demo twice with the same FILE
 # Installs what it needs on a fresh Debian machine (qemu-system-x86,
 # busybox-static; the kernel comes from scripts/fetch-kernel.sh).
 # The appliance's NIC is on QEMU's user network, with this machine's
@@ -15,8 +19,25 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+disk=
+if [[ ${1:-} == --disk ]]; then
+    [[ $# -ge 2 ]] || { echo "usage: $0 [--disk FILE] [KERNEL WORDS...]" >&2; exit 2; }
+    disk=$(realpath -m -- "$2")
+    shift 2
+fi
+
 scripts/setup.sh
 scripts/fetch-kernel.sh
-scripts/build-initramfs.sh --release build/demo.cpio.gz
-exec scripts/run-qemu.sh --initrd build/demo.cpio.gz --append "$*" \
-    -- -nic user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:8080-:8080
+if [[ -z $disk ]]; then
+    scripts/build-initramfs.sh --release build/demo.cpio.gz
+    exec scripts/run-qemu.sh --initrd build/demo.cpio.gz --append "$*" \
+        -- -nic user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:8080-:8080
+fi
+if [[ ! -e $disk ]]; then
+    truncate -s 256M "$disk"
+    mkfs.ext4 -q -L zdata "$disk"
+    echo "demo: made the data disk $disk (ext4, label zdata)"
+fi
+scripts/build-initramfs.sh --release --config initramfs/data-demo.toml build/data-demo.cpio.gz
+exec scripts/run-qemu.sh --initrd build/data-demo.cpio.gz --append "$*" \
+    -- -drive "file=$disk,if=virtio,format=raw"

@@ -12,6 +12,9 @@ packages=(
     iproute2         # network checks in tests
     nftables         # tests read zonit's ruleset back with `nft` (never used by zonit)
     gcc libc6-dev    # the static syscall probe of the escape tests
+    # Test-only: file system and partition images for the superblock
+    # readers (tier 1) and the data-disk QEMU tests (tier 4).
+    e2fsprogs xfsprogs btrfs-progs dosfstools gdisk
 )
 if [[ ${ZONIT_BENCH:-0} == 1 ]]; then
     # Peers measured side by side in BENCHMARKS.md.

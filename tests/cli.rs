@@ -46,3 +46,45 @@ fn config_errors_are_written_one_whole_line_per_write() {
         );
     }
 }
+
+/// `[[host.mounts]]` is PID 1's business: `zonit check` accepts it, and
+/// `zonit run` refuses to start with it, saying why, before it touches
+/// anything (no socket, no cgroup).
+#[test]
+fn run_refuses_host_mounts_that_check_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mounts.toml");
+    let socket = dir.path().join("ctl.sock");
+    std::fs::write(
+        &path,
+        format!(
+            "[host]\ncontrol_socket = \"{}\"\n[[host.mounts]]\nsource = \"LABEL=zdata\"\ntarget = \"/data\"\nfs = \"ext4\"\n",
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_zonit"))
+        .arg("check")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let run = Command::new(env!("CARGO_BIN_EXE_zonit"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("[[host.mounts]] is only for zonit as PID 1")
+            && stderr.contains("host's own init"),
+        "{stderr}"
+    );
+    assert!(!socket.exists());
+}

@@ -159,3 +159,28 @@ fn demo_config_zones_come_from_the_template_in_the_initramfs() {
         ),
     }
 }
+
+#[test]
+fn data_disk_demo_keeps_its_counter_on_the_disk_and_is_a_valid_config() {
+    let path = repo().join("initramfs/data-demo.toml");
+    let text = fs::read_to_string(&path).unwrap();
+    let config = zonit::config::parse(&path, &text).unwrap_or_else(|diags| {
+        panic!(
+            "data-demo.toml is not a valid config:\n{}",
+            diags
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    });
+    let mounts = &config.host.mounts;
+    assert_eq!(mounts.len(), 1);
+    assert!(config.host.modules.contains(&"virtio_blk".to_string()));
+    let root_of = |name: &str| match &config.unit(name).unwrap().kind {
+        zonit::config::UnitKind::Zone(z) => z.root.clone(),
+        other => panic!("{name} is not a zone: {other:?}"),
+    };
+    assert!(root_of("counter").starts_with(&mounts[0].target));
+    assert!(!root_of("scratch").starts_with(&mounts[0].target));
+}

@@ -175,6 +175,23 @@ impl Machine {
         Self::boot_qemu(name, config, extra, cmdline, &[])
     }
 
+    /// Boots with `disks` attached as virtio-blk drives, in order
+    /// (`/dev/vda`, `/dev/vdb`, ...).
+    fn boot_with_disks(
+        name: &str,
+        config: &str,
+        extra: &str,
+        cmdline: &str,
+        disks: &[&Path],
+    ) -> Machine {
+        let drives: Vec<String> = disks
+            .iter()
+            .map(|d| format!("file={},if=virtio,format=raw", d.display()))
+            .collect();
+        let args: Vec<&str> = drives.iter().flat_map(|d| ["-drive", d.as_str()]).collect();
+        Self::boot_qemu(name, config, extra, cmdline, &args)
+    }
+
     /// Boots with `extra` manifest lines and `qemu` arguments added.
     fn boot_qemu(name: &str, config: &str, extra: &str, cmdline: &str, qemu: &[&str]) -> Machine {
         let initrd = initramfs_with(name, config, extra);
@@ -605,7 +622,8 @@ command = ["/bin/true"]
 ///   its GED interrupts counted), sets `kernel.ctrl-alt-del` to 0 (its default 1
 ///   restarts at once) and waits for Ctrl-Alt-Del, which the kernel
 ///   (i8042 and atkbd are built in) then turns into SIGINT to init, and
-///   powers off.
+///   powers off;
+/// - `hog`: fills 200 MiB of tmpfs, then powers off.
 const GUEST_INIT: &str = r#"#!/bin/sh
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -658,6 +676,14 @@ cycle)
         echo "guest: waiting for ctrl-alt-del"
         while true; do sleep 1; done ;;
     esac ;;
+hog)
+    # Guest memory the monitor has to back: 200 MiB of tmpfs, touched.
+    mkdir -p /hog
+    mount -t tmpfs -o size=220M hog /hog
+    echo "guest: filling 200 MiB"
+    dd if=/dev/zero of=/hog/fill bs=1M count=200 2>/dev/null
+    echo "guest: still alive after filling"
+    poweroff -f ;;
 *)
     poweroff -f ;;
 esac
@@ -712,6 +738,15 @@ fn guest_initrd() -> &'static Path {
     })
 }
 
+/// Manifest lines that put the guest kernel and initrd in `/guests`.
+fn guest_files() -> String {
+    format!(
+        "dir /guests 755 0 0\nfile /guests/vmlinuz {} 644 0 0\nfile /guests/guest.cpio.gz {} 644 0 0\n",
+        kernel_dir().join("vmlinuz").display(),
+        guest_initrd().display()
+    )
+}
+
 /// A nested Linux KVM guest inside the appliance: the Debian kernel
 /// as a guest of zonit's own monitor, on KVM (kvm_amd) inside the
 /// emulated machine, beside a zone.
@@ -740,11 +775,7 @@ memory = "256M"
 restart = "never"
 after = ["web"]
 "#;
-    let extra = format!(
-        "dir /guests 755 0 0\nfile /guests/vmlinuz {} 644 0 0\nfile /guests/guest.cpio.gz {} 644 0 0\n",
-        kernel_dir().join("vmlinuz").display(),
-        guest_initrd().display()
-    );
+    let extra = guest_files();
     let mut m = Machine::boot_with("nested-guest", config, &extra, "");
     m.wait_for("web: started");
     m.wait_for("vm: monitor started");
@@ -1169,4 +1200,216 @@ fn the_test_kernel_passes_the_kernel_config_check() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A sparse `size` image formatted ext4 with `label`, for a data disk.
+fn ext4_image(name: &str, label: &str, size: u64) -> PathBuf {
+    let path = work_dir().join(format!("{name}.img"));
+    let _ = std::fs::remove_file(&path);
+    std::fs::File::create(&path).unwrap().set_len(size).unwrap();
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", label])
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("mkfs.ext4 is needed (e2fsprogs, scripts/setup.sh installs it): {e}")
+        });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path
+}
+
+/// A zone whose root (and so its overlay's upper layer) is on the data
+/// disk: it writes a file on its first boot and reads it on the next.
+const KEEPER: &str = r#"
+[host]
+modules = ["overlay", "virtio_pci", "virtio_blk"]
+shutdown_timeout = "10s"
+
+[[host.mounts]]
+source = "LABEL=zdata"
+target = "/data"
+fs = "ext4"
+options = ["noatime"]
+
+[zone.keeper]
+root = "/data/zones/keeper"
+template = "/templates/base"
+command = ["/bin/sh", "-c", "if [ -f /var/state ]; then echo keeper found: $(cat /var/state); else mkdir -p /var && echo written-on-first-boot > /var/state && echo keeper wrote state; fi; exec sleep 1000"]
+"#;
+
+/// The appliance finds its data disk by label, mounts it before the
+/// units start, and a zone rooted there keeps what it wrote across a
+/// reboot (a second QEMU boot on the same image): the mount survives an
+/// orderly shutdown, which unmounts it before powering off.
+#[test]
+fn a_zone_on_a_labelled_data_disk_keeps_its_state_across_a_reboot() {
+    if !prerequisites() {
+        return;
+    }
+    let disk = ext4_image("keeper-disk", "zdata", 64 << 20);
+    let mut m = Machine::boot_with_disks("data-disk-1", KEEPER, "", "zonit.shell", &[&disk]);
+    let mounted = m.wait_for("mounted LABEL=zdata");
+    assert!(mounted.contains("(/dev/vda) on /data (ext4)"), "{mounted}");
+    m.wait_for("keeper wrote state");
+    m.wait_anywhere("all 1 autostart unit(s) running");
+    m.assert_order(&["mounted LABEL=zdata", "keeper: started"]);
+    m.type_line("zonit ctl poweroff");
+    m.assert_orderly_end("reboot: Power down");
+    drop(m);
+
+    let mut m = Machine::boot_with_disks("data-disk-2", KEEPER, "", "zonit.shell", &[&disk]);
+    m.wait_for("mounted LABEL=zdata");
+    let found = m.wait_for("keeper found:");
+    assert!(found.contains("written-on-first-boot"), "{found}");
+    m.type_line("zonit ctl poweroff");
+    m.assert_orderly_end("reboot: Power down");
+}
+
+/// A required data mount whose disk is absent fails only the units with
+/// a path under it, each with the mount's reason; boot goes on and the
+/// other units run.
+#[test]
+fn a_missing_required_data_disk_fails_only_the_units_under_it() {
+    if !prerequisites() {
+        return;
+    }
+    let config = r#"
+[host]
+modules = ["overlay", "virtio_pci", "virtio_blk"]
+
+[[host.mounts]]
+source = "LABEL=absent"
+target = "/data"
+fs = "ext4"
+wait = "2s"
+
+[zone.ondata]
+root = "/data/zones/ondata"
+template = "/templates/base"
+command = ["/bin/sh", "-c", "echo ondata ran; exec sleep 1000"]
+
+[zone.elsewhere]
+root = "/zones/elsewhere"
+template = "/templates/base"
+command = ["/bin/sh", "-c", "echo elsewhere ran; exec sleep 1000"]
+"#;
+    let mut m = Machine::boot("data-disk-missing", config, "zonit.shell");
+    m.wait_for("/data is not mounted: LABEL=absent not found after 2s");
+    m.wait_for("elsewhere ran");
+    let status = m.run("zonit ctl status").join("\n");
+    let row = status
+        .lines()
+        .find(|l| l.contains("ondata") && !l.contains("zonit ctl"))
+        .unwrap_or_else(|| m.fail(&format!("no ondata row in:\n{status}")))
+        .to_string();
+    assert!(row.contains("failed"), "{row}");
+    let json = m.run("zonit ctl status --json").join("\n");
+    assert!(
+        json.contains("/data is not mounted: LABEL=absent not found after 2s"),
+        "{json}"
+    );
+    if m.index_of("ondata ran").is_some() {
+        m.fail("a zone under the missing mount ran");
+    }
+    m.type_line("zonit ctl poweroff");
+    m.assert_orderly_end("reboot: Power down");
+}
+
+/// A guest's memory is its monitor's, charged to the monitor's cgroup:
+/// a guest that touches more than its `memory_max` is killed by the
+/// kernel's OOM killer, and `status` reports the kill.
+#[test]
+fn a_guest_over_its_memory_max_is_oom_killed_and_reported() {
+    if !prerequisites() {
+        return;
+    }
+    let _serial = nested_guest_lock();
+    let config = r#"
+[host]
+modules = ["overlay", "kvm_amd"]
+shutdown_timeout = "20s"
+
+[guest.hog]
+kernel = "/guests/vmlinuz"
+initrd = "/guests/guest.cpio.gz"
+cmdline = "console=ttyS0 quiet panic=-1 zonit.test=hog"
+memory = "256M"
+memory_max = "160M"
+restart = "never"
+"#;
+    let extra = guest_files();
+    let mut m = Machine::boot_with("guest-oom", config, &extra, "zonit.shell");
+    m.wait_for("zonit[hog]: guest: filling 200 MiB");
+    m.wait_for("hog: ended (signal SIGKILL)");
+    let row = m.status_of("hog");
+    assert_eq!(row["last_exit"], "signal SIGKILL", "{row}");
+    assert!(row["oom_kills"].as_u64() >= Some(1), "{row}");
+    let max = m.run("cat /sys/fs/cgroup/zonit/hog/memory.max").join("\n");
+    assert!(max.contains(&(160u64 << 20).to_string()), "{max}");
+    if m.index_of("guest: still alive after filling").is_some() {
+        m.fail("the guest outgrew memory_max and lived");
+    }
+    m.type_line("zonit ctl poweroff");
+    m.assert_orderly_end("reboot: Power down");
+}
+
+/// Boot to all units running with a data disk mounted by label against
+/// the same appliance without the mount (the disk attached to both, so
+/// the driver's load is common), under TCG. Reports T1 - T0 of each boot
+/// as in `bench_ten_zones_boot_and_pid1_rss`; BENCHMARKS.md has the
+/// figures and the command:
+/// `cargo test --test qemu -- --ignored --nocapture bench_data_disk`.
+#[test]
+#[ignore = "benchmark; see BENCHMARKS.md"]
+fn bench_data_disk_boot_against_none() {
+    if !prerequisites() {
+        return;
+    }
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let without = KEEPER
+        .replace("root = \"/data/zones/keeper\"", "root = \"/zones/keeper\"")
+        .replace("[[host.mounts]]", "")
+        .replace("source = \"LABEL=zdata\"\n", "")
+        .replace(
+            "target = \"/data\"\nfs = \"ext4\"\noptions = [\"noatime\"]\n",
+            "",
+        );
+    assert!(!without.contains("/data"), "{without}");
+    let disk = ext4_image("bench-disk", "zdata", 64 << 20);
+    for run in 0..runs {
+        for (what, config) in [("with", KEEPER), ("without", without.as_str())] {
+            let mut m = Machine::boot_with_disks(
+                &format!("bench-disk-{what}-{run}"),
+                config,
+                "",
+                "zonit.shell",
+                &[&disk],
+            );
+            let start = m.wait_for("as PID 1 (started at monotonic");
+            let t0 = number_after(&start, "monotonic");
+            let marker = m.wait_for(&format!("all 1 {MARKER}"));
+            let t1 = number_after(&marker, "monotonic");
+            let mount = m
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains("mounted LABEL=zdata"))
+                .map(|l| number_after(l, " after"))
+                .unwrap_or(0.0);
+            println!(
+                "run {run} {what} the data mount: zonit first instruction -> all running {:.1} ms (wait + mount {mount:.0} ms)",
+                (t1 - t0) * 1000.0
+            );
+            m.type_line("zonit ctl poweroff");
+            m.assert_orderly_end("reboot: Power down");
+        }
+    }
 }

@@ -856,6 +856,122 @@ fn agent_marks_a_guest_failed_for_good_when_its_monitor_cannot_set_it_up() {
     );
 }
 
+/// The host PID of the agent's child that is `ns_pid` in the agent's PID
+/// namespace (what `status` shows).
+fn host_pid(z: &common::Zonit, ns_pid: i64) -> i32 {
+    let agent = z.pid();
+    let children = std::fs::read_to_string(format!("/proc/{agent}/task/{agent}/children")).unwrap();
+    children
+        .split_whitespace()
+        .find(|c| {
+            let status = std::fs::read_to_string(format!("/proc/{c}/status")).unwrap_or_default();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .and_then(|ids| ids.split_whitespace().last())
+                == Some(ns_pid.to_string().as_str())
+        })
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no child of the agent is pid {ns_pid} in its namespace"))
+}
+
+/// The cgroup2 directory of process `pid`, as this test process sees it.
+fn cgroup_of(pid: i32) -> PathBuf {
+    let own = common::own_cgroup2().expect("cgroup2 is mounted");
+    let own_rel = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let own_rel = own_rel.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+    // The mount point: our own group's path less its relative part.
+    let mount = own
+        .to_str()
+        .unwrap()
+        .strip_suffix(own_rel.trim().trim_end_matches('/'))
+        .map(PathBuf::from)
+        .unwrap_or(own.clone());
+    let theirs = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let rel = theirs.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+    mount.join(rel.trim().trim_start_matches('/'))
+}
+
+/// Each guest's monitor runs in a leaf group of its own below the unit's
+/// group, which holds its limits: the configured ones, or the guest's
+/// memory plus the monitor's allowance. Where this host's cgroup2 lacks
+/// the controllers (a hybrid cgroup v1 host) the test checks what zonit
+/// does then: no default limit, a configured one refused with the reason;
+/// the QEMU tests check the limits enforced.
+#[test]
+fn a_guests_monitor_runs_in_its_own_cgroup_with_its_limits() {
+    let Some(kernel) = setup(Payload::Elf) else {
+        return;
+    };
+    let z = common::Zonit::start("guest-cgroup", |_| {
+        [
+            guest("plain", &kernel, "spin", ""),
+            guest(
+                "capped",
+                &kernel,
+                "spin",
+                "memory_max = \"96M\"\ncpu_max = 0.5\npids_max = 8\nrestart = \"never\"",
+            ),
+        ]
+        .concat()
+    });
+    z.wait_state("plain", "running");
+    let leaf = cgroup_of(host_pid(&z, z.unit("plain")["pid"].as_i64().unwrap()));
+    assert!(
+        leaf.ends_with("plain/run"),
+        "the monitor is not in a leaf group of its own: {}",
+        leaf.display()
+    );
+    let group = leaf.parent().unwrap();
+    let base = group.parent().unwrap();
+    assert!(
+        base.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("zonit-run-"),
+        "the unit group is not under the agent's base group: {}",
+        group.display()
+    );
+    let controllers = std::fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default();
+    let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
+    if has("memory") && has("cpu") && has("pids") {
+        // 32M of guest memory (the test guests' size) + 64M.
+        assert_eq!(
+            std::fs::read_to_string(group.join("memory.max"))
+                .unwrap()
+                .trim(),
+            (96u64 << 20).to_string()
+        );
+        z.wait_state("capped", "running");
+        let capped = cgroup_of(host_pid(&z, z.unit("capped")["pid"].as_i64().unwrap()));
+        let capped = capped.parent().unwrap();
+        let read = |f: &str| {
+            std::fs::read_to_string(capped.join(f))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        assert_eq!(read("memory.max"), (96u64 << 20).to_string());
+        assert_eq!(read("cpu.max"), "50000 100000");
+        assert_eq!(read("pids.max"), "8");
+    } else {
+        eprintln!(
+            "this host's cgroup2 has only [{}]: checking that the default memory limit is left out and configured limits are refused; the QEMU tests check them enforced",
+            controllers.trim()
+        );
+        assert!(!group.join("memory.max").exists());
+        z.wait_state("capped", "failed");
+        let reason = z.unit("capped")["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            reason.contains("needs the cgroup v2") && reason.contains("controller"),
+            "{reason}"
+        );
+    }
+}
+
 /// A 4 KiB disk image whose sector 0 starts with "zonit disk test\n".
 fn disk_image(name: &str) -> PathBuf {
     let dir = payload_dir();

@@ -1,6 +1,7 @@
-//! cgroup v2 groups for zones: one group per zone under zonit's base
-//! group, with the configured limits, and inside it one fresh leaf group
-//! per run, entered atomically at clone time (`CLONE_INTO_CGROUP`).
+//! cgroup v2 groups for units: one group per zone or guest under zonit's
+//! base group, with the configured limits, and inside it one fresh leaf
+//! group per run, entered atomically at clone time (`CLONE_INTO_CGROUP`)
+//! by a zone's init or a guest's monitor.
 //!
 //! Layout: `<cgroup2 mount><zonit's own group>/zonit/<unit>/run`; as PID 1
 //! that is `/sys/fs/cgroup/zonit/<unit>/run`. The unit's group holds the
@@ -9,7 +10,7 @@
 //! of one run's end (above all a `cgroup.kill`, which some kernels let
 //! linger on the group and turn on every process cloned into it later)
 //! can reach the next run. A limit whose controller is not available is
-//! an error for that zone (never silently unenforced); a zone without
+//! an error for that unit (never silently unenforced); a unit without
 //! limits runs without a group when there is no cgroup2 at all.
 //!
 //! `limit_files` is the pure part (config -> file writes); the rest is
@@ -20,12 +21,12 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use crate::config::Zone;
+use crate::config::CgroupLimits;
 
-/// Why a zone's group could not be prepared.
+/// Why a unit's group could not be prepared.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// No cgroup2 hierarchy is mounted but the zone has limits.
+    /// No cgroup2 hierarchy is mounted but the unit has limits.
     #[error("{key} needs cgroup v2, which is not mounted")]
     NoCgroup2 {
         /// The config key that needs it.
@@ -64,27 +65,27 @@ pub enum Error {
 /// The leaf group of a unit's current run, below the unit's group.
 const RUN_GROUP: &str = "run";
 
-/// The controllers zone limits need; zonit enables no others.
+/// The controllers unit limits need; zonit enables no others.
 const USED_CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
 
 /// One limit to write: (config key, controller, file, value).
 pub type LimitFile = (&'static str, &'static str, &'static str, String);
 
-/// The files and values that enforce `zone`'s limits.
-pub fn limit_files(zone: &Zone) -> Vec<LimitFile> {
+/// The files and values that enforce `limits`.
+pub fn limit_files(limits: &CgroupLimits) -> Vec<LimitFile> {
     let mut out = Vec::new();
-    if let Some(m) = zone.memory_max {
+    if let Some(m) = limits.memory_max {
         out.push(("memory_max", "memory", "memory.max", m.to_string()));
-        // Without this the zone could push its pages to swap instead of
+        // Without this the unit could push its pages to swap instead of
         // being held to memory_max.
         out.push(("memory_max", "memory", "memory.swap.max", "0".into()));
     }
-    if let Some(c) = zone.cpu_max {
+    if let Some(c) = limits.cpu_max {
         const PERIOD: u64 = 100_000;
         let quota = ((c * PERIOD as f64).round() as u64).max(1000);
         out.push(("cpu_max", "cpu", "cpu.max", format!("{quota} {PERIOD}")));
     }
-    if let Some(p) = zone.pids_max {
+    if let Some(p) = limits.pids_max {
         out.push(("pids_max", "pids", "pids.max", p.to_string()));
     }
     out
@@ -107,7 +108,7 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> E
 
 impl Cgroups {
     /// Finds cgroup2 and prepares `<own group>/zonit` with the
-    /// controllers zone limits need (`cpu`, `memory`, `pids`) enabled for
+    /// controllers unit limits need (`cpu`, `memory`, `pids`) enabled for
     /// its children. Never fails: problems are
     /// logged and zones with limits will fail to start with the reason.
     /// `instance` names the base group: `zonit` as PID 1; a unique name
@@ -138,14 +139,14 @@ impl Cgroups {
         // Enable in our own group's subtree (works for the root group; for
         // a non-root group with processes the kernel says EBUSY, and the
         // controllers that are already delegated stay usable). Only the
-        // controllers zone limits use: enabling others changes the host for
+        // controllers unit limits use: enabling others changes the host for
         // other cgroup users (crun refuses a hybrid host whose cgroup2 root
         // has any controller enabled, for one).
         let _ = enable_used(&own_dir);
         let _ = enable_used(&base);
         let controllers = used_available(&base);
         log::debug!(
-            "zone cgroups under {} with controllers {:?}",
+            "unit cgroups under {} with controllers {:?}",
             base.display(),
             controllers
         );
@@ -160,11 +161,16 @@ impl Cgroups {
         self.base.as_deref()
     }
 
-    /// Creates (or reuses) the group of unit `name`, writes `zone`'s limits,
+    /// Whether the base group's children can use `controller`.
+    pub fn has(&self, controller: &str) -> bool {
+        self.controllers.iter().any(|c| c == controller)
+    }
+
+    /// Creates (or reuses) the group of unit `name`, writes `limits`,
     /// makes a fresh leaf group for the next run (removing the last run's)
     /// and returns the leaf opened for `CLONE_INTO_CGROUP`.
-    pub fn prepare(&self, name: &str, zone: &Zone) -> Result<Option<OwnedFd>, Error> {
-        let limits = limit_files(zone);
+    pub fn prepare(&self, name: &str, limits: &CgroupLimits) -> Result<Option<OwnedFd>, Error> {
+        let limits = limit_files(limits);
         let Some(base) = &self.base else {
             return match limits.first() {
                 Some((key, ..)) => Err(Error::NoCgroup2 { key }),
@@ -172,7 +178,7 @@ impl Cgroups {
             };
         };
         for (key, controller, ..) in &limits {
-            if !self.controllers.iter().any(|c| c == controller) {
+            if !self.has(controller) {
                 return Err(Error::NoController {
                     key,
                     controller,
@@ -345,18 +351,18 @@ mod tests {
         assert!(enable_used(dir.path()).is_none());
     }
 
-    fn zone() -> Zone {
-        Zone::example("/z")
+    fn limits() -> CgroupLimits {
+        CgroupLimits::default()
     }
 
     #[test]
     fn no_limits_no_files() {
-        assert!(limit_files(&zone()).is_empty());
+        assert!(limit_files(&limits()).is_empty());
     }
 
     #[test]
     fn limits_map_to_cgroup_files() {
-        let mut z = zone();
+        let mut z = limits();
         z.memory_max = Some(128 << 20);
         z.cpu_max = Some(0.5);
         z.pids_max = Some(64);
@@ -377,7 +383,7 @@ mod tests {
 
     #[test]
     fn tiny_cpu_max_keeps_a_minimum_quota() {
-        let mut z = zone();
+        let mut z = limits();
         z.cpu_max = Some(0.001);
         assert_eq!(limit_files(&z)[0].3, "1000 100000");
     }
@@ -388,7 +394,7 @@ mod tests {
             base: None,
             controllers: vec![],
         };
-        let mut z = zone();
+        let mut z = limits();
         assert!(cg.prepare("z", &z).unwrap().is_none());
         z.pids_max = Some(10);
         let err = cg.prepare("z", &z).unwrap_err();
@@ -404,7 +410,7 @@ mod tests {
             base: Some("/nonexistent/zonit".into()),
             controllers: vec!["pids".into()],
         };
-        let mut z = zone();
+        let mut z = limits();
         z.memory_max = Some(1 << 20);
         let err = cg.prepare("z", &z).unwrap_err().to_string();
         assert!(

@@ -15,7 +15,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 
 use crate::config::network::format_mac;
-use crate::config::{Guest, NetworkDef};
+use crate::config::{CgroupLimits, Guest, NetworkDef};
 use crate::supervisor::End;
 use crate::sys;
 use crate::vmm::{GuestEnd, limits};
@@ -58,6 +58,19 @@ pub fn preflight(guest: &Guest) -> Result<(), String> {
         .chain(guest.initrd.as_ref())
         .chain(guest.disks.iter().map(|d| &d.path))
         .try_for_each(|path| limits::check_image(path))
+}
+
+/// The limits of the monitor's cgroup: the configured ones and, unless
+/// `memory_max` is set, the guest's memory plus the monitor's allowance
+/// when the memory controller is there to enforce it. (A configured
+/// limit without its controller fails the start instead, with the
+/// reason, as for zones.)
+pub fn cgroup_limits(guest: &Guest, memory_controller: bool) -> CgroupLimits {
+    let mut limits = guest.cgroup_limits();
+    if limits.memory_max.is_none() && memory_controller {
+        limits.memory_max = Some(limits::default_memory_max(guest.memory));
+    }
+    limits
 }
 
 /// The taps of `guest`'s network cards, one per `nics` entry in order,
@@ -117,14 +130,16 @@ pub fn monitor_argv(guest: &Guest) -> Vec<String> {
     argv
 }
 
-/// Starts the monitor for `guest` with stdout and stderr on `output` and
-/// its console input (stdin) from `input`, its network cards on `taps`
-/// ([`open_taps`]).
+/// Starts the monitor for `guest` with stdout and stderr on `output`, its
+/// console input (stdin) from `input`, its network cards on `taps`
+/// ([`open_taps`]), in the cgroup `group` when given (entered at clone
+/// time, so no byte of guest memory is ever charged elsewhere).
 pub fn spawn(
     guest: &Guest,
     output: BorrowedFd<'_>,
     input: BorrowedFd<'_>,
     taps: &[OwnedFd],
+    group: Option<BorrowedFd<'_>>,
 ) -> Result<Started, Error> {
     let argv = monitor_argv(guest)
         .into_iter()
@@ -136,7 +151,7 @@ pub fn spawn(
     ptrs.push(std::ptr::null());
     let env: [*const libc::c_char; 1] = [std::ptr::null()];
     let (status_rx, status_tx) = crate::zone::protocol::channel().map_err(Error::Channel)?;
-    match sys::clone3(0, None).map_err(Error::Clone)? {
+    match sys::clone3(0, group).map_err(Error::Clone)? {
         sys::Forked::Child => {
             sys::reset_signals();
             let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
@@ -226,6 +241,9 @@ mod tests {
                 },
             ],
             on_reboot: OnReboot::Restart,
+            memory_max: None,
+            cpu_max: None,
+            pids_max: None,
             nics: ["lan", "dmz"]
                 .iter()
                 .enumerate()
@@ -245,6 +263,25 @@ mod tests {
              --memory 268435456 --vcpus 2 --status-fd 3 --disk /g/a.img --disk /g/b.img,ro \
              --net fd=4,mac=52:54:00:00:00:0a --net fd=5,mac=52:54:00:00:00:0b"
         );
+    }
+
+    #[test]
+    fn a_monitor_gets_memory_plus_the_allowance_unless_told_otherwise() {
+        let mut g = Guest::example("/k");
+        g.memory = 256 << 20;
+        g.cpu_max = Some(0.5);
+        let with = cgroup_limits(&g, true);
+        assert_eq!(
+            with.memory_max,
+            Some((256 << 20) + limits::MONITOR_ALLOWANCE)
+        );
+        assert_eq!(with.cpu_max, Some(0.5));
+        // No controller to enforce the default: no default, no failure.
+        assert_eq!(cgroup_limits(&g, false).memory_max, None);
+        g.memory_max = Some(64 << 20);
+        assert_eq!(cgroup_limits(&g, true).memory_max, Some(64 << 20));
+        // A configured limit stays, so the missing controller is reported.
+        assert_eq!(cgroup_limits(&g, false).memory_max, Some(64 << 20));
     }
 
     #[test]
@@ -288,17 +325,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let kernel = dir.path().join("vmlinuz");
         std::fs::write(&kernel, b"k").unwrap();
-        let mut g = Guest {
-            kernel,
-            initrd: None,
-            cmdline: String::new(),
-            memory: 64 << 20,
-            vcpus: 1,
-            disks: vec![],
-            on_reboot: OnReboot::Restart,
-            nics: vec![],
-            ports: vec![],
-        };
+        let mut g = Guest::example("/");
+        g.kernel = kernel;
         assert_eq!(preflight(&g), Ok(()));
         g.disks.push(Disk {
             path: dir.path().to_path_buf(),

@@ -35,6 +35,9 @@ use signal_hook_mio::v1_0::Signals;
 use crate::config::{self, Config};
 use crate::supervisor::{Input, Spec, Supervisor};
 
+/// Why `zonit run` refuses `[[host.mounts]]`.
+const HOST_MOUNTS_UNDER_RUN: &str = "[[host.mounts]] is only for zonit as PID 1: under `zonit run` the host's own init owns the mounts; mount the disks there (fstab, mount units) and remove [[host.mounts]] from this config";
+
 const SIGNALS: Token = Token(0);
 const LISTENER: Token = Token(1);
 const FIRST_DYNAMIC: usize = 2;
@@ -70,6 +73,9 @@ pub enum Error {
     /// The config has errors (each already formatted).
     #[error("the config has {} error(s)", .0.len())]
     Config(Vec<config::Diagnostic>),
+    /// `[[host.mounts]]` under `zonit run`.
+    #[error("{}", HOST_MOUNTS_UNDER_RUN)]
+    HostMountsUnderRun,
     /// Setting up the event loop failed.
     #[error("unable to set up the event loop")]
     Poll(#[source] io::Error),
@@ -214,6 +220,9 @@ impl Agent {
 
     fn build(opts: Options, config: Config) -> Result<Self, Error> {
         raise_nofile();
+        if opts.mode == Mode::Run && !config.host.mounts.is_empty() {
+            return Err(Error::HostMountsUnderRun);
+        }
         // Compiled once here, so a broken filter stops the agent at start
         // and no zone start ever compiles it.
         crate::zone::seccomp::program().map_err(Error::Seccomp)?;
@@ -549,6 +558,9 @@ impl Agent {
     fn reload(&mut self) -> Result<String, Vec<String>> {
         let new = config::load(&self.opts.config_path)
             .map_err(|d| d.iter().map(|d| d.to_string()).collect::<Vec<_>>())?;
+        if self.opts.mode == Mode::Run && !new.host.mounts.is_empty() {
+            return Err(vec![HOST_MOUNTS_UNDER_RUN.to_string()]);
+        }
         if self.pid1.fallback {
             return Ok(self.adopt(new));
         }
@@ -582,9 +594,10 @@ impl Agent {
             || old.host.hostname != self.config.host.hostname
             || old.host.modules != self.config.host.modules
             || old.host.sysctl != self.config.host.sysctl
+            || old.host.mounts != self.config.host.mounts
         {
             log::warn!(
-                "reload: changes to control_socket, hostname, modules and sysctl take effect at the next boot"
+                "reload: changes to control_socket, hostname, modules, sysctl and mounts take effect at the next boot"
             );
         }
         log::set_max_level(self.opts.log_level_for(&self.config));

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use super::{Agent, Error, Options};
 use crate::config::{self, Config, Host};
+use crate::init::datamounts::{self, Unavailable};
 use crate::supervisor::{Input, State};
 
 /// Boot progress and rescue state.
@@ -20,8 +21,12 @@ pub(super) struct Pid1State {
     /// loaded. The next successful reload adopts its config whole.
     pub(super) fallback: bool,
     /// Called with `[host]` of a config adopted by reload after a
-    /// fallback start (PID 1 applies hostname, modules, sysctls).
-    pub(super) host_setup: Option<fn(&Host)>,
+    /// fallback start (PID 1 applies hostname, modules, sysctls, data
+    /// mounts); returns the required data mounts that failed.
+    pub(super) host_setup: Option<fn(&Host) -> Vec<Unavailable>>,
+    /// Required data mounts that failed at boot: a unit with a path
+    /// under one of them fails to start, with the reason.
+    pub(super) unavailable: Vec<Unavailable>,
     /// Autostart units not yet seen running, since when.
     boot: Option<(BTreeSet<String>, Instant)>,
 }
@@ -45,8 +50,19 @@ impl Agent {
 
     /// `f` runs with the `[host]` section of a config adopted by reload
     /// after [`Agent::without_config`].
-    pub fn on_adopted_host(&mut self, f: fn(&Host)) {
+    pub fn on_adopted_host(&mut self, f: fn(&Host) -> Vec<Unavailable>) {
         self.pid1.host_setup = Some(f);
+    }
+
+    /// The required data mounts that failed at boot; units with paths
+    /// under them will fail to start, naming the mount and why.
+    pub fn set_unavailable_mounts(&mut self, unavailable: Vec<Unavailable>) {
+        self.pid1.unavailable = unavailable;
+    }
+
+    /// Why unit `cfg` cannot start because of a failed data mount.
+    pub(super) fn blocked_by_mount(&self, cfg: &config::Unit) -> Option<String> {
+        datamounts::unit_blocked(cfg, &self.pid1.unavailable)
     }
 
     /// Starts the autostart units of the running config and remembers
@@ -124,7 +140,7 @@ impl Agent {
     pub(super) fn adopt(&mut self, new: Config) -> String {
         self.pid1.fallback = false;
         if let Some(f) = self.pid1.host_setup {
-            f(&new.host);
+            self.pid1.unavailable = f(&new.host);
         }
         if new.host.control_socket != self.config.host.control_socket {
             log::warn!(

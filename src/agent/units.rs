@@ -267,17 +267,13 @@ impl Agent {
     /// Carries out `Spawn`; returns the engine inputs that answer it.
     fn spawn_unit(&mut self, unit: &str) -> Vec<Input> {
         let spawned_at = Instant::now();
-        let failed = |reason: String, permanent: bool| {
-            log::error!("{unit}: {reason}");
-            vec![Input::StartFailed {
-                unit: unit.to_string(),
-                reason,
-                permanent,
-            }]
-        };
+        let failed = |reason: String, permanent: bool| start_failed(unit, reason, permanent);
         let Some(cfg) = self.config.unit(unit).cloned() else {
             return failed("not in the config".into(), true);
         };
+        if let Some(reason) = self.blocked_by_mount(&cfg) {
+            return failed(reason, true);
+        }
         let zone = match &cfg.kind {
             UnitKind::Zone(z) => z,
             UnitKind::Guest(g) => return self.spawn_guest(unit, g),
@@ -285,15 +281,9 @@ impl Agent {
         if let Err(reason) = preflight::check(zone) {
             return failed(reason, true);
         }
-        let group = match self.cgroups.prepare(unit, zone) {
+        let group = match self.cgroups.prepare(unit, &zone.cgroup_limits()) {
             Ok(g) => g,
-            Err(e) => {
-                // A busy leaf group empties; running out of fds or memory
-                // passes; a missing controller does not.
-                let permanent = !matches!(&e, super::cgroup::Error::Busy { .. })
-                    && !matches!(&e, super::cgroup::Error::Io { source, .. } if sys::is_transient(source));
-                return failed(error_chain(&e), permanent);
-            }
+            Err(e) => return failed(error_chain(&e), cgroup_failure_is_permanent(&e)),
         };
         // A zone on a network sees its resolv.conf and hosts read-only.
         let net_files = match self.net.zone_files(&self.config, unit, zone) {
@@ -374,23 +364,16 @@ impl Agent {
 
     fn spawn_guest(&mut self, unit: &str, guest: &crate::config::Guest) -> Vec<Input> {
         if let Err(reason) = super::guest::preflight(guest) {
-            log::error!("{unit}: {reason}");
-            return vec![Input::StartFailed {
-                unit: unit.to_string(),
-                reason,
-                permanent: true,
-            }];
+            return start_failed(unit, reason, true);
         }
+        let limits = super::guest::cgroup_limits(guest, self.cgroups.has("memory"));
+        let group = match self.cgroups.prepare(unit, &limits) {
+            Ok(g) => g,
+            Err(e) => return start_failed(unit, error_chain(&e), cgroup_failure_is_permanent(&e)),
+        };
         let taps = match super::guest::open_taps(guest, &self.config.networks) {
             Ok(taps) => taps,
-            Err(reason) => {
-                log::error!("{unit}: {reason}");
-                return vec![Input::StartFailed {
-                    unit: unit.to_string(),
-                    reason,
-                    permanent: false,
-                }];
-            }
+            Err(reason) => return start_failed(unit, reason, false),
         };
         // The agent's copies of the taps and of the console's read end
         // close when this returns: each then lives as long as its monitor.
@@ -401,7 +384,8 @@ impl Agent {
                 let input = self
                     .console_pipe(unit)
                     .map_err(|e| format!("unable to create the console input pipe: {e}"))?;
-                super::guest::spawn(guest, out.as_fd(), input.as_fd(), &taps)
+                let group = group.as_ref().map(|g| g.as_fd());
+                super::guest::spawn(guest, out.as_fd(), input.as_fd(), &taps, group)
                     .map_err(|e| error_chain(&e))
             });
         let started = match spawned {
@@ -409,12 +393,7 @@ impl Agent {
             Err(reason) => {
                 self.close_output(unit);
                 self.console_gone(unit);
-                log::error!("{unit}: {reason}");
-                return vec![Input::StartFailed {
-                    unit: unit.to_string(),
-                    reason,
-                    permanent: false,
-                }];
+                return start_failed(unit, reason, false);
             }
         };
         let child = self.watch_channel(
@@ -472,6 +451,7 @@ impl Agent {
             return;
         };
         self.unwatch_channel(&proc.child);
+        self.cgroups.run_ended(unit);
         if proc.guest {
             self.console_gone(unit);
         }
@@ -486,7 +466,6 @@ impl Agent {
                 }),
             }
         } else {
-            self.cgroups.run_ended(unit);
             proc.child.report.outcome(status)
         };
         let (input, exit_code) = match outcome {
@@ -573,6 +552,24 @@ impl Agent {
             self.send_log(id, &chunks);
         }
     }
+}
+
+/// The engine's answer to a start that failed, logged.
+fn start_failed(unit: &str, reason: String, permanent: bool) -> Vec<Input> {
+    log::error!("{unit}: {reason}");
+    vec![Input::StartFailed {
+        unit: unit.to_string(),
+        reason,
+        permanent,
+    }]
+}
+
+/// Whether a cgroup failure recurs at every start until the host
+/// changes: a busy leaf group empties and running out of fds or memory
+/// passes; a missing controller does not.
+fn cgroup_failure_is_permanent(e: &super::cgroup::Error) -> bool {
+    !matches!(e, super::cgroup::Error::Busy { .. })
+        && !matches!(e, super::cgroup::Error::Io { source, .. } if sys::is_transient(source))
 }
 
 /// The status `exit_with` reports for an end: the exit code, 128 + signal,

@@ -20,8 +20,8 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use super::Diagnostic;
 use super::names;
 use super::raw::{
-    RawBackoff, RawDefaults, RawDisk, RawGuest, RawHost, RawInterface, RawMount, RawNetwork,
-    RawNic, RawStartLimit, RawZone, fields_of,
+    RawBackoff, RawDefaults, RawDisk, RawGuest, RawHost, RawHostMount, RawInterface, RawMount,
+    RawNetwork, RawNic, RawStartLimit, RawZone, fields_of,
 };
 
 /// Collects diagnostics and turns byte spans into 1-based line and column.
@@ -300,7 +300,7 @@ fn common_nested(schema: Schema) -> Schema {
 }
 
 fn host_schema() -> Schema {
-    Schema::of(fields_of::<RawHost>())
+    Schema::of(fields_of::<RawHost>()).with("mounts", true, Schema::of(fields_of::<RawHostMount>()))
 }
 
 fn defaults_schema() -> Schema {

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod document;
+mod hostmounts;
 mod names;
 pub mod network;
 mod raw;
@@ -21,6 +22,7 @@ mod tests;
 pub(crate) mod units;
 mod validate;
 
+pub use hostmounts::{HostMount, MountSource};
 pub use units::parse_duration;
 
 /// Default location of the config file.
@@ -154,6 +156,9 @@ pub struct Host {
     pub rescue_shell: Option<PathBuf>,
     /// Test mode: when this unit ends, power off and report its status.
     pub exit_with: Option<String>,
+    /// Data file systems PID 1 mounts at boot (`[[host.mounts]]`), in
+    /// file order.
+    pub mounts: Vec<HostMount>,
 }
 
 /// Remote syslog transport and address (`udp://ADDR:PORT`, `tcp://ADDR:PORT`).
@@ -361,10 +366,51 @@ pub struct Guest {
     pub disks: Vec<Disk>,
     /// What a guest reboot does.
     pub on_reboot: OnReboot,
+    /// cgroup v2 memory.max of the monitor in bytes, as configured;
+    /// without it the agent gives the monitor the guest's memory plus
+    /// [`crate::vmm::limits::MONITOR_ALLOWANCE`] where it can.
+    pub memory_max: Option<u64>,
+    /// cgroup v2 cpu.max of the monitor in CPUs.
+    pub cpu_max: Option<f64>,
+    /// cgroup v2 pids.max of the monitor (its threads count).
+    pub pids_max: Option<u64>,
     /// Network interfaces (virtio-net), in order.
     pub nics: Vec<Nic>,
     /// Host ports forwarded to the guest's first address.
     pub ports: Vec<PortForward>,
+}
+
+/// The cgroup v2 limits of one unit's group, zone or guest alike.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct CgroupLimits {
+    /// memory.max in bytes.
+    pub memory_max: Option<u64>,
+    /// cpu.max in CPUs.
+    pub cpu_max: Option<f64>,
+    /// pids.max.
+    pub pids_max: Option<u64>,
+}
+
+impl Zone {
+    /// The limits of the zone's cgroup.
+    pub fn cgroup_limits(&self) -> CgroupLimits {
+        CgroupLimits {
+            memory_max: self.memory_max,
+            cpu_max: self.cpu_max,
+            pids_max: self.pids_max,
+        }
+    }
+}
+
+impl Guest {
+    /// The limits of the monitor's cgroup, as configured.
+    pub fn cgroup_limits(&self) -> CgroupLimits {
+        CgroupLimits {
+            memory_max: self.memory_max,
+            cpu_max: self.cpu_max,
+            pids_max: self.pids_max,
+        }
+    }
 }
 
 /// One problem in a config file, with its position.
@@ -416,6 +462,28 @@ impl Zone {
             pids_max: None,
             rlimits: BTreeMap::new(),
             stop_signal: libc::SIGTERM,
+        }
+    }
+}
+
+#[cfg(test)]
+impl Guest {
+    /// A guest of 64 MiB and one vCPU booting `kernel`, nothing else, for
+    /// unit tests.
+    pub fn example(kernel: &str) -> Guest {
+        Guest {
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: String::new(),
+            memory: 64 << 20,
+            vcpus: 1,
+            disks: vec![],
+            on_reboot: OnReboot::Restart,
+            memory_max: None,
+            cpu_max: None,
+            pids_max: None,
+            nics: vec![],
+            ports: vec![],
         }
     }
 }
@@ -556,6 +624,9 @@ fn read_file(path: &Path) -> Result<String, String> {
 /// | guest `vcpus` | `1` |
 /// | guest `cmdline` | `"console=ttyS0"` |
 /// | guest `on_reboot` | `"restart"` |
+/// | guest `memory_max` | none here; `memory` + [`crate::vmm::limits::MONITOR_ALLOWANCE`] where the memory controller is |
+/// | `host.mounts[].wait` | `"10s"` |
+/// | `host.mounts[].required` | `true` |
 pub fn parse(file: &Path, text: &str) -> Result<Config, Vec<Diagnostic>> {
     let mut rep = document::Reporter::new(file, text);
     let config = document::read(text, &mut rep).and_then(|doc| validate::build(doc, &mut rep));

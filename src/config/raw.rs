@@ -29,6 +29,19 @@ pub struct RawHost {
     pub ctrl_alt_del: Option<Spanned<String>>,
     pub rescue_shell: Option<Spanned<String>>,
     pub exit_with: Option<Spanned<String>>,
+    pub mounts: Option<Vec<Spanned<RawHostMount>>>,
+}
+
+/// One `[[host.mounts]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHostMount {
+    pub source: Option<Spanned<String>>,
+    pub target: Option<Spanned<String>>,
+    pub fs: Option<Spanned<String>>,
+    pub options: Option<Vec<Spanned<String>>>,
+    pub wait: Option<Spanned<String>>,
+    pub required: Option<Spanned<bool>>,
 }
 
 /// `[defaults]`: the keys that make sense for several units.
@@ -100,6 +113,9 @@ pub struct RawGuest {
     pub vcpus: Option<Spanned<i64>>,
     pub disks: Option<Vec<Spanned<RawDisk>>>,
     pub on_reboot: Option<Spanned<String>>,
+    pub memory_max: Option<Spanned<Size>>,
+    pub cpu_max: Option<Spanned<f64>>,
+    pub pids_max: Option<Spanned<i64>>,
     pub nics: Option<Vec<Spanned<RawNic>>>,
     pub ports: Option<Vec<Spanned<String>>>,
     // Common to zones and guests.

@@ -213,6 +213,9 @@ fn reference_example_parses_into_the_expected_values() {
                 readonly: false,
             }],
             on_reboot: OnReboot::Restart,
+            memory_max: None,
+            cpu_max: None,
+            pids_max: None,
             nics: vec![],
             ports: vec![],
         }
@@ -945,9 +948,15 @@ fn type_errors_speak_toml_not_rust() {
 #[test]
 fn example_in_the_config_reference_is_valid() {
     let doc = include_str!("../../docs/config.md");
-    let start = doc.find("```toml\n").unwrap() + "```toml\n".len();
-    let len = doc[start..].find("```").unwrap();
-    let config = ok(&doc[start..start + len]);
+    // Every TOML block of the reference parses; the last one is the
+    // full example.
+    let mut blocks = doc.split("```toml\n").skip(1).map(|b| {
+        let len = b.find("```").unwrap();
+        ok(&b[..len])
+    });
+    let mounts = blocks.next().unwrap();
+    assert_eq!(mounts.host.mounts.len(), 1);
+    let config = blocks.last().unwrap();
     assert_eq!(config.units.len(), 4);
     assert_eq!(zone(&config, "web").rlimits.get("nofile"), Some(&1024));
     assert_eq!(zone(&config, "web").ports.len(), 1);
@@ -1210,6 +1219,171 @@ fn stop_signals_that_pause_or_resume_are_rejected() {
     ));
     assert_eq!(diags.len(), 1, "{}", render(&diags));
     ok(&format!("{MINIMAL_ZONE}stop_signal = \"SIGQUIT\"\n"));
+}
+
+#[test]
+fn host_mounts_parse_with_their_defaults() {
+    let config = ok(concat!(
+        "[[host.mounts]]\n",
+        "source = \"LABEL=zdata\"\n",
+        "target = \"/data\"\n",
+        "fs = \"ext4\"\n",
+        "options = [\"noatime\", \"errors=remount-ro\"]\n",
+        "[[host.mounts]]\n",
+        "source = \"UUID=0A1B-2C3D\"\n",
+        "target = \"/data/boot/\"\n",
+        "fs = \"vfat\"\n",
+        "wait = \"2s\"\n",
+        "required = false\n",
+        "[[host.mounts]]\n",
+        "source = \"PARTLABEL=zimages\"\n",
+        "target = \"/guests\"\n",
+        "fs = \"xfs\"\n",
+        "[[host.mounts]]\n",
+        "source = \"/dev/vdc\"\n",
+        "target = \"/srv\"\n",
+        "fs = \"btrfs\"\n",
+        "[[host.mounts]]\n",
+        "target = \"/scratch\"\n",
+        "fs = \"tmpfs\"\n",
+        "options = [\"size=64M\"]\n",
+    ));
+    let m = &config.host.mounts;
+    assert_eq!(m.len(), 5);
+    assert_eq!(
+        m[0],
+        HostMount {
+            source: MountSource::Label("zdata".into()),
+            target: "/data".into(),
+            fs: "ext4".into(),
+            options: vec!["noatime".into(), "errors=remount-ro".into()],
+            wait: Duration::from_secs(10),
+            required: true,
+        }
+    );
+    assert_eq!(m[1].source, MountSource::Uuid("0A1B-2C3D".into()));
+    // A trailing slash is not part of the mount point.
+    assert_eq!(m[1].target, PathBuf::from("/data/boot"));
+    assert_eq!(m[1].wait, Duration::from_secs(2));
+    assert!(!m[1].required);
+    assert_eq!(m[2].source, MountSource::PartLabel("zimages".into()));
+    assert_eq!(m[3].source, MountSource::Device("/dev/vdc".into()));
+    // A tmpfs needs no device; its source is a name.
+    assert_eq!(m[4].source, MountSource::Name("tmpfs".into()));
+    assert!(!m[4].source.needs_device());
+    assert_eq!(m[0].source.to_string(), "LABEL=zdata");
+}
+
+#[test]
+fn host_mount_mistakes_are_reported_where_they_are_written() {
+    let diags = errors(concat!(
+        "[[host.mounts]]\n",               // 1
+        "source = \"NAME=x\"\n",           // 2
+        "target = \"data\"\n",             // 3
+        "fs = \"Ext4\"\n",                 // 4
+        "[[host.mounts]]\n",               // 5
+        "source = \"UUID=not-a-uuid!\"\n", // 6
+        "target = \"/proc/data\"\n",       // 7
+        "fs = \"ext4\"\n",                 // 8
+        "options = [\"noatime,nodev\"]\n", // 9
+        "wait = \"10\"\n",                 // 10
+        "[[host.mounts]]\n",               // 11
+        "source = \"LABEL=a\"\n",          // 12
+        "target = \"/\"\n",                // 13
+        "fs = \"ext4\"\n",                 // 14
+        "wait = \"1h\"\n",                 // 15
+        "[[host.mounts]]\n",               // 16
+        "source = \"LABEL=b\"\n",          // 17
+        "target = \"/data\"\n",            // 18
+        "[[host.mounts]]\n",               // 19
+        "source = \"LABEL=c\"\n",          // 20
+        "target = \"/data\"\n",            // 21
+        "fs = \"xfs\"\n",                  // 22
+        "[[host.mounts]]\n",               // 23
+        "source = \"LABEL=d\"\n",          // 24
+        "target = \"/d2\"\n",              // 25
+        "fs = \"xfs\"\n",                  // 26
+        "label = \"x\"\n",                 // 27
+        "[[host.mounts]]\n",               // 28
+        "source = \"data.img\"\n",         // 29
+        "target = \"/e\"\n",               // 30
+        "fs = \"ext4\"\n",                 // 31
+        "[[host.mounts]]\n",               // 32
+        "source = \"LABEL=f\"\n",          // 33
+        "target = \"/srv/../data\"\n",     // 34
+        "fs = \"ext4\"\n",                 // 35
+    ));
+    assert_error_at(
+        &diags,
+        2,
+        10,
+        &["`mounts[0].source`", "LABEL=, UUID=, PARTLABEL="],
+    );
+    assert_error_at(&diags, 3, 10, &["`mounts[0].target`", "absolute"]);
+    assert_error_at(&diags, 4, 6, &["`mounts[0].fs`", "\"ext4\""]);
+    assert_error_at(&diags, 6, 10, &["`mounts[1].source`", "not a UUID"]);
+    assert_error_at(
+        &diags,
+        7,
+        10,
+        &["`mounts[1].target`", "/proc is set up by zonit"],
+    );
+    assert_error_at(&diags, 9, 12, &["`mounts[1].options`", "one mount option"]);
+    assert_error_at(&diags, 10, 8, &["`mounts[1].wait`", "no unit"]);
+    assert_error_at(&diags, 13, 10, &["`mounts[2].target`", "root cannot"]);
+    assert_error_at(&diags, 15, 8, &["`mounts[2].wait`", "at most 600s"]);
+    assert_error_at(&diags, 16, 1, &["`mounts[3]`", "`fs` is missing"]);
+    assert_error_at(&diags, 21, 10, &["`mounts[4].target`", "earlier mount"]);
+    assert_error_at(&diags, 27, 1, &["unknown key `label`", "mounts[5]"]);
+    assert_error_at(
+        &diags,
+        29,
+        10,
+        &["`mounts[6].source`", "device path under /dev"],
+    );
+    assert_error_at(&diags, 34, 10, &["`mounts[7].target`", "`..`"]);
+    assert_eq!(diags.len(), 14, "{}", render(&diags));
+}
+
+#[test]
+fn guest_cgroup_limits_are_the_guests_own() {
+    let config = ok(concat!(
+        "[guest.a]\nkernel = \"/k\"\nmemory = \"256M\"\n",
+        "[guest.b]\nkernel = \"/k\"\nvcpus = 2\nmemory_max = \"300M\"\ncpu_max = 1.5\npids_max = 3\n",
+        "[defaults]\nmemory_max = \"8M\"\n",
+    ));
+    // [defaults] memory_max is a zone default: it never caps a guest.
+    assert_eq!(guest(&config, "a").cgroup_limits(), CgroupLimits::default());
+    let b = guest(&config, "b");
+    assert_eq!(
+        b.cgroup_limits(),
+        CgroupLimits {
+            memory_max: Some(300 << 20),
+            cpu_max: Some(1.5),
+            pids_max: Some(3),
+        }
+    );
+}
+
+#[test]
+fn guest_cgroup_limits_are_validated() {
+    let diags = errors(concat!(
+        "[guest.a]\n",
+        "kernel = \"/k\"\n",
+        "vcpus = 2\n",
+        "pids_max = 2\n",   // 4
+        "memory_max = 0\n", // 5
+        "cpu_max = -1.0\n", // 6
+    ));
+    assert_error_at(
+        &diags,
+        4,
+        12,
+        &["`pids_max` in [guest.a]", "one per vCPU (2)"],
+    );
+    assert_error_at(&diags, 5, 14, &["`memory_max` in [guest.a]", "above zero"]);
+    assert_error_at(&diags, 6, 11, &["`cpu_max` in [guest.a]", "positive"]);
+    assert_eq!(diags.len(), 3, "{}", render(&diags));
 }
 
 #[test]

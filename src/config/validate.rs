@@ -22,9 +22,9 @@ use super::network as net;
 use super::raw::{Limit, RawBackoff, RawDefaults, RawGuest, RawHost, RawStartLimit, RawZone, Size};
 use super::units::{parse_duration, parse_size};
 use super::{
-    Backoff, BindMount, Config, CtrlAltDel, DEFAULT_CONTROL_SOCKET, Disk, Guest, Host, Network,
-    NetworkDef, Nic, OnReboot, PortForward, RestartPolicy, StartLimit, TemplateMode, Unit,
-    UnitKind, Zone,
+    Backoff, BindMount, CgroupLimits, Config, CtrlAltDel, DEFAULT_CONTROL_SOCKET, Disk, Guest,
+    Host, Network, NetworkDef, Nic, OnReboot, PortForward, RestartPolicy, StartLimit, TemplateMode,
+    Unit, UnitKind, Zone,
 };
 use crate::vmm::limits;
 
@@ -75,7 +75,7 @@ pub fn build(doc: RawDocument, rep: &mut Reporter<'_>) -> Option<Config> {
 
 /// Checks values of one section; every method reports at the value's span
 /// and names the key and section.
-struct Checker<'r, 'f> {
+pub(super) struct Checker<'r, 'f> {
     rep: &'r mut Reporter<'f>,
     label: String,
     ok: bool,
@@ -90,14 +90,18 @@ impl<'r, 'f> Checker<'r, 'f> {
         }
     }
 
-    fn error(&mut self, span: Range<usize>, key: &str, message: impl std::fmt::Display) {
+    pub(super) fn error(&mut self, span: Range<usize>, key: &str, message: impl std::fmt::Display) {
         self.ok = false;
         let label = &self.label;
         self.rep
             .at(span, format!("invalid `{key}` in {label}: {message}"));
     }
 
-    fn duration(&mut self, key: &str, value: Option<&Spanned<String>>) -> Option<Duration> {
+    pub(super) fn duration(
+        &mut self,
+        key: &str,
+        value: Option<&Spanned<String>>,
+    ) -> Option<Duration> {
         let value = value?;
         match parse_duration(value.get_ref()) {
             Ok(d) => Some(d),
@@ -108,7 +112,7 @@ impl<'r, 'f> Checker<'r, 'f> {
         }
     }
 
-    fn size(&mut self, key: &str, value: Option<&Spanned<Size>>) -> Option<u64> {
+    pub(super) fn size(&mut self, key: &str, value: Option<&Spanned<Size>>) -> Option<u64> {
         let value = value?;
         let parsed = match value.get_ref() {
             Size::Text(text) => parse_size(text),
@@ -147,7 +151,11 @@ impl<'r, 'f> Checker<'r, 'f> {
     }
 
     /// An absolute path without NUL bytes (it becomes a C string later).
-    fn abs_path(&mut self, key: &str, value: Option<&Spanned<String>>) -> Option<PathBuf> {
+    pub(super) fn abs_path(
+        &mut self,
+        key: &str,
+        value: Option<&Spanned<String>>,
+    ) -> Option<PathBuf> {
         let value = value?;
         let text = value.get_ref();
         if text.contains('\0') {
@@ -168,7 +176,7 @@ impl<'r, 'f> Checker<'r, 'f> {
         }
     }
 
-    fn positive_int(&mut self, key: &str, value: Option<&Spanned<i64>>) -> Option<u64> {
+    pub(super) fn positive_int(&mut self, key: &str, value: Option<&Spanned<i64>>) -> Option<u64> {
         let value = value?;
         match u64::try_from(*value.get_ref()) {
             Ok(n) if n > 0 => Some(n),
@@ -181,6 +189,41 @@ impl<'r, 'f> Checker<'r, 'f> {
                 None
             }
         }
+    }
+
+    /// `memory_max`, `cpu_max` and `pids_max`, zone or guest alike.
+    fn cgroup_limits(
+        &mut self,
+        memory_max: Option<&Spanned<Size>>,
+        cpu_max: Option<&Spanned<f64>>,
+        pids_max: Option<&Spanned<i64>>,
+    ) -> CgroupLimits {
+        let mut limits = CgroupLimits {
+            memory_max: self.size("memory_max", memory_max),
+            cpu_max: None,
+            pids_max: self.positive_int("pids_max", pids_max),
+        };
+        if let (Some(0), Some(raw)) = (limits.memory_max, memory_max) {
+            self.error(
+                raw.span(),
+                "memory_max",
+                "a unit needs some memory; give a size above zero or leave memory_max out",
+            );
+            limits.memory_max = None;
+        }
+        if let Some(cpu) = cpu_max {
+            let v = *cpu.get_ref();
+            if v.is_finite() && v > 0.0 {
+                limits.cpu_max = Some(v);
+            } else {
+                self.error(
+                    cpu.span(),
+                    "cpu_max",
+                    format!("{v} is not a positive number of CPUs; write for instance 0.5 or 2"),
+                );
+            }
+        }
+        limits
     }
 
     /// The `[network.X]` that `value` names.
@@ -274,6 +317,7 @@ fn default_host() -> Host {
         ctrl_alt_del: CtrlAltDel::Reboot,
         rescue_shell: None,
         exit_with: None,
+        mounts: Vec::new(),
     }
 }
 
@@ -378,6 +422,7 @@ fn host(raw: &RawHost, rep: &mut Reporter<'_>) -> Option<Host> {
     host.rescue_shell = c.abs_path("rescue_shell", raw.rescue_shell.as_ref());
     // Whether it names a unit is checked with the units.
     host.exit_with = raw.exit_with.as_ref().map(|n| n.get_ref().clone());
+    host.mounts = super::hostmounts::host_mounts(&mut c, raw.mounts.as_deref().unwrap_or_default());
     c.ok.then_some(host)
 }
 
@@ -623,21 +668,15 @@ fn common_part(c: &mut Checker<'_, '_>, keys: CommonKeys<'_>) -> CommonPart {
 }
 
 fn zone_part(c: &mut Checker<'_, '_>, keys: ZoneKeys<'_>) -> ZonePart {
+    let limits = c.cgroup_limits(keys.memory_max, keys.cpu_max, keys.pids_max);
     let mut part = ZonePart {
-        memory_max: c.size("memory_max", keys.memory_max),
-        pids_max: c.positive_int("pids_max", keys.pids_max),
+        memory_max: limits.memory_max,
+        cpu_max: limits.cpu_max,
+        pids_max: limits.pids_max,
         stop_signal: None,
         network: keys.network.cloned(),
         ..ZonePart::default()
     };
-    if let (Some(0), Some(raw)) = (part.memory_max, keys.memory_max) {
-        c.error(
-            raw.span(),
-            "memory_max",
-            "a zone needs some memory; give a size above zero or leave memory_max out",
-        );
-        part.memory_max = None;
-    }
     if let Some(user) = keys.user {
         part.user = parse_user(user.get_ref());
         if part.user.is_none() {
@@ -669,18 +708,6 @@ fn zone_part(c: &mut Checker<'_, '_>, keys: ZoneKeys<'_>) -> ZonePart {
         caps.sort_unstable();
         caps.dedup();
         part.capabilities = Some(caps);
-    }
-    if let Some(cpu) = keys.cpu_max {
-        let v = *cpu.get_ref();
-        if v.is_finite() && v > 0.0 {
-            part.cpu_max = Some(v);
-        } else {
-            c.error(
-                cpu.span(),
-                "cpu_max",
-                format!("{v} is not a positive number of CPUs; write for instance 0.5 or 2"),
-            );
-        }
     }
     for (name, limit) in keys.rlimits.into_iter().flatten() {
         // Unknown names were already reported with the key list.
@@ -1091,6 +1118,13 @@ fn guest(
             });
         }
     }
+    let memory = part.memory.unwrap_or(limits::DEFAULT_MEMORY);
+    let vcpus = part.vcpus.unwrap_or(1);
+    let cgroup = c.cgroup_limits(
+        g.memory_max.as_ref(),
+        g.cpu_max.as_ref(),
+        g.pids_max.as_ref(),
+    );
     let name = raw.name.get_ref();
     let mut nics = Vec::new();
     for (i, n) in raw_nics.iter().enumerate() {
@@ -1129,6 +1163,12 @@ fn guest(
             });
         }
     }
+    let raw_nics = g.nics.as_deref().unwrap_or_default().len();
+    if let (Some(pids), Some(raw)) = (cgroup.pids_max, &g.pids_max)
+        && let Err(e) = limits::check_monitor_pids(pids, vcpus, raw_nics)
+    {
+        c.error(raw.span(), "pids_max", e);
+    }
     let ports = c.ports(g.ports.as_deref());
     if let Some(p) = &g.ports
         && let Some(first) = p.first()
@@ -1145,10 +1185,13 @@ fn guest(
         kernel: kernel?,
         initrd,
         cmdline: part.cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.to_owned()),
-        memory: part.memory.unwrap_or(limits::DEFAULT_MEMORY),
-        vcpus: part.vcpus.unwrap_or(1),
+        memory,
+        vcpus,
         disks,
         on_reboot: part.on_reboot.unwrap_or(OnReboot::Restart),
+        memory_max: cgroup.memory_max,
+        cpu_max: cgroup.cpu_max,
+        pids_max: cgroup.pids_max,
         nics,
         ports,
     })

@@ -5,7 +5,9 @@
 //! stdio, `/proc/cmdline` ([`cmdline`]), `/dev/kmsg` logging without the
 //! kernel's rate limit, cgroup controllers for zones, ctrl-alt-del as
 //! SIGINT, the config, then `[host]`: hostname, `lo` up, modules
-//! ([`modules`]), sysctls ([`sysctl`]); then the agent. After the agent
+//! ([`modules`]), sysctls ([`sysctl`]), data file systems
+//! ([`datamounts`], waiting for their devices); then the agent, told
+//! which required data mounts failed. After the agent
 //! returns a [`ShutdownAction`], [`shutdown::finish`] takes the host down.
 //!
 //! Failure policy: nothing in boot is fatal. Every step that fails is
@@ -14,9 +16,12 @@
 //! open for `zonit ctl reload`. A panic is caught (the release profile
 //! unwinds for this); if one escapes the agent, PID 1 reaps forever.
 
+pub mod blkid;
 pub mod cmdline;
 pub mod console;
+pub mod datamounts;
 pub mod debug_exit;
+pub mod le;
 pub mod modules;
 pub mod mounts;
 pub mod shutdown;
@@ -118,11 +123,14 @@ fn boot_and_run(t0_ns: u64) -> (ShutdownAction, bool) {
         Ok(cfg) => {
             log::set_max_level(cmdline.log.unwrap_or(cfg.host.log_level));
             crate::logging::add_syslog(cfg.host.syslog.as_ref());
-            apply_host(&cfg.host);
             if cmdline.shell {
                 start_shell(Path::new("/bin/sh"), "debug shell (zonit.shell)");
             }
-            Agent::with_config(opts, cfg)
+            let unavailable = apply_host(&cfg.host);
+            Agent::with_config(opts, cfg).map(|mut a| {
+                a.set_unavailable_mounts(unavailable);
+                a
+            })
         }
         Err(diags) => {
             report_config_errors(&config_path, &diags);
@@ -257,9 +265,10 @@ fn enable_cgroup_controllers() {
     }
 }
 
-/// `[host]` settings PID 1 applies: hostname, modules, sysctls. Errors
-/// are logged; none stops boot.
-pub fn apply_host(host: &Host) {
+/// `[host]` settings PID 1 applies: hostname, modules, sysctls, then the
+/// data mounts (which may need modules). Errors are logged; none stops
+/// boot. Returns the required data mounts that failed.
+pub fn apply_host(host: &Host) -> Vec<datamounts::Unavailable> {
     if let Some(name) = &host.hostname
         && let Err(e) = nix::unistd::sethostname(name)
     {
@@ -284,11 +293,12 @@ pub fn apply_host(host: &Host) {
             None => log::warn!("sysctl key {key:?} is not a valid name; skipped"),
         }
     }
+    datamounts::mount_all(&host.mounts, &dir)
 }
 
-fn adopted_host(host: &Host) {
+fn adopted_host(host: &Host) -> Vec<datamounts::Unavailable> {
     crate::logging::add_syslog(host.syslog.as_ref());
-    apply_host(host);
+    apply_host(host)
 }
 
 /// Prints every diagnostic on the console (plain `FILE:LINE:COL: message`,

@@ -22,6 +22,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
+use super::le::{u16_at, u32_at, u64_at};
 use crate::sys;
 
 /// Why modules could not be loaded.
@@ -122,16 +123,6 @@ pub fn parse_builtin(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
-fn le_u16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-fn le_u32(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-fn le_u64(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
-}
-
 /// The bytes of the section called `name` in a 64-bit little-endian ELF
 /// object (what x86-64 kernel modules are).
 pub fn elf_section<'a>(elf: &'a [u8], name: &str) -> Result<&'a [u8], String> {
@@ -142,18 +133,18 @@ pub fn elf_section<'a>(elf: &'a [u8], name: &str) -> Result<&'a [u8], String> {
         return Err("not a 64-bit little-endian ELF file".into());
     }
     let bad = || "truncated or corrupt ELF section table".to_string();
-    let shoff = usize::try_from(le_u64(elf, 0x28).ok_or_else(bad)?).map_err(|_| bad())?;
-    let shentsize = usize::from(le_u16(elf, 0x3a).ok_or_else(bad)?);
-    let shnum = usize::from(le_u16(elf, 0x3c).ok_or_else(bad)?);
-    let shstrndx = usize::from(le_u16(elf, 0x3e).ok_or_else(bad)?);
+    let shoff = usize::try_from(u64_at(elf, 0x28).ok_or_else(bad)?).map_err(|_| bad())?;
+    let shentsize = usize::from(u16_at(elf, 0x3a).ok_or_else(bad)?);
+    let shnum = usize::from(u16_at(elf, 0x3c).ok_or_else(bad)?);
+    let shstrndx = usize::from(u16_at(elf, 0x3e).ok_or_else(bad)?);
     if shentsize < 0x40 {
         return Err(bad());
     }
     let header = |i: usize| -> Option<(u32, usize, usize)> {
         let at = shoff.checked_add(i.checked_mul(shentsize)?)?;
-        let name = le_u32(elf, at)?;
-        let offset = usize::try_from(le_u64(elf, at + 0x18)?).ok()?;
-        let size = usize::try_from(le_u64(elf, at + 0x20)?).ok()?;
+        let name = u32_at(elf, at)?;
+        let offset = usize::try_from(u64_at(elf, at + 0x18)?).ok()?;
+        let size = usize::try_from(u64_at(elf, at + 0x20)?).ok()?;
         Some((name, offset, size))
     };
     let bytes = |offset: usize, size: usize| elf.get(offset..offset.checked_add(size)?);

@@ -29,6 +29,14 @@ pub const MAX_VIRTIO_DEVICES: usize = 8;
 /// Longest kernel command line: x86's `COMMAND_LINE_SIZE` (2048) less the
 /// terminating NUL.
 pub const MAX_CMDLINE: usize = 2047;
+/// What a monitor needs beyond the guest's memory, added to it for the
+/// default `memory_max` of its cgroup: the monitor's own binary, heap and
+/// thread stacks, the kernel's KVM page tables and per-vCPU state charged
+/// to the group, and the block devices' buffers.
+pub const MONITOR_ALLOWANCE: u64 = 64 << 20;
+/// Threads of a monitor besides one per vCPU and one per network card
+/// (its receive worker): the main thread, which runs the other devices.
+pub const MONITOR_OWN_THREADS: u64 = 1;
 
 /// A guest setting outside the limits; the message names the limit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,6 +61,18 @@ pub enum LimitError {
     /// Command line too long.
     #[error("the command line is {0} bytes; the kernel takes at most {MAX_CMDLINE}")]
     Cmdline(usize),
+    /// pids.max too low for the monitor's threads.
+    #[error(
+        "{pids} is fewer than the monitor's threads: one per vCPU ({vcpus}), one per network card ({nics}) and {MONITOR_OWN_THREADS} of its own"
+    )]
+    MonitorPids {
+        /// The pids_max asked for.
+        pids: u64,
+        /// The guest's vCPUs.
+        vcpus: u32,
+        /// The guest's network cards.
+        nics: usize,
+    },
 }
 
 /// Checks a guest memory size in bytes.
@@ -88,6 +108,20 @@ pub fn check_virtio_devices(n: usize) -> Result<usize, LimitError> {
 pub fn check_cmdline(cmdline: &str) -> Result<(), LimitError> {
     if cmdline.len() > MAX_CMDLINE {
         return Err(LimitError::Cmdline(cmdline.len()));
+    }
+    Ok(())
+}
+
+/// The default `memory_max` of a guest's monitor: its memory plus
+/// [`MONITOR_ALLOWANCE`].
+pub fn default_memory_max(memory: u64) -> u64 {
+    memory.saturating_add(MONITOR_ALLOWANCE)
+}
+
+/// Checks that a monitor's `pids_max` leaves room for all its threads.
+pub fn check_monitor_pids(pids: u64, vcpus: u32, nics: usize) -> Result<(), LimitError> {
+    if pids < u64::from(vcpus) + nics as u64 + MONITOR_OWN_THREADS {
+        return Err(LimitError::MonitorPids { pids, vcpus, nics });
     }
     Ok(())
 }
@@ -165,6 +199,19 @@ mod tests {
         assert_eq!(
             check_cmdline(&"x".repeat(MAX_CMDLINE + 1)),
             Err(LimitError::Cmdline(MAX_CMDLINE + 1))
+        );
+    }
+
+    #[test]
+    fn a_monitor_needs_a_pid_per_vcpu_per_nic_and_one_of_its_own() {
+        assert_eq!(check_monitor_pids(4, 2, 1), Ok(()));
+        assert_eq!(
+            check_monitor_pids(3, 2, 1),
+            Err(LimitError::MonitorPids {
+                pids: 3,
+                vcpus: 2,
+                nics: 1
+            })
         );
     }
 
