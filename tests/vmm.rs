@@ -689,16 +689,22 @@ fn a_file_that_is_no_kernel_is_a_setup_failure() {
     assert!(out.stderr.contains("cannot load kernel"), "{}", out.stderr);
 }
 
-#[test]
-fn console_input_on_the_monitors_stdin_reaches_the_guests_uart() {
-    let Some(kernel) = setup(Payload::Elf) else {
-        return;
-    };
+/// A monitor running the echo payload, and its stdin.
+fn echo_monitor() -> Option<(Running, std::process::ChildStdin)> {
+    let kernel = setup(Payload::Elf)?;
     let mut cmd = monitor(&kernel, &["--cmdline", "echo"]);
     cmd.stdin(Stdio::piped());
     let mut run = Running::start(cmd);
-    let mut input = run.child.stdin.take().expect("stdin");
+    let input = run.child.stdin.take().expect("stdin");
     run.wait_for("echo ready");
+    Some((run, input))
+}
+
+#[test]
+fn console_input_on_the_monitors_stdin_reaches_the_guests_uart() {
+    let Some((mut run, mut input)) = echo_monitor() else {
+        return;
+    };
     // More than the 64-byte receive FIFO: the rest waits in the pipe.
     let line = format!("{}\n", "abcdefghij".repeat(20));
     input.write_all(line.as_bytes()).expect("type");
@@ -710,14 +716,9 @@ fn console_input_on_the_monitors_stdin_reaches_the_guests_uart() {
 
 #[test]
 fn the_end_of_console_input_leaves_the_guest_running() {
-    let Some(kernel) = setup(Payload::Elf) else {
+    let Some((mut run, mut input)) = echo_monitor() else {
         return;
     };
-    let mut cmd = monitor(&kernel, &["--cmdline", "echo"]);
-    cmd.stdin(Stdio::piped());
-    let mut run = Running::start(cmd);
-    let mut input = run.child.stdin.take().expect("stdin");
-    run.wait_for("echo ready");
     input.write_all(b"before the end\n").expect("type");
     run.wait_for("before the end");
     // End of file reaches the monitor's main thread, under its seccomp
