@@ -1043,11 +1043,10 @@ command = ["/bin/sh", "-c", "echo bomb away; b() { b & b; }; b"]
             .any(|l| l.contains("steady") && l.contains("running")),
         "{status}"
     );
-    // The limit was hit (pids.events counts refused forks in the group of
-    // the process that tried: the run's leaf below the unit's group, whose
-    // pids.max holds), and the kernel said where.
+    // The limit was hit (pids.events of the unit's group, whose pids.max
+    // refused the forks, counts them), and the kernel said where.
     let events = m
-        .run("cat /sys/fs/cgroup/zonit/bomb/run/pids.events")
+        .run("cat /sys/fs/cgroup/zonit/bomb/pids.events")
         .join("\n");
     let refused: u64 = events
         .lines()
