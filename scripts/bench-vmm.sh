@@ -45,16 +45,7 @@ if [[ ! -w /dev/kvm ]]; then
 fi
 
 # --- tools -----------------------------------------------------------------
-missing=()
-for pair in qemu-system-x86_64:qemu-system-x86 hyperfine:hyperfine as:binutils ld:binutils \
-    python3:python3; do
-    command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
-done
-if ((${#missing[@]})); then
-    echo "bench-vmm: installing ${missing[*]}" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+ZONIT_BENCH=1 scripts/setup.sh
 
 # --- builds ----------------------------------------------------------------
 mkdir -p "$WORK"

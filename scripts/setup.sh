@@ -18,7 +18,7 @@ packages=(
 )
 if [[ ${ZONIT_BENCH:-0} == 1 ]]; then
     # Peers measured side by side in BENCHMARKS.md.
-    packages+=(hyperfine bubblewrap crun s6)
+    packages+=(hyperfine bubblewrap crun s6 binutils python3)
 fi
 
 missing=()
