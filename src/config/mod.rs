@@ -15,10 +15,15 @@ use std::time::Duration;
 mod document;
 mod names;
 mod raw;
+mod ready;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_ready;
 pub(crate) mod units;
 mod validate;
+
+pub use ready::{Health, Probe, Ready, ReadyKind, Watchdog};
 
 /// Default location of the config file.
 pub const DEFAULT_PATH: &str = "/etc/zonit.toml";
@@ -58,6 +63,8 @@ pub struct Host {
     pub rescue_shell: Option<PathBuf>,
     /// Test mode: when this unit ends, power off and report its status.
     pub exit_with: Option<String>,
+    /// The hardware watchdog, petted while the required units are well.
+    pub watchdog: Option<Watchdog>,
 }
 
 /// Remote syslog transport and address (`udp://ADDR:PORT`, `tcp://ADDR:PORT`).
@@ -115,6 +122,11 @@ pub struct Common {
     pub stop_timeout: Duration,
     /// Started at boot / `run`.
     pub autostart: bool,
+    /// How the unit says it is ready; without it, it is ready once its
+    /// command runs.
+    pub ready: Option<Ready>,
+    /// A probe repeated while the unit runs (zones only).
+    pub health: Option<Health>,
 }
 
 /// When a unit is restarted after it ends on its own.
@@ -354,6 +366,9 @@ pub fn load(path: &Path) -> Result<Config, Vec<Diagnostic>> {
 /// | `start_limit` | none (no limit) |
 /// | `stop_timeout` | `"10s"` |
 /// | `autostart` | `true` |
+/// | `ready` | none: ready once the command runs; `timeout = "30s"`, `interval = "1s"` |
+/// | `health` | none; `interval = "10s"`, `timeout = "5s"`, `retries = 3` |
+/// | `host.watchdog` | none; `device = "/dev/watchdog"`, `timeout = "30s"`, `grace = "60s"` |
 /// | zone `hostname` | the unit name |
 /// | zone `workdir` | `"/"` |
 /// | zone `user` | `"0:0"` |

@@ -167,6 +167,8 @@ fn reference_example_parses_into_the_expected_values() {
             after: vec!["db".to_owned()],
             stop_timeout: Duration::from_secs(10),
             autostart: true,
+            ready: None,
+            health: None,
         }
     );
     assert_eq!(

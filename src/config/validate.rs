@@ -19,6 +19,7 @@ use toml::Spanned;
 use super::document::{RawDocument, RawUnit, RawUnitKind, Reporter};
 use super::names;
 use super::raw::{Limit, RawBackoff, RawDefaults, RawGuest, RawHost, RawStartLimit, RawZone, Size};
+use super::ready::{self, For};
 use super::units::{parse_duration, parse_size};
 use super::{
     Backoff, BindMount, Config, CtrlAltDel, DEFAULT_CONTROL_SOCKET, Disk, Guest, Host, Network,
@@ -55,6 +56,7 @@ pub fn build(doc: RawDocument, rep: &mut Reporter<'_>) -> Option<Config> {
     check_after(&doc.units, rep);
     if let Some(raw) = &doc.host {
         check_exit_with(raw, &doc.units, rep);
+        check_watchdog_require(raw, &doc.units, rep);
     }
     let host = host?;
     if !rep.diagnostics.is_empty() {
@@ -65,7 +67,7 @@ pub fn build(doc: RawDocument, rep: &mut Reporter<'_>) -> Option<Config> {
 
 /// Checks values of one section; every method reports at the value's span
 /// and names the key and section.
-struct Checker<'r, 'f> {
+pub(super) struct Checker<'r, 'f> {
     rep: &'r mut Reporter<'f>,
     label: String,
     ok: bool,
@@ -80,14 +82,18 @@ impl<'r, 'f> Checker<'r, 'f> {
         }
     }
 
-    fn error(&mut self, span: Range<usize>, key: &str, message: impl std::fmt::Display) {
+    pub(super) fn error(&mut self, span: Range<usize>, key: &str, message: impl std::fmt::Display) {
         self.ok = false;
         let label = &self.label;
         self.rep
             .at(span, format!("invalid `{key}` in {label}: {message}"));
     }
 
-    fn duration(&mut self, key: &str, value: Option<&Spanned<String>>) -> Option<Duration> {
+    pub(super) fn duration(
+        &mut self,
+        key: &str,
+        value: Option<&Spanned<String>>,
+    ) -> Option<Duration> {
         let value = value?;
         match parse_duration(value.get_ref()) {
             Ok(d) => Some(d),
@@ -137,7 +143,11 @@ impl<'r, 'f> Checker<'r, 'f> {
     }
 
     /// An absolute path without NUL bytes (it becomes a C string later).
-    fn abs_path(&mut self, key: &str, value: Option<&Spanned<String>>) -> Option<PathBuf> {
+    pub(super) fn abs_path(
+        &mut self,
+        key: &str,
+        value: Option<&Spanned<String>>,
+    ) -> Option<PathBuf> {
         let value = value?;
         let text = value.get_ref();
         if text.contains('\0') {
@@ -185,7 +195,12 @@ impl<'r, 'f> Checker<'r, 'f> {
     /// `value` as one string of a command's argv or environment: no NUL,
     /// and short enough for execve(2), which refuses the whole exec (E2BIG)
     /// otherwise, at every start.
-    fn exec_string(&mut self, key: &str, value: &Spanned<String>, len: usize) -> Option<String> {
+    pub(super) fn exec_string(
+        &mut self,
+        key: &str,
+        value: &Spanned<String>,
+        len: usize,
+    ) -> Option<String> {
         let v = self.no_nul(key, value)?;
         if len + 1 > MAX_EXEC_STRING {
             self.error(
@@ -214,6 +229,7 @@ fn default_host() -> Host {
         ctrl_alt_del: CtrlAltDel::Reboot,
         rescue_shell: None,
         exit_with: None,
+        watchdog: None,
     }
 }
 
@@ -318,6 +334,11 @@ fn host(raw: &RawHost, rep: &mut Reporter<'_>) -> Option<Host> {
     host.rescue_shell = c.abs_path("rescue_shell", raw.rescue_shell.as_ref());
     // Whether it names a unit is checked with the units.
     host.exit_with = raw.exit_with.as_ref().map(|n| n.get_ref().clone());
+    // Whether `require` names units is checked with the units.
+    host.watchdog = raw
+        .watchdog
+        .as_ref()
+        .and_then(|w| ready::watchdog(&mut c, w));
     c.ok.then_some(host)
 }
 
@@ -421,6 +442,10 @@ struct Defaults {
     common: CommonPart,
     zone: ZonePart,
     guest: GuestPart,
+    /// For zones only; a guest sets its own.
+    ready: Option<super::Ready>,
+    /// For zones only.
+    health: Option<super::Health>,
 }
 
 /// The raw keys behind a [`CommonPart`], borrowed from whichever section.
@@ -488,10 +513,17 @@ fn defaults(raw: &RawDefaults, rep: &mut Reporter<'_>) -> Defaults {
             on_reboot: raw.on_reboot.as_ref(),
         },
     );
+    let ready = raw
+        .ready
+        .as_ref()
+        .and_then(|r| ready::ready(&mut c, r, For::Zone));
+    let health = raw.health.as_ref().and_then(|h| ready::health(&mut c, h));
     Defaults {
         common,
         zone,
         guest,
+        ready,
+        health,
     }
 }
 
@@ -747,6 +779,24 @@ fn unit(raw: &RawUnit, defaults: &Defaults, rep: &mut Reporter<'_>) -> Option<Un
     };
     let mut c = Checker::new(rep, format!("[{kind_name}.{name}]"));
     let common = common_part(&mut c, common_keys).or(&defaults.common);
+    let (ready, health) = match &raw.kind {
+        RawUnitKind::Zone(z) => (
+            z.ready
+                .as_ref()
+                .map(|r| ready::ready(&mut c, r, For::Zone))
+                .unwrap_or_else(|| defaults.ready.clone()),
+            z.health
+                .as_ref()
+                .map(|h| ready::health(&mut c, h))
+                .unwrap_or_else(|| defaults.health.clone()),
+        ),
+        RawUnitKind::Guest(g) => (
+            g.ready
+                .as_ref()
+                .and_then(|r| ready::ready(&mut c, r, For::Guest)),
+            None,
+        ),
+    };
     let mut after: Vec<String> = Vec::new();
     for entry in after_of(raw) {
         if !after.contains(entry.get_ref()) {
@@ -767,6 +817,8 @@ fn unit(raw: &RawUnit, defaults: &Defaults, rep: &mut Reporter<'_>) -> Option<Un
         after,
         stop_timeout: common.stop_timeout.unwrap_or(Duration::from_secs(10)),
         autostart: common.autostart.unwrap_or(true),
+        ready,
+        health,
     };
     let kind = match &raw.kind {
         RawUnitKind::Zone(z) => zone(&mut c, raw, z, &defaults.zone).map(UnitKind::Zone),
@@ -1146,4 +1198,27 @@ fn check_exit_with(raw: &RawHost, units: &[RawUnit], rep: &mut Reporter<'_>) {
             name.get_ref().escape_debug()
         ),
     );
+}
+
+/// Every unit `[host] watchdog.require` names exists.
+fn check_watchdog_require(raw: &RawHost, units: &[RawUnit], rep: &mut Reporter<'_>) {
+    let Some(watchdog) = &raw.watchdog else {
+        return;
+    };
+    let all: Vec<&str> = units.iter().map(|u| u.name.get_ref().as_str()).collect();
+    for name in watchdog.get_ref().require.iter().flatten() {
+        if all.contains(&name.get_ref().as_str()) {
+            continue;
+        }
+        let hint = names::closest(name.get_ref(), &all)
+            .map(|n| format!("; did you mean `{n}`?"))
+            .unwrap_or_default();
+        rep.at(
+            name.span(),
+            format!(
+                "invalid `watchdog.require` in [host]: `{}` is no zone or guest in this file{hint}",
+                name.get_ref().escape_debug()
+            ),
+        );
+    }
 }
