@@ -216,7 +216,17 @@ fn requests_carrying_too_many_fds_get_an_error_and_leak_none() {
     let z = Zonit::start("fds", |d| zone(d, "web", "sleep 1000", ""));
     z.wait_state("web", "running");
     let pid = z.pid();
-    let before = fd_count(pid);
+    // What the agent holds once the zone's start has settled (a start's
+    // own descriptors may still be closing as it turns `running`).
+    let mut before = fd_count(pid);
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = fd_count(pid);
+        if now == before {
+            break;
+        }
+        before = now;
+    }
     for i in 0..100 {
         let (line, n) = if i % 2 == 0 {
             (&br#"{"v":1,"cmd":"status"}"#[..], 5)
@@ -238,13 +248,13 @@ fn requests_carrying_too_many_fds_get_an_error_and_leak_none() {
     let mut after = 0;
     for _ in 0..100 {
         after = fd_count(pid);
-        if after == before {
+        if after <= before {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(
-        after, before,
+    assert!(
+        after <= before,
         "the agent's fds went from {before} to {after}"
     );
     assert_eq!(z.state("web"), "running");

@@ -12,8 +12,6 @@ use std::time::{Duration, Instant};
 
 pub const ZONIT: &str = env!("CARGO_BIN_EXE_zonit");
 
-/// Applets linked into the test template.
-
 /// Fails (under CI=true) or skips (otherwise) when not root.
 /// Returns false when the test should return early.
 pub fn require_root() -> bool {
