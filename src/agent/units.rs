@@ -100,6 +100,11 @@ impl Agent {
                 self.signal_unit(&unit, pid, libc::SIGKILL);
                 self.cgroups.kill(&unit);
             }
+            Action::Probe { unit, check } => {
+                log::error!("{unit}: {check:?} probes are not carried out by this build");
+                queue.push_back(Input::Probed { unit, ok: false });
+            }
+            Action::CancelProbe(_) => {}
         }
     }
 
@@ -509,7 +514,7 @@ pub(super) fn end_status_code(end: &End) -> i32 {
         End::Exit(c) => *c,
         End::Signal(s) => 128 + s,
         End::Poweroff => 0,
-        End::Reboot | End::Crash | End::StartFailed(_) => 1,
+        End::Reboot | End::Crash | End::StartFailed(_) | End::Unhealthy => 1,
     }
 }
 
