@@ -287,6 +287,7 @@ impl Agent {
             return;
         }
         let waiting = self.stop_waiters.iter().any(|(c, _)| *c == id)
+            || self.start_waiters.iter().any(|(c, _)| *c == id)
             || self.units.values().any(|u| u.followers.contains(&id))
             || self.exec_pending(id);
         if !waiting {
@@ -358,17 +359,50 @@ impl Agent {
         }
     }
 
+    /// `start` and `restart`: the reply comes once the unit is ready, or
+    /// its start has failed.
     fn unit_command(&mut self, id: usize, input: Input, name: &str) {
         if self.sup.status(name).is_none() {
             self.send(id, &proto::error(&format!("no unit named `{name}`")));
             return;
         }
+        self.start_waiters.push((id, name.to_string()));
         self.feed(input);
-        let state = self
-            .sup
-            .status(name)
-            .map_or("unknown", |s| s.state.as_str());
-        self.send(id, &proto::ok(json!({ "state": state })));
+    }
+
+    /// Replies to `start` and `restart` requests whose unit is ready
+    /// (`running`) or whose start came to nothing.
+    pub(super) fn answer_start_waiters(&mut self) {
+        let mut done = Vec::new();
+        self.start_waiters.retain(|(id, unit)| {
+            let status = self.sup.status(unit);
+            match status.map(|s| s.state) {
+                Some(State::Starting | State::Stopping) => true,
+                Some(State::Running) => {
+                    done.push((*id, proto::ok(json!({ "state": "running" }))));
+                    false
+                }
+                other => {
+                    let state = other.map_or("unknown", |s| s.as_str());
+                    let why = status
+                        .and_then(|s| s.reason.clone())
+                        .or_else(|| {
+                            status
+                                .and_then(|s| s.last_exit.as_ref())
+                                .map(|e| e.describe())
+                        })
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default();
+                    let msg = format!("{unit} did not become ready, it is {state}{why}");
+                    done.push((*id, proto::error(&msg)));
+                    false
+                }
+            }
+        });
+        for (id, reply) in done {
+            self.send(id, &reply);
+            self.flush(id);
+        }
     }
 
     fn host_command(&mut self, id: usize, action: ShutdownAction) {
@@ -410,6 +444,7 @@ impl Agent {
                     last_exit: st.last_exit.as_ref().map(|e| e.describe()),
                     reason: st.reason.clone(),
                     oom_kills: self.cgroups.oom_kills(&u.name),
+                    health: st.health.map(|h| h.as_str().into()),
                 })
             })
             .collect()
@@ -509,6 +544,7 @@ impl Agent {
             self.sources.remove(&conn.token);
         }
         self.stop_waiters.retain(|(c, _)| *c != id);
+        self.start_waiters.retain(|(c, _)| *c != id);
         for u in self.units.values_mut() {
             u.followers.retain(|c| *c != id);
         }

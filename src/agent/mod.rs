@@ -17,6 +17,7 @@ mod control;
 mod exec;
 mod guest;
 mod pid1;
+mod probe;
 mod units;
 
 use std::collections::{HashMap, VecDeque};
@@ -120,6 +121,12 @@ enum Source {
     Status(String),
     Conn(usize),
     ExecStatus(i32),
+    /// An exec probe's channel, by helper PID.
+    Probe(i32),
+    /// A tcp probe's connect, by unit.
+    Tcp(String),
+    /// A unit's notify pipe or sd_notify socket.
+    Notify(String),
 }
 
 struct Shutdown {
@@ -154,6 +161,10 @@ pub struct Agent {
     retiring: HashMap<String, config::Unit>,
     /// Running `ctl exec` helpers by PID.
     execs: HashMap<i32, exec::Session>,
+    /// Readiness and health probes, notify channels.
+    probes: probe::Probes,
+    /// `start` and `restart` requests waiting for their unit to be ready.
+    start_waiters: Vec<(usize, String)>,
 }
 
 fn specs(config: &Config) -> Vec<Spec> {
@@ -210,6 +221,8 @@ impl Agent {
             pid1: pid1::Pid1State::default(),
             retiring: HashMap::new(),
             execs: HashMap::new(),
+            probes: probe::Probes::default(),
+            start_waiters: Vec::new(),
         };
         // The socket first: an agent that cannot serve it (another one
         // does, the path is unusable) must leave no cgroup behind.
@@ -342,6 +355,18 @@ impl Agent {
                     let pid = *pid;
                     self.read_exec_status(pid);
                 }
+                Some(Source::Probe(pid)) => {
+                    let pid = *pid;
+                    self.probe_channel_event(pid);
+                }
+                Some(Source::Tcp(unit)) => {
+                    let unit = unit.clone();
+                    self.tcp_event(&unit);
+                }
+                Some(Source::Notify(unit)) => {
+                    let unit = unit.clone();
+                    self.notify_event(&unit);
+                }
                 None => {}
             },
         }
@@ -393,6 +418,7 @@ impl Agent {
             }
         }
         self.answer_stop_waiters();
+        self.answer_start_waiters();
         if !self.retiring.is_empty() {
             self.release_retired();
         }
@@ -441,7 +467,9 @@ impl Agent {
                 Ok(WaitStatus::StillAlive) => break,
                 Ok(status) => {
                     let Some(pid) = status.pid() else { continue };
-                    if self.exec_ended(pid.as_raw(), status) {
+                    if self.exec_ended(pid.as_raw(), status)
+                        || self.probe_reaped(pid.as_raw(), status)
+                    {
                         continue;
                     }
                     match self.pids.remove(&pid.as_raw()) {

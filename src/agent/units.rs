@@ -12,7 +12,7 @@ use mio::unix::SourceFd;
 use nix::sys::wait::WaitStatus;
 
 use super::{Agent, Source};
-use crate::config::UnitKind;
+use crate::config::{ReadyKind, UnitKind};
 use crate::logbuf::{Admit, LOG_BURST, LOG_PER_SECOND, LineSplitter, RateLimit, Ring};
 use crate::logging::UNIT_TARGET_PREFIX;
 use crate::logging::error_chain;
@@ -100,11 +100,8 @@ impl Agent {
                 self.signal_unit(&unit, pid, libc::SIGKILL);
                 self.cgroups.kill(&unit);
             }
-            Action::Probe { unit, check } => {
-                log::error!("{unit}: {check:?} probes are not carried out by this build");
-                queue.push_back(Input::Probed { unit, ok: false });
-            }
-            Action::CancelProbe(_) => {}
+            Action::Probe { unit, check } => queue.extend(self.start_probe(&unit, check)),
+            Action::CancelProbe(unit) => self.cancel_probe(&unit),
         }
     }
 
@@ -280,11 +277,30 @@ impl Agent {
                 return failed(error_chain(&e), permanent);
             }
         };
+        let notify = match self.notify_pipe(unit) {
+            Ok(n) => n,
+            Err(e) => return failed(format!("unable to create the notify pipe: {e}"), false),
+        };
+        let mut zone = zone.clone();
+        if matches!(
+            cfg.common.ready.as_ref().map(|r| &r.kind),
+            Some(ReadyKind::Systemd)
+        ) {
+            zone.env
+                .insert("NOTIFY_SOCKET".into(), super::probe::NOTIFY_SOCKET.into());
+        }
         let Some(rt) = self.units.get(unit) else {
             return failed("internal: runtime missing".into(), false);
         };
-        let started = match spawn::spawn(zone, rt.out_tx.as_fd(), group.as_ref().map(|g| g.as_fd()))
-        {
+        let started = match spawn::spawn(
+            &zone,
+            rt.out_tx.as_fd(),
+            group.as_ref().map(|g| g.as_fd()),
+            notify.as_ref().map(|(fd, at)| spawn::Notify {
+                fd: fd.as_fd(),
+                at: *at,
+            }),
+        ) {
             Ok(s) => s,
             Err(e) => {
                 let permanent = matches!(e, spawn::Error::Nul { .. });
@@ -293,8 +309,11 @@ impl Agent {
         };
         // The zone's init is born and set up its side; the command waits
         // for `Go` until the agent's part is in place.
+        // The command holds the only write end now.
+        drop(notify);
         let released = self
-            .zone_outside_setup(unit, zone, started.pid)
+            .zone_outside_setup(unit, &zone, started.pid)
+            .and_then(|()| self.notify_socket(unit, started.pidfd.as_fd()))
             .and_then(|()| {
                 Message::Go
                     .send(started.channel.as_fd())
@@ -412,6 +431,7 @@ impl Agent {
             return;
         };
         self.unwatch_channel(&proc.child);
+        self.unit_probes_gone(unit);
         let outcome = if proc.guest {
             let reported = proc.child.report.failure.take().map(|f| f.reason);
             match super::guest::outcome(status, reported) {
@@ -490,19 +510,32 @@ impl Agent {
         }
         let now = Instant::now();
         let target = format!("{UNIT_TARGET_PREFIX}{unit}");
+        let pattern = self.log_pattern(unit);
+        let mut ready = false;
+        let Some(rt) = self.units.get_mut(unit) else {
+            return;
+        };
         let (splitter, rate) = (&mut rt.splitter, &mut rt.rate);
-        splitter.feed(&chunks, |line| match rate.admit(now) {
-            Admit::Pass { dropped } => {
-                if dropped > 0 {
-                    log::warn!(target: &target, "({dropped} lines not logged: rate limit; `zonit ctl logs` has them)");
-                }
-                log::info!(target: &target, "{}", String::from_utf8_lossy(line));
+        splitter.feed(&chunks, |line| {
+            if let Some(p) = &pattern {
+                ready |= String::from_utf8_lossy(line).contains(p.as_str());
             }
-            Admit::Drop => {}
+            match rate.admit(now) {
+                Admit::Pass { dropped } => {
+                    if dropped > 0 {
+                        log::warn!(target: &target, "({dropped} lines not logged: rate limit; `zonit ctl logs` has them)");
+                    }
+                    log::info!(target: &target, "{}", String::from_utf8_lossy(line));
+                }
+                Admit::Drop => {}
+            }
         });
         let followers = rt.followers.clone();
         for id in followers {
             self.send_log(id, &chunks);
+        }
+        if ready {
+            self.feed_readiness(Input::Notified(unit.to_string()));
         }
     }
 }

@@ -9,8 +9,10 @@
 //! private memory, what each running zone costs, to a few pages.
 //!
 //! Fork hygiene: every C string is built before `clone3`; the agent is
-//! single-threaded, so the child may allocate. Only stdio is inherited by
-//! the command; every other fd the agent holds is closed in the init.
+//! single-threaded, so the child may allocate. Only stdio (and, for a zone
+//! with `ready = { notify = "fd" }`, the write end of the notify pipe at
+//! the fd number it asked for) is inherited by the command; every other fd
+//! the agent holds is closed in the init.
 //!
 //! The init and the agent talk over the zone start protocol
 //! ([`super::protocol`]): the command's process sets up the zone, then
@@ -20,7 +22,7 @@
 
 use std::ffi::CString;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
 use nix::sys::resource::{Resource, setrlimit};
@@ -56,6 +58,16 @@ pub enum Error {
     /// The seccomp filter is unusable (a bug in its rule table).
     #[error("no seccomp filter")]
     Seccomp(#[source] &'static seccomp::Error),
+}
+
+/// The write end of a readiness pipe and the fd number the command finds
+/// it at (`ready = { notify = "fd" }`).
+#[derive(Debug, Clone, Copy)]
+pub struct Notify<'a> {
+    /// The agent's copy of the write end.
+    pub fd: BorrowedFd<'a>,
+    /// Where the command gets it: 3 or above.
+    pub at: RawFd,
 }
 
 /// A started zone, as the agent holds it.
@@ -179,11 +191,12 @@ pub fn rlimit_resource(name: &str) -> Option<Resource> {
 }
 
 /// Starts `zone` with stdout and stderr on `output`, optionally inside the
-/// cgroup open at `cgroup`.
+/// cgroup open at `cgroup`, and giving the command `notify`.
 pub fn spawn(
     zone: &Zone,
     output: BorrowedFd<'_>,
     cgroup: Option<BorrowedFd<'_>>,
+    notify: Option<Notify<'_>>,
 ) -> Result<Started, Error> {
     let prep = prepare(zone)?;
     let (agent_end, zone_end) = protocol::channel().map_err(Error::Channel)?;
@@ -196,7 +209,7 @@ pub fn spawn(
     match sys::clone3(flags, cgroup).map_err(Error::Clone)? {
         sys::Forked::Child => {
             drop(agent_end);
-            zone_init(&prep, zone_end, output)
+            zone_init(&prep, zone_end, output, notify)
         }
         sys::Forked::Parent { pid, pidfd } => {
             drop(zone_end);
@@ -228,7 +241,12 @@ pub(super) fn give_up(channel: &OwnedFd, msg: &str) -> ! {
 /// and what it writes to memory shared with the agent (copy-on-write since
 /// the clone) is what each zone costs. The setup's allocations happen in
 /// the command's process and vanish with its exec.
-fn zone_init(prep: &Prepared, channel: OwnedFd, output: BorrowedFd<'_>) -> ! {
+fn zone_init(
+    prep: &Prepared,
+    channel: OwnedFd,
+    output: BorrowedFd<'_>,
+    notify: Option<Notify<'_>>,
+) -> ! {
     // Born with every signal blocked (`sys::clone3`), and they stay
     // blocked so they queue for `sigwait`: the init of a PID namespace
     // drops unblocked signals it has no handler for, and one sent before
@@ -239,7 +257,9 @@ fn zone_init(prep: &Prepared, channel: OwnedFd, output: BorrowedFd<'_>) -> ! {
     let _ = nix::unistd::setsid();
     // Nothing inside the zone may read this process's memory or fds.
     let _ = nix::sys::prctl::set_dumpable(false);
-    if let Err(e) = sys::close_fds_from(3, &[channel.as_raw_fd(), output.as_raw_fd()]) {
+    let mut keep = vec![channel.as_raw_fd(), output.as_raw_fd()];
+    keep.extend(notify.map(|n| n.fd.as_raw_fd()));
+    if let Err(e) = sys::close_fds_from(3, &keep) {
         give_up(&channel, &format!("unable to close inherited fds: {e}"));
     }
     // pivot_root (done by the command's process) moves the root and the
@@ -269,7 +289,7 @@ fn zone_init(prep: &Prepared, channel: OwnedFd, output: BorrowedFd<'_>) -> ! {
                 fail_start(&tx, &Message::StartFailed(msg));
             }
             drop(channel);
-            command(prep, tx, Stdio::Output(output))
+            command(prep, tx, Stdio::Output { output, notify })
         }
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => give_up(&channel, &format!("unable to fork the command: {e}")),
@@ -371,25 +391,44 @@ pub(super) fn reap_forever(cmd: Pid, channel: &OwnedFd) -> ! {
 
 /// Where a command's standard fds come from.
 pub(super) enum Stdio<'a> {
-    /// stdin from /dev/null, stdout and stderr to the unit's output pipe.
-    Output(BorrowedFd<'a>),
+    /// stdin from /dev/null, stdout and stderr to the unit's output pipe,
+    /// and the readiness pipe if the zone has one.
+    Output {
+        output: BorrowedFd<'a>,
+        notify: Option<Notify<'a>>,
+    },
     /// The caller's own three fds (`zonit ctl exec`).
     Fds(&'a [OwnedFd; 3]),
 }
 
 /// The command's process: drop privileges and exec. Never returns.
 pub(super) fn command(prep: &Prepared, exec_pipe: OwnedFd, io: Stdio<'_>) -> ! {
-    let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
-        fail_start(&exec_pipe, &Message::StartFailed(format!("{what}: {e}")))
-    };
     // The init reset every disposition before forking us, and exec resets
     // handlers anyway: only the init's full block mask is left to undo.
     sys::set_sigmask(libc::SIG_SETMASK, &sys::empty_sigset());
     let _ = nix::unistd::setsid();
-    if let Err(e) = stdio(io) {
-        fail("unable to set up stdio", &e);
+    let is_exec = matches!(io, Stdio::Fds(_));
+    let notify = match &io {
+        Stdio::Output { notify, .. } => *notify,
+        Stdio::Fds(_) => None,
+    };
+    let io_done = stdio(io).map_err(|e| format!("unable to set up stdio: {e}"));
+    // After stdio: the output pipe may sit on the number the notify fd
+    // goes to, and is no longer needed once on 1 and 2.
+    let (exec_pipe, placed) = match (io_done, notify) {
+        (Err(e), _) => (exec_pipe, Err(e)),
+        (Ok(()), None) => (exec_pipe, Ok(())),
+        (Ok(()), Some(n)) => place_notify(n, exec_pipe),
+    };
+    let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
+        fail_start(&exec_pipe, &Message::StartFailed(format!("{what}: {e}")))
+    };
+    if let Err(e) = placed {
+        fail("unable to set up the command's fds", &e);
     }
-    if let Err(e) = sys::close_fds_from(3, &[exec_pipe.as_raw_fd()]) {
+    let mut keep = vec![exec_pipe.as_raw_fd()];
+    keep.extend(notify.map(|n| n.at));
+    if let Err(e) = sys::close_fds_from(3, &keep) {
         fail("unable to close inherited fds", &e);
     }
     if let Err(e) = nix::unistd::chdir(prep.workdir.as_c_str()) {
@@ -402,6 +441,12 @@ pub(super) fn command(prep: &Prepared, exec_pipe: OwnedFd, io: Stdio<'_>) -> ! {
     }
     if let Err(e) = drop_privileges(prep) {
         fail("unable to drop privileges", &e);
+    }
+    // A `ctl exec` command or probe dies with its helper, so killing the
+    // helper (a probe past its deadline) kills the command. Set after the
+    // uid switch, which clears it.
+    if is_exec && let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+        fail("unable to set the parent-death signal", &e);
     }
     // Last, so everything above may still use what the filter refuses.
     if let Err(e) = seccomp::install(prep.seccomp) {
@@ -439,7 +484,7 @@ fn ptrs(v: &[CString]) -> Vec<*const libc::c_char> {
 
 fn stdio(io: Stdio<'_>) -> io::Result<()> {
     match io {
-        Stdio::Output(output) => {
+        Stdio::Output { output, .. } => {
             let null = std::fs::File::open("/dev/null")?;
             nix::unistd::dup2_stdin(null.as_fd()).map_err(io::Error::from)?;
             nix::unistd::dup2_stdout(output).map_err(io::Error::from)?;
@@ -452,6 +497,32 @@ fn stdio(io: Stdio<'_>) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Puts the notify pipe's write end at its number for the command
+/// (without close-on-exec), first moving the exec pipe away if it sits
+/// there. Returns the exec pipe, wherever it is now.
+fn place_notify(n: Notify<'_>, exec_pipe: OwnedFd) -> (OwnedFd, Result<(), String>) {
+    let exec_pipe = if exec_pipe.as_raw_fd() == n.at {
+        // The copy gets the lowest free number, never `n.at` (taken).
+        match exec_pipe.try_clone() {
+            Ok(moved) => {
+                // Closes `n.at` now, so nothing closes it after the dup.
+                drop(exec_pipe);
+                moved
+            }
+            Err(e) => return (exec_pipe, Err(format!("unable to move the exec pipe: {e}"))),
+        }
+    } else {
+        exec_pipe
+    };
+    let placed = if n.fd.as_raw_fd() == n.at {
+        sys::clear_cloexec(n.fd)
+    } else {
+        sys::dup_onto(n.fd, n.at)
+    };
+    let placed = placed.map_err(|e| format!("unable to put the notify pipe at fd {}: {e}", n.at));
+    (exec_pipe, placed)
 }
 
 /// Groups, capabilities, uid, no_new_privs, in the order each step still
