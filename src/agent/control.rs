@@ -19,7 +19,7 @@ use serde_json::json;
 use super::{Agent, Error, LISTENER, Mode, ShutdownAction, Source, claim};
 use crate::config::UnitKind;
 use crate::control::proto::{self, Request, UnitRow};
-use crate::supervisor::{Input, State};
+use crate::supervisor::{Input, State, Want};
 use crate::sys;
 
 /// Most unsent reply bytes kept for one client.
@@ -371,11 +371,18 @@ impl Agent {
     }
 
     /// Replies to `start` and `restart` requests whose unit is ready
-    /// (`running`) or whose start came to nothing.
+    /// (`running`), whose start came to nothing, or that a later `stop`
+    /// (or the shutdown) overrode: that is no failure of the start.
     pub(super) fn answer_start_waiters(&mut self) {
         let mut done = Vec::new();
         self.start_waiters.retain(|(id, unit)| {
             let status = self.sup.status(unit);
+            if let Some(st) = status.filter(|s| {
+                s.want == Want::Down && s.state != State::Exited && s.state != State::Failed
+            }) {
+                done.push((*id, proto::ok(json!({ "state": st.state.as_str() }))));
+                return false;
+            }
             match status.map(|s| s.state) {
                 Some(State::Starting | State::Stopping) => true,
                 Some(State::Running) => {
