@@ -285,3 +285,112 @@ fn a_health_probe_past_its_timeout_is_killed() {
     assert_eq!(z.unit("web")["health"], "starting", "no probe has passed");
     assert_eq!(z.state("web"), "running");
 }
+
+/// A pty standing in for a watchdog device: (slave path, bytes written to
+/// it with their arrival times). The device ioctls fail on a tty, which
+/// zonit logs and carries on from, so the pets can be watched without
+/// arming any real watchdog.
+fn fake_watchdog() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(Instant, u8)>>>,
+    std::os::fd::OwnedFd,
+) {
+    use std::io::Read;
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let path = nix::unistd::ttyname(&pty.slave).unwrap();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = got.clone();
+    let mut master = std::fs::File::from(pty.master);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        // Ends with EIO once every slave fd is closed.
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let now = Instant::now();
+            sink.lock()
+                .unwrap()
+                .extend(buf[..n].iter().map(|b| (now, *b)));
+        }
+    });
+    (path.display().to_string(), got, pty.slave)
+}
+
+fn pets(got: &std::sync::Mutex<Vec<(Instant, u8)>>) -> Vec<Instant> {
+    got.lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, b)| *b == b'p')
+        .map(|(t, _)| *t)
+        .collect()
+}
+
+#[test]
+fn the_watchdog_is_petted_while_required_units_run_and_disarmed_when_zonit_run_exits() {
+    if !require_root() {
+        return;
+    }
+    let (path, got, slave) = fake_watchdog();
+    let host = format!(
+        "watchdog = {{ device = \"{path}\", timeout = \"2s\", require = [\"db\"], grace = \"1s\" }}"
+    );
+    let mut z = Zonit::start_with_host("wdok", &host, |d| zone(d, "db", "exec sleep 1000", ""));
+    drop(slave);
+    z.wait_log("watchdog: ");
+    std::thread::sleep(Duration::from_secs(4));
+    let p = pets(&got);
+    assert!(p.len() >= 6, "{} pets in 4 s:\n{}", p.len(), z.log_text());
+    let gaps: Vec<u128> = p.windows(2).map(|w| (w[1] - w[0]).as_millis()).collect();
+    assert!(
+        gaps.iter().all(|g| *g < 1000),
+        "a 2 s watchdog went unpetted too long: {gaps:?}"
+    );
+    assert_eq!(z.terminate(), 0);
+    let last = got.lock().unwrap().last().map(|(_, b)| *b);
+    assert_eq!(
+        last,
+        Some(b'V'),
+        "zonit run disarms the watchdog as it exits"
+    );
+}
+
+#[test]
+fn the_watchdog_is_starved_once_a_required_unit_has_failed_for_longer_than_grace() {
+    if !require_root() {
+        return;
+    }
+    let (path, got, slave) = fake_watchdog();
+    let host = format!(
+        "watchdog = {{ device = \"{path}\", timeout = \"2s\", require = [\"db\"], grace = \"1s\" }}"
+    );
+    let z = Zonit::start_with_host("wdstarve", &host, |d| {
+        zone(d, "db", "sleep 1; exit 1", "restart = \"never\"")
+    });
+    drop(slave);
+    z.wait_log("db: ended");
+    let ended = logged_at(&z, "db: ended");
+    z.wait_log("no longer petting");
+    let starved = logged_at(&z, "no longer petting");
+    let waited = starved - ended;
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_millis(2000),
+        "starved {waited:?} after db ended (grace 1 s)"
+    );
+    let line = z
+        .log_text()
+        .lines()
+        .find(|l| l.contains("no longer petting"))
+        .unwrap()
+        .to_string();
+    assert!(line.contains("required unit db"), "{line}");
+    assert!(line.contains("exited"), "{line}");
+    std::thread::sleep(Duration::from_secs(2));
+    let after: Vec<Instant> = pets(&got).into_iter().filter(|t| *t > starved).collect();
+    assert!(after.is_empty(), "{} pets after the decision", after.len());
+    assert_eq!(
+        z.log_text().matches("no longer petting").count(),
+        1,
+        "logged once"
+    );
+}

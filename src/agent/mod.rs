@@ -19,6 +19,9 @@ mod guest;
 mod pid1;
 mod probe;
 mod units;
+mod watchdog;
+
+pub use watchdog::keep_alive as keep_watchdog_alive;
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -165,6 +168,8 @@ pub struct Agent {
     probes: probe::Probes,
     /// `start` and `restart` requests waiting for their unit to be ready.
     start_waiters: Vec<(usize, String)>,
+    /// The hardware watchdog, when one is configured and usable.
+    watchdog: Option<watchdog::Hw>,
 }
 
 fn specs(config: &Config) -> Vec<Spec> {
@@ -223,6 +228,7 @@ impl Agent {
             execs: HashMap::new(),
             probes: probe::Probes::default(),
             start_waiters: Vec::new(),
+            watchdog: None,
         };
         // The socket first: an agent that cannot serve it (another one
         // does, the path is unusable) must leave no cgroup behind.
@@ -252,6 +258,7 @@ impl Agent {
     /// exit status for `zonit run`.
     pub fn run(mut self) -> ShutdownAction {
         self.reserve_runtimes();
+        self.open_watchdog();
         self.start_autostart();
         let mut events = Events::with_capacity(256);
         loop {
@@ -260,7 +267,10 @@ impl Agent {
             let turn =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.turn(&mut events)));
             match turn {
-                Ok(Some(action)) => return action,
+                Ok(Some(action)) => {
+                    self.release_watchdog();
+                    return action;
+                }
                 Ok(None) => {}
                 Err(_) => log::error!("the event loop caught a panic; carrying on"),
             }
@@ -314,6 +324,7 @@ impl Agent {
         self.feed(Input::Tick);
         self.check_boot_done();
         self.check_exit_with_failed();
+        self.tend_watchdog();
         self.check_shutdown()
     }
 
@@ -326,7 +337,8 @@ impl Agent {
             .as_ref()
             .filter(|s| !s.killed)
             .map(|s| s.deadline);
-        [self.sup.next_deadline(), shutdown]
+        let watchdog = self.watchdog.as_ref().and_then(|w| w.next_deadline());
+        [self.sup.next_deadline(), shutdown, watchdog]
             .into_iter()
             .flatten()
             .min()
@@ -530,9 +542,10 @@ impl Agent {
             || old.host.hostname != self.config.host.hostname
             || old.host.modules != self.config.host.modules
             || old.host.sysctl != self.config.host.sysctl
+            || old.host.watchdog != self.config.host.watchdog
         {
             log::warn!(
-                "reload: changes to control_socket, hostname, modules and sysctl take effect at the next boot"
+                "reload: changes to control_socket, hostname, modules, sysctl and watchdog take effect at the next boot"
             );
         }
         log::set_max_level(self.opts.log_level_for(&self.config));

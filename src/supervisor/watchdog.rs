@@ -7,7 +7,10 @@
 //! verdict is [`Verdict::Starve`], once, with the reason to log; from then
 //! on it stays [`Verdict::Starved`] whatever happens, so the hardware
 //! resets the machine within `timeout`. An agent whose loop stalls pets
-//! nothing either: that case needs no code.
+//! nothing either: that case needs no code. During an orderly shutdown the
+//! required units go down on purpose: petting goes on regardless, so a
+//! shutdown that hangs is still caught, by the hardware, `timeout` after
+//! the last pet.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -63,10 +66,15 @@ impl Watch {
             .is_some_and(|s| s.state == State::Running && s.health != Some(Health::Unhealthy))
     }
 
-    /// The verdict at `now` given the units in `sup`.
-    pub fn check(&mut self, sup: &Supervisor, now: Instant) -> Verdict {
+    /// The verdict at `now` given the units in `sup`; `shutting_down`: an
+    /// orderly shutdown is under way.
+    pub fn check(&mut self, sup: &Supervisor, now: Instant, shutting_down: bool) -> Verdict {
         if self.starved {
             return Verdict::Starved;
+        }
+        if shutting_down {
+            self.unwell_since.clear();
+            return self.pet_if_due(now);
         }
         for unit in &self.require {
             if Self::well(sup, unit) {
@@ -94,6 +102,10 @@ impl Watch {
                 ),
             };
         }
+        self.pet_if_due(now)
+    }
+
+    fn pet_if_due(&mut self, now: Instant) -> Verdict {
         if now >= self.next_pet {
             self.next_pet = now + self.pet_every;
             return Verdict::Pet;
@@ -164,11 +176,15 @@ mod tests {
         let mut sup = Supervisor::new(vec![spec("db", false)]);
         let mut w = Watch::new(vec!["db".into()], 8 * S, 60 * S, t0);
         run(&mut sup, "db", t0);
-        assert_eq!(w.check(&sup, t0), Verdict::Pet);
-        assert_eq!(w.check(&sup, t0 + S), Verdict::Wait);
+        assert_eq!(w.check(&sup, t0, false), Verdict::Pet);
+        assert_eq!(w.check(&sup, t0 + S, false), Verdict::Wait);
         assert_eq!(w.next_deadline(), Some(t0 + 2 * S));
-        assert_eq!(w.check(&sup, t0 + 2 * S), Verdict::Pet);
-        assert_eq!(w.check(&sup, t0 + 1000 * S), Verdict::Pet, "well for ever");
+        assert_eq!(w.check(&sup, t0 + 2 * S, false), Verdict::Pet);
+        assert_eq!(
+            w.check(&sup, t0 + 1000 * S, false),
+            Verdict::Pet,
+            "well for ever"
+        );
     }
 
     #[test]
@@ -176,18 +192,26 @@ mod tests {
         let t0 = Instant::now();
         let sup = Supervisor::new(vec![spec("db", false)]);
         let mut w = Watch::new(vec!["db".into()], 8 * S, 60 * S, t0);
-        assert_eq!(w.check(&sup, t0), Verdict::Pet, "starting is within grace");
-        assert_eq!(w.check(&sup, t0 + 60 * S), Verdict::Pet);
+        assert_eq!(
+            w.check(&sup, t0, false),
+            Verdict::Pet,
+            "starting is within grace"
+        );
+        assert_eq!(w.check(&sup, t0 + 60 * S, false), Verdict::Pet);
         assert_eq!(
             w.next_deadline(),
             Some(t0 + 60 * S + Duration::from_nanos(1))
         );
-        let Verdict::Starve { why } = w.check(&sup, t0 + 61 * S) else {
+        let Verdict::Starve { why } = w.check(&sup, t0 + 61 * S, false) else {
             panic!("still petting");
         };
         assert!(why.contains("required unit db"), "{why}");
         assert!(why.contains("stopped"), "{why}");
-        assert_eq!(w.check(&sup, t0 + 62 * S), Verdict::Starved, "said once");
+        assert_eq!(
+            w.check(&sup, t0 + 62 * S, false),
+            Verdict::Starved,
+            "said once"
+        );
         assert_eq!(w.next_deadline(), None);
     }
 
@@ -197,7 +221,7 @@ mod tests {
         let mut sup = Supervisor::new(vec![spec("db", false)]);
         let mut w = Watch::new(vec!["db".into()], 8 * S, 10 * S, t0);
         run(&mut sup, "db", t0);
-        assert_eq!(w.check(&sup, t0 + 100 * S), Verdict::Pet);
+        assert_eq!(w.check(&sup, t0 + 100 * S, false), Verdict::Pet);
         let t1 = t0 + 101 * S;
         sup.handle(
             Input::Ended {
@@ -207,10 +231,10 @@ mod tests {
             t1,
         )
         .unwrap();
-        assert_eq!(w.check(&sup, t1), Verdict::Wait, "grace starts now");
-        assert_eq!(w.check(&sup, t1 + 10 * S), Verdict::Pet);
+        assert_eq!(w.check(&sup, t1, false), Verdict::Wait, "grace starts now");
+        assert_eq!(w.check(&sup, t1 + 10 * S, false), Verdict::Pet);
         assert!(matches!(
-            w.check(&sup, t1 + 11 * S),
+            w.check(&sup, t1 + 11 * S, false),
             Verdict::Starve { why } if why.contains("exited")
         ));
     }
@@ -220,14 +244,47 @@ mod tests {
         let t0 = Instant::now();
         let mut sup = Supervisor::new(vec![spec("db", false), spec("web", false)]);
         let mut w = Watch::new(vec!["db".into()], 8 * S, 10 * S, t0);
-        assert_eq!(w.check(&sup, t0 + 9 * S), Verdict::Pet);
+        assert_eq!(w.check(&sup, t0 + 9 * S, false), Verdict::Pet);
         run(&mut sup, "db", t0 + 9 * S);
-        assert_eq!(w.check(&sup, t0 + 30 * S), Verdict::Pet);
+        assert_eq!(w.check(&sup, t0 + 30 * S, false), Verdict::Pet);
         assert_eq!(
-            w.check(&sup, t0 + 300 * S),
+            w.check(&sup, t0 + 300 * S, false),
             Verdict::Pet,
             "web is not required"
         );
+    }
+
+    #[test]
+    fn an_orderly_shutdown_keeps_petting_with_every_unit_down() {
+        let t0 = Instant::now();
+        let mut sup = Supervisor::new(vec![spec("db", false)]);
+        let mut w = Watch::new(vec!["db".into()], 8 * S, 5 * S, t0);
+        run(&mut sup, "db", t0);
+        assert_eq!(w.check(&sup, t0, false), Verdict::Pet);
+        sup.handle(Input::Shutdown, t0).unwrap();
+        sup.handle(
+            Input::Ended {
+                unit: "db".into(),
+                end: End::Signal(libc::SIGTERM),
+            },
+            t0 + S,
+        )
+        .unwrap();
+        for n in [2, 4, 6, 8, 30] {
+            assert_eq!(w.check(&sup, t0 + n * S, true), Verdict::Pet, "at {n} s");
+        }
+    }
+
+    #[test]
+    fn a_decision_to_stop_stands_through_a_shutdown() {
+        let t0 = Instant::now();
+        let sup = Supervisor::new(vec![spec("db", false)]);
+        let mut w = Watch::new(vec!["db".into()], 8 * S, S, t0);
+        assert!(matches!(
+            w.check(&sup, t0 + 2 * S, false),
+            Verdict::Starve { .. }
+        ));
+        assert_eq!(w.check(&sup, t0 + 3 * S, true), Verdict::Starved);
     }
 
     #[test]
@@ -247,10 +304,10 @@ mod tests {
             t1,
         )
         .unwrap();
-        assert_eq!(w.check(&sup, t1), Verdict::Pet);
+        assert_eq!(w.check(&sup, t1, false), Verdict::Pet);
         // Its stop hangs: still unwell past grace.
         assert!(matches!(
-            w.check(&sup, t1 + 6 * S),
+            w.check(&sup, t1 + 6 * S, false),
             Verdict::Starve { why } if why.contains("unhealthy")
         ));
     }

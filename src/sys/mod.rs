@@ -386,6 +386,30 @@ pub fn in_netns<T>(pidfd: BorrowedFd<'_>, f: impl FnOnce() -> io::Result<T>) -> 
     out
 }
 
+/// The watchdog ioctls of `linux/watchdog.h`.
+mod wdioc {
+    nix::ioctl_readwrite!(set_timeout, b'W', 6, libc::c_int);
+    nix::ioctl_read!(get_timeout, b'W', 7, libc::c_int);
+}
+
+/// `WDIOC_SETTIMEOUT`: asks the watchdog behind `fd` for a timeout of
+/// `secs`; returns the timeout the driver chose (it may round).
+pub fn watchdog_set_timeout(fd: BorrowedFd<'_>, secs: i32) -> io::Result<i32> {
+    let mut value: libc::c_int = secs;
+    // SAFETY: the ioctl reads and writes one c_int, which `value` is, for
+    // the duration of the call.
+    unsafe { wdioc::set_timeout(fd.as_raw_fd(), &mut value) }.map_err(io::Error::from)?;
+    Ok(value)
+}
+
+/// `WDIOC_GETTIMEOUT`: the timeout of the watchdog behind `fd`, seconds.
+pub fn watchdog_timeout(fd: BorrowedFd<'_>) -> io::Result<i32> {
+    let mut value: libc::c_int = 0;
+    // SAFETY: the ioctl writes one c_int, which `value` is.
+    unsafe { wdioc::get_timeout(fd.as_raw_fd(), &mut value) }.map_err(io::Error::from)?;
+    Ok(value)
+}
+
 /// Clears close-on-exec on `fd`, so the program it execs inherits it.
 pub fn clear_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
     use nix::fcntl::{FcntlArg, FdFlag, fcntl};
