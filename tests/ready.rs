@@ -286,15 +286,14 @@ fn a_health_probe_past_its_timeout_is_killed() {
     assert_eq!(z.state("web"), "running");
 }
 
+/// Bytes a fake device received, with their arrival times.
+type Bytes = std::sync::Arc<std::sync::Mutex<Vec<(Instant, u8)>>>;
+
 /// A pty standing in for a watchdog device: (slave path, bytes written to
 /// it with their arrival times). The device ioctls fail on a tty, which
 /// zonit logs and carries on from, so the pets can be watched without
 /// arming any real watchdog.
-fn fake_watchdog() -> (
-    String,
-    std::sync::Arc<std::sync::Mutex<Vec<(Instant, u8)>>>,
-    std::os::fd::OwnedFd,
-) {
+fn fake_watchdog() -> (String, Bytes, std::os::fd::OwnedFd) {
     use std::io::Read;
     let pty = nix::pty::openpty(None, None).unwrap();
     let path = nix::unistd::ttyname(&pty.slave).unwrap();
