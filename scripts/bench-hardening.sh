@@ -93,13 +93,13 @@ build_variant() {
     mkdir -p "$src"
     git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$src"
     # Each edit must change exactly the lines it names; checked below.
-    local plan=$src/src/zone/plan.rs spawn=$src/src/zone/spawn.rs sec=$src/src/zone/seccomp.rs n
+    local plan=$src/src/zone/mount_plan.rs spawn=$src/src/zone/command.rs sec=$src/src/zone/seccomp.rs n
     if [[ $what == *masks* ]]; then
         sed -i -e 's/^    for path in MASKED {$/    for path in MASKED.into_iter().take(0) {/' \
             -e 's/^    for cpu in &host.cpus {$/    for cpu in host.cpus.iter().take(0) {/' \
             -e 's/^    for path in READ_ONLY {$/    for path in READ_ONLY.into_iter().take(0) {/' "$plan"
         n=$(grep -c 'take(0)' "$plan")
-        [[ $n == 3 ]] || { echo "bench: plan.rs patch: $n of 3 applied" >&2; exit 1; }
+        [[ $n == 3 ]] || { echo "bench: mount_plan.rs patch: $n of 3 applied" >&2; exit 1; }
     fi
     if [[ $what == *privs* ]]; then
         sed -i -e '/^    sys::limit_bounding_and_ambient(&prep.caps, prep.last_cap)?;$/d' \
@@ -108,7 +108,7 @@ build_variant() {
             -e 's/^    if let Err(e) = seccomp::install(prep.seccomp) {$/    if let Err(e) = Ok::<(), seccomp::Error>(()) {/' "$spawn"
         sed -i -e 's/PROGRAM.get_or_init(build)/PROGRAM.get_or_init(|| Ok(Vec::new()))/' "$sec"
         ! grep -q 'limit_bounding_and_ambient(&prep.caps\|set_capabilities(&prep.caps)\|set_no_new_privs()\|seccomp::install(prep' "$spawn" ||
-            { echo "bench: spawn.rs patch incomplete" >&2; exit 1; }
+            { echo "bench: command.rs patch incomplete" >&2; exit 1; }
         grep -q 'get_or_init(|| Ok(Vec::new()))' "$sec" || { echo "bench: seccomp.rs patch failed" >&2; exit 1; }
     fi
     # Its own target directory under target/: dependencies are built once.

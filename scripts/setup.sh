@@ -10,6 +10,7 @@ packages=(
     file             # the static-binary check
     qemu-system-x86  # tier-4 tests and the appliance demo
     iproute2         # network checks in tests
+    nftables         # tests read zonit's ruleset back with `nft` (never used by zonit)
     gcc libc6-dev    # the static syscall probe of the escape tests
 )
 if [[ ${ZONIT_BENCH:-0} == 1 ]]; then

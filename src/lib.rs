@@ -16,6 +16,8 @@ pub mod init;
 pub mod logbuf;
 /// Log backend: stderr or /dev/kmsg.
 pub mod logging;
+/// Zone networking on the host: plans, nf_tables ruleset, netlink.
+pub mod net;
 /// Supervision engine: pure state machine and restart policy.
 pub mod supervisor;
 /// The thin syscall layer (all raw `unsafe` for process control).

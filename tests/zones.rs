@@ -305,19 +305,26 @@ fn missing_root_makes_the_unit_failed_with_the_reason() {
 }
 
 #[test]
-fn missing_command_in_the_zone_fails_the_start_with_the_reason() {
+fn a_command_that_cannot_be_executed_fails_the_start_with_the_shells_status() {
     if !require_root() {
         return;
     }
     let z = Zonit::start("nocmd", |d| {
-        zone(d, "x", "true", "restart = \"never\"").replace(
-            "command = [\"/bin/sh\", \"-c\", \"true\"]",
-            "command = [\"/no/such/binary\"]",
-        )
+        let cmd = |name: &str, path: &str| {
+            zone(d, name, "true", "restart = \"never\"").replace(
+                "command = [\"/bin/sh\", \"-c\", \"true\"]",
+                &format!("command = [\"{path}\"]"),
+            )
+        };
+        [cmd("x", "/no/such/binary"), cmd("dir", "/etc")].concat()
     });
     z.wait_state("x", "failed");
     let reason = z.unit("x")["reason"].as_str().unwrap().to_string();
     assert!(reason.contains("/no/such/binary"), "{reason}");
+    assert!(reason.contains("(status 127)"), "{reason}");
+    z.wait_state("dir", "failed");
+    let reason = z.unit("dir")["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("(status 126)"), "{reason}");
 }
 
 #[test]
@@ -632,4 +639,102 @@ fn a_stop_sent_right_after_a_start_stops_the_zone_without_a_kill() {
         "stops waited for stop_timeout: {took:?}"
     );
     assert!(!z.log_text().contains("killing it"), "{}", z.log_text());
+}
+
+#[test]
+fn the_zone_init_names_itself_and_the_host_config_path_stays_outside() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("initname", |d| {
+        zone(
+            d,
+            "web",
+            "echo cmdline=$(tr '\\0' ' ' < /proc/1/cmdline)end comm=$(cat /proc/1/comm); \
+             echo ps; ps; echo ps-end; sleep 1000",
+            "",
+        )
+    });
+    let out = z.output_until("web", "ps-end");
+    assert!(
+        out.contains("cmdline=zonit-init web end comm=zonit-init"),
+        "{out}\n{}",
+        z.log_text()
+    );
+    let config = z.config.display().to_string();
+    assert!(!out.contains(&config), "the config path leaks: {out}");
+    let ps = out.split("\nps\n").nth(1).unwrap_or("");
+    assert!(ps.contains("zonit-init web"), "ps: {out}");
+    // On the host, the zone's init is told apart from the agent.
+    let init = common::child_of(z.pid() as u32).unwrap();
+    let host_view = std::fs::read(format!("/proc/{init}/cmdline")).unwrap();
+    assert_eq!(host_view, b"zonit-init\0web\0");
+}
+
+#[test]
+fn setup_errors_inside_the_zone_fail_the_start_for_good_with_the_reason() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("setupfail", |d| {
+        let file = d.join("a-file");
+        std::fs::write(&file, "x").unwrap();
+        let always = "restart = \"always\"\nbackoff = { initial = \"50ms\", max = \"50ms\" }";
+        [
+            zone(
+                d,
+                "nowd",
+                "true",
+                &format!("{always}\nworkdir = \"/no/such/dir\""),
+            ),
+            zone(
+                d,
+                "nofile",
+                "true",
+                &format!("{always}\nrlimits = {{ nofile = 100000000 }}"),
+            ),
+            zone(
+                d,
+                "fileondir",
+                "true",
+                &format!(
+                    "{always}\nmounts = [{{ source = \"{}\", target = \"/etc\" }}]",
+                    file.display()
+                ),
+            ),
+        ]
+        .concat()
+    });
+    for (unit, needle) in [
+        ("nowd", "/no/such/dir"),
+        ("nofile", "NOFILE"),
+        ("fileondir", "/etc"),
+    ] {
+        z.wait_state(unit, "failed");
+        let u = z.unit(unit);
+        let reason = u["reason"].as_str().unwrap_or("");
+        assert!(reason.contains(needle), "{unit}: {u}");
+        assert_eq!(u["restarts"], 0, "{unit}: {u}\n{}", z.log_text());
+    }
+}
+
+#[test]
+fn stop_wakes_a_stopped_command_so_it_can_handle_the_stop_signal() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("sigcont", |d| {
+        zone(
+            d,
+            "paused",
+            "trap 'echo got-term; exit 0' TERM; echo pausing; kill -STOP $$; sleep 1000",
+            "stop_timeout = \"3s\"",
+        )
+    });
+    z.wait_log("zonit[paused]: pausing");
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    assert_eq!(z.ctl(&["stop", "paused"]).0, 0);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert_eq!(z.unit("paused")["last_exit"], "exit 0", "{}", z.log_text());
 }

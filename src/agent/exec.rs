@@ -65,8 +65,14 @@ impl Agent {
             return;
         };
         let group = self.cgroups.open(name);
-        let started = match exec::exec(&zone, argv, init, group.as_ref().map(|g| g.as_fd()), stdio)
-        {
+        let started = match exec::exec(
+            name,
+            &zone,
+            argv,
+            init,
+            group.as_ref().map(|g| g.as_fd()),
+            stdio,
+        ) {
             Ok(s) => s,
             Err(e) => {
                 let msg = format!("unable to exec in {name}: {}", error_chain(&e));

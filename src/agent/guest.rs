@@ -190,6 +190,8 @@ mod tests {
                 },
             ],
             on_reboot: OnReboot::Restart,
+            nics: vec![],
+            ports: vec![],
         };
         assert_eq!(
             monitor_argv(&g).join(" "),
@@ -247,6 +249,8 @@ mod tests {
             vcpus: 1,
             disks: vec![],
             on_reboot: OnReboot::Restart,
+            nics: vec![],
+            ports: vec![],
         };
         assert_eq!(preflight(&g), Ok(()));
         g.disks.push(Disk {

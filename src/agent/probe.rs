@@ -136,6 +136,7 @@ impl Agent {
                 };
                 let group = self.cgroups.open(unit);
                 let started = match exec::exec(
+                    unit,
                     &zone,
                     &argv,
                     init,

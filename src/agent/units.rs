@@ -19,7 +19,7 @@ use crate::logging::error_chain;
 use crate::supervisor::{Action, End, Input};
 use crate::sys;
 use crate::zone::protocol::{self, Failure, Message, Outcome, Report};
-use crate::zone::spawn;
+use crate::zone::{preflight, start};
 
 /// Most bytes read from one unit's output per wake-up, so a flooding unit
 /// cannot starve the loop.
@@ -94,6 +94,10 @@ impl Agent {
                     _ => libc::SIGTERM,
                 };
                 self.signal_unit(&unit, pid, sig);
+                // A stopped command would keep the stop signal pending
+                // until stop_timeout ends in a kill: wake it to handle it
+                // (the zone's init forwards SIGCONT like any signal).
+                self.signal_unit(&unit, pid, libc::SIGCONT);
             }
             Action::Kill { unit, pid } => {
                 log::warn!("{unit}: stop_timeout reached, killing it");
@@ -228,47 +232,8 @@ impl Agent {
             UnitKind::Zone(z) => z,
             UnitKind::Guest(g) => return self.spawn_guest(unit, g),
         };
-        if zone.template.is_none() && !zone.root.is_dir() {
-            return failed(
-                format!(
-                    "root {} does not exist or is not a directory; create it or set `template`",
-                    zone.root.display()
-                ),
-                true,
-            );
-        }
-        if let Some(t) = &zone.template
-            && !t.is_dir()
-        {
-            return failed(
-                format!(
-                    "template {} does not exist or is not a directory",
-                    t.display()
-                ),
-                true,
-            );
-        }
-        // Checked here rather than in the zone's init so a mistake in the
-        // config is a permanent failure with its reason, not a restart loop.
-        for m in &zone.mounts {
-            if !m.source.exists() {
-                return failed(
-                    format!(
-                        "bind source {} does not exist; create it or remove the mount",
-                        m.source.display()
-                    ),
-                    true,
-                );
-            }
-            if m.target.starts_with("/proc") || m.target.starts_with("/sys") {
-                return failed(
-                    format!(
-                        "bind target {} is under /proc or /sys, which zonit sets up itself; choose another target",
-                        m.target.display()
-                    ),
-                    true,
-                );
-            }
+        if let Err(reason) = preflight::check(zone) {
+            return failed(reason, true);
         }
         let group = match self.cgroups.prepare(unit, zone) {
             Ok(g) => g,
@@ -292,25 +257,26 @@ impl Agent {
         let Some(rt) = self.units.get(unit) else {
             return failed("internal: runtime missing".into(), false);
         };
-        let started = match spawn::spawn(
+        let started = match start::spawn(
+            unit,
             &zone,
             rt.out_tx.as_fd(),
             group.as_ref().map(|g| g.as_fd()),
-            notify.as_ref().map(|(fd, at)| spawn::Notify {
+            notify.as_ref().map(|(fd, at)| start::Notify {
                 fd: fd.as_fd(),
                 at: *at,
             }),
         ) {
             Ok(s) => s,
             Err(e) => {
-                let permanent = matches!(e, spawn::Error::Nul { .. });
+                let permanent = matches!(e, start::Error::Nul { .. });
                 return failed(format!("unable to start: {}", error_chain(&e)), permanent);
             }
         };
-        // The zone's init is born and set up its side; the command waits
-        // for `Go` until the agent's part is in place.
         // The command holds the only write end now.
         drop(notify);
+        // The zone's init is born and set up its side; the command waits
+        // for `Go` until the agent's part is in place.
         let released = self
             .zone_outside_setup(unit, &zone, started.pid)
             .and_then(|()| self.notify_socket(unit, started.pidfd.as_fd()))
@@ -454,7 +420,7 @@ impl Agent {
                     reason: f.reason,
                     permanent: f.permanent,
                 };
-                (input, 1)
+                (input, f.status)
             }
             Outcome::Ended(end) => {
                 log::info!("{unit}: ended ({})", end.describe());

@@ -20,8 +20,8 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use super::Diagnostic;
 use super::names;
 use super::raw::{
-    RawBackoff, RawDefaults, RawDisk, RawGuest, RawHealth, RawHost, RawMount, RawReady,
-    RawStartLimit, RawWatchdog, RawZone, fields_of,
+    RawBackoff, RawDefaults, RawDisk, RawGuest, RawHealth, RawHost, RawInterface, RawMount,
+    RawNetwork, RawNic, RawReady, RawStartLimit, RawWatchdog, RawZone, fields_of,
 };
 
 /// Collects diagnostics and turns byte spans into 1-based line and column.
@@ -93,6 +93,10 @@ pub struct RawDocument {
     pub defaults: Option<RawDefaults>,
     /// Zones and guests, in the order their headers appear in the file.
     pub units: Vec<RawUnit>,
+    /// `[interface.NAME]` sections, in file order.
+    pub interfaces: Vec<(Spanned<String>, RawInterface)>,
+    /// `[network.NAME]` sections, in file order.
+    pub networks: Vec<(Spanned<String>, RawNetwork)>,
 }
 
 /// The parser's errors as (span, message), one per mistake: a table whose
@@ -169,6 +173,14 @@ pub fn read(text: &str, rep: &mut Reporter<'_>) -> Option<RawDocument> {
                     .map(|s| s.0);
             }
             kind @ ("zone" | "guest") => read_units(kind, value, rep, &mut doc.units),
+            "interface" => {
+                let schema = Schema::of(fields_of::<RawInterface>());
+                doc.interfaces = read_named("interface", value, &schema, rep);
+            }
+            "network" => {
+                let schema = Schema::of(fields_of::<RawNetwork>());
+                doc.networks = read_named("network", value, &schema, rep);
+            }
             other => {
                 let hint = names::closest(other, &SECTIONS)
                     .map(|c| format!("did you mean [{c}]? "))
@@ -176,17 +188,45 @@ pub fn read(text: &str, rep: &mut Reporter<'_>) -> Option<RawDocument> {
                 rep.at(
                     key_span,
                     format!(
-                        "unknown section `{other}`; {hint}expected one of: [host], [defaults], [zone.NAME], [guest.NAME]"
+                        "unknown section `{other}`; {hint}expected one of: [host], [defaults], [interface.NAME], [network.NAME], [zone.NAME], [guest.NAME]"
                     ),
                 );
             }
         }
     }
     doc.units.sort_by_key(|u| u.name.span().start);
+    doc.interfaces.sort_by_key(|(n, _)| n.span().start);
+    doc.networks.sort_by_key(|(n, _)| n.span().start);
     Some(doc)
 }
 
-const SECTIONS: [&str; 4] = ["host", "defaults", "zone", "guest"];
+const SECTIONS: [&str; 6] = ["host", "defaults", "interface", "network", "zone", "guest"];
+
+/// Reads `[kind.NAME]` sections that are not units (interfaces, networks).
+fn read_named<'i, T: Deserialize<'i>>(
+    kind: &str,
+    value: Spanned<DeValue<'i>>,
+    schema: &Schema,
+    rep: &mut Reporter<'_>,
+) -> Vec<(Spanned<String>, T)> {
+    let span = value.span();
+    let DeValue::Table(table) = value.into_inner() else {
+        rep.at(
+            span,
+            format!("`{kind}` must be a table; write each one as [{kind}.NAME]"),
+        );
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (name, body) in table {
+        let name = Spanned::new(name.span(), name.into_inner().into_owned());
+        let label = format!("[{kind}.{}]", name.get_ref());
+        if let Some((raw, _)) = section::<T>(body, &label, schema, rep) {
+            out.push((name, raw));
+        }
+    }
+    out
+}
 
 fn read_units(
     kind: &str,
@@ -300,11 +340,9 @@ fn zone_schema() -> Schema {
 }
 
 fn guest_schema() -> Schema {
-    let mut schema = common_nested(Schema::of(fields_of::<RawGuest>())).with(
-        "disks",
-        true,
-        Schema::of(fields_of::<RawDisk>()),
-    );
+    let mut schema = common_nested(Schema::of(fields_of::<RawGuest>()))
+        .with("disks", true, Schema::of(fields_of::<RawDisk>()))
+        .with("nics", true, Schema::of(fields_of::<RawNic>()));
     schema.advice = |key| {
         fields_of::<RawZone>()
             .contains(&key)

@@ -8,12 +8,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod document;
 mod names;
+pub mod network;
 mod raw;
 mod ready;
 #[cfg(test)]
@@ -35,9 +36,102 @@ pub const DEFAULT_CONTROL_SOCKET: &str = "/run/zonit/control.sock";
 pub struct Config {
     /// `[host]` settings.
     pub host: Host,
+    /// Host NICs (`[interface.NAME]`), in file order.
+    pub interfaces: Vec<Interface>,
+    /// Bridges zonit owns (`[network.NAME]`), in file order.
+    pub networks: Vec<NetworkDef>,
     /// Every zone and guest, in the order their headers appear in the file
     /// (zones and guests interleaved as written).
     pub units: Vec<Unit>,
+}
+
+pub use network::Cidr;
+
+/// `[interface.NAME]`: a host NIC zonit brings up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    /// Kernel interface name (at most 15 bytes).
+    pub name: String,
+    /// How it gets its addresses.
+    pub address: InterfaceAddress,
+    /// Default route via this address (static addresses only).
+    pub gateway: Option<IpAddr>,
+    /// MTU to set, if any.
+    pub mtu: Option<u32>,
+}
+
+/// Addressing of a host NIC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InterfaceAddress {
+    /// A DHCPv4 lease.
+    Dhcp,
+    /// These addresses (possibly none: the link is only brought up).
+    Static(Vec<Cidr>),
+}
+
+/// `[network.NAME]`: a bridge zonit creates and owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkDef {
+    /// The name units refer to.
+    pub name: String,
+    /// The bridge's kernel name, derived from `name` (at most 15 bytes).
+    pub bridge: String,
+    /// The host's IPv4 address on the bridge; its prefix is the subnet.
+    pub address: Cidr,
+    /// The host's IPv6 address on the bridge, if any.
+    pub address6: Option<Cidr>,
+    /// Masquerade traffic from the subnet that leaves by another interface.
+    pub nat: bool,
+    /// Nameservers for `/etc/resolv.conf` of units on it (empty: the
+    /// host's own, less loopback ones).
+    pub dns: Vec<IpAddr>,
+    /// Serve DHCP leases on the bridge.
+    pub dhcp: bool,
+}
+
+/// One network interface of a unit on a `[network.X]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nic {
+    /// The `[network.X]` it is attached to.
+    pub network: String,
+    /// Its MAC address (given, or derived from the unit name).
+    pub mac: [u8; 6],
+    /// Its IPv4 address (always set for a zone: given or derived).
+    pub address: Option<Ipv4Addr>,
+    /// Its IPv6 address, derived from `address` when the network has one.
+    pub address6: Option<Ipv6Addr>,
+    /// Host-side interface name (a zone appends an incarnation suffix).
+    pub host_ifname: String,
+}
+
+/// A forwarded host port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortForward {
+    /// TCP or UDP.
+    pub proto: Proto,
+    /// Port on the host's addresses.
+    pub host_port: u16,
+    /// Port on the unit's address.
+    pub port: u16,
+}
+
+/// Transport protocol of a port forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Proto {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Proto {
+    /// `tcp` or `udp`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
 }
 
 /// `[host]`: settings of the global zone.
@@ -181,10 +275,14 @@ pub enum TemplateMode {
 }
 
 /// Zone network mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Network {
     /// A new network namespace with only loopback.
     None,
+    /// The global zone's network namespace, shared.
+    Host,
+    /// A new network namespace with `eth0` on a `[network.X]` bridge.
+    Bridged(Box<Nic>),
 }
 
 /// A bind mount into a zone.
@@ -224,6 +322,8 @@ pub struct Zone {
     pub mounts: Vec<BindMount>,
     /// Network mode.
     pub network: Network,
+    /// Host ports forwarded to the zone (only on a bridged network).
+    pub ports: Vec<PortForward>,
     /// cgroup v2 memory.max in bytes.
     pub memory_max: Option<u64>,
     /// cgroup v2 cpu.max in CPUs.
@@ -271,6 +371,10 @@ pub struct Guest {
     pub disks: Vec<Disk>,
     /// What a guest reboot does.
     pub on_reboot: OnReboot,
+    /// Network interfaces (virtio-net), in order.
+    pub nics: Vec<Nic>,
+    /// Host ports forwarded to the guest's first address.
+    pub ports: Vec<PortForward>,
 }
 
 /// One problem in a config file, with its position.
@@ -316,6 +420,7 @@ impl Zone {
             capabilities: vec![],
             mounts: vec![],
             network: Network::None,
+            ports: vec![],
             memory_max: None,
             cpu_max: None,
             pids_max: None,
@@ -329,6 +434,34 @@ impl Config {
     /// The unit called `name`.
     pub fn unit(&self, name: &str) -> Option<&Unit> {
         self.units.iter().find(|u| u.name == name)
+    }
+
+    /// The network called `name`.
+    pub fn network(&self, name: &str) -> Option<&NetworkDef> {
+        self.networks.iter().find(|n| n.name == name)
+    }
+}
+
+impl Unit {
+    /// The unit's interfaces on `[network.X]` bridges: a bridged zone's
+    /// one, a guest's `nics`.
+    pub fn nics(&self) -> &[Nic] {
+        match &self.kind {
+            UnitKind::Zone(Zone {
+                network: Network::Bridged(nic),
+                ..
+            }) => std::slice::from_ref(&**nic),
+            UnitKind::Zone(_) => &[],
+            UnitKind::Guest(g) => &g.nics,
+        }
+    }
+
+    /// Host ports forwarded to the unit.
+    pub fn ports(&self) -> &[PortForward] {
+        match &self.kind {
+            UnitKind::Zone(z) => &z.ports,
+            UnitKind::Guest(g) => &g.ports,
+        }
     }
 }
 
@@ -374,6 +507,9 @@ pub fn load(path: &Path) -> Result<Config, Vec<Diagnostic>> {
 /// | zone `user` | `"0:0"` |
 /// | zone `template_mode` | `"overlay"` |
 /// | zone `network` | `"none"` |
+/// | zone `address` | derived from the unit name (bridged zones) |
+/// | nic `mac` | derived from the unit name |
+/// | network `nat`, `dhcp` | `false` |
 /// | zone `stop_signal` | `"SIGTERM"` |
 /// | zone `capabilities` | Docker's default set |
 /// | guest `memory` | `"128M"` |
@@ -397,6 +533,8 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, Vec<Diagnostic>> {
                 });
             }
             diagnostics.sort_by_key(|d| (d.line, d.col));
+            // A bad value in [defaults] that every unit inherits is one error.
+            diagnostics.dedup();
             Err(diagnostics)
         }
     }

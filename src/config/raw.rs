@@ -78,6 +78,8 @@ pub struct RawZone {
     pub capabilities: Option<Vec<Spanned<String>>>,
     pub mounts: Option<Vec<Spanned<RawMount>>>,
     pub network: Option<Spanned<String>>,
+    pub address: Option<Spanned<String>>,
+    pub ports: Option<Vec<Spanned<String>>>,
     pub memory_max: Option<Spanned<Size>>,
     pub cpu_max: Option<Spanned<f64>>,
     pub pids_max: Option<Spanned<i64>>,
@@ -105,6 +107,8 @@ pub struct RawGuest {
     pub vcpus: Option<Spanned<i64>>,
     pub disks: Option<Vec<Spanned<RawDisk>>>,
     pub on_reboot: Option<Spanned<String>>,
+    pub nics: Option<Vec<Spanned<RawNic>>>,
+    pub ports: Option<Vec<Spanned<String>>>,
     // Common to zones and guests.
     pub after: Option<Vec<Spanned<String>>>,
     pub restart: Option<Spanned<String>>,
@@ -113,6 +117,35 @@ pub struct RawGuest {
     pub stop_timeout: Option<Spanned<String>>,
     pub autostart: Option<Spanned<bool>>,
     pub ready: Option<Spanned<RawReady>>,
+}
+
+/// `[interface.NAME]`: a host NIC.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInterface {
+    pub address: Option<Spanned<OneOrMany>>,
+    pub gateway: Option<Spanned<String>>,
+    pub mtu: Option<Spanned<i64>>,
+}
+
+/// `[network.NAME]`: a bridge zonit owns.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNetwork {
+    pub address: Option<Spanned<String>>,
+    pub address6: Option<Spanned<String>>,
+    pub nat: Option<Spanned<bool>>,
+    pub dns: Option<Vec<Spanned<String>>>,
+    pub dhcp: Option<Spanned<bool>>,
+}
+
+/// One entry of a guest's `nics`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNic {
+    pub network: Spanned<String>,
+    pub mac: Option<Spanned<String>>,
+    pub address: Option<Spanned<String>>,
 }
 
 /// `backoff = { initial, max, reset_after }`; any subset may be given.
@@ -177,6 +210,47 @@ impl<'de> Deserialize<'de> for Size {
             }
         }
         deserializer.deserialize_any(SizeVisitor)
+    }
+}
+
+/// A string or an array of strings (`address = "dhcp"` or a list of
+/// CIDRs). Problems are reported at the span of the whole value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// Every string, in order.
+    pub fn items(&self) -> &[String] {
+        match self {
+            OneOrMany::One(s) => std::slice::from_ref(s),
+            OneOrMany::Many(list) => list,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct OneOrManyVisitor;
+        impl<'de> Visitor<'de> for OneOrManyVisitor {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or an array of strings")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany::One(v.to_owned()))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrMany, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<String>()? {
+                    items.push(item);
+                }
+                Ok(OneOrMany::Many(items))
+            }
+        }
+        deserializer.deserialize_any(OneOrManyVisitor)
     }
 }
 

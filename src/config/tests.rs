@@ -189,6 +189,7 @@ fn reference_example_parses_into_the_expected_values() {
                 readonly: true,
             }],
             network: Network::None,
+            ports: vec![],
             memory_max: Some(128 << 20),
             cpu_max: Some(0.5),
             pids_max: Some(64),
@@ -214,6 +215,8 @@ fn reference_example_parses_into_the_expected_values() {
                 readonly: false,
             }],
             on_reboot: OnReboot::Restart,
+            nics: vec![],
+            ports: vec![],
         }
     );
 
@@ -737,6 +740,23 @@ fn template_mode_without_template_is_an_error() {
 }
 
 #[test]
+fn overlay_paths_that_the_mount_options_would_split_are_refused() {
+    let diags = errors(
+        "[zone.a]\nroot = \"/zones/a,b\"\ncommand = [\"/bin/a\"]\ntemplate = \"/t/a:/t/b\"\n",
+    );
+    assert_eq!(diags.len(), 2, "{}", render(&diags));
+    assert_error_at(&diags, 2, 8, &["`root`", "holds `,`", "overlayfs"]);
+    assert_error_at(&diags, 4, 12, &["`template`", "holds `:`"]);
+    let diags = errors(&format!("{MINIMAL_ZONE}template = \"/t\\\\x\"\n"));
+    assert_error_at(&diags, 4, 12, &["holds `\\`"]);
+    // A copied template never goes into mount options; nor does a plain root.
+    ok(
+        "[zone.a]\nroot = \"/zones/a,b\"\ncommand = [\"/bin/a\"]\ntemplate = \"/t/a:b\"\ntemplate_mode = \"copy\"\n",
+    );
+    ok("[zone.a]\nroot = \"/zones/a:b,c\"\ncommand = [\"/bin/a\"]\n");
+}
+
+#[test]
 fn capabilities_accept_any_spelling_and_are_deduplicated() {
     let config = ok(&format!(
         "{MINIMAL_ZONE}capabilities = [\"net_raw\", \"CAP_CHOWN\", \"Cap_Net_Raw\"]\n"
@@ -918,6 +938,227 @@ fn example_in_the_config_reference_is_valid() {
     let config = ok(&doc[start..start + len]);
     assert_eq!(config.units.len(), 4);
     assert_eq!(zone(&config, "web").rlimits.get("nofile"), Some(&1024));
+    assert_eq!(zone(&config, "web").ports.len(), 1);
+}
+
+const NETWORKED: &str = r#"[interface.eth0]
+address = "dhcp"
+
+[interface.eth1]
+address = ["192.0.2.10/24", "2001:db8::10/64"]
+gateway = "192.0.2.1"
+mtu = 9000
+
+[network.lan]
+address = "10.88.0.1/24"
+address6 = "fd88::1/64"
+nat = true
+dns = ["10.88.0.1"]
+dhcp = true
+
+[zone.web]
+root = "/zones/web"
+command = ["/bin/httpd"]
+network = "lan"
+address = "10.88.0.2"
+ports = ["8080:80", "5353:53/udp"]
+
+[zone.db]
+root = "/zones/db"
+command = ["/bin/db"]
+network = "lan"
+
+[zone.tool]
+root = "/zones/tool"
+command = ["/bin/tool"]
+network = "host"
+
+[guest.router]
+kernel = "/guests/vmlinuz"
+nics = [{ network = "lan", mac = "52:54:00:00:00:09", address = "10.88.0.9" }, { network = "lan" }]
+ports = ["2222:22"]
+"#;
+
+#[test]
+fn networking_keys_parse_into_interfaces_networks_and_nics() {
+    let config = ok(NETWORKED);
+    assert_eq!(config.interfaces.len(), 2);
+    assert_eq!(config.interfaces[0].address, InterfaceAddress::Dhcp);
+    let eth1 = &config.interfaces[1];
+    match &eth1.address {
+        InterfaceAddress::Static(list) => {
+            let shown: Vec<String> = list.iter().map(|c| c.to_string()).collect();
+            assert_eq!(shown, ["192.0.2.10/24", "2001:db8::10/64"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(eth1.gateway, Some("192.0.2.1".parse().unwrap()));
+    assert_eq!(eth1.mtu, Some(9000));
+    let lan = config.network("lan").unwrap();
+    assert_eq!(lan.bridge, "zn-lan");
+    assert!(lan.nat && lan.dhcp);
+    assert_eq!(lan.dns, ["10.88.0.1".parse::<std::net::IpAddr>().unwrap()]);
+
+    let web = zone(&config, "web");
+    let Network::Bridged(nic) = &web.network else {
+        panic!("{:?}", web.network)
+    };
+    assert_eq!(nic.address, Some("10.88.0.2".parse().unwrap()));
+    assert_eq!(nic.address6, Some("fd88::2".parse().unwrap()));
+    assert_eq!(nic.mac, network::derive_mac("web", 0));
+    assert_eq!(
+        web.ports,
+        [
+            PortForward {
+                proto: Proto::Tcp,
+                host_port: 8080,
+                port: 80
+            },
+            PortForward {
+                proto: Proto::Udp,
+                host_port: 5353,
+                port: 53
+            }
+        ]
+    );
+    let db = zone(&config, "db");
+    let Network::Bridged(db_nic) = &db.network else {
+        panic!("{:?}", db.network)
+    };
+    let db_ip = db_nic.address.unwrap();
+    assert!(lan.address.contains(db_ip.into()));
+    assert!(
+        ![
+            nic.address.unwrap(),
+            "10.88.0.1".parse().unwrap(),
+            "10.88.0.9".parse().unwrap()
+        ]
+        .contains(&db_ip)
+    );
+    assert_eq!(zone(&config, "tool").network, Network::Host);
+
+    let router = guest(&config, "router");
+    assert_eq!(router.nics.len(), 2);
+    assert_eq!(
+        network::format_mac(&router.nics[0].mac),
+        "52:54:00:00:00:09"
+    );
+    assert_eq!(router.nics[0].address, Some("10.88.0.9".parse().unwrap()));
+    assert_eq!(router.nics[1].address, None);
+    assert_eq!(router.nics[1].mac, network::derive_mac("router", 1));
+    assert_ne!(router.nics[0].host_ifname, router.nics[1].host_ifname);
+    assert_eq!(router.ports.len(), 1);
+}
+
+#[test]
+fn a_derived_zone_address_does_not_depend_on_file_order_or_on_other_zones() {
+    let alone = ok(
+        "[network.lan]\naddress = \"10.88.0.1/24\"\n[zone.db]\nroot = \"/z\"\ncommand = [\"/x\"]\nnetwork = \"lan\"\n",
+    );
+    let Network::Bridged(nic) = &zone(&alone, "db").network else {
+        panic!()
+    };
+    let derived = nic.address.unwrap();
+    // The same zone after others, one of them holding that very address
+    // explicitly: db moves off it, and back when it is free.
+    let crowded = format!(
+        "[network.lan]\naddress = \"10.88.0.1/24\"\n[zone.x]\nroot = \"/z\"\ncommand = [\"/x\"]\nnetwork = \"lan\"\naddress = \"{derived}\"\n[zone.db]\nroot = \"/z\"\ncommand = [\"/x\"]\nnetwork = \"lan\"\n[zone.y]\nroot = \"/z\"\ncommand = [\"/x\"]\nnetwork = \"lan\"\n"
+    );
+    let config = ok(&crowded);
+    let Network::Bridged(nic) = &zone(&config, "db").network else {
+        panic!()
+    };
+    assert_ne!(nic.address.unwrap(), derived);
+    let reordered = "[zone.y]\nroot = \"/z\"\ncommand = [\"/x\"]\nnetwork = \"lan\"\n[zone.db]\nroot = \"/z\"\ncommand = [\"/x\"]\nnetwork = \"lan\"\n[network.lan]\naddress = \"10.88.0.1/24\"\n";
+    let (a, b) = (
+        ok(reordered),
+        ok(&crowded.replace(&format!("address = \"{derived}\"\n"), "")),
+    );
+    assert_eq!(zone(&a, "db").network, zone(&b, "db").network);
+    assert_eq!(zone(&a, "y").network, zone(&b, "y").network);
+}
+
+#[test]
+fn networking_mistakes_are_each_reported_at_their_value() {
+    let diags = errors(
+        r#"[interface.a-name-of-16-byt]
+address = "192.0.2.10"
+[network.lan]
+address = "10.88.0.1/24"
+[network.other]
+address = "10.88.0.129/25"
+[network.empty]
+nat = true
+[zone.a]
+root = "/z"
+command = ["/x"]
+network = "lan"
+address = "10.89.0.2"
+ports = ["99999"]
+[zone.b]
+root = "/z"
+command = ["/x"]
+network = "lam"
+[zone.c]
+root = "/z"
+command = ["/x"]
+ports = ["80:80"]
+address = "10.88.0.3"
+[zone.d]
+root = "/z"
+command = ["/x"]
+network = "lan"
+address = "10.88.0.4"
+ports = ["8080:80"]
+[zone.e]
+root = "/z"
+command = ["/x"]
+network = "lan"
+address = "10.88.0.4"
+ports = ["8080:8080"]
+[guest.g]
+kernel = "/k"
+nics = [{ network = "lan" }]
+ports = ["2222:22"]
+"#,
+    );
+    assert_error_at(&diags, 1, 12, &["interface name", "15 bytes"]);
+    assert_error_at(&diags, 2, 11, &["`address`", "\"192.0.2.10\""]);
+    assert_error_at(&diags, 6, 11, &["overlaps", "[network.lan]"]);
+    assert_error_at(&diags, 7, 10, &["no `address`"]);
+    assert_error_at(
+        &diags,
+        13,
+        11,
+        &["10.89.0.2", "outside the subnet 10.88.0.0/24"],
+    );
+    assert_error_at(&diags, 14, 10, &["\"99999\""]);
+    assert_error_at(&diags, 18, 11, &["`lam`", "did you mean `lan`?"]);
+    assert_error_at(
+        &diags,
+        22,
+        10,
+        &["`ports`", "needs the zone on a [network.X]"],
+    );
+    assert_error_at(
+        &diags,
+        23,
+        11,
+        &["`address`", "needs the zone on a [network.X]"],
+    );
+    assert_error_at(&diags, 34, 11, &["10.88.0.4", "already `d`'s"]);
+    assert_error_at(&diags, 35, 10, &["8080/tcp", "already forwarded to `d`"]);
+    assert_error_at(&diags, 39, 10, &["`ports`", "needs an address"]);
+    assert_eq!(diags.len(), 12, "{}", render(&diags));
+}
+
+#[test]
+fn a_network_default_is_checked_per_zone_and_reported_once() {
+    let diags = errors(
+        "[defaults]\nnetwork = \"nope\"\n[zone.a]\nroot = \"/z\"\ncommand = [\"/x\"]\n[zone.b]\nroot = \"/z\"\ncommand = [\"/x\"]\n",
+    );
+    assert_error_at(&diags, 2, 11, &["`nope`", "\"none\", \"host\""]);
+    assert_eq!(diags.len(), 1, "{}", render(&diags));
 }
 
 #[test]

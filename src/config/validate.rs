@@ -18,12 +18,14 @@ use toml::Spanned;
 
 use super::document::{RawDocument, RawUnit, RawUnitKind, Reporter};
 use super::names;
+use super::network as net;
 use super::raw::{Limit, RawBackoff, RawDefaults, RawGuest, RawHost, RawStartLimit, RawZone, Size};
 use super::ready::{self, For};
 use super::units::{parse_duration, parse_size};
 use super::{
     Backoff, BindMount, Config, CtrlAltDel, DEFAULT_CONTROL_SOCKET, Disk, Guest, Host, Network,
-    OnReboot, RestartPolicy, StartLimit, TemplateMode, Unit, UnitKind, Zone,
+    NetworkDef, Nic, OnReboot, PortForward, RestartPolicy, StartLimit, TemplateMode, Unit,
+    UnitKind, Zone,
 };
 use crate::vmm::limits;
 
@@ -46,12 +48,15 @@ pub fn build(doc: RawDocument, rep: &mut Reporter<'_>) -> Option<Config> {
         Some(raw) => defaults(raw, rep),
         None => Defaults::default(),
     };
+    let interfaces = net::interfaces(&doc.interfaces, rep);
+    let networks = net::networks(&doc.networks, rep);
     let mut units = Vec::with_capacity(doc.units.len());
     for raw in &doc.units {
-        if let Some(unit) = unit(raw, &defaults, rep) {
+        if let Some(unit) = unit(raw, &defaults, &networks, rep) {
             units.push(unit);
         }
     }
+    net::assign(&doc, &mut units, &networks, &interfaces, rep);
     check_names(&doc.units, rep);
     check_after(&doc.units, rep);
     if let Some(raw) = &doc.host {
@@ -62,7 +67,12 @@ pub fn build(doc: RawDocument, rep: &mut Reporter<'_>) -> Option<Config> {
     if !rep.diagnostics.is_empty() {
         return None;
     }
-    Some(Config { host, units })
+    Some(Config {
+        host,
+        interfaces,
+        networks,
+        units,
+    })
 }
 
 /// Checks values of one section; every method reports at the value's span
@@ -181,6 +191,56 @@ impl<'r, 'f> Checker<'r, 'f> {
                 None
             }
         }
+    }
+
+    /// The `[network.X]` that `value` names.
+    fn network_name<'n>(
+        &mut self,
+        key: &str,
+        value: &Spanned<String>,
+        networks: &'n [NetworkDef],
+    ) -> Option<&'n NetworkDef> {
+        let text = value.get_ref();
+        if let Some(def) = networks.iter().find(|n| &n.name == text) {
+            return Some(def);
+        }
+        let all: Vec<&str> = networks.iter().map(|n| n.name.as_str()).collect();
+        let hint = names::closest(text, &all)
+            .map(|n| format!(" (did you mean `{n}`?)"))
+            .unwrap_or_default();
+        let modes = if key == "network" {
+            "\"none\", \"host\" or "
+        } else {
+            ""
+        };
+        self.error(
+            value.span(),
+            key,
+            format!(
+                "`{}` is no [network.X] of this file{hint}; expected {modes}the name of a [network.X]",
+                text.escape_debug()
+            ),
+        );
+        None
+    }
+
+    /// Port forwards as written (`"8080:80"`, `"5353:53/udp"`).
+    fn ports(&mut self, list: Option<&[Spanned<String>]>) -> Vec<PortForward> {
+        let mut ports = Vec::new();
+        for p in list.into_iter().flatten() {
+            match net::parse_port(p.get_ref()) {
+                Some(fwd) => ports.push(fwd),
+                None => self.error(
+                    p.span(),
+                    "ports",
+                    format!(
+                        "\"{}\" is not HOST:PORT with ports 1 to 65535 and an optional /tcp or /udp, as in \"8080:80\" or \"5353:53/udp\"",
+                        p.get_ref().escape_debug()
+                    ),
+                ),
+            }
+        }
+        ports
     }
 
     fn no_nul(&mut self, key: &str, value: &Spanned<String>) -> Option<String> {
@@ -393,7 +453,8 @@ struct ZonePart {
     pids_max: Option<u64>,
     rlimits: BTreeMap<String, u64>,
     stop_signal: Option<i32>,
-    network: Option<Network>,
+    /// As written; resolved against the networks per zone.
+    network: Option<Spanned<String>>,
     env: BTreeMap<String, String>,
 }
 
@@ -411,7 +472,7 @@ impl ZonePart {
             pids_max: self.pids_max.or(defaults.pids_max),
             rlimits,
             stop_signal: self.stop_signal.or(defaults.stop_signal),
-            network: self.network.or(defaults.network),
+            network: self.network.or_else(|| defaults.network.clone()),
             env,
         }
     }
@@ -598,7 +659,7 @@ fn zone_part(c: &mut Checker<'_, '_>, keys: ZoneKeys<'_>) -> ZonePart {
         memory_max: c.size("memory_max", keys.memory_max),
         pids_max: c.positive_int("pids_max", keys.pids_max),
         stop_signal: None,
-        network: c.choice("network", keys.network, &[("none", Network::None)]),
+        network: keys.network.cloned(),
         ..ZonePart::default()
     };
     if let (Some(0), Some(raw)) = (part.memory_max, keys.memory_max) {
@@ -771,7 +832,12 @@ fn guest_part(c: &mut Checker<'_, '_>, keys: GuestKeys<'_>) -> GuestPart {
     part
 }
 
-fn unit(raw: &RawUnit, defaults: &Defaults, rep: &mut Reporter<'_>) -> Option<Unit> {
+fn unit(
+    raw: &RawUnit,
+    defaults: &Defaults,
+    networks: &[NetworkDef],
+    rep: &mut Reporter<'_>,
+) -> Option<Unit> {
     let name = raw.name.get_ref();
     let (kind_name, common_keys) = match &raw.kind {
         RawUnitKind::Zone(z) => ("zone", common_keys_zone(z)),
@@ -821,8 +887,10 @@ fn unit(raw: &RawUnit, defaults: &Defaults, rep: &mut Reporter<'_>) -> Option<Un
         health,
     };
     let kind = match &raw.kind {
-        RawUnitKind::Zone(z) => zone(&mut c, raw, z, &defaults.zone).map(UnitKind::Zone),
-        RawUnitKind::Guest(g) => guest(&mut c, raw, g, &defaults.guest).map(UnitKind::Guest),
+        RawUnitKind::Zone(z) => zone(&mut c, raw, z, &defaults.zone, networks).map(UnitKind::Zone),
+        RawUnitKind::Guest(g) => {
+            guest(&mut c, raw, g, &defaults.guest, networks).map(UnitKind::Guest)
+        }
     };
     let kind = kind?;
     c.ok.then(|| Unit {
@@ -875,7 +943,13 @@ fn missing(c: &mut Checker<'_, '_>, raw: &RawUnit, key: &str, example: &str) {
     );
 }
 
-fn zone(c: &mut Checker<'_, '_>, raw: &RawUnit, z: &RawZone, defaults: &ZonePart) -> Option<Zone> {
+fn zone(
+    c: &mut Checker<'_, '_>,
+    raw: &RawUnit,
+    z: &RawZone,
+    defaults: &ZonePart,
+    networks: &[NetworkDef],
+) -> Option<Zone> {
     let name = raw.name.get_ref();
     let part = zone_part(
         c,
@@ -909,6 +983,27 @@ fn zone(c: &mut Checker<'_, '_>, raw: &RawUnit, z: &RawZone, defaults: &ZonePart
             "template_mode",
             "it has no effect without `template`; add a template or remove template_mode",
         );
+    }
+    if template.is_some() && template_mode.unwrap_or(TemplateMode::Overlay) == TemplateMode::Overlay
+    {
+        // Both go into overlayfs's option string: the template as the
+        // lower layer, the root's sibling state directory as upper/work.
+        for (key, value, path) in [
+            ("root", &z.root, &root),
+            ("template", &z.template, &template),
+        ] {
+            if let (Some(value), Some(path)) = (value, path)
+                && let Some(ch) = crate::zone::mount_plan::overlay_unsafe_char(path)
+            {
+                c.error(
+                    value.span(),
+                    key,
+                    format!(
+                        "the path holds `{ch}`, which overlayfs's mount options cannot carry (`,` `:` `\\` split them); choose a path without it"
+                    ),
+                );
+            }
+        }
     }
     let command = match &z.command {
         Some(cmd) if cmd.get_ref().is_empty() => {
@@ -967,6 +1062,19 @@ fn zone(c: &mut Checker<'_, '_>, raw: &RawUnit, z: &RawZone, defaults: &ZonePart
             });
         }
     }
+    let network = zone_network(c, name, part.network.as_ref(), networks, z);
+    let ports = c.ports(z.ports.as_deref());
+    let bridged = part
+        .network
+        .as_ref()
+        .is_some_and(|n| !matches!(n.get_ref().as_str(), "none" | "host"));
+    if !bridged && let Some(first) = z.ports.iter().flatten().next() {
+        c.error(
+            first.span(),
+            "ports",
+            "a port forward needs the zone on a [network.X]; set network = \"NAME\"",
+        );
+    }
     Some(Zone {
         root: root?,
         template,
@@ -980,7 +1088,8 @@ fn zone(c: &mut Checker<'_, '_>, raw: &RawUnit, z: &RawZone, defaults: &ZonePart
             .capabilities
             .unwrap_or_else(|| names::DEFAULT_CAPABILITIES.to_vec()),
         mounts,
-        network: part.network.unwrap_or(Network::None),
+        network: network?,
+        ports,
         memory_max: part.memory_max,
         cpu_max: part.cpu_max,
         pids_max: part.pids_max,
@@ -994,6 +1103,7 @@ fn guest(
     raw: &RawUnit,
     g: &RawGuest,
     defaults: &GuestPart,
+    networks: &[NetworkDef],
 ) -> Option<Guest> {
     let part = guest_part(
         c,
@@ -1026,6 +1136,56 @@ fn guest(
             });
         }
     }
+    let name = raw.name.get_ref();
+    let mut nics = Vec::new();
+    for (i, n) in g.nics.iter().flatten().enumerate() {
+        let n = n.get_ref();
+        let key = format!("nics[{i}]");
+        let Some(network) = c.network_name(&format!("{key}.network"), &n.network, networks) else {
+            continue;
+        };
+        let mac = match &n.mac {
+            None => Some(net::derive_mac(name, i)),
+            Some(m) => match net::check_mac(m.get_ref()) {
+                Ok(mac) => Some(mac),
+                Err(e) => {
+                    c.error(m.span(), &format!("{key}.mac"), e);
+                    None
+                }
+            },
+        };
+        let address = match &n.address {
+            None => Some(None),
+            Some(a) => match net::check_unit_address(network, a.get_ref()) {
+                Ok(ip) => Some(Some(ip)),
+                Err(e) => {
+                    c.error(a.span(), &format!("{key}.address"), e);
+                    None
+                }
+            },
+        };
+        if let (Some(mac), Some(address)) = (mac, address) {
+            nics.push(Nic {
+                network: network.name.clone(),
+                mac,
+                address,
+                address6: None,
+                host_ifname: net::tap_ifname(name, i),
+            });
+        }
+    }
+    let ports = c.ports(g.ports.as_deref());
+    if let Some(p) = &g.ports
+        && let Some(first) = p.first()
+        && c.ok
+        && !nics.iter().any(|n| n.address.is_some())
+    {
+        c.error(
+            first.span(),
+            "ports",
+            "a port forward needs an address to forward to; give the guest's first nic an `address`",
+        );
+    }
     Some(Guest {
         kernel: kernel?,
         initrd,
@@ -1034,7 +1194,61 @@ fn guest(
         vcpus: part.vcpus.unwrap_or(1),
         disks,
         on_reboot: part.on_reboot.unwrap_or(OnReboot::Restart),
+        nics,
+        ports,
     })
+}
+
+/// A zone's `network` (its own or from `[defaults]`) with its `address`.
+fn zone_network(
+    c: &mut Checker<'_, '_>,
+    name: &str,
+    network: Option<&Spanned<String>>,
+    networks: &[NetworkDef],
+    z: &RawZone,
+) -> Option<Network> {
+    let mode = match network.map(|n| n.get_ref().as_str()) {
+        None | Some("none") => Network::None,
+        Some("host") => Network::Host,
+        Some(_) => {
+            let written = network?;
+            // A bad name from [defaults] is reported there, once.
+            let label = if z.network.is_none() {
+                std::mem::replace(&mut c.label, "[defaults]".into())
+            } else {
+                c.label.clone()
+            };
+            let def = c.network_name("network", written, networks);
+            c.label = label;
+            let def = def?;
+            let address = match &z.address {
+                None => None,
+                Some(a) => match net::check_unit_address(def, a.get_ref()) {
+                    Ok(ip) => Some(ip),
+                    Err(e) => {
+                        c.error(a.span(), "address", e);
+                        return None;
+                    }
+                },
+            };
+            return Some(Network::Bridged(Box::new(Nic {
+                network: def.name.clone(),
+                mac: net::derive_mac(name, 0),
+                address,
+                address6: None,
+                host_ifname: net::zone_ifname(name),
+            })));
+        }
+    };
+    if let Some(a) = &z.address {
+        c.error(
+            a.span(),
+            "address",
+            "an address needs the zone on a [network.X]; set network = \"NAME\"",
+        );
+        return None;
+    }
+    Some(mode)
 }
 
 fn label(raw: &RawUnit) -> String {

@@ -2,9 +2,10 @@
 //! with all of their `unsafe` in one place.
 //!
 //! Invariant: every wrapper of a call that can fail turns a `-1` return
-//! into `io::Error` through [`check`]; the exceptions are [`set_sigmask`]
-//! and [`reset_signals`], whose calls fail only for arguments they never
-//! pass (an invalid `how`, the signal numbers glibc reserves). Nothing here
+//! into `io::Error` through [`check`]; the exceptions are [`set_sigmask`],
+//! [`reset_signals`] and [`reset_signal_handlers`], whose calls fail only
+//! for arguments they never pass (an invalid `how`, the signal numbers
+//! glibc reserves). Nothing here
 //! decides anything.
 
 use std::ffi::CStr;
@@ -221,9 +222,132 @@ pub fn execve(
     envp: &[*const libc::c_char],
 ) -> io::Error {
     // SAFETY: callers pass NUL-terminated arrays of pointers to C strings
-    // that live until the call (see `zone::spawn::Exec`).
+    // that live until the call (see `zone::command::command`).
     unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
     io::Error::last_os_error()
+}
+
+/// Names this process: `comm` becomes `comm` (cut to 15 bytes by the
+/// kernel) and its command line (what `/proc/PID/cmdline` and `ps` show)
+/// the NUL-separated words in `args`, which must end with a NUL and should
+/// stay in place as long as the process shows them (the kernel reads them
+/// from this process's memory whenever asked). A fork of the agent would
+/// otherwise show the agent's own command line, config path included.
+///
+/// Allocates nothing. The command line moves with `PR_SET_MM_MAP` (no
+/// capability needed; the kernel needs `CONFIG_CHECKPOINT_RESTORE`), which
+/// takes the whole memory map: the rest is read back from
+/// `/proc/self/stat` unchanged.
+pub fn set_process_name(args: &[u8], comm: &CStr) -> io::Result<()> {
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string that outlives the call.
+    let ret = unsafe { libc::prctl(libc::PR_SET_NAME, comm.as_ptr(), 0, 0, 0) };
+    check(ret.into())?;
+    if args.last() != Some(&0) {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut buf = [0u8; 1024];
+    let stat = {
+        let fd = nix::fcntl::open(
+            c"/proc/self/stat",
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        let n = nix::unistd::read(&fd, &mut buf)?;
+        &buf[..n]
+    };
+    let mm = MmFields::parse(stat).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: sbrk(0) only reads the current program break.
+    let brk = unsafe { libc::sbrk(0) } as u64;
+    let start = args.as_ptr() as u64;
+    let map = PrctlMmMap {
+        start_code: mm.start_code,
+        end_code: mm.end_code,
+        start_data: mm.start_data,
+        end_data: mm.end_data,
+        start_brk: mm.start_brk,
+        brk,
+        start_stack: mm.start_stack,
+        arg_start: start,
+        arg_end: start + args.len() as u64,
+        env_start: mm.env_start,
+        env_end: mm.env_end,
+        auxv: 0,
+        auxv_size: 0,
+        exe_fd: u32::MAX,
+    };
+    // SAFETY: a valid prctl_mm_map of the size passed, read by the kernel
+    // during the call; every field but the command line is the current
+    // value, and the kernel checks them all.
+    let ret = unsafe {
+        libc::prctl(
+            libc::PR_SET_MM,
+            libc::PR_SET_MM_MAP,
+            &map as *const PrctlMmMap,
+            std::mem::size_of::<PrctlMmMap>(),
+            0,
+        )
+    };
+    check(ret.into()).map(drop)
+}
+
+/// Kernel `struct prctl_mm_map` (linux/prctl.h).
+#[repr(C)]
+struct PrctlMmMap {
+    start_code: u64,
+    end_code: u64,
+    start_data: u64,
+    end_data: u64,
+    start_brk: u64,
+    brk: u64,
+    start_stack: u64,
+    arg_start: u64,
+    arg_end: u64,
+    env_start: u64,
+    env_end: u64,
+    auxv: u64,
+    auxv_size: u32,
+    exe_fd: u32,
+}
+
+/// The memory-map fields of `/proc/PID/stat` that `PR_SET_MM_MAP` needs.
+#[derive(Debug, PartialEq, Eq)]
+struct MmFields {
+    start_code: u64,
+    end_code: u64,
+    start_stack: u64,
+    start_data: u64,
+    end_data: u64,
+    start_brk: u64,
+    env_start: u64,
+    env_end: u64,
+}
+
+impl MmFields {
+    /// Parses a `/proc/PID/stat` line (proc(5): fields 26-28 and 45-51).
+    fn parse(stat: &[u8]) -> Option<MmFields> {
+        // The name (field 2) may hold spaces and parentheses: fields are
+        // counted from the last `)`.
+        let close = stat.iter().rposition(|&b| b == b')')?;
+        let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
+        // Field 3 (the state letter) is the first word after the name.
+        let mut words = [""; 52];
+        for (i, word) in rest.split_ascii_whitespace().enumerate() {
+            if let Some(slot) = words.get_mut(i + 3) {
+                *slot = word;
+            }
+        }
+        let f = |n: usize| words.get(n).and_then(|w| w.parse::<u64>().ok());
+        Some(MmFields {
+            start_code: f(26)?,
+            end_code: f(27)?,
+            start_stack: f(28)?,
+            start_data: f(45)?,
+            end_data: f(46)?,
+            start_brk: f(47)?,
+            env_start: f(50)?,
+            env_end: f(51)?,
+        })
+    }
 }
 
 /// `_exit(code)`: leaves a forked child without running the parent's
@@ -708,4 +832,47 @@ pub fn sigtimedwait(set: &libc::sigset_t, timeout: std::time::Duration) -> io::R
 pub fn sync() {
     // SAFETY: sync takes no arguments and cannot fail.
     unsafe { libc::sync() };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_memory_fields_are_found_after_a_name_with_spaces_and_parens() {
+        let mut line = String::from("42 (a b) c) S");
+        // Fields 4..=52: field n holds n * 10.
+        for n in 4..=52 {
+            line.push_str(&format!(" {}", n * 10));
+        }
+        let mm = MmFields::parse(line.as_bytes()).unwrap();
+        assert_eq!(
+            mm,
+            MmFields {
+                start_code: 260,
+                end_code: 270,
+                start_stack: 280,
+                start_data: 450,
+                end_data: 460,
+                start_brk: 470,
+                env_start: 500,
+                env_end: 510,
+            }
+        );
+    }
+
+    #[test]
+    fn this_process_stat_has_its_memory_fields() {
+        let stat = std::fs::read("/proc/self/stat").unwrap();
+        let mm = MmFields::parse(&stat).unwrap();
+        assert!(
+            mm.start_code < mm.end_code && mm.env_start < mm.env_end,
+            "{mm:?}"
+        );
+    }
+
+    #[test]
+    fn a_short_stat_line_is_refused() {
+        assert_eq!(MmFields::parse(b"1 (x) S 1 2 3"), None);
+    }
 }

@@ -18,48 +18,36 @@ use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
 use nix::unistd::ForkResult;
 
-use super::protocol;
-use super::spawn::{self, Error, Started, Stdio};
+use super::command::{self, Stdio};
+use super::init;
+use super::start::{self, Error, Prepared, Started};
 use crate::config::Zone;
 use crate::sys;
+
+/// What an exec helper calls itself (`comm`, and the first word of its
+/// command line, the zone's name being the second).
+const EXEC_NAME: &std::ffi::CStr = c"zonit-exec";
 
 /// Starts `argv` in the zone whose init is `init`, with the caller's
 /// `stdio`, inside the zone's cgroup `cgroup` when it has one.
 pub fn exec(
+    name: &str,
     zone: &Zone,
     argv: &[String],
     init: BorrowedFd<'_>,
     cgroup: Option<BorrowedFd<'_>>,
     stdio: [OwnedFd; 3],
 ) -> Result<Started, Error> {
-    let prep = spawn::prepare_command(zone, argv)?;
-    let (agent_end, zone_end) = protocol::channel().map_err(Error::Channel)?;
-    match sys::clone3(0, cgroup).map_err(Error::Clone)? {
-        sys::Forked::Child => {
-            drop(agent_end);
-            helper(&prep, init, zone_end, &stdio)
-        }
-        sys::Forked::Parent { pid, pidfd } => {
-            drop(zone_end);
-            Ok(Started {
-                pid,
-                pidfd,
-                channel: agent_end,
-            })
-        }
-    }
+    let prep = start::prepare_command(EXEC_NAME, name, zone, argv)?;
+    start::clone_with_channel(0, cgroup, |channel| helper(&prep, init, channel, &stdio))
 }
 
-fn helper(
-    prep: &spawn::Prepared,
-    init: BorrowedFd<'_>,
-    channel: OwnedFd,
-    stdio: &[OwnedFd; 3],
-) -> ! {
-    let fail = |msg: String| -> ! { spawn::give_up(&channel, &msg) };
+fn helper(prep: &Prepared, init: BorrowedFd<'_>, channel: OwnedFd, stdio: &[OwnedFd; 3]) -> ! {
+    let fail = |msg: String| -> ! { init::give_up(&channel, &msg) };
     // Born with every signal blocked (`sys::clone3`); they stay blocked
     // for `sigwait`.
     sys::reset_signal_handlers();
+    let _ = sys::set_process_name(&prep.title, EXEC_NAME);
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     // Before joining: nothing in the zone may ptrace or read this process.
     let _ = nix::sys::prctl::set_dumpable(false);
@@ -84,7 +72,7 @@ fn helper(
     let cmd = match sys::fork() {
         Ok(ForkResult::Child) => {
             drop(rx);
-            spawn::command(prep, tx, Stdio::Fds(stdio))
+            command::command(prep, tx, Stdio::Fds(stdio))
         }
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => fail(format!("unable to fork the command: {e}")),
@@ -93,6 +81,6 @@ fn helper(
     // The helper keeps no copy of the caller's fds, so the caller sees EOF
     // as soon as the command closes them.
     let _ = sys::close_fds_from(3, &[channel.as_raw_fd(), rx.as_raw_fd()]);
-    spawn::report_exec(rx, &channel);
-    spawn::reap_forever(cmd, &channel)
+    init::report_exec(rx, &channel);
+    init::reap_forever(cmd, &channel)
 }

@@ -220,7 +220,7 @@ pub struct Failure {
     /// The same error will recur: no restart.
     pub permanent: bool,
     /// The status a shell would give (127 not found, 126 not executable;
-    /// 1 for anything else).
+    /// 1 for anything else): what `ctl exec` and `exit_with` report.
     pub status: i32,
 }
 
@@ -257,10 +257,11 @@ impl Report {
                 })
             }
             Message::ExecFailed { errno, message } => {
+                let status = exec_failure_status(errno);
                 self.failure = Some(Failure {
-                    reason: message,
+                    reason: format!("{message} (status {status})"),
                     permanent: false,
-                    status: exec_failure_status(errno),
+                    status,
                 })
             }
             Message::Exited(c) => self.end = Some(End::Exit(c)),
@@ -278,6 +279,26 @@ impl Report {
             (None, Some(end)) => Outcome::Ended(end),
             (None, None) => Outcome::Ended(end_of_wait(status)),
         }
+    }
+}
+
+/// The message for a failed step of a zone's set-up (`errno`, when the
+/// step failed in a syscall): `SetupFailed`, since the same config fails
+/// the same way next time, unless the errno says the host was only short
+/// of something (memory, fds, processes, disk space) or busy: then
+/// `StartFailed`, and the restart policy applies.
+pub fn setup_failure(reason: String, errno: Option<i32>) -> Message {
+    match errno {
+        Some(
+            libc::ENOMEM
+            | libc::EAGAIN
+            | libc::EMFILE
+            | libc::ENFILE
+            | libc::ENOSPC
+            | libc::EINTR
+            | libc::EBUSY,
+        ) => Message::StartFailed(reason),
+        _ => Message::SetupFailed(reason),
     }
 }
 
@@ -346,6 +367,16 @@ mod tests {
             panic!("not decoded");
         };
         assert!(text.chars().all(|c| c == 'é'), "{text}");
+    }
+
+    #[test]
+    fn setup_errors_are_for_good_unless_the_host_was_short_of_something() {
+        let f = |errno| setup_failure("x".into(), errno);
+        assert_eq!(f(Some(libc::ENOENT)), Message::SetupFailed("x".into()));
+        assert_eq!(f(Some(libc::EPERM)), Message::SetupFailed("x".into()));
+        assert_eq!(f(None), Message::SetupFailed("x".into()));
+        assert_eq!(f(Some(libc::EMFILE)), Message::StartFailed("x".into()));
+        assert_eq!(f(Some(libc::ENOMEM)), Message::StartFailed("x".into()));
     }
 
     #[test]

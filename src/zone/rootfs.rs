@@ -1,4 +1,4 @@
-//! Applies a zone's mount plan (`plan::Op`) inside its new mount namespace.
+//! Applies a zone's mount plan (`mount_plan::Op`) inside its new mount namespace.
 //! Runs in the zone's init process before the command starts.
 //!
 //! Every path inside the zone is reached from an `O_PATH` fd of the root
@@ -23,7 +23,7 @@ use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat, openat2};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::stat::{Mode, SFlag, fstat, major, minor, mkdirat};
 
-use super::plan::Op;
+use super::mount_plan::Op;
 use crate::sys;
 
 /// Why the zone's file system could not be set up.

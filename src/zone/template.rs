@@ -1,7 +1,7 @@
 //! Provisioning a zone's root from a template.
 //!
 //! `overlay` needs no provisioning: the plan mounts an overlayfs with the
-//! template as the shared lower layer (`plan::Op::OverlayRoot`). `copy`
+//! template as the shared lower layer (`mount_plan::Op::OverlayRoot`). `copy`
 //! copies the template into the root once, on the zone's first start, and
 //! never again: the copy is the zone's own from then on.
 //!
@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use nix::sys::stat::{Mode, SFlag, mknod};
 use nix::sys::time::TimeSpec;
 
-use super::plan::sibling;
+use super::mount_plan::sibling;
 
 /// Why the template could not be copied.
 #[derive(Debug, thiserror::Error)]

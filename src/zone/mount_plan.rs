@@ -150,6 +150,20 @@ pub enum Op {
     PivotRoot,
 }
 
+/// Characters overlayfs's option string cannot carry as they are: `,`
+/// separates options, `:` separates lower layers, `\\` escapes. A root or
+/// template holding one would be cut apart (a template `/a:/b` would add
+/// `/b` as a layer), so `zonit check` refuses them.
+pub const OVERLAY_UNSAFE: [char; 3] = [',', ':', '\\'];
+
+/// The first character of `path` that the overlay option string cannot
+/// carry ([`OVERLAY_UNSAFE`]).
+pub fn overlay_unsafe_char(path: &Path) -> Option<char> {
+    path.to_string_lossy()
+        .chars()
+        .find(|c| OVERLAY_UNSAFE.contains(c))
+}
+
 /// Where an overlay-provisioned zone keeps its upper and work directories:
 /// a hidden sibling of the root, `<parent>/.<root name>.overlay/`.
 pub fn overlay_state_dir(root: &Path) -> PathBuf {
