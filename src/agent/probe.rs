@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::Instant;
 
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
@@ -63,6 +64,8 @@ enum Running {
 struct Helper {
     unit: String,
     child: Child,
+    /// When the agent began starting it.
+    started: Instant,
     /// Cancelled: reap it, report nothing.
     cancelled: bool,
 }
@@ -105,6 +108,7 @@ impl Agent {
     /// Carries out `Action::Probe`; returns the answer when it is known at
     /// once (a refused connect, a probe that could not start).
     pub(super) fn start_probe(&mut self, unit: &str, check: Check) -> Option<Input> {
+        let started_at = Instant::now();
         let failed = |why: String| {
             log::warn!("{unit}: {check:?} probe: {why}");
             Some(Input::Probed {
@@ -154,6 +158,7 @@ impl Agent {
                     Helper {
                         unit: unit.to_string(),
                         child,
+                        started: started_at,
                         cancelled: false,
                     },
                 );
@@ -250,6 +255,13 @@ impl Agent {
         if matches!(self.probes.running.get(&h.unit), Some(Running::Exec(p)) if *p == pid) {
             self.probes.running.remove(&h.unit);
         }
+        // The probe's cost as the agent sees it, from deciding to start
+        // it to its helper reaped (the benchmarks read this line).
+        log::debug!(
+            "{}: exec probe reaped {} us after start",
+            h.unit,
+            h.started.elapsed().as_micros()
+        );
         let ok = match h.child.report.outcome(status) {
             Outcome::Ended(End::Exit(0)) => true,
             Outcome::Ended(end) => {
