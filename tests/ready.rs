@@ -393,3 +393,22 @@ fn the_watchdog_is_starved_once_a_required_unit_has_failed_for_longer_than_grace
         "logged once"
     );
 }
+
+#[test]
+fn sd_notify_status_lines_are_logged_at_most_once_a_second() {
+    if !require_root() {
+        return;
+    }
+    install_notify();
+    let z = Zonit::start("sdflood", |d| {
+        zone(
+            d,
+            "chatty",
+            "for i in 1 2 3 4 5 6 7 8 9 10; do /bin/notify STATUS=step$i; done; /bin/notify READY=1; exec sleep 1000",
+            "ready = { notify = \"systemd\" }",
+        )
+    });
+    z.wait_state("chatty", "running");
+    let logged = z.log_text().matches("chatty: status: step").count();
+    assert_eq!(logged, 1, "{}", z.log_text());
+}

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
@@ -75,6 +75,9 @@ struct Notifier {
     token: Token,
     /// A socket (sd_notify) rather than a pipe.
     socket: bool,
+    /// When a `STATUS=` was last logged: at most one a second, so a zone
+    /// cannot flood the log.
+    status_logged: Option<Instant>,
 }
 
 /// What one sd_notify datagram says, as far as zonit cares.
@@ -116,7 +119,9 @@ impl Agent {
                 ok: false,
             })
         };
-        let cfg = self.config.unit(unit)?;
+        let Some(cfg) = self.config.unit(unit) else {
+            return failed("the unit is not in the config".into());
+        };
         let probe = match (check, &cfg.common.ready, &cfg.common.health) {
             (Check::Ready, Some(r), _) => match &r.kind {
                 ReadyKind::Probe { probe, .. } => probe.clone(),
@@ -332,9 +337,15 @@ impl Agent {
             self.sources.remove(&token);
             return Err(e);
         }
-        self.probes
-            .notify
-            .insert(unit.to_string(), Notifier { fd, token, socket });
+        self.probes.notify.insert(
+            unit.to_string(),
+            Notifier {
+                fd,
+                token,
+                socket,
+                status_logged: None,
+            },
+        );
         Ok(())
     }
 
@@ -362,8 +373,13 @@ impl Agent {
                 match recv(n.fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
                     Ok(len) => {
                         let notice = parse_notice(&buf[..len]);
-                        if let Some(status) = &notice.status {
+                        let now = Instant::now();
+                        let quiet = n
+                            .status_logged
+                            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1));
+                        if let (Some(status), false) = (&notice.status, quiet) {
                             log::info!("{unit}: status: {status}");
+                            n.status_logged = Some(now);
                         }
                         if notice.stopping {
                             log::info!("{unit}: says it is stopping");
