@@ -105,14 +105,45 @@ impl LineSplitter {
     }
 }
 
-/// A token bucket: `burst` lines at once, refilled at `per_second`.
+/// A unit's output line as text safe to put in a log line: invalid UTF-8
+/// becomes U+FFFD, and every control character (C0 but tab, DEL, C1) is
+/// written as `\xNN` or `\u{NN}`, so a unit can neither move the cursor,
+/// rewrite the line (`\r`) nor colour it on a terminal or console, and so
+/// cannot forge a line that looks like zonit's own. The ring keeps the
+/// raw bytes.
+pub fn escape_line(line: &[u8]) -> String {
+    let text = String::from_utf8_lossy(line);
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\t' => out.push(c),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if (0x80..0xa0).contains(&(c as u32)) => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A token bucket: `burst` lines at once, refilled at `per_second`. The
+/// notices that say how many lines were dropped take tokens too, and come
+/// at most once per [`NOTICE_INTERVAL`], so a flooding unit never gets
+/// more than the rate into the log, notices included.
 pub struct RateLimit {
     tokens: f64,
     burst: f64,
     per_second: f64,
     last: Instant,
     dropped: u64,
+    last_notice: Option<Instant>,
 }
+
+/// Shortest time between two "lines not logged" notices of one unit.
+pub const NOTICE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl RateLimit {
     /// A full bucket at time `now`.
@@ -123,23 +154,38 @@ impl RateLimit {
             per_second: f64::from(per_second),
             last: now,
             dropped: 0,
+            last_notice: None,
         }
     }
 
-    /// Whether a line may pass at `now`. When lines were dropped and the
-    /// bucket has refilled, returns how many were dropped first, so the
-    /// caller can say so.
+    /// Whether a line may pass at `now`, and whether a notice of the lines
+    /// dropped before it is due (each costs a token).
     pub fn admit(&mut self, now: Instant) -> Admit {
         let dt = now.saturating_duration_since(self.last);
         self.last = now;
         self.tokens = (self.tokens + dt.as_secs_f64() * self.per_second).min(self.burst);
-        if self.tokens >= 1.0 {
+        if self.tokens < 1.0 {
+            self.dropped += 1;
+            return Admit::Drop;
+        }
+        let notice_due = self.dropped > 0
+            && self
+                .last_notice
+                .is_none_or(|t| now.saturating_duration_since(t) >= NOTICE_INTERVAL);
+        if !notice_due {
             self.tokens -= 1.0;
-            let dropped = std::mem::take(&mut self.dropped);
+            return Admit::Pass { dropped: 0 };
+        }
+        self.last_notice = Some(now);
+        let dropped = std::mem::take(&mut self.dropped);
+        if self.tokens >= 2.0 {
+            self.tokens -= 2.0;
             Admit::Pass { dropped }
         } else {
-            self.dropped += 1;
-            Admit::Drop
+            // Room for the notice alone: this line is dropped in its turn.
+            self.tokens -= 1.0;
+            self.dropped = 1;
+            Admit::Notice { dropped }
         }
     }
 }
@@ -147,9 +193,15 @@ impl RateLimit {
 /// The verdict of [`RateLimit::admit`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Admit {
-    /// Log the line; `dropped` lines were suppressed before it.
+    /// Log the line; when `dropped` is not 0, first say that many lines
+    /// were suppressed.
     Pass {
-        /// Lines suppressed since the last one that passed.
+        /// Lines suppressed and not yet reported.
+        dropped: u64,
+    },
+    /// Say that `dropped` lines were suppressed; suppress this one.
+    Notice {
+        /// Lines suppressed and not yet reported.
         dropped: u64,
     },
     /// Suppress the line.
@@ -218,6 +270,49 @@ mod tests {
         assert_eq!(rl.admit(t), Admit::Pass { dropped: 0 });
         assert_eq!(rl.admit(t), Admit::Drop);
         assert_eq!(rl.admit(t), Admit::Drop);
-        assert_eq!(rl.admit(t + LOG_TOKEN_TIME), Admit::Pass { dropped: 2 });
+        // One token: the notice takes it, the line waits.
+        assert_eq!(rl.admit(t + LOG_TOKEN_TIME), Admit::Notice { dropped: 2 });
+        assert_eq!(rl.admit(t + LOG_TOKEN_TIME * 3), Admit::Pass { dropped: 0 });
+    }
+
+    #[test]
+    fn a_flood_gets_at_most_the_rate_into_the_log_notices_included() {
+        let t0 = Instant::now();
+        let mut rl = RateLimit::new(LOG_BURST, LOG_PER_SECOND, t0);
+        let (mut logged, mut reported, mut passed) = (0u64, 0u64, 0u64);
+        // 10 s of 10,000 lines a second.
+        let total = 100_000u64;
+        for i in 0..total {
+            let now = t0 + Duration::from_micros(i * 100);
+            match rl.admit(now) {
+                Admit::Pass { dropped } => {
+                    passed += 1;
+                    logged += 1 + u64::from(dropped > 0);
+                    reported += dropped;
+                }
+                Admit::Notice { dropped } => {
+                    logged += 1;
+                    reported += dropped;
+                }
+                Admit::Drop => {}
+            }
+        }
+        let limit = u64::from(LOG_BURST) + 10 * u64::from(LOG_PER_SECOND) + 1;
+        assert!(logged <= limit, "{logged} log lines in 10 s, limit {limit}");
+        assert!(passed > 900, "the flood still gets lines through: {passed}");
+        // Every line is either logged or counted in a notice (the last
+        // drops are reported with the next line).
+        assert!(passed + reported + rl.dropped == total);
+    }
+
+    #[test]
+    fn control_characters_are_escaped_in_log_lines() {
+        assert_eq!(
+            escape_line(b"ok\rzonit: error: forged\x1b[31m"),
+            "ok\\x0dzonit: error: forged\\x1b[31m"
+        );
+        assert_eq!(escape_line(b"tab\tkept \x7f"), "tab\tkept \\x7f");
+        assert_eq!(escape_line("csi \u{9b}2J".as_bytes()), "csi \\u{9b}2J");
+        assert_eq!(escape_line(b"bad \xff utf8"), "bad \u{fffd} utf8");
     }
 }

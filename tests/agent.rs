@@ -367,3 +367,325 @@ fn closing_an_exec_client_hangs_up_its_command() {
         common::pids_with_cmdline("sleep\x004242").is_empty()
     });
 }
+
+#[test]
+fn a_stop_waiter_is_answered_when_another_client_starts_the_unit() {
+    if !require_root() {
+        return;
+    }
+    use std::io::Write;
+    let z = Zonit::start("supersede", |d| {
+        zone(
+            d,
+            "slow",
+            "trap 'sleep 1; exit 0' TERM; while true; do sleep 0.1; done",
+            "stop_timeout = \"5s\"",
+        )
+    });
+    z.wait_state("slow", "running");
+    let mut waiter = std::os::unix::net::UnixStream::connect(&z.socket).unwrap();
+    waiter
+        .write_all(b"{\"v\":1,\"cmd\":\"stop\",\"name\":\"slow\"}\n")
+        .unwrap();
+    z.wait_state("slow", "stopping");
+    assert_eq!(z.ctl(&["start", "slow"]).0, 0);
+    let replies = read_replies(&waiter, 1, Duration::from_secs(10));
+    assert_eq!(replies.len(), 1, "the stop waiter got no answer");
+    assert!(
+        replies[0].contains(r#""ok":false"#) && replies[0].contains("superseded"),
+        "{}",
+        replies[0]
+    );
+    z.wait_state("slow", "running");
+}
+
+#[test]
+fn ctl_gives_up_after_its_timeout() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("ctltimeout", |d| {
+        zone(
+            d,
+            "stubborn",
+            "trap '' TERM; while true; do sleep 0.1; done",
+            "stop_timeout = \"3s\"",
+        )
+    });
+    z.wait_state("stubborn", "running");
+    let t = std::time::Instant::now();
+    let (code, _, err) = z.ctl(&["--timeout", "500ms", "stop", "stubborn"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("no reply from the agent"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
+
+#[test]
+fn three_hundred_zones_run_under_a_1024_fd_hard_limit() {
+    if !require_root() {
+        return;
+    }
+    const N: usize = 300;
+    let dir = test_dir("manyzones");
+    let socket = dir.join("ctl.sock");
+    let config = dir.join("zonit.toml");
+    let mut body = format!("[host]\ncontrol_socket = \"{}\"\n", socket.display());
+    for i in 0..N {
+        body.push_str(&zone(
+            &dir,
+            &format!("z{i}"),
+            "sleep 1000",
+            "restart = \"always\"",
+        ));
+    }
+    std::fs::write(&config, body).unwrap();
+    // The soft limit of a PID 1 as the kernel starts it is 1024; start
+    // lower so the agent must raise it to get through.
+    let z = Zonit::launch_wrapped(dir, config, socket, &["prlimit", "--nofile=256:1024"]);
+    z.wait_for("every zone running", Duration::from_secs(240), || {
+        let rows = z.status();
+        rows.len() == N && rows.iter().all(|u| u["state"] == "running")
+    });
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", z.pid())).unwrap();
+    let nofile = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert!(
+        nofile.split_whitespace().filter(|w| *w == "1024").count() == 2,
+        "soft limit raised to the hard one: {nofile}"
+    );
+    let fds = fd_count(z.pid());
+    assert!(fds < 1000, "{fds} fds for {N} running zones");
+    assert!(
+        z.status().iter().all(|u| u["restarts"] == 0),
+        "a zone failed to start on the way"
+    );
+}
+
+#[test]
+fn running_out_of_fds_is_a_passing_failure_not_a_permanent_one() {
+    if !require_root() {
+        return;
+    }
+    const N: usize = 150;
+    let dir = test_dir("emfile");
+    let socket = dir.join("ctl.sock");
+    let config = dir.join("zonit.toml");
+    let mut body = format!("[host]\ncontrol_socket = \"{}\"\n", socket.display());
+    for i in 0..N {
+        body.push_str(&zone(
+            &dir,
+            &format!("z{i}"),
+            "sleep 1000",
+            "restart = \"always\"\nbackoff = { initial = \"100ms\", max = \"500ms\" }",
+        ));
+    }
+    std::fs::write(&config, body).unwrap();
+    // Too few fds for every zone at once: some starts run out of fds.
+    let z = Zonit::launch_wrapped(dir, config, socket, &["prlimit", "--nofile=400:400"]);
+    z.wait_for("the fd limit to be hit", Duration::from_secs(60), || {
+        z.log_text().contains("Too many open files")
+    });
+    let failed: Vec<String> = z
+        .status()
+        .iter()
+        .filter(|u| u["state"] == "failed")
+        .map(|u| u["name"].to_string())
+        .collect();
+    assert!(failed.is_empty(), "zones failed for good: {failed:?}");
+    // Room made: every zone still wanted comes up.
+    for i in 0..40 {
+        assert_eq!(z.ctl(&["stop", &format!("z{i}")]).0, 0);
+    }
+    z.wait_for("the other zones running", Duration::from_secs(60), || {
+        z.status()
+            .iter()
+            .filter(|u| u["state"] == "running")
+            .count()
+            == N - 40
+    });
+}
+
+#[test]
+fn a_sighup_storm_over_good_and_broken_configs_keeps_a_slow_stopping_unit() {
+    if !require_root() {
+        return;
+    }
+    let slow = |d: &Path| {
+        zone(
+            d,
+            "slow",
+            "trap 'sleep 0.5; exit 0' TERM; while true; do sleep 0.1; done",
+            "stop_timeout = \"5s\"",
+        )
+    };
+    let z = Zonit::start("hupstorm", |d| zone(d, "keep", "sleep 1000", "") + &slow(d));
+    z.wait_state("slow", "running");
+    let host = format!("[host]\ncontrol_socket = \"{}\"\n", z.socket.display());
+    let with = format!(
+        "{host}{}{}",
+        zone(&z.dir, "keep", "sleep 1000", ""),
+        slow(&z.dir)
+    );
+    let without = format!("{host}{}", zone(&z.dir, "keep", "sleep 1000", ""));
+    let broken = format!("{without}[zone.bad]\nroot = 7\n");
+    let pid = nix::unistd::Pid::from_raw(z.pid());
+    for i in 0..200 {
+        let text = [&with, &without, &broken][i % 3];
+        std::fs::write(&z.config, text).unwrap();
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::fs::write(&z.config, &with).unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    // Every reload has been handled once a status request is answered
+    // after the last one.
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, _, err) = z.ctl(&["start", "slow"]);
+    assert_eq!(code, 0, "slow disappeared: {err}");
+    assert!(z.status().iter().any(|u| u["name"] == "slow"));
+    assert_eq!(z.state("keep"), "running");
+}
+
+#[test]
+fn a_unit_removed_and_re_added_while_stopping_stays() {
+    if !require_root() {
+        return;
+    }
+    let slow = |d: &Path| {
+        zone(
+            d,
+            "slow",
+            "trap 'sleep 1; exit 0' TERM; while true; do sleep 0.1; done",
+            "stop_timeout = \"5s\"",
+        )
+    };
+    let z = Zonit::start("readd", |d| zone(d, "keep", "sleep 1000", "") + &slow(d));
+    z.wait_state("slow", "running");
+    let host = format!("[host]\ncontrol_socket = \"{}\"\n", z.socket.display());
+    let with = format!(
+        "{host}{}{}",
+        zone(&z.dir, "keep", "sleep 1000", ""),
+        slow(&z.dir)
+    );
+    let without = format!("{host}{}", zone(&z.dir, "keep", "sleep 1000", ""));
+    std::fs::write(&z.config, &without).unwrap();
+    assert_eq!(z.ctl(&["reload"]).0, 0);
+    assert_eq!(
+        z.state("slow"),
+        "stopping",
+        "a removed unit shows until stopped"
+    );
+    std::fs::write(&z.config, &with).unwrap();
+    assert_eq!(z.ctl(&["reload"]).0, 0);
+    // Its old process ends; the unit stays and runs again.
+    z.wait_for("slow to run again", Duration::from_secs(10), || {
+        z.status()
+            .iter()
+            .any(|u| u["name"] == "slow" && u["state"] == "running")
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(z.state("slow"), "running");
+}
+
+#[test]
+fn a_fifo_at_the_config_path_does_not_stall_reload() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("fifo", |d| zone(d, "web", "sleep 1000", ""));
+    z.wait_state("web", "running");
+    std::fs::remove_file(&z.config).unwrap();
+    nix::unistd::mkfifo(&z.config, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let pid = nix::unistd::Pid::from_raw(z.pid());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    z.wait_log("the config must be a regular file");
+    let (code, _, err) = z.ctl(&["--timeout", "5s", "reload"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("a FIFO"), "{err}");
+    assert_eq!(z.state("web"), "running");
+}
+
+#[test]
+fn an_exit_with_unit_that_cannot_start_ends_the_run_at_once() {
+    if !require_root() {
+        return;
+    }
+    let dir = test_dir("exitwith");
+    let config = dir.join("zonit.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[host]\ncontrol_socket = \"{}\"\nexit_with = \"x\"\nshutdown_timeout = \"20s\"\n\
+             [zone.x]\nroot = \"{}\"\ncommand = [\"/bin/true\"]\n",
+            dir.join("ctl.sock").display(),
+            dir.join("missing").display()
+        ),
+    )
+    .unwrap();
+    let t = std::time::Instant::now();
+    let (code, out) = run_expecting_exit(&config, None, Duration::from_secs(10));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn control_characters_in_unit_output_are_escaped_in_the_log_and_raw_in_logs() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("escape", |d| {
+        zone(
+            d,
+            "web",
+            "printf 'x\\rzonit: error: forged \\033[31mred\\n'; sleep 1000",
+            "",
+        )
+    });
+    z.wait_log("zonit[web]: x\\x0dzonit: error: forged \\x1b[31mred");
+    assert!(!z.log_text().contains('\u{1b}'), "{}", z.log_text());
+    let out = z.output_until("web", "x\rzonit: error: forged \u{1b}[31mred");
+    assert!(out.contains('\r'));
+}
+
+#[test]
+fn start_limit_and_operator_actions_are_logged_once_and_restarts_counted_right() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("limitlog", |d| {
+        zone(
+            d,
+            "crashy",
+            "exit 1",
+            "restart = \"always\"\nbackoff = { initial = \"50ms\", max = \"50ms\" }\n\
+             start_limit = { burst = 5, interval = \"60s\" }",
+        ) + &zone(d, "svc", "sleep 1000", "")
+    });
+    z.wait_state("crashy", "failed");
+    let u = z.unit("crashy");
+    assert_eq!(u["restarts"], 4, "5 starts are 4 restarts: {u}");
+    let count = |needle: &str| z.log_text().matches(needle).count();
+    z.wait_log("crashy: failed: start limit hit");
+    assert_eq!(count("start limit hit"), 1, "{}", z.log_text());
+    z.wait_state("svc", "running");
+    assert_eq!(z.ctl(&["stop", "svc"]).0, 0);
+    assert_eq!(z.ctl(&["start", "svc"]).0, 0);
+    assert_eq!(z.ctl(&["restart", "svc"]).0, 0);
+    assert_eq!(z.ctl(&["reload"]).0, 0);
+    z.wait_log("control: reload");
+    for what in ["stop svc", "start svc", "restart svc", "reload"] {
+        assert_eq!(
+            count(&format!("control: {what} (requested by pid")),
+            1,
+            "{what}:\n{}",
+            z.log_text()
+        );
+    }
+}

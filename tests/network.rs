@@ -267,6 +267,7 @@ fn a_link_that_is_not_a_bridge_is_never_adopted() {
 const FORWARDS: &str = r#"
 [network.lan]
 address = "10.88.0.1/24"
+address6 = "fd88::1/64"
 nat = true
 
 [zone.a]
@@ -358,6 +359,7 @@ fn port_forwards_reach_a_zone_from_outside_the_host_and_another_zone_and_nat_tak
             "ip", "link", "add", "up0", "type", "veth", "peer", "name", "out0", "netns", &peer,
         ],
         vec!["ip", "addr", "add", "192.0.2.1/24", "dev", "up0"],
+        vec!["ip", "addr", "add", "2001:db8::1/64", "dev", "up0", "nodad"],
         vec!["ip", "link", "set", "up0", "up"],
         vec!["ip", "link", "set", "lo", "up"],
     ] {
@@ -366,6 +368,15 @@ fn port_forwards_reach_a_zone_from_outside_the_host_and_another_zone_and_nat_tak
     }
     for cmd in [
         &["ip", "addr", "add", "192.0.2.2/24", "dev", "out0"][..],
+        &[
+            "ip",
+            "addr",
+            "add",
+            "2001:db8::2/64",
+            "dev",
+            "out0",
+            "nodad",
+        ],
         &["ip", "link", "set", "out0", "up"],
     ] {
         let (ok, text) = outside.run(cmd);
@@ -382,8 +393,22 @@ fn port_forwards_reach_a_zone_from_outside_the_host_and_another_zone_and_nat_tak
     let mut outside_server = serve(&outside, 9000, "outside");
     sleep(Duration::from_millis(200));
 
-    let cases: [(&str, Option<&NetnsProc>, &str, u16, &str); 5] = [
+    let cases: [(&str, Option<&NetnsProc>, &str, u16, &str); 7] = [
         ("from outside", Some(&outside), "192.0.2.1", 8080, "zone-a"),
+        (
+            "from outside, IPv6",
+            Some(&outside),
+            "2001:db8::1",
+            8080,
+            "zone-a",
+        ),
+        (
+            "a zone out through NAT, IPv6",
+            Some(&a),
+            "2001:db8::2",
+            9000,
+            "outside",
+        ),
         ("from the host", None, "192.0.2.1", 8080, "zone-a"),
         (
             "from the host, bridge address",
@@ -453,4 +478,277 @@ fn port_forwards_reach_a_zone_from_outside_the_host_and_another_zone_and_nat_tak
     zonit::net::nft::apply(zonit::net::nft::delete_table(1)).unwrap();
     let (_, tables) = run(&["nft", "list", "tables"]);
     assert!(!tables.contains("zonit"), "{tables}");
+}
+
+/// The config of the agent-level tests: two zones on a NAT network, one
+/// with a port forward, and one without a network.
+fn agent_units(dir: &std::path::Path) -> String {
+    format!(
+        "[network.lan]\naddress = \"10.88.0.1/24\"\naddress6 = \"fd88::1/64\"\nnat = true\ndns = [\"10.88.0.1\"]\n\n{}{}{}{}",
+        common::zone(
+            dir,
+            "web",
+            "exec busybox nc -ll -p 80 -e echo hello-from-web",
+            "network = \"lan\"\naddress = \"10.88.0.2\"\nports = [\"8080:80\"]\nrestart = \"always\"",
+        ),
+        common::zone(dir, "client", "exec sleep 1000", "network = \"lan\""),
+        common::zone(dir, "alone", "exec sleep 1000", ""),
+        common::zone(dir, "shared", "exec sleep 1000", "network = \"host\""),
+    )
+}
+
+fn host_links(prefix: &str) -> Vec<String> {
+    let (_, text) = run(&["ip", "-o", "link", "show"]);
+    text.lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+#[test]
+fn zones_on_a_network_under_the_agent_reach_each_other_the_host_and_the_outside() {
+    if !in_private_netns(
+        "zones_on_a_network_under_the_agent_reach_each_other_the_host_and_the_outside",
+    ) {
+        return;
+    }
+    run(&["ip", "link", "set", "lo", "up"]);
+    let z = common::Zonit::start("net-agent", agent_units);
+    for unit in ["web", "client", "alone"] {
+        z.wait_state(unit, "running");
+    }
+    let exec = |unit: &str, cmd: &str| z.ctl(&["exec", unit, "--", "/bin/sh", "-c", cmd]);
+
+    // status --json shows the addresses; client's was derived.
+    let web = z.unit("web");
+    assert_eq!(
+        web["addresses"],
+        serde_json::json!(["10.88.0.2", "fd88::2"])
+    );
+    let client_addr = z.unit("client")["addresses"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(client_addr.starts_with("10.88.0."), "{client_addr}");
+    assert_eq!(z.unit("alone")["addresses"], serde_json::json!([]));
+
+    // Inside: eth0 with its address, the default route, the files.
+    let (code, out, err) = exec(
+        "web",
+        "ip -o addr show eth0; ip route; cat /etc/resolv.conf /etc/hosts",
+    );
+    assert_eq!(code, 0, "{err}");
+    for needle in [
+        "10.88.0.2/24",
+        "fd88::2/64",
+        "default via 10.88.0.1 dev eth0",
+        "nameserver 10.88.0.1",
+        "10.88.0.2\tweb",
+        &format!("{client_addr}\tclient"),
+    ] {
+        assert!(out.contains(needle), "no `{needle}` in:\n{out}");
+    }
+    // A zone without network sees only lo.
+    let (_, out, _) = exec("alone", "ip -o link show");
+    let links: Vec<&str> = out.lines().filter_map(|l| l.split(": ").nth(1)).collect();
+    assert_eq!(links, ["lo"], "{out}");
+    // network = "host": the agent's own interfaces, the bridge among them.
+    z.wait_state("shared", "running");
+    let (_, out, _) = exec("shared", "ip -o link show");
+    assert!(out.contains("zn-lan"), "{out}");
+    // A zone cannot change its address (no CAP_NET_ADMIN).
+    let (code, _, _) = exec("web", "ip addr add 10.88.0.77/24 dev eth0");
+    assert_ne!(code, 0, "a zone changed its address");
+    let (_, out, _) = exec("web", "ip -o addr show eth0");
+    assert!(!out.contains("10.88.0.77"), "{out}");
+    for cmd in [
+        "ip link set eth0 down",
+        "ip route del default",
+        "echo 10.0.0.1 web >> /etc/hosts",
+        "echo nameserver 10.0.0.1 >> /etc/resolv.conf",
+    ] {
+        let (code, _, _) = exec("web", cmd);
+        assert_ne!(code, 0, "a zone could: {cmd}");
+    }
+
+    // Zone to zone, over IPv4 and IPv6, and through the port forward.
+    for (what, cmd, want) in [
+        (
+            "zone to zone",
+            "busybox nc -w 3 10.88.0.2 80 </dev/null",
+            "hello-from-web",
+        ),
+        (
+            "zone to zone, IPv6",
+            "busybox nc -w 3 fd88::2 80 </dev/null",
+            "hello-from-web",
+        ),
+        (
+            "hairpin through the host port",
+            "busybox nc -w 3 10.88.0.1 8080 </dev/null",
+            "hello-from-web",
+        ),
+    ] {
+        let (_, out, err) = exec("client", cmd);
+        assert!(out.contains(want), "{what}: {out} {err}\n{}", z.log_text());
+    }
+    // Host to zone, directly and through the port forward.
+    assert_eq!(fetch(None, "10.88.0.2", 80), "hello-from-web");
+    assert_eq!(fetch(None, "10.88.0.1", 8080), "hello-from-web");
+
+    // Restarts: each incarnation gets a fresh link; none is left behind.
+    for _ in 0..3 {
+        let (code, _, err) = z.ctl(&["restart", "web"]);
+        assert_eq!(code, 0, "{err}");
+        z.wait_state("web", "running");
+    }
+    assert!(!z.log_text().contains("File exists"), "{}", z.log_text());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while host_links("zv").len() != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "stale links: {:?}",
+            host_links("zv")
+        );
+        sleep(Duration::from_millis(20));
+    }
+    assert_eq!(fetch(None, "10.88.0.1", 8080), "hello-from-web");
+}
+
+#[test]
+fn the_agent_removes_its_bridges_and_table_at_exit_and_a_successor_recovers_after_sigkill() {
+    if !in_private_netns(
+        "the_agent_removes_its_bridges_and_table_at_exit_and_a_successor_recovers_after_sigkill",
+    ) {
+        return;
+    }
+    run(&["ip", "link", "set", "lo", "up"]);
+    let z = common::Zonit::start("net-kill", agent_units);
+    z.wait_state("web", "running");
+    assert_eq!(host_links("zn-"), ["zn-lan"]);
+    // SIGKILL: the bridge and the table stay behind.
+    let (dir, config, socket) = z.kill_hard();
+    assert_eq!(host_links("zn-"), ["zn-lan"]);
+    assert!(run(&["nft", "list", "table", "inet", "zonit"]).0);
+
+    // The next agent adopts the bridge, replaces the table, and works.
+    let mut z = common::Zonit::launch(dir, config, socket);
+    z.wait_state("web", "running");
+    z.wait_state("client", "running");
+    assert_eq!(fetch(None, "10.88.0.1", 8080), "hello-from-web");
+    let (_, listing) = run(&["nft", "list", "table", "inet", "zonit"]);
+    assert_eq!(
+        listing.matches("dnat ip to 10.88.0.2:80").count(),
+        2,
+        "{listing}"
+    );
+
+    // An orderly exit leaves nothing.
+    assert_eq!(z.terminate(), 0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !host_links("z").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left behind: {:?}",
+            host_links("z")
+        );
+        sleep(Duration::from_millis(20));
+    }
+    let (_, tables) = run(&["nft", "list", "tables"]);
+    assert!(!tables.contains("zonit"), "{tables}");
+}
+
+#[test]
+fn the_agent_gives_a_named_host_interface_its_addresses_mtu_and_default_route() {
+    if !in_private_netns(
+        "the_agent_gives_a_named_host_interface_its_addresses_mtu_and_default_route",
+    ) {
+        return;
+    }
+    let (ok, text) = run(&[
+        "ip", "link", "add", "up0", "type", "veth", "peer", "name", "peer0",
+    ]);
+    assert!(ok, "{text}");
+    let z = common::Zonit::start("net-iface", |_| {
+        "[interface.up0]\naddress = [\"192.0.2.10/24\", \"2001:db8::10/64\"]\ngateway = \"192.0.2.1\"\nmtu = 1400\n"
+            .to_string()
+    });
+    z.wait_for("up0 configured", Duration::from_secs(5), || {
+        run(&["ip", "route"])
+            .1
+            .contains("default via 192.0.2.1 dev up0")
+    });
+    let (_, link) = run(&["ip", "-o", "addr", "show", "dev", "up0"]);
+    assert!(
+        link.contains("192.0.2.10/24") && link.contains("2001:db8::10/64"),
+        "{link}"
+    );
+    let (_, link) = run(&["ip", "-o", "link", "show", "dev", "up0"]);
+    assert!(link.contains("mtu 1400") && link.contains(",UP"), "{link}");
+}
+
+#[test]
+fn a_zone_whose_host_link_name_is_taken_starts_at_once_with_the_next_name() {
+    if !in_private_netns("a_zone_whose_host_link_name_is_taken_starts_at_once_with_the_next_name") {
+        return;
+    }
+    // What a zone left running by a killed agent would hold.
+    let taken = format!("{}-0", zonit::config::network::zone_ifname("web"));
+    let (ok, text) = run(&[
+        "ip", "link", "add", &taken, "type", "veth", "peer", "name", "x0",
+    ]);
+    assert!(ok, "{text}");
+    let z = common::Zonit::start("net-taken", agent_units);
+    z.wait_state("web", "running");
+    assert_eq!(z.unit("web")["restarts"], 0, "{}", z.log_text());
+    let next = format!("{}-1", zonit::config::network::zone_ifname("web"));
+    assert!(link_exists(&next), "{}", z.log_text());
+    assert_eq!(fetch(None, "10.88.0.2", 80), "hello-from-web");
+}
+
+#[test]
+fn a_reload_updates_running_zones_hosts_and_removes_a_dropped_networks_bridge() {
+    if !in_private_netns(
+        "a_reload_updates_running_zones_hosts_and_removes_a_dropped_networks_bridge",
+    ) {
+        return;
+    }
+    run(&["ip", "link", "set", "lo", "up"]);
+    let net =
+        "[network.lan]\naddress = \"10.88.0.1/24\"\n[network.spare]\naddress = \"10.89.0.1/24\"\n";
+    let z = common::Zonit::start("net-reload", |dir| {
+        format!(
+            "{net}{}",
+            common::zone(
+                dir,
+                "web",
+                "exec sleep 1000",
+                "network = \"lan\"\naddress = \"10.88.0.2\""
+            )
+        )
+    });
+    z.wait_state("web", "running");
+    let hosts = || z.ctl(&["exec", "web", "--", "cat", "/etc/hosts"]).1;
+    assert!(!hosts().contains("client"), "{}", hosts());
+    assert_eq!(host_links("zn-"), ["zn-lan", "zn-spare"]);
+
+    // Add a zone on lan, drop the spare network.
+    let dir = z.dir.clone();
+    let text = std::fs::read_to_string(&z.config).unwrap();
+    let text = text.replace("[network.spare]\naddress = \"10.89.0.1/24\"\n", "")
+        + &common::zone(
+            &dir,
+            "client",
+            "exec sleep 1000",
+            "network = \"lan\"\naddress = \"10.88.0.7\"",
+        );
+    std::fs::write(&z.config, text).unwrap();
+    let (code, _, err) = z.ctl(&["reload"]);
+    assert_eq!(code, 0, "{err}");
+    z.wait_state("client", "running");
+    // web was not restarted, yet its hosts file names the new zone.
+    assert_eq!(z.unit("web")["restarts"], 0);
+    assert!(hosts().contains("10.88.0.7\tclient"), "{}", hosts());
+    assert_eq!(host_links("zn-"), ["zn-lan"]);
 }

@@ -172,6 +172,11 @@ impl Machine {
 
     /// Boots with `extra` manifest lines in the test's archive.
     fn boot_with(name: &str, config: &str, extra: &str, cmdline: &str) -> Machine {
+        Self::boot_qemu(name, config, extra, cmdline, &[])
+    }
+
+    /// Boots with `extra` manifest lines and `qemu` arguments added.
+    fn boot_qemu(name: &str, config: &str, extra: &str, cmdline: &str, qemu: &[&str]) -> Machine {
         let initrd = initramfs_with(name, config, extra);
         let monitor = work_dir().join(name).join("monitor.sock");
         let _ = std::fs::remove_file(&monitor);
@@ -188,6 +193,7 @@ impl Machine {
             .arg(&initrd)
             .arg("-append")
             .arg(format!("console=ttyS0 panic=-1 {cmdline}"))
+            .args(qemu)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -1072,6 +1078,34 @@ fn the_watchdog_resets_the_machine_once_a_required_unit_has_failed_for_good() {
     if status.code() != Some(0) {
         m.fail(&format!("QEMU exit status {status}, wanted 0 (a reset)"));
     }
+}
+
+#[test]
+fn the_appliance_nic_takes_a_dhcp_lease_from_qemus_user_network_and_releases_it() {
+    if !prerequisites() {
+        return;
+    }
+    let config = "[host]\nmodules = [\"virtio_pci\", \"virtio_net\"]\n\n[interface.eth0]\naddress = \"dhcp\"\n";
+    let mut m = Machine::boot_qemu(
+        "dhcp-client",
+        config,
+        "",
+        "zonit.shell",
+        &[
+            "-netdev",
+            "user,id=n0",
+            "-device",
+            "virtio-net-pci,netdev=n0",
+        ],
+    );
+    // QEMU's user network serves 10.0.2.15 from 10.0.2.2.
+    m.wait_for("interface eth0: DHCP lease 10.0.2.15/24 from 10.0.2.2, router 10.0.2.2");
+    let routes = m.run("cat /proc/net/route").join("\n");
+    // The default route via 10.0.2.2 (0202000A in the kernel's byte order).
+    assert!(routes.contains("eth0\t00000000\t0202000A"), "{routes}");
+    m.type_line("zonit ctl poweroff");
+    m.wait_for("interface eth0: DHCP lease 10.0.2.15 dropped");
+    m.assert_orderly_end("reboot: Power down");
 }
 
 #[test]

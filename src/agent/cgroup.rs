@@ -141,17 +141,9 @@ impl Cgroups {
         // controllers zone limits use: enabling others changes the host for
         // other cgroup users (crun refuses a hybrid host whose cgroup2 root
         // has any controller enabled, for one).
-        let wanted = |c: &String| USED_CONTROLLERS.contains(&c.as_str());
-        let available: Vec<String> = read_controllers(&own_dir.join("cgroup.controllers"))
-            .into_iter()
-            .filter(wanted)
-            .collect();
-        enable(&own_dir, &available);
-        let controllers: Vec<String> = read_controllers(&base.join("cgroup.controllers"))
-            .into_iter()
-            .filter(wanted)
-            .collect();
-        enable(&base, &controllers);
+        let _ = enable_used(&own_dir);
+        let _ = enable_used(&base);
+        let controllers = used_available(&base);
         log::debug!(
             "zone cgroups under {} with controllers {:?}",
             base.display(),
@@ -303,15 +295,55 @@ fn read_controllers(path: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn enable(dir: &Path, controllers: &[String]) {
-    for c in controllers {
-        let _ = fs::write(dir.join("cgroup.subtree_control"), format!("+{c}"));
+/// The controllers zonit uses that `dir` offers.
+fn used_available(dir: &Path) -> Vec<String> {
+    read_controllers(&dir.join("cgroup.controllers"))
+        .into_iter()
+        .filter(|c| USED_CONTROLLERS.contains(&c.as_str()))
+        .collect()
+}
+
+/// Enables the controllers zonit uses, of those `dir` offers, for `dir`'s
+/// children: the one place that decides which (PID 1's boot and the agent
+/// both call it). One write each, so a controller the kernel refuses (cpu
+/// while a realtime task runs in the group, or EBUSY in a group with
+/// processes) does not keep the others off. Returns the refused ones with
+/// the reason; `None` when `dir` is no cgroup2 group.
+pub(crate) fn enable_used(dir: &Path) -> Option<Vec<(String, io::Error)>> {
+    if !dir.join("cgroup.controllers").exists() {
+        return None;
     }
+    let mut refused = Vec::new();
+    for c in used_available(dir) {
+        if let Err(e) = fs::write(dir.join("cgroup.subtree_control"), format!("+{c}")) {
+            refused.push((c, e));
+        }
+    }
+    Some(refused)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_controllers_zone_limits_use_are_enabled() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join("cgroup.controllers"),
+            "cpuset cpu io memory hugetlb pids rdma misc\n",
+        )
+        .unwrap();
+        assert_eq!(used_available(dir.path()), ["cpu", "memory", "pids"]);
+        // A plain directory takes the writes; what matters is the list.
+        assert_eq!(enable_used(dir.path()).map(|r| r.len()), Some(0));
+    }
+
+    #[test]
+    fn a_directory_that_is_no_cgroup_enables_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(enable_used(dir.path()).is_none());
+    }
 
     fn zone() -> Zone {
         Zone::example("/z")

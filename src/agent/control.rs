@@ -19,11 +19,13 @@ use serde_json::json;
 use super::{Agent, Error, LISTENER, Mode, ShutdownAction, Source, claim};
 use crate::config::UnitKind;
 use crate::control::proto::{self, Request, UnitRow};
-use crate::supervisor::{Input, State, Want};
+use crate::supervisor::{Input, State, StopOutcome, Want};
 use crate::sys;
 
 /// Most unsent reply bytes kept for one client.
 const MAX_PENDING: usize = 1024 * 1024;
+/// How soon an accept that failed for want of fds or memory is retried.
+pub(super) const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 /// Most request lines carried out for one client per wake-up, so one
 /// client's pipelined flood cannot starve the loop.
 const LINE_BUDGET: usize = 256;
@@ -39,6 +41,8 @@ pub(super) struct Conn {
     eof: bool,
     /// The client closed both directions: nothing can reach it.
     gone: bool,
+    /// The client's pid (SO_PEERCRED), for the log.
+    peer_pid: i32,
     writable_registered: bool,
     /// fds passed with SCM_RIGHTS, for the next request.
     pub(super) fds: PassedFds,
@@ -133,11 +137,16 @@ impl Agent {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     log::warn!("control socket: accept failed: {e}");
+                    // The listener is edge-triggered: a client left in the
+                    // backlog (say, while out of fds) is tried again soon.
+                    if sys::is_transient(&e) {
+                        self.accept_retry = Some(Instant::now() + ACCEPT_RETRY);
+                    }
                     return;
                 }
             };
-            match getsockopt(&stream, PeerCredentials) {
-                Ok(cred) if cred.uid() == 0 => {}
+            let peer_pid = match getsockopt(&stream, PeerCredentials) {
+                Ok(cred) if cred.uid() == 0 => cred.pid(),
                 Ok(cred) => {
                     log::warn!(
                         "control socket: refused pid {} uid {}: only root may control zonit",
@@ -153,7 +162,7 @@ impl Agent {
                     log::warn!("control socket: unable to read peer credentials: {e}");
                     continue;
                 }
-            }
+            };
             let id = self.next_token;
             let token = self.token(Source::Conn(id));
             if let Err(e) = self
@@ -175,6 +184,7 @@ impl Agent {
                     closing: false,
                     eof: false,
                     gone: false,
+                    peer_pid,
                     writable_registered: false,
                     fds: PassedFds::default(),
                 },
@@ -308,6 +318,7 @@ impl Agent {
                     self.send(id, &proto::error(&format!("no unit named `{name}`")));
                     return;
                 }
+                self.log_operator(id, &format!("stop {name}"));
                 self.stop_waiters.push((id, name.clone()));
                 self.feed(Input::Stop(name));
             }
@@ -331,10 +342,7 @@ impl Agent {
                 if follow {
                     // A unit added by a reload has no pipe yet; make it so
                     // the follower sees its first start too.
-                    if let Err(e) = self.ensure_runtime(&name) {
-                        self.send(id, &proto::error(&format!("unable to follow {name}: {e}")));
-                        return;
-                    }
+                    self.ensure_runtime(&name);
                     if let Some(u) = self.units.get_mut(&name) {
                         u.followers.push(id);
                     }
@@ -343,16 +351,19 @@ impl Agent {
                 }
             }
             Request::Exec { name, argv } => self.start_exec(id, &name, &argv),
-            Request::Reload {} => match self.reload() {
-                Ok(msg) => self.send(id, &proto::ok(json!({ "message": msg }))),
-                Err(errors) => {
-                    let msg = format!(
-                        "reload failed; the running config is unchanged:\n{}",
-                        errors.join("\n")
-                    );
-                    self.send(id, &proto::error(&msg));
+            Request::Reload {} => {
+                self.log_operator(id, "reload");
+                match self.reload_and_log() {
+                    Ok(msg) => self.send(id, &proto::ok(json!({ "message": msg }))),
+                    Err(errors) => {
+                        let msg = format!(
+                            "reload failed; the running config is unchanged:\n{}",
+                            errors.join("\n")
+                        );
+                        self.send(id, &proto::error(&msg));
+                    }
                 }
-            },
+            }
             Request::Poweroff {} => self.host_command(id, ShutdownAction::Poweroff),
             Request::Reboot {} => self.host_command(id, ShutdownAction::Reboot),
             Request::Halt {} => self.host_command(id, ShutdownAction::Halt),
@@ -366,6 +377,11 @@ impl Agent {
             self.send(id, &proto::error(&format!("no unit named `{name}`")));
             return;
         }
+        let verb = match input {
+            Input::Restart(_) => "restart",
+            _ => "start",
+        };
+        self.log_operator(id, &format!("{verb} {name}"));
         self.start_waiters.push((id, name.to_string()));
         self.feed(input);
     }
@@ -422,6 +438,7 @@ impl Agent {
             );
             return;
         }
+        self.log_operator(id, &format!("{action:?}").to_lowercase());
         self.send(
             id,
             &proto::ok(json!({ "message": format!("{action:?} started") })),
@@ -429,11 +446,19 @@ impl Agent {
         self.begin_shutdown(action);
     }
 
+    /// One log line per operator action, naming the client.
+    fn log_operator(&self, id: usize, what: &str) {
+        let pid = self.conns.get(&id).map_or(0, |c| c.peer_pid);
+        log::info!("control: {what} (requested by pid {pid})");
+    }
+
     pub(super) fn status_rows(&self) -> Vec<UnitRow> {
         let now = Instant::now();
+        // Units a reload removed show until they have stopped.
         self.config
             .units
             .iter()
+            .chain(self.retiring.values())
             .filter_map(|u| {
                 let st = self.sup.status(&u.name)?;
                 Some(UnitRow {
@@ -452,26 +477,32 @@ impl Agent {
                     reason: st.reason.clone(),
                     oom_kills: self.cgroups.oom_kills(&u.name),
                     health: st.health.map(|h| h.as_str().into()),
+                    addresses: crate::net::host::HostNet::addresses(&self.config, &u.name),
                 })
             })
             .collect()
     }
 
-    /// Replies to `stop` requests whose unit has come to rest.
+    /// Replies to `stop` requests whose unit has come to rest, or that a
+    /// later start or restart superseded.
     pub(super) fn answer_stop_waiters(&mut self) {
         let mut done = Vec::new();
         self.stop_waiters.retain(|(id, unit)| {
-            let state = self.sup.status(unit).map(|s| s.state);
-            match state {
-                Some(State::Running | State::Starting | State::Stopping) => true,
-                other => {
-                    done.push((*id, other.map_or("unknown", |s| s.as_str())));
-                    false
-                }
-            }
+            let outcome = self.sup.status(unit).map(|s| s.stop_outcome());
+            let reply = match outcome {
+                Some(StopOutcome::Pending) => return true,
+                Some(StopOutcome::Done(state)) => proto::ok(json!({ "state": state.as_str() })),
+                Some(StopOutcome::Superseded(state)) => proto::error(&format!(
+                    "stop of {unit} superseded: another request started it again (now {})",
+                    state.as_str()
+                )),
+                None => proto::ok(json!({ "state": "removed" })),
+            };
+            done.push((*id, reply));
+            false
         });
-        for (id, state) in done {
-            self.send(id, &proto::ok(json!({ "state": state })));
+        for (id, reply) in done {
+            self.send(id, &reply);
             self.flush(id);
         }
     }

@@ -14,7 +14,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 
-use crate::config::Guest;
+use crate::config::network::format_mac;
+use crate::config::{Guest, NetworkDef};
 use crate::supervisor::End;
 use crate::sys;
 use crate::vmm::{GuestEnd, limits};
@@ -59,7 +60,31 @@ pub fn preflight(guest: &Guest) -> Result<(), String> {
         .try_for_each(|path| limits::check_image(path))
 }
 
-/// The monitor's argv for `guest` (pure).
+/// The taps of `guest`'s network cards, one per `nics` entry in order,
+/// opened by the agent (the monitor only inherits them): each named for
+/// its nic's host-side name, a port of its network's bridge, and up.
+pub fn open_taps(guest: &Guest, networks: &[NetworkDef]) -> Result<Vec<OwnedFd>, String> {
+    guest
+        .nics
+        .iter()
+        .map(|nic| {
+            let bridge = networks
+                .iter()
+                .find(|n| n.name == nic.network)
+                .map(|n| n.bridge.as_str())
+                .ok_or_else(|| format!("network {} is not in the config", nic.network))?;
+            let (tap, name) = sys::open_tap(&nic.host_ifname)
+                .map_err(|e| format!("unable to create tap {}: {e}", nic.host_ifname))?;
+            sys::bridge_add_port(bridge, &name)
+                .map_err(|e| format!("unable to put tap {name} on bridge {bridge}: {e}"))?;
+            sys::set_link_up(&name).map_err(|e| format!("unable to bring tap {name} up: {e}"))?;
+            Ok(tap)
+        })
+        .collect()
+}
+
+/// The monitor's argv for `guest` (pure). Its network cards' taps are
+/// inherited after the start channel, from fd 4 on, in `nics` order.
 pub fn monitor_argv(guest: &Guest) -> Vec<String> {
     let mut argv = vec![
         "zonit".to_string(),
@@ -84,11 +109,17 @@ pub fn monitor_argv(guest: &Guest) -> Vec<String> {
         let ro = if d.readonly { ",ro" } else { "" };
         argv.push(format!("{}{ro}", d.path.display()));
     }
+    for (i, nic) in guest.nics.iter().enumerate() {
+        argv.push("--net".into());
+        let fd = STATUS_FD + 1 + i as i32;
+        argv.push(format!("fd={fd},mac={}", format_mac(&nic.mac)));
+    }
     argv
 }
 
-/// Starts the monitor for `guest` with stdout and stderr on `output`.
-pub fn spawn(guest: &Guest, output: BorrowedFd<'_>) -> Result<Started, Error> {
+/// Starts the monitor for `guest` with stdout and stderr on `output` and
+/// its network cards on `taps` ([`open_taps`]).
+pub fn spawn(guest: &Guest, output: BorrowedFd<'_>, taps: &[OwnedFd]) -> Result<Started, Error> {
     let argv = monitor_argv(guest)
         .into_iter()
         .map(CString::new)
@@ -112,9 +143,12 @@ pub fn spawn(guest: &Guest, output: BorrowedFd<'_>) -> Result<Started, Error> {
                 }
                 nix::unistd::dup2_stdout(output)?;
                 nix::unistd::dup2_stderr(output)?;
-                // The start channel becomes fd 3 (STATUS_FD); nothing else
-                // is inherited.
-                sys::place_inherited_fds(&[status_tx.as_fd()])
+                // The start channel becomes fd 3 (STATUS_FD), the taps 4
+                // and on; nothing else is inherited.
+                let inherited: Vec<BorrowedFd<'_>> = std::iter::once(status_tx.as_fd())
+                    .chain(taps.iter().map(|t| t.as_fd()))
+                    .collect();
+                sys::place_inherited_fds(&inherited)
             };
             if let Err(e) = setup() {
                 eprintln!("zonit: unable to set up the monitor's stdio: {e}");
@@ -168,7 +202,7 @@ pub fn outcome(status: WaitStatus, reported_error: Option<String>) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Disk, OnReboot};
+    use crate::config::{Disk, Nic, OnReboot};
     use nix::unistd::Pid;
 
     #[test]
@@ -190,13 +224,24 @@ mod tests {
                 },
             ],
             on_reboot: OnReboot::Restart,
-            nics: vec![],
+            nics: ["lan", "dmz"]
+                .iter()
+                .enumerate()
+                .map(|(i, net)| Nic {
+                    network: net.to_string(),
+                    mac: [0x52, 0x54, 0, 0, 0, 0x0a + i as u8],
+                    address: None,
+                    address6: None,
+                    host_ifname: format!("zg-vm-{i}"),
+                })
+                .collect(),
             ports: vec![],
         };
         assert_eq!(
             monitor_argv(&g).join(" "),
             "zonit vmm --kernel /g/vmlinuz --initrd /g/initrd --cmdline console=ttyS0 quiet \
-             --memory 268435456 --vcpus 2 --status-fd 3 --disk /g/a.img --disk /g/b.img,ro"
+             --memory 268435456 --vcpus 2 --status-fd 3 --disk /g/a.img --disk /g/b.img,ro \
+             --net fd=4,mac=52:54:00:00:00:0a --net fd=5,mac=52:54:00:00:00:0b"
         );
     }
 

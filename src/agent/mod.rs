@@ -11,7 +11,7 @@
 //! process. Nothing in here may panic or return early from the loop on a
 //! per-request or per-unit error: it is logged and the loop goes on.
 
-mod cgroup;
+pub(crate) mod cgroup;
 mod claim;
 mod control;
 mod exec;
@@ -157,6 +157,8 @@ pub struct Agent {
     pending_reads: Vec<String>,
     /// Control connections with requests left over from the last wake-up.
     pending_conns: Vec<usize>,
+    /// When to try `accept` again after it failed for want of fds.
+    accept_retry: Option<Instant>,
     shutdown: Option<Shutdown>,
     cgroups: cgroup::Cgroups,
     pid1: pid1::Pid1State,
@@ -170,6 +172,10 @@ pub struct Agent {
     start_waiters: Vec<(usize, String)>,
     /// The hardware watchdog, when one is configured and usable.
     watchdog: Option<watchdog::Hw>,
+    /// Bridges, the nf_tables table, zones' network files.
+    net: crate::net::host::HostNet,
+    /// DHCP clients of host NICs and servers of bridges.
+    dhcp: crate::net::dhcp::socket::Dhcp,
 }
 
 fn specs(config: &Config) -> Vec<Spec> {
@@ -184,6 +190,7 @@ impl Agent {
     }
 
     fn build(opts: Options, config: Config) -> Result<Self, Error> {
+        raise_nofile();
         // Compiled once here, so a broken filter stops the agent at start
         // and no zone start ever compiles it.
         crate::zone::seccomp::program().map_err(Error::Seccomp)?;
@@ -205,6 +212,7 @@ impl Agent {
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(Error::Poll)?;
         let opts_mode = opts.mode;
+        let net_files = net_files_dir(&config.host.control_socket);
         let mut agent = Agent {
             sup: Supervisor::new(specs(&config)),
             config,
@@ -221,9 +229,12 @@ impl Agent {
             stop_waiters: Vec::new(),
             pending_reads: Vec::new(),
             pending_conns: Vec::new(),
+            accept_retry: None,
             shutdown: None,
             cgroups: cgroup::Cgroups::default(),
             pid1: pid1::Pid1State::default(),
+            net: crate::net::host::HostNet::new(net_files),
+            dhcp: Default::default(),
             retiring: HashMap::new(),
             execs: HashMap::new(),
             probes: probe::Probes::default(),
@@ -258,6 +269,7 @@ impl Agent {
     /// exit status for `zonit run`.
     pub fn run(mut self) -> ShutdownAction {
         self.reserve_runtimes();
+        self.apply_network();
         self.open_watchdog();
         self.start_autostart();
         let mut events = Events::with_capacity(256);
@@ -269,6 +281,8 @@ impl Agent {
             match turn {
                 Ok(Some(action)) => {
                     self.release_watchdog();
+                    self.dhcp.release(self.poll.registry(), Instant::now());
+                    self.net.teardown();
                     return action;
                 }
                 Ok(None) => {}
@@ -277,8 +291,9 @@ impl Agent {
         }
     }
 
-    /// Every unit's runtime (output pipe, 16 KiB log ring) and the maps'
-    /// room, made before the first zone is forked: each zone's init shares
+    /// Every unit's runtime (16 KiB log ring; fds only come with a run)
+    /// and the maps' room, made before the first zone is forked: each
+    /// zone's init shares
     /// the agent's heap copy-on-write, and every heap page the agent
     /// rewrites after a fork (a map growing, a ring being made) becomes a
     /// private page of that zone.
@@ -290,15 +305,18 @@ impl Agent {
         self.sources.reserve(2 * n + 16);
         let names: Vec<String> = self.config.units.iter().map(|u| u.name.clone()).collect();
         for name in &names {
-            if let Err(e) = self.ensure_runtime(name) {
-                // spawn_unit tries again and reports the failure.
-                log::warn!("{name}: unable to create the output pipe: {e}");
-            }
+            self.ensure_runtime(name);
         }
     }
 
     /// One wake-up: wait, dispatch, reap, advance timers.
     fn turn(&mut self, events: &mut Events) -> Option<ShutdownAction> {
+        // A shutdown begun outside the loop (say, at start by an
+        // `exit_with` unit that cannot start) may already be complete:
+        // nothing would wake the poll for it.
+        if let Some(action) = self.check_shutdown() {
+            return Some(action);
+        }
         let timeout = self.timeout(Instant::now());
         if let Err(e) = self.poll.poll(events, timeout)
             && e.kind() != io::ErrorKind::Interrupted
@@ -320,6 +338,11 @@ impl Agent {
         for id in std::mem::take(&mut self.pending_conns) {
             self.on_conn(id, false);
         }
+        if self.accept_retry.is_some_and(|t| t <= Instant::now()) {
+            self.accept_retry = None;
+            self.accept();
+        }
+        self.dhcp.on_timer(Instant::now());
         self.reap();
         self.feed(Input::Tick);
         self.check_boot_done();
@@ -338,11 +361,17 @@ impl Agent {
             .filter(|s| !s.killed)
             .map(|s| s.deadline);
         let watchdog = self.watchdog.as_ref().and_then(|w| w.next_deadline());
-        [self.sup.next_deadline(), shutdown, watchdog]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|d| d.saturating_duration_since(now))
+        [
+            self.sup.next_deadline(),
+            shutdown,
+            self.accept_retry,
+            self.dhcp.deadline(),
+            watchdog,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|d| d.saturating_duration_since(now))
     }
 
     /// `hangup`: the other end of the source is closed for good.
@@ -350,6 +379,7 @@ impl Agent {
         match token {
             SIGNALS => self.on_signals(),
             LISTENER => self.accept(),
+            t if crate::net::dhcp::socket::Dhcp::owns(t) => self.dhcp.on_ready(t, Instant::now()),
             t => match self.sources.get(&t) {
                 Some(Source::Output(unit)) => {
                     let unit = unit.clone();
@@ -389,7 +419,13 @@ impl Agent {
         for sig in pending {
             match (sig, self.opts.mode) {
                 (SIGCHLD, _) => {} // reaped after every wake-up
-                (SIGHUP, _) => self.reload_and_log(),
+                (SIGHUP, _) => {
+                    log::info!(
+                        "SIGHUP received, reloading {}",
+                        self.opts.config_path.display()
+                    );
+                    let _ = self.reload_and_log();
+                }
                 (SIGTERM | SIGINT, Mode::Run) => {
                     log::info!("{} received, stopping every unit", signal_name(sig));
                     self.begin_shutdown(ShutdownAction::Exit(0));
@@ -495,8 +531,10 @@ impl Agent {
         }
     }
 
-    fn reload_and_log(&mut self) {
-        match self.reload() {
+    /// Reloads and logs the outcome (SIGHUP and `ctl reload` alike).
+    fn reload_and_log(&mut self) -> Result<String, Vec<String>> {
+        let res = self.reload();
+        match &res {
             Ok(msg) => log::info!("{msg}"),
             Err(errors) => {
                 for e in errors {
@@ -505,6 +543,7 @@ impl Agent {
                 log::error!("reload failed; the running config is unchanged");
             }
         }
+        res
     }
 
     /// Re-reads the config. On error the running config stays in place;
@@ -533,6 +572,10 @@ impl Agent {
             .filter(|u| self.config.unit(&u.name).is_none())
             .map(|u| u.name.clone())
             .collect();
+        // A unit removed by an earlier reload may be back before it stopped.
+        for unit in &self.config.units {
+            self.retiring.remove(&unit.name);
+        }
         for name in &removed {
             if let Some(u) = old.unit(name) {
                 self.retiring.insert(name.clone(), u.clone());
@@ -549,6 +592,7 @@ impl Agent {
             );
         }
         log::set_max_level(self.opts.log_level_for(&self.config));
+        self.apply_network();
         let actions = self
             .sup
             .reload(specs(&self.config), &changed, &added, Instant::now());
@@ -568,6 +612,15 @@ impl Agent {
         ))
     }
 
+    /// Brings the host's networking in line with the config: NICs,
+    /// bridges and the firewall table first, then the DHCP clients and
+    /// servers that use them.
+    fn apply_network(&mut self) {
+        self.net.apply(&self.config);
+        self.dhcp
+            .apply(&self.config, self.poll.registry(), Instant::now());
+    }
+
     /// Frees the runtime of units a reload removed, once they are down.
     fn release_retired(&mut self) {
         for name in self.sup.take_retired() {
@@ -578,6 +631,31 @@ impl Agent {
             }
         }
     }
+}
+
+/// Raises the soft limit on open files to the hard limit, as systemd does
+/// for itself: the agent holds a few fds per running unit and per client,
+/// and PID 1 starts with a soft limit of 1024. Units inherit the raised
+/// limit unless their `rlimits` set `nofile` (docs/config.md).
+fn raise_nofile() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => log::debug!("open files limit raised from {soft} to {hard}"),
+            Err(e) => log::warn!("unable to raise the open files limit from {soft} to {hard}: {e}"),
+        },
+        Ok(_) => {}
+        Err(e) => log::warn!("unable to read the open files limit: {e}"),
+    }
+}
+
+/// Where zones' generated `resolv.conf` and `hosts` live: beside the
+/// control socket, so each agent has its own.
+fn net_files_dir(control_socket: &std::path::Path) -> PathBuf {
+    control_socket
+        .parent()
+        .unwrap_or(std::path::Path::new("/run/zonit"))
+        .join("net")
 }
 
 fn cgroup_instance(mode: Mode) -> String {

@@ -140,6 +140,7 @@ impl Agent {
         let n = new.units.len();
         self.config = new;
         self.reserve_runtimes();
+        self.apply_network();
         self.start_autostart();
         format!("config loaded: {n} unit(s)")
     }

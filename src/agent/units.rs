@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
 use mio::Interest;
@@ -13,7 +13,7 @@ use nix::sys::wait::WaitStatus;
 
 use super::{Agent, Source};
 use crate::config::{ReadyKind, UnitKind};
-use crate::logbuf::{Admit, LOG_BURST, LOG_PER_SECOND, LineSplitter, RateLimit, Ring};
+use crate::logbuf::{Admit, LOG_BURST, LOG_PER_SECOND, LineSplitter, RateLimit, Ring, escape_line};
 use crate::logging::UNIT_TARGET_PREFIX;
 use crate::logging::error_chain;
 use crate::supervisor::{Action, End, Input};
@@ -25,10 +25,13 @@ use crate::zone::{preflight, start};
 /// cannot starve the loop.
 const READ_BUDGET: usize = 256 * 1024;
 
-/// A unit's live resources.
+/// A unit's live resources. Only a unit with a process holds fds (its
+/// output pipe, pidfd and start channel); the ring outlives its runs.
 pub(super) struct UnitRt {
-    out_rx: File,
-    out_tx: OwnedFd,
+    /// Read end of the output pipe of the current run: the agent keeps no
+    /// write end, so it reaches end of file once the run's processes are
+    /// gone.
+    out: Option<(File, mio::Token)>,
     ring: Ring,
     splitter: LineSplitter,
     rate: RateLimit,
@@ -106,6 +109,7 @@ impl Agent {
             }
             Action::Probe { unit, check } => queue.extend(self.start_probe(&unit, check)),
             Action::CancelProbe(unit) => self.cancel_probe(&unit),
+            Action::GaveUp { unit, reason } => log::error!("{unit}: failed: {reason}"),
         }
     }
 
@@ -138,11 +142,8 @@ impl Agent {
     }
 
     /// Drops a unit's runtime: its output pipe and its log followers.
-    pub(super) fn release_unit(&mut self, name: &str, rt: UnitRt) {
-        let _ = self
-            .poll
-            .registry()
-            .deregister(&mut SourceFd(&rt.out_rx.as_raw_fd()));
+    pub(super) fn release_unit(&mut self, name: &str, mut rt: UnitRt) {
+        self.unwatch_output(rt.out.take());
         self.sources
             .retain(|_, s| !matches!(s, Source::Output(u) | Source::Status(u) if u == name));
         for id in rt.followers {
@@ -150,22 +151,15 @@ impl Agent {
         }
     }
 
-    /// Creates the unit's runtime (output pipe, log ring) if it has none.
-    pub(super) fn ensure_runtime(&mut self, unit: &str) -> io::Result<()> {
+    /// Creates the unit's runtime (log ring, no fds) if it has none.
+    pub(super) fn ensure_runtime(&mut self, unit: &str) {
         if self.units.contains_key(unit) {
-            return Ok(());
+            return;
         }
-        let (rx, tx) = sys::pipe()?;
-        sys::set_nonblocking(rx.as_fd())?;
-        let token = self.token(Source::Output(unit.to_string()));
-        self.poll
-            .registry()
-            .register(&mut SourceFd(&rx.as_raw_fd()), token, Interest::READABLE)?;
         self.units.insert(
             unit.to_string(),
             UnitRt {
-                out_rx: File::from(rx),
-                out_tx: tx,
+                out: None,
                 ring: Ring::default(),
                 splitter: LineSplitter::default(),
                 rate: RateLimit::new(LOG_BURST, LOG_PER_SECOND, Instant::now()),
@@ -173,7 +167,46 @@ impl Agent {
                 followers: Vec::new(),
             },
         );
-        Ok(())
+    }
+
+    /// A fresh output pipe for the unit's next run: the read end is
+    /// watched, the write end returned for the child (and closed here once
+    /// the child has its copy).
+    fn open_output(&mut self, unit: &str) -> io::Result<OwnedFd> {
+        self.close_output(unit);
+        self.ensure_runtime(unit);
+        let (rx, tx) = sys::pipe()?;
+        let token = self.token(Source::Output(unit.to_string()));
+        let res = sys::set_nonblocking(rx.as_fd()).and_then(|()| {
+            self.poll
+                .registry()
+                .register(&mut SourceFd(&rx.as_raw_fd()), token, Interest::READABLE)
+        });
+        if let Err(e) = res {
+            self.sources.remove(&token);
+            return Err(e);
+        }
+        if let Some(rt) = self.units.get_mut(unit) {
+            rt.out = Some((File::from(rx), token));
+        }
+        Ok(tx)
+    }
+
+    /// Reads what is left of a finished run's output and closes the pipe.
+    fn close_output(&mut self, unit: &str) {
+        self.read_output(unit);
+        let out = self.units.get_mut(unit).and_then(|rt| rt.out.take());
+        self.unwatch_output(out);
+    }
+
+    fn unwatch_output(&mut self, out: Option<(File, mio::Token)>) {
+        if let Some((file, token)) = out {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&file.as_raw_fd()));
+            self.sources.remove(&token);
+        }
     }
 
     /// Watches the agent's end of a zone start channel under `source`:
@@ -225,9 +258,6 @@ impl Agent {
         let Some(cfg) = self.config.unit(unit).cloned() else {
             return failed("not in the config".into(), true);
         };
-        if let Err(e) = self.ensure_runtime(unit) {
-            return failed(format!("unable to create the output pipe: {e}"), false);
-        }
         let zone = match &cfg.kind {
             UnitKind::Zone(z) => z,
             UnitKind::Guest(g) => return self.spawn_guest(unit, g),
@@ -238,15 +268,24 @@ impl Agent {
         let group = match self.cgroups.prepare(unit, zone) {
             Ok(g) => g,
             Err(e) => {
-                let permanent = !matches!(e, super::cgroup::Error::Busy { .. });
+                // A busy leaf group empties; running out of fds or memory
+                // passes; a missing controller does not.
+                let permanent = !matches!(&e, super::cgroup::Error::Busy { .. })
+                    && !matches!(&e, super::cgroup::Error::Io { source, .. } if sys::is_transient(source));
                 return failed(error_chain(&e), permanent);
             }
+        };
+        // A zone on a network sees its resolv.conf and hosts read-only.
+        let net_files = match self.net.zone_files(&self.config, unit, zone) {
+            Ok(m) => m,
+            Err(reason) => return failed(reason, false),
         };
         let notify = match self.notify_pipe(unit) {
             Ok(n) => n,
             Err(e) => return failed(format!("unable to create the notify pipe: {e}"), false),
         };
         let mut zone = zone.clone();
+        zone.mounts.extend(net_files);
         if matches!(
             cfg.common.ready.as_ref().map(|r| &r.kind),
             Some(ReadyKind::Systemd)
@@ -254,21 +293,25 @@ impl Agent {
             zone.env
                 .insert("NOTIFY_SOCKET".into(), super::probe::NOTIFY_SOCKET.into());
         }
-        let Some(rt) = self.units.get(unit) else {
-            return failed("internal: runtime missing".into(), false);
+        let out = match self.open_output(unit) {
+            Ok(tx) => tx,
+            Err(e) => return failed(format!("unable to create the output pipe: {e}"), false),
         };
-        let started = match start::spawn(
+        let spawned = start::spawn(
             unit,
             &zone,
-            rt.out_tx.as_fd(),
+            out.as_fd(),
             group.as_ref().map(|g| g.as_fd()),
             notify.as_ref().map(|(fd, at)| start::Notify {
                 fd: fd.as_fd(),
                 at: *at,
             }),
-        ) {
+        );
+        drop(out);
+        let started = match spawned {
             Ok(s) => s,
             Err(e) => {
+                self.close_output(unit);
                 let permanent = matches!(e, start::Error::Nul { .. });
                 return failed(format!("unable to start: {}", error_chain(&e)), permanent);
             }
@@ -278,7 +321,7 @@ impl Agent {
         // The zone's init is born and set up its side; the command waits
         // for `Go` until the agent's part is in place.
         let released = self
-            .zone_outside_setup(unit, &zone, started.pid)
+            .zone_outside_setup(unit, &zone, started.pidfd.as_fd())
             .and_then(|()| self.notify_socket(unit, started.pidfd.as_fd()))
             .and_then(|()| {
                 Message::Go
@@ -312,26 +355,19 @@ impl Agent {
     }
 
     /// What the agent sets up for a zone from outside, after the zone's
-    /// init is cloned (`init_pid` reaches its namespaces) and before its
-    /// command is released with `Go`: the place for per-zone networking
-    /// (a veth moved into the zone's network namespace). Nothing yet.
+    /// init is cloned (its pidfd `init` reaches its namespaces) and before
+    /// its command is released with `Go`: a bridged zone's veth, addresses
+    /// and routes.
     fn zone_outside_setup(
         &mut self,
-        _unit: &str,
+        unit: &str,
         _zone: &crate::config::Zone,
-        _init_pid: i32,
+        init: BorrowedFd<'_>,
     ) -> Result<(), String> {
-        Ok(())
+        self.net.zone_start(&self.config, unit, init)
     }
 
     fn spawn_guest(&mut self, unit: &str, guest: &crate::config::Guest) -> Vec<Input> {
-        let Some(rt) = self.units.get(unit) else {
-            return vec![Input::StartFailed {
-                unit: unit.to_string(),
-                reason: "internal: no output pipe".into(),
-                permanent: false,
-            }];
-        };
         if let Err(reason) = super::guest::preflight(guest) {
             log::error!("{unit}: {reason}");
             return vec![Input::StartFailed {
@@ -340,10 +376,29 @@ impl Agent {
                 permanent: true,
             }];
         }
-        let started = match super::guest::spawn(guest, rt.out_tx.as_fd()) {
+        let taps = match super::guest::open_taps(guest, &self.config.networks) {
+            Ok(taps) => taps,
+            Err(reason) => {
+                log::error!("{unit}: {reason}");
+                return vec![Input::StartFailed {
+                    unit: unit.to_string(),
+                    reason,
+                    permanent: false,
+                }];
+            }
+        };
+        // The agent's copies of the taps close when this returns: each
+        // tap then lives as long as its monitor.
+        let spawned = self
+            .open_output(unit)
+            .map_err(|e| format!("unable to create the output pipe: {e}"))
+            .and_then(|out| {
+                super::guest::spawn(guest, out.as_fd(), &taps).map_err(|e| error_chain(&e))
+            });
+        let started = match spawned {
             Ok(s) => s,
-            Err(e) => {
-                let reason = error_chain(&e);
+            Err(reason) => {
+                self.close_output(unit);
                 log::error!("{unit}: {reason}");
                 return vec![Input::StartFailed {
                     unit: unit.to_string(),
@@ -392,7 +447,7 @@ impl Agent {
     /// The unit's top process was reaped with `status`.
     pub(super) fn unit_ended(&mut self, unit: &str, status: WaitStatus) {
         self.read_status(unit);
-        self.read_output(unit);
+        self.close_output(unit);
         let Some(mut proc) = self.units.get_mut(unit).and_then(|u| u.proc.take()) else {
             return;
         };
@@ -460,7 +515,8 @@ impl Agent {
                 self.pending_reads.push(unit.to_string());
                 break;
             }
-            match rt.out_rx.read(&mut buf) {
+            let Some((out, _)) = &mut rt.out else { break };
+            match out.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
                     total += n;
@@ -482,6 +538,9 @@ impl Agent {
             return;
         };
         let (splitter, rate) = (&mut rt.splitter, &mut rt.rate);
+        let notice = |dropped: u64| {
+            log::warn!(target: &target, "({dropped} lines not logged: rate limit; `zonit ctl logs` has them)");
+        };
         splitter.feed(&chunks, |line| {
             if let Some(p) = &pattern {
                 ready |= String::from_utf8_lossy(line).contains(p.as_str());
@@ -489,10 +548,11 @@ impl Agent {
             match rate.admit(now) {
                 Admit::Pass { dropped } => {
                     if dropped > 0 {
-                        log::warn!(target: &target, "({dropped} lines not logged: rate limit; `zonit ctl logs` has them)");
+                        notice(dropped);
                     }
-                    log::info!(target: &target, "{}", String::from_utf8_lossy(line));
+                    log::info!(target: &target, "{}", escape_line(line));
                 }
+                Admit::Notice { dropped } => notice(dropped),
                 Admit::Drop => {}
             }
         });

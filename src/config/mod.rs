@@ -25,6 +25,7 @@ pub(crate) mod units;
 mod validate;
 
 pub use ready::{Health, Probe, Ready, ReadyKind, Watchdog};
+pub use units::parse_duration;
 
 /// Default location of the config file.
 pub const DEFAULT_PATH: &str = "/etc/zonit.toml";
@@ -468,15 +469,68 @@ impl Unit {
 /// Reads and parses the config file at `path`. An unreadable file is one
 /// diagnostic at 1:1.
 pub fn load(path: &Path) -> Result<Config, Vec<Diagnostic>> {
-    match std::fs::read_to_string(path) {
+    match read_file(path) {
         Ok(text) => parse(path, &text),
-        Err(e) => Err(vec![Diagnostic {
+        Err(message) => Err(vec![Diagnostic {
             file: path.to_path_buf(),
             line: 1,
             col: 1,
-            message: format!("unable to read config: {e}"),
+            message,
         }]),
     }
+}
+
+/// Largest config file read, in bytes.
+pub const MAX_SIZE: u64 = 4 * 1024 * 1024;
+
+/// Reads a config file without ever blocking or growing without bound:
+/// it is opened non-blocking (a FIFO at the path would otherwise stall
+/// the agent's loop until a writer came), and read only when `fstat`
+/// says it is a regular file of at most [`MAX_SIZE`] bytes.
+fn read_file(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| format!("unable to read config: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("unable to read config: {e}"))?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        let what = if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_dir() {
+            "a directory"
+        } else if ft.is_socket() {
+            "a socket"
+        } else {
+            "a device"
+        };
+        return Err(format!(
+            "unable to read config: it is {what}; the config must be a regular file"
+        ));
+    }
+    if meta.len() > MAX_SIZE {
+        return Err(format!(
+            "unable to read config: it is {} bytes, more than the {MAX_SIZE} a config may have",
+            meta.len()
+        ));
+    }
+    let mut text = String::new();
+    // The size may change under us; never read past the limit.
+    (&mut file)
+        .take(MAX_SIZE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("unable to read config: {e}"))?;
+    if text.len() as u64 > MAX_SIZE {
+        return Err(format!(
+            "unable to read config: it is more than the {MAX_SIZE} bytes a config may have"
+        ));
+    }
+    Ok(text)
 }
 
 /// Parses config `text`; `file` is only used in diagnostics.

@@ -169,7 +169,9 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
         .join(":")
 }
 
-fn parse_mac(text: &str) -> Option<[u8; 6]> {
+/// Parses a MAC written as six colon-separated hex bytes (also what the
+/// monitor's `--net mac=` takes).
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
     let mut parts = text.split(':');
     for byte in &mut mac {

@@ -1199,3 +1199,26 @@ fn stop_signals_that_pause_or_resume_are_rejected() {
     assert_eq!(diags.len(), 1, "{}", render(&diags));
     ok(&format!("{MINIMAL_ZONE}stop_signal = \"SIGQUIT\"\n"));
 }
+
+#[test]
+fn a_fifo_at_the_config_path_is_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("zonit.toml");
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // Without a writer, a blocking open would never return.
+    let errs = load(&path).unwrap_err();
+    assert!(errs[0].message.contains("a FIFO"), "{}", errs[0]);
+}
+
+#[test]
+fn a_config_over_the_size_limit_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("zonit.toml");
+    let mut text = "# padding\n".repeat((MAX_SIZE as usize) / 10);
+    text.push_str("\n# one line too many\n");
+    std::fs::write(&path, text).unwrap();
+    let errs = load(&path).unwrap_err();
+    assert!(errs[0].message.contains("more than the"), "{}", errs[0]);
+    std::fs::write(&path, "").unwrap();
+    assert!(load(&path).is_ok());
+}

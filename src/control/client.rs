@@ -3,18 +3,23 @@
 //! Exit status: 0 on success, 1 when the agent answered with an error,
 //! 2 for a usage error, 3 when the agent could not be reached.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use super::proto::{self, Request, UnitRow};
 use crate::config::DEFAULT_CONTROL_SOCKET;
+use crate::config::parse_duration;
 
-const USAGE: &str = "usage: zonit ctl [--socket PATH] COMMAND
+const USAGE: &str = "usage: zonit ctl [--socket PATH] [--timeout DURATION] COMMAND
+  --timeout   give up when the agent has not answered within DURATION
+              (\"500ms\", \"30s\", \"2m\"); default 60s, none for logs -f
+              and exec; 0s waits for ever
 commands:
   status [--json]            one row per unit
   start|stop|restart NAME    as named; stop waits until the unit is stopped
@@ -35,26 +40,52 @@ fn usage(msg: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// How long `zonit ctl` waits for the agent unless told otherwise; a
+/// `stop` waits for the unit to stop, which takes up to its stop_timeout.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Entry point of `zonit ctl`; `args` are the words after `ctl`.
 pub fn main(args: &[String]) -> ExitCode {
     let mut socket = PathBuf::from(DEFAULT_CONTROL_SOCKET);
-    let mut rest: Vec<&str> = Vec::new();
+    let mut timeout = None;
     let mut it = args.iter();
+    let mut rest: Vec<&str> = Vec::new();
+    // Options come before the command, so an exec'd command's own
+    // arguments are never taken for ours.
     while let Some(a) = it.next() {
         match a.as_str() {
             "--socket" => match it.next() {
                 Some(p) => socket = PathBuf::from(p),
                 None => return usage("--socket needs a path"),
             },
-            _ => rest.push(a),
+            "--timeout" => match it.next().map(|t| parse_duration(t)) {
+                Some(Ok(t)) => timeout = Some(t),
+                Some(Err(e)) => return usage(&format!("--timeout: {e}")),
+                None => return usage("--timeout needs a duration"),
+            },
+            _ => {
+                rest.push(a);
+                rest.extend(it.by_ref().map(String::as_str));
+            }
         }
     }
     let (req, output) = match parse(&rest) {
         Ok(x) => x,
         Err(msg) => return usage(&msg),
     };
-    match run(&socket, &req, output) {
+    let timeout = timeout
+        .or_else(|| (!streams(&req)).then_some(DEFAULT_TIMEOUT))
+        .filter(|t| !t.is_zero());
+    match run(&socket, &req, output, timeout) {
         Ok(code) => code,
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            eprintln!(
+                "zonit ctl: no reply from the agent at {} within {:?}",
+                socket.display(),
+                timeout.unwrap_or_default()
+            );
+            ExitCode::from(3)
+        }
         Err(e) => {
             eprintln!(
                 "zonit ctl: unable to talk to the agent at {}: {e}",
@@ -63,6 +94,14 @@ pub fn main(args: &[String]) -> ExitCode {
             ExitCode::from(3)
         }
     }
+}
+
+/// Requests whose replies keep coming for as long as the client wants.
+fn streams(req: &Request) -> bool {
+    matches!(
+        req,
+        Request::Logs { follow: true, .. } | Request::Exec { .. }
+    )
 }
 
 fn parse(words: &[&str]) -> Result<(Request, Output), String> {
@@ -133,8 +172,15 @@ fn parse(words: &[&str]) -> Result<(Request, Output), String> {
     Ok((req, Output::Plain))
 }
 
-fn run(socket: &PathBuf, req: &Request, output: Output) -> std::io::Result<ExitCode> {
+fn run(
+    socket: &PathBuf,
+    req: &Request,
+    output: Output,
+    timeout: Option<Duration>,
+) -> std::io::Result<ExitCode> {
+    let deadline = timeout.map(|t| Instant::now() + t);
     let mut stream = UnixStream::connect(socket)?;
+    stream.set_write_timeout(timeout)?;
     let line = proto::encode_request(req);
     if matches!(req, Request::Exec { .. }) {
         // Our own stdio travels with the request: the command in the zone
@@ -144,11 +190,23 @@ fn run(socket: &PathBuf, req: &Request, output: Output) -> std::io::Result<ExitC
     } else {
         stream.write_all(&line)?;
     }
-    let reader = BufReader::new(stream);
+    let reader_stream = stream.try_clone()?;
+    let mut reader = BufReader::new(reader_stream);
     let stdout = std::io::stdout();
-    for line in reader.lines() {
-        let line = line?;
-        let v: Value = match serde_json::from_str(&line) {
+    loop {
+        if let Some(d) = deadline {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ErrorKind::TimedOut.into());
+            }
+            stream.set_read_timeout(Some(left))?;
+        }
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            break;
+        }
+        let line = line.trim_end_matches('\n');
+        let v: Value = match serde_json::from_str(line) {
             Ok(v) => v,
             Err(e) => {
                 eprintln!("zonit ctl: agent sent a line that is not JSON ({e}): {line}");
@@ -187,10 +245,7 @@ fn run(socket: &PathBuf, req: &Request, output: Output) -> std::io::Result<ExitC
         if let Some(msg) = v["message"].as_str() {
             println!("{msg}");
         }
-        if !matches!(
-            req,
-            Request::Logs { follow: true, .. } | Request::Exec { .. }
-        ) {
+        if !streams(req) {
             return Ok(ExitCode::SUCCESS);
         }
     }
@@ -293,6 +348,15 @@ mod tests {
     }
 
     #[test]
+    fn only_streams_go_without_a_default_timeout() {
+        assert!(!streams(&parse(&["status"]).unwrap().0));
+        assert!(!streams(&parse(&["stop", "a"]).unwrap().0));
+        assert!(!streams(&parse(&["logs", "a"]).unwrap().0));
+        assert!(streams(&parse(&["logs", "a", "-f"]).unwrap().0));
+        assert!(streams(&parse(&["exec", "a", "--", "sh"]).unwrap().0));
+    }
+
+    #[test]
     fn rejects_missing_names_and_unknown_commands() {
         assert!(parse(&["stop"]).is_err());
         assert!(parse(&["frobnicate"]).is_err());
@@ -313,6 +377,7 @@ mod tests {
             reason: None,
             oom_kills: 0,
             health: None,
+            addresses: vec![],
         }];
         let t = table(&rows);
         let lines: Vec<&str> = t.lines().collect();
@@ -339,6 +404,7 @@ mod tests {
             reason: None,
             oom_kills: 0,
             health: Some("healthy".into()),
+            addresses: vec![],
         };
         let t = table(&[row]);
         assert!(

@@ -126,6 +126,9 @@ pub struct UnitRow {
     /// while a unit with `health` has a process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<String>,
+    /// The unit's addresses on `[network.X]` bridges.
+    #[serde(default)]
+    pub addresses: Vec<String>,
 }
 
 /// A success reply with extra fields.

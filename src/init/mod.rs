@@ -242,26 +242,17 @@ fn leave_rootfs() -> nix::Result<()> {
     nix::unistd::chdir("/")
 }
 
-/// The controllers zone limits use (`memory_max`, `cpu_max`,
-/// `pids_max`); the agent's cgroup code enables the same and no others.
-const ZONE_CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
-
-/// Enables the zone controllers for the root group's children, so zone
-/// groups can have memory, cpu and pids limits.
+/// Enables the controllers zone limits use (`memory_max`, `cpu_max`,
+/// `pids_max`) for the root group's children, the same and no others as
+/// the agent enables below it.
 fn enable_cgroup_controllers() {
     let root = Path::new("/sys/fs/cgroup");
-    let Ok(available) = std::fs::read_to_string(root.join("cgroup.controllers")) else {
-        log::warn!("no cgroup2 at /sys/fs/cgroup: zones cannot have resource limits");
-        return;
-    };
-    // One write each: a controller the kernel refuses (cpu, while a
-    // realtime task runs in the root) must not keep the others off.
-    for c in available
-        .split_whitespace()
-        .filter(|c| ZONE_CONTROLLERS.contains(c))
-    {
-        if let Err(e) = std::fs::write(root.join("cgroup.subtree_control"), format!("+{c}")) {
-            log::warn!("unable to enable the cgroup controller {c}: {e}");
+    match crate::agent::cgroup::enable_used(root) {
+        None => log::warn!("no cgroup2 at /sys/fs/cgroup: zones cannot have resource limits"),
+        Some(refused) => {
+            for (c, e) in refused {
+                log::warn!("unable to enable the cgroup controller {c}: {e}");
+            }
         }
     }
 }

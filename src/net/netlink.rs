@@ -14,7 +14,8 @@
 use std::fs::File;
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
@@ -62,6 +63,13 @@ pub enum Error {
         #[source]
         err: nix::Error,
     },
+}
+
+impl Error {
+    /// The kernel said a link of that name exists already.
+    pub fn is_link_exists(&self) -> bool {
+        matches!(self, Error::Request { err, .. } if err.raw_os_error() == Some(libc::EEXIST))
+    }
 }
 
 type Result<T> = std::result::Result<T, Error>;
@@ -236,14 +244,7 @@ impl Rtnl {
     /// skip duplicate address detection: they are static, and a tentative
     /// address would refuse `bind(2)` for a second.
     pub fn add_address(&mut self, index: u32, name: &str, addr: &Cidr) -> Result<()> {
-        let mut msg = AddressMessage::default();
-        msg.header.family = match addr.addr {
-            IpAddr::V4(_) => AddressFamily::Inet,
-            IpAddr::V6(_) => AddressFamily::Inet6,
-        };
-        msg.header.prefix_len = addr.prefix;
-        msg.header.index = index;
-        msg.attributes.push(AddressAttribute::Local(addr.addr));
+        let mut msg = address_message(index, addr);
         msg.attributes.push(AddressAttribute::Address(addr.addr));
         if addr.addr.is_ipv6() {
             msg.attributes
@@ -254,6 +255,17 @@ impl Rtnl {
             NLM_F_CREATE | NLM_F_REPLACE,
             || format!("add address {addr} to {name}"),
         )?;
+        Ok(())
+    }
+
+    /// Sets the MTU of link `index` (named `name`).
+    pub fn set_mtu(&mut self, index: u32, name: &str, mtu: u32) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        self.request(RouteNetlinkMessage::SetLink(msg), 0, || {
+            format!("set the MTU of {name} to {mtu}")
+        })?;
         Ok(())
     }
 
@@ -342,6 +354,97 @@ impl Rtnl {
         })?;
         Ok(())
     }
+
+    /// The index and hardware address of link `name`.
+    pub fn link_mac(&mut self, name: &str) -> Result<(u32, [u8; 6])> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.into()));
+        let replies = self.request(RouteNetlinkMessage::GetLink(msg), 0, || {
+            format!("look up link {name}")
+        })?;
+        for reply in replies {
+            if let RouteNetlinkMessage::NewLink(link) = reply {
+                let mac = link.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok(),
+                    _ => None,
+                });
+                if let Some(mac) = mac {
+                    return Ok((link.header.index, mac));
+                }
+            }
+        }
+        Err(Error::Request {
+            what: format!("find the Ethernet address of {name}{}", self.place),
+            err: errno(libc::ENODEV),
+        })
+    }
+
+    /// Removes `addr` from link `index` (named `name`); an address that is
+    /// not there is no error.
+    pub fn delete_address(&mut self, index: u32, name: &str, addr: &Cidr) -> Result<()> {
+        let msg = address_message(index, addr);
+        match self.request(RouteNetlinkMessage::DelAddress(msg), 0, || {
+            format!("remove address {addr} from {name}")
+        }) {
+            Err(Error::Request { err, .. }) if err.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+                Ok(())
+            }
+            other => other.map(drop),
+        }
+    }
+}
+
+/// An address message for `addr` on link `index`.
+fn address_message(index: u32, addr: &Cidr) -> AddressMessage {
+    let mut msg = AddressMessage::default();
+    msg.header.family = match addr.addr {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
+    msg.header.prefix_len = addr.prefix;
+    msg.header.index = index;
+    msg.attributes.push(AddressAttribute::Local(addr.addr));
+    msg
+}
+
+/// The network namespace of the process behind `pidfd` (named `place`
+/// in errors), as a file descriptor. Through the pidfd, never a PID: under
+/// `zonit run` the agent's /proc may belong to another PID namespace,
+/// where the zone's PID names some other process. Refuses the agent's own
+/// namespace, so a mistake can never configure the host's links as a
+/// zone's.
+pub fn netns_of(pidfd: BorrowedFd<'_>, place: &str) -> Result<OwnedFd> {
+    use nix::sched::{CloneFlags, setns};
+    let own_path = "/proc/thread-self/ns/net";
+    let ns_error = |what: String, e: io::Error| Error::Namespace {
+        what,
+        err: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    };
+    let own = File::open(own_path)
+        .map_err(|e| ns_error("open this thread's network namespace".into(), e))?;
+    setns(pidfd, CloneFlags::CLONE_NEWNET).map_err(|err| Error::Namespace {
+        what: format!("enter the network namespace of {place}"),
+        err,
+    })?;
+    // /proc/thread-self is this thread whatever PID namespace /proc shows.
+    let theirs = File::open(own_path);
+    setns(own.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|err| Error::Namespace {
+        what: format!("return from the network namespace of {place}"),
+        err,
+    })?;
+    let theirs =
+        theirs.map_err(|e| ns_error(format!("open the network namespace of {place}"), e))?;
+    let same = match (own.metadata(), theirs.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => true,
+    };
+    if same {
+        return Err(Error::Namespace {
+            what: format!("use the network namespace of {place}: it is the agent's own"),
+            err: nix::Error::EINVAL,
+        });
+    }
+    Ok(theirs.into())
 }
 
 /// Creates (or adopts) each bridge of the host plan, with its addresses,
@@ -353,6 +456,27 @@ pub fn set_up_bridges(rtnl: &mut Rtnl, bridges: &[Bridge]) -> Result<()> {
             rtnl.add_address(index, &bridge.name, addr)?;
         }
         rtnl.set_up(index, &bridge.name)?;
+    }
+    Ok(())
+}
+
+/// Configures host NIC `iface` as the config says: MTU, static
+/// addresses, up, default route. A DHCP interface is only brought up
+/// here; its address comes from its DHCP client (`net::dhcp`).
+pub fn set_up_interface(rtnl: &mut Rtnl, iface: &crate::config::Interface) -> Result<()> {
+    let name = iface.name.as_str();
+    let index = rtnl.index(name)?;
+    if let Some(mtu) = iface.mtu {
+        rtnl.set_mtu(index, name, mtu)?;
+    }
+    if let crate::config::InterfaceAddress::Static(list) = &iface.address {
+        for addr in list {
+            rtnl.add_address(index, name, addr)?;
+        }
+    }
+    rtnl.set_up(index, name)?;
+    if let Some(gateway) = iface.gateway {
+        rtnl.add_default_route(index, name, gateway)?;
     }
     Ok(())
 }

@@ -265,6 +265,14 @@ pub enum Action {
     },
     /// Kill the unit's running probe; no `Probed` is expected for it.
     CancelProbe(String),
+    /// Tell the operator (the log) of a change no process event shows:
+    /// the unit was given up on.
+    GaveUp {
+        /// Unit name.
+        unit: String,
+        /// Why, as `status` shows it.
+        reason: String,
+    },
 }
 
 /// Errors of operator inputs.
@@ -284,7 +292,8 @@ pub struct Status {
     pub want: Want,
     /// Host PID of the top process while it exists.
     pub pid: Option<i32>,
-    /// Automatic restarts since the agent started.
+    /// Automatic restarts since the agent started (counted when the
+    /// restart is carried out, not when it is decided).
     pub restarts: u32,
     /// When the command became ready, while running.
     pub running_since: Option<Instant>,
@@ -308,9 +317,34 @@ pub struct Status {
     starts: VecDeque<Instant>,
     /// Removed from the config by a reload: dropped once it has no process.
     retiring: bool,
+    /// The next spawn is an automatic restart.
+    restart_due: bool,
+}
+
+/// Where an operator's `stop` of a unit stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopOutcome {
+    /// The unit still has a process and is still wanted down.
+    Pending,
+    /// The unit came to rest in this state.
+    Done(State),
+    /// A later request wanted it up again (start, restart): the stop will
+    /// never complete. The unit's state now.
+    Superseded(State),
 }
 
 impl Status {
+    /// Where a `stop` requested earlier stands now.
+    pub fn stop_outcome(&self) -> StopOutcome {
+        if self.want == Want::Up {
+            return StopOutcome::Superseded(self.state);
+        }
+        match self.state {
+            State::Running | State::Starting | State::Stopping => StopOutcome::Pending,
+            other => StopOutcome::Done(other),
+        }
+    }
+
     fn new() -> Self {
         Status {
             state: State::Stopped,
@@ -330,6 +364,7 @@ impl Status {
             spawn_pending: false,
             starts: VecDeque::new(),
             retiring: false,
+            restart_due: false,
         }
     }
 
@@ -425,7 +460,12 @@ impl Supervisor {
         let mut actions = Vec::new();
         for spec in specs {
             let status = match old.remove(&spec.name) {
-                Some(e) => e.status,
+                // A unit removed by an earlier reload and still stopping
+                // is back: it is no longer to be dropped.
+                Some(e) => Status {
+                    retiring: false,
+                    ..e.status
+                },
                 None => Status::new(),
             };
             self.entries.push(Entry { spec, status });
@@ -715,6 +755,7 @@ impl Supervisor {
                 st.consecutive = 0;
                 st.starts.clear();
                 st.reason = None;
+                st.restart_due = false;
             }
             State::Starting | State::Running | State::Stopping => {}
         }
@@ -774,7 +815,7 @@ impl Supervisor {
                 st.consecutive = 0;
             }
             st.consecutive = st.consecutive.saturating_add(1);
-            st.restarts = st.restarts.saturating_add(1);
+            st.restart_due = true;
             st.state = State::Backoff;
             st.deadline = Some(now + backoff_delay(&e.spec.backoff, st.consecutive));
         } else {
@@ -873,15 +914,24 @@ impl Supervisor {
                 st.starts.pop_front();
             }
             if st.starts.len() >= limit.burst as usize {
-                st.state = State::Failed;
-                st.want = Want::Down;
-                st.reason = Some(format!(
+                let reason = format!(
                     "start limit hit: {} starts within {:?}",
                     limit.burst, limit.interval
-                ));
+                );
+                st.state = State::Failed;
+                st.want = Want::Down;
+                st.restart_due = false;
+                st.reason = Some(reason.clone());
+                actions.push(Action::GaveUp {
+                    unit: e.spec.name.clone(),
+                    reason,
+                });
                 return;
             }
             st.starts.push_back(now);
+        }
+        if std::mem::take(&mut st.restart_due) {
+            st.restarts = st.restarts.saturating_add(1);
         }
         st.spawn_pending = true;
         actions.push(Action::Spawn(e.spec.name.clone()));

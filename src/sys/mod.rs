@@ -11,6 +11,7 @@
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 
 /// Turns a `-1` return into the thread's `errno` as an `io::Error`.
 pub fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
@@ -593,6 +594,110 @@ pub fn set_link_up(name: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// An error that says the system is short of something for now (fds,
+/// memory, processes) rather than that the operation can never succeed.
+pub fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EAGAIN | libc::ENOBUFS)
+    )
+}
+
+/// Drops this process's page-table entries for the address ranges
+/// `(start, len)` (`MADV_DONTNEED`), so their pages stop counting in its
+/// resident set until touched again. Only for private file mappings that
+/// are not writable and hold no private copy of any page (see
+/// `vmm::memory`): their contents come back unchanged from the file on the
+/// next access, so nothing is lost.
+pub fn release_file_pages(ranges: &[(usize, usize)]) -> io::Result<()> {
+    for &(start, len) in ranges {
+        // SAFETY: by the contract above the range is a read-only private
+        // file mapping with no private (modified) page: dropping its PTEs
+        // cannot change what any access reads, and no Rust object owns
+        // the mapping's memory as mutable.
+        let ret = unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTNEED) };
+        check(ret.into())?;
+    }
+    Ok(())
+}
+
+/// Size of the virtio-net header the tap reads and writes before each
+/// frame (`virtio_net_hdr_v1`).
+pub const TAP_VNET_HDR_LEN: libc::c_int = 12;
+
+/// Creates (or attaches to) the tap `name` for a guest's network card and
+/// returns its fd (close-on-exec) with the name the kernel gave it: no
+/// packet-info prefix, a 12-byte virtio-net header before every frame, no
+/// offloads. Needs CAP_NET_ADMIN in the current network namespace. The
+/// link is not brought up or put on a bridge here.
+pub fn open_tap(name: &str) -> io::Result<(OwnedFd, String)> {
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/net/tun")?;
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.len() >= req.ifr_name.len() || bytes.contains(&0) {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags =
+        (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+    let fd = tun.as_raw_fd();
+    // SAFETY: TUNSETIFF reads and fills `req`, a valid ifreq.
+    check(unsafe { libc::ioctl(fd, libc::TUNSETIFF, &mut req) }.into())?;
+    let hdr = TAP_VNET_HDR_LEN;
+    // SAFETY: TUNSETVNETHDRSZ reads one int.
+    check(unsafe { libc::ioctl(fd, libc::TUNSETVNETHDRSZ, &hdr) }.into())?;
+    // SAFETY: TUNSETOFFLOAD takes its flags by value; 0 turns every
+    // offload off, so frames cross whole and checksummed.
+    check(unsafe { libc::ioctl(fd, libc::TUNSETOFFLOAD, 0 as libc::c_ulong) }.into())?;
+    let given: Vec<u8> = req
+        .ifr_name
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    Ok((
+        OwnedFd::from(tun),
+        String::from_utf8_lossy(&given).into_owned(),
+    ))
+}
+
+/// `SIOCBRADDIF` from `<linux/sockios.h>`: add a port to a bridge.
+const SIOCBRADDIF: libc::c_ulong = 0x89a2;
+
+/// Makes the link `port` a port of the bridge `bridge` (`SIOCBRADDIF`).
+pub fn bridge_add_port(bridge: &str, port: &str) -> io::Result<()> {
+    let port =
+        std::ffi::CString::new(port).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `port` is a NUL-terminated string that outlives the call.
+    let index = unsafe { libc::if_nametoindex(port.as_ptr()) };
+    if index == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let sock =
+        std::net::UdpSocket::bind("0.0.0.0:0").or_else(|_| std::net::UdpSocket::bind("[::]:0"))?;
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = bridge.as_bytes();
+    if bytes.len() >= req.ifr_name.len() || bytes.contains(&0) {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_ifindex = index as libc::c_int;
+    // SAFETY: SIOCBRADDIF reads a valid ifreq naming the bridge and the
+    // port's index.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), SIOCBRADDIF, &req) }.into())?;
+    Ok(())
+}
+
 /// Most fds the kernel passes in one message (`SCM_MAX_FD`); the receive
 /// buffer has room for all of them, so none is ever left in flight.
 const SCM_MAX_FD: usize = 253;
@@ -832,6 +937,52 @@ pub fn sigtimedwait(set: &libc::sigset_t, timeout: std::time::Duration) -> io::R
 pub fn sync() {
     // SAFETY: sync takes no arguments and cannot fail.
     unsafe { libc::sync() };
+}
+
+/// A non-blocking, close-on-exec `AF_PACKET` datagram socket that hears
+/// the IPv4 packets of interface `ifindex` that the classic BPF program
+/// `filter` accepts (it sees each packet from its IP header on). The
+/// filter is in place before the socket is bound, so no packet reaches
+/// it unfiltered.
+pub fn packet_socket(ifindex: u32, filter: &[libc::sock_filter]) -> io::Result<OwnedFd> {
+    let ty = libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+    // SAFETY: plain socket(2); protocol 0 hears nothing until bound.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, ty, 0) };
+    check(fd.into())?;
+    // SAFETY: fd was just returned by socket(2) and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let prog = libc::sock_fprog {
+        len: u16::try_from(filter.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: prog points at `filter`, alive for the call; the kernel
+    // copies the program.
+    let ret = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&raw const prog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    check(ret.into())?;
+    // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+    addr.sll_ifindex =
+        i32::try_from(ifindex).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: addr is a valid sockaddr_ll of the size passed.
+    let ret = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw const addr).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    check(ret.into())?;
+    Ok(fd)
 }
 
 #[cfg(test)]

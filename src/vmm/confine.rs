@@ -13,6 +13,8 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
 use nix::unistd::{Gid, Uid, chdir, pivot_root, setgroups, setresgid, setresuid};
 
+use crate::sys;
+
 /// The uid and gid the monitor runs as once confined (the traditional
 /// `nobody`; no account needs to exist for it).
 pub const UNPRIVILEGED_ID: u32 = 65534;
@@ -44,7 +46,7 @@ pub enum ConfineError {
         what: &'static str,
         /// Cause.
         #[source]
-        source: nix::Error,
+        source: std::io::Error,
     },
 }
 
@@ -52,8 +54,11 @@ fn mount_step(what: &'static str) -> impl FnOnce(nix::Error) -> ConfineError {
     move |source| ConfineError::Mount { what, source }
 }
 
-fn privilege_step(what: &'static str) -> impl FnOnce(nix::Error) -> ConfineError {
-    move |source| ConfineError::Privileges { what, source }
+fn privilege_step<E: Into<std::io::Error>>(what: &'static str) -> impl FnOnce(E) -> ConfineError {
+    move |source| ConfineError::Privileges {
+        what,
+        source: source.into(),
+    }
 }
 
 /// Puts the monitor into an empty root of its own.
@@ -96,55 +101,28 @@ fn empty_root() -> Result<(), ConfineError> {
     Ok(())
 }
 
-/// Drops every capability from every set and becomes uid/gid 65534.
-fn drop_privileges() -> Result<(), ConfineError> {
-    // The bounding set first, while CAP_SETPCAP is still held; the kernel
-    // answers EINVAL past its last capability.
-    for cap in 0..64 {
-        match prctl(libc::PR_CAPBSET_DROP, cap) {
-            Ok(()) => {}
-            Err(nix::Error::EINVAL) => break,
-            Err(e) => return Err(privilege_step("drop the capability bounding set")(e)),
-        }
-    }
-    prctl(
-        libc::PR_CAP_AMBIENT,
-        libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-    )
-    .map_err(privilege_step("clear ambient capabilities"))?;
+/// Drops every capability from every set and becomes uid/gid 65534, with
+/// the capability code zones use (`sys`). `last_cap` is the highest
+/// capability the kernel knows, read while `/proc` was still reachable.
+fn drop_privileges(last_cap: u8) -> Result<(), ConfineError> {
+    // The bounding set first, while CAP_SETPCAP is still held.
+    sys::limit_bounding_and_ambient(&[], last_cap)
+        .map_err(privilege_step("drop the bounding and ambient capabilities"))?;
     setgroups(&[]).map_err(privilege_step("clear supplementary groups"))?;
     let gid = Gid::from_raw(UNPRIVILEGED_ID);
     setresgid(gid, gid, gid).map_err(privilege_step("switch to gid 65534"))?;
     // Leaving uid 0 in all three ids clears the permitted and effective
-    // capability sets (keep-caps is off), so no capset call is needed.
+    // sets (keep-caps is off); capset then empties the inheritable set.
     let uid = Uid::from_raw(UNPRIVILEGED_ID);
     setresuid(uid, uid, uid).map_err(privilege_step("switch to uid 65534"))?;
+    sys::set_capabilities(&[]).map_err(privilege_step("clear the capability sets"))?;
     nix::sys::prctl::set_no_new_privs().map_err(privilege_step("set no_new_privs"))?;
     Ok(())
 }
 
-/// prctl with one argument.
-fn prctl(option: libc::c_int, arg: libc::c_ulong) -> Result<(), nix::Error> {
-    // SAFETY: the options used here (PR_CAPBSET_DROP, PR_CAP_AMBIENT) take
-    // integer arguments only and touch no memory of ours.
-    let ret = unsafe {
-        libc::prctl(
-            option,
-            arg,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-        )
-    };
-    if ret < 0 {
-        Err(nix::Error::last())
-    } else {
-        Ok(())
-    }
-}
-
 /// Confines the calling (single-threaded) process.
 pub fn confine() -> Result<(), ConfineError> {
+    let last_cap = sys::last_cap();
     unshare(
         CloneFlags::CLONE_NEWNS
             | CloneFlags::CLONE_NEWIPC
@@ -153,5 +131,5 @@ pub fn confine() -> Result<(), ConfineError> {
     )
     .map_err(ConfineError::Unshare)?;
     empty_root()?;
-    drop_privileges()
+    drop_privileges(last_cap)
 }

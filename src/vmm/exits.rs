@@ -141,13 +141,21 @@ impl EndLatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vmm::devices::acpi::{AcpiPm, PM_BASE, PM_LEN};
+    use crate::vmm::devices::acpi::{
+        AcpiPm, PM_BASE, PM_LEN, RESET_PORT, RESET_VALUE, SLEEP_CONTROL_PORT, SLP_EN, SLP_TYP_S5,
+    };
     use crate::vmm::devices::i8042::{self, I8042};
     use crate::vmm::devices::pvpanic::{self, PvPanic};
     use crate::vmm::devices::serial::{COM1_BASE, COM1_LEN, CountingTrigger, SerialDevice};
+    use crate::vmm::layout::VIRTIO_MMIO_BASE;
     use std::sync::{Arc, Mutex};
 
     type Console = Arc<Mutex<SerialDevice<CountingTrigger, Vec<u8>>>>;
+
+    /// A port no device claims (the POST diagnostic port).
+    const UNCLAIMED_PORT: u16 = 0x80;
+    /// The i8042 command that pulses the CPU reset line.
+    const I8042_PULSE_RESET: u8 = 0xfe;
 
     fn ctx() -> (ExitContext, Console) {
         let serial = Arc::new(Mutex::new(SerialDevice::new(
@@ -190,7 +198,7 @@ mod tests {
         let (ctx, serial) = ctx();
         for b in b"ok" {
             assert_eq!(
-                handle_exit(&ctx, VcpuExit::IoOut(0x3f8, &[*b])),
+                handle_exit(&ctx, VcpuExit::IoOut(COM1_BASE, &[*b])),
                 ExitAction::Continue
             );
         }
@@ -202,15 +210,15 @@ mod tests {
         let (ctx, _) = ctx();
         let mut data = [0u8; 2];
         assert_eq!(
-            handle_exit(&ctx, VcpuExit::IoIn(0x80, &mut data)),
+            handle_exit(&ctx, VcpuExit::IoIn(UNCLAIMED_PORT, &mut data)),
             ExitAction::Continue
         );
         assert_eq!(data, [0xff, 0xff]);
         let mut data = [0u8; 4];
-        handle_exit(&ctx, VcpuExit::MmioRead(0xd000_0000, &mut data));
+        handle_exit(&ctx, VcpuExit::MmioRead(VIRTIO_MMIO_BASE, &mut data));
         assert_eq!(data, [0xff; 4]);
         assert_eq!(
-            handle_exit(&ctx, VcpuExit::MmioWrite(0xd000_0000, &[1])),
+            handle_exit(&ctx, VcpuExit::MmioWrite(VIRTIO_MMIO_BASE, &[1])),
             ExitAction::Continue
         );
     }
@@ -219,19 +227,31 @@ mod tests {
     fn each_guest_end_maps_to_its_kind() {
         let (ctx, _) = ctx();
         assert_eq!(
-            end_of(handle_exit(&ctx, VcpuExit::IoOut(0x64, &[0xfe]))),
+            end_of(handle_exit(
+                &ctx,
+                VcpuExit::IoOut(i8042::COMMAND_PORT, &[I8042_PULSE_RESET])
+            )),
             Some(GuestEnd::Reboot)
         );
         assert_eq!(
-            end_of(handle_exit(&ctx, VcpuExit::IoOut(0x600, &[0x34]))),
+            end_of(handle_exit(
+                &ctx,
+                VcpuExit::IoOut(SLEEP_CONTROL_PORT, &[(SLP_TYP_S5 << 2) | SLP_EN])
+            )),
             Some(GuestEnd::Poweroff)
         );
         assert_eq!(
-            end_of(handle_exit(&ctx, VcpuExit::IoOut(0x602, &[0x01]))),
+            end_of(handle_exit(
+                &ctx,
+                VcpuExit::IoOut(RESET_PORT, &[RESET_VALUE])
+            )),
             Some(GuestEnd::Reboot)
         );
         assert_eq!(
-            end_of(handle_exit(&ctx, VcpuExit::IoOut(0x505, &[0x01]))),
+            end_of(handle_exit(
+                &ctx,
+                VcpuExit::IoOut(pvpanic::PORT, &[pvpanic::PANICKED])
+            )),
             Some(GuestEnd::Crash)
         );
         assert_eq!(

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::vmm::devices::Syscalls;
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule, TargetArch,
@@ -117,8 +118,9 @@ fn compile(thread: &'static str, rules: Rules) -> Result<BpfProgram, SeccompErro
 }
 
 /// The filter of a vCPU thread: run the vCPU, drive devices (eventfd and
-/// console writes), log.
-pub fn vcpu_filter() -> Result<BpfProgram, SeccompError> {
+/// console writes), log; plus what each present device needs to serve its
+/// queues on the notifying vCPU (`devices`, each named for its device).
+pub fn vcpu_filter(devices: &[Syscalls]) -> Result<BpfProgram, SeccompError> {
     let build = |source| SeccompError::Build {
         thread: "vCPU",
         source,
@@ -130,12 +132,31 @@ pub fn vcpu_filter() -> Result<BpfProgram, SeccompError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(build)?;
     rules.insert(libc::SYS_ioctl, ioctl);
-    // virtio-blk requests are served on the vCPU that notifies.
-    allow(
-        &mut rules,
-        &[libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_fdatasync],
-    );
+    for needs in devices {
+        log::debug!(
+            "seccomp: vCPU threads may make syscalls {:?} for {}",
+            needs.list,
+            needs.device
+        );
+        allow(&mut rules, needs.list);
+    }
     compile("vCPU", rules)
+}
+
+/// The filter of a device's own worker thread (a network card's receive
+/// side): what every thread may do, plus what the device names.
+pub fn worker_filter(device: &Syscalls) -> Result<BpfProgram, SeccompError> {
+    let mut rules = common_rules().map_err(|source| SeccompError::Build {
+        thread: "device worker",
+        source,
+    })?;
+    log::debug!(
+        "seccomp: the {} worker may make syscalls {:?}",
+        device.device,
+        device.list
+    );
+    allow(&mut rules, device.list);
+    compile("device worker", rules)
 }
 
 /// The filter of the main thread: wait for signals and the guest's end,
@@ -176,7 +197,9 @@ mod tests {
 
     #[test]
     fn filters_compile() {
-        assert!(!vcpu_filter().unwrap().is_empty());
+        assert!(!vcpu_filter(&[]).unwrap().is_empty());
         assert!(!main_filter().unwrap().is_empty());
+        let net = crate::vmm::devices::net::RX_WORKER_SYSCALLS;
+        assert!(!worker_filter(&net).unwrap().is_empty());
     }
 }

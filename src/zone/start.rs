@@ -206,11 +206,16 @@ pub fn spawn(
     notify: Option<Notify<'_>>,
 ) -> Result<Started, Error> {
     let prep = prepare(name, zone)?;
+    // `network = "host"` shares the agent's network stack.
+    let netns = match zone.network {
+        crate::config::Network::Host => 0,
+        _ => libc::CLONE_NEWNET,
+    };
     let flags = (libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWNET
+        | netns
         | libc::CLONE_NEWCGROUP) as u64;
     clone_with_channel(flags, cgroup, |channel| {
         init::zone_init(&prep, channel, output, notify)

@@ -119,8 +119,20 @@ impl Zonit {
     /// `socket`) and waits until the socket answers; `dir` is removed when
     /// the returned value is dropped.
     pub fn launch(dir: PathBuf, config: PathBuf, socket: PathBuf) -> Zonit {
+        Self::launch_wrapped(dir, config, socket, &[])
+    }
+
+    /// As [`Zonit::launch`], with zonit started through `wrapper` (a
+    /// command that execs its arguments, such as `prlimit --nofile=N:M`).
+    pub fn launch_wrapped(
+        dir: PathBuf,
+        config: PathBuf,
+        socket: PathBuf,
+        wrapper: &[&str],
+    ) -> Zonit {
         let mut child = Command::new("unshare")
             .args(["--pid", "--fork", "--mount", "--kill-child"])
+            .args(wrapper)
             .arg(ZONIT)
             .args(["run", "--config"])
             .arg(&config)
@@ -463,4 +475,118 @@ pub fn value<'a>(out: &'a str, key: &str) -> Option<&'a str> {
     out.lines()
         .flat_map(|l| l.split(' '))
         .find_map(|w| w.strip_prefix(needle.as_str()))
+}
+
+/// Set in the copy of a test that runs inside its private namespace.
+const NETNS_INNER: &str = "ZONIT_TEST_IN_PRIVATE_NETNS";
+
+/// Runs the calling test again inside a fresh network namespace (a
+/// stand-in for the host: the machine's own interfaces are never
+/// touched); returns true in the copy that should do the work.
+pub fn in_private_netns(test: &str) -> bool {
+    if std::env::var_os(NETNS_INNER).is_some() {
+        return true;
+    }
+    if !require_root() {
+        return false;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new("unshare")
+        .args(["--net", "--"])
+        .arg(exe)
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(NETNS_INNER, "1")
+        .output()
+        .expect("unshare (util-linux) is needed");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{test} failed in its namespace:\n{text}"
+    );
+    assert!(
+        text.contains("1 passed"),
+        "{test} did not run in its namespace:\n{text}"
+    );
+    false
+}
+
+/// A process in a network namespace of its own (a stand-in zone, guest
+/// or outside host), killed when dropped.
+pub struct NetnsProc {
+    child: Child,
+}
+
+impl NetnsProc {
+    pub fn new() -> NetnsProc {
+        use std::os::unix::fs::MetadataExt;
+        let own = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        let child = Command::new("unshare")
+            .args(["--net", "--", "sleep", "600"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let path = format!("/proc/{}/ns/net", child.id());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // unshare(1) enters its namespace just before it execs sleep.
+        while std::fs::metadata(&path).map(|m| m.ino()).ok() == Some(own) {
+            assert!(Instant::now() < deadline, "unshare never made its netns");
+            thread::sleep(Duration::from_millis(5));
+        }
+        NetnsProc { child }
+    }
+
+    /// The pid whose network namespace this is.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn netns(&self) -> std::fs::File {
+        std::fs::File::open(format!("/proc/{}/ns/net", self.child.id())).unwrap()
+    }
+
+    /// A command that runs inside the namespace.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/proc/{}/ns/net", self.child.id()))
+            .arg("--")
+            .args(args);
+        cmd
+    }
+
+    /// Runs a command inside the namespace: success and output.
+    pub fn run(&self, args: &[&str]) -> (bool, String) {
+        let out = self.command(args).output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NetnsProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs a command in the test's own namespace: success and output.
+pub fn run_cmd(args: &[&str]) -> (bool, String) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }

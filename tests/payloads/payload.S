@@ -23,6 +23,11 @@
  *   blk        drive the virtio-mmio block device at 0xd0000000: print its
  *              features and capacity, read sector 0, write sector 1,
  *              flush, print each status, then power off
+ *   net        drive the virtio-mmio network card at 0xd0000000: print its
+ *              features and MAC, post 4 receive buffers, send an ARP
+ *              request for 10.99.0.1 from 10.99.0.2, then print the
+ *              sender of the first ARP reply received ("net: arp reply
+ *              from MAC") and power off; other frames are re-posted
  *   smp        count the MADT's processors, start the others with
  *              INIT/SIPI, wait for them to check in, then power off
  *   pio[=N]    write the COM1 scratch register N times (default 100000),
@@ -216,6 +221,9 @@ main64:
         lea rdi, [rip + w_blk]
         call has_word
         jnz do_blk
+        lea rdi, [rip + w_net]
+        call has_word
+        jnz do_net
         lea rdi, [rip + w_smp]
         call has_word
         jnz do_smp
@@ -351,23 +359,9 @@ do_smp:
         jmp do_poweroff
 
 do_blk:
-        mov rbx, 0xd0000000
-        cmp dword ptr [rbx], 0x74726976         /* "virt" */
-        jne no_virtio
-        cmp dword ptr [rbx + 4], 2              /* version 2 */
-        jne no_virtio
-        cmp dword ptr [rbx + 8], 2              /* block device */
-        jne no_virtio
-        mov dword ptr [rbx + 0x70], 0           /* reset */
-        mov dword ptr [rbx + 0x70], 3           /* ACKNOWLEDGE | DRIVER */
-        mov dword ptr [rbx + 0x14], 0
-        mov r13d, dword ptr [rbx + 0x10]        /* features 0..31 */
-        lea rdi, [rip + str_blk_features]
-        call puts
-        mov eax, r13d
-        call puthex
-        call newline
-        mov dword ptr [rbx + 0x24], 0
+        mov edi, 2                              /* block device */
+        lea rsi, [rip + str_blk_features]
+        call virtio_probe
         mov eax, r13d
         and eax, 0x220                          /* RO | FLUSH */
         mov dword ptr [rbx + 0x20], eax
@@ -376,21 +370,9 @@ do_blk:
         mov dword ptr [rbx + 0x70], 0xb         /* ... | FEATURES_OK */
         test dword ptr [rbx + 0x70], 8
         jz no_virtio
-        mov dword ptr [rbx + 0x30], 0           /* queue 0 */
-        mov dword ptr [rbx + 0x38], 8           /* 8 entries */
-        lea rax, [rip + vq_desc]
-        mov dword ptr [rbx + 0x80], eax
-        shr rax, 32
-        mov dword ptr [rbx + 0x84], eax
-        lea rax, [rip + vq_avail]
-        mov dword ptr [rbx + 0x90], eax
-        shr rax, 32
-        mov dword ptr [rbx + 0x94], eax
-        lea rax, [rip + vq_used]
-        mov dword ptr [rbx + 0xa0], eax
-        shr rax, 32
-        mov dword ptr [rbx + 0xa4], eax
-        mov dword ptr [rbx + 0x44], 1           /* queue ready */
+        xor edi, edi                            /* queue 0 */
+        lea rsi, [rip + vq_desc]
+        call queue_setup
         mov dword ptr [rbx + 0x70], 0xf         /* ... | DRIVER_OK */
         lea rdi, [rip + str_blk_capacity]
         call puts
@@ -431,6 +413,170 @@ do_blk:
         call putdec
         call newline
         jmp do_poweroff
+
+/* The network card at rbx: queue 0 receives, queue 1 transmits, 8 entries
+ * each; receive buffers 0-3 of 2 KiB at net_rx_bufs. */
+do_net:
+        mov edi, 1                              /* network card */
+        lea rsi, [rip + str_net_features]
+        call virtio_probe
+        mov dword ptr [rbx + 0x20], 0x20        /* MAC */
+        mov dword ptr [rbx + 0x24], 1
+        mov dword ptr [rbx + 0x20], 1           /* VERSION_1 */
+        mov dword ptr [rbx + 0x70], 0xb         /* ... | FEATURES_OK */
+        test dword ptr [rbx + 0x70], 8
+        jz no_virtio
+        /* The MAC, from configuration space, into the frame's source
+         * and the ARP sender fields. */
+        lea rdi, [rip + str_net_mac]
+        call puts
+        lea r8, [rip + arp_frame]
+        xor ecx, ecx
+1:      mov al, byte ptr [rbx + 0x100 + rcx]
+        mov byte ptr [r8 + 12 + 6 + rcx], al    /* Ethernet source */
+        mov byte ptr [r8 + 12 + 14 + 8 + rcx], al /* ARP sender MAC */
+        call puthex8
+        inc ecx
+        cmp ecx, 6
+        jne 1b
+        call newline
+        xor edi, edi                            /* queue 0: receive */
+        lea rsi, [rip + rx_desc]
+        call queue_setup
+        mov edi, 1                              /* queue 1: transmit */
+        lea rsi, [rip + tx_desc]
+        call queue_setup
+        mov dword ptr [rbx + 0x70], 0xf         /* ... | DRIVER_OK */
+
+        /* Post the 4 receive buffers. */
+        lea r8, [rip + rx_desc]
+        lea r9, [rip + net_rx_bufs]
+        lea r10, [rip + rx_desc + 0x100]        /* avail ring */
+        xor ecx, ecx
+2:      mov rax, rcx
+        shl rax, 4
+        mov rdx, rcx
+        shl rdx, 11
+        add rdx, r9
+        mov qword ptr [r8 + rax], rdx
+        mov dword ptr [r8 + rax + 8], 2048
+        mov word ptr [r8 + rax + 12], 2         /* WRITE */
+        mov word ptr [r10 + 4 + rcx * 2], cx
+        inc ecx
+        cmp ecx, 4
+        jne 2b
+        mfence
+        mov word ptr [r10 + 2], 4
+        mfence
+        mov dword ptr [rbx + 0x50], 0           /* notify queue 0 */
+
+        /* Send the ARP request: one descriptor, header and frame. */
+        lea r8, [rip + tx_desc]
+        lea rax, [rip + arp_frame]
+        mov qword ptr [r8], rax
+        mov dword ptr [r8 + 8], arp_frame_end - arp_frame
+        mov word ptr [r8 + 12], 0
+        mov word ptr [r8 + 0x100 + 4], 0        /* avail ring[0] = 0 */
+        mfence
+        mov word ptr [r8 + 0x100 + 2], 1
+        mfence
+        mov dword ptr [rbx + 0x50], 1           /* notify queue 1 */
+        lea rdi, [rip + str_net_sent]
+        call puts
+
+        /* Wait for received frames; r12 = used entries seen, r13 = avail
+         * index. */
+        xor r12d, r12d
+        mov r13d, 4
+        lea r8, [rip + rx_desc]
+3:      movzx eax, word ptr [r8 + 0x200 + 2]    /* used idx */
+        cmp ax, r12w
+        jne 4f
+        pause
+        jmp 3b
+4:      mov eax, r12d
+        and eax, 7
+        mov r14d, dword ptr [r8 + 0x200 + 4 + rax * 8]   /* buffer id */
+        inc r12d
+        mov rdx, r14
+        shl rdx, 11
+        lea r9, [rip + net_rx_bufs]
+        add rdx, r9                             /* the frame, header first */
+        cmp word ptr [rdx + 12 + 12], 0x0608    /* ARP (big-endian 0x0806) */
+        jne 5f
+        cmp word ptr [rdx + 12 + 14 + 6], 0x0200 /* reply */
+        jne 5f
+        lea rdi, [rip + str_net_reply]
+        call puts
+        xor ecx, ecx
+6:      mov al, byte ptr [rdx + 12 + 14 + 8 + rcx]
+        call puthex8
+        inc ecx
+        cmp ecx, 6
+        jne 6b
+        lea rdi, [rip + str_net_buffers]
+        call puts
+        movzx eax, word ptr [rdx + 10]          /* num_buffers */
+        call putdec
+        call newline
+        jmp do_poweroff
+5:      lea rdi, [rip + str_net_other]          /* not ours: re-post it */
+        call puts
+        mov eax, r13d
+        and eax, 7
+        mov word ptr [r8 + 0x100 + 4 + rax * 2], r14w
+        inc r13d
+        mfence
+        mov word ptr [r8 + 0x100 + 2], r13w
+        mfence
+        mov dword ptr [rbx + 0x50], 0
+        jmp 3b
+
+/* Finds the virtio-mmio device of id edi at 0xd0000000 (into rbx),
+ * resets and acknowledges it, prints its features 0..31 after the label at
+ * rsi and returns them in r13d, with the driver feature selector at 0.
+ * Leaves for no_virtio if the device is not there. */
+virtio_probe:
+        mov rbx, 0xd0000000
+        cmp dword ptr [rbx], 0x74726976         /* "virt" */
+        jne 9f
+        cmp dword ptr [rbx + 4], 2              /* version 2 */
+        jne 9f
+        cmp dword ptr [rbx + 8], edi
+        jne 9f
+        mov dword ptr [rbx + 0x70], 0           /* reset */
+        mov dword ptr [rbx + 0x70], 3           /* ACKNOWLEDGE | DRIVER */
+        mov dword ptr [rbx + 0x14], 0
+        mov r13d, dword ptr [rbx + 0x10]        /* features 0..31 */
+        mov rdi, rsi
+        call puts
+        mov eax, r13d
+        call puthex
+        call newline
+        mov dword ptr [rbx + 0x24], 0
+        ret
+9:      add rsp, 8                              /* no return */
+        jmp no_virtio
+
+/* Sets up queue edi of the virtio device at rbx with 8 entries:
+ * descriptors at rsi, avail ring at rsi + 0x100, used ring at rsi + 0x200. */
+queue_setup:
+        mov dword ptr [rbx + 0x30], edi
+        mov dword ptr [rbx + 0x38], 8
+        mov rax, rsi
+        mov dword ptr [rbx + 0x80], eax
+        shr rax, 32
+        mov dword ptr [rbx + 0x84], eax
+        lea rax, [rsi + 0x100]
+        mov dword ptr [rbx + 0x90], eax
+        shr rax, 32
+        mov dword ptr [rbx + 0x94], eax
+        lea rax, [rsi + 0x200]
+        mov dword ptr [rbx + 0xa0], eax
+        shr rax, 32
+        mov dword ptr [rbx + 0xa4], eax
+        mov dword ptr [rbx + 0x44], 1           /* queue ready */
+        ret
 
 no_virtio:
         lea rdi, [rip + str_no_virtio]
@@ -797,6 +943,7 @@ w_spin:         .asciz "spin"
 w_cad:          .asciz "cad"
 w_smp:          .asciz "smp"
 w_blk:          .asciz "blk"
+w_net:          .asciz "net"
 w_pio:          .asciz "pio"
 str_pio:        .asciz "pio: "
 str_pio_done:   .asciz "pio done\n"
@@ -805,21 +952,46 @@ str_blk_capacity: .asciz "blk capacity: "
 str_blk_read:   .asciz "blk read: "
 str_blk_write:  .asciz "blk write: "
 str_blk_flush:  .asciz "blk flush: "
-str_no_virtio:  .asciz "no virtio-blk\n"
+str_no_virtio:  .asciz "no virtio device of that kind\n"
+str_net_features: .asciz "net features: "
+str_net_mac:    .asciz "net mac: "
+str_net_sent:   .asciz "net: arp request sent\n"
+str_net_other:  .asciz "net: other frame\n"
+str_net_reply:  .asciz "net: arp reply from "
+str_net_buffers: .asciz " num_buffers "
 
-        /* A split virtqueue of 8 entries and one request's buffers. */
+        /* A split virtqueue of 8 entries (laid out as queue_setup
+         * expects) and one request's buffers. */
         .balign 4096
-vq_desc:        .fill 8 * 16, 1, 0
-        .balign 64
-vq_avail:       .fill 64, 1, 0
-        .balign 64
-vq_used:        .fill 128, 1, 0
+vq_desc:        .fill 0x100, 1, 0
+vq_avail:       .fill 0x100, 1, 0
+vq_used:        .fill 0x100, 1, 0
 req_hdr:        .fill 16, 1, 0
 req_status:     .byte 0
         .balign 512
 blk_buf:        .fill 512, 1, 0
 blk_wbuf:       .ascii "written by guest"
                 .fill 512 - 16, 1, 0
+
+        /* The network card's two queues (descriptors, then the avail
+         * ring at +0x100 and the used ring at +0x200), its receive
+         * buffers, and the ARP request it sends. */
+        .balign 4096
+rx_desc:        .fill 0x300, 1, 0
+        .balign 4096
+tx_desc:        .fill 0x300, 1, 0
+        .balign 4096
+net_rx_bufs:    .fill 4 * 2048, 1, 0
+arp_frame:      .fill 12, 1, 0                  /* virtio_net_hdr_v1 */
+                .byte 0xff, 0xff, 0xff, 0xff, 0xff, 0xff  /* broadcast */
+                .fill 6, 1, 0                   /* source: the card's MAC */
+                .byte 0x08, 0x06                /* ARP */
+                .byte 0, 1, 0x08, 0, 6, 4, 0, 1 /* Ethernet, IPv4, request */
+                .fill 6, 1, 0                   /* sender MAC */
+                .byte 10, 99, 0, 2              /* sender IP */
+                .fill 6, 1, 0                   /* target MAC */
+                .byte 10, 99, 0, 1              /* target IP */
+arp_frame_end:
 
         .balign 16
 stack:          .fill 4096, 1, 0

@@ -695,10 +695,10 @@ fn not_ready_within_the_timeout_is_a_failed_start_and_the_policy_applies() {
     assert!(
         matches!(&st.last_exit, Some(End::StartFailed(r)) if r.contains("not ready within 30s"))
     );
-    assert_eq!(st.restarts, 1);
     let a = h.advance_to_deadline();
     assert_eq!(spawned(&a), vec!["db"]);
     assert_ne!(h.pid("db"), pid);
+    assert_eq!(h.sup.status("db").unwrap().restarts, 1);
 }
 
 #[test]
@@ -877,4 +877,103 @@ fn an_unhealthy_unit_stopped_by_the_operator_meanwhile_stays_down() {
     h.feed(Input::Stop("web".into()));
     h.end("web", End::Signal(libc::SIGTERM));
     assert_eq!(h.state("web"), State::Stopped);
+}
+
+#[test]
+fn a_stop_is_superseded_by_a_start_while_stopping() {
+    let mut h = Harness::new(vec![spec("a", &[], RestartPolicy::Always)]);
+    h.feed(Input::Start("a".into()));
+    let pid = h.pid("a");
+    h.feed(Input::Stop("a".into()));
+    assert_eq!(
+        h.sup.status("a").unwrap().stop_outcome(),
+        StopOutcome::Pending
+    );
+    h.feed(Input::Start("a".into()));
+    assert_eq!(
+        h.sup.status("a").unwrap().stop_outcome(),
+        StopOutcome::Superseded(State::Stopping)
+    );
+    h.feed(Input::Ended {
+        unit: "a".into(),
+        end: End::Signal(15),
+    });
+    assert_ne!(h.pid("a"), pid, "started again");
+    assert_eq!(
+        h.sup.status("a").unwrap().stop_outcome(),
+        StopOutcome::Superseded(State::Running)
+    );
+}
+
+#[test]
+fn a_completed_stop_reports_the_resting_state() {
+    let mut h = Harness::new(vec![spec("a", &[], RestartPolicy::Always)]);
+    h.feed(Input::Start("a".into()));
+    h.feed(Input::Stop("a".into()));
+    h.feed(Input::Ended {
+        unit: "a".into(),
+        end: End::Signal(15),
+    });
+    assert_eq!(
+        h.sup.status("a").unwrap().stop_outcome(),
+        StopOutcome::Done(State::Stopped)
+    );
+}
+
+#[test]
+fn a_unit_re_added_while_still_stopping_is_kept_and_started_again() {
+    let both = || {
+        vec![
+            spec("keep", &[], RestartPolicy::Always),
+            spec("slow", &[], RestartPolicy::Always),
+        ]
+    };
+    let mut h = Harness::new(both());
+    h.feed(Input::StartAll(vec!["keep".into(), "slow".into()]));
+    let first = h.pid("slow");
+    h.sup.reload(
+        vec![spec("keep", &[], RestartPolicy::Always)],
+        &[],
+        &[],
+        h.now,
+    );
+    assert_eq!(h.state("slow"), State::Stopping);
+    let a = h.sup.reload(both(), &[], &["slow".into()], h.now);
+    assert!(spawned(&a).is_empty(), "waits for the old process to end");
+    h.end("slow", End::Signal(15));
+    assert!(h.sup.status("slow").is_some(), "re-added unit disappeared");
+    assert!(h.sup.take_retired().is_empty());
+    assert_eq!(h.state("slow"), State::Running);
+    assert_ne!(h.pid("slow"), first);
+}
+
+#[test]
+fn a_start_limit_of_5_shows_4_restarts_and_says_it_gave_up() {
+    let mut s = spec("z", &[], RestartPolicy::Always);
+    s.start_limit = Some(StartLimit {
+        burst: 5,
+        interval: Duration::from_secs(60),
+    });
+    let mut h = Harness::new(vec![s]);
+    h.feed(Input::Start("z".into()));
+    let mut spawns = 1;
+    let mut gave_up = Vec::new();
+    while h.state("z") != State::Failed {
+        h.end("z", End::Exit(1));
+        for a in h.advance_to_deadline() {
+            match a {
+                Action::Spawn(_) => spawns += 1,
+                Action::GaveUp { reason, .. } => gave_up.push(reason),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(spawns, 5);
+    assert_eq!(
+        h.sup.status("z").unwrap().restarts,
+        4,
+        "5 starts are 4 restarts"
+    );
+    assert_eq!(gave_up.len(), 1);
+    assert!(gave_up[0].contains("start limit hit"), "{gave_up:?}");
 }

@@ -15,8 +15,8 @@
 //! guest finds its SMP topology (MADT), virtio-mmio disks, power button and
 //! pvpanic device here rather than on the command line.
 
+use super::BusDevice;
 use super::aml;
-use super::{BusDevice, pvpanic};
 use crate::vmm::layout::{ACPI_ADDR, ACPI_END, IOAPIC_ADDR, LAPIC_ADDR};
 use crate::vmm::{Ending, GuestEnd};
 
@@ -43,24 +43,14 @@ const OEM_ID: &[u8; 6] = b"ZONIT ";
 const OEM_TABLE_ID: &[u8; 8] = b"ZONITVMM";
 const CREATOR_ID: &[u8; 4] = b"ZNIT";
 
-/// A virtio-mmio device as the DSDT announces it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct VirtioMmioSlot {
-    /// Base of its register window.
-    pub base: u64,
-    /// Window size.
-    pub len: u64,
-    /// Its GSI.
-    pub gsi: u32,
-}
-
 /// What the tables describe.
 #[derive(Clone, Debug, Default)]
 pub struct AcpiConfig {
     /// Number of vCPUs (APIC ids 0..n).
     pub vcpus: u8,
-    /// virtio-mmio devices.
-    pub virtio: Vec<VirtioMmioSlot>,
+    /// Every device's description for the DSDT (AML terms under `\_SB_`),
+    /// each written by the device's own module.
+    pub devices: Vec<Vec<u8>>,
 }
 
 /// Errors building the tables.
@@ -193,81 +183,29 @@ fn build_madt(vcpus: u8) -> Vec<u8> {
     sdt(b"APIC", 5, &body)
 }
 
+/// The power button and the Generic Event Device whose interrupt
+/// ([`GED_GSI`]) presses it: the monitor raises it on a stop request.
+pub fn power_button_aml() -> Vec<u8> {
+    use aml::*;
+    let mut terms = device(
+        "PWRB",
+        vec![name("_HID", eisa_id("PNP0C0C")), name("_UID", integer(0))],
+    );
+    terms.extend(device(
+        "GED0",
+        vec![
+            name("_HID", string("ACPI0013")),
+            name("_UID", integer(0)),
+            name("_CRS", resource_template(vec![edge_interrupt(GED_GSI)])),
+            method("_EVT", 1, vec![notify("\\_SB_.PWRB", 0x80)]),
+        ],
+    ));
+    terms
+}
+
 fn build_dsdt(config: &AcpiConfig) -> Vec<u8> {
     use aml::*;
-    let mut devices = vec![
-        device(
-            "PWRB",
-            vec![name("_HID", eisa_id("PNP0C0C")), name("_UID", integer(0))],
-        ),
-        // Generic Event Device: its interrupt runs _EVT, which presses the
-        // power button. The monitor raises it on SIGTERM.
-        device(
-            "GED0",
-            vec![
-                name("_HID", string("ACPI0013")),
-                name("_UID", integer(0)),
-                name("_CRS", resource_template(vec![edge_interrupt(GED_GSI)])),
-                method("_EVT", 1, vec![notify("\\_SB_.PWRB", 0x80)]),
-            ],
-        ),
-        device(
-            "COM1",
-            vec![
-                name("_HID", eisa_id("PNP0501")),
-                name("_UID", integer(0)),
-                name(
-                    "_CRS",
-                    resource_template(vec![
-                        io_port(super::serial::COM1_BASE, 8),
-                        isa_irq(super::serial::COM1_IRQ as u8),
-                    ]),
-                ),
-            ],
-        ),
-        device(
-            "KBD_",
-            vec![
-                name("_HID", eisa_id("PNP0303")),
-                name(
-                    "_CRS",
-                    resource_template(vec![
-                        io_port(super::i8042::DATA_PORT, 1),
-                        io_port(super::i8042::COMMAND_PORT, 1),
-                        isa_irq(super::i8042::KBD_IRQ as u8),
-                    ]),
-                ),
-            ],
-        ),
-        // QEMU's ISA pvpanic id: Linux's pvpanic-mmio driver binds to it
-        // and accepts an I/O port resource.
-        device(
-            "PEVT",
-            vec![
-                name("_HID", string("QEMU0001")),
-                name("_CRS", resource_template(vec![io_port(pvpanic::PORT, 1)])),
-                name("_STA", integer(0x0f)),
-            ],
-        ),
-    ];
-    for (i, slot) in config.virtio.iter().enumerate() {
-        devices.push(device(
-            &format!("VR{i:02X}"),
-            vec![
-                name("_HID", string("LNRO0005")),
-                name("_UID", integer(i as u64)),
-                name("_CCA", integer(1)),
-                name(
-                    "_CRS",
-                    resource_template(vec![
-                        memory32_fixed(slot.base as u32, slot.len as u32),
-                        edge_interrupt(slot.gsi),
-                    ]),
-                ),
-            ],
-        ));
-    }
-    let mut body = scope("\\_SB_", devices);
+    let mut body = scope("\\_SB_", config.devices.clone());
     body.extend(name(
         "_S5_",
         package(vec![
@@ -370,6 +308,8 @@ impl BusDevice for AcpiPm {
 
 #[cfg(test)]
 mod tests {
+    use super::super::alloc::{Allocator, VirtioMmioSlot};
+    use super::super::virtio_mmio;
     use super::*;
 
     fn sum(bytes: &[u8]) -> u8 {
@@ -415,11 +355,18 @@ mod tests {
     fn config(vcpus: u8) -> AcpiConfig {
         AcpiConfig {
             vcpus,
-            virtio: vec![VirtioMmioSlot {
-                base: 0xd000_0000,
-                len: 0x200,
-                gsi: 5,
-            }],
+            devices: vec![
+                power_button_aml(),
+                super::super::serial::aml(),
+                super::super::i8042::aml(),
+                super::super::pvpanic::aml(),
+                virtio_mmio::aml(&VirtioMmioSlot {
+                    index: 0,
+                    base: 0xd000_0000,
+                    len: 0x200,
+                    gsi: 16,
+                }),
+            ],
         }
     }
 
@@ -494,23 +441,22 @@ mod tests {
         assert!(has(b"QEMU0001"));
         assert!(has(b"LNRO0005"));
         assert!(has(&aml::memory32_fixed(0xd000_0000, 0x200)));
+        assert!(has(&aml::edge_interrupt(16)));
         assert!(has(&aml::edge_interrupt(GED_GSI)));
+        assert!(has(b"VR00"));
+        assert!(has(&aml::eisa_id("PNP0501")));
+        assert!(has(&aml::eisa_id("PNP0303")));
         // The scope's package length covers exactly the devices.
         assert_eq!(d[36], 0x10);
     }
 
     #[test]
     fn tables_fit_for_many_vcpus_and_devices() {
-        let cfg = AcpiConfig {
-            vcpus: 254,
-            virtio: (0..32)
-                .map(|i| VirtioMmioSlot {
-                    base: 0xd000_0000 + i * 0x1000,
-                    len: 0x200,
-                    gsi: 16 + i as u32,
-                })
-                .collect(),
-        };
+        let mut alloc = Allocator::new();
+        let mut cfg = config(254);
+        while let Ok(slot) = alloc.virtio(0x200) {
+            cfg.devices.push(virtio_mmio::aml(&slot));
+        }
         let blob = build_tables(&cfg).unwrap_or_default();
         assert!(!blob.is_empty());
         table(&blob, b"DSDT");

@@ -15,6 +15,7 @@ use std::os::unix::fs::FileExt;
 use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
+use super::Syscalls;
 use super::virtio_mmio::{VIRTIO_F_VERSION_1, VirtioDevice};
 
 /// Virtio device id of a block device.
@@ -183,6 +184,14 @@ impl Block {
 impl VirtioDevice for Block {
     fn device_type(&self) -> u32 {
         VIRTIO_ID_BLOCK
+    }
+
+    fn syscalls(&self) -> Syscalls {
+        // Requests are served on the vCPU that notifies.
+        Syscalls {
+            device: "virtio-blk",
+            list: &[libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_fdatasync],
+        }
     }
 
     fn features(&self) -> u64 {

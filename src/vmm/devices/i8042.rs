@@ -25,6 +25,25 @@ pub const COMMAND_PORT: u16 = 0x64;
 pub const PORT_RANGE: u64 = 5;
 /// The keyboard's ISA interrupt (and GSI).
 pub const KBD_IRQ: u32 = 1;
+
+/// The keyboard controller in the DSDT (PNP0303 at both ports, ISA IRQ 1).
+pub fn aml() -> Vec<u8> {
+    use super::aml::*;
+    device(
+        "KBD_",
+        vec![
+            name("_HID", eisa_id("PNP0303")),
+            name(
+                "_CRS",
+                resource_template(vec![
+                    io_port(DATA_PORT, 1),
+                    io_port(COMMAND_PORT, 1),
+                    isa_irq(KBD_IRQ as u8),
+                ]),
+            ),
+        ],
+    )
+}
 /// Bound on queued output bytes.
 pub const OUT_CAPACITY: usize = 16;
 

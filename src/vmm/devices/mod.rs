@@ -8,9 +8,11 @@
 //! interrupt trigger, an output `Write`) so tests drive them with fakes.
 
 pub mod acpi;
+pub mod alloc;
 pub mod aml;
 pub mod block;
 pub mod i8042;
+pub mod net;
 pub mod pvpanic;
 pub mod serial;
 pub mod virtio_mmio;
@@ -25,6 +27,18 @@ pub trait BusDevice: Send {
     fn read(&mut self, offset: u64, data: &mut [u8]);
     /// A guest write; return an [`Ending`] if it ends the guest.
     fn write(&mut self, offset: u64, data: &[u8]) -> Option<Ending>;
+}
+
+/// The syscalls a device makes on the thread that serves it, beyond what
+/// every monitor thread may do, named for the device: the seccomp filters
+/// are built from these, so a thread may make a device's syscalls only
+/// when that device is present.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Syscalls {
+    /// The device, for the filter's log line and errors.
+    pub device: &'static str,
+    /// Syscall numbers.
+    pub list: &'static [libc::c_long],
 }
 
 /// A device shared between vCPU threads (and the main thread, which

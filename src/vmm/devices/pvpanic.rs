@@ -15,6 +15,20 @@ pub const PANICKED: u8 = 1 << 0;
 /// A crash kernel is about to run (kdump); the guest goes on.
 pub const CRASH_LOADED: u8 = 1 << 1;
 
+/// The device in the DSDT under QEMU's ISA pvpanic id: Linux's
+/// pvpanic-mmio driver binds to it and accepts an I/O port resource.
+pub fn aml() -> Vec<u8> {
+    use super::aml::*;
+    device(
+        "PEVT",
+        vec![
+            name("_HID", string("QEMU0001")),
+            name("_CRS", resource_template(vec![io_port(PORT, 1)])),
+            name("_STA", integer(0x0f)),
+        ],
+    )
+}
+
 /// The pvpanic port.
 #[derive(Debug, Default)]
 pub struct PvPanic {

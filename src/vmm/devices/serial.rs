@@ -23,6 +23,22 @@ pub const COM1_LEN: u64 = 8;
 /// COM1's ISA interrupt (and GSI).
 pub const COM1_IRQ: u32 = 4;
 
+/// COM1 in the DSDT (PNP0501 at its ports and ISA IRQ).
+pub fn aml() -> Vec<u8> {
+    use super::aml::*;
+    device(
+        "COM1",
+        vec![
+            name("_HID", eisa_id("PNP0501")),
+            name("_UID", integer(0)),
+            name(
+                "_CRS",
+                resource_template(vec![io_port(COM1_BASE, 8), isa_irq(COM1_IRQ as u8)]),
+            ),
+        ],
+    )
+}
+
 /// An interrupt line backed by an eventfd (an irqfd in KVM).
 pub struct EventFdTrigger(pub EventFd);
 
@@ -35,9 +51,11 @@ impl Trigger for EventFdTrigger {
 }
 
 /// A trigger that only counts, for tests.
+#[cfg(test)]
 #[derive(Default)]
 pub struct CountingTrigger(pub std::sync::atomic::AtomicUsize);
 
+#[cfg(test)]
 impl Trigger for CountingTrigger {
     type E = io::Error;
 
@@ -63,6 +81,7 @@ impl<T: Trigger, W: Write> SerialDevice<T, W> {
     }
 
     /// The output sink (tests read back what the guest printed).
+    #[cfg(test)]
     pub fn output(&self) -> &W {
         self.uart.writer()
     }

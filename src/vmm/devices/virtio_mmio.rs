@@ -15,7 +15,8 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vm_superio::Trigger;
 
-use super::BusDevice;
+use super::alloc::VirtioMmioSlot;
+use super::{BusDevice, Syscalls};
 use crate::vmm::Ending;
 
 /// Size of the register window of one device.
@@ -26,6 +27,27 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 const MAGIC: u32 = 0x7472_6976; // "virt"
 const VERSION: u32 = 2;
 const VENDOR: u32 = 0x5449_4e5a; // "ZNIT"
+
+/// A virtio-mmio device in the DSDT: `VRnn` (LNRO0005) with its window
+/// and interrupt line, as the allocator placed it.
+pub fn aml(slot: &VirtioMmioSlot) -> Vec<u8> {
+    use super::aml::*;
+    device(
+        &format!("VR{:02X}", slot.index),
+        vec![
+            name("_HID", string("LNRO0005")),
+            name("_UID", integer(u64::from(slot.index))),
+            name("_CCA", integer(1)),
+            name(
+                "_CRS",
+                resource_template(vec![
+                    memory32_fixed(slot.base as u32, slot.len as u32),
+                    edge_interrupt(slot.gsi),
+                ]),
+            ),
+        ],
+    )
+}
 
 // Registers.
 const MAGIC_VALUE: u64 = 0x000;
@@ -69,8 +91,10 @@ pub const INT_USED_BUFFER: u32 = 1;
 
 /// A device behind the transport.
 pub trait VirtioDevice: Send {
-    /// Virtio device id (2 = block).
+    /// Virtio device id (1 = network, 2 = block).
     fn device_type(&self) -> u32;
+    /// What serving its queues on the notifying vCPU's thread needs.
+    fn syscalls(&self) -> Syscalls;
     /// Offered features.
     fn features(&self) -> u64;
     /// Maximum size of each queue (their count is the slice length).
@@ -127,8 +151,14 @@ impl<D: VirtioDevice, T: Trigger> VirtioMmio<D, T> {
     }
 
     /// The device (tests inspect it).
+    #[cfg(test)]
     pub fn device(&self) -> &D {
         &self.device
+    }
+
+    /// The device, for a device's own worker thread.
+    pub fn device_mut(&mut self) -> &mut D {
+        &mut self.device
     }
 
     fn reset(&mut self) {
@@ -170,7 +200,10 @@ impl<D: VirtioDevice, T: Trigger> VirtioMmio<D, T> {
         self.status = value;
     }
 
-    fn notify(&mut self, index: u32) {
+    /// Serves queue `index` as a guest notify does, and raises the
+    /// interrupt if buffers were used; also called by a device's worker
+    /// when data arrives from outside (a frame on a tap).
+    pub fn notify_queue(&mut self, index: u32) {
         if self.status & STATUS_DRIVER_OK == 0 {
             return;
         }
@@ -258,7 +291,7 @@ impl<D: VirtioDevice, T: Trigger> VirtioMmio<D, T> {
                     q.set_used_ring_address((!high).then_some(value), high.then_some(value));
                 }
             }
-            QUEUE_NOTIFY => self.notify(value),
+            QUEUE_NOTIFY => self.notify_queue(value),
             INTERRUPT_ACK => self.interrupt_status &= !value,
             STATUS => self.set_status(value),
             _ => log::trace!("ignored virtio-mmio write {value:#x} at {offset:#x}"),
@@ -310,6 +343,12 @@ mod tests {
     }
 
     impl VirtioDevice for Fake {
+        fn syscalls(&self) -> Syscalls {
+            Syscalls {
+                device: "fake",
+                list: &[],
+            }
+        }
         fn device_type(&self) -> u32 {
             42
         }
