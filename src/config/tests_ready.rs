@@ -1,24 +1,10 @@
 //! `ready`, `health` and `[host] watchdog`: meanings, defaults and errors.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
+use super::tests::{ok, parse_str, render};
 use super::*;
-
-fn parse_str(text: &str) -> Result<Config, Vec<Diagnostic>> {
-    parse(Path::new("test.toml"), text)
-}
-
-fn ok(text: &str) -> Config {
-    match parse_str(text) {
-        Ok(c) => c,
-        Err(d) => panic!("expected a valid config, got:\n{}", render(&d)),
-    }
-}
-
-fn render(diags: &[Diagnostic]) -> String {
-    diags.iter().map(|d| format!("{d}\n")).collect()
-}
 
 /// Exactly one diagnostic, at `line:col`, containing every needle.
 fn one_error(text: &str, line: usize, col: usize, needles: &[&str]) {

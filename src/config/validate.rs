@@ -1395,9 +1395,29 @@ fn find_cycles(edges: &[Vec<(usize, Range<usize>)>]) -> Vec<(Vec<usize>, usize, 
 }
 
 fn check_exit_with(raw: &RawHost, units: &[RawUnit], rep: &mut Reporter<'_>) {
-    let Some(name) = &raw.exit_with else {
+    if let Some(name) = &raw.exit_with {
+        check_host_unit_ref("exit_with", name, units, rep);
+    }
+}
+
+/// Every unit `[host] watchdog.require` names exists.
+fn check_watchdog_require(raw: &RawHost, units: &[RawUnit], rep: &mut Reporter<'_>) {
+    let Some(watchdog) = &raw.watchdog else {
         return;
     };
+    for name in watchdog.get_ref().require.iter().flatten() {
+        check_host_unit_ref("watchdog.require", name, units, rep);
+    }
+}
+
+/// `name`, the value of `[host]`'s `key`, names a zone or guest of the
+/// file; reported at the value, with the closest name as a hint.
+fn check_host_unit_ref(
+    key: &str,
+    name: &Spanned<String>,
+    units: &[RawUnit],
+    rep: &mut Reporter<'_>,
+) {
     if units.iter().any(|u| u.name.get_ref() == name.get_ref()) {
         return;
     }
@@ -1408,31 +1428,8 @@ fn check_exit_with(raw: &RawHost, units: &[RawUnit], rep: &mut Reporter<'_>) {
     rep.at(
         name.span(),
         format!(
-            "invalid `exit_with` in [host]: `{}` is no zone or guest in this file{hint}",
+            "invalid `{key}` in [host]: `{}` is no zone or guest in this file{hint}",
             name.get_ref().escape_debug()
         ),
     );
-}
-
-/// Every unit `[host] watchdog.require` names exists.
-fn check_watchdog_require(raw: &RawHost, units: &[RawUnit], rep: &mut Reporter<'_>) {
-    let Some(watchdog) = &raw.watchdog else {
-        return;
-    };
-    let all: Vec<&str> = units.iter().map(|u| u.name.get_ref().as_str()).collect();
-    for name in watchdog.get_ref().require.iter().flatten() {
-        if all.contains(&name.get_ref().as_str()) {
-            continue;
-        }
-        let hint = names::closest(name.get_ref(), &all)
-            .map(|n| format!("; did you mean `{n}`?"))
-            .unwrap_or_default();
-        rep.at(
-            name.span(),
-            format!(
-                "invalid `watchdog.require` in [host]: `{}` is no zone or guest in this file{hint}",
-                name.get_ref().escape_debug()
-            ),
-        );
-    }
 }
