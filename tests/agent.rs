@@ -420,28 +420,29 @@ fn ctl_gives_up_after_its_timeout() {
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }
 
+/// `n` zones `z0`.. running `sleep`, restarted always, with `extra` keys,
+/// under zonit started with `prlimit NOFILE`.
+fn many_zones(name: &str, n: usize, extra: &str, nofile: &str) -> Zonit {
+    let units = |d: &Path| {
+        (0..n)
+            .map(|i| {
+                let keys = format!("restart = \"always\"\n{extra}");
+                zone(d, &format!("z{i}"), "sleep 1000", &keys)
+            })
+            .collect::<String>()
+    };
+    Zonit::start_wrapped(name, "", units, &["prlimit", nofile])
+}
+
 #[test]
 fn three_hundred_zones_run_under_a_1024_fd_hard_limit() {
     if !require_root() {
         return;
     }
     const N: usize = 300;
-    let dir = test_dir("manyzones");
-    let socket = dir.join("ctl.sock");
-    let config = dir.join("zonit.toml");
-    let mut body = format!("[host]\ncontrol_socket = \"{}\"\n", socket.display());
-    for i in 0..N {
-        body.push_str(&zone(
-            &dir,
-            &format!("z{i}"),
-            "sleep 1000",
-            "restart = \"always\"",
-        ));
-    }
-    std::fs::write(&config, body).unwrap();
     // The soft limit of a PID 1 as the kernel starts it is 1024; start
     // lower so the agent must raise it to get through.
-    let z = Zonit::launch_wrapped(dir, config, socket, &["prlimit", "--nofile=256:1024"]);
+    let z = many_zones("manyzones", N, "", "--nofile=256:1024");
     z.wait_for("every zone running", Duration::from_secs(240), || {
         let rows = z.status();
         rows.len() == N && rows.iter().all(|u| u["state"] == "running")
@@ -469,21 +470,9 @@ fn running_out_of_fds_is_a_passing_failure_not_a_permanent_one() {
         return;
     }
     const N: usize = 150;
-    let dir = test_dir("emfile");
-    let socket = dir.join("ctl.sock");
-    let config = dir.join("zonit.toml");
-    let mut body = format!("[host]\ncontrol_socket = \"{}\"\n", socket.display());
-    for i in 0..N {
-        body.push_str(&zone(
-            &dir,
-            &format!("z{i}"),
-            "sleep 1000",
-            "restart = \"always\"\nbackoff = { initial = \"100ms\", max = \"500ms\" }",
-        ));
-    }
-    std::fs::write(&config, body).unwrap();
     // Too few fds for every zone at once: some starts run out of fds.
-    let z = Zonit::launch_wrapped(dir, config, socket, &["prlimit", "--nofile=400:400"]);
+    let backoff = "backoff = { initial = \"100ms\", max = \"500ms\" }";
+    let z = many_zones("emfile", N, backoff, "--nofile=400:400");
     z.wait_for("the fd limit to be hit", Duration::from_secs(60), || {
         z.log_text().contains("Too many open files")
     });
@@ -688,4 +677,36 @@ fn start_limit_and_operator_actions_are_logged_once_and_restarts_counted_right()
             z.log_text()
         );
     }
+}
+
+#[test]
+fn a_second_agent_in_another_pid_namespace_names_the_first_as_recorded() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("secondns", |d| zone(d, "web", "sleep 1000", ""));
+    let mut child = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount", "--kill-child"])
+        .arg(common::ZONIT)
+        .args(["run", "--config"])
+        .arg(&z.config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    // The first agent is PID 1 of its own namespace, invisible from here.
+    assert!(
+        text.contains("another agent (pid 1 in its own PID namespace"),
+        "{text}"
+    );
+    // The first agent carries on.
+    z.wait_state("web", "running");
 }

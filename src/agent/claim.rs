@@ -34,13 +34,13 @@ pub enum Error {
     /// Another agent holds the lock or answers on the socket.
     #[error(
         "another agent{} serves the control socket {path}; stop it first or give this one another control_socket",
-        .pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+        .pid.as_ref().map(|p| format!(" ({p})")).unwrap_or_default()
     )]
     Busy {
         /// The socket path.
         path: PathBuf,
-        /// The other agent's pid, when it could be learnt.
-        pid: Option<i32>,
+        /// The other agent's pid and where it was learnt, when it could be.
+        pid: Option<String>,
     },
     /// Something that is not a socket is in the way.
     #[error("{path} exists and is not a socket; remove it or choose another control_socket")]
@@ -151,7 +151,16 @@ impl Claim {
         let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(l) => l,
             Err((mut file, Errno::EWOULDBLOCK)) => {
-                let pid = peer_pid(socket).or_else(|| read_record(&mut file).pid);
+                // SO_PEERCRED says 0 for a peer in a PID namespace we cannot
+                // see; the record then has its pid as seen in its own.
+                let pid = peer_pid(socket).map(|p| format!("pid {p}")).or_else(|| {
+                    read_record(&mut file).pid.map(|p| {
+                        format!(
+                            "pid {p} in its own PID namespace, from {}",
+                            lock_file.display()
+                        )
+                    })
+                });
                 return Err(Error::Busy {
                     path: socket.to_path_buf(),
                     pid,
@@ -166,7 +175,7 @@ impl Claim {
                 if let Some(pid) = peer_pid(socket) {
                     return Err(Error::Busy {
                         path: socket.to_path_buf(),
-                        pid: Some(pid),
+                        pid: Some(format!("pid {pid}")),
                     });
                 }
                 fs::remove_file(socket).map_err(io_err("remove the stale socket", socket))?;

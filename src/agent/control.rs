@@ -6,6 +6,7 @@
 //! bound: request lines are capped at `proto::MAX_REQUEST`, unsent replies
 //! at [`MAX_PENDING`] (a follower that falls behind is dropped).
 
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
@@ -19,7 +20,7 @@ use serde_json::json;
 use super::{Agent, Error, LISTENER, Mode, ShutdownAction, Source, claim};
 use crate::config::UnitKind;
 use crate::control::proto::{self, Request, UnitRow};
-use crate::supervisor::{Input, State, StopOutcome, Want};
+use crate::supervisor::{Input, State, StopOutcome, Supervisor, Want};
 use crate::sys;
 
 /// Most unsent reply bytes kept for one client.
@@ -29,6 +30,46 @@ pub(super) const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_m
 /// Most request lines carried out for one client per wake-up, so one
 /// client's pipelined flood cannot starve the loop.
 const LINE_BUDGET: usize = 256;
+
+/// The control server's state: the listening socket and the hold on its
+/// path, the client connections, and what is owed to them.
+#[derive(Default)]
+pub(super) struct Server {
+    pub(super) listener: Option<UnixListener>,
+    /// The hold on the socket's path; dropped last, it removes the socket.
+    pub(super) claim: Option<claim::Claim>,
+    pub(super) conns: HashMap<usize, Conn>,
+    /// `stop` requests waiting for their unit: (connection, unit).
+    pub(super) stop_waiters: Vec<(usize, String)>,
+    /// `start` and `restart` requests waiting for their unit to be ready.
+    pub(super) start_waiters: Vec<(usize, String)>,
+    /// Connections with requests left over from the last wake-up.
+    pub(super) pending: Vec<usize>,
+    /// When to try `accept` again after it failed for want of fds.
+    pub(super) accept_retry: Option<Instant>,
+}
+
+impl Server {
+    /// Takes the `stop` requests whose unit came to rest, or that a later
+    /// start or restart superseded, with the reply each gets.
+    fn settled_stops(&mut self, sup: &Supervisor) -> Vec<(usize, Vec<u8>)> {
+        let mut done = Vec::new();
+        self.stop_waiters.retain(|(id, unit)| {
+            let reply = match sup.status(unit).map(|s| s.stop_outcome()) {
+                Some(StopOutcome::Pending) => return true,
+                Some(StopOutcome::Done(state)) => proto::ok(json!({ "state": state.as_str() })),
+                Some(StopOutcome::Superseded(state)) => proto::error(&format!(
+                    "stop of {unit} superseded: another request started it again (now {})",
+                    state.as_str()
+                )),
+                None => proto::ok(json!({ "state": "removed" })),
+            };
+            done.push((*id, reply));
+            false
+        });
+        done
+    }
+}
 
 pub(super) struct Conn {
     stream: UnixStream,
@@ -50,6 +91,82 @@ pub(super) struct Conn {
 
 /// fds that `exec` takes: stdin, stdout, stderr.
 const EXEC_FDS: usize = 3;
+
+impl Conn {
+    /// Takes the next complete request line out of the read buffer,
+    /// without its newline.
+    fn next_line(&mut self) -> Option<Vec<u8>> {
+        let nl = self.rbuf.iter().position(|&b| b == b'\n')?;
+        let mut line: Vec<u8> = self.rbuf.drain(..=nl).collect();
+        line.pop();
+        Some(line)
+    }
+
+    /// Reads one chunk (and the fds passed with it) into the buffers;
+    /// false when the socket has nothing more for now.
+    fn read_some(&mut self, buf: &mut [u8]) -> bool {
+        match sys::recv_with_fds(self.stream.as_fd(), buf) {
+            Ok(got) => {
+                self.fds.take_fds(got.fds, got.truncated);
+                if got.bytes == 0 {
+                    self.eof = true;
+                }
+                self.rbuf.extend_from_slice(&buf[..got.bytes]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(_) => self.eof = true,
+        }
+        true
+    }
+
+    /// Queues a reply; false when that would pass [`MAX_PENDING`] (the
+    /// client is not reading: it is to be dropped).
+    fn queue(&mut self, bytes: &[u8]) -> bool {
+        if self.wbuf.len() + bytes.len() > MAX_PENDING {
+            self.wbuf.clear();
+            self.closing = true;
+            return false;
+        }
+        self.wbuf.extend_from_slice(bytes);
+        true
+    }
+
+    /// Writes what the socket takes of the queued replies, and watches for
+    /// writability exactly while some are left. A write error marks the
+    /// connection for closing.
+    fn flush(&mut self, registry: &mio::Registry) {
+        while !self.wbuf.is_empty() {
+            match self.stream.write(&self.wbuf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.wbuf.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.wbuf.clear();
+                    self.closing = true;
+                    break;
+                }
+            }
+        }
+        let want_writable = !self.wbuf.is_empty();
+        if want_writable != self.writable_registered {
+            let interest = if want_writable {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            if registry
+                .reregister(&mut self.stream, self.token, interest)
+                .is_ok()
+            {
+                self.writable_registered = want_writable;
+            }
+        }
+    }
+}
 
 /// The fds a client passed for its next request.
 #[derive(Default)]
@@ -116,19 +233,19 @@ impl Agent {
         let (claim, previous) = claim::Claim::take(&path).map_err(Error::Claim)?;
         let mut listener = UnixListener::bind(&path).map_err(err)?;
         // From here on the claim removes the socket if anything fails.
-        self.claim = Some(claim);
+        self.control.claim = Some(claim);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
         self.poll
             .registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(Error::Poll)?;
-        self.listener = Some(listener);
+        self.control.listener = Some(listener);
         Ok(previous)
     }
 
     pub(super) fn accept(&mut self) {
         loop {
-            let Some(listener) = &self.listener else {
+            let Some(listener) = &self.control.listener else {
                 return;
             };
             let mut stream = match listener.accept() {
@@ -140,7 +257,7 @@ impl Agent {
                     // The listener is edge-triggered: a client left in the
                     // backlog (say, while out of fds) is tried again soon.
                     if sys::is_transient(&e) {
-                        self.accept_retry = Some(Instant::now() + ACCEPT_RETRY);
+                        self.control.accept_retry = Some(Instant::now() + ACCEPT_RETRY);
                     }
                     return;
                 }
@@ -163,7 +280,7 @@ impl Agent {
                     continue;
                 }
             };
-            let id = self.next_token;
+            let id = self.sources.next_id();
             let token = self.token(Source::Conn(id));
             if let Err(e) = self
                 .poll
@@ -174,7 +291,7 @@ impl Agent {
                 self.sources.remove(&token);
                 continue;
             }
-            self.conns.insert(
+            self.control.conns.insert(
                 id,
                 Conn {
                     stream,
@@ -204,12 +321,12 @@ impl Agent {
     pub(super) fn on_conn(&mut self, id: usize, gone: bool) {
         let mut handled = 0;
         let mut buf = [0u8; 4096];
-        if gone && let Some(conn) = self.conns.get_mut(&id) {
+        if gone && let Some(conn) = self.control.conns.get_mut(&id) {
             conn.gone = true;
         }
         loop {
             self.flush(id);
-            let Some(conn) = self.conns.get_mut(&id) else {
+            let Some(conn) = self.control.conns.get_mut(&id) else {
                 return;
             };
             if conn.closing {
@@ -219,13 +336,12 @@ impl Agent {
                 break; // resumed by the writable event
             }
             if handled >= LINE_BUDGET {
-                self.pending_conns.push(id);
+                self.control.pending.push(id);
                 break;
             }
-            if let Some(nl) = conn.rbuf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = conn.rbuf.drain(..=nl).collect();
+            if let Some(line) = conn.next_line() {
                 handled += 1;
-                self.line(id, &line[..nl]);
+                self.line(id, &line);
                 continue;
             }
             if conn.rbuf.len() > proto::MAX_REQUEST {
@@ -238,20 +354,11 @@ impl Agent {
             if conn.eof {
                 break;
             }
-            match sys::recv_with_fds(conn.stream.as_fd(), &mut buf) {
-                Ok(got) => {
-                    conn.fds.take_fds(got.fds, got.truncated);
-                    if got.bytes == 0 {
-                        conn.eof = true;
-                    }
-                    conn.rbuf.extend_from_slice(&buf[..got.bytes]);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => conn.eof = true,
+            if !conn.read_some(&mut buf) {
+                break;
             }
         }
-        if self.conns.get(&id).is_some_and(|c| c.gone) {
+        if self.control.conns.get(&id).is_some_and(|c| c.gone) {
             self.exec_client_gone(id);
             self.close(id);
         } else {
@@ -267,6 +374,7 @@ impl Agent {
         match proto::decode(line) {
             Ok(req) => {
                 if let Err(msg) = self
+                    .control
                     .conns
                     .get_mut(&id)
                     .map_or(Ok(()), |c| c.fds.check(&req))
@@ -289,16 +397,20 @@ impl Agent {
     /// following, no exec running. A half-closed client thus still gets
     /// every reply.
     fn close_if_done(&mut self, id: usize) {
-        let Some(conn) = self.conns.get(&id) else {
+        let Some(conn) = self.control.conns.get(&id) else {
             return;
         };
         // An unfinished last line is never carried out.
         if !conn.eof || !conn.wbuf.is_empty() {
             return;
         }
-        let waiting = self.stop_waiters.iter().any(|(c, _)| *c == id)
-            || self.start_waiters.iter().any(|(c, _)| *c == id)
-            || self.units.values().any(|u| u.followers.contains(&id))
+        let waiting = self.control.stop_waiters.iter().any(|(c, _)| *c == id)
+            || self.control.start_waiters.iter().any(|(c, _)| *c == id)
+            || self
+                .runtimes
+                .units
+                .values()
+                .any(|u| u.followers.contains(&id))
             || self.exec_pending(id);
         if !waiting {
             self.close(id);
@@ -319,7 +431,7 @@ impl Agent {
                     return;
                 }
                 self.log_operator(id, &format!("stop {name}"));
-                self.stop_waiters.push((id, name.clone()));
+                self.control.stop_waiters.push((id, name.clone()));
                 self.feed(Input::Stop(name));
             }
             Request::Logs {
@@ -332,6 +444,7 @@ impl Agent {
                     return;
                 }
                 let text = self
+                    .runtimes
                     .units
                     .get(&name)
                     .map(|u| u.tail(lines))
@@ -343,7 +456,7 @@ impl Agent {
                     // A unit added by a reload has no pipe yet; make it so
                     // the follower sees its first start too.
                     self.ensure_runtime(&name);
-                    if let Some(u) = self.units.get_mut(&name) {
+                    if let Some(u) = self.runtimes.units.get_mut(&name) {
                         u.followers.push(id);
                     }
                 } else {
@@ -382,7 +495,7 @@ impl Agent {
             _ => "start",
         };
         self.log_operator(id, &format!("{verb} {name}"));
-        self.start_waiters.push((id, name.to_string()));
+        self.control.start_waiters.push((id, name.to_string()));
         self.feed(input);
     }
 
@@ -391,7 +504,7 @@ impl Agent {
     /// (or the shutdown) overrode: that is no failure of the start.
     pub(super) fn answer_start_waiters(&mut self) {
         let mut done = Vec::new();
-        self.start_waiters.retain(|(id, unit)| {
+        self.control.start_waiters.retain(|(id, unit)| {
             let status = self.sup.status(unit);
             if let Some(st) = status.filter(|s| {
                 s.want == Want::Down && s.state != State::Exited && s.state != State::Failed
@@ -448,7 +561,7 @@ impl Agent {
 
     /// One log line per operator action, naming the client.
     fn log_operator(&self, id: usize, what: &str) {
-        let pid = self.conns.get(&id).map_or(0, |c| c.peer_pid);
+        let pid = self.control.conns.get(&id).map_or(0, |c| c.peer_pid);
         log::info!("control: {what} (requested by pid {pid})");
     }
 
@@ -458,7 +571,7 @@ impl Agent {
         self.config
             .units
             .iter()
-            .chain(self.retiring.values())
+            .chain(self.runtimes.retiring.values())
             .filter_map(|u| {
                 let st = self.sup.status(&u.name)?;
                 Some(UnitRow {
@@ -486,22 +599,7 @@ impl Agent {
     /// Replies to `stop` requests whose unit has come to rest, or that a
     /// later start or restart superseded.
     pub(super) fn answer_stop_waiters(&mut self) {
-        let mut done = Vec::new();
-        self.stop_waiters.retain(|(id, unit)| {
-            let outcome = self.sup.status(unit).map(|s| s.stop_outcome());
-            let reply = match outcome {
-                Some(StopOutcome::Pending) => return true,
-                Some(StopOutcome::Done(state)) => proto::ok(json!({ "state": state.as_str() })),
-                Some(StopOutcome::Superseded(state)) => proto::error(&format!(
-                    "stop of {unit} superseded: another request started it again (now {})",
-                    state.as_str()
-                )),
-                None => proto::ok(json!({ "state": "removed" })),
-            };
-            done.push((*id, reply));
-            false
-        });
-        for (id, reply) in done {
+        for (id, reply) in self.control.settled_stops(&self.sup) {
             self.send(id, &reply);
             self.flush(id);
         }
@@ -520,55 +618,20 @@ impl Agent {
     }
 
     pub(super) fn send(&mut self, id: usize, bytes: &[u8]) {
-        let Some(conn) = self.conns.get_mut(&id) else {
+        let Some(conn) = self.control.conns.get_mut(&id) else {
             return;
         };
-        if conn.wbuf.len() + bytes.len() > MAX_PENDING {
+        if !conn.queue(bytes) {
             log::warn!("control socket: client not reading its replies; dropping it");
-            conn.wbuf.clear();
-            conn.closing = true;
             self.close(id);
-            return;
         }
-        conn.wbuf.extend_from_slice(bytes);
     }
 
     pub(super) fn flush(&mut self, id: usize) {
-        let Some(conn) = self.conns.get_mut(&id) else {
+        let Some(conn) = self.control.conns.get_mut(&id) else {
             return;
         };
-        while !conn.wbuf.is_empty() {
-            match conn.stream.write(&conn.wbuf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    conn.wbuf.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    conn.wbuf.clear();
-                    conn.closing = true;
-                    break;
-                }
-            }
-        }
-        let want_writable = !conn.wbuf.is_empty();
-        if want_writable != conn.writable_registered {
-            let interest = if want_writable {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            let token = conn.token;
-            if self
-                .poll
-                .registry()
-                .reregister(&mut conn.stream, token, interest)
-                .is_ok()
-            {
-                conn.writable_registered = want_writable;
-            }
-        }
+        conn.flush(self.poll.registry());
         if conn.closing && conn.wbuf.is_empty() {
             self.close(id);
         } else if conn.eof && conn.wbuf.is_empty() {
@@ -577,13 +640,13 @@ impl Agent {
     }
 
     fn close(&mut self, id: usize) {
-        if let Some(mut conn) = self.conns.remove(&id) {
+        if let Some(mut conn) = self.control.conns.remove(&id) {
             let _ = self.poll.registry().deregister(&mut conn.stream);
             self.sources.remove(&conn.token);
         }
-        self.stop_waiters.retain(|(c, _)| *c != id);
-        self.start_waiters.retain(|(c, _)| *c != id);
-        for u in self.units.values_mut() {
+        self.control.stop_waiters.retain(|(c, _)| *c != id);
+        self.control.start_waiters.retain(|(c, _)| *c != id);
+        for u in self.runtimes.units.values_mut() {
             u.followers.retain(|c| *c != id);
         }
     }
@@ -604,6 +667,59 @@ mod tests {
             name: "z".into(),
             argv: vec!["id".into()],
         }
+    }
+
+    fn engine() -> Supervisor {
+        let spec = crate::supervisor::Spec {
+            name: "a".into(),
+            after: Vec::new(),
+            restart: crate::config::RestartPolicy::Always,
+            backoff: crate::config::Backoff::default(),
+            start_limit: None,
+            stop_timeout: std::time::Duration::from_secs(10),
+            reboot_restarts: false,
+            ready: None,
+            health: None,
+        };
+        Supervisor::new(vec![spec])
+    }
+
+    #[test]
+    fn a_stop_waiter_gets_stopped_or_superseded_once() {
+        let now = Instant::now();
+        let mut sup = engine();
+        sup.handle(Input::Start("a".into()), now).unwrap();
+        sup.handle(
+            Input::Spawned {
+                unit: "a".into(),
+                pid: 7,
+            },
+            now,
+        )
+        .unwrap();
+        sup.handle(Input::Ready("a".into()), now).unwrap();
+        let mut server = Server::default();
+        server.stop_waiters.push((1, "a".into()));
+        sup.handle(Input::Stop("a".into()), now).unwrap();
+        assert!(server.settled_stops(&sup).is_empty(), "still stopping");
+        sup.handle(Input::Start("a".into()), now).unwrap();
+        let done = server.settled_stops(&sup);
+        assert_eq!(done.len(), 1);
+        assert!(String::from_utf8_lossy(&done[0].1).contains("superseded"));
+        assert!(server.settled_stops(&sup).is_empty(), "answered once");
+        server.stop_waiters.push((2, "a".into()));
+        sup.handle(Input::Stop("a".into()), now).unwrap();
+        let end = crate::supervisor::End::Signal(15);
+        sup.handle(
+            Input::Ended {
+                unit: "a".into(),
+                end,
+            },
+            now,
+        )
+        .unwrap();
+        let done = server.settled_stops(&sup);
+        assert!(String::from_utf8_lossy(&done[0].1).contains(r#""state":"stopped""#));
     }
 
     #[test]

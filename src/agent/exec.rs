@@ -29,6 +29,7 @@ impl Agent {
             return;
         }
         let fds = self
+            .control
             .conns
             .get_mut(&id)
             .map(|c| c.fds.take())
@@ -60,7 +61,7 @@ impl Agent {
             self.send(id, &proto::error(&format!("zone {name} is not running")));
             return;
         }
-        let Some(init) = self.units.get(name).and_then(|u| u.pidfd()) else {
+        let Some(init) = self.runtimes.units.get(name).and_then(|u| u.pidfd()) else {
             self.send(id, &proto::error(&format!("zone {name} is not running")));
             return;
         };

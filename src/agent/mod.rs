@@ -38,9 +38,6 @@ use signal_hook_mio::v1_0::Signals;
 use crate::config::{self, Config};
 use crate::supervisor::{Input, Spec, Supervisor};
 
-use control::Conn;
-use units::UnitRt;
-
 const SIGNALS: Token = Token(0);
 const LISTENER: Token = Token(1);
 const FIRST_DYNAMIC: usize = 2;
@@ -139,43 +136,78 @@ struct Shutdown {
 }
 
 /// The running agent.
+///
+/// Its parts, each owned here and each the state of one concern: the
+/// engine (`sup`), the event sources (`poll`, `signals`, `sources`), the
+/// control server (`control`, in `control.rs`), the units' runtimes
+/// (`runtimes`, in `units.rs`), the `ctl exec` sessions (`execs`, in
+/// `exec.rs`), the cgroups, and PID 1's extras (`pid1`).
 pub struct Agent {
     opts: Options,
     config: Config,
     sup: Supervisor,
     poll: Poll,
     signals: Signals,
-    listener: Option<mio::net::UnixListener>,
-    /// The hold on the socket's path; dropped last, it removes the socket.
-    claim: Option<claim::Claim>,
-    conns: HashMap<usize, Conn>,
-    units: HashMap<String, UnitRt>,
-    sources: HashMap<Token, Source>,
-    next_token: usize,
-    pids: HashMap<i32, String>,
-    stop_waiters: Vec<(usize, String)>,
-    pending_reads: Vec<String>,
-    /// Control connections with requests left over from the last wake-up.
-    pending_conns: Vec<usize>,
-    /// When to try `accept` again after it failed for want of fds.
-    accept_retry: Option<Instant>,
+    sources: Sources,
+    control: control::Server,
+    runtimes: units::Runtimes,
     shutdown: Option<Shutdown>,
     cgroups: cgroup::Cgroups,
     pid1: pid1::Pid1State,
-    /// Config of units a reload removed that are still stopping.
-    retiring: HashMap<String, config::Unit>,
     /// Running `ctl exec` helpers by PID.
     execs: HashMap<i32, exec::Session>,
     /// Readiness and health probes, notify channels.
     probes: probe::Probes,
-    /// `start` and `restart` requests waiting for their unit to be ready.
-    start_waiters: Vec<(usize, String)>,
     /// The hardware watchdog, when one is configured and usable.
     watchdog: Option<watchdog::Hw>,
     /// Bridges, the nf_tables table, zones' network files.
     net: crate::net::host::HostNet,
     /// DHCP clients of host NICs and servers of bridges.
     dhcp: crate::net::dhcp::socket::Dhcp,
+}
+
+/// What each poll token stands for.
+struct Sources {
+    map: HashMap<Token, Source>,
+    next: usize,
+}
+
+impl Sources {
+    fn new() -> Self {
+        Sources {
+            map: HashMap::new(),
+            next: FIRST_DYNAMIC,
+        }
+    }
+
+    /// The number the next token will carry.
+    fn next_id(&self) -> usize {
+        self.next
+    }
+
+    /// A new token for `source`.
+    fn add(&mut self, source: Source) -> Token {
+        let t = Token(self.next);
+        self.next += 1;
+        self.map.insert(t, source);
+        t
+    }
+
+    fn get(&self, t: &Token) -> Option<&Source> {
+        self.map.get(t)
+    }
+
+    fn remove(&mut self, t: &Token) {
+        self.map.remove(t);
+    }
+
+    fn retain(&mut self, keep: impl FnMut(&Token, &mut Source) -> bool) {
+        self.map.retain(keep);
+    }
+
+    fn reserve(&mut self, n: usize) {
+        self.map.reserve(n);
+    }
 }
 
 fn specs(config: &Config) -> Vec<Spec> {
@@ -219,26 +251,16 @@ impl Agent {
             opts,
             poll,
             signals,
-            listener: None,
-            claim: None,
-            conns: HashMap::new(),
-            units: HashMap::new(),
-            sources: HashMap::new(),
-            next_token: FIRST_DYNAMIC,
-            pids: HashMap::new(),
-            stop_waiters: Vec::new(),
-            pending_reads: Vec::new(),
-            pending_conns: Vec::new(),
-            accept_retry: None,
+            sources: Sources::new(),
+            control: control::Server::default(),
+            runtimes: units::Runtimes::default(),
             shutdown: None,
             cgroups: cgroup::Cgroups::default(),
             pid1: pid1::Pid1State::default(),
             net: crate::net::host::HostNet::new(net_files),
             dhcp: Default::default(),
-            retiring: HashMap::new(),
             execs: HashMap::new(),
             probes: probe::Probes::default(),
-            start_waiters: Vec::new(),
             watchdog: None,
         };
         // The socket first: an agent that cannot serve it (another one
@@ -252,17 +274,14 @@ impl Agent {
             pid: Some(std::process::id() as i32),
             cgroup: agent.cgroups.base().map(Into::into),
         };
-        if let Some(c) = &mut agent.claim {
+        if let Some(c) = &mut agent.control.claim {
             c.record(&record);
         }
         Ok(agent)
     }
 
     fn token(&mut self, source: Source) -> Token {
-        let t = Token(self.next_token);
-        self.next_token += 1;
-        self.sources.insert(t, source);
-        t
+        self.sources.add(source)
     }
 
     /// Starts every `autostart` unit and runs until shutdown; returns the
@@ -299,8 +318,8 @@ impl Agent {
     /// private page of that zone.
     fn reserve_runtimes(&mut self) {
         let n = self.config.units.len();
-        self.units.reserve(n);
-        self.pids.reserve(n);
+        self.runtimes.units.reserve(n);
+        self.runtimes.pids.reserve(n);
         // Output and status pipe of each unit, plus control connections.
         self.sources.reserve(2 * n + 16);
         let names: Vec<String> = self.config.units.iter().map(|u| u.name.clone()).collect();
@@ -332,14 +351,18 @@ impl Agent {
         for (token, hangup) in tokens {
             self.dispatch(token, hangup);
         }
-        for unit in std::mem::take(&mut self.pending_reads) {
+        for unit in std::mem::take(&mut self.runtimes.pending_reads) {
             self.read_output(&unit);
         }
-        for id in std::mem::take(&mut self.pending_conns) {
+        for id in std::mem::take(&mut self.control.pending) {
             self.on_conn(id, false);
         }
-        if self.accept_retry.is_some_and(|t| t <= Instant::now()) {
-            self.accept_retry = None;
+        if self
+            .control
+            .accept_retry
+            .is_some_and(|t| t <= Instant::now())
+        {
+            self.control.accept_retry = None;
             self.accept();
         }
         self.dhcp.on_timer(Instant::now());
@@ -352,7 +375,7 @@ impl Agent {
     }
 
     fn timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.pending_reads.is_empty() || !self.pending_conns.is_empty() {
+        if !self.runtimes.pending_reads.is_empty() || !self.control.pending.is_empty() {
             return Some(Duration::ZERO);
         }
         let shutdown = self
@@ -364,7 +387,7 @@ impl Agent {
         [
             self.sup.next_deadline(),
             shutdown,
-            self.accept_retry,
+            self.control.accept_retry,
             self.dhcp.deadline(),
             watchdog,
         ]
@@ -467,7 +490,7 @@ impl Agent {
         }
         self.answer_stop_waiters();
         self.answer_start_waiters();
-        if !self.retiring.is_empty() {
+        if !self.runtimes.retiring.is_empty() {
             self.release_retired();
         }
     }
@@ -520,7 +543,7 @@ impl Agent {
                     {
                         continue;
                     }
-                    match self.pids.remove(&pid.as_raw()) {
+                    match self.runtimes.pids.remove(&pid.as_raw()) {
                         Some(unit) => self.unit_ended(&unit, status),
                         None => log::debug!("reaped orphan {pid}"),
                     }
@@ -574,11 +597,11 @@ impl Agent {
             .collect();
         // A unit removed by an earlier reload may be back before it stopped.
         for unit in &self.config.units {
-            self.retiring.remove(&unit.name);
+            self.runtimes.retiring.remove(&unit.name);
         }
         for name in &removed {
             if let Some(u) = old.unit(name) {
-                self.retiring.insert(name.clone(), u.clone());
+                self.runtimes.retiring.insert(name.clone(), u.clone());
             }
         }
         if old.host.control_socket != self.config.host.control_socket
@@ -624,9 +647,9 @@ impl Agent {
     /// Frees the runtime of units a reload removed, once they are down.
     fn release_retired(&mut self) {
         for name in self.sup.take_retired() {
-            self.retiring.remove(&name);
+            self.runtimes.retiring.remove(&name);
             self.cgroups.remove(&name);
-            if let Some(rt) = self.units.remove(&name) {
+            if let Some(rt) = self.runtimes.units.remove(&name) {
                 self.release_unit(&name, rt);
             }
         }

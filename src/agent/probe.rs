@@ -134,7 +134,7 @@ impl Agent {
             UnitKind::Zone(z) => z.clone(),
             UnitKind::Guest(_) => return failed("guests cannot be probed".into()),
         };
-        let Some(init) = self.units.get(unit).and_then(|u| u.pidfd()) else {
+        let Some(init) = self.runtimes.units.get(unit).and_then(|u| u.pidfd()) else {
             return failed("the zone has no init".into());
         };
         match probe {

@@ -2,6 +2,7 @@
 //! (spawn, stop, kill), capturing output, and turning the end of a unit's
 //! top process into the engine's `End`.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -24,6 +25,19 @@ use crate::zone::{preflight, start};
 /// Most bytes read from one unit's output per wake-up, so a flooding unit
 /// cannot starve the loop.
 const READ_BUDGET: usize = 256 * 1024;
+
+/// Every unit's runtime and the maps that lead to them.
+#[derive(Default)]
+pub(super) struct Runtimes {
+    /// By unit name.
+    pub(super) units: HashMap<String, UnitRt>,
+    /// Unit of each top process, by PID.
+    pub(super) pids: HashMap<i32, String>,
+    /// Units whose output was not all read in the last wake-up.
+    pub(super) pending_reads: Vec<String>,
+    /// Config of units a reload removed that are still stopping.
+    pub(super) retiring: HashMap<String, crate::config::Unit>,
+}
 
 /// A unit's live resources. Only a unit with a process holds fds (its
 /// output pipe, pidfd and start channel); the ring outlives its runs.
@@ -91,7 +105,10 @@ impl Agent {
         match action {
             Action::Spawn(unit) => queue.extend(self.spawn_unit(&unit)),
             Action::Stop { unit, pid } => {
-                let cfg = self.config.unit(&unit).or_else(|| self.retiring.get(&unit));
+                let cfg = self
+                    .config
+                    .unit(&unit)
+                    .or_else(|| self.runtimes.retiring.get(&unit));
                 let sig = match cfg.map(|u| &u.kind) {
                     Some(UnitKind::Zone(z)) => z.stop_signal,
                     _ => libc::SIGTERM,
@@ -114,7 +131,7 @@ impl Agent {
     }
 
     fn signal_unit(&mut self, unit: &str, pid: i32, sig: i32) {
-        let Some(proc) = self.units.get(unit).and_then(|u| u.proc.as_ref()) else {
+        let Some(proc) = self.runtimes.units.get(unit).and_then(|u| u.proc.as_ref()) else {
             return;
         };
         if let Err(e) = sys::pidfd_send_signal(proc.child.pidfd.as_fd(), sig) {
@@ -131,6 +148,7 @@ impl Agent {
     /// SIGKILL to every unit that still has a process.
     pub(super) fn kill_all(&mut self) {
         let live: Vec<(String, i32)> = self
+            .runtimes
             .pids
             .iter()
             .map(|(pid, unit)| (unit.clone(), *pid))
@@ -153,10 +171,10 @@ impl Agent {
 
     /// Creates the unit's runtime (log ring, no fds) if it has none.
     pub(super) fn ensure_runtime(&mut self, unit: &str) {
-        if self.units.contains_key(unit) {
+        if self.runtimes.units.contains_key(unit) {
             return;
         }
-        self.units.insert(
+        self.runtimes.units.insert(
             unit.to_string(),
             UnitRt {
                 out: None,
@@ -186,7 +204,7 @@ impl Agent {
             self.sources.remove(&token);
             return Err(e);
         }
-        if let Some(rt) = self.units.get_mut(unit) {
+        if let Some(rt) = self.runtimes.units.get_mut(unit) {
             rt.out = Some((File::from(rx), token));
         }
         Ok(tx)
@@ -195,7 +213,11 @@ impl Agent {
     /// Reads what is left of a finished run's output and closes the pipe.
     fn close_output(&mut self, unit: &str) {
         self.read_output(unit);
-        let out = self.units.get_mut(unit).and_then(|rt| rt.out.take());
+        let out = self
+            .runtimes
+            .units
+            .get_mut(unit)
+            .and_then(|rt| rt.out.take());
         self.unwatch_output(out);
     }
 
@@ -339,8 +361,8 @@ impl Agent {
             child.report.record(Message::StartFailed(reason));
             let _ = sys::pidfd_send_signal(child.pidfd.as_fd(), libc::SIGKILL);
         }
-        self.pids.insert(started.pid, unit.to_string());
-        if let Some(rt) = self.units.get_mut(unit) {
+        self.runtimes.pids.insert(started.pid, unit.to_string());
+        if let Some(rt) = self.runtimes.units.get_mut(unit) {
             rt.proc = Some(Proc {
                 spawned_at,
                 child,
@@ -412,8 +434,8 @@ impl Agent {
             started.channel,
             Source::Status(unit.to_string()),
         );
-        self.pids.insert(started.pid, unit.to_string());
-        if let Some(rt) = self.units.get_mut(unit) {
+        self.runtimes.pids.insert(started.pid, unit.to_string());
+        if let Some(rt) = self.runtimes.units.get_mut(unit) {
             rt.proc = Some(Proc {
                 child,
                 guest: true,
@@ -430,7 +452,12 @@ impl Agent {
 
     /// Reads what the zone's init reported.
     pub(super) fn read_status(&mut self, unit: &str) {
-        let Some(proc) = self.units.get_mut(unit).and_then(|u| u.proc.as_mut()) else {
+        let Some(proc) = self
+            .runtimes
+            .units
+            .get_mut(unit)
+            .and_then(|u| u.proc.as_mut())
+        else {
             return;
         };
         if proc.child.read() {
@@ -448,7 +475,12 @@ impl Agent {
     pub(super) fn unit_ended(&mut self, unit: &str, status: WaitStatus) {
         self.read_status(unit);
         self.close_output(unit);
-        let Some(mut proc) = self.units.get_mut(unit).and_then(|u| u.proc.take()) else {
+        let Some(mut proc) = self
+            .runtimes
+            .units
+            .get_mut(unit)
+            .and_then(|u| u.proc.take())
+        else {
             return;
         };
         self.unwatch_channel(&proc.child);
@@ -504,7 +536,7 @@ impl Agent {
 
     /// Drains up to [`READ_BUDGET`] bytes of a unit's output.
     pub(super) fn read_output(&mut self, unit: &str) {
-        let Some(rt) = self.units.get_mut(unit) else {
+        let Some(rt) = self.runtimes.units.get_mut(unit) else {
             return;
         };
         let mut buf = [0u8; 8192];
@@ -512,7 +544,7 @@ impl Agent {
         let mut chunks: Vec<u8> = Vec::new();
         loop {
             if total >= READ_BUDGET {
-                self.pending_reads.push(unit.to_string());
+                self.runtimes.pending_reads.push(unit.to_string());
                 break;
             }
             let Some((out, _)) = &mut rt.out else { break };
@@ -534,7 +566,7 @@ impl Agent {
         let target = format!("{UNIT_TARGET_PREFIX}{unit}");
         let pattern = self.log_pattern(unit);
         let mut ready = false;
-        let Some(rt) = self.units.get_mut(unit) else {
+        let Some(rt) = self.runtimes.units.get_mut(unit) else {
             return;
         };
         let (splitter, rate) = (&mut rt.splitter, &mut rt.rate);

@@ -830,6 +830,20 @@ fn guests_outside_the_monitors_limits_are_refused() {
 }
 
 #[test]
+fn disks_and_nics_share_the_eight_virtio_slots() {
+    let disks = "{ path = \"/d\" }, ".repeat(6);
+    let nic = "{ network = \"lan\" }, ";
+    let diags = errors(&format!(
+        "[network.lan]\naddress = \"10.88.0.1/24\"\n[guest.g]\nkernel = \"/k\"\n\
+         disks = [{disks}]\nnics = [{}]\n",
+        nic.repeat(3)
+    ));
+    let col = "nics = [".len() + 2 * nic.len() + 1;
+    assert_error_at(&diags, 6, col, &["`nics` in [guest.g]", "9", "at most 8"]);
+    assert_eq!(diags.len(), 1, "{}", render(&diags));
+}
+
+#[test]
 fn start_limit_needs_both_fields() {
     let diags = errors(&format!("{MINIMAL_ZONE}start_limit = {{ burst = 3 }}\n"));
     assert_eq!(diags.len(), 1, "{}", render(&diags));
@@ -1221,4 +1235,13 @@ fn a_config_over_the_size_limit_is_refused() {
     assert!(errs[0].message.contains("more than the"), "{}", errs[0]);
     std::fs::write(&path, "").unwrap();
     assert!(load(&path).is_ok());
+}
+
+#[test]
+fn a_mac_given_to_two_interfaces_is_an_error_at_the_second_unit() {
+    let diags = errors(
+        "[network.lan]\naddress = \"10.88.0.1/24\"\n[guest.a]\nkernel = \"/k\"\nnics = [{ network = \"lan\", mac = \"52:54:00:00:00:01\" }]\n[guest.b]\nkernel = \"/k\"\nnics = [{ network = \"lan\", mac = \"52:54:00:00:00:01\" }]\n",
+    );
+    assert_error_at(&diags, 6, 8, &["MAC 52:54:00:00:00:01", "already `a`'s"]);
+    assert_eq!(diags.len(), 1, "{}", render(&diags));
 }

@@ -1121,10 +1121,17 @@ fn guest(
     }
     let initrd = c.abs_path("initrd", g.initrd.as_ref());
     let raw_disks = g.disks.as_deref().unwrap_or_default();
-    if let Err(e) = limits::check_virtio_devices(raw_disks.len())
-        && let Some(first_over) = raw_disks.get(limits::MAX_VIRTIO_DEVICES)
+    let raw_nics = g.nics.as_deref().unwrap_or_default();
+    // Disks and nics share the monitor's virtio slots: reported at the
+    // first one that does not fit.
+    if let Err(e) = limits::check_virtio_devices(raw_disks.len() + raw_nics.len())
+        && let Some((key, span)) = raw_disks
+            .iter()
+            .map(|d| ("disks", d.span()))
+            .chain(raw_nics.iter().map(|n| ("nics", n.span())))
+            .nth(limits::MAX_VIRTIO_DEVICES)
     {
-        c.error(first_over.span(), "disks", e);
+        c.error(span, key, e);
     }
     let mut disks = Vec::new();
     for (i, d) in raw_disks.iter().enumerate() {
@@ -1138,7 +1145,7 @@ fn guest(
     }
     let name = raw.name.get_ref();
     let mut nics = Vec::new();
-    for (i, n) in g.nics.iter().flatten().enumerate() {
+    for (i, n) in raw_nics.iter().enumerate() {
         let n = n.get_ref();
         let key = format!("nics[{i}]");
         let Some(network) = c.network_name(&format!("{key}.network"), &n.network, networks) else {

@@ -103,6 +103,17 @@ impl Zonit {
     }
 
     pub fn start_with_host(name: &str, host: &str, units: impl FnOnce(&Path) -> String) -> Zonit {
+        Self::start_wrapped(name, host, units, &[])
+    }
+
+    /// As [`Zonit::start_with_host`], with zonit started through
+    /// `wrapper` (see [`Zonit::launch_wrapped`]).
+    pub fn start_wrapped(
+        name: &str,
+        host: &str,
+        units: impl FnOnce(&Path) -> String,
+        wrapper: &[&str],
+    ) -> Zonit {
         let dir = test_dir(name);
         let socket = dir.join("ctl.sock");
         let config = dir.join("zonit.toml");
@@ -112,7 +123,7 @@ impl Zonit {
             units(&dir)
         );
         std::fs::write(&config, body).unwrap();
-        Self::launch(dir, config, socket)
+        Self::launch_wrapped(dir, config, socket, wrapper)
     }
 
     /// Starts zonit on an existing `config` (whose control socket is
