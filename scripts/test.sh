@@ -30,7 +30,7 @@ for tier in "${tiers[@]}"; do
             cargo test --lib --bins --test initramfs --test kernel_config --test fuzz_regressions --test syslog --test pid1_panic --test repo --test cli
             ;;
         2)
-            cargo test --test zones --test agent --test hardening --test escape --test network --test dhcp --test terminal
+            cargo test --test zones --test agent --test hardening --test escape --test network --test dhcp --test terminal --test ready
             ;;
         3)
             cargo test --test vmm

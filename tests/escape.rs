@@ -290,8 +290,11 @@ fn a_planted_symlink_cannot_redirect_a_bind_mount_out_of_the_root() {
         .unwrap();
         assert_eq!(z.ctl(&["reload"]).0, 0);
         // The last failed start was a set-up error, failed for good: a
-        // reload leaves a failed unit alone, so start it again.
-        assert_eq!(z.ctl(&["start", "evil"]).0, 0);
+        // reload leaves a failed unit alone, so start it again. `start`
+        // answers once this start has failed too, and says so.
+        let (code, _, err) = z.ctl(&["start", "evil"]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("evil did not become ready"), "{err}");
         z.wait_for(
             &format!("the start with a bind on {target} to fail"),
             Duration::from_secs(10),

@@ -1061,6 +1061,56 @@ command = ["/bin/sh", "-c", "echo bomb away; b() { b & b; }; b"]
     m.assert_order(&["steady: ended", "every unit is down"]);
 }
 
+/// `[host] watchdog` on the kernel's softdog: `db` is required; it runs
+/// for 15 s (the watchdog, 4 s, is petted all along), then ends for good.
+const WATCHDOG: &str = r#"
+[host]
+modules = ["overlay", "softdog"]
+watchdog = { timeout = "4s", require = ["db"], grace = "2s" }
+
+[zone.db]
+root = "/zones/db"
+template = "/templates/base"
+command = ["/bin/sh", "-c", "echo db up; sleep 15; echo db giving up; exit 1"]
+restart = "never"
+"#;
+
+#[test]
+fn the_watchdog_resets_the_machine_once_a_required_unit_has_failed_for_good() {
+    if !prerequisites() {
+        return;
+    }
+    let mut m = Machine::boot("watchdog", WATCHDOG, "");
+    m.wait_for("watchdog: /dev/watchdog armed, timeout 4 s, required: db");
+    m.wait_for("zonit[db]: db up");
+    let up = Instant::now();
+    m.wait_for("zonit[db]: db giving up");
+    let ran = up.elapsed();
+    if ran < Duration::from_secs(12) {
+        m.fail(&format!("db ran only {ran:?}: the machine reset early?"));
+    }
+    let ended = Instant::now();
+    let line = m.wait_for("no longer petting");
+    if !(line.contains("required unit db") && line.contains("exited")) {
+        m.fail(&format!("the reason names no unit: {line}"));
+    }
+    // softdog fires `timeout` after the last pet: QEMU (-no-reboot) ends.
+    m.wait_for("softdog: Initiating system reboot");
+    let status = m.wait_exit();
+    let took = ended.elapsed();
+    if took > Duration::from_secs(2 + 4 + 4) {
+        m.fail(&format!(
+            "reset {took:?} after db ended (grace 2 s + timeout 4 s)"
+        ));
+    }
+    if m.index_of("rebooting").is_some() {
+        m.fail("zonit rebooted the machine itself; the watchdog was to do it");
+    }
+    if status.code() != Some(0) {
+        m.fail(&format!("QEMU exit status {status}, wanted 0 (a reset)"));
+    }
+}
+
 #[test]
 fn the_appliance_nic_takes_a_dhcp_lease_from_qemus_user_network_and_releases_it() {
     if !prerequisites() {

@@ -20,7 +20,7 @@ use serde_json::json;
 use super::{Agent, Error, LISTENER, Mode, ShutdownAction, Source, claim};
 use crate::config::UnitKind;
 use crate::control::proto::{self, Request, UnitRow};
-use crate::supervisor::{Input, StopOutcome, Supervisor};
+use crate::supervisor::{Input, State, StopOutcome, Supervisor, Want};
 use crate::sys;
 
 /// Most unsent reply bytes kept for one client.
@@ -41,6 +41,8 @@ pub(super) struct Server {
     pub(super) conns: HashMap<usize, Conn>,
     /// `stop` requests waiting for their unit: (connection, unit).
     pub(super) stop_waiters: Vec<(usize, String)>,
+    /// `start` and `restart` requests waiting for their unit to be ready.
+    pub(super) start_waiters: Vec<(usize, String)>,
     /// Connections with requests left over from the last wake-up.
     pub(super) pending: Vec<usize>,
     /// When to try `accept` again after it failed for want of fds.
@@ -408,6 +410,7 @@ impl Agent {
             return;
         }
         let waiting = self.control.stop_waiters.iter().any(|(c, _)| *c == id)
+            || self.control.start_waiters.iter().any(|(c, _)| *c == id)
             || self
                 .runtimes
                 .units
@@ -510,6 +513,8 @@ impl Agent {
         }
     }
 
+    /// `start` and `restart`: the reply comes once the unit is ready, or
+    /// its start has failed.
     fn unit_command(&mut self, id: usize, input: Input, name: &str) {
         if self.sup.status(name).is_none() {
             self.send(id, &proto::error(&format!("no unit named `{name}`")));
@@ -520,12 +525,50 @@ impl Agent {
             _ => "start",
         };
         self.log_operator(id, &format!("{verb} {name}"));
+        self.control.start_waiters.push((id, name.to_string()));
         self.feed(input);
-        let state = self
-            .sup
-            .status(name)
-            .map_or("unknown", |s| s.state.as_str());
-        self.send(id, &proto::ok(json!({ "state": state })));
+    }
+
+    /// Replies to `start` and `restart` requests whose unit is ready
+    /// (`running`), whose start came to nothing, or that a later `stop`
+    /// (or the shutdown) overrode: that is no failure of the start.
+    pub(super) fn answer_start_waiters(&mut self) {
+        let mut done = Vec::new();
+        self.control.start_waiters.retain(|(id, unit)| {
+            let status = self.sup.status(unit);
+            if let Some(st) = status.filter(|s| {
+                s.want == Want::Down && s.state != State::Exited && s.state != State::Failed
+            }) {
+                done.push((*id, proto::ok(json!({ "state": st.state.as_str() }))));
+                return false;
+            }
+            match status.map(|s| s.state) {
+                Some(State::Starting | State::Stopping) => true,
+                Some(State::Running) => {
+                    done.push((*id, proto::ok(json!({ "state": "running" }))));
+                    false
+                }
+                other => {
+                    let state = other.map_or("unknown", |s| s.as_str());
+                    let why = status
+                        .and_then(|s| s.reason.clone())
+                        .or_else(|| {
+                            status
+                                .and_then(|s| s.last_exit.as_ref())
+                                .map(|e| e.describe())
+                        })
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default();
+                    let msg = format!("{unit} did not become ready, it is {state}{why}");
+                    done.push((*id, proto::error(&msg)));
+                    false
+                }
+            }
+        });
+        for (id, reply) in done {
+            self.send(id, &reply);
+            self.flush(id);
+        }
     }
 
     fn host_command(&mut self, id: usize, action: ShutdownAction) {
@@ -576,6 +619,7 @@ impl Agent {
                     last_exit: st.last_exit.as_ref().map(|e| e.describe()),
                     reason: st.reason.clone(),
                     oom_kills: self.cgroups.oom_kills(&u.name),
+                    health: st.health.map(|h| h.as_str().into()),
                     addresses: crate::net::host::HostNet::addresses(&self.config, &u.name),
                 })
             })
@@ -633,6 +677,7 @@ impl Agent {
         self.control.stop_waiters.retain(|(c, _)| *c != id);
         self.unfollow(id);
         self.console_client_gone(id);
+        self.control.start_waiters.retain(|(c, _)| *c != id);
     }
 }
 
@@ -663,6 +708,8 @@ mod tests {
             start_limit: None,
             stop_timeout: std::time::Duration::from_secs(10),
             reboot_restarts: false,
+            ready: None,
+            health: None,
         };
         Supervisor::new(vec![spec])
     }

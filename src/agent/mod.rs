@@ -18,7 +18,11 @@ mod control;
 mod exec;
 mod guest;
 mod pid1;
+mod probe;
 mod units;
+mod watchdog;
+
+pub use watchdog::keep_alive as keep_watchdog_alive;
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -126,6 +130,12 @@ enum Source {
     ExecStatus(i32),
     /// A guest's console input pipe has room.
     ConsoleInput(String),
+    /// An exec probe's channel, by helper PID.
+    Probe(i32),
+    /// A tcp probe's connect, by unit.
+    Tcp(String),
+    /// A unit's notify pipe or sd_notify socket.
+    Notify(String),
 }
 
 struct Shutdown {
@@ -155,6 +165,10 @@ pub struct Agent {
     pid1: pid1::Pid1State,
     /// Running `ctl exec` helpers by PID.
     execs: HashMap<i32, exec::Session>,
+    /// Readiness and health probes, notify channels.
+    probes: probe::Probes,
+    /// The hardware watchdog, when one is configured and usable.
+    watchdog: Option<watchdog::Hw>,
     /// Bridges, the nf_tables table, zones' network files.
     net: crate::net::host::HostNet,
     /// Guests' interactive consoles.
@@ -261,6 +275,8 @@ impl Agent {
             dhcp: Default::default(),
             execs: HashMap::new(),
             consoles: HashMap::new(),
+            probes: probe::Probes::default(),
+            watchdog: None,
         };
         // The socket first: an agent that cannot serve it (another one
         // does, the path is unusable) must leave no cgroup behind.
@@ -288,6 +304,7 @@ impl Agent {
     pub fn run(mut self) -> ShutdownAction {
         self.reserve_runtimes();
         self.apply_network();
+        self.open_watchdog();
         self.start_autostart();
         let mut events = Events::with_capacity(256);
         loop {
@@ -297,6 +314,7 @@ impl Agent {
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.turn(&mut events)));
             match turn {
                 Ok(Some(action)) => {
+                    self.release_watchdog();
                     self.dhcp.release(self.poll.registry(), Instant::now());
                     self.net.teardown();
                     return action;
@@ -367,6 +385,7 @@ impl Agent {
         self.feed(Input::Tick);
         self.check_boot_done();
         self.check_exit_with_failed();
+        self.tend_watchdog();
         self.check_shutdown()
     }
 
@@ -379,11 +398,13 @@ impl Agent {
             .as_ref()
             .filter(|s| !s.killed)
             .map(|s| s.deadline);
+        let watchdog = self.watchdog.as_ref().and_then(|w| w.next_deadline());
         [
             self.sup.next_deadline(),
             shutdown,
             self.control.accept_retry,
             self.dhcp.deadline(),
+            watchdog,
         ]
         .into_iter()
         .flatten()
@@ -417,6 +438,18 @@ impl Agent {
                 Some(Source::ConsoleInput(unit)) => {
                     let unit = unit.clone();
                     self.write_console(&unit);
+                }
+                Some(Source::Probe(pid)) => {
+                    let pid = *pid;
+                    self.probe_channel_event(pid);
+                }
+                Some(Source::Tcp(unit)) => {
+                    let unit = unit.clone();
+                    self.tcp_event(&unit);
+                }
+                Some(Source::Notify(unit)) => {
+                    let unit = unit.clone();
+                    self.notify_event(&unit);
                 }
                 None => {}
             },
@@ -475,6 +508,7 @@ impl Agent {
             }
         }
         self.answer_stop_waiters();
+        self.answer_start_waiters();
         if !self.runtimes.retiring.is_empty() {
             self.release_retired();
         }
@@ -523,7 +557,9 @@ impl Agent {
                 Ok(WaitStatus::StillAlive) => break,
                 Ok(status) => {
                     let Some(pid) = status.pid() else { continue };
-                    if self.exec_ended(pid.as_raw(), status) {
+                    if self.exec_ended(pid.as_raw(), status)
+                        || self.probe_reaped(pid.as_raw(), status)
+                    {
                         continue;
                     }
                     match self.runtimes.pids.remove(&pid.as_raw()) {
@@ -595,9 +631,10 @@ impl Agent {
             || old.host.modules != self.config.host.modules
             || old.host.sysctl != self.config.host.sysctl
             || old.host.mounts != self.config.host.mounts
+            || old.host.watchdog != self.config.host.watchdog
         {
             log::warn!(
-                "reload: changes to control_socket, hostname, modules, sysctl and mounts take effect at the next boot"
+                "reload: changes to control_socket, hostname, modules, sysctl, mounts and watchdog take effect at the next boot"
             );
         }
         log::set_max_level(self.opts.log_level_for(&self.config));

@@ -13,7 +13,7 @@ use mio::unix::SourceFd;
 use nix::sys::wait::WaitStatus;
 
 use super::{Agent, Source};
-use crate::config::UnitKind;
+use crate::config::{ReadyKind, UnitKind};
 use crate::logbuf::{Admit, LOG_BURST, LOG_PER_SECOND, LineSplitter, RateLimit, Ring, escape_line};
 use crate::logging::UNIT_TARGET_PREFIX;
 use crate::logging::error_chain;
@@ -124,6 +124,8 @@ impl Agent {
                 self.signal_unit(&unit, pid, libc::SIGKILL);
                 self.cgroups.kill(&unit);
             }
+            Action::Probe { unit, check } => queue.extend(self.start_probe(&unit, check)),
+            Action::CancelProbe(unit) => self.cancel_probe(&unit),
             Action::GaveUp { unit, reason } => log::error!("{unit}: failed: {reason}"),
         }
     }
@@ -290,21 +292,33 @@ impl Agent {
             Ok(m) => m,
             Err(reason) => return failed(reason, false),
         };
-        let with_files;
-        let zone = if net_files.is_empty() {
-            zone
-        } else {
-            with_files = crate::config::Zone {
-                mounts: [zone.mounts.clone(), net_files].concat(),
-                ..zone.clone()
-            };
-            &with_files
+        let notify = match self.notify_pipe(unit) {
+            Ok(n) => n,
+            Err(e) => return failed(format!("unable to create the notify pipe: {e}"), false),
         };
+        let mut zone = zone.clone();
+        zone.mounts.extend(net_files);
+        if matches!(
+            cfg.common.ready.as_ref().map(|r| &r.kind),
+            Some(ReadyKind::Systemd)
+        ) {
+            zone.env
+                .insert("NOTIFY_SOCKET".into(), super::probe::NOTIFY_SOCKET.into());
+        }
         let out = match self.open_output(unit) {
             Ok(tx) => tx,
             Err(e) => return failed(format!("unable to create the output pipe: {e}"), false),
         };
-        let spawned = start::spawn(unit, zone, out.as_fd(), group.as_ref().map(|g| g.as_fd()));
+        let spawned = start::spawn(
+            unit,
+            &zone,
+            out.as_fd(),
+            group.as_ref().map(|g| g.as_fd()),
+            notify.as_ref().map(|(fd, at)| start::Notify {
+                fd: fd.as_fd(),
+                at: *at,
+            }),
+        );
         drop(out);
         let started = match spawned {
             Ok(s) => s,
@@ -314,10 +328,13 @@ impl Agent {
                 return failed(format!("unable to start: {}", error_chain(&e)), permanent);
             }
         };
+        // The command holds the only write end now.
+        drop(notify);
         // The zone's init is born and set up its side; the command waits
         // for `Go` until the agent's part is in place.
         let released = self
-            .zone_outside_setup(unit, zone, started.pidfd.as_fd())
+            .zone_outside_setup(unit, &zone, started.pidfd.as_fd())
+            .and_then(|()| self.notify_socket(unit, started.pidfd.as_fd()))
             .and_then(|()| {
                 Message::Go
                     .send(started.channel.as_fd())
@@ -455,6 +472,7 @@ impl Agent {
         if proc.guest {
             self.console_gone(unit);
         }
+        self.unit_probes_gone(unit);
         let outcome = if proc.guest {
             let reported = proc.child.report.failure.take().map(|f| f.reason);
             match super::guest::outcome(status, reported) {
@@ -533,23 +551,36 @@ impl Agent {
         }
         let now = Instant::now();
         let target = format!("{UNIT_TARGET_PREFIX}{unit}");
+        let pattern = self.log_pattern(unit);
+        let mut ready = false;
+        let Some(rt) = self.runtimes.units.get_mut(unit) else {
+            return;
+        };
         let (splitter, rate) = (&mut rt.splitter, &mut rt.rate);
         let notice = |dropped: u64| {
             log::warn!(target: &target, "({dropped} lines not logged: rate limit; `zonit ctl logs` has them)");
         };
-        splitter.feed(&chunks, |line| match rate.admit(now) {
-            Admit::Pass { dropped } => {
-                if dropped > 0 {
-                    notice(dropped);
-                }
-                log::info!(target: &target, "{}", escape_line(line));
+        splitter.feed(&chunks, |line| {
+            if let Some(p) = &pattern {
+                ready |= String::from_utf8_lossy(line).contains(p.as_str());
             }
-            Admit::Notice { dropped } => notice(dropped),
-            Admit::Drop => {}
+            match rate.admit(now) {
+                Admit::Pass { dropped } => {
+                    if dropped > 0 {
+                        notice(dropped);
+                    }
+                    log::info!(target: &target, "{}", escape_line(line));
+                }
+                Admit::Notice { dropped } => notice(dropped),
+                Admit::Drop => {}
+            }
         });
         let followers = rt.followers.clone();
         for id in followers {
             self.send_log(id, &chunks);
+        }
+        if ready {
+            self.feed_readiness(Input::Notified(unit.to_string()));
         }
     }
 }
@@ -579,7 +610,7 @@ pub(super) fn end_status_code(end: &End) -> i32 {
         End::Exit(c) => *c,
         End::Signal(s) => 128 + s,
         End::Poweroff => 0,
-        End::Reboot | End::Crash | End::StartFailed(_) => 1,
+        End::Reboot | End::Crash | End::StartFailed(_) | End::Unhealthy => 1,
     }
 }
 

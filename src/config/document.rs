@@ -20,8 +20,8 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use super::Diagnostic;
 use super::names;
 use super::raw::{
-    RawBackoff, RawDefaults, RawDisk, RawGuest, RawHost, RawHostMount, RawInterface, RawMount,
-    RawNetwork, RawNic, RawStartLimit, RawZone, fields_of,
+    RawBackoff, RawDefaults, RawDisk, RawGuest, RawHealth, RawHost, RawHostMount, RawInterface,
+    RawMount, RawNetwork, RawNic, RawReady, RawStartLimit, RawWatchdog, RawZone, fields_of,
 };
 
 /// Collects diagnostics and turns byte spans into 1-based line and column.
@@ -297,14 +297,21 @@ fn common_nested(schema: Schema) -> Schema {
             false,
             Schema::of(fields_of::<RawStartLimit>()),
         )
+        .with("ready", false, Schema::of(fields_of::<RawReady>()))
+}
+
+fn health_nested(schema: Schema) -> Schema {
+    schema.with("health", false, Schema::of(fields_of::<RawHealth>()))
 }
 
 fn host_schema() -> Schema {
-    Schema::of(fields_of::<RawHost>()).with("mounts", true, Schema::of(fields_of::<RawHostMount>()))
+    Schema::of(fields_of::<RawHost>())
+        .with("mounts", true, Schema::of(fields_of::<RawHostMount>()))
+        .with("watchdog", false, Schema::of(fields_of::<RawWatchdog>()))
 }
 
 fn defaults_schema() -> Schema {
-    let mut schema = common_nested(Schema::of(fields_of::<RawDefaults>())).with(
+    let mut schema = health_nested(common_nested(Schema::of(fields_of::<RawDefaults>()))).with(
         "rlimits",
         false,
         Schema::of(names::RLIMITS),
@@ -319,7 +326,7 @@ fn defaults_schema() -> Schema {
 }
 
 fn zone_schema() -> Schema {
-    let mut schema = common_nested(Schema::of(fields_of::<RawZone>()))
+    let mut schema = health_nested(common_nested(Schema::of(fields_of::<RawZone>())))
         .with("mounts", true, Schema::of(fields_of::<RawMount>()))
         .with("rlimits", false, Schema::of(names::RLIMITS));
     schema.advice = |key| {

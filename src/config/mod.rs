@@ -17,12 +17,16 @@ mod hostmounts;
 mod names;
 pub mod network;
 mod raw;
+mod ready;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_ready;
 pub(crate) mod units;
 mod validate;
 
 pub use hostmounts::{HostMount, MountSource};
+pub use ready::{Health, Probe, Ready, ReadyKind, Watchdog};
 pub use units::parse_duration;
 
 /// Default location of the config file.
@@ -159,6 +163,8 @@ pub struct Host {
     /// Data file systems PID 1 mounts at boot (`[[host.mounts]]`), in
     /// file order.
     pub mounts: Vec<HostMount>,
+    /// The hardware watchdog, petted while the required units are well.
+    pub watchdog: Option<Watchdog>,
 }
 
 /// Remote syslog transport and address (`udp://ADDR:PORT`, `tcp://ADDR:PORT`).
@@ -216,6 +222,11 @@ pub struct Common {
     pub stop_timeout: Duration,
     /// Started at boot / `run`.
     pub autostart: bool,
+    /// How the unit says it is ready; without it, it is ready once its
+    /// command runs.
+    pub ready: Option<Ready>,
+    /// A probe repeated while the unit runs (zones only).
+    pub health: Option<Health>,
 }
 
 /// When a unit is restarted after it ends on its own.
@@ -610,6 +621,9 @@ fn read_file(path: &Path) -> Result<String, String> {
 /// | `start_limit` | none (no limit) |
 /// | `stop_timeout` | `"10s"` |
 /// | `autostart` | `true` |
+/// | `ready` | none: ready once the command runs; `timeout = "30s"`, `interval = "1s"` |
+/// | `health` | none; `interval = "10s"`, `timeout = "5s"`, `retries = 3` |
+/// | `host.watchdog` | none; `device = "/dev/watchdog"`, `timeout = "30s"`, `grace = "60s"` |
 /// | zone `hostname` | the unit name |
 /// | zone `workdir` | `"/"` |
 /// | zone `user` | `"0:0"` |

@@ -15,6 +15,8 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 
+pub use super::ready::{RawHealth, RawReady, RawWatchdog};
+
 /// `[host]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +31,7 @@ pub struct RawHost {
     pub ctrl_alt_del: Option<Spanned<String>>,
     pub rescue_shell: Option<Spanned<String>>,
     pub exit_with: Option<Spanned<String>>,
+    pub watchdog: Option<Spanned<RawWatchdog>>,
     pub mounts: Option<Vec<Spanned<RawHostMount>>>,
 }
 
@@ -54,7 +57,9 @@ pub struct RawDefaults {
     pub start_limit: Option<Spanned<RawStartLimit>>,
     pub stop_timeout: Option<Spanned<String>>,
     pub autostart: Option<Spanned<bool>>,
-    // Zones only.
+    // Zones only (guests set their own `ready`).
+    pub ready: Option<Spanned<RawReady>>,
+    pub health: Option<Spanned<RawHealth>>,
     pub user: Option<Spanned<String>>,
     pub capabilities: Option<Vec<Spanned<String>>>,
     pub memory_max: Option<Spanned<Size>>,
@@ -100,6 +105,8 @@ pub struct RawZone {
     pub start_limit: Option<Spanned<RawStartLimit>>,
     pub stop_timeout: Option<Spanned<String>>,
     pub autostart: Option<Spanned<bool>>,
+    pub ready: Option<Spanned<RawReady>>,
+    pub health: Option<Spanned<RawHealth>>,
 }
 
 /// `[guest.NAME]`.
@@ -125,6 +132,7 @@ pub struct RawGuest {
     pub start_limit: Option<Spanned<RawStartLimit>>,
     pub stop_timeout: Option<Spanned<String>>,
     pub autostart: Option<Spanned<bool>>,
+    pub ready: Option<Spanned<RawReady>>,
 }
 
 /// `[interface.NAME]`: a host NIC.

@@ -73,11 +73,11 @@ command = ["/bin/selftest"]
 restart = "never"
 "#;
 
-fn parse_str(text: &str) -> Result<Config, Vec<Diagnostic>> {
+pub(super) fn parse_str(text: &str) -> Result<Config, Vec<Diagnostic>> {
     parse(Path::new("test.toml"), text)
 }
 
-fn ok(text: &str) -> Config {
+pub(super) fn ok(text: &str) -> Config {
     match parse_str(text) {
         Ok(config) => config,
         Err(diags) => panic!("expected a valid config, got:\n{}", render(&diags)),
@@ -91,7 +91,7 @@ fn errors(text: &str) -> Vec<Diagnostic> {
     }
 }
 
-fn render(diags: &[Diagnostic]) -> String {
+pub(super) fn render(diags: &[Diagnostic]) -> String {
     diags.iter().map(|d| format!("{d}\n")).collect::<String>()
 }
 
@@ -167,6 +167,8 @@ fn reference_example_parses_into_the_expected_values() {
             after: vec!["db".to_owned()],
             stop_timeout: Duration::from_secs(10),
             autostart: true,
+            ready: None,
+            health: None,
         }
     );
     assert_eq!(

@@ -20,6 +20,7 @@ use super::document::{RawDocument, RawUnit, RawUnitKind, Reporter};
 use super::names;
 use super::network as net;
 use super::raw::{Limit, RawBackoff, RawDefaults, RawGuest, RawHost, RawStartLimit, RawZone, Size};
+use super::ready::{self, For};
 use super::units::{parse_duration, parse_size};
 use super::{
     Backoff, BindMount, CgroupLimits, Config, CtrlAltDel, DEFAULT_CONTROL_SOCKET, Disk, Guest,
@@ -60,6 +61,7 @@ pub fn build(doc: RawDocument, rep: &mut Reporter<'_>) -> Option<Config> {
     check_after(&doc.units, rep);
     if let Some(raw) = &doc.host {
         check_exit_with(raw, &doc.units, rep);
+        check_watchdog_require(raw, &doc.units, rep);
     }
     let host = host?;
     if !rep.diagnostics.is_empty() {
@@ -288,7 +290,12 @@ impl<'r, 'f> Checker<'r, 'f> {
     /// `value` as one string of a command's argv or environment: no NUL,
     /// and short enough for execve(2), which refuses the whole exec (E2BIG)
     /// otherwise, at every start.
-    fn exec_string(&mut self, key: &str, value: &Spanned<String>, len: usize) -> Option<String> {
+    pub(super) fn exec_string(
+        &mut self,
+        key: &str,
+        value: &Spanned<String>,
+        len: usize,
+    ) -> Option<String> {
         let v = self.no_nul(key, value)?;
         if len + 1 > MAX_EXEC_STRING {
             self.error(
@@ -318,6 +325,7 @@ fn default_host() -> Host {
         rescue_shell: None,
         exit_with: None,
         mounts: Vec::new(),
+        watchdog: None,
     }
 }
 
@@ -423,6 +431,11 @@ fn host(raw: &RawHost, rep: &mut Reporter<'_>) -> Option<Host> {
     // Whether it names a unit is checked with the units.
     host.exit_with = raw.exit_with.as_ref().map(|n| n.get_ref().clone());
     host.mounts = super::hostmounts::host_mounts(&mut c, raw.mounts.as_deref().unwrap_or_default());
+    // Whether `require` names units is checked with the units.
+    host.watchdog = raw
+        .watchdog
+        .as_ref()
+        .and_then(|w| ready::watchdog(&mut c, w));
     c.ok.then_some(host)
 }
 
@@ -527,6 +540,10 @@ struct Defaults {
     common: CommonPart,
     zone: ZonePart,
     guest: GuestPart,
+    /// For zones only; a guest sets its own.
+    ready: Option<super::Ready>,
+    /// For zones only.
+    health: Option<super::Health>,
 }
 
 /// The raw keys behind a [`CommonPart`], borrowed from whichever section.
@@ -594,10 +611,17 @@ fn defaults(raw: &RawDefaults, rep: &mut Reporter<'_>) -> Defaults {
             on_reboot: raw.on_reboot.as_ref(),
         },
     );
+    let ready = raw
+        .ready
+        .as_ref()
+        .and_then(|r| ready::ready(&mut c, r, For::Zone));
+    let health = raw.health.as_ref().and_then(|h| ready::health(&mut c, h));
     Defaults {
         common,
         zone,
         guest,
+        ready,
+        health,
     }
 }
 
@@ -840,6 +864,24 @@ fn unit(
     };
     let mut c = Checker::new(rep, format!("[{kind_name}.{name}]"));
     let common = common_part(&mut c, common_keys).or(&defaults.common);
+    let (ready, health) = match &raw.kind {
+        RawUnitKind::Zone(z) => (
+            z.ready
+                .as_ref()
+                .map(|r| ready::ready(&mut c, r, For::Zone))
+                .unwrap_or_else(|| defaults.ready.clone()),
+            z.health
+                .as_ref()
+                .map(|h| ready::health(&mut c, h))
+                .unwrap_or_else(|| defaults.health.clone()),
+        ),
+        RawUnitKind::Guest(g) => (
+            g.ready
+                .as_ref()
+                .and_then(|r| ready::ready(&mut c, r, For::Guest)),
+            None,
+        ),
+    };
     let mut after: Vec<String> = Vec::new();
     for entry in after_of(raw) {
         if !after.contains(entry.get_ref()) {
@@ -860,6 +902,8 @@ fn unit(
         after,
         stop_timeout: common.stop_timeout.unwrap_or(Duration::from_secs(10)),
         autostart: common.autostart.unwrap_or(true),
+        ready,
+        health,
     };
     let kind = match &raw.kind {
         RawUnitKind::Zone(z) => zone(&mut c, raw, z, &defaults.zone, networks).map(UnitKind::Zone),
@@ -1393,9 +1437,29 @@ fn find_cycles(edges: &[Vec<(usize, Range<usize>)>]) -> Vec<(Vec<usize>, usize, 
 }
 
 fn check_exit_with(raw: &RawHost, units: &[RawUnit], rep: &mut Reporter<'_>) {
-    let Some(name) = &raw.exit_with else {
+    if let Some(name) = &raw.exit_with {
+        check_host_unit_ref("exit_with", name, units, rep);
+    }
+}
+
+/// Every unit `[host] watchdog.require` names exists.
+fn check_watchdog_require(raw: &RawHost, units: &[RawUnit], rep: &mut Reporter<'_>) {
+    let Some(watchdog) = &raw.watchdog else {
         return;
     };
+    for name in watchdog.get_ref().require.iter().flatten() {
+        check_host_unit_ref("watchdog.require", name, units, rep);
+    }
+}
+
+/// `name`, the value of `[host]`'s `key`, names a zone or guest of the
+/// file; reported at the value, with the closest name as a hint.
+fn check_host_unit_ref(
+    key: &str,
+    name: &Spanned<String>,
+    units: &[RawUnit],
+    rep: &mut Reporter<'_>,
+) {
     if units.iter().any(|u| u.name.get_ref() == name.get_ref()) {
         return;
     }
@@ -1406,7 +1470,7 @@ fn check_exit_with(raw: &RawHost, units: &[RawUnit], rep: &mut Reporter<'_>) {
     rep.at(
         name.span(),
         format!(
-            "invalid `exit_with` in [host]: `{}` is no zone or guest in this file{hint}",
+            "invalid `{key}` in [host]: `{}` is no zone or guest in this file{hint}",
             name.get_ref().escape_debug()
         ),
     );

@@ -346,7 +346,10 @@ pub fn table(rows: &[UnitRow]) -> String {
         cells.push(vec![
             r.name.clone(),
             r.kind.clone(),
-            r.state.clone(),
+            match &r.health {
+                Some(h) => format!("{} ({h})", r.state),
+                None => r.state.clone(),
+            },
             r.pid.map_or("-".into(), |p| p.to_string()),
             r.restarts.to_string(),
             r.uptime_ms.map_or("-".into(), human_ms),
@@ -466,6 +469,7 @@ mod tests {
             last_exit: Some("exit 1".into()),
             reason: None,
             oom_kills: 0,
+            health: None,
             addresses: vec![],
         }];
         let t = table(&rows);
@@ -477,6 +481,28 @@ mod tests {
         assert_eq!(
             lines[1],
             "web   zone  running  42   3         1m1s    exit 1"
+        );
+    }
+
+    #[test]
+    fn the_table_shows_health_with_the_state() {
+        let row = UnitRow {
+            name: "db".into(),
+            kind: "zone".into(),
+            state: "running".into(),
+            pid: Some(7),
+            restarts: 0,
+            uptime_ms: None,
+            last_exit: None,
+            reason: None,
+            oom_kills: 0,
+            health: Some("healthy".into()),
+            addresses: vec![],
+        };
+        let t = table(&[row]);
+        assert!(
+            t.lines().nth(1).unwrap().contains("running (healthy)"),
+            "{t}"
         );
     }
 }

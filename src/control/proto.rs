@@ -147,6 +147,10 @@ pub struct UnitRow {
     /// Times the kernel's OOM killer acted in the unit's cgroup.
     #[serde(default)]
     pub oom_kills: u64,
+    /// What the health probes say (`starting`, `healthy`, `unhealthy`),
+    /// while a unit with `health` has a process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
     /// The unit's addresses on `[network.X]` bridges.
     #[serde(default)]
     pub addresses: Vec<String>,

@@ -680,6 +680,8 @@ mod tests {
                 after: vec![],
                 stop_timeout: Duration::from_secs(1),
                 autostart: true,
+                ready: None,
+                health: None,
             },
             kind,
         }

@@ -51,11 +51,20 @@ pub fn finish(action: ShutdownAction, debug_exit_flag: bool) -> ! {
         _ => None,
     };
     sys::set_sigmask(libc::SIG_BLOCK, &sigchld_set());
+    // The hardware watchdog stays armed to the end: petted before each
+    // step, so only a step that hangs longer than its timeout resets.
+    let pet = crate::agent::keep_watchdog_alive;
+    pet();
     signal_all(Signal::SIGTERM, TERM_GRACE);
+    pet();
     signal_all(Signal::SIGKILL, KILL_WAIT);
+    pet();
     sys::sync();
+    pet();
     teardown_mounts();
+    pet();
     sys::sync();
+    pet();
     if let Some((status, wanted)) = report {
         if wanted {
             let value = debug_exit::port_value(status);

@@ -3,6 +3,10 @@
 
 pub mod policy;
 pub mod state;
+pub mod watchdog;
 
 pub use policy::End;
-pub use state::{Action, Input, Spec, State, Status, StopOutcome, Supervisor, Want};
+pub use state::{
+    Action, Check, Health, HealthSpec, Input, ReadySpec, Spec, State, Status, StopOutcome,
+    Supervisor, Want,
+};

@@ -18,8 +18,12 @@ pub enum End {
     Poweroff,
     /// Guest crash: panic, triple fault or monitor error.
     Crash,
-    /// The unit could not be started; the reason is in the text.
+    /// The unit could not be started, or was not ready in time; the
+    /// reason is in the text.
     StartFailed(String),
+    /// Its health probe failed `retries` times in a row, and the engine
+    /// stopped it.
+    Unhealthy,
 }
 
 impl End {
@@ -27,7 +31,7 @@ impl End {
     pub fn is_failure(&self) -> bool {
         match self {
             End::Exit(code) => *code != 0,
-            End::Signal(_) | End::Crash | End::StartFailed(_) => true,
+            End::Signal(_) | End::Crash | End::StartFailed(_) | End::Unhealthy => true,
             End::Reboot | End::Poweroff => false,
         }
     }
@@ -41,6 +45,7 @@ impl End {
             End::Poweroff => "poweroff".into(),
             End::Crash => "crash".into(),
             End::StartFailed(_) => "start failed".into(),
+            End::Unhealthy => "unhealthy".into(),
         }
     }
 }
@@ -119,6 +124,7 @@ mod tests {
         assert!(should_restart(p, &End::Signal(9), false));
         assert!(should_restart(p, &End::Crash, false));
         assert!(should_restart(p, &End::StartFailed("x".into()), false));
+        assert!(should_restart(p, &End::Unhealthy, false));
         assert!(!should_restart(p, &End::Exit(0), false));
         assert!(!should_restart(p, &End::Poweroff, false));
     }

@@ -10,6 +10,13 @@
 //! honouring `after` for starts (a unit waits for those of its dependencies
 //! that are wanted up) and in reverse for stops (a unit being stopped waits
 //! for its dependents that are being stopped too).
+//!
+//! Readiness and health: a unit with a [`ReadySpec`] stays `starting` after
+//! its command runs until it says so (`Notified`) or a probe succeeds, and
+//! its dependents wait that long; not ready within the timeout is a failed
+//! start. A unit with a [`HealthSpec`] is probed while it runs; `retries`
+//! failures in a row end it as `unhealthy`. The engine decides when a probe
+//! runs and when it has run too long; the runtime only carries it out.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -61,6 +68,69 @@ pub enum Want {
     Down,
 }
 
+/// How a unit becomes ready, as far as the engine cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadySpec {
+    /// Not ready this long after the spawn: the start failed.
+    pub timeout: Duration,
+    /// A probe to repeat with this pause until it succeeds; `None` when
+    /// the unit tells (`Input::Notified`).
+    pub probe_interval: Option<Duration>,
+}
+
+/// A unit's health probing, as far as the engine cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthSpec {
+    /// Pause from the end of one probe to the start of the next.
+    pub interval: Duration,
+    /// Bound on one probe.
+    pub timeout: Duration,
+    /// Failures in a row that end the unit.
+    pub retries: u32,
+}
+
+/// Which check a probe is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// The unit's `ready` probe.
+    Ready,
+    /// The unit's `health` probe.
+    Health,
+}
+
+/// What the health probes say of a running unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// No probe has passed yet.
+    Starting,
+    /// The last probe passed.
+    Healthy,
+    /// `retries` probes failed in a row; the unit is being stopped.
+    Unhealthy,
+}
+
+impl Health {
+    /// Lower-case name used in `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Starting => "starting",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// A unit's probe, as the engine schedules it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProbeState {
+    /// None planned.
+    Idle,
+    /// The next one starts at this time.
+    Due(Instant),
+    /// One is running; past the deadline (if any) it has failed.
+    Running(Option<Instant>),
+}
+
 /// The parts of a unit's config the engine needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Spec {
@@ -78,6 +148,10 @@ pub struct Spec {
     pub stop_timeout: Duration,
     /// A guest reboot restarts the unit whatever the policy.
     pub reboot_restarts: bool,
+    /// How it becomes ready; `None`: once its command runs.
+    pub ready: Option<ReadySpec>,
+    /// Its health probing.
+    pub health: Option<HealthSpec>,
 }
 
 impl From<&config::Unit> for Spec {
@@ -93,6 +167,18 @@ impl From<&config::Unit> for Spec {
                 UnitKind::Guest(g) => g.on_reboot == OnReboot::Restart,
                 UnitKind::Zone(_) => false,
             },
+            ready: u.common.ready.as_ref().map(|r| ReadySpec {
+                timeout: r.timeout,
+                probe_interval: match r.kind {
+                    config::ReadyKind::Probe { interval, .. } => Some(interval),
+                    _ => None,
+                },
+            }),
+            health: u.common.health.as_ref().map(|h| HealthSpec {
+                interval: h.interval,
+                timeout: h.timeout,
+                retries: h.retries,
+            }),
         }
     }
 }
@@ -118,8 +204,17 @@ pub enum Input {
         /// Host PID of the top process.
         pid: i32,
     },
-    /// The unit's command is running.
+    /// The unit's command is running (executed).
     Ready(String),
+    /// The unit said it is ready (notify fd, sd_notify, a log line).
+    Notified(String),
+    /// A probe the engine asked for (`Action::Probe`) ended.
+    Probed {
+        /// Unit name.
+        unit: String,
+        /// It succeeded.
+        ok: bool,
+    },
     /// The unit could not be started. `permanent` failures (a missing root,
     /// an unusable config) are not retried whatever the policy.
     StartFailed {
@@ -161,6 +256,15 @@ pub enum Action {
         /// Host PID of the top process.
         pid: i32,
     },
+    /// Run the unit's probe for `check`; answer with `Probed`.
+    Probe {
+        /// Unit name.
+        unit: String,
+        /// Which probe.
+        check: Check,
+    },
+    /// Kill the unit's running probe; no `Probed` is expected for it.
+    CancelProbe(String),
     /// Tell the operator (the log) of a change no process event shows:
     /// the unit was given up on.
     GaveUp {
@@ -197,7 +301,16 @@ pub struct Status {
     pub last_exit: Option<End>,
     /// Why the unit is failed or last failed to start.
     pub reason: Option<String>,
+    /// What the health probes say, while the unit has a process and a
+    /// `health` spec.
+    pub health: Option<Health>,
     consecutive: u32,
+    probe: ProbeState,
+    /// Health probes failed in a row.
+    failures: u32,
+    /// Set when the engine itself stops the unit (not ready in time,
+    /// unhealthy): the end recorded once its process is gone.
+    fault: Option<End>,
     deadline: Option<Instant>,
     kill_sent: bool,
     spawn_pending: bool,
@@ -241,7 +354,11 @@ impl Status {
             running_since: None,
             last_exit: None,
             reason: None,
+            health: None,
             consecutive: 0,
+            probe: ProbeState::Idle,
+            failures: 0,
+            fault: None,
             deadline: None,
             kill_sent: false,
             spawn_pending: false,
@@ -310,7 +427,17 @@ impl Supervisor {
 
     /// The earliest pending timer, to use as the event loop's timeout.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.entries.iter().filter_map(|e| e.status.deadline).min()
+        self.entries
+            .iter()
+            .flat_map(|e| {
+                let probe = match e.status.probe {
+                    ProbeState::Due(t) | ProbeState::Running(Some(t)) => Some(t),
+                    ProbeState::Idle | ProbeState::Running(None) => None,
+                };
+                [e.status.deadline, probe]
+            })
+            .flatten()
+            .min()
     }
 
     /// Applies a new set of specs (config reload): units not in `specs`
@@ -445,17 +572,45 @@ impl Supervisor {
             }
             Input::Spawned { unit, pid } => {
                 let i = self.idx(&unit)?;
-                let st = &mut self.entries[i].status;
-                st.spawn_pending = false;
-                st.pid = Some(pid);
+                let e = &mut self.entries[i];
+                e.status.spawn_pending = false;
+                e.status.pid = Some(pid);
+                if let Some(ready) = e.spec.ready {
+                    e.status.deadline = Some(now + ready.timeout);
+                }
             }
             Input::Ready(unit) => {
                 let i = self.idx(&unit)?;
-                let st = &mut self.entries[i].status;
-                if st.state == State::Starting && st.pid.is_some() {
-                    st.state = State::Running;
-                    st.running_since = Some(now);
-                    st.reason = None;
+                let e = &mut self.entries[i];
+                if e.status.state == State::Starting && e.status.pid.is_some() {
+                    match e.spec.ready {
+                        None => self.became_ready(i, now),
+                        Some(ReadySpec {
+                            probe_interval: Some(_),
+                            ..
+                        }) if e.status.probe == ProbeState::Idle => {
+                            e.status.probe = ProbeState::Due(now);
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+            Input::Notified(unit) => {
+                let i = self.idx(&unit)?;
+                let e = &self.entries[i];
+                // The command may say so before its `Ready` is read: both
+                // come in the same wake-up, in no set order.
+                if e.status.state == State::Starting
+                    && e.status.pid.is_some()
+                    && e.spec.ready.is_some_and(|r| r.probe_interval.is_none())
+                {
+                    self.became_ready(i, now);
+                }
+            }
+            Input::Probed { unit, ok } => {
+                let i = self.idx(&unit)?;
+                if matches!(self.entries[i].status.probe, ProbeState::Running(_)) {
+                    self.probed(i, ok, now, &mut actions);
                 }
             }
             Input::StartFailed {
@@ -464,6 +619,7 @@ impl Supervisor {
                 permanent,
             } => {
                 let i = self.idx(&unit)?;
+                self.cancel_probe(i, &mut actions);
                 let st = &mut self.entries[i].status;
                 st.spawn_pending = false;
                 st.pid = None;
@@ -479,13 +635,114 @@ impl Supervisor {
             }
             Input::Ended { unit, end } => {
                 let i = self.idx(&unit)?;
+                self.cancel_probe(i, &mut actions);
                 self.ended(i, end, now);
                 self.drop_if_retired(i);
             }
             Input::Tick => self.fire_timers(now, &mut actions),
         }
         self.settle(now, &mut actions);
+        self.run_due_probes(now, &mut actions);
         Ok(actions)
+    }
+
+    /// The unit is ready: `running`, and its health probing begins.
+    fn became_ready(&mut self, i: usize, now: Instant) {
+        let e = &mut self.entries[i];
+        let st = &mut e.status;
+        st.state = State::Running;
+        st.running_since = Some(now);
+        st.reason = None;
+        st.deadline = None;
+        st.failures = 0;
+        match e.spec.health {
+            Some(h) => {
+                st.health = Some(Health::Starting);
+                st.probe = ProbeState::Due(now + h.interval);
+            }
+            None => {
+                st.health = None;
+                st.probe = ProbeState::Idle;
+            }
+        }
+    }
+
+    /// A running probe of unit `i` ended, well or not (a timeout is a
+    /// failure).
+    fn probed(&mut self, i: usize, ok: bool, now: Instant, actions: &mut Vec<Action>) {
+        let e = &mut self.entries[i];
+        e.status.probe = ProbeState::Idle;
+        match (e.status.state, e.spec.ready, e.spec.health) {
+            (State::Starting, Some(ready), _) if e.status.pid.is_some() => {
+                if ok {
+                    self.became_ready(i, now);
+                } else if let Some(interval) = ready.probe_interval {
+                    e.status.probe = ProbeState::Due(now + interval);
+                }
+            }
+            (State::Running, _, Some(health)) => {
+                let st = &mut e.status;
+                if ok {
+                    st.failures = 0;
+                    st.health = Some(Health::Healthy);
+                } else {
+                    st.failures = st.failures.saturating_add(1);
+                }
+                if st.failures >= health.retries {
+                    st.health = Some(Health::Unhealthy);
+                    st.fault = Some(End::Unhealthy);
+                    st.reason = Some(format!(
+                        "health probe failed {} times in a row",
+                        st.failures
+                    ));
+                    self.begin_stop(i, now, actions);
+                } else {
+                    st.probe = ProbeState::Due(now + health.interval);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Stops unit `i`'s running probe, if any.
+    fn cancel_probe(&mut self, i: usize, actions: &mut Vec<Action>) {
+        let e = &mut self.entries[i];
+        if matches!(e.status.probe, ProbeState::Running(_)) {
+            actions.push(Action::CancelProbe(e.spec.name.clone()));
+        }
+        e.status.probe = ProbeState::Idle;
+    }
+
+    /// Starts every probe that is due, and fails every one past its
+    /// deadline.
+    fn run_due_probes(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        for i in 0..self.entries.len() {
+            let e = &mut self.entries[i];
+            match e.status.probe {
+                ProbeState::Due(t) if t <= now => {
+                    let check = match e.status.state {
+                        State::Starting => Check::Ready,
+                        _ => Check::Health,
+                    };
+                    // Ready probes are bounded by the ready timeout.
+                    let deadline = match check {
+                        Check::Ready => None,
+                        Check::Health => e.spec.health.map(|h| now + h.timeout),
+                    };
+                    e.status.probe = ProbeState::Running(deadline);
+                    actions.push(Action::Probe {
+                        unit: e.spec.name.clone(),
+                        check,
+                    });
+                }
+                ProbeState::Running(Some(d)) if d <= now => {
+                    actions.push(Action::CancelProbe(e.spec.name.clone()));
+                    e.status.probe = ProbeState::Running(None);
+                    self.probed(i, false, now, actions);
+                }
+                _ => {}
+            }
+        }
     }
 
     fn start(&mut self, i: usize) {
@@ -514,6 +771,7 @@ impl Supervisor {
     }
 
     fn begin_stop(&mut self, i: usize, now: Instant, actions: &mut Vec<Action>) {
+        self.cancel_probe(i, actions);
         let e = &mut self.entries[i];
         if let Some(pid) = e.status.pid {
             e.status.state = State::Stopping;
@@ -535,7 +793,14 @@ impl Supervisor {
         st.running_since = None;
         st.deadline = None;
         st.kill_sent = false;
-        let operator_stop = st.state == State::Stopping || st.want == Want::Down;
+        st.probe = ProbeState::Idle;
+        st.health = None;
+        // A stop the engine made itself (not ready, unhealthy) ends as
+        // that fault, and the restart policy decides what follows.
+        let fault = st.fault.take();
+        let operator_stop =
+            st.want == Want::Down || (st.state == State::Stopping && fault.is_none());
+        let end = fault.unwrap_or(end);
         st.last_exit = Some(end.clone());
         if operator_stop {
             st.state = if st.want == Want::Up {
@@ -563,7 +828,8 @@ impl Supervisor {
     }
 
     fn fire_timers(&mut self, now: Instant, actions: &mut Vec<Action>) {
-        for e in &mut self.entries {
+        let mut not_ready = Vec::new();
+        for (i, e) in self.entries.iter_mut().enumerate() {
             let st = &mut e.status;
             match st.deadline {
                 Some(d) if d <= now => {}
@@ -572,6 +838,14 @@ impl Supervisor {
             st.deadline = None;
             match st.state {
                 State::Backoff => st.state = State::Starting,
+                State::Starting if st.pid.is_some() => {
+                    if let Some(ready) = e.spec.ready {
+                        let reason = format!("not ready within {:?}", ready.timeout);
+                        st.reason = Some(reason.clone());
+                        st.fault = Some(End::StartFailed(reason));
+                        not_ready.push(i);
+                    }
+                }
                 State::Stopping => {
                     if let (Some(pid), false) = (st.pid, st.kill_sent) {
                         st.kill_sent = true;
@@ -583,6 +857,9 @@ impl Supervisor {
                 }
                 _ => {}
             }
+        }
+        for i in not_ready {
+            self.begin_stop(i, now, actions);
         }
     }
 

@@ -496,6 +496,65 @@ pub fn place_inherited_fds(fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     close_fds_from(3 + n, &[])
 }
 
+/// Runs `f` with this thread in the network namespace of the process
+/// behind `pidfd`, then moves it back: the sockets `f` makes belong to that
+/// namespace for good. The agent is single-threaded, so nothing else runs
+/// meanwhile. Failing to move back is logged as an error: this thread
+/// would make its later sockets in the wrong namespace.
+pub fn in_netns<T>(pidfd: BorrowedFd<'_>, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    use nix::sched::{CloneFlags, setns};
+    let own = std::fs::File::open("/proc/thread-self/ns/net")?;
+    setns(pidfd, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+    let out = f();
+    if let Err(e) = setns(&own, CloneFlags::CLONE_NEWNET) {
+        log::error!("unable to return to the agent's own network namespace: {e}");
+        return Err(e.into());
+    }
+    out
+}
+
+/// The watchdog ioctls of `linux/watchdog.h`.
+mod wdioc {
+    nix::ioctl_readwrite!(set_timeout, b'W', 6, libc::c_int);
+    nix::ioctl_read!(get_timeout, b'W', 7, libc::c_int);
+}
+
+/// `WDIOC_SETTIMEOUT`: asks the watchdog behind `fd` for a timeout of
+/// `secs`; returns the timeout the driver chose (it may round).
+pub fn watchdog_set_timeout(fd: BorrowedFd<'_>, secs: i32) -> io::Result<i32> {
+    let mut value: libc::c_int = secs;
+    // SAFETY: the ioctl reads and writes one c_int, which `value` is, for
+    // the duration of the call.
+    unsafe { wdioc::set_timeout(fd.as_raw_fd(), &mut value) }.map_err(io::Error::from)?;
+    Ok(value)
+}
+
+/// `WDIOC_GETTIMEOUT`: the timeout of the watchdog behind `fd`, seconds.
+pub fn watchdog_timeout(fd: BorrowedFd<'_>) -> io::Result<i32> {
+    let mut value: libc::c_int = 0;
+    // SAFETY: the ioctl writes one c_int, which `value` is.
+    unsafe { wdioc::get_timeout(fd.as_raw_fd(), &mut value) }.map_err(io::Error::from)?;
+    Ok(value)
+}
+
+/// Clears close-on-exec on `fd`, so the program it execs inherits it.
+pub fn clear_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))
+        .map(drop)
+        .map_err(io::Error::from)
+}
+
+/// In a child about to exec: makes `target` a copy of `fd` (without
+/// close-on-exec), closing what was there.
+pub fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
+    // SAFETY: dup2 creates a descriptor and touches no memory; whatever
+    // `target` was is closed by the kernel, and the caller owns no Rust
+    // object for that number any more (its contract).
+    let ret = unsafe { libc::dup2(fd.as_raw_fd(), target) };
+    check(ret.into()).map(drop)
+}
+
 /// Sets `O_NONBLOCK` on `fd`.
 pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     use nix::fcntl::{FcntlArg, OFlag, fcntl};

@@ -12,11 +12,13 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
+use nix::sys::signal::Signal;
+
 use nix::sys::resource::setrlimit;
 use nix::unistd::{Gid, Uid};
 
 use super::protocol::{self, MAX_MESSAGE, Message};
-use super::start::Prepared;
+use super::start::{Notify, Prepared};
 use super::{rootfs, seccomp, template};
 use crate::logging::error_chain;
 use crate::sys;
@@ -32,6 +34,7 @@ pub(super) fn zone_command(
     channel: OwnedFd,
     exec_pipe: OwnedFd,
     output: BorrowedFd<'_>,
+    notify: Option<Notify<'_>>,
 ) -> ! {
     if let Err(e) = setup(prep) {
         fail_setup(&exec_pipe, error_chain(&e), &e);
@@ -43,7 +46,7 @@ pub(super) fn zone_command(
         fail_start(&exec_pipe, &Message::StartFailed(msg));
     }
     drop(channel);
-    command(prep, exec_pipe, Stdio::Output(output))
+    command(prep, exec_pipe, Stdio::Output { output, notify })
 }
 
 /// The command's process could not start the command: `msg` goes to the
@@ -103,8 +106,12 @@ enum SetupError {
 
 /// Where a command's standard fds come from.
 pub(super) enum Stdio<'a> {
-    /// stdin from /dev/null, stdout and stderr to the unit's output pipe.
-    Output(BorrowedFd<'a>),
+    /// stdin from /dev/null, stdout and stderr to the unit's output pipe,
+    /// and the readiness pipe if the zone has one.
+    Output {
+        output: BorrowedFd<'a>,
+        notify: Option<Notify<'a>>,
+    },
     /// The caller's own three fds (`zonit ctl exec`).
     Fds(&'a [OwnedFd; 3]),
     /// A terminal's slave (`zonit ctl exec -t`): stdin, stdout, stderr and
@@ -114,17 +121,32 @@ pub(super) enum Stdio<'a> {
 
 /// The command's process: drop privileges and exec. Never returns.
 pub(super) fn command(prep: &Prepared, exec_pipe: OwnedFd, io: Stdio<'_>) -> ! {
-    let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
-        fail_start(&exec_pipe, &Message::StartFailed(format!("{what}: {e}")))
-    };
     // The init reset every disposition before forking us, and exec resets
     // handlers anyway: only the init's full block mask is left to undo.
     sys::set_sigmask(libc::SIG_SETMASK, &sys::empty_sigset());
     let _ = nix::unistd::setsid();
-    if let Err(e) = stdio(io, prep) {
-        fail("unable to set up stdio", &e);
+    let is_exec = matches!(io, Stdio::Fds(_) | Stdio::Terminal(_));
+    let notify = match &io {
+        Stdio::Output { notify, .. } => *notify,
+        Stdio::Fds(_) | Stdio::Terminal(_) => None,
+    };
+    let io_done = stdio(io, prep).map_err(|e| format!("unable to set up stdio: {e}"));
+    // After stdio: the output pipe may sit on the number the notify fd
+    // goes to, and is no longer needed once on 1 and 2.
+    let (exec_pipe, placed) = match (io_done, notify) {
+        (Err(e), _) => (exec_pipe, Err(e)),
+        (Ok(()), None) => (exec_pipe, Ok(())),
+        (Ok(()), Some(n)) => place_notify(n, exec_pipe),
+    };
+    let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
+        fail_start(&exec_pipe, &Message::StartFailed(format!("{what}: {e}")))
+    };
+    if let Err(e) = placed {
+        fail("unable to set up the command's fds", &e);
     }
-    if let Err(e) = sys::close_fds_from(3, &[exec_pipe.as_raw_fd()]) {
+    let mut keep = vec![exec_pipe.as_raw_fd()];
+    keep.extend(notify.map(|n| n.at));
+    if let Err(e) = sys::close_fds_from(3, &keep) {
         fail("unable to close inherited fds", &e);
     }
     // From here on each step depends on the config: see `fail_setup`.
@@ -143,6 +165,12 @@ pub(super) fn command(prep: &Prepared, exec_pipe: OwnedFd, io: Stdio<'_>) -> ! {
     }
     if let Err(e) = drop_privileges(prep) {
         fail_setup(&exec_pipe, format!("unable to drop privileges: {e}"), &e);
+    }
+    // A `ctl exec` command or probe dies with its helper, so killing the
+    // helper (a probe past its deadline) kills the command. Set after the
+    // uid switch, which clears it.
+    if is_exec && let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+        fail("unable to set the parent-death signal", &e);
     }
     // Last, so everything above may still use what the filter refuses.
     if let Err(e) = seccomp::install(prep.seccomp) {
@@ -181,7 +209,7 @@ fn ptrs(v: &[CString]) -> Vec<*const libc::c_char> {
 
 fn stdio(io: Stdio<'_>, prep: &Prepared) -> io::Result<()> {
     match io {
-        Stdio::Output(output) => {
+        Stdio::Output { output, .. } => {
             let null = std::fs::File::open("/dev/null")?;
             nix::unistd::dup2_stdin(null.as_fd()).map_err(io::Error::from)?;
             nix::unistd::dup2_stdout(output).map_err(io::Error::from)?;
@@ -209,6 +237,32 @@ fn stdio(io: Stdio<'_>, prep: &Prepared) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Puts the notify pipe's write end at its number for the command
+/// (without close-on-exec), first moving the exec pipe away if it sits
+/// there. Returns the exec pipe, wherever it is now.
+fn place_notify(n: Notify<'_>, exec_pipe: OwnedFd) -> (OwnedFd, Result<(), String>) {
+    let exec_pipe = if exec_pipe.as_raw_fd() == n.at {
+        // The copy gets the lowest free number, never `n.at` (taken).
+        match exec_pipe.try_clone() {
+            Ok(moved) => {
+                // Closes `n.at` now, so nothing closes it after the dup.
+                drop(exec_pipe);
+                moved
+            }
+            Err(e) => return (exec_pipe, Err(format!("unable to move the exec pipe: {e}"))),
+        }
+    } else {
+        exec_pipe
+    };
+    let placed = if n.fd.as_raw_fd() == n.at {
+        sys::clear_cloexec(n.fd)
+    } else {
+        sys::dup_onto(n.fd, n.at)
+    };
+    let placed = placed.map_err(|e| format!("unable to put the notify pipe at fd {}: {e}", n.at));
+    (exec_pipe, placed)
 }
 
 /// Groups, capabilities, uid, no_new_privs, in the order each step still

@@ -21,7 +21,7 @@ use nix::unistd::{ForkResult, Pid};
 
 use super::command;
 use super::protocol::{self, MAX_MESSAGE, Message};
-use super::start::Prepared;
+use super::start::{Notify, Prepared};
 use crate::sys;
 
 /// Sends `msg` to the agent; nothing to do if the agent is gone.
@@ -43,7 +43,12 @@ pub(super) fn give_up(channel: &OwnedFd, msg: &str) -> ! {
 /// and what it writes to memory shared with the agent (copy-on-write since
 /// the clone) is what each zone costs. The setup's allocations happen in
 /// the command's process and vanish with its exec.
-pub(super) fn zone_init(prep: &Prepared, channel: OwnedFd, output: BorrowedFd<'_>) -> ! {
+pub(super) fn zone_init(
+    prep: &Prepared,
+    channel: OwnedFd,
+    output: BorrowedFd<'_>,
+    notify: Option<Notify<'_>>,
+) -> ! {
     // Born with every signal blocked (`sys::clone3`), and they stay
     // blocked so they queue for `sigwait`: the init of a PID namespace
     // drops unblocked signals it has no handler for, and one sent before
@@ -59,7 +64,9 @@ pub(super) fn zone_init(prep: &Prepared, channel: OwnedFd, output: BorrowedFd<'_
     let _ = nix::unistd::setsid();
     // Nothing inside the zone may read this process's memory or fds.
     let _ = nix::sys::prctl::set_dumpable(false);
-    if let Err(e) = sys::close_fds_from(3, &[channel.as_raw_fd(), output.as_raw_fd()]) {
+    let mut keep = vec![channel.as_raw_fd(), output.as_raw_fd()];
+    keep.extend(notify.map(|n| n.fd.as_raw_fd()));
+    if let Err(e) = sys::close_fds_from(3, &keep) {
         give_up(&channel, &format!("unable to close inherited fds: {e}"));
     }
     // pivot_root (done by the command's process) moves the root and the
@@ -76,7 +83,7 @@ pub(super) fn zone_init(prep: &Prepared, channel: OwnedFd, output: BorrowedFd<'_
     let cmd = match sys::fork() {
         Ok(ForkResult::Child) => {
             drop(rx);
-            command::zone_command(prep, channel, tx, output)
+            command::zone_command(prep, channel, tx, output, notify)
         }
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => give_up(&channel, &format!("unable to fork the command: {e}")),

@@ -9,12 +9,14 @@
 //! the zone, waits for the agent's `Go`, drops privileges and execs.
 //!
 //! Fork hygiene: every C string is built before `clone3`; the agent is
-//! single-threaded, so the child may allocate. Only stdio is inherited by
-//! the command; every other fd the agent holds is closed in the init.
+//! single-threaded, so the child may allocate. Only stdio (and, for a zone
+//! with `ready = { notify = "fd" }`, the write end of the notify pipe at
+//! the fd number it asked for) is inherited by the command; every other fd
+//! the agent holds is closed in the init.
 
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
 use nix::sys::resource::Resource;
@@ -45,6 +47,16 @@ pub enum Error {
     /// The seccomp filter is unusable (a bug in its rule table).
     #[error("no seccomp filter")]
     Seccomp(#[source] &'static seccomp::Error),
+}
+
+/// The write end of a readiness pipe and the fd number the command finds
+/// it at (`ready = { notify = "fd" }`).
+#[derive(Debug, Clone, Copy)]
+pub struct Notify<'a> {
+    /// The agent's copy of the write end.
+    pub fd: BorrowedFd<'a>,
+    /// Where the command gets it: 3 or above.
+    pub at: RawFd,
 }
 
 /// A started zone, as the agent holds it.
@@ -184,12 +196,14 @@ pub fn rlimit_resource(name: &str) -> Option<Resource> {
 }
 
 /// Starts `zone` (the unit `name`) with stdout and stderr on `output`,
-/// optionally inside the cgroup open at `cgroup`.
+/// optionally inside the cgroup open at `cgroup`, giving the command
+/// `notify`.
 pub fn spawn(
     name: &str,
     zone: &Zone,
     output: BorrowedFd<'_>,
     cgroup: Option<BorrowedFd<'_>>,
+    notify: Option<Notify<'_>>,
 ) -> Result<Started, Error> {
     let prep = prepare(name, zone)?;
     // `network = "host"` shares the agent's network stack.
@@ -204,7 +218,7 @@ pub fn spawn(
         | netns
         | libc::CLONE_NEWCGROUP) as u64;
     clone_with_channel(flags, cgroup, |channel| {
-        init::zone_init(&prep, channel, output)
+        init::zone_init(&prep, channel, output, notify)
     })
 }
 

@@ -14,6 +14,8 @@ fn spec(name: &str, after: &[&str], restart: RestartPolicy) -> Spec {
         start_limit: None,
         stop_timeout: Duration::from_secs(10),
         reboot_restarts: true,
+        ready: None,
+        health: None,
     }
 }
 
@@ -566,6 +568,315 @@ fn removed_unit_without_process_is_dropped_at_once() {
     h.sup.reload(vec![], &[], &[], h.now);
     assert!(h.sup.status("a").is_none());
     assert_eq!(h.sup.take_retired(), vec!["a".to_string()]);
+}
+
+fn ready_by_notify(name: &str, after: &[&str], timeout_s: u64) -> Spec {
+    Spec {
+        ready: Some(ReadySpec {
+            timeout: Duration::from_secs(timeout_s),
+            probe_interval: None,
+        }),
+        ..spec(name, after, RestartPolicy::OnFailure)
+    }
+}
+
+fn ready_by_probe(name: &str, interval_ms: u64, timeout_s: u64) -> Spec {
+    Spec {
+        ready: Some(ReadySpec {
+            timeout: Duration::from_secs(timeout_s),
+            probe_interval: Some(Duration::from_millis(interval_ms)),
+        }),
+        ..spec(name, &[], RestartPolicy::OnFailure)
+    }
+}
+
+fn with_health(mut s: Spec, interval_s: u64, timeout_s: u64, retries: u32) -> Spec {
+    s.health = Some(HealthSpec {
+        interval: Duration::from_secs(interval_s),
+        timeout: Duration::from_secs(timeout_s),
+        retries,
+    });
+    s
+}
+
+fn probes(actions: &[Action]) -> Vec<(String, Check)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Probe { unit, check } => Some((unit.clone(), *check)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn cancelled(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::CancelProbe(u) => Some(u.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn probed(h: &mut Harness, u: &str, ok: bool) -> Vec<Action> {
+    h.feed(Input::Probed { unit: u.into(), ok })
+}
+
+#[test]
+fn a_unit_with_ready_is_starting_until_it_notifies() {
+    let mut h = Harness::new(vec![ready_by_notify("db", &[], 30)]);
+    h.feed(Input::Start("db".into()));
+    assert_eq!(
+        h.state("db"),
+        State::Starting,
+        "the command runs, not ready"
+    );
+    assert!(h.sup.status("db").unwrap().running_since.is_none());
+    h.advance(Duration::from_secs(2));
+    h.feed(Input::Notified("db".into()));
+    assert_eq!(h.state("db"), State::Running);
+    assert_eq!(h.sup.status("db").unwrap().running_since, Some(h.now));
+}
+
+#[test]
+fn a_notification_before_the_exec_report_still_counts() {
+    let mut h = Harness::new(vec![ready_by_notify("db", &[], 30)]);
+    h.sup.handle(Input::Start("db".into()), h.now).unwrap();
+    h.sup
+        .handle(
+            Input::Spawned {
+                unit: "db".into(),
+                pid: 7,
+            },
+            h.now,
+        )
+        .unwrap();
+    h.feed(Input::Notified("db".into()));
+    assert_eq!(h.state("db"), State::Running);
+    h.feed(Input::Ready("db".into()));
+    assert_eq!(h.state("db"), State::Running);
+}
+
+#[test]
+fn after_waits_for_the_dependency_to_be_ready_not_just_started() {
+    let mut h = Harness::new(vec![
+        ready_by_notify("db", &[], 30),
+        spec("web", &["db"], RestartPolicy::OnFailure),
+    ]);
+    let a = h.feed(Input::StartAll(vec!["db".into(), "web".into()]));
+    assert_eq!(spawned(&a), vec!["db"]);
+    let a = h.advance(Duration::from_secs(5));
+    assert!(spawned(&a).is_empty(), "web waits while db is starting");
+    let a = h.feed(Input::Notified("db".into()));
+    assert_eq!(spawned(&a), vec!["web"]);
+    assert_eq!(h.state("web"), State::Running);
+}
+
+#[test]
+fn not_ready_within_the_timeout_is_a_failed_start_and_the_policy_applies() {
+    let mut h = Harness::new(vec![ready_by_notify("db", &[], 30)]);
+    h.feed(Input::Start("db".into()));
+    let pid = h.pid("db");
+    assert_eq!(h.sup.next_deadline(), Some(h.t0 + Duration::from_secs(30)));
+    let a = h.advance_to_deadline();
+    assert_eq!(stopped(&a), vec!["db"], "stopped through the stop ladder");
+    assert_eq!(h.state("db"), State::Stopping);
+    // A notification now is too late.
+    h.feed(Input::Notified("db".into()));
+    assert_eq!(h.state("db"), State::Stopping);
+    h.end("db", End::Signal(libc::SIGTERM));
+    let st = h.sup.status("db").unwrap();
+    assert_eq!(
+        st.state,
+        State::Backoff,
+        "on-failure restarts a failed start"
+    );
+    assert!(
+        matches!(&st.last_exit, Some(End::StartFailed(r)) if r.contains("not ready within 30s"))
+    );
+    let a = h.advance_to_deadline();
+    assert_eq!(spawned(&a), vec!["db"]);
+    assert_ne!(h.pid("db"), pid);
+    assert_eq!(h.sup.status("db").unwrap().restarts, 1);
+}
+
+#[test]
+fn not_ready_in_time_under_never_ends_failed() {
+    let mut s = ready_by_notify("db", &[], 1);
+    s.restart = RestartPolicy::Never;
+    let mut h = Harness::new(vec![s]);
+    h.feed(Input::Start("db".into()));
+    h.advance_to_deadline();
+    h.end("db", End::Signal(libc::SIGTERM));
+    assert_eq!(h.state("db"), State::Failed);
+    assert_eq!(
+        h.sup.status("db").unwrap().reason.as_deref(),
+        Some("not ready within 1s")
+    );
+}
+
+#[test]
+fn a_ready_probe_repeats_every_interval_until_it_succeeds() {
+    let mut h = Harness::new(vec![ready_by_probe("db", 200, 30)]);
+    let a = h.feed(Input::Start("db".into()));
+    assert_eq!(
+        probes(&a),
+        vec![("db".to_string(), Check::Ready)],
+        "first try at once"
+    );
+    let a = probed(&mut h, "db", false);
+    assert!(probes(&a).is_empty());
+    assert_eq!(
+        h.sup.next_deadline(),
+        Some(h.now + Duration::from_millis(200))
+    );
+    let a = h.advance(Duration::from_millis(199));
+    assert!(probes(&a).is_empty());
+    let a = h.advance(Duration::from_millis(1));
+    assert_eq!(probes(&a), vec![("db".to_string(), Check::Ready)]);
+    assert_eq!(h.state("db"), State::Starting);
+    probed(&mut h, "db", true);
+    assert_eq!(h.state("db"), State::Running);
+    assert_eq!(
+        h.sup.next_deadline(),
+        None,
+        "no probe after ready without health"
+    );
+}
+
+#[test]
+fn a_ready_probe_still_running_at_the_timeout_is_cancelled() {
+    let mut h = Harness::new(vec![ready_by_probe("db", 200, 2)]);
+    h.feed(Input::Start("db".into()));
+    let a = h.advance(Duration::from_secs(2));
+    assert_eq!(cancelled(&a), vec!["db"]);
+    assert_eq!(stopped(&a), vec!["db"]);
+    // Its late answer changes nothing.
+    probed(&mut h, "db", true);
+    assert_eq!(h.state("db"), State::Stopping);
+}
+
+#[test]
+fn health_probes_start_an_interval_after_ready() {
+    let mut h = Harness::new(vec![with_health(
+        spec("web", &[], RestartPolicy::Always),
+        10,
+        2,
+        3,
+    )]);
+    let a = h.feed(Input::Start("web".into()));
+    assert!(probes(&a).is_empty());
+    assert_eq!(h.sup.status("web").unwrap().health, Some(Health::Starting));
+    let a = h.advance(Duration::from_secs(10));
+    assert_eq!(probes(&a), vec![("web".to_string(), Check::Health)]);
+    probed(&mut h, "web", true);
+    assert_eq!(h.sup.status("web").unwrap().health, Some(Health::Healthy));
+    assert_eq!(h.sup.next_deadline(), Some(h.now + Duration::from_secs(10)));
+}
+
+#[test]
+fn health_failures_in_a_row_end_the_unit_unhealthy_and_restart_it() {
+    let mut h = Harness::new(vec![with_health(
+        spec("web", &[], RestartPolicy::OnFailure),
+        10,
+        2,
+        3,
+    )]);
+    h.feed(Input::Start("web".into()));
+    let pid = h.pid("web");
+    for n in 1..=2 {
+        h.advance(Duration::from_secs(10));
+        let a = probed(&mut h, "web", false);
+        assert!(stopped(&a).is_empty(), "failure {n} of 3 stops nothing");
+        assert_eq!(h.state("web"), State::Running);
+    }
+    h.advance(Duration::from_secs(10));
+    let a = probed(&mut h, "web", false);
+    assert_eq!(stopped(&a), vec!["web"]);
+    assert_eq!(h.sup.status("web").unwrap().health, Some(Health::Unhealthy));
+    h.end("web", End::Signal(libc::SIGTERM));
+    let st = h.sup.status("web").unwrap();
+    assert_eq!(st.last_exit, Some(End::Unhealthy));
+    assert_eq!(
+        st.state,
+        State::Backoff,
+        "unhealthy is a failure for on-failure"
+    );
+    assert_eq!(st.health, None);
+    let a = h.advance_to_deadline();
+    assert_eq!(spawned(&a), vec!["web"]);
+    assert_ne!(h.pid("web"), pid);
+    assert_eq!(h.sup.status("web").unwrap().health, Some(Health::Starting));
+}
+
+#[test]
+fn a_success_resets_the_failures_in_a_row() {
+    let mut h = Harness::new(vec![with_health(
+        spec("web", &[], RestartPolicy::OnFailure),
+        10,
+        2,
+        3,
+    )]);
+    h.feed(Input::Start("web".into()));
+    for ok in [false, false, true, false, false, true, false, false] {
+        h.advance(Duration::from_secs(10));
+        let a = probed(&mut h, "web", ok);
+        assert!(stopped(&a).is_empty());
+    }
+    assert_eq!(h.state("web"), State::Running);
+}
+
+#[test]
+fn a_health_probe_past_its_timeout_is_cancelled_and_counts_as_a_failure() {
+    let mut h = Harness::new(vec![with_health(
+        spec("web", &[], RestartPolicy::OnFailure),
+        10,
+        2,
+        1,
+    )]);
+    h.feed(Input::Start("web".into()));
+    h.advance(Duration::from_secs(10));
+    assert_eq!(h.sup.next_deadline(), Some(h.now + Duration::from_secs(2)));
+    let a = h.advance(Duration::from_secs(2));
+    assert_eq!(cancelled(&a), vec!["web"]);
+    assert_eq!(stopped(&a), vec!["web"], "retries = 1: one timeout ends it");
+    // The cancelled probe's answer is not expected, and ignored if it comes.
+    probed(&mut h, "web", true);
+    assert_eq!(h.state("web"), State::Stopping);
+}
+
+#[test]
+fn an_operator_stop_cancels_the_running_probe_and_is_no_failure() {
+    let mut h = Harness::new(vec![with_health(
+        spec("web", &[], RestartPolicy::Always),
+        10,
+        2,
+        3,
+    )]);
+    h.feed(Input::Start("web".into()));
+    h.advance(Duration::from_secs(10));
+    let a = h.feed(Input::Stop("web".into()));
+    assert_eq!(cancelled(&a), vec!["web"]);
+    h.end("web", End::Signal(libc::SIGTERM));
+    assert_eq!(h.state("web"), State::Stopped);
+    assert_eq!(h.sup.next_deadline(), None);
+}
+
+#[test]
+fn an_unhealthy_unit_stopped_by_the_operator_meanwhile_stays_down() {
+    let mut h = Harness::new(vec![with_health(
+        spec("web", &[], RestartPolicy::Always),
+        10,
+        2,
+        1,
+    )]);
+    h.feed(Input::Start("web".into()));
+    h.advance(Duration::from_secs(10));
+    probed(&mut h, "web", false);
+    h.feed(Input::Stop("web".into()));
+    h.end("web", End::Signal(libc::SIGTERM));
+    assert_eq!(h.state("web"), State::Stopped);
 }
 
 #[test]

@@ -1,0 +1,414 @@
+//! Tier 2: readiness and health checks with real zones under `zonit run`.
+//! Needs root (fails under CI=true without it), busybox-static and gcc
+//! (the sd_notify client, tests/probe/notify.c).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::{Zonit, pids_with_cmdline, require_root, template, zone};
+
+/// Builds tests/probe/notify.c into the template as `/bin/notify`, once.
+fn install_notify() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probe/notify.c");
+        let status = Command::new("gcc")
+            .args(["-static", "-O1", "-o"])
+            .arg(template().join("bin/notify"))
+            .arg(&src)
+            .status()
+            .expect("gcc is needed: apt-get install gcc libc6-dev");
+        assert!(status.success(), "building {} failed", src.display());
+    });
+}
+
+/// When the first log line containing `needle` arrived.
+fn logged_at(z: &Zonit, needle: &str) -> Instant {
+    z.log_lines()
+        .into_iter()
+        .find(|(_, l)| l.contains(needle))
+        .map(|(t, _)| t)
+        .unwrap_or_else(|| panic!("no log line `{needle}`:\n{}", z.log_text()))
+}
+
+#[test]
+fn notify_fd_gates_running_and_the_dependent_starts_after_ready() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("notifyfd", |d| {
+        zone(
+            d,
+            "db",
+            "sleep 1; echo db-ready; echo >&3; exec sleep 1000",
+            "ready = { notify = \"fd\", timeout = \"10s\" }",
+        ) + &zone(d, "web", "echo web-up; exec sleep 1000", "after = [\"db\"]")
+    });
+    z.wait_log("db: started");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(z.state("db"), "starting", "{}", z.log_text());
+    assert_eq!(z.state("web"), "starting", "web waits for db to be ready");
+    z.wait_state("web", "running");
+    assert_eq!(z.state("db"), "running");
+    let ready = logged_at(&z, "db: ready");
+    assert!(ready >= logged_at(&z, "zonit[db]: db-ready"));
+    assert!(
+        logged_at(&z, "web: started") >= ready,
+        "web started before db was ready:\n{}",
+        z.log_text()
+    );
+}
+
+#[test]
+fn notify_fd_can_be_another_number() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("notifyfd5", |d| {
+        zone(
+            d,
+            "db",
+            "ls /proc/self/fd | tr '\\n' ' '; echo; echo >&5; exec sleep 1000",
+            "ready = { notify = \"fd\", notify_fd = 5 }",
+        )
+    });
+    z.wait_state("db", "running");
+    // stdio, the notify fd, and ls's own directory fd: nothing else leaks.
+    let line = z
+        .log_lines()
+        .into_iter()
+        .map(|(_, l)| l)
+        .find(|l| l.contains("zonit[db]: 0 "))
+        .unwrap();
+    assert!(line.trim_end().ends_with("0 1 2 3 5"), "{line}");
+}
+
+#[test]
+fn ctl_start_returns_once_the_unit_is_ready() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("startwait", |d| {
+        zone(
+            d,
+            "db",
+            "sleep 1; echo >&3; exec sleep 1000",
+            "ready = { notify = \"fd\" }\nautostart = false",
+        )
+    });
+    let t = Instant::now();
+    let (code, out, err) = z.ctl(&["start", "db"]);
+    let took = t.elapsed();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        took >= Duration::from_millis(900),
+        "returned after {took:?}"
+    );
+    assert_eq!(z.state("db"), "running");
+}
+
+#[test]
+fn not_ready_within_the_timeout_fails_the_start() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("readytimeout", |d| {
+        zone(
+            d,
+            "db",
+            "exec sleep 1000",
+            "ready = { notify = \"fd\", timeout = \"1s\" }\nrestart = \"never\"\nautostart = false",
+        )
+    });
+    let (code, _, err) = z.ctl(&["start", "db"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not ready within 1s"), "{err}");
+    let u = z.unit("db");
+    assert_eq!(u["state"], "failed", "{u}");
+    assert_eq!(u["last_exit"], "start failed");
+}
+
+#[test]
+fn sd_notify_from_a_real_client_makes_the_zone_ready() {
+    if !require_root() {
+        return;
+    }
+    install_notify();
+    let z = Zonit::start("sdnotify", |d| {
+        zone(
+            d,
+            "db",
+            "sleep 0.5; /bin/notify READY=1 STATUS=serving && echo sent; exec sleep 1000",
+            "ready = { notify = \"systemd\", timeout = \"10s\" }",
+        )
+    });
+    z.wait_state("db", "running");
+    z.wait_log("db: status: serving");
+    assert!(z.log_text().contains("zonit[db]: sent"));
+}
+
+#[test]
+fn an_exec_probe_makes_the_zone_ready_once_it_succeeds() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("execready", |d| {
+        zone(
+            d,
+            "db",
+            "sleep 1; touch /tmp/up; exec sleep 1000",
+            "ready = { exec = [\"/bin/test\", \"-e\", \"/tmp/up\"], interval = \"100ms\" }",
+        )
+    });
+    z.wait_log("db: started");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(z.state("db"), "starting");
+    z.wait_state("db", "running");
+}
+
+#[test]
+fn a_tcp_probe_makes_the_zone_ready_once_the_port_listens() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("tcpready", |d| {
+        zone(
+            d,
+            "web",
+            "sleep 1; exec httpd -f -p 8080",
+            "ready = { tcp = 8080, interval = \"100ms\" }",
+        )
+    });
+    z.wait_log("web: started");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(z.state("web"), "starting");
+    z.wait_state("web", "running");
+}
+
+#[test]
+fn a_log_line_makes_the_zone_ready() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("logready", |d| {
+        zone(
+            d,
+            "db",
+            "echo booting; sleep 1; echo 'database system is ready'; exec sleep 1000",
+            "ready = { log = \"system is ready\" }",
+        )
+    });
+    z.wait_log("zonit[db]: booting");
+    assert_eq!(z.state("db"), "starting");
+    z.wait_state("db", "running");
+}
+
+#[test]
+fn failed_exec_health_probes_restart_the_zone_as_unhealthy() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("healthexec", |d| {
+        zone(
+            d,
+            "web",
+            "touch /tmp/ok; echo up; exec sleep 1000",
+            "health = { exec = [\"/bin/test\", \"-e\", \"/tmp/ok\"], interval = \"200ms\", timeout = \"2s\", retries = 2 }\nrestart = \"on-failure\"",
+        )
+    });
+    z.wait_for("web healthy", Duration::from_secs(10), || {
+        z.unit("web")["health"] == "healthy"
+    });
+    assert_eq!(z.ctl(&["exec", "web", "--", "rm", "/tmp/ok"]).0, 0);
+    z.wait_for("a restart", Duration::from_secs(10), || {
+        z.unit("web")["restarts"] == 1
+    });
+    assert_eq!(z.unit("web")["last_exit"], "unhealthy");
+    z.wait_for("web healthy again", Duration::from_secs(10), || {
+        z.unit("web")["health"] == "healthy"
+    });
+}
+
+#[test]
+fn tcp_health_probes_pass_while_the_port_listens_and_fail_when_it_does_not() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("healthtcp", |d| {
+        zone(
+            d,
+            "web",
+            "exec httpd -f -p 8080",
+            "health = { tcp = 8080, interval = \"200ms\", retries = 2 }",
+        ) + &zone(
+            d,
+            "deaf",
+            "exec sleep 1000",
+            "health = { tcp = 8080, interval = \"200ms\", retries = 2 }\nrestart = \"never\"",
+        )
+    });
+    z.wait_for("web healthy", Duration::from_secs(10), || {
+        z.unit("web")["health"] == "healthy"
+    });
+    z.wait_state("deaf", "exited");
+    assert_eq!(z.unit("deaf")["last_exit"], "unhealthy");
+    assert!(z.unit("deaf").get("health").is_none());
+    assert_eq!(z.unit("web")["health"], "healthy");
+}
+
+#[test]
+fn a_health_probe_past_its_timeout_is_killed() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("probekill", |d| {
+        zone(
+            d,
+            "web",
+            "exec sleep 1000",
+            "health = { exec = [\"/bin/sleep\", \"777\"], interval = \"200ms\", timeout = \"500ms\", retries = 100 }",
+        )
+    });
+    z.wait_log("ran past its deadline, killing it");
+    // Killed with its helper, and no pile-up: at most the one running now.
+    std::thread::sleep(Duration::from_millis(300));
+    let live = pids_with_cmdline("sleep\u{0}777").len();
+    assert!(live <= 1, "{live} probes alive");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(pids_with_cmdline("sleep\u{0}777").len() <= 1);
+    assert_eq!(z.unit("web")["health"], "starting", "no probe has passed");
+    assert_eq!(z.state("web"), "running");
+}
+
+/// Bytes a fake device received, with their arrival times.
+type Bytes = std::sync::Arc<std::sync::Mutex<Vec<(Instant, u8)>>>;
+
+/// A pty standing in for a watchdog device: (slave path, bytes written to
+/// it with their arrival times). The device ioctls fail on a tty, which
+/// zonit logs and carries on from, so the pets can be watched without
+/// arming any real watchdog.
+fn fake_watchdog() -> (String, Bytes, std::os::fd::OwnedFd) {
+    use std::io::Read;
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let path = nix::unistd::ttyname(&pty.slave).unwrap();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = got.clone();
+    let mut master = std::fs::File::from(pty.master);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        // Ends with EIO once every slave fd is closed.
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let now = Instant::now();
+            sink.lock()
+                .unwrap()
+                .extend(buf[..n].iter().map(|b| (now, *b)));
+        }
+    });
+    (path.display().to_string(), got, pty.slave)
+}
+
+fn pets(got: &std::sync::Mutex<Vec<(Instant, u8)>>) -> Vec<Instant> {
+    got.lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, b)| *b == b'p')
+        .map(|(t, _)| *t)
+        .collect()
+}
+
+#[test]
+fn the_watchdog_is_petted_while_required_units_run_and_disarmed_when_zonit_run_exits() {
+    if !require_root() {
+        return;
+    }
+    let (path, got, slave) = fake_watchdog();
+    let host = format!(
+        "watchdog = {{ device = \"{path}\", timeout = \"2s\", require = [\"db\"], grace = \"1s\" }}"
+    );
+    let mut z = Zonit::start_with_host("wdok", &host, |d| zone(d, "db", "exec sleep 1000", ""));
+    drop(slave);
+    z.wait_log("watchdog: ");
+    std::thread::sleep(Duration::from_secs(4));
+    let p = pets(&got);
+    assert!(p.len() >= 6, "{} pets in 4 s:\n{}", p.len(), z.log_text());
+    let gaps: Vec<u128> = p.windows(2).map(|w| (w[1] - w[0]).as_millis()).collect();
+    assert!(
+        gaps.iter().all(|g| *g < 1000),
+        "a 2 s watchdog went unpetted too long: {gaps:?}"
+    );
+    assert_eq!(z.terminate(), 0);
+    let last = got.lock().unwrap().last().map(|(_, b)| *b);
+    assert_eq!(
+        last,
+        Some(b'V'),
+        "zonit run disarms the watchdog as it exits"
+    );
+}
+
+#[test]
+fn the_watchdog_is_starved_once_a_required_unit_has_failed_for_longer_than_grace() {
+    if !require_root() {
+        return;
+    }
+    let (path, got, slave) = fake_watchdog();
+    let host = format!(
+        "watchdog = {{ device = \"{path}\", timeout = \"2s\", require = [\"db\"], grace = \"1s\" }}"
+    );
+    let z = Zonit::start_with_host("wdstarve", &host, |d| {
+        zone(d, "db", "sleep 1; exit 1", "restart = \"never\"")
+    });
+    drop(slave);
+    z.wait_log("db: ended");
+    let ended = logged_at(&z, "db: ended");
+    z.wait_log("no longer petting");
+    let starved = logged_at(&z, "no longer petting");
+    let waited = starved - ended;
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_millis(2000),
+        "starved {waited:?} after db ended (grace 1 s)"
+    );
+    let line = z
+        .log_text()
+        .lines()
+        .find(|l| l.contains("no longer petting"))
+        .unwrap()
+        .to_string();
+    assert!(line.contains("required unit db"), "{line}");
+    assert!(line.contains("exited"), "{line}");
+    std::thread::sleep(Duration::from_secs(2));
+    let after: Vec<Instant> = pets(&got).into_iter().filter(|t| *t > starved).collect();
+    assert!(after.is_empty(), "{} pets after the decision", after.len());
+    assert_eq!(
+        z.log_text().matches("no longer petting").count(),
+        1,
+        "logged once"
+    );
+}
+
+#[test]
+fn sd_notify_status_lines_are_logged_at_most_once_a_second() {
+    if !require_root() {
+        return;
+    }
+    install_notify();
+    let z = Zonit::start("sdflood", |d| {
+        zone(
+            d,
+            "chatty",
+            "for i in 1 2 3 4 5 6 7 8 9 10; do /bin/notify STATUS=step$i; done; /bin/notify READY=1; exec sleep 1000",
+            "ready = { notify = \"systemd\" }",
+        )
+    });
+    z.wait_state("chatty", "running");
+    let logged = z.log_text().matches("chatty: status: step").count();
+    assert_eq!(logged, 1, "{}", z.log_text());
+}
