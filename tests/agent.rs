@@ -710,3 +710,144 @@ fn a_second_agent_in_another_pid_namespace_names_the_first_as_recorded() {
     // The first agent carries on.
     z.wait_state("web", "running");
 }
+
+/// The events of `unit` among JSON event objects, as `name` or
+/// `name:detail` strings in order.
+fn unit_events(events: &[serde_json::Value], unit: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["unit"] == unit)
+        .map(|e| match (&e["end"], &e["delay_ms"]) {
+            (serde_json::Value::String(end), _) => format!("exited:{end}"),
+            (_, serde_json::Value::Number(_)) => "restarting:delay".to_string(),
+            _ => e["event"].as_str().unwrap().to_string(),
+        })
+        .collect()
+}
+
+/// True when `seq` holds `want` as consecutive entries.
+fn holds_run(seq: &[String], want: &[&str]) -> bool {
+    seq.windows(want.len()).any(|w| w == want)
+}
+
+#[test]
+fn events_stream_a_restarts_whole_sequence_in_order_live_and_from_history() {
+    if !require_root() {
+        return;
+    }
+    use std::io::Write;
+    let mut z = Zonit::start("events", |d| {
+        zone(
+            d,
+            "crashy",
+            "sleep 0.3; exit 3",
+            "restart = \"always\"\nbackoff = { initial = \"200ms\", max = \"200ms\" }",
+        )
+    });
+    let mut stream = std::os::unix::net::UnixStream::connect(&z.socket).unwrap();
+    stream.write_all(b"{\"v\":1,\"cmd\":\"events\"}\n").unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = std::io::BufReader::new(stream);
+    let mut next = || {
+        use std::io::BufRead;
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        line
+    };
+    let ack = next();
+    assert!(ack.contains(r#""subscribed":true"#), "{ack}");
+    let live: Vec<serde_json::Value> = (0..12)
+        .map(|_| {
+            let v: serde_json::Value = serde_json::from_str(&next()).unwrap();
+            v["event"].clone()
+        })
+        .collect();
+    let seq = unit_events(&live, "crashy");
+    let restart = [
+        "running",
+        "exited:exit 3",
+        "restarting:delay",
+        "starting",
+        "running",
+    ];
+    assert!(holds_run(&seq, &restart), "live: {seq:?}");
+    let delays: Vec<u64> = live.iter().filter_map(|e| e["delay_ms"].as_u64()).collect();
+    assert!(delays.iter().all(|d| *d <= 200), "{delays:?}");
+    assert!(
+        live.windows(2)
+            .all(|w| w[0]["ts_ms"].as_u64() <= w[1]["ts_ms"].as_u64())
+    );
+
+    // The CLI with --since replays the kept history from the first start.
+    let (_, out, _) = z.ctl(&["--timeout", "1s", "events", "--json", "--since", "1h"]);
+    let kept: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seq = unit_events(&kept, "crashy");
+    assert_eq!(seq[..2], ["starting", "running"], "{seq:?}");
+    assert!(holds_run(&seq, &restart), "history: {seq:?}");
+    // Text form: one line per event, unit and event named.
+    let (_, text, _) = z.ctl(&["--timeout", "1s", "events", "--since", "1h"]);
+    assert!(
+        text.lines().any(|l| l.ends_with("crashy exited (exit 3)")),
+        "{text}"
+    );
+    z.terminate();
+    let mut rest = Vec::new();
+    loop {
+        let line = next();
+        if line.is_empty() {
+            break;
+        }
+        rest.push(line);
+    }
+    assert!(
+        rest.iter()
+            .any(|l| l.contains(r#""event":"shutdown""#) && l.contains("exit(0)")),
+        "the stream ends with the shutdown: {rest:?}"
+    );
+}
+
+#[test]
+fn an_events_client_that_never_reads_does_not_slow_status() {
+    if !require_root() {
+        return;
+    }
+    use std::io::Write;
+    let z = Zonit::start("events-stuck", |d| {
+        zone(
+            d,
+            "flappy",
+            "exit 1",
+            "restart = \"always\"\nbackoff = { initial = \"10ms\", max = \"10ms\" }",
+        ) + &zone(d, "svc", "sleep 1000", "")
+    });
+    z.wait_state("svc", "running");
+    let mut stuck = Vec::new();
+    for _ in 0..4 {
+        let mut s = std::os::unix::net::UnixStream::connect(&z.socket).unwrap();
+        s.write_all(b"{\"v\":1,\"cmd\":\"events\",\"since_ms\":3600000}\n")
+            .unwrap();
+        stuck.push(s);
+    }
+    let begin = std::time::Instant::now();
+    let mut slowest = Duration::ZERO;
+    while begin.elapsed() < Duration::from_secs(4) {
+        let t = std::time::Instant::now();
+        let (code, out, err) = z.ctl(&["status"]);
+        assert_eq!(code, 0, "{out}{err}");
+        slowest = slowest.max(t.elapsed());
+    }
+    assert!(
+        slowest < Duration::from_millis(500),
+        "slowest status: {slowest:?}"
+    );
+    assert!(
+        z.unit("flappy")["restarts"].as_u64().unwrap() > 20,
+        "it flapped"
+    );
+    drop(stuck);
+}

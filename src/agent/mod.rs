@@ -14,6 +14,7 @@
 pub(crate) mod cgroup;
 mod claim;
 mod control;
+mod events;
 mod exec;
 mod guest;
 mod pid1;
@@ -446,8 +447,12 @@ impl Agent {
     fn feed(&mut self, input: Input) {
         let mut queue = VecDeque::from([input]);
         while let Some(input) = queue.pop_front() {
+            if let Input::Ended { unit, end } = &input {
+                self.note_end(unit, end);
+            }
             match self.sup.handle(input, Instant::now()) {
                 Ok(actions) => {
+                    self.note_changes();
                     for action in actions {
                         self.act(action, &mut queue);
                     }
@@ -467,6 +472,7 @@ impl Agent {
             return;
         }
         log::info!("shutting down ({action:?})");
+        self.note_host("shutdown", format!("{action:?}").to_lowercase());
         self.shutdown = Some(Shutdown {
             action,
             deadline: Instant::now() + self.config.host.shutdown_timeout,
@@ -522,12 +528,20 @@ impl Agent {
     fn reload_and_log(&mut self) -> Result<String, Vec<String>> {
         let res = self.reload();
         match &res {
-            Ok(msg) => log::info!("{msg}"),
+            Ok(msg) => {
+                log::info!("{msg}");
+                self.note_host("reload", msg.clone());
+            }
             Err(errors) => {
                 for e in errors {
                     log::error!("{e}");
                 }
                 log::error!("reload failed; the running config is unchanged");
+                let msg = format!(
+                    "failed ({} error(s)); the running config is unchanged",
+                    errors.len()
+                );
+                self.note_host("reload", msg);
             }
         }
         res
@@ -582,6 +596,7 @@ impl Agent {
         let actions = self
             .sup
             .reload(specs(&self.config), &changed, &added, Instant::now());
+        self.note_changes();
         let mut queue = VecDeque::new();
         for action in actions {
             self.act(action, &mut queue);

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::event::Event;
 use super::proto::{self, Request, UnitRow};
 use crate::config::DEFAULT_CONTROL_SOCKET;
 use crate::config::parse_duration;
@@ -26,6 +27,11 @@ commands:
   logs NAME [-n N] [-f]      captured output; -f follows
   exec ZONE -- CMD [ARGS...]   run a command in a running zone with this
                              terminal's stdin/stdout/stderr; exits with its status
+  events [--json] [--since DURATION]
+                             stream what happens (units starting, running,
+                             exiting, restarting, failing; reloads,
+                             shutdown), after the kept events of the last
+                             DURATION; --json: one JSON object a line
   reload                     re-read the config
   poweroff|reboot|halt       orderly shutdown (PID 1 only)";
 
@@ -100,7 +106,7 @@ pub fn main(args: &[String]) -> ExitCode {
 fn streams(req: &Request) -> bool {
     matches!(
         req,
-        Request::Logs { follow: true, .. } | Request::Exec { .. }
+        Request::Logs { follow: true, .. } | Request::Exec { .. } | Request::Events { .. }
     )
 }
 
@@ -163,6 +169,25 @@ fn parse(words: &[&str]) -> Result<(Request, Output), String> {
                 argv: argv.iter().map(|s| s.to_string()).collect(),
             }
         }
+        "events" => {
+            let (mut json, mut since_ms) = (false, None);
+            let mut i = 1;
+            while i < words.len() {
+                match words[i] {
+                    "--json" => json = true,
+                    "--since" => {
+                        i += 1;
+                        let d = words.get(i).ok_or("--since needs a duration")?;
+                        let d = parse_duration(d).map_err(|e| format!("--since: {e}"))?;
+                        since_ms = Some(d.as_millis() as u64);
+                    }
+                    other => return Err(format!("unknown events option {other}")),
+                }
+                i += 1;
+            }
+            let out = if json { Output::Json } else { Output::Plain };
+            return Ok((Request::Events { since_ms }, out));
+        }
         "reload" => Request::Reload {},
         "poweroff" => Request::Poweroff {},
         "reboot" => Request::Reboot {},
@@ -222,6 +247,18 @@ fn run(
         if let Some(text) = v["log"].as_str() {
             let mut out = stdout.lock();
             out.write_all(text.as_bytes())?;
+            out.flush()?;
+            continue;
+        }
+        if let Some(e) = v.get("event") {
+            let mut out = stdout.lock();
+            match output {
+                Output::Json => writeln!(out, "{e}")?,
+                _ => match serde_json::from_value::<Event>(e.clone()) {
+                    Ok(e) => writeln!(out, "{}", e.text())?,
+                    Err(_) => writeln!(out, "{e}")?,
+                },
+            }
             out.flush()?;
             continue;
         }
@@ -351,6 +388,24 @@ mod tests {
         assert!(!streams(&parse(&["logs", "a"]).unwrap().0));
         assert!(streams(&parse(&["logs", "a", "-f"]).unwrap().0));
         assert!(streams(&parse(&["exec", "a", "--", "sh"]).unwrap().0));
+        assert!(streams(&parse(&["events"]).unwrap().0));
+    }
+
+    #[test]
+    fn parses_events_options() {
+        let (req, out) = parse(&["events", "--json", "--since", "2m"]).unwrap();
+        assert_eq!(
+            req,
+            Request::Events {
+                since_ms: Some(120_000)
+            }
+        );
+        assert!(matches!(out, Output::Json));
+        let (req, _) = parse(&["events"]).unwrap();
+        assert_eq!(req, Request::Events { since_ms: None });
+        assert!(parse(&["events", "--since"]).is_err());
+        assert!(parse(&["events", "--since", "soon"]).is_err());
+        assert!(parse(&["events", "--xml"]).is_err());
     }
 
     #[test]

@@ -2,4 +2,5 @@
 //! server side lives in the agent's event loop (`agent::control`).
 
 pub mod client;
+pub mod event;
 pub mod proto;

@@ -51,6 +51,13 @@ pub enum Request {
         /// The command and its arguments.
         argv: Vec<String>,
     },
+    /// Stream events as they happen, after those of the last `since_ms`
+    /// milliseconds the agent still keeps.
+    Events {
+        /// How far back to start.
+        #[serde(default)]
+        since_ms: Option<u64>,
+    },
     /// Re-read the config.
     Reload {},
     /// Orderly power-off (PID 1 only).
