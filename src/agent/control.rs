@@ -635,7 +635,7 @@ impl Agent {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn fds(n: usize) -> Vec<OwnedFd> {
@@ -651,7 +651,8 @@ mod tests {
         }
     }
 
-    fn engine() -> Supervisor {
+    /// An engine of one unit `a`, restarted always.
+    pub(in crate::agent) fn engine() -> Supervisor {
         let spec = crate::supervisor::Spec {
             name: "a".into(),
             after: Vec::new(),

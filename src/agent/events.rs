@@ -173,20 +173,8 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::supervisor::{End, Input, Spec};
-    use std::time::Duration;
-
-    fn engine() -> Supervisor {
-        Supervisor::new(vec![Spec {
-            name: "a".into(),
-            after: Vec::new(),
-            restart: crate::config::RestartPolicy::Always,
-            backoff: crate::config::Backoff::default(),
-            start_limit: None,
-            stop_timeout: Duration::from_secs(10),
-            reboot_restarts: false,
-        }])
-    }
+    use crate::agent::control::tests::engine;
+    use crate::supervisor::{End, Input};
 
     fn names(events: &[Event]) -> Vec<String> {
         events.iter().map(|e| e.event.clone()).collect()
@@ -204,18 +192,14 @@ mod tests {
             unit: "a".into(),
             pid: 7,
         };
-        sup.handle(spawned.clone(), now).unwrap();
+        sup.handle(spawned, now).unwrap();
         sup.handle(Input::Ready("a".into()), now).unwrap();
         assert_eq!(names(&ev.changes(&sup, now, 2)), ["running"]);
-        let end = End::Exit(3);
-        sup.handle(
-            Input::Ended {
-                unit: "a".into(),
-                end,
-            },
-            now,
-        )
-        .unwrap();
+        let crash = Input::Ended {
+            unit: "a".into(),
+            end: End::Exit(3),
+        };
+        sup.handle(crash, now).unwrap();
         let got = ev.changes(&sup, now, 3);
         assert_eq!(names(&got), ["restarting"]);
         let delay = got[0].delay_ms.expect("a restart carries its delay");
