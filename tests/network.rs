@@ -9,9 +9,7 @@
 
 mod common;
 
-use std::fs::File;
 use std::os::fd::AsFd;
-use std::os::unix::fs::MetadataExt;
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -20,105 +18,7 @@ use zonit::config::Cidr;
 use zonit::net::netlink::{self, Rtnl};
 use zonit::net::plan::{Bridge, ZonePlan};
 
-const INNER: &str = "ZONIT_NETWORK_TEST_INNER";
-
-/// Runs the calling test again inside a fresh network namespace; returns
-/// true in the copy that should do the work.
-fn in_private_netns(test: &str) -> bool {
-    if std::env::var_os(INNER).is_some() {
-        return true;
-    }
-    if !common::require_root() {
-        return false;
-    }
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new("unshare")
-        .args(["--net", "--"])
-        .arg(exe)
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(INNER, "1")
-        .output()
-        .expect("unshare (util-linux) is needed");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "{test} failed in its namespace:\n{text}"
-    );
-    assert!(
-        text.contains("1 passed"),
-        "{test} did not run in its namespace:\n{text}"
-    );
-    false
-}
-
-/// A process in a network namespace of its own: a stand-in zone.
-struct NetnsProc {
-    child: Child,
-}
-
-impl NetnsProc {
-    fn new() -> NetnsProc {
-        let own = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
-        let child = Command::new("unshare")
-            .args(["--net", "--", "sleep", "60"])
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let path = format!("/proc/{}/ns/net", child.id());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        // unshare(1) enters its namespace just before it execs sleep.
-        while std::fs::metadata(&path).map(|m| m.ino()).ok() == Some(own) {
-            assert!(Instant::now() < deadline, "unshare never made its netns");
-            sleep(Duration::from_millis(5));
-        }
-        NetnsProc { child }
-    }
-
-    fn netns(&self) -> File {
-        File::open(format!("/proc/{}/ns/net", self.child.id())).unwrap()
-    }
-
-    /// Runs a command inside the namespace.
-    fn run(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new("nsenter")
-            .arg(format!("--net=/proc/{}/ns/net", self.child.id()))
-            .arg("--")
-            .args(args)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for NetnsProc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn run(args: &[&str]) -> (bool, String) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
+use common::{NetnsProc, in_private_netns, run_cmd as run};
 
 fn cidr(s: &str) -> Cidr {
     Cidr::parse(s).unwrap()
@@ -287,7 +187,7 @@ address = "10.88.0.3"
 /// A server in `ns` answering every TCP connection on `port` with `reply`.
 fn serve(ns: &NetnsProc, port: u16, reply: &str) -> Child {
     Command::new("nsenter")
-        .arg(format!("--net=/proc/{}/ns/net", ns.child.id()))
+        .arg(format!("--net=/proc/{}/ns/net", ns.pid()))
         .args([
             "--",
             "busybox",
@@ -309,7 +209,7 @@ fn fetch(from: Option<&NetnsProc>, addr: &str, port: u16) -> String {
     let args = ["busybox", "nc", "-w", "3", addr, &port.to_string()];
     let out = match from {
         Some(ns) => Command::new("nsenter")
-            .arg(format!("--net=/proc/{}/ns/net", ns.child.id()))
+            .arg(format!("--net=/proc/{}/ns/net", ns.pid()))
             .arg("--")
             .args(args)
             .stdin(Stdio::null())
@@ -353,7 +253,7 @@ fn port_forwards_reach_a_zone_from_outside_the_host_and_another_zone_and_nat_tak
     // The outside: a namespace on a link of the host, with no route back
     // to the zones' subnet.
     let outside = NetnsProc::new();
-    let peer = format!("/proc/{}/ns/net", outside.child.id());
+    let peer = format!("/proc/{}/ns/net", outside.pid());
     for cmd in [
         vec![
             "ip", "link", "add", "up0", "type", "veth", "peer", "name", "out0", "netns", &peer,
@@ -751,4 +651,24 @@ fn a_reload_updates_running_zones_hosts_and_removes_a_dropped_networks_bridge() 
     assert_eq!(z.unit("web")["restarts"], 0);
     assert!(hosts().contains("10.88.0.7\tclient"), "{}", hosts());
     assert_eq!(host_links("zn-"), ["zn-lan"]);
+}
+
+#[test]
+fn an_adopted_bridge_drops_the_addresses_of_an_older_config() {
+    if !in_private_netns("an_adopted_bridge_drops_the_addresses_of_an_older_config") {
+        return;
+    }
+    let mut rtnl = Rtnl::new().unwrap();
+    netlink::set_up_bridges(&mut rtnl, &[lan()]).unwrap();
+    let moved = Bridge {
+        name: "zn-lan".into(),
+        addresses: vec![cidr("10.90.0.1/24")],
+    };
+    netlink::set_up_bridges(&mut rtnl, &[moved]).unwrap();
+    let (_, addrs) = run(&["ip", "-o", "addr", "show", "dev", "zn-lan"]);
+    assert!(addrs.contains("10.90.0.1/24"), "{addrs}");
+    assert!(
+        !addrs.contains("10.88.0.1") && !addrs.contains("fd88::1"),
+        "{addrs}"
+    );
 }

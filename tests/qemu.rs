@@ -192,7 +192,7 @@ impl Machine {
             .arg("-initrd")
             .arg(&initrd)
             .arg("-append")
-            .arg(format!("console=ttyS0 panic=-1 {cmdline}"))
+            .arg(format!("console=ttyS0 panic=-1 no_timer_check {cmdline}"))
             .args(qemu)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -1234,3 +1234,12 @@ fn a_config_over_the_size_limit_is_refused() {
     std::fs::write(&path, "").unwrap();
     assert!(load(&path).is_ok());
 }
+
+#[test]
+fn a_mac_given_to_two_interfaces_is_an_error_at_the_second_unit() {
+    let diags = errors(
+        "[network.lan]\naddress = \"10.88.0.1/24\"\n[guest.a]\nkernel = \"/k\"\nnics = [{ network = \"lan\", mac = \"52:54:00:00:00:01\" }]\n[guest.b]\nkernel = \"/k\"\nnics = [{ network = \"lan\", mac = \"52:54:00:00:00:01\" }]\n",
+    );
+    assert_error_at(&diags, 6, 8, &["MAC 52:54:00:00:00:01", "already `a`'s"]);
+    assert_eq!(diags.len(), 1, "{}", render(&diags));
+}

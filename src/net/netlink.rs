@@ -18,7 +18,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
     NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
@@ -258,6 +258,44 @@ impl Rtnl {
         Ok(())
     }
 
+    /// The addresses on link `index` (named `name`), link-local ones left
+    /// out (the kernel makes those).
+    pub fn addresses(&mut self, index: u32, name: &str) -> Result<Vec<Cidr>> {
+        let replies = self.request(
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            NLM_F_DUMP,
+            || format!("list the addresses of {name}"),
+        )?;
+        let mut out = Vec::new();
+        for reply in replies {
+            let RouteNetlinkMessage::NewAddress(msg) = reply else {
+                continue;
+            };
+            if msg.header.index != index {
+                continue;
+            }
+            let addr = msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(ip) => Some(*ip),
+                _ => None,
+            });
+            let addr = addr.or_else(|| {
+                msg.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                })
+            });
+            if let Some(ip) = addr
+                && !matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
+            {
+                out.push(Cidr {
+                    addr: ip,
+                    prefix: msg.header.prefix_len,
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// Sets the MTU of link `index` (named `name`).
     pub fn set_mtu(&mut self, index: u32, name: &str, mtu: u32) -> Result<()> {
         let mut msg = LinkMessage::default();
@@ -452,6 +490,14 @@ pub fn netns_of(pidfd: BorrowedFd<'_>, place: &str) -> Result<OwnedFd> {
 pub fn set_up_bridges(rtnl: &mut Rtnl, bridges: &[Bridge]) -> Result<()> {
     for bridge in bridges {
         let index = rtnl.ensure_bridge(&bridge.name)?;
+        // An adopted bridge may carry the addresses of an older config.
+        for stale in rtnl
+            .addresses(index, &bridge.name)?
+            .into_iter()
+            .filter(|a| !bridge.addresses.contains(a))
+        {
+            rtnl.delete_address(index, &bridge.name, &stale)?;
+        }
         for addr in &bridge.addresses {
             rtnl.add_address(index, &bridge.name, addr)?;
         }

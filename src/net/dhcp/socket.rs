@@ -41,6 +41,10 @@ pub const TOKEN_BASE: usize = 1 << 40;
 /// Largest datagram read (an Ethernet frame's payload).
 const MAX_PACKET: usize = 1500;
 
+/// Most datagrams read from one socket per wake-up, so a flood cannot
+/// hold the loop; what is left is read at the next turn.
+const READ_BUDGET: usize = 64;
+
 /// Accepts unfragmented IPv4 UDP packets to port 68; sees each packet
 /// from its IP header on (a datagram packet socket).
 const PORT_68: [libc::sock_filter; 9] = [
@@ -99,12 +103,13 @@ impl ClientSocket {
             .map(drop)
     }
 
-    /// Every DHCP payload waiting on the packet socket.
-    fn receive(&self) -> Vec<Vec<u8>> {
+    /// The DHCP payloads waiting on the packet socket (up to the
+    /// budget), and whether more may be waiting.
+    fn receive(&self) -> (Vec<Vec<u8>>, bool) {
         let mut out = Vec::new();
         let mut buf = [0u8; MAX_PACKET];
-        // Bounded, so a flood cannot hold the loop.
-        for _ in 0..64 {
+        let mut more = true;
+        for _ in 0..READ_BUDGET {
             match socket::recv(self.packet.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
                 Ok(n) => {
                     if let Some(p) = udp_payload(&buf[..n.min(buf.len())], CLIENT_PORT) {
@@ -112,13 +117,16 @@ impl ClientSocket {
                     }
                 }
                 Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => break, // EAGAIN: drained
+                Err(_) => {
+                    more = false; // EAGAIN: drained
+                    break;
+                }
             }
         }
         // Drop what the UDP socket got too (the same replies, when the
-        // reverse path filter is off).
+        // reverse path filter is off); its queue holds about one.
         while self.udp.recv_from(&mut buf).is_ok() {}
-        out
+        (out, more)
     }
 }
 
@@ -131,9 +139,20 @@ struct Uplink {
     client: Client,
     socket: ClientSocket,
     token: Token,
+    /// The last read stopped at its budget.
+    more: bool,
 }
 
 impl Uplink {
+    fn read(&mut self, now: Instant) {
+        let (packets, more) = self.socket.receive();
+        self.more = more;
+        for packet in packets {
+            let actions = self.client.on_packet(&packet, now);
+            self.carry_out(actions);
+        }
+    }
+
     fn carry_out(&mut self, actions: Vec<Action>) {
         for action in actions {
             match action {
@@ -211,16 +230,22 @@ struct Served {
     server: Server,
     udp: mio::net::UdpSocket,
     token: Token,
+    /// The last read stopped at its budget.
+    more: bool,
 }
 
 impl Served {
     fn serve(&mut self) {
         let mut buf = [0u8; MAX_PACKET];
-        for _ in 0..64 {
+        self.more = true;
+        for _ in 0..READ_BUDGET {
             let n = match self.udp.recv_from(&mut buf) {
                 Ok((n, _)) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
+                Err(_) => {
+                    self.more = false;
+                    break;
+                }
             };
             let Some(reply) = self.server.answer(&buf[..n]) else {
                 continue;
@@ -328,6 +353,7 @@ impl Dhcp {
                         server,
                         udp,
                         token,
+                        more: false,
                     });
                 }
                 Err(e) => log::error!(
@@ -339,29 +365,37 @@ impl Dhcp {
         }
     }
 
-    /// The earliest client timer.
+    /// The earliest client timer; now, when a socket has datagrams left
+    /// from the last read.
     pub fn deadline(&self) -> Option<Instant> {
+        if self.uplinks.iter().any(|u| u.more) || self.servers.iter().any(|s| s.more) {
+            return Some(Instant::now());
+        }
         self.uplinks
             .iter()
             .filter_map(|u| u.client.deadline())
             .min()
     }
 
-    /// Runs the clients whose timer is due.
+    /// Reads what the last wake-up left on sockets, and runs the clients
+    /// whose timer is due.
     pub fn on_timer(&mut self, now: Instant) {
         for up in &mut self.uplinks {
+            if up.more {
+                up.read(now);
+            }
             let actions = up.client.on_timer(now);
             up.carry_out(actions);
+        }
+        for s in self.servers.iter_mut().filter(|s| s.more) {
+            s.serve();
         }
     }
 
     /// Reads the socket behind `token`.
     pub fn on_ready(&mut self, token: Token, now: Instant) {
         if let Some(up) = self.uplinks.iter_mut().find(|u| u.token == token) {
-            for packet in up.socket.receive() {
-                let actions = up.client.on_packet(&packet, now);
-                up.carry_out(actions);
-            }
+            up.read(now);
         } else if let Some(s) = self.servers.iter_mut().find(|s| s.token == token) {
             s.serve();
         }
@@ -404,6 +438,7 @@ fn start_client(
         client: Client::new(mac, seed, now),
         socket,
         token,
+        more: false,
     })
 }
 
