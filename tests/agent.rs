@@ -851,3 +851,96 @@ fn an_events_client_that_never_reads_does_not_slow_status() {
     );
     drop(stuck);
 }
+
+/// Scrapes `GET /metrics` from the unix socket `path` and parses the body
+/// with Prometheus's own text parser (the `prometheus_client` Python
+/// package); returns `NAME{LABELS} VALUE` lines as it understood them.
+fn scrape_and_parse(path: &Path) -> (String, String) {
+    let script = r#"
+import socket, sys
+from prometheus_client.parser import text_string_to_metric_families
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(b"GET /metrics HTTP/1.1\r\nHost: zonit\r\n\r\n")
+data = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+head, body = data.split(b"\r\n\r\n", 1)
+print(head.split(b"\r\n")[0].decode())
+for fam in text_string_to_metric_families(body.decode()):
+    for smp in fam.samples:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(smp.labels.items()))
+        print(f"{smp.name}{{{labels}}} {smp.value}")
+"#;
+    // The Debian package is for the system interpreter.
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scrape failed (python3-prometheus-client is needed):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (status, samples) = text.split_once('\n').unwrap();
+    (status.to_string(), samples.to_string())
+}
+
+#[test]
+fn metrics_parse_with_prometheus_and_restart_counters_match_status() {
+    if !require_root() {
+        return;
+    }
+    let mut sock = PathBuf::new();
+    let z = Zonit::start("metrics", |d| {
+        sock = d.join("metrics.sock");
+        format!("metrics = \"unix:{}\"\n", sock.display())
+            + &zone(
+                d,
+                "crashy",
+                "exit 3",
+                "restart = \"always\"\nbackoff = { initial = \"50ms\", max = \"50ms\" }\n\
+                 start_limit = { burst = 4, interval = \"60s\" }",
+            )
+            + &zone(d, "svc", "sleep 1000", "")
+    });
+    z.wait_state("crashy", "failed");
+    z.wait_state("svc", "running");
+    let (status, samples) = scrape_and_parse(&sock);
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let value = |line: &str| -> f64 {
+        let l = samples
+            .lines()
+            .find(|l| l.starts_with(line))
+            .unwrap_or_else(|| panic!("no {line} in:\n{samples}"));
+        l.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    for unit in ["crashy", "svc"] {
+        let restarts = z.unit(unit)["restarts"].as_u64().unwrap() as f64;
+        let name = format!("zonit_unit_restarts_total{{kind=zone,unit={unit}}}");
+        assert_eq!(value(&name), restarts, "{unit}");
+    }
+    assert_eq!(
+        value("zonit_unit_restarts_total{kind=zone,unit=crashy}"),
+        3.0
+    );
+    assert_eq!(
+        value("zonit_unit_ends_total{end=exit,kind=zone,unit=crashy}"),
+        4.0
+    );
+    assert_eq!(
+        value("zonit_unit_state{kind=zone,state=failed,unit=crashy}"),
+        1.0
+    );
+    // Every zone has its OOM kill count (the other cgroup figures only
+    // where the controller is enabled).
+    assert_eq!(value("zonit_zone_oom_kills_total{unit=svc}"), 0.0);
+    assert!(value("zonit_agent_loop_turns_total{}") > 0.0);
+    assert!(value("zonit_agent_open_fds{}") > 0.0);
+    assert!(value("zonit_agent_rss_bytes{}") > 0.0);
+}

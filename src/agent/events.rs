@@ -126,6 +126,7 @@ impl Agent {
         let mut e = Event::new(ts, "exited", Some(unit));
         e.end = Some(end.describe());
         self.emit(e);
+        self.metrics.count_end(unit, end);
         let kills = self.cgroups.oom_kills(unit);
         if let Some(e) = self.control.events.oom(unit, kills, ts) {
             self.emit(e);

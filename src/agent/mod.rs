@@ -17,6 +17,7 @@ mod control;
 mod events;
 mod exec;
 mod guest;
+mod metrics;
 mod pid1;
 mod units;
 
@@ -118,6 +119,8 @@ enum Source {
     Status(String),
     Conn(usize),
     ExecStatus(i32),
+    MetricsListener,
+    MetricsConn(usize),
 }
 
 struct Shutdown {
@@ -151,6 +154,8 @@ pub struct Agent {
     net: crate::net::host::HostNet,
     /// DHCP clients of host NICs and servers of bridges.
     dhcp: crate::net::dhcp::socket::Dhcp,
+    /// `GET /metrics`, when configured.
+    metrics: metrics::Server,
 }
 
 /// What each poll token stands for.
@@ -247,6 +252,7 @@ impl Agent {
             net: crate::net::host::HostNet::new(net_files),
             dhcp: Default::default(),
             execs: HashMap::new(),
+            metrics: metrics::Server::default(),
         };
         // The socket first: an agent that cannot serve it (another one
         // does, the path is unusable) must leave no cgroup behind.
@@ -273,6 +279,7 @@ impl Agent {
     /// exit status for `zonit run`.
     pub fn run(mut self) -> ShutdownAction {
         self.reserve_runtimes();
+        self.bind_metrics();
         self.apply_network();
         self.start_autostart();
         let mut events = Events::with_capacity(256);
@@ -320,6 +327,7 @@ impl Agent {
             return Some(action);
         }
         let timeout = self.timeout(Instant::now());
+        self.metrics.turns += 1;
         if let Err(e) = self.poll.poll(events, timeout)
             && e.kind() != io::ErrorKind::Interrupted
         {
@@ -399,6 +407,11 @@ impl Agent {
                 Some(Source::ExecStatus(pid)) => {
                     let pid = *pid;
                     self.read_exec_status(pid);
+                }
+                Some(Source::MetricsListener) => self.metrics_accept(),
+                Some(Source::MetricsConn(id)) => {
+                    let id = *id;
+                    self.on_metrics_conn(id);
                 }
                 None => {}
             },
@@ -586,9 +599,10 @@ impl Agent {
             || old.host.hostname != self.config.host.hostname
             || old.host.modules != self.config.host.modules
             || old.host.sysctl != self.config.host.sysctl
+            || old.host.metrics != self.config.host.metrics
         {
             log::warn!(
-                "reload: changes to control_socket, hostname, modules and sysctl take effect at the next boot"
+                "reload: changes to control_socket, metrics, hostname, modules and sysctl take effect at the next start"
             );
         }
         log::set_max_level(self.opts.log_level_for(&self.config));
