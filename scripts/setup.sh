@@ -6,6 +6,7 @@ set -euo pipefail
 
 packages=(
     busybox-static   # zone templates and the initramfs rescue shell
+    python3-prometheus-client   # tests only: Prometheus's text parser checks /metrics
     util-linux       # unshare, for tier-2 tests and the host demo
     file             # the static-binary check
     qemu-system-x86  # tier-4 tests and the appliance demo

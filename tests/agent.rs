@@ -710,3 +710,237 @@ fn a_second_agent_in_another_pid_namespace_names_the_first_as_recorded() {
     // The first agent carries on.
     z.wait_state("web", "running");
 }
+
+/// The events of `unit` among JSON event objects, as `name` or
+/// `name:detail` strings in order.
+fn unit_events(events: &[serde_json::Value], unit: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["unit"] == unit)
+        .map(|e| match (&e["end"], &e["delay_ms"]) {
+            (serde_json::Value::String(end), _) => format!("exited:{end}"),
+            (_, serde_json::Value::Number(_)) => "restarting:delay".to_string(),
+            _ => e["event"].as_str().unwrap().to_string(),
+        })
+        .collect()
+}
+
+/// True when `seq` holds `want` as consecutive entries.
+fn holds_run(seq: &[String], want: &[&str]) -> bool {
+    seq.windows(want.len()).any(|w| w == want)
+}
+
+#[test]
+fn events_stream_a_restarts_whole_sequence_in_order_live_and_from_history() {
+    if !require_root() {
+        return;
+    }
+    use std::io::Write;
+    let mut z = Zonit::start("events", |d| {
+        zone(
+            d,
+            "crashy",
+            "sleep 0.3; exit 3",
+            "restart = \"always\"\nbackoff = { initial = \"200ms\", max = \"200ms\" }",
+        )
+    });
+    let mut stream = std::os::unix::net::UnixStream::connect(&z.socket).unwrap();
+    stream.write_all(b"{\"v\":1,\"cmd\":\"events\"}\n").unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = std::io::BufReader::new(stream);
+    let mut next = || {
+        use std::io::BufRead;
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        line
+    };
+    let ack = next();
+    assert!(ack.contains(r#""subscribed":true"#), "{ack}");
+    let live: Vec<serde_json::Value> = (0..12)
+        .map(|_| {
+            let v: serde_json::Value = serde_json::from_str(&next()).unwrap();
+            v["event"].clone()
+        })
+        .collect();
+    let seq = unit_events(&live, "crashy");
+    let restart = [
+        "running",
+        "exited:exit 3",
+        "restarting:delay",
+        "starting",
+        "running",
+    ];
+    assert!(holds_run(&seq, &restart), "live: {seq:?}");
+    let delays: Vec<u64> = live.iter().filter_map(|e| e["delay_ms"].as_u64()).collect();
+    assert!(delays.iter().all(|d| *d <= 200), "{delays:?}");
+    assert!(
+        live.windows(2)
+            .all(|w| w[0]["ts_ms"].as_u64() <= w[1]["ts_ms"].as_u64())
+    );
+
+    // The CLI with --since replays the kept history from the first start.
+    let (_, out, _) = z.ctl(&["--timeout", "1s", "events", "--json", "--since", "1h"]);
+    let kept: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seq = unit_events(&kept, "crashy");
+    assert_eq!(seq[..2], ["starting", "running"], "{seq:?}");
+    assert!(holds_run(&seq, &restart), "history: {seq:?}");
+    // Text form: one line per event, unit and event named.
+    let (_, text, _) = z.ctl(&["--timeout", "1s", "events", "--since", "1h"]);
+    assert!(
+        text.lines().any(|l| l.ends_with("crashy exited (exit 3)")),
+        "{text}"
+    );
+    z.terminate();
+    let mut rest = Vec::new();
+    loop {
+        let line = next();
+        if line.is_empty() {
+            break;
+        }
+        rest.push(line);
+    }
+    assert!(
+        rest.iter()
+            .any(|l| l.contains(r#""event":"shutdown""#) && l.contains("exit(0)")),
+        "the stream ends with the shutdown: {rest:?}"
+    );
+}
+
+#[test]
+fn an_events_client_that_never_reads_does_not_slow_status() {
+    if !require_root() {
+        return;
+    }
+    use std::io::Write;
+    let z = Zonit::start("events-stuck", |d| {
+        zone(
+            d,
+            "flappy",
+            "exit 1",
+            "restart = \"always\"\nbackoff = { initial = \"10ms\", max = \"10ms\" }",
+        ) + &zone(d, "svc", "sleep 1000", "")
+    });
+    z.wait_state("svc", "running");
+    let mut stuck = Vec::new();
+    for _ in 0..4 {
+        let mut s = std::os::unix::net::UnixStream::connect(&z.socket).unwrap();
+        s.write_all(b"{\"v\":1,\"cmd\":\"events\",\"since_ms\":3600000}\n")
+            .unwrap();
+        stuck.push(s);
+    }
+    let begin = std::time::Instant::now();
+    let mut slowest = Duration::ZERO;
+    while begin.elapsed() < Duration::from_secs(4) {
+        let t = std::time::Instant::now();
+        let (code, out, err) = z.ctl(&["status"]);
+        assert_eq!(code, 0, "{out}{err}");
+        slowest = slowest.max(t.elapsed());
+    }
+    assert!(
+        slowest < Duration::from_millis(500),
+        "slowest status: {slowest:?}"
+    );
+    assert!(
+        z.unit("flappy")["restarts"].as_u64().unwrap() > 20,
+        "it flapped"
+    );
+    drop(stuck);
+}
+
+/// Scrapes `GET /metrics` from the unix socket `path` and parses the body
+/// with Prometheus's own text parser (the `prometheus_client` Python
+/// package); returns `NAME{LABELS} VALUE` lines as it understood them.
+fn scrape_and_parse(path: &Path) -> (String, String) {
+    let script = r#"
+import socket, sys
+from prometheus_client.parser import text_string_to_metric_families
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(b"GET /metrics HTTP/1.1\r\nHost: zonit\r\n\r\n")
+data = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+head, body = data.split(b"\r\n\r\n", 1)
+print(head.split(b"\r\n")[0].decode())
+for fam in text_string_to_metric_families(body.decode()):
+    for smp in fam.samples:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(smp.labels.items()))
+        print(f"{smp.name}{{{labels}}} {smp.value}")
+"#;
+    // The Debian package is for the system interpreter.
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scrape failed (python3-prometheus-client is needed):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (status, samples) = text.split_once('\n').unwrap();
+    (status.to_string(), samples.to_string())
+}
+
+#[test]
+fn metrics_parse_with_prometheus_and_restart_counters_match_status() {
+    if !require_root() {
+        return;
+    }
+    let mut sock = PathBuf::new();
+    let z = Zonit::start("metrics", |d| {
+        sock = d.join("metrics.sock");
+        format!("metrics = \"unix:{}\"\n", sock.display())
+            + &zone(
+                d,
+                "crashy",
+                "exit 3",
+                "restart = \"always\"\nbackoff = { initial = \"50ms\", max = \"50ms\" }\n\
+                 start_limit = { burst = 4, interval = \"60s\" }",
+            )
+            + &zone(d, "svc", "sleep 1000", "")
+    });
+    z.wait_state("crashy", "failed");
+    z.wait_state("svc", "running");
+    let (status, samples) = scrape_and_parse(&sock);
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let value = |line: &str| -> f64 {
+        let l = samples
+            .lines()
+            .find(|l| l.starts_with(line))
+            .unwrap_or_else(|| panic!("no {line} in:\n{samples}"));
+        l.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    for unit in ["crashy", "svc"] {
+        let restarts = z.unit(unit)["restarts"].as_u64().unwrap() as f64;
+        let name = format!("zonit_unit_restarts_total{{kind=zone,unit={unit}}}");
+        assert_eq!(value(&name), restarts, "{unit}");
+    }
+    assert_eq!(
+        value("zonit_unit_restarts_total{kind=zone,unit=crashy}"),
+        3.0
+    );
+    assert_eq!(
+        value("zonit_unit_ends_total{end=exit,kind=zone,unit=crashy}"),
+        4.0
+    );
+    assert_eq!(
+        value("zonit_unit_state{kind=zone,state=failed,unit=crashy}"),
+        1.0
+    );
+    // Every zone has its OOM kill count (the other cgroup figures only
+    // where the controller is enabled).
+    assert_eq!(value("zonit_zone_oom_kills_total{unit=svc}"), 0.0);
+    assert!(value("zonit_agent_loop_turns_total{}") > 0.0);
+    assert!(value("zonit_agent_open_fds{}") > 0.0);
+    assert!(value("zonit_agent_rss_bytes{}") > 0.0);
+}

@@ -235,16 +235,24 @@ impl Cgroups {
 
     /// How many times the kernel's OOM killer acted in the unit's group.
     pub fn oom_kills(&self, name: &str) -> u64 {
-        let Some(base) = &self.base else { return 0 };
-        fs::read_to_string(base.join(name).join("memory.events"))
-            .ok()
-            .and_then(|s| {
-                s.lines().find_map(|l| {
-                    l.strip_prefix("oom_kill ")
-                        .and_then(|v| v.trim().parse().ok())
-                })
-            })
-            .unwrap_or(0)
+        self.keyed(name, "memory.events", "oom_kill").unwrap_or(0)
+    }
+
+    /// A single-number file of the unit's group (`memory.current`); none
+    /// when unreadable or `max`.
+    pub fn value(&self, name: &str, file: &str) -> Option<u64> {
+        let text = fs::read_to_string(self.base.as_ref()?.join(name).join(file)).ok()?;
+        text.trim().parse().ok()
+    }
+
+    /// One `KEY VALUE` line of a file of the unit's group (`cpu.stat`'s
+    /// `usage_usec`).
+    pub fn keyed(&self, name: &str, file: &str, key: &str) -> Option<u64> {
+        let text = fs::read_to_string(self.base.as_ref()?.join(name).join(file)).ok()?;
+        text.lines().find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == key).then(|| v.trim().parse().ok()).flatten()
+        })
     }
 
     /// Removes the unit's group and its leaf (both must be empty).

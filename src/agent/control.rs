@@ -47,6 +47,8 @@ pub(super) struct Server {
     pub(super) pending: Vec<usize>,
     /// When to try `accept` again after it failed for want of fds.
     pub(super) accept_retry: Option<Instant>,
+    /// The event stream: its history and subscribers.
+    pub(super) events: super::events::Events,
 }
 
 impl Server {
@@ -123,11 +125,19 @@ impl Conn {
         true
     }
 
-    /// Queues a reply; false when that would pass [`MAX_PENDING`] (the
-    /// client is not reading: it is to be dropped).
+    /// Queues a reply; false when that would pass [`MAX_PENDING`]: the
+    /// client is not reading, so what it was owed is replaced by one
+    /// error saying so, and the connection closes once that is sent.
+    /// A connection already closing takes nothing more.
     fn queue(&mut self, bytes: &[u8]) -> bool {
+        if self.closing {
+            return false;
+        }
         if self.wbuf.len() + bytes.len() > MAX_PENDING {
-            self.wbuf.clear();
+            self.wbuf = proto::error(&format!(
+                "dropped: this client left more than {} KiB of replies unread",
+                MAX_PENDING / 1024
+            ));
             self.closing = true;
             return false;
         }
@@ -416,6 +426,7 @@ impl Agent {
                 .units
                 .values()
                 .any(|u| u.followers.contains(&id))
+            || self.control.events.subscribers.contains(&id)
             || self.exec_pending(id);
         if !waiting {
             self.close(id);
@@ -462,6 +473,7 @@ impl Agent {
             } => self.attach_console(id, &name, read_only, force),
             Request::Input { data } => self.console_input(id, &data),
             Request::Exec { name, argv, tty } => self.start_exec(id, &name, &argv, tty),
+            Request::Events { since_ms } => self.subscribe(id, since_ms),
             Request::Reload {} => {
                 self.log_operator(id, "reload");
                 match self.reload_and_log() {
@@ -652,8 +664,16 @@ impl Agent {
             return;
         };
         if !conn.queue(bytes) {
-            log::warn!("control socket: client not reading its replies; dropping it");
-            self.close(id);
+            if conn.closing && !conn.wbuf.is_empty() {
+                log::warn!(
+                    "control socket: pid {} not reading its replies; dropping it",
+                    conn.peer_pid
+                );
+            }
+            // Nothing more is owed to it; the drop notice goes out if the
+            // client ever reads, and the connection closes then.
+            self.detach(id);
+            self.flush(id);
         }
     }
 
@@ -674,15 +694,22 @@ impl Agent {
             let _ = self.poll.registry().deregister(&mut conn.stream);
             self.sources.remove(&conn.token);
         }
+        self.detach(id);
+    }
+
+    /// Ends everything connection `id` waits for: stops, log follows,
+    /// the event stream.
+    fn detach(&mut self, id: usize) {
         self.control.stop_waiters.retain(|(c, _)| *c != id);
         self.unfollow(id);
         self.console_client_gone(id);
         self.control.start_waiters.retain(|(c, _)| *c != id);
+        self.control.events.subscribers.retain(|c| *c != id);
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn fds(n: usize) -> Vec<OwnedFd> {
@@ -699,7 +726,8 @@ mod tests {
         }
     }
 
-    fn engine() -> Supervisor {
+    /// An engine of one unit `a`, restarted always.
+    pub(in crate::agent) fn engine() -> Supervisor {
         let spec = crate::supervisor::Spec {
             name: "a".into(),
             after: Vec::new(),
@@ -750,6 +778,39 @@ mod tests {
         .unwrap();
         let done = server.settled_stops(&sup);
         assert!(String::from_utf8_lossy(&done[0].1).contains(r#""state":"stopped""#));
+    }
+
+    #[test]
+    fn a_client_past_its_queue_bound_gets_one_drop_notice_and_nothing_more() {
+        let (stream, _peer) = UnixStream::pair().unwrap();
+        let mut conn = Conn {
+            stream,
+            token: mio::Token(9),
+            rbuf: Vec::new(),
+            wbuf: Vec::new(),
+            closing: false,
+            eof: false,
+            gone: false,
+            peer_pid: 1,
+            writable_registered: false,
+            fds: PassedFds::default(),
+        };
+        let line = vec![b'x'; 1000];
+        let mut queued = 0;
+        while conn.queue(&line) {
+            queued += 1;
+        }
+        assert_eq!(queued, MAX_PENDING / 1000);
+        assert!(conn.closing);
+        let notice = String::from_utf8_lossy(&conn.wbuf).into_owned();
+        let v: serde_json::Value = serde_json::from_str(&notice).unwrap();
+        assert_eq!(v["ok"], false);
+        assert!(
+            v["error"].as_str().unwrap().starts_with("dropped: "),
+            "{notice}"
+        );
+        assert!(!conn.queue(b"late"), "a dropped client takes nothing more");
+        assert_eq!(conn.wbuf, notice.as_bytes());
     }
 
     #[test]

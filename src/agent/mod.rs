@@ -15,8 +15,10 @@ pub(crate) mod cgroup;
 mod claim;
 mod console;
 mod control;
+mod events;
 mod exec;
 mod guest;
+mod metrics;
 mod pid1;
 mod probe;
 mod units;
@@ -136,6 +138,8 @@ enum Source {
     Tcp(String),
     /// A unit's notify pipe or sd_notify socket.
     Notify(String),
+    MetricsListener,
+    MetricsConn(usize),
 }
 
 struct Shutdown {
@@ -175,6 +179,8 @@ pub struct Agent {
     consoles: console::Consoles,
     /// DHCP clients of host NICs and servers of bridges.
     dhcp: crate::net::dhcp::socket::Dhcp,
+    /// `GET /metrics`, when configured.
+    metrics: metrics::Server,
 }
 
 /// What each poll token stands for.
@@ -277,6 +283,7 @@ impl Agent {
             consoles: HashMap::new(),
             probes: probe::Probes::default(),
             watchdog: None,
+            metrics: metrics::Server::default(),
         };
         // The socket first: an agent that cannot serve it (another one
         // does, the path is unusable) must leave no cgroup behind.
@@ -303,6 +310,7 @@ impl Agent {
     /// exit status for `zonit run`.
     pub fn run(mut self) -> ShutdownAction {
         self.reserve_runtimes();
+        self.bind_metrics();
         self.apply_network();
         self.open_watchdog();
         self.start_autostart();
@@ -352,6 +360,7 @@ impl Agent {
             return Some(action);
         }
         let timeout = self.timeout(Instant::now());
+        self.metrics.turns += 1;
         if let Err(e) = self.poll.poll(events, timeout)
             && e.kind() != io::ErrorKind::Interrupted
         {
@@ -451,6 +460,11 @@ impl Agent {
                     let unit = unit.clone();
                     self.notify_event(&unit);
                 }
+                Some(Source::MetricsListener) => self.metrics_accept(),
+                Some(Source::MetricsConn(id)) => {
+                    let id = *id;
+                    self.on_metrics_conn(id);
+                }
                 None => {}
             },
         }
@@ -498,8 +512,12 @@ impl Agent {
     fn feed(&mut self, input: Input) {
         let mut queue = VecDeque::from([input]);
         while let Some(input) = queue.pop_front() {
+            if let Input::Ended { unit, end } = &input {
+                self.note_end(unit, end);
+            }
             match self.sup.handle(input, Instant::now()) {
                 Ok(actions) => {
+                    self.note_changes();
                     for action in actions {
                         self.act(action, &mut queue);
                     }
@@ -520,6 +538,7 @@ impl Agent {
             return;
         }
         log::info!("shutting down ({action:?})");
+        self.note_host("shutdown", format!("{action:?}").to_lowercase());
         self.shutdown = Some(Shutdown {
             action,
             deadline: Instant::now() + self.config.host.shutdown_timeout,
@@ -577,12 +596,20 @@ impl Agent {
     fn reload_and_log(&mut self) -> Result<String, Vec<String>> {
         let res = self.reload();
         match &res {
-            Ok(msg) => log::info!("{msg}"),
+            Ok(msg) => {
+                log::info!("{msg}");
+                self.note_host("reload", msg.clone());
+            }
             Err(errors) => {
                 for e in errors {
                     log::error!("{e}");
                 }
                 log::error!("reload failed; the running config is unchanged");
+                let msg = format!(
+                    "failed ({} error(s)); the running config is unchanged",
+                    errors.len()
+                );
+                self.note_host("reload", msg);
             }
         }
         res
@@ -632,9 +659,10 @@ impl Agent {
             || old.host.sysctl != self.config.host.sysctl
             || old.host.mounts != self.config.host.mounts
             || old.host.watchdog != self.config.host.watchdog
+            || old.host.metrics != self.config.host.metrics
         {
             log::warn!(
-                "reload: changes to control_socket, hostname, modules, sysctl, mounts and watchdog take effect at the next boot"
+                "reload: changes to control_socket, metrics, hostname, modules, sysctl, mounts and watchdog take effect at the next start"
             );
         }
         log::set_max_level(self.opts.log_level_for(&self.config));
@@ -642,6 +670,7 @@ impl Agent {
         let actions = self
             .sup
             .reload(specs(&self.config), &changed, &added, Instant::now());
+        self.note_changes();
         let mut queue = VecDeque::new();
         for action in actions {
             self.act(action, &mut queue);

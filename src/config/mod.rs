@@ -150,6 +150,8 @@ pub struct Host {
     pub log_level: log::LevelFilter,
     /// Optional remote syslog target.
     pub syslog: Option<SyslogTarget>,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics: Option<MetricsAddr>,
     /// Path of the control socket.
     pub control_socket: PathBuf,
     /// Bound on the whole orderly shutdown.
@@ -174,6 +176,15 @@ pub enum SyslogTarget {
     Udp(SocketAddr),
     /// RFC 5424 over TCP.
     Tcp(SocketAddr),
+}
+
+/// Where the agent serves `GET /metrics` (`IP:PORT` or `unix:/PATH`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricsAddr {
+    /// A TCP listener.
+    Tcp(SocketAddr),
+    /// A unix socket.
+    Unix(PathBuf),
 }
 
 /// Action for ctrl-alt-del.

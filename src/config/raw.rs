@@ -26,6 +26,7 @@ pub struct RawHost {
     pub sysctl: Option<BTreeMap<String, Spanned<String>>>,
     pub log_level: Option<Spanned<String>>,
     pub syslog: Option<Spanned<String>>,
+    pub metrics: Option<Spanned<String>>,
     pub control_socket: Option<Spanned<String>>,
     pub shutdown_timeout: Option<Spanned<String>>,
     pub ctrl_alt_del: Option<Spanned<String>>,

@@ -886,6 +886,32 @@ fn host_values_are_validated() {
 }
 
 #[test]
+fn metrics_takes_a_socket_address_or_a_unix_path_and_nothing_else() {
+    let config = ok("[host]\nmetrics = \"127.0.0.1:9321\"\n");
+    let addr: SocketAddr = "127.0.0.1:9321".parse().unwrap();
+    assert_eq!(config.host.metrics, Some(MetricsAddr::Tcp(addr)));
+    let config = ok("[host]\nmetrics = \"unix:/run/zonit/metrics.sock\"\n");
+    assert_eq!(
+        config.host.metrics,
+        Some(MetricsAddr::Unix("/run/zonit/metrics.sock".into()))
+    );
+    assert_eq!(
+        ok("").host.metrics,
+        None,
+        "nothing listens unless configured"
+    );
+    for bad in [
+        "localhost:9321",
+        "127.0.0.1:0",
+        "unix:relative.sock",
+        "9321",
+    ] {
+        let diags = errors(&format!("[host]\nmetrics = \"{bad}\"\n"));
+        assert_error_at(&diags, 2, 11, &["`metrics`", "IP:PORT or unix:/PATH"]);
+    }
+}
+
+#[test]
 fn syslog_accepts_tcp_and_ipv6_literals() {
     let config = ok("[host]\nsyslog = \"tcp://[2001:db8::1]:6514\"\n");
     let addr: SocketAddr = "[2001:db8::1]:6514".parse().unwrap();

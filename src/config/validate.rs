@@ -319,6 +319,7 @@ fn default_host() -> Host {
         sysctl: BTreeMap::new(),
         log_level: log::LevelFilter::Info,
         syslog: None,
+        metrics: None,
         control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
         shutdown_timeout: Duration::from_secs(30),
         ctrl_alt_del: CtrlAltDel::Reboot,
@@ -400,6 +401,19 @@ fn host(raw: &RawHost, rep: &mut Reporter<'_>) -> Option<Host> {
             ),
         }
     }
+    if let Some(addr) = &raw.metrics {
+        match metrics_addr(addr.get_ref()) {
+            Some(a) => host.metrics = Some(a),
+            None => c.error(
+                addr.span(),
+                "metrics",
+                format!(
+                    "\"{}\" is not IP:PORT or unix:/PATH, as in \"127.0.0.1:9321\" or \"unix:/run/zonit/metrics.sock\" (a path of at most {MAX_SOCKET_PATH} bytes)",
+                    addr.get_ref().escape_debug()
+                ),
+            ),
+        }
+    }
     if let Some(path) = c.abs_path("control_socket", raw.control_socket.as_ref()) {
         let len = path.as_os_str().len();
         if len > MAX_SOCKET_PATH {
@@ -440,6 +454,15 @@ fn host(raw: &RawHost, rep: &mut Reporter<'_>) -> Option<Host> {
 }
 
 const HOSTNAME_RULE: &str = "a host name is 1 to 64 characters: letters, digits and hyphens, in dot-separated labels that neither start nor end with a hyphen";
+
+fn metrics_addr(text: &str) -> Option<super::MetricsAddr> {
+    if let Some(path) = text.strip_prefix("unix:") {
+        let ok = path.starts_with('/') && path.len() <= MAX_SOCKET_PATH && !path.contains('\0');
+        return ok.then(|| super::MetricsAddr::Unix(path.into()));
+    }
+    let addr: SocketAddr = text.parse().ok()?;
+    (addr.port() != 0).then_some(super::MetricsAddr::Tcp(addr))
+}
 
 fn syslog_target(text: &str) -> Option<super::SyslogTarget> {
     let (scheme, addr) = text.split_once("://")?;

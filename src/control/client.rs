@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::event::Event;
 use super::proto::{self, Request, UnitRow, WindowSize};
 use super::terminal;
 use crate::config::DEFAULT_CONTROL_SOCKET;
@@ -32,6 +33,11 @@ commands:
   console GUEST [--read-only] [--force]
                              the guest's serial console, interactive;
                              Ctrl-] detaches
+  events [--json] [--since DURATION]
+                             stream what happens (units starting, running,
+                             exiting, restarting, failing; reloads,
+                             shutdown), after the kept events of the last
+                             DURATION; --json: one JSON object a line
   reload                     re-read the config
   poweroff|reboot|halt       orderly shutdown (PID 1 only)";
 
@@ -118,7 +124,10 @@ pub fn main(args: &[String]) -> ExitCode {
 fn streams(req: &Request) -> bool {
     matches!(
         req,
-        Request::Logs { follow: true, .. } | Request::Exec { .. } | Request::Console { .. }
+        Request::Logs { follow: true, .. }
+            | Request::Exec { .. }
+            | Request::Console { .. }
+            | Request::Events { .. }
     )
 }
 
@@ -207,6 +216,25 @@ fn parse(words: &[&str]) -> Result<(Request, Output), String> {
                 force,
             }
         }
+        "events" => {
+            let (mut json, mut since_ms) = (false, None);
+            let mut i = 1;
+            while i < words.len() {
+                match words[i] {
+                    "--json" => json = true,
+                    "--since" => {
+                        i += 1;
+                        let d = words.get(i).ok_or("--since needs a duration")?;
+                        let d = parse_duration(d).map_err(|e| format!("--since: {e}"))?;
+                        since_ms = Some(d.as_millis() as u64);
+                    }
+                    other => return Err(format!("unknown events option {other}")),
+                }
+                i += 1;
+            }
+            let out = if json { Output::Json } else { Output::Plain };
+            return Ok((Request::Events { since_ms }, out));
+        }
         "reload" => Request::Reload {},
         "poweroff" => Request::Poweroff {},
         "reboot" => Request::Reboot {},
@@ -293,6 +321,18 @@ fn replies(
         if let Some(text) = v["log"].as_str() {
             let mut out = stdout.lock();
             out.write_all(text.as_bytes())?;
+            out.flush()?;
+            continue;
+        }
+        if let Some(e) = v.get("event") {
+            let mut out = stdout.lock();
+            match output {
+                Output::Json => writeln!(out, "{e}")?,
+                _ => match serde_json::from_value::<Event>(e.clone()) {
+                    Ok(e) => writeln!(out, "{}", e.text())?,
+                    Err(_) => writeln!(out, "{e}")?,
+                },
+            }
             out.flush()?;
             continue;
         }
@@ -447,6 +487,24 @@ mod tests {
         assert!(!streams(&parse(&["logs", "a"]).unwrap().0));
         assert!(streams(&parse(&["logs", "a", "-f"]).unwrap().0));
         assert!(streams(&parse(&["exec", "a", "--", "sh"]).unwrap().0));
+        assert!(streams(&parse(&["events"]).unwrap().0));
+    }
+
+    #[test]
+    fn parses_events_options() {
+        let (req, out) = parse(&["events", "--json", "--since", "2m"]).unwrap();
+        assert_eq!(
+            req,
+            Request::Events {
+                since_ms: Some(120_000)
+            }
+        );
+        assert!(matches!(out, Output::Json));
+        let (req, _) = parse(&["events"]).unwrap();
+        assert_eq!(req, Request::Events { since_ms: None });
+        assert!(parse(&["events", "--since"]).is_err());
+        assert!(parse(&["events", "--since", "soon"]).is_err());
+        assert!(parse(&["events", "--xml"]).is_err());
     }
 
     #[test]

@@ -2,5 +2,6 @@
 //! server side lives in the agent's event loop (`agent::control`).
 
 pub mod client;
+pub mod event;
 pub mod proto;
 pub mod terminal;

@@ -76,6 +76,13 @@ pub enum Request {
         /// One character per byte, U+0000 to U+00FF.
         data: String,
     },
+    /// Stream events as they happen, after those of the last `since_ms`
+    /// milliseconds the agent still keeps.
+    Events {
+        /// How far back to start.
+        #[serde(default)]
+        since_ms: Option<u64>,
+    },
     /// Re-read the config.
     Reload {},
     /// Orderly power-off (PID 1 only).

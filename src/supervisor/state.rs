@@ -345,6 +345,11 @@ impl Status {
         }
     }
 
+    /// When a unit waiting to be restarted will be.
+    pub fn restart_at(&self) -> Option<Instant> {
+        self.deadline.filter(|_| self.state == State::Backoff)
+    }
+
     fn new() -> Self {
         Status {
             state: State::Stopped,
