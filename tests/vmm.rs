@@ -1058,6 +1058,9 @@ struct ConsoleClient {
     stdin: Option<std::process::ChildStdin>,
     output: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
     errors: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    /// The threads reading stdout and stderr: joined once the client has
+    /// ended, so its last words are in `output` and `errors`.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl ConsoleClient {
@@ -1073,10 +1076,11 @@ impl ConsoleClient {
             .stderr(Stdio::piped())
             .spawn()
             .expect("zonit ctl console");
-        let collect = |mut from: Box<dyn Read + Send>| {
+        let mut readers = Vec::new();
+        let mut collect = |mut from: Box<dyn Read + Send>| {
             let into = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
             let sink = into.clone();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 let mut buf = [0u8; 4096];
                 while let Ok(n) = from.read(&mut buf) {
                     if n == 0 {
@@ -1084,7 +1088,7 @@ impl ConsoleClient {
                     }
                     sink.lock().unwrap().extend_from_slice(&buf[..n]);
                 }
-            });
+            }));
             into
         };
         let output = collect(Box::new(child.stdout.take().unwrap()));
@@ -1094,6 +1098,7 @@ impl ConsoleClient {
             child,
             output,
             errors,
+            readers,
         }
     }
 
@@ -1128,6 +1133,9 @@ impl ConsoleClient {
         let deadline = Instant::now() + DEADLINE;
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
+                for r in self.readers.drain(..) {
+                    r.join().unwrap();
+                }
                 return st.code().unwrap_or(-1);
             }
             assert!(
