@@ -16,6 +16,8 @@ use nix::sys::wait::WaitStatus;
 
 use crate::config::network::format_mac;
 use crate::config::{CgroupLimits, Guest, NetworkDef};
+use crate::logging::error_chain;
+use crate::net::netlink::Rtnl;
 use crate::supervisor::End;
 use crate::sys;
 use crate::vmm::{GuestEnd, limits};
@@ -77,23 +79,34 @@ pub fn cgroup_limits(guest: &Guest, memory_controller: bool) -> CgroupLimits {
 /// opened by the agent (the monitor only inherits them): each named for
 /// its nic's host-side name, a port of its network's bridge, and up.
 pub fn open_taps(guest: &Guest, networks: &[NetworkDef]) -> Result<Vec<OwnedFd>, String> {
-    guest
-        .nics
-        .iter()
-        .map(|nic| {
-            let bridge = networks
-                .iter()
-                .find(|n| n.name == nic.network)
-                .map(|n| n.bridge.as_str())
-                .ok_or_else(|| format!("network {} is not in the config", nic.network))?;
-            let (tap, name) = sys::open_tap(&nic.host_ifname)
-                .map_err(|e| format!("unable to create tap {}: {e}", nic.host_ifname))?;
-            sys::bridge_add_port(bridge, &name)
-                .map_err(|e| format!("unable to put tap {name} on bridge {bridge}: {e}"))?;
-            sys::set_link_up(&name).map_err(|e| format!("unable to bring tap {name} up: {e}"))?;
-            Ok(tap)
-        })
-        .collect()
+    if guest.nics.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut rtnl = Rtnl::new().map_err(|e| error_chain(&e))?;
+    let mut taps = Vec::new();
+    for nic in &guest.nics {
+        let bridge = networks
+            .iter()
+            .find(|n| n.name == nic.network)
+            .map(|n| n.bridge.as_str())
+            .ok_or_else(|| format!("network {} is not in the config", nic.network))?;
+        let bridge_index = link_index(&mut rtnl, bridge)?;
+        let (tap, name) = sys::open_tap(&nic.host_ifname)
+            .map_err(|e| format!("unable to create tap {}: {e}", nic.host_ifname))?;
+        let tap_index = link_index(&mut rtnl, &name)?;
+        rtnl.attach_up(tap_index, &name, bridge_index)
+            .map_err(|e| error_chain(&e))?;
+        taps.push(tap);
+    }
+    Ok(taps)
+}
+
+/// The index of link `name`, which must exist.
+fn link_index(rtnl: &mut Rtnl, name: &str) -> Result<u32, String> {
+    match rtnl.link(name).map_err(|e| error_chain(&e))? {
+        Some((index, _)) => Ok(index),
+        None => Err(format!("link {name} does not exist")),
+    }
 }
 
 /// The monitor's argv for `guest` (pure). Its network cards' taps are

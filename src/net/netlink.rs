@@ -307,6 +307,20 @@ impl Rtnl {
         Ok(())
     }
 
+    /// Makes link `index` (named `name`) a port of the bridge `bridge`
+    /// (an index) and sets it up, in one request.
+    pub fn attach_up(&mut self, index: u32, name: &str, bridge: u32) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+        msg.attributes.push(LinkAttribute::Controller(bridge));
+        self.request(RouteNetlinkMessage::SetLink(msg), 0, || {
+            format!("put {name} on its bridge and set it up")
+        })?;
+        Ok(())
+    }
+
     /// Sets link `index` (named `name`) up.
     pub fn set_up(&mut self, index: u32, name: &str) -> Result<()> {
         let mut msg = LinkMessage::default();

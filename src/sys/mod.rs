@@ -670,36 +670,6 @@ pub fn open_tap(name: &str) -> io::Result<(OwnedFd, String)> {
     ))
 }
 
-/// `SIOCBRADDIF` from `<linux/sockios.h>`: add a port to a bridge.
-const SIOCBRADDIF: libc::c_ulong = 0x89a2;
-
-/// Makes the link `port` a port of the bridge `bridge` (`SIOCBRADDIF`).
-pub fn bridge_add_port(bridge: &str, port: &str) -> io::Result<()> {
-    let port =
-        std::ffi::CString::new(port).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: `port` is a NUL-terminated string that outlives the call.
-    let index = unsafe { libc::if_nametoindex(port.as_ptr()) };
-    if index == 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let sock =
-        std::net::UdpSocket::bind("0.0.0.0:0").or_else(|_| std::net::UdpSocket::bind("[::]:0"))?;
-    // SAFETY: ifreq is plain data; zeroed is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    let bytes = bridge.as_bytes();
-    if bytes.len() >= req.ifr_name.len() || bytes.contains(&0) {
-        return Err(io::Error::from_raw_os_error(libc::EINVAL));
-    }
-    for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
-    }
-    req.ifr_ifru.ifru_ifindex = index as libc::c_int;
-    // SAFETY: SIOCBRADDIF reads a valid ifreq naming the bridge and the
-    // port's index.
-    check(unsafe { libc::ioctl(sock.as_raw_fd(), SIOCBRADDIF, &req) }.into())?;
-    Ok(())
-}
-
 /// Most fds the kernel passes in one message (`SCM_MAX_FD`); the receive
 /// buffer has room for all of them, so none is ever left in flight.
 const SCM_MAX_FD: usize = 253;
