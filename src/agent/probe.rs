@@ -211,7 +211,7 @@ impl Agent {
                 if let Some(h) = self.probes.helpers.get_mut(&pid) {
                     h.cancelled = true;
                     log::warn!("{unit}: probe pid {pid} ran past its deadline, killing it");
-                    let _ = sys::pidfd_send_signal(h.child.pidfd.as_fd(), libc::SIGKILL);
+                    let _ = sys::process::pidfd_send_signal(h.child.pidfd.as_fd(), libc::SIGKILL);
                 }
             }
             Some(Running::Tcp { socket, token }) => self.unwatch_tcp(&socket, token),
@@ -292,8 +292,8 @@ impl Agent {
             },
             None => return Ok(None),
         };
-        let (rx, tx) = sys::pipe()?;
-        sys::set_nonblocking(rx.as_fd())?;
+        let (rx, tx) = sys::fd::pipe()?;
+        sys::fd::set_nonblocking(rx.as_fd())?;
         self.watch_notify(unit, rx, false)?;
         Ok(Some((tx, at)))
     }
@@ -309,7 +309,7 @@ impl Agent {
         if !wanted {
             return Ok(());
         }
-        let fd = sys::in_netns(init, || {
+        let fd = sys::net::in_netns(init, || {
             let fd = socket(
                 AddressFamily::Unix,
                 SockType::Datagram,
@@ -472,7 +472,7 @@ enum Connect {
 /// A non-blocking connect to 127.0.0.1:`port` from a socket made in the
 /// network namespace of the process behind `init`.
 fn tcp_connect(init: BorrowedFd<'_>, port: u16) -> io::Result<Connect> {
-    let socket = sys::in_netns(init, || {
+    let socket = sys::net::in_netns(init, || {
         socket(
             AddressFamily::Inet,
             SockType::Stream,

@@ -162,7 +162,7 @@ pub(super) fn prepare_command(
         uid: zone.user.0,
         gid: zone.user.1,
         caps: zone.capabilities.clone(),
-        last_cap: sys::last_cap(),
+        last_cap: sys::caps::last_cap(),
         rlimits: zone
             .rlimits
             .iter()
@@ -231,13 +231,13 @@ pub(super) fn clone_with_channel(
     child: impl FnOnce(OwnedFd),
 ) -> Result<Started, Error> {
     let (agent_end, zone_end) = protocol::channel().map_err(Error::Channel)?;
-    match sys::clone3(flags, cgroup).map_err(Error::Clone)? {
-        sys::Forked::Child => {
+    match sys::process::clone3(flags, cgroup).map_err(Error::Clone)? {
+        sys::process::Forked::Child => {
             drop(agent_end);
             child(zone_end);
-            sys::exit_now(127)
+            sys::process::exit_now(127)
         }
-        sys::Forked::Parent { pid, pidfd } => {
+        sys::process::Forked::Parent { pid, pidfd } => {
             drop(zone_end);
             Ok(Started {
                 pid,
