@@ -163,35 +163,8 @@ pub(super) fn prepare_command(
         gid: zone.user.1,
         caps: zone.capabilities.clone(),
         last_cap: sys::caps::last_cap(),
-        rlimits: zone
-            .rlimits
-            .iter()
-            .filter_map(|(k, v)| rlimit_resource(k).map(|r| (r, *v)))
-            .collect(),
+        rlimits: zone.rlimits.iter().map(|(&r, &v)| (r, v)).collect(),
         title,
-    })
-}
-
-/// Maps a config rlimit name to its resource.
-pub fn rlimit_resource(name: &str) -> Option<Resource> {
-    Some(match name {
-        "as" => Resource::RLIMIT_AS,
-        "core" => Resource::RLIMIT_CORE,
-        "cpu" => Resource::RLIMIT_CPU,
-        "data" => Resource::RLIMIT_DATA,
-        "fsize" => Resource::RLIMIT_FSIZE,
-        "locks" => Resource::RLIMIT_LOCKS,
-        "memlock" => Resource::RLIMIT_MEMLOCK,
-        "msgqueue" => Resource::RLIMIT_MSGQUEUE,
-        "nice" => Resource::RLIMIT_NICE,
-        "nofile" => Resource::RLIMIT_NOFILE,
-        "nproc" => Resource::RLIMIT_NPROC,
-        "rss" => Resource::RLIMIT_RSS,
-        "rtprio" => Resource::RLIMIT_RTPRIO,
-        "rttime" => Resource::RLIMIT_RTTIME,
-        "sigpending" => Resource::RLIMIT_SIGPENDING,
-        "stack" => Resource::RLIMIT_STACK,
-        _ => return None,
     })
 }
 
