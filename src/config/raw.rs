@@ -134,6 +134,7 @@ pub struct RawGuest {
     pub stop_timeout: Option<Spanned<String>>,
     pub autostart: Option<Spanned<bool>>,
     pub ready: Option<Spanned<RawReady>>,
+    pub health: Option<Spanned<RawHealth>>,
 }
 
 /// `[interface.NAME]`: a host NIC.

@@ -639,7 +639,10 @@ fn defaults(raw: &RawDefaults, rep: &mut Reporter<'_>) -> Defaults {
         .ready
         .as_ref()
         .and_then(|r| ready::ready(&mut c, r, For::Zone));
-    let health = raw.health.as_ref().and_then(|h| ready::health(&mut c, h));
+    let health = raw
+        .health
+        .as_ref()
+        .and_then(|h| ready::health(&mut c, h, For::Zone));
     Defaults {
         common,
         zone,
@@ -903,14 +906,16 @@ fn unit(
                 .unwrap_or_else(|| defaults.ready.clone()),
             z.health
                 .as_ref()
-                .map(|h| ready::health(&mut c, h))
+                .map(|h| ready::health(&mut c, h, For::Zone))
                 .unwrap_or_else(|| defaults.health.clone()),
         ),
         RawUnitKind::Guest(g) => (
             g.ready
                 .as_ref()
                 .and_then(|r| ready::ready(&mut c, r, For::Guest)),
-            None,
+            g.health
+                .as_ref()
+                .and_then(|h| ready::health(&mut c, h, For::Guest)),
         ),
     };
     let mut after: Vec<String> = Vec::new();
@@ -1255,6 +1260,28 @@ fn guest(
             "ports",
             "a port forward needs an address to forward to; give the guest's first nic an `address`",
         );
+    }
+    let tcp_probes = [
+        (
+            "ready.tcp",
+            g.ready.as_ref().and_then(|r| r.get_ref().tcp.as_ref()),
+        ),
+        (
+            "health.tcp",
+            g.health.as_ref().and_then(|h| h.get_ref().tcp.as_ref()),
+        ),
+    ];
+    for (key, tcp) in tcp_probes {
+        if let Some(tcp) = tcp
+            && c.ok
+            && !nics.iter().any(|n| n.address.is_some())
+        {
+            c.error(
+                tcp.span(),
+                key,
+                "a tcp probe connects to the guest's address; give one of its nics an `address`",
+            );
+        }
     }
     Some(Guest {
         kernel: kernel?,
