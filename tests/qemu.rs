@@ -398,6 +398,13 @@ impl Machine {
         }
     }
 
+    /// `zonit ctl poweroff` typed into the console shell, and the orderly
+    /// end it leads to.
+    fn poweroff(&mut self) {
+        self.type_line("zonit ctl poweroff");
+        self.assert_orderly_end("reboot: Power down");
+    }
+
     /// The end every orderly shutdown shares: QEMU ends on its own with
     /// status 0 (poweroff, or reboot under -no-reboot), without a panic.
     fn assert_orderly_end(&mut self, kernel_line: &str) {
@@ -462,16 +469,20 @@ command = ["/bin/sh", "-c", "trap 'echo third stopping; exit 0' TERM; echo third
 const MARKER: &str = "autostart unit(s) running after";
 
 /// Boots CHAIN and checks start order and the boot marker.
-fn boot_chain(name: &str, extra: &str) -> Machine {
-    let mut m = Machine::boot(name, CHAIN, &format!("zonit.shell {extra}"));
+fn boot_chain(name: &str) -> Machine {
+    let mut m = Machine::boot(name, CHAIN, "zonit.shell");
     m.wait_for("as PID 1");
     m.wait_for(&format!("all 3 {MARKER}"));
     m.assert_order(&["first: started", "second: started", "third: started"]);
     m
 }
 
-/// The reverse-order stop every shutdown of CHAIN shows.
-fn assert_chain_stopped_in_reverse(m: &mut Machine) {
+/// What every shutdown of CHAIN shows: zonit names the shutdown (`how`:
+/// "Poweroff" or "Reboot"), stops the zones in reverse order, and the
+/// kernel ends with `kernel_line`.
+fn assert_chain_shut_down(m: &mut Machine, how: &str, kernel_line: &str) {
+    m.wait_for(&format!("shutting down ({how})"));
+    m.assert_orderly_end(kernel_line);
     m.assert_order(&[
         "third: ended",
         "second: ended",
@@ -485,7 +496,7 @@ fn boots_zones_in_after_order_and_sigterm_reboots_in_reverse_order() {
     if !prerequisites() {
         return;
     }
-    let mut m = boot_chain("sigterm", "");
+    let mut m = boot_chain("sigterm");
     // kvm_amd with its dependencies came from the modules' own .modinfo.
     let out = m.run(
         "ls /dev/kvm; hostname; cat /sys/fs/cgroup/cgroup.subtree_control; echo swappiness=$(cat /proc/sys/vm/swappiness)",
@@ -498,9 +509,7 @@ fn boots_zones_in_after_order_and_sigterm_reboots_in_reverse_order() {
     m.index_of("loaded modules: overlay, irqbypass, kvm, kvm_amd")
         .unwrap_or_else(|| m.fail("modules not loaded in dependency order"));
     m.type_line("kill -TERM 1");
-    m.wait_for("shutting down (Reboot)");
-    m.assert_orderly_end("reboot: Restarting system");
-    assert_chain_stopped_in_reverse(&mut m);
+    assert_chain_shut_down(&mut m, "Reboot", "reboot: Restarting system");
     m.assert_order(&["third stopping", "second stopping", "first stopping"]);
 }
 
@@ -509,11 +518,9 @@ fn sigusr2_powers_off_in_reverse_order() {
     if !prerequisites() {
         return;
     }
-    let mut m = boot_chain("sigusr2", "");
+    let mut m = boot_chain("sigusr2");
     m.type_line("kill -USR2 1");
-    m.wait_for("shutting down (Poweroff)");
-    m.assert_orderly_end("reboot: Power down");
-    assert_chain_stopped_in_reverse(&mut m);
+    assert_chain_shut_down(&mut m, "Poweroff", "reboot: Power down");
 }
 
 #[test]
@@ -521,13 +528,11 @@ fn ctrl_alt_del_runs_the_configured_action() {
     if !prerequisites() {
         return;
     }
-    let mut m = boot_chain("ctrl-alt-del", "");
+    let mut m = boot_chain("ctrl-alt-del");
     // The kernel's own ctrl-alt-del reboot is off: the key arrives as
     // SIGINT, and the config says poweroff.
     m.monitor("sendkey ctrl-alt-delete");
-    m.wait_for("shutting down (Poweroff)");
-    m.assert_orderly_end("reboot: Power down");
-    assert_chain_stopped_in_reverse(&mut m);
+    assert_chain_shut_down(&mut m, "Poweroff", "reboot: Power down");
 }
 
 #[test]
@@ -535,15 +540,13 @@ fn zonit_ctl_poweroff_from_the_console() {
     if !prerequisites() {
         return;
     }
-    let mut m = boot_chain("ctl-poweroff", "");
+    let mut m = boot_chain("ctl-poweroff");
     let status = m.run("zonit ctl status").join("\n");
     for unit in ["first", "second", "third"] {
         assert!(status.contains(unit), "{status}");
     }
     m.type_line("zonit ctl poweroff");
-    m.wait_for("shutting down (Poweroff)");
-    m.assert_orderly_end("reboot: Power down");
-    assert_chain_stopped_in_reverse(&mut m);
+    assert_chain_shut_down(&mut m, "Poweroff", "reboot: Power down");
 }
 
 #[test]
@@ -956,8 +959,7 @@ disks = [{ path = "/guests/disk.img" }]
         m.started.elapsed().as_secs_f64(),
         took.as_secs_f64()
     );
-    m.type_line("zonit ctl poweroff");
-    m.assert_orderly_end("reboot: Power down");
+    m.poweroff();
 }
 
 #[test]
@@ -993,8 +995,7 @@ command = ["/bin/sh", "-c", "echo hog start; exec dd if=/dev/zero of=/dev/null b
     assert!(oom_kills >= 2, "memory.events: {memevents}");
     m.index_of("Memory cgroup out of memory")
         .unwrap_or_else(|| m.fail("no OOM report from the kernel"));
-    m.type_line("zonit ctl poweroff");
-    m.assert_orderly_end("reboot: Power down");
+    m.poweroff();
 }
 
 #[test]
@@ -1056,8 +1057,7 @@ command = ["/bin/sh", "-c", "echo bomb away; b() { b & b; }; b"]
     assert!(refused > 0, "pids.events: {events}");
     m.index_of("fork rejected by pids controller in /zonit/bomb")
         .unwrap_or_else(|| m.fail("no pids controller report"));
-    m.type_line("zonit ctl poweroff");
-    m.assert_orderly_end("reboot: Power down");
+    m.poweroff();
     m.assert_order(&["steady: ended", "every unit is down"]);
 }
 
@@ -1139,6 +1139,91 @@ fn the_appliance_nic_takes_a_dhcp_lease_from_qemus_user_network_and_releases_it(
     m.assert_orderly_end("reboot: Power down");
 }
 
+/// `[host] modules` for a zone network and its port forwards, on the
+/// appliance's virtio-net NIC (the kernel has no modprobe to call).
+const NET_MODULES: &str = r#"modules = ["overlay", "virtio_pci", "virtio_net", "bridge", "veth", "nft_chain_nat", "nft_nat", "nft_masq", "nft_ct", "nft_fib_inet"]"#;
+
+/// A TCP port on the test machine's loopback that nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+/// `GET /` on 127.0.0.1:`port` of the test machine, tried until an
+/// answer holds `want` or the deadline passes; returns the last answer
+/// (or error).
+fn http_get_until(port: u16, want: &str, within: Duration) -> Result<String, String> {
+    let deadline = Instant::now() + within;
+    let mut last = String::from("no attempt");
+    while Instant::now() < deadline {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"GET / HTTP/1.0\r\nHost: appliance\r\n\r\n")?;
+            let mut answer = String::new();
+            s.read_to_string(&mut answer)?;
+            Ok(answer)
+        })();
+        match attempt {
+            Ok(answer) if answer.contains(want) => return Ok(answer),
+            Ok(answer) => last = format!("answer without `{want}`: {answer:?}"),
+            Err(e) => last = e.to_string(),
+        }
+        // QEMU's user network accepts on the test machine's side before
+        // the appliance answers; a refused attempt closes at once.
+        thread::sleep(Duration::from_millis(500));
+    }
+    Err(last)
+}
+
+/// The path the demo shows: the test machine's port (QEMU's `hostfwd`)
+/// reaches the appliance's eth0, which took its address by DHCP, and
+/// zonit's port forward takes it on to a zone's web server on a bridge.
+#[test]
+fn a_hostfwd_port_on_the_test_machine_reaches_a_zones_web_server_through_zonits_port_forward() {
+    if !prerequisites() {
+        return;
+    }
+    let config = format!(
+        r#"
+[host]
+{NET_MODULES}
+
+[interface.eth0]
+address = "dhcp"
+
+[network.lan]
+address = "10.88.0.1/24"
+
+[zone.web]
+root = "/zones/web"
+template = "/templates/base"
+command = ["/bin/sh", "-c", "mkdir -p /srv && echo page-of-zone-$(hostname) > /srv/index.html && exec httpd -f -p 80 -h /srv"]
+network = "lan"
+address = "10.88.0.2"
+ports = ["8080:80"]
+ready = {{ tcp = 80, interval = "200ms" }}
+"#
+    );
+    let port = free_port();
+    let nic = format!("user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{port}-:8080");
+    let mut m = Machine::boot_qemu("hostfwd", &config, "", "zonit.shell", &["-nic", &nic]);
+    m.wait_for("interface eth0: DHCP lease 10.0.2.15/24");
+    m.wait_anywhere("web: ready");
+    let fetched = Instant::now();
+    match http_get_until(port, "page-of-zone-web", LINE) {
+        Ok(page) => eprintln!(
+            "hostfwd: 127.0.0.1:{port} answered in {:.1} s: {}",
+            fetched.elapsed().as_secs_f64(),
+            page.lines().last().unwrap_or_default()
+        ),
+        Err(e) => m.fail(&format!("GET http://127.0.0.1:{port}/: {e}")),
+    }
+    m.poweroff();
+}
+
 #[test]
 fn a_bad_config_is_reported_and_pid1_stays_up_for_a_reload() {
     if !prerequisites() {
@@ -1165,8 +1250,7 @@ fn a_bad_config_is_reported_and_pid1_stays_up_for_a_reload() {
     m.wait_for("config loaded: 1 unit(s)");
     m.wait_for(&format!("all 1 {MARKER}"));
     m.wait_anywhere("fixed up");
-    m.type_line("zonit ctl poweroff");
-    m.assert_orderly_end("reboot: Power down");
+    m.poweroff();
 }
 
 /// Ten zones from the busybox template, each a shell loop.
@@ -1226,8 +1310,7 @@ fn bench_ten_zones_boot_and_pid1_rss() {
             kib("VmRSS:"),
             kib("VmHWM:")
         );
-        m.type_line("zonit ctl poweroff");
-        m.assert_orderly_end("reboot: Power down");
+        m.poweroff();
     }
 }
 
@@ -1306,16 +1389,14 @@ fn a_zone_on_a_labelled_data_disk_keeps_its_state_across_a_reboot() {
     m.wait_for("keeper wrote state");
     m.wait_anywhere("all 1 autostart unit(s) running");
     m.assert_order(&["mounted LABEL=zdata", "keeper: started"]);
-    m.type_line("zonit ctl poweroff");
-    m.assert_orderly_end("reboot: Power down");
+    m.poweroff();
     drop(m);
 
     let mut m = Machine::boot_with_disks("data-disk-2", KEEPER, "", "zonit.shell", &[&disk]);
     m.wait_for("mounted LABEL=zdata");
     let found = m.wait_for("keeper found:");
     assert!(found.contains("written-on-first-boot"), "{found}");
-    m.type_line("zonit ctl poweroff");
-    m.assert_orderly_end("reboot: Power down");
+    m.poweroff();
 }
 
 /// A required data mount whose disk is absent fails only the units with
@@ -1364,8 +1445,7 @@ command = ["/bin/sh", "-c", "echo elsewhere ran; exec sleep 1000"]
     if m.index_of("ondata ran").is_some() {
         m.fail("a zone under the missing mount ran");
     }
-    m.type_line("zonit ctl poweroff");
-    m.assert_orderly_end("reboot: Power down");
+    m.poweroff();
 }
 
 /// A guest's memory is its monitor's, charged to the monitor's cgroup:
@@ -1402,8 +1482,7 @@ restart = "never"
     if m.index_of("guest: still alive after filling").is_some() {
         m.fail("the guest outgrew memory_max and lived");
     }
-    m.type_line("zonit ctl poweroff");
-    m.assert_orderly_end("reboot: Power down");
+    m.poweroff();
 }
 
 /// Boot to all units running with a data disk mounted by label against
@@ -1457,8 +1536,7 @@ fn bench_data_disk_boot_against_none() {
                 "run {run} {what} the data mount: zonit first instruction -> all running {:.1} ms (wait + mount {mount:.0} ms)",
                 (t1 - t0) * 1000.0
             );
-            m.type_line("zonit ctl poweroff");
-            m.assert_orderly_end("reboot: Power down");
+            m.poweroff();
         }
     }
 }

@@ -414,7 +414,7 @@ fn zone_schema() -> Schema {
 }
 
 fn guest_schema() -> Schema {
-    let mut schema = common_nested(Schema::of(&guest_keys()))
+    let mut schema = health_nested(common_nested(Schema::of(&guest_keys())))
         .with("disks", true, Schema::of(fields_of::<RawDisk>()))
         .with("nics", true, Schema::of(fields_of::<RawNic>()));
     schema.advice = |key| {

@@ -538,6 +538,12 @@ impl Unit {
         }
     }
 
+    /// The nic that the unit's port forwards and tcp probes reach: its
+    /// first with an address.
+    pub fn addressed_nic(&self) -> Option<&Nic> {
+        self.nics().iter().find(|n| n.address.is_some())
+    }
+
     /// Host ports forwarded to the unit.
     pub fn ports(&self) -> &[PortForward] {
         match &self.kind {

@@ -118,7 +118,7 @@ pub struct RawZone {
 }
 
 /// The keys only a `[guest.NAME]` has (the rest are in [`RawCommon`] and
-/// [`RawGuestShared`]). A guest's `ready` has no default.
+/// [`RawGuestShared`]). A guest's `ready` and `health` have no default.
 #[derive(Debug, Deserialize)]
 pub struct RawGuest {
     pub kernel: Option<Spanned<String>>,
@@ -131,6 +131,7 @@ pub struct RawGuest {
     pub ports: Option<Vec<Spanned<String>>>,
     pub after: Option<Vec<Spanned<String>>>,
     pub ready: Option<Spanned<RawReady>>,
+    pub health: Option<Spanned<RawHealth>>,
 }
 
 /// `[interface.NAME]`: a host NIC.

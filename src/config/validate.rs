@@ -664,7 +664,10 @@ fn zone_part(c: &mut Checker<'_, '_>, keys: &RawZoneShared) -> ZonePart {
             .ready
             .as_ref()
             .and_then(|r| ready::ready(c, r, For::Zone)),
-        health: keys.health.as_ref().and_then(|h| ready::health(c, h)),
+        health: keys
+            .health
+            .as_ref()
+            .and_then(|h| ready::health(c, h, For::Zone)),
         ..ZonePart::default()
     };
     if let Some(user) = &keys.user {
@@ -840,14 +843,19 @@ fn unit(
             (zone.map(UnitKind::Zone), ready, health)
         }
         RawUnitKind::Guest(g, shared) => {
-            // A guest's `ready` is its own: it has no default.
+            // A guest's `ready` and `health` are its own: they have no
+            // default.
             let ready = g
                 .ready
                 .as_ref()
                 .and_then(|r| ready::ready(&mut c, r, For::Guest));
+            let health = g
+                .health
+                .as_ref()
+                .and_then(|h| ready::health(&mut c, h, For::Guest));
             let part = guest_part(&mut c, shared).or(&defaults.guest);
             let guest = guest(&mut c, raw, g, part, networks);
-            (guest.map(UnitKind::Guest), ready, None)
+            (guest.map(UnitKind::Guest), ready, health)
         }
     };
     let mut after: Vec<String> = Vec::new();
@@ -1146,6 +1154,28 @@ fn guest(
             "ports",
             "a port forward needs an address to forward to; give the guest's first nic an `address`",
         );
+    }
+    let tcp_probes = [
+        (
+            "ready.tcp",
+            g.ready.as_ref().and_then(|r| r.get_ref().tcp.as_ref()),
+        ),
+        (
+            "health.tcp",
+            g.health.as_ref().and_then(|h| h.get_ref().tcp.as_ref()),
+        ),
+    ];
+    for (key, tcp) in tcp_probes {
+        if let Some(tcp) = tcp
+            && c.ok
+            && !nics.iter().any(|n| n.address.is_some())
+        {
+            c.error(
+                tcp.span(),
+                key,
+                "a tcp probe connects to the guest's address; give one of its nics an `address`",
+            );
+        }
     }
     Some(Guest {
         kernel: kernel?,
