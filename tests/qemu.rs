@@ -629,6 +629,7 @@ command = ["/bin/true"]
 /// - `net`: takes its first network card's address by DHCP, fetches the
 ///   page of zone `web` (10.88.0.2), then, 3 s later, serves its own
 ///   page on port 80;
+/// - `shell`: a shell on the console;
 /// - `hog`: fills 200 MiB of tmpfs, then powers off.
 const GUEST_INIT: &str = r#"#!/bin/sh
 /bin/busybox --install -s /bin
@@ -698,6 +699,9 @@ net)
     echo "guest: starting httpd"
     httpd -p 80 -h /www
     while true; do sleep 1; done ;;
+shell)
+    echo "guest: shell on the console"
+    exec sh ;;
 hog)
     # Guest memory the monitor has to back: 200 MiB of tmpfs, touched.
     mkdir -p /hog
@@ -939,6 +943,61 @@ after = ["g"]
     eprintln!(
         "nested-guest-net: guest ready {:.1} s after its monitor started, verdicts after {:.1} s",
         ready.as_secs_f64(),
+        m.started.elapsed().as_secs_f64()
+    );
+    m.poweroff();
+}
+
+/// `zonit ctl console` typed into from the appliance's own serial
+/// console: the client puts that terminal in raw mode, what is typed
+/// reaches the nested guest's shell through the agent, the monitor and
+/// the guest's UART, the guest's answer comes back on the client, and
+/// Ctrl-] detaches with status 0 and the appliance's shell back.
+#[test]
+fn a_command_typed_through_ctl_console_is_answered_by_the_nested_guests_shell() {
+    if !prerequisites() {
+        return;
+    }
+    let _serial = nested_guest_lock();
+    let config = r#"
+[host]
+modules = ["overlay", "kvm_amd"]
+shutdown_timeout = "20s"
+
+[guest.g]
+kernel = "/guests/vmlinuz"
+initrd = "/guests/guest.cpio.gz"
+cmdline = "console=ttyS0 quiet panic=-1 zonit.test=shell"
+memory = "256M"
+"#;
+    let extra = guest_files();
+    let mut m = Machine::boot_with("nested-guest-console", config, &extra, "zonit.shell");
+    m.wait_for("zonit[g]: guest: shell on the console");
+    // The agent's own log of the guest's output (`zonit[g]: ...`) goes
+    // to the console too: keep it off while attached, so what shows is
+    // the client's alone.
+    m.run("dmesg -n 1");
+    m.type_line("zonit ctl console g");
+    m.wait_for("Connected to the console of g; Ctrl-] detaches");
+    // The guest's echo of the line shows `$((6*7))`; only its shell's
+    // answer says 42.
+    let typed = Instant::now();
+    m.type_line("echo hello-$((6*7))");
+    m.wait_for("hello-42");
+    let answered = typed.elapsed();
+    let stdin = m.stdin.as_mut().unwrap();
+    stdin.write_all(b"\x1d").unwrap();
+    stdin.flush().unwrap();
+    m.wait_for("Detached from the console of g");
+    // The appliance's shell reads lines again (its terminal is cooked).
+    let out = m.run("echo detached-$((40+2)); dmesg -n 7").join("\n");
+    assert!(out.contains("detached-42"), "{out}");
+    if m.index_of("zonit[g]: hello-42").is_some() {
+        m.fail("the agent's log reached the console while it was to be off");
+    }
+    eprintln!(
+        "nested-guest-console: answered {:.1} s after typing, verdicts after {:.1} s",
+        answered.as_secs_f64(),
         m.started.elapsed().as_secs_f64()
     );
     m.poweroff();
