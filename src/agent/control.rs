@@ -110,7 +110,7 @@ impl Conn {
     /// Reads one chunk (and the fds passed with it) into the buffers;
     /// false when the socket has nothing more for now.
     fn read_some(&mut self, buf: &mut [u8]) -> bool {
-        match sys::recv_with_fds(self.stream.as_fd(), buf) {
+        match sys::socket::recv_with_fds(self.stream.as_fd(), buf) {
             Ok(got) => {
                 self.fds.take_fds(got.fds, got.truncated);
                 if got.bytes == 0 {

@@ -232,7 +232,7 @@ impl Agent {
                 if let Some(h) = self.probes.helpers.get_mut(&pid) {
                     h.cancelled = true;
                     log::warn!("{unit}: probe pid {pid} ran past its deadline, killing it");
-                    let _ = sys::pidfd_send_signal(h.child.pidfd.as_fd(), libc::SIGKILL);
+                    let _ = sys::process::pidfd_send_signal(h.child.pidfd.as_fd(), libc::SIGKILL);
                 }
             }
             Some(Running::Tcp { socket, token }) => self.unwatch_tcp(&socket, token),
@@ -313,8 +313,8 @@ impl Agent {
             },
             None => return Ok(None),
         };
-        let (rx, tx) = sys::pipe()?;
-        sys::set_nonblocking(rx.as_fd())?;
+        let (rx, tx) = sys::fd::pipe()?;
+        sys::fd::set_nonblocking(rx.as_fd())?;
         self.watch_notify(unit, rx, false)?;
         Ok(Some((tx, at)))
     }
@@ -330,7 +330,7 @@ impl Agent {
         if !wanted {
             return Ok(());
         }
-        let fd = sys::in_netns(init, || {
+        let fd = sys::net::in_netns(init, || {
             let fd = socket(
                 AddressFamily::Unix,
                 SockType::Datagram,
@@ -520,7 +520,7 @@ fn tcp_connect(to: Target<'_>, port: u16) -> io::Result<Connect> {
         .map_err(io::Error::from)
     };
     let (socket, ip) = match to {
-        Target::Zone(init) => (sys::in_netns(init, make)?, Ipv4Addr::LOCALHOST),
+        Target::Zone(init) => (sys::net::in_netns(init, make)?, Ipv4Addr::LOCALHOST),
         Target::Address(ip) => (make()?, ip),
     };
     let addr = SockaddrIn::from(SocketAddrV4::new(ip, port));

@@ -134,7 +134,7 @@ impl Agent {
         let Some(proc) = self.runtimes.units.get(unit).and_then(|u| u.proc.as_ref()) else {
             return;
         };
-        if let Err(e) = sys::pidfd_send_signal(proc.child.pidfd.as_fd(), sig) {
+        if let Err(e) = sys::process::pidfd_send_signal(proc.child.pidfd.as_fd(), sig) {
             // ESRCH: it ended and is about to be reaped.
             if e.raw_os_error() != Some(libc::ESRCH) {
                 log::warn!(
@@ -193,9 +193,9 @@ impl Agent {
     fn open_output(&mut self, unit: &str) -> io::Result<OwnedFd> {
         self.close_output(unit);
         self.ensure_runtime(unit);
-        let (rx, tx) = sys::pipe()?;
+        let (rx, tx) = sys::fd::pipe()?;
         let token = self.token(Source::Output(unit.to_string()));
-        let res = sys::set_nonblocking(rx.as_fd()).and_then(|()| {
+        let res = sys::fd::set_nonblocking(rx.as_fd()).and_then(|()| {
             self.poll
                 .registry()
                 .register(&mut SourceFd(&rx.as_raw_fd()), token, Interest::READABLE)
@@ -235,7 +235,7 @@ impl Agent {
     /// the [`Child`] for a process that reports over it.
     pub(super) fn watch_channel(&mut self, pidfd: OwnedFd, fd: OwnedFd, source: Source) -> Child {
         let token = self.token(source);
-        let res = sys::set_nonblocking(fd.as_fd()).and_then(|()| {
+        let res = sys::fd::set_nonblocking(fd.as_fd()).and_then(|()| {
             self.poll
                 .registry()
                 .register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE)
@@ -349,7 +349,7 @@ impl Agent {
             // The command must not run without what it was promised: this
             // start ends here, with the reason, once the init is reaped.
             child.report.record(Message::StartFailed(reason));
-            let _ = sys::pidfd_send_signal(child.pidfd.as_fd(), libc::SIGKILL);
+            let _ = sys::process::pidfd_send_signal(child.pidfd.as_fd(), libc::SIGKILL);
         }
         self.runtimes.pids.insert(started.pid, unit.to_string());
         if let Some(rt) = self.runtimes.units.get_mut(unit) {

@@ -261,7 +261,7 @@ fn read_units(
 /// The keys a table may hold, and the tables nested in it that have a fixed
 /// set of keys too.
 struct Schema {
-    keys: &'static [&'static str],
+    keys: Vec<&'static str>,
     nested: Vec<Nested>,
     /// Extra advice for a key that is known elsewhere but not allowed here.
     advice: fn(&str) -> Option<&'static str>,
@@ -275,9 +275,9 @@ struct Nested {
 }
 
 impl Schema {
-    fn of(keys: &'static [&'static str]) -> Self {
+    fn of(keys: &[&'static str]) -> Self {
         Schema {
-            keys,
+            keys: keys.to_vec(),
             nested: Vec::new(),
             advice: |_| None,
         }
@@ -304,6 +304,11 @@ fn health_nested(schema: Schema) -> Schema {
     schema.with("health", false, Schema::of(fields_of::<RawHealth>()))
 }
 
+fn rlimits_schema() -> Schema {
+    let names: Vec<&'static str> = names::RLIMITS.iter().map(|&(n, _)| n).collect();
+    Schema::of(&names)
+}
+
 fn host_schema() -> Schema {
     Schema::of(fields_of::<RawHost>())
         .with("mounts", true, Schema::of(fields_of::<RawHostMount>()))
@@ -314,7 +319,7 @@ fn defaults_schema() -> Schema {
     let mut schema = health_nested(common_nested(Schema::of(fields_of::<RawDefaults>()))).with(
         "rlimits",
         false,
-        Schema::of(names::RLIMITS),
+        rlimits_schema(),
     );
     schema.advice = |key| {
         let zone = fields_of::<RawZone>();
@@ -328,7 +333,7 @@ fn defaults_schema() -> Schema {
 fn zone_schema() -> Schema {
     let mut schema = health_nested(common_nested(Schema::of(fields_of::<RawZone>())))
         .with("mounts", true, Schema::of(fields_of::<RawMount>()))
-        .with("rlimits", false, Schema::of(names::RLIMITS));
+        .with("rlimits", false, rlimits_schema());
     schema.advice = |key| {
         fields_of::<RawGuest>()
             .contains(&key)
@@ -476,7 +481,7 @@ fn check_keys(table: &mut DeTable<'_>, schema: &Schema, context: &str, rep: &mut
         .map(|k| (k.get_ref().to_string(), k.span()))
         .collect();
     for (key, span) in &unknown {
-        let advice = match ((schema.advice)(key), names::closest(key, schema.keys)) {
+        let advice = match ((schema.advice)(key), names::closest(key, &schema.keys)) {
             (Some(advice), _) => format!("{advice}; "),
             (None, Some(close)) => format!("did you mean `{close}`? "),
             (None, None) => String::new(),

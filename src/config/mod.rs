@@ -12,6 +12,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nix::sys::resource::Resource;
+
 mod document;
 mod hostmounts;
 mod names;
@@ -347,8 +349,8 @@ pub struct Zone {
     pub cpu_max: Option<f64>,
     /// cgroup v2 pids.max.
     pub pids_max: Option<u64>,
-    /// Resource limits: name (`nofile`, `nproc`, ...) -> limit (soft = hard).
-    pub rlimits: BTreeMap<String, u64>,
+    /// Resource limits (`rlimits`), soft = hard.
+    pub rlimits: BTreeMap<Resource, u64>,
     /// Signal sent to the command to stop it.
     pub stop_signal: i32,
 }

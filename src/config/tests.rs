@@ -589,6 +589,51 @@ fn exit_with_naming_an_unknown_unit_is_reported() {
 }
 
 #[test]
+fn rlimits_are_resolved_to_the_resources_the_zone_start_sets() {
+    let config = ok(concat!(
+        "[defaults]\nrlimits = { nofile = 1024, core = 0 }\n",
+        "[zone.a]\nroot = \"/r\"\ncommand = [\"/x\"]\n",
+        "rlimits = { stack = \"unlimited\", core = 1 }\n",
+    ));
+    let limits: Vec<(nix::sys::resource::Resource, u64)> = zone(&config, "a")
+        .rlimits
+        .iter()
+        .map(|(&r, &v)| (r, v))
+        .collect();
+    let mut want = vec![
+        (Resource::RLIMIT_NOFILE, 1024),
+        (Resource::RLIMIT_CORE, 1),
+        (Resource::RLIMIT_STACK, libc::RLIM_INFINITY),
+    ];
+    want.sort();
+    assert_eq!(limits, want);
+}
+
+#[test]
+fn a_bad_rlimit_name_or_value_in_defaults_is_an_error_at_its_position() {
+    let diags = errors(&format!(
+        "[defaults]\nrlimits = {{ nofiles = 1, core = \"lots\" }}\n{MINIMAL_ZONE}"
+    ));
+    assert_eq!(diags.len(), 2, "{}", render(&diags));
+    assert_error_at(
+        &diags,
+        2,
+        13,
+        &[
+            "`nofiles`",
+            "`rlimits` of [defaults]",
+            "did you mean `nofile`?",
+        ],
+    );
+    assert_error_at(
+        &diags,
+        2,
+        33,
+        &["`rlimits.core` in [defaults]", "\"unlimited\""],
+    );
+}
+
+#[test]
 fn defaults_apply_to_the_right_kind_and_units_win() {
     let config = ok(concat!(
         "[defaults]\n",
@@ -642,8 +687,8 @@ fn defaults_apply_to_the_right_kind_and_units_win() {
     assert_eq!(za.cpu_max, Some(1.0));
     assert_eq!(za.pids_max, Some(32));
     assert_eq!(za.stop_signal, libc::SIGINT);
-    assert_eq!(za.rlimits.get("nofile"), Some(&1024));
-    assert_eq!(za.rlimits.get("core"), Some(&0));
+    assert_eq!(za.rlimits.get(&Resource::RLIMIT_NOFILE), Some(&1024));
+    assert_eq!(za.rlimits.get(&Resource::RLIMIT_CORE), Some(&0));
 
     let b = config.unit("b").unwrap();
     assert_eq!(b.common.restart, RestartPolicy::Never);
@@ -659,8 +704,11 @@ fn defaults_apply_to_the_right_kind_and_units_win() {
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     assert_eq!(env, [("A", "1"), ("B", "own"), ("C", "3")]);
-    assert_eq!(zb.rlimits.get("nofile"), Some(&libc::RLIM_INFINITY));
-    assert_eq!(zb.rlimits.get("core"), Some(&0));
+    assert_eq!(
+        zb.rlimits.get(&Resource::RLIMIT_NOFILE),
+        Some(&libc::RLIM_INFINITY)
+    );
+    assert_eq!(zb.rlimits.get(&Resource::RLIMIT_CORE), Some(&0));
 
     let g = config.unit("g").unwrap();
     assert_eq!(g.common.restart, RestartPolicy::Always);
@@ -986,7 +1034,10 @@ fn example_in_the_config_reference_is_valid() {
     assert_eq!(mounts.host.mounts.len(), 1);
     let config = blocks.last().unwrap();
     assert_eq!(config.units.len(), 4);
-    assert_eq!(zone(&config, "web").rlimits.get("nofile"), Some(&1024));
+    assert_eq!(
+        zone(&config, "web").rlimits.get(&Resource::RLIMIT_NOFILE),
+        Some(&1024)
+    );
     assert_eq!(zone(&config, "web").ports.len(), 1);
 }
 

@@ -14,6 +14,7 @@ use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+use nix::sys::resource::Resource;
 use toml::Spanned;
 
 use super::document::{RawDocument, RawUnit, RawUnitKind, Reporter};
@@ -511,7 +512,7 @@ struct ZonePart {
     memory_max: Option<u64>,
     cpu_max: Option<f64>,
     pids_max: Option<u64>,
-    rlimits: BTreeMap<String, u64>,
+    rlimits: BTreeMap<Resource, u64>,
     stop_signal: Option<i32>,
     /// As written; resolved against the networks per zone.
     network: Option<Spanned<String>>,
@@ -760,10 +761,17 @@ fn zone_part(c: &mut Checker<'_, '_>, keys: ZoneKeys<'_>) -> ZonePart {
         part.capabilities = Some(caps);
     }
     for (name, limit) in keys.rlimits.into_iter().flatten() {
-        // Unknown names were already reported with the key list.
-        if !names::RLIMITS.contains(&name.as_str()) {
+        let key = format!("rlimits.{name}");
+        let Some(resource) = names::rlimit(name) else {
+            // The key check reports unknown names first; this is for a
+            // table that reached here some other way.
+            c.error(
+                limit.span(),
+                &key,
+                format!("`{}` is not a resource limit", name.escape_debug()),
+            );
             continue;
-        }
+        };
         let value = match limit.get_ref() {
             Limit::Number(n) => u64::try_from(*n).ok(),
             Limit::Text(t) if t == "unlimited" || t == "infinity" => Some(libc::RLIM_INFINITY),
@@ -771,11 +779,11 @@ fn zone_part(c: &mut Checker<'_, '_>, keys: ZoneKeys<'_>) -> ZonePart {
         };
         match value {
             Some(v) => {
-                part.rlimits.insert(name.clone(), v);
+                part.rlimits.insert(resource, v);
             }
             None => c.error(
                 limit.span(),
-                &format!("rlimits.{name}"),
+                &key,
                 "a limit is a non-negative integer or \"unlimited\"",
             ),
         }
