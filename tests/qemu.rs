@@ -626,6 +626,10 @@ command = ["/bin/true"]
 ///   restarts at once) and waits for Ctrl-Alt-Del, which the kernel
 ///   (i8042 and atkbd are built in) then turns into SIGINT to init, and
 ///   powers off;
+/// - `net`: takes its first network card's address by DHCP, fetches the
+///   page of zone `web` (10.88.0.2), then, 3 s later, serves its own
+///   page on port 80;
+/// - `shell`: a shell on the console;
 /// - `hog`: fills 200 MiB of tmpfs, then powers off.
 const GUEST_INIT: &str = r#"#!/bin/sh
 /bin/busybox --install -s /bin
@@ -634,7 +638,7 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 echo "guest: hello from Linux $(uname -r) with $(nproc) CPU(s)"
-for m in virtio_ring virtio virtio_mmio virtio_blk pvpanic pvpanic-mmio; do
+for m in virtio_ring virtio virtio_mmio virtio_blk pvpanic pvpanic-mmio failover net_failover virtio_net; do
     insmod /lib/modules/$m.ko || echo "guest: insmod $m failed"
 done
 action=poweroff
@@ -679,6 +683,25 @@ cycle)
         echo "guest: waiting for ctrl-alt-del"
         while true; do sleep 1; done ;;
     esac ;;
+net)
+    # The first network card: its address from DHCP (udhcpc hands the
+    # lease to /bin/lease), a zone's page fetched, then after a pause
+    # (so readiness by this port is seen to wait for it) a web server.
+    i=0
+    while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+    ifconfig lo up
+    ifconfig eth0 up
+    udhcpc -i eth0 -s /bin/lease -q -n -t 20 -T 1 || echo "guest: no DHCP lease"
+    echo "guest: zone web says [$(wget -q -O - http://10.88.0.2/)]"
+    mkdir -p /www
+    echo page-of-guest > /www/index.html
+    sleep 3
+    echo "guest: starting httpd"
+    httpd -p 80 -h /www
+    while true; do sleep 1; done ;;
+shell)
+    echo "guest: shell on the console"
+    exec sh ;;
 hog)
     # Guest memory the monitor has to back: 200 MiB of tmpfs, touched.
     mkdir -p /hog
@@ -692,15 +715,30 @@ hog)
 esac
 "#;
 
+/// udhcpc's script in the guest: brings the interface up before the
+/// discovery, applies a lease.
+const GUEST_LEASE: &str = r#"#!/bin/sh
+case $1 in
+deconfig)
+    ifconfig $interface 0.0.0.0 up ;;
+bound|renew)
+    ifconfig $interface $ip netmask $subnet
+    echo "guest: DHCP lease $ip/$subnet router $router on $interface" ;;
+esac
+"#;
+
 /// Modules the guest's /init loads, from the fetched kernel's tree.
 const GUEST_MODULES: &[&str] = &[
-    "virtio/virtio_ring.ko",
-    "virtio/virtio.ko",
-    "virtio/virtio_mmio.ko",
-    "block/virtio_blk.ko",
-    "misc/pvpanic/pvpanic.ko",
-    "misc/pvpanic/pvpanic-mmio.ko",
-    "acpi/button.ko",
+    "drivers/virtio/virtio_ring.ko",
+    "drivers/virtio/virtio.ko",
+    "drivers/virtio/virtio_mmio.ko",
+    "drivers/block/virtio_blk.ko",
+    "drivers/misc/pvpanic/pvpanic.ko",
+    "drivers/misc/pvpanic/pvpanic-mmio.ko",
+    "drivers/acpi/button.ko",
+    "net/core/failover.ko",
+    "drivers/net/net_failover.ko",
+    "drivers/net/virtio_net.ko",
 ];
 
 /// The guest initrd: busybox, GUEST_INIT and GUEST_MODULES. Built once.
@@ -710,14 +748,16 @@ fn guest_initrd() -> &'static Path {
         let dir = work_dir().join("guest-initrd");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("init"), GUEST_INIT).unwrap();
+        std::fs::write(dir.join("lease"), GUEST_LEASE).unwrap();
         let mut manifest = String::from(
             "file /init init 755 0 0\ndir /bin 755 0 0\nfile /bin/busybox /bin/busybox 755 0 0\n\
+             file /bin/lease lease 755 0 0\n\
              slink /bin/sh busybox 777 0 0\ndir /dev 755 0 0\nnod /dev/console 600 0 0 c 5 1\n\
              dir /proc 555 0 0\ndir /sys 555 0 0\ndir /lib 755 0 0\ndir /lib/modules 755 0 0\n",
         );
-        let drivers = kernel_dir().join("modules/kernel/drivers");
+        let modules = kernel_dir().join("modules/kernel");
         for m in GUEST_MODULES {
-            let path = drivers.join(m);
+            let path = modules.join(m);
             assert!(path.exists(), "{} missing", path.display());
             let base = Path::new(m).file_name().unwrap().to_str().unwrap();
             manifest.push_str(&format!(
@@ -827,6 +867,140 @@ impl Machine {
         }
         row["restarts"].as_u64().unwrap_or(u64::MAX)
     }
+}
+
+/// A nested guest on a network with `dhcp = true`: it takes the address
+/// its nic is given in the config from zonit's DHCP server, reaches a
+/// zone's web server, and is `ready` only once its own web server
+/// answers a connect from the host (`ready = { tcp = 80 }`); the zone
+/// `after` it then starts and fetches the guest's page by the guest's
+/// name.
+#[test]
+fn a_nested_guest_takes_its_address_from_zonits_dhcp_and_talks_with_zones_both_ways_once_ready() {
+    if !prerequisites() {
+        return;
+    }
+    let _serial = nested_guest_lock();
+    let modules = NET_MODULES.replace("\"overlay\",", "\"overlay\", \"kvm_amd\", \"tun\",");
+    let config = format!(
+        r#"
+[host]
+{modules}
+shutdown_timeout = "20s"
+
+[network.lan]
+address = "10.88.0.1/24"
+dhcp = true
+
+[zone.web]
+root = "/zones/web"
+template = "/templates/base"
+command = ["/bin/sh", "-c", "mkdir -p /srv && echo page-of-zone-web > /srv/index.html && exec httpd -f -p 80 -h /srv"]
+network = "lan"
+address = "10.88.0.2"
+ready = {{ tcp = 80, interval = "200ms" }}
+
+[guest.g]
+kernel = "/guests/vmlinuz"
+initrd = "/guests/guest.cpio.gz"
+cmdline = "console=ttyS0 quiet panic=-1 zonit.test=net"
+memory = "256M"
+nics = [{{ network = "lan", address = "10.88.0.9" }}]
+after = ["web"]
+ready = {{ tcp = 80, interval = "500ms", timeout = "240s" }}
+
+[zone.client]
+root = "/zones/client"
+template = "/templates/base"
+command = ["/bin/sh", "-c", "echo client got [$(wget -q -O - http://g/)]; exec sleep 1000"]
+network = "lan"
+after = ["g"]
+"#
+    );
+    let extra = guest_files();
+    let mut m = Machine::boot_with("nested-guest-net", &config, &extra, "zonit.shell");
+    m.wait_for("web: ready");
+    m.wait_for("g: monitor started");
+    let booted = Instant::now();
+    m.wait_for("zonit[g]: guest: hello from Linux");
+    let lease = m.wait_for("zonit[g]: guest: DHCP lease");
+    if !lease.contains("10.88.0.9/255.255.255.0 router 10.88.0.1 on eth0") {
+        m.fail(&format!("not the configured lease: {lease}"));
+    }
+    m.wait_for("zonit[g]: guest: zone web says [page-of-zone-web]");
+    m.wait_for("zonit[g]: guest: starting httpd");
+    m.wait_for("g: ready");
+    let ready = booted.elapsed();
+    m.wait_for("client got [page-of-guest]");
+    m.assert_order(&[
+        "zonit[g]: guest: starting httpd",
+        "g: ready",
+        "client: started",
+        "client got [page-of-guest]",
+    ]);
+    let row = m.status_of("g");
+    assert_eq!(row["state"], "running", "{row}");
+    eprintln!(
+        "nested-guest-net: guest ready {:.1} s after its monitor started, verdicts after {:.1} s",
+        ready.as_secs_f64(),
+        m.started.elapsed().as_secs_f64()
+    );
+    m.poweroff();
+}
+
+/// `zonit ctl console` typed into from the appliance's own serial
+/// console: the client puts that terminal in raw mode, what is typed
+/// reaches the nested guest's shell through the agent, the monitor and
+/// the guest's UART, the guest's answer comes back on the client, and
+/// Ctrl-] detaches with status 0 and the appliance's shell back.
+#[test]
+fn a_command_typed_through_ctl_console_is_answered_by_the_nested_guests_shell() {
+    if !prerequisites() {
+        return;
+    }
+    let _serial = nested_guest_lock();
+    let config = r#"
+[host]
+modules = ["overlay", "kvm_amd"]
+shutdown_timeout = "20s"
+
+[guest.g]
+kernel = "/guests/vmlinuz"
+initrd = "/guests/guest.cpio.gz"
+cmdline = "console=ttyS0 quiet panic=-1 zonit.test=shell"
+memory = "256M"
+"#;
+    let extra = guest_files();
+    let mut m = Machine::boot_with("nested-guest-console", config, &extra, "zonit.shell");
+    m.wait_for("zonit[g]: guest: shell on the console");
+    // The agent's own log of the guest's output (`zonit[g]: ...`) goes
+    // to the console too: keep it off while attached, so what shows is
+    // the client's alone.
+    m.run("dmesg -n 1");
+    m.type_line("zonit ctl console g");
+    m.wait_for("Connected to the console of g; Ctrl-] detaches");
+    // The guest's echo of the line shows `$((6*7))`; only its shell's
+    // answer says 42.
+    let typed = Instant::now();
+    m.type_line("echo hello-$((6*7))");
+    m.wait_for("hello-42");
+    let answered = typed.elapsed();
+    let stdin = m.stdin.as_mut().unwrap();
+    stdin.write_all(b"\x1d").unwrap();
+    stdin.flush().unwrap();
+    m.wait_for("Detached from the console of g");
+    // The appliance's shell reads lines again (its terminal is cooked).
+    let out = m.run("echo detached-$((40+2)); dmesg -n 7").join("\n");
+    assert!(out.contains("detached-42"), "{out}");
+    if m.index_of("zonit[g]: hello-42").is_some() {
+        m.fail("the agent's log reached the console while it was to be off");
+    }
+    eprintln!(
+        "nested-guest-console: answered {:.1} s after typing, verdicts after {:.1} s",
+        answered.as_secs_f64(),
+        m.started.elapsed().as_secs_f64()
+    );
+    m.poweroff();
 }
 
 /// Every kind of guest end, with the Debian kernel in

@@ -503,11 +503,21 @@ impl Agent {
     fn feed(&mut self, input: Input) {
         let mut queue = VecDeque::from([input]);
         while let Some(input) = queue.pop_front() {
-            if let Input::Ended { unit, end } = &input {
-                self.note_end(unit, end);
-            }
+            let ended = match &input {
+                Input::Ended { unit, .. } => Some(unit.clone()),
+                _ => None,
+            };
             match self.sup.handle(input, Instant::now()) {
                 Ok(actions) => {
+                    // The end as the engine recorded it (`unhealthy` for a
+                    // unit it stopped for failed probes), as `status` shows.
+                    let end = ended.and_then(|u| {
+                        let st = self.sup.status(&u)?;
+                        Some((st.last_exit.clone()?, u))
+                    });
+                    if let Some((end, unit)) = end {
+                        self.note_end(&unit, &end);
+                    }
                     self.note_changes();
                     for action in actions {
                         self.act(action, &mut queue);
