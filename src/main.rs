@@ -11,7 +11,7 @@ use zonit::{cli, config};
 fn main() -> ExitCode {
     // zonit's first instruction as PID 1, as near as Rust allows: the boot
     // time benchmark (BENCHMARKS.md) is measured from here.
-    let t0 = zonit::sys::monotonic_ns();
+    let t0 = zonit::sys::kernel::monotonic_ns();
     zonit::init::install_panic_hook();
     let args: Vec<String> = std::env::args().collect();
     let argv0 = args

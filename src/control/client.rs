@@ -250,7 +250,7 @@ fn run(
     if matches!(req, Request::Exec { .. }) {
         // Our own stdio travels with the request: the command in the zone
         // reads and writes this terminal directly.
-        let sent = crate::sys::send_with_fds(stream.as_fd(), &line, &[0, 1, 2])?;
+        let sent = crate::sys::socket::send_with_fds(stream.as_fd(), &line, &[0, 1, 2])?;
         stream.write_all(&line[sent..])?;
     } else {
         stream.write_all(&line)?;
