@@ -318,11 +318,6 @@ pub fn find(path: &str) -> Option<&'static Command> {
     COMMANDS.iter().find(|c| c.path == path)
 }
 
-/// Whether `word` is a command of its own right after `zonit`.
-pub fn is_command(word: &str) -> bool {
-    find(word).is_some_and(|_| !word.contains(' '))
-}
-
 /// The commands right under `parent` (`""` for zonit's own, `"ctl"`).
 fn children(parent: &str) -> impl Iterator<Item = &'static Command> {
     COMMANDS.iter().filter(move |c| {
@@ -595,11 +590,5 @@ mod tests {
             "{o}"
         );
         assert!(!o.contains("vmm"), "{o}");
-    }
-
-    #[test]
-    fn only_single_words_are_top_level_commands() {
-        assert!(is_command("run") && is_command("ctl") && is_command("vmm"));
-        assert!(!is_command("ctl exec") && !is_command("exec"));
     }
 }

@@ -24,9 +24,11 @@ fn main() -> ExitCode {
         .unwrap_or_default()
         .unwrap_or_default();
     // As PID 1 the kernel passes unrecognised command-line words as
-    // arguments, so only an exact subcommand name overrides init mode.
+    // arguments, so only an exact name of a command that runs something
+    // overrides init mode: a stray `help` or `version` on the kernel's
+    // command line must not make PID 1 print and exit.
     let sub = args.get(1).map(String::as_str);
-    let explicit = sub.is_some_and(cli::is_command);
+    let explicit = matches!(sub, Some("run" | "check" | "ctl" | "vmm" | "init"));
     if !explicit && (std::process::id() == 1 || argv0 == "init") {
         return init(t0, &[]);
     }
