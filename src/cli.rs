@@ -497,7 +497,7 @@ pub fn bash_completion() -> String {
 # Install: zonit completion bash > /etc/bash_completion.d/zonit
 _zonit() {{
     local cur=${{COMP_WORDS[COMP_CWORD]}} prev=${{COMP_WORDS[COMP_CWORD-1]}}
-    local path='' i w n=0 skip=0 words='{top}' what=''
+    local path='' i w n=0 skip=0 words='{top}' what='' socket=()
     case " {takes_value} " in
         *" $prev "*)
             case "$prev" in
@@ -508,7 +508,11 @@ _zonit() {{
     esac
     for ((i = 1; i < COMP_CWORD; i++)); do
         w=${{COMP_WORDS[i]}}
-        if ((skip)); then skip=0; continue; fi
+        if ((skip)); then
+            [[ ${{COMP_WORDS[i-1]}} == --socket ]] && socket=(--socket "$w")
+            skip=0
+            continue
+        fi
         case " {takes_value} " in *" $w "*) skip=1; continue ;; esac
         case "$w" in -*) continue ;; esac
         if [[ -z $path || $path == ctl ]] && [[ " $( _zonit_subs "$path" ) " == *" $w "* ]]; then
@@ -525,7 +529,7 @@ _zonit() {{
     fi
     case "$what" in
         files) COMPREPLY=($(compgen -f -- "$cur")) ;;
-        units) ((n == 0)) && COMPREPLY=($(compgen -W "$(zonit ctl status 2>/dev/null | awk 'NR > 1 {{ print $1 }}')" -- "$cur")) ;;
+        units) ((n == 0)) && COMPREPLY=($(compgen -W "$(zonit ctl "${{socket[@]}}" --timeout 2s status 2>/dev/null | awk 'NR > 1 {{ print $1 }}')" -- "$cur")) ;;
         commands)
             if [[ $path == help && $n == 0 ]]; then words='{top}'
             elif [[ $path == 'ctl help' && $n == 0 ]] || [[ $path == help && $n == 1 && $prev == ctl ]]; then words='{ctl}'

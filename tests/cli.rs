@@ -290,3 +290,35 @@ fn docs_cli_names_every_command_and_option_of_the_table() {
         }
     }
 }
+
+/// Unit names are completed from `zonit ctl status`, asking the agent at
+/// the `--socket` given on the line (here a stand-in that answers one
+/// status request).
+#[test]
+fn completion_offers_the_agents_unit_names_for_a_unit_argument() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ctl.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let agent = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        BufReader::new(&conn).read_line(&mut line).unwrap();
+        assert!(line.contains(r#""cmd":"status""#), "{line}");
+        let row = |name: &str| {
+            format!(
+                r#"{{"name":"{name}","kind":"zone","state":"running","pid":7,"restarts":0,"uptime_ms":5,"last_exit":null}}"#
+            )
+        };
+        let reply = format!(
+            "{{\"v\":1,\"ok\":true,\"units\":[{},{}]}}\n",
+            row("web"),
+            row("worker")
+        );
+        (&conn).write_all(reply.as_bytes()).unwrap();
+    });
+    let sock = path.to_str().unwrap();
+    let offered = complete(&["zonit", "ctl", "--socket", sock, "logs", "w"]);
+    assert_eq!(offered, ["web", "worker"]);
+    agent.join().unwrap();
+}
