@@ -294,6 +294,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_remote_record_is_one_rfc5424_line_with_the_levels_priority() {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let r = Remote {
+            socket: RemoteSocket::Udp(socket),
+            host: "edge1".into(),
+            lost: 0,
+        };
+        let rec = r.record(Level::Warn, "zonit: warn: disk full");
+        let f: Vec<&str> = rec.splitn(8, ' ').collect();
+        let pid = std::process::id().to_string();
+        assert_eq!(
+            [f[0], f[2], f[3], f[4], f[5], f[6], f[7]],
+            [
+                "<28>1",
+                "edge1",
+                "zonit",
+                &pid,
+                "-",
+                "-",
+                "zonit: warn: disk full"
+            ],
+            "{rec}"
+        );
+        assert!(
+            f[1].len() == 24 && f[1].ends_with('Z'),
+            "RFC 3339 UTC: {rec}"
+        );
+        assert!(r.record(Level::Error, "x").starts_with("<27>1 "));
+        assert!(r.record(Level::Debug, "x").starts_with("<31>1 "));
+    }
+
+    #[test]
     fn unit_lines_carry_the_unit_name() {
         let rec = Record::builder()
             .target("unit:web")
