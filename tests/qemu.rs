@@ -872,9 +872,9 @@ impl Machine {
 /// A nested guest on a network with `dhcp = true`: it takes the address
 /// its nic is given in the config from zonit's DHCP server, reaches a
 /// zone's web server, and is `ready` only once its own web server
-/// answers a connect from the host (`ready = { tcp = 80 }`); the zone
-/// `after` it then starts and fetches the guest's page by the guest's
-/// name.
+/// answers a connect from the host (`ready = { tcp = 80 }`, and the same
+/// connect keeps it `healthy`); the zone `after` it then starts and
+/// fetches the guest's page by the guest's name.
 #[test]
 fn a_nested_guest_takes_its_address_from_zonits_dhcp_and_talks_with_zones_both_ways_once_ready() {
     if !prerequisites() {
@@ -908,6 +908,7 @@ memory = "256M"
 nics = [{{ network = "lan", address = "10.88.0.9" }}]
 after = ["web"]
 ready = {{ tcp = 80, interval = "500ms", timeout = "240s" }}
+health = {{ tcp = 80, interval = "1s", timeout = "5s" }}
 
 [zone.client]
 root = "/zones/client"
@@ -938,8 +939,16 @@ after = ["g"]
         "client: started",
         "client got [page-of-guest]",
     ]);
-    let row = m.status_of("g");
+    // Health probes by the same connect begin a second after ready.
+    let mut row = m.status_of("g");
+    for _ in 0..5 {
+        if row["health"] == "healthy" {
+            break;
+        }
+        row = m.status_of("g");
+    }
     assert_eq!(row["state"], "running", "{row}");
+    assert_eq!(row["health"], "healthy", "{row}");
     eprintln!(
         "nested-guest-net: guest ready {:.1} s after its monitor started, verdicts after {:.1} s",
         ready.as_secs_f64(),
