@@ -1,55 +1,194 @@
 #!/usr/bin/env bash
-# Networking benchmark for BENCHMARKS.md: N zones on a [network.X] (a veth
-# each, addresses, routes, resolv.conf and hosts) against N plain zones,
-# time to zonit's "all N autostart unit(s) running" line, runs alternated.
-# Everything happens in a private network namespace (`unshare --net`):
-# nothing touches this machine's interfaces or firewall.
+# Networking benchmarks for BENCHMARKS.md. Everything happens in private
+# network namespaces (`unshare --net`): nothing touches this machine's
+# interfaces or firewall. As root.
 #
-# Usage: scripts/bench-net.sh [RUNS] [N]    (default 5 runs of 50 zones;
-#                                           as root)
+# Usage:
+#   scripts/bench-net.sh [start] [RUNS] [N]
+#       N zones on a [network.X] (a veth each, addresses, routes,
+#       resolv.conf and hosts) against N plain zones, time to zonit's "all N
+#       autostart unit(s) running" line, runs alternated (default 5 runs of
+#       50 zones). With ZONIT_BEFORE=PATH, runs of that binary are
+#       alternated with them too (before/after a change).
+#   scripts/bench-net.sh traffic [REPS] [SECONDS]
+#       TCP throughput (iperf3, one stream) and request/response latency
+#       (sockperf ping-pong over TCP, 64-byte messages) zone to zone and
+#       host to zone over zonit's bridge, against a bare veth pair without
+#       a bridge between two namespaces; the measurements alternated, REPS
+#       of each (default 3), SECONDS each (default 5). iperf3 and sockperf
+#       (ZONIT_BENCH=1 scripts/setup.sh) and their libraries are
+#       bind-mounted read-only into the zones.
+#
+# ZONIT=PATH measures that binary instead of building the release one.
 set -euo pipefail
-runs=${1:-5}
-n=${2:-50}
+mode=start
+if [[ ${1:-} == start || ${1:-} == traffic || ${1:-} == traffic-inside ]]; then
+    mode=$1
+    shift
+fi
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-scripts/setup.sh
-cargo build --release --quiet
-zonit=$PWD/target/x86_64-unknown-linux-gnu/release/zonit
+here=$PWD
 
-dir=$(mktemp -d /tmp/zonit-bench-net.XXXXXX)
-trap 'rm -rf "$dir"' EXIT
-scripts/make-template.sh "$dir/base"
-mkdir -p "$dir/zones"
-for kind in plain net; do
-    {
-        printf '[host]\ncontrol_socket = "%s/control-%s.sock"\n' "$dir" "$kind"
-        if [[ $kind == net ]]; then
-            printf '\n[network.lan]\naddress = "10.88.0.1/16"\nnat = true\n'
-        fi
-        for i in $(seq 0 $((n - 1))); do
-            printf '\n[zone.z%s]\nroot = "%s/zones/z%s"\ntemplate = "%s/base"\n' "$i" "$dir" "$i" "$dir"
-            printf 'command = ["/bin/sh", "-c", "while true; do sleep 5; done"]\n'
-            if [[ $kind == net ]]; then
-                printf 'network = "lan"\n'
-            fi
-        done
-    } >"$dir/$kind.toml"
-    "$zonit" check "$dir/$kind.toml" >/dev/null
-done
+# The binary, the template and a scratch directory.
+prepare() {
+    ZONIT_BENCH=1 scripts/setup.sh
+    if [[ -z ${ZONIT:-} ]]; then
+        cargo build --release --quiet
+        ZONIT=$PWD/target/x86_64-unknown-linux-gnu/release/zonit
+    fi
+    dir=$(mktemp -d /tmp/zonit-bench-net.XXXXXX)
+    trap 'rm -rf "$dir"' EXIT
+    scripts/make-template.sh "$dir/base"
+    mkdir -p "$dir/zones"
+}
 
-echo "--- zonit run, $n zones, $runs runs of each, alternated"
-for r in $(seq "$runs"); do
+# One zone section: NAME, COMMAND (a TOML array), then extra lines.
+zone() {
+    local name=$1 command=$2
+    shift 2
+    printf '\n[zone.%s]\nroot = "%s/zones/%s"\ntemplate = "%s/base"\ncommand = %s\n' \
+        "$name" "$dir" "$name" "$dir" "$command"
+    printf '%s\n' "$@"
+}
+
+start_bench() {
+    local runs=${1:-5} n=${2:-50}
     for kind in plain net; do
-        log=$dir/run-$kind-$r.log
-        : >"$log"
-        unshare --net --pid --fork --mount --kill-child "$zonit" run --config "$dir/$kind.toml" 2>"$log" &
-        pid=$!
-        for _ in $(seq 4000); do grep -q "autostart unit(s) running after" "$log" && break; sleep 0.005; done
-        agent=$(cut -d' ' -f1 /proc/$pid/task/$pid/children)
-        cpu=$(awk '{printf "%.1f", $1 / 1e6}' "/proc/$agent/schedstat")
-        line=$(grep -o "all $n autostart unit(s) running after [0-9.]* ms" "$log") || { cat "$log"; exit 1; }
-        echo "$kind: $line; agent CPU $cpu ms"
-        kill -TERM "$agent"
-        wait "$pid" || true
-        rm -rf "$dir/zones"/* "$dir/zones"/.[!.]* 2>/dev/null || true
+        {
+            printf '[host]\ncontrol_socket = "%s/control-%s.sock"\n' "$dir" "$kind"
+            if [[ $kind == net ]]; then
+                printf '\n[network.lan]\naddress = "10.88.0.1/16"\nnat = true\n'
+            fi
+            for i in $(seq 0 $((n - 1))); do
+                if [[ $kind == net ]]; then
+                    zone "z$i" '["/bin/sh", "-c", "while true; do sleep 5; done"]' 'network = "lan"'
+                else
+                    zone "z$i" '["/bin/sh", "-c", "while true; do sleep 5; done"]'
+                fi
+            done
+        } >"$dir/$kind.toml"
+        "$ZONIT" check "$dir/$kind.toml" >/dev/null
     done
-done
+    local binaries=("$ZONIT")
+    [[ -n ${ZONIT_BEFORE:-} ]] && binaries=("$ZONIT_BEFORE" "$ZONIT")
+    echo "--- zonit run, $n zones, $runs runs of each, alternated; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+    for r in $(seq "$runs"); do
+        for bin in "${binaries[@]}"; do
+            local label=""
+            [[ ${#binaries[@]} -gt 1 ]] && label="$([[ $bin == "${ZONIT_BEFORE:-}" ]] && echo before || echo after) "
+            for kind in plain net; do
+                local log=$dir/run-$kind-$r.log
+                : >"$log"
+                unshare --net --pid --fork --mount --kill-child "$bin" run --config "$dir/$kind.toml" 2>"$log" &
+                local pid=$!
+                for _ in $(seq 4000); do grep -q "autostart unit(s) running after" "$log" && break; sleep 0.005; done
+                local agent cpu line
+                agent=$(cut -d' ' -f1 /proc/$pid/task/$pid/children)
+                cpu=$(awk '{printf "%.1f", $1 / 1e6}' "/proc/$agent/schedstat")
+                line=$(grep -o "all $n autostart unit(s) running after [0-9.]* ms" "$log") || { cat "$log"; exit 1; }
+                echo "$label$kind: $line; agent CPU $cpu ms"
+                kill -TERM "$agent"
+                wait "$pid" || true
+                rm -rf "$dir/zones"/* "$dir/zones"/.[!.]* 2>/dev/null || true
+            done
+        done
+    done
+    echo "--- load average $(cut -d' ' -f1-3 /proc/loadavg)"
+}
+
+traffic_bench() {
+    local reps=${1:-3} secs=${2:-5}
+    local iperf3 sockperf libdir
+    iperf3=$(command -v iperf3)
+    sockperf=$(command -v sockperf)
+    libdir=$(dirname "$(readlink -f "$(ldd "$iperf3" | awk '/libc.so/ {print $3}')")")
+    # The tools and their libraries, read-only, at the same paths inside.
+    local mounts="mounts = [
+  { source = \"$iperf3\", target = \"/usr/bin/iperf3\", readonly = true },
+  { source = \"$sockperf\", target = \"/usr/bin/sockperf\", readonly = true },
+  { source = \"$libdir\", target = \"/lib/x86_64-linux-gnu\", readonly = true },
+  { source = \"$libdir\", target = \"/lib64\", readonly = true },
+]"
+    {
+        printf '[host]\ncontrol_socket = "%s/control.sock"\n' "$dir"
+        printf '\n[network.lan]\naddress = "10.88.0.1/24"\nnat = true\n'
+        zone srv '["/bin/sh", "-c", "/usr/bin/iperf3 -s -D -p 5201 && exec /usr/bin/sockperf sr --tcp -i 0.0.0.0 -p 11111"]' \
+            'network = "lan"' 'address = "10.88.0.2"' "$mounts"
+        zone cli '["/bin/sh", "-c", "while true; do sleep 5; done"]' \
+            'network = "lan"' 'address = "10.88.0.3"' "$mounts"
+    } >"$dir/traffic.toml"
+    "$ZONIT" check "$dir/traffic.toml" >/dev/null
+    echo "--- traffic: $reps reps of $secs s each, alternated; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+    DIR=$dir ZONIT=$ZONIT REPS=$reps SECS=$secs \
+        unshare --net --pid --fork --mount --mount-proc --kill-child bash "$here/scripts/bench-net.sh" traffic-inside
+    echo "--- load average $(cut -d' ' -f1-3 /proc/loadavg)"
+}
+
+# Inside the private network namespace that stands in for the host.
+traffic_inside() {
+    ip link set lo up
+    mount -t tmpfs tmpfs /run
+    local log=$DIR/traffic.log ctl=("$ZONIT" ctl --socket "$DIR/control.sock")
+    "$ZONIT" run --config "$DIR/traffic.toml" 2>"$log" &
+    local agent=$!
+    for _ in $(seq 2000); do grep -q "autostart unit(s) running after" "$log" && break; sleep 0.01; done
+    grep -q "all 2 autostart unit(s) running" "$log" || { cat "$log"; exit 1; }
+
+    # The peer: two namespaces on a bare veth pair, and one more pair from
+    # this namespace to the first, no bridge anywhere.
+    unshare --net sleep infinity &
+    local a=$!
+    unshare --net sleep infinity &
+    local b=$!
+    sleep 0.2
+    local in_a=(nsenter --net=/proc/$a/ns/net) in_b=(nsenter --net=/proc/$b/ns/net)
+    ip link add h0 type veth peer name eth0 netns "$a"
+    ip addr add 10.99.0.1/24 dev h0
+    ip link set h0 up
+    "${in_a[@]}" ip addr add 10.99.0.2/24 dev eth0
+    "${in_a[@]}" ip link set eth0 up
+    "${in_a[@]}" ip link set lo up
+    "${in_a[@]}" ip link add eth1 type veth peer name eth0 netns "$b"
+    "${in_a[@]}" ip addr add 10.99.1.2/24 dev eth1
+    "${in_a[@]}" ip link set eth1 up
+    "${in_b[@]}" ip addr add 10.99.1.3/24 dev eth0
+    "${in_b[@]}" ip link set eth0 up
+    "${in_a[@]}" iperf3 -s -D -p 5201
+    "${in_a[@]}" sockperf sr --tcp -i 0.0.0.0 -p 11111 >/dev/null 2>&1 &
+    local sr=$!
+    sleep 1
+
+    local -A cmd=(
+        [zonit-zone-to-zone]="${ctl[*]} exec cli --"
+        [bare-zone-to-zone]="${in_b[*]}"
+        [zonit-host-to-zone]=""
+        [bare-host-to-zone]=""
+    )
+    local -A to=(
+        [zonit-zone-to-zone]=10.88.0.2 [bare-zone-to-zone]=10.99.1.2
+        [zonit-host-to-zone]=10.88.0.2 [bare-host-to-zone]=10.99.0.2
+    )
+    local order=(zonit-zone-to-zone bare-zone-to-zone zonit-host-to-zone bare-host-to-zone)
+    for r in $(seq "$REPS"); do
+        for k in "${order[@]}"; do
+            local gbit lat
+            # shellcheck disable=SC2086 # the prefix is words on purpose
+            gbit=$(${cmd[$k]} /usr/bin/iperf3 -c "${to[$k]}" -p 5201 -t "$SECS" -J |
+                python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e9))')
+            # shellcheck disable=SC2086
+            lat=$(${cmd[$k]} /usr/bin/sockperf pp --tcp -i "${to[$k]}" -p 11111 -t "$SECS" -m 64 2>&1 |
+                awk '/percentile 50.000/ {p50 = $NF} /percentile 99.000/ {p99 = $NF} /avg-latency/ {sub(/.*avg-latency=/, ""); sub(/ .*/, ""); avg = $0}
+                     END {printf "avg %s p50 %s p99 %s us", avg, p50, p99}')
+            echo "$r $k: iperf3 $gbit Gbit/s; sockperf TCP 64 B one-way (half round trip) $lat"
+        done
+    done
+    kill "$sr" "$a" "$b" 2>/dev/null || true
+    kill -TERM "$agent"
+    wait "$agent" || true
+}
+
+case $mode in
+start) prepare && start_bench "$@" ;;
+traffic) prepare && traffic_bench "$@" ;;
+traffic-inside) traffic_inside ;;
+esac

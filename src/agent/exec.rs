@@ -84,7 +84,7 @@ impl Agent {
             self.send(id, &proto::error(&format!("zone {name} is not running")));
             return;
         }
-        let Some(init) = self.runtimes.units.get(name).and_then(|u| u.pidfd()) else {
+        let Some(init) = self.runtimes.pidfd(name) else {
             self.send(id, &proto::error(&format!("zone {name} is not running")));
             return;
         };

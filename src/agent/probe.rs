@@ -132,7 +132,7 @@ impl Agent {
             UnitKind::Zone(z) => (Some(z.clone()), None),
             UnitKind::Guest(_) => (None, cfg.addressed_nic().and_then(|n| n.address)),
         };
-        let init = self.runtimes.units.get(unit).and_then(|u| u.pidfd());
+        let init = self.runtimes.pidfd(unit);
         match probe {
             Probe::Exec(argv) => {
                 let (Some(zone), Some(init)) = (zone, init) else {

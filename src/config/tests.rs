@@ -1496,3 +1496,83 @@ fn a_mac_given_to_two_interfaces_is_an_error_at_the_second_unit() {
     assert_error_at(&diags, 6, 8, &["MAC 52:54:00:00:00:01", "already `a`'s"]);
     assert_eq!(diags.len(), 1, "{}", render(&diags));
 }
+
+/// For each key a unit shares with `[defaults]`: a value for `[defaults]`
+/// and a different one for the unit.
+const SHARED_KEY_SAMPLES: &[(&str, &str, &str)] = &[
+    ("restart", r#""never""#, r#""always""#),
+    ("backoff", r#"{ initial = "1s" }"#, r#"{ initial = "2s" }"#),
+    (
+        "start_limit",
+        r#"{ burst = 1, interval = "1s" }"#,
+        r#"{ burst = 2, interval = "1s" }"#,
+    ),
+    ("stop_timeout", r#""1s""#, r#""2s""#),
+    ("autostart", "false", "true"),
+    ("env", r#"{ A = "1" }"#, r#"{ A = "2" }"#),
+    ("user", r#""1:1""#, r#""2:2""#),
+    ("capabilities", r#"["CAP_KILL"]"#, r#"["CAP_CHOWN"]"#),
+    ("network", r#""host""#, r#""n""#),
+    ("memory_max", r#""64M""#, r#""128M""#),
+    ("cpu_max", "1", "2"),
+    ("pids_max", "10", "20"),
+    ("rlimits", "{ nofile = 10 }", "{ nofile = 20 }"),
+    ("stop_signal", r#""INT""#, r#""QUIT""#),
+    ("ready", "{ tcp = 1 }", "{ tcp = 2 }"),
+    ("health", "{ tcp = 1 }", "{ tcp = 2 }"),
+    ("memory", r#""256M""#, r#""512M""#),
+    ("vcpus", "2", "3"),
+    ("cmdline", r#""console=ttyS0 a""#, r#""console=ttyS0 b""#),
+    ("on_reboot", r#""stop""#, r#""restart""#),
+];
+
+#[test]
+fn every_key_shared_with_defaults_reaches_units_without_it_and_units_win() {
+    use super::raw::{RawCommon, RawGuestShared, RawZoneShared, fields_of};
+    let zone_keys = [fields_of::<RawCommon>(), fields_of::<RawZoneShared>()].concat();
+    let guest_keys = fields_of::<RawGuestShared>();
+    for key in zone_keys.iter().chain(guest_keys) {
+        let Some(&(_, default, own)) = SHARED_KEY_SAMPLES.iter().find(|(k, ..)| k == key) else {
+            panic!("`{key}` has no sample values in SHARED_KEY_SAMPLES: add them");
+        };
+        let unit = if zone_keys.contains(key) {
+            |name: &str, extra: &str| {
+                format!("[zone.{name}]\nroot = \"/r\"\ncommand = [\"/x\"]\n{extra}\n")
+            }
+        } else {
+            |name: &str, extra: &str| format!("[guest.{name}]\nkernel = \"/k\"\n{extra}\n")
+        };
+        let network = "[network.n]\naddress = \"10.0.0.1/24\"\n";
+        let set = |value: &str| format!("{key} = {value}");
+        // [defaults] sets it; `a` does not, `b` does.
+        let merged = ok(&format!(
+            "{network}[defaults]\n{}\n{}{}",
+            set(default),
+            unit("a", ""),
+            unit("b", &set(own))
+        ));
+        // The same values, each written in the unit itself.
+        let written = ok(&format!(
+            "{network}{}{}",
+            unit("a", &set(default)),
+            unit("b", &set(own))
+        ));
+        let bare = ok(&format!("{network}{}", unit("a", "")));
+        let show = |c: &Config, name: &str| format!("{:?}", c.unit(name).unwrap());
+        assert_eq!(
+            show(&merged, "a"),
+            show(&written, "a"),
+            "`{key}` from [defaults]"
+        );
+        assert_ne!(
+            show(&merged, "a"),
+            show(&bare, "a"),
+            "`{key}` has no effect"
+        );
+        assert_eq!(
+            show(&merged, "b"),
+            show(&written, "b"),
+            "`{key}` of the unit"
+        );
+    }
+}
