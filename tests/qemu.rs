@@ -961,7 +961,8 @@ after = ["g"]
 /// console: the client puts that terminal in raw mode, what is typed
 /// reaches the nested guest's shell through the agent, the monitor and
 /// the guest's UART, the guest's answer comes back on the client, and
-/// Ctrl-] detaches with status 0 and the appliance's shell back.
+/// Ctrl-] detaches with status 0 and the appliance's shell back; the
+/// same from a pipe instead of a terminal.
 #[test]
 fn a_command_typed_through_ctl_console_is_answered_by_the_nested_guests_shell() {
     if !prerequisites() {
@@ -999,8 +1000,17 @@ memory = "256M"
     stdin.flush().unwrap();
     m.wait_for("Detached from the console of g");
     // The appliance's shell reads lines again (its terminal is cooked).
-    let out = m.run("echo detached-$((40+2)); dmesg -n 7").join("\n");
+    let out = m.run("echo detached-$((40+2))").join("\n");
     assert!(out.contains("detached-42"), "{out}");
+    // Input from a pipe: no terminal to set raw, what is read is sent,
+    // and a Ctrl-] byte in it detaches (once the answer is in).
+    m.type_line(
+        "(printf 'echo piped-$((5*5))\\n'; sleep 10; printf '\\035') | zonit ctl console g; echo pipe-exit-$?",
+    );
+    m.wait_for("piped-25");
+    m.wait_for("Detached from the console of g");
+    m.wait_for("pipe-exit-0");
+    m.run("dmesg -n 7");
     if m.index_of("zonit[g]: hello-42").is_some() {
         m.fail("the agent's log reached the console while it was to be off");
     }
