@@ -53,6 +53,54 @@ pub(super) struct Server {
 }
 
 impl Server {
+    /// Takes the `start` and `restart` requests whose unit is ready
+    /// (`running`), whose start came to nothing, or that a later `stop`
+    /// (or the shutdown) overrode: that is no failure of the start. Each
+    /// comes with its reply.
+    fn settled_starts(&mut self, sup: &Supervisor) -> Vec<(usize, Vec<u8>)> {
+        let mut done = Vec::new();
+        self.start_waiters.retain(|(id, unit)| {
+            let status = sup.status(unit);
+            if let Some(st) = status.filter(|s| {
+                s.want == Want::Down && s.state != State::Exited && s.state != State::Failed
+            }) {
+                done.push((*id, proto::ok(json!({ "state": st.state.as_str() }))));
+                return false;
+            }
+            match status.map(|s| s.state) {
+                Some(State::Starting | State::Stopping) => true,
+                Some(State::Running) => {
+                    done.push((*id, proto::ok(json!({ "state": "running" }))));
+                    false
+                }
+                other => {
+                    let state = other.map_or("unknown", |s| s.as_str());
+                    let why = status
+                        .and_then(|s| s.reason.clone())
+                        .or_else(|| {
+                            status
+                                .and_then(|s| s.last_exit.as_ref())
+                                .map(|e| e.describe())
+                        })
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default();
+                    let msg = format!("{unit} did not become ready, it is {state}{why}");
+                    done.push((*id, proto::error(&msg)));
+                    false
+                }
+            }
+        });
+        done
+    }
+
+    /// Forgets everything connection `id` waits for here: its `stop`,
+    /// `start` and `restart` requests, its event stream.
+    fn forget_waits(&mut self, id: usize) {
+        self.stop_waiters.retain(|(c, _)| *c != id);
+        self.start_waiters.retain(|(c, _)| *c != id);
+        self.events.subscribers.retain(|c| *c != id);
+    }
+
     /// Writes this agent's record into the socket's claim, once the
     /// cgroups are known.
     pub(super) fn record_claim(&mut self, record: &claim::Record) {
@@ -569,41 +617,9 @@ impl Agent {
 
     /// Replies to `start` and `restart` requests whose unit is ready
     /// (`running`), whose start came to nothing, or that a later `stop`
-    /// (or the shutdown) overrode: that is no failure of the start.
+    /// (or the shutdown) overrode.
     pub(super) fn answer_start_waiters(&mut self) {
-        let mut done = Vec::new();
-        self.control.start_waiters.retain(|(id, unit)| {
-            let status = self.sup.status(unit);
-            if let Some(st) = status.filter(|s| {
-                s.want == Want::Down && s.state != State::Exited && s.state != State::Failed
-            }) {
-                done.push((*id, proto::ok(json!({ "state": st.state.as_str() }))));
-                return false;
-            }
-            match status.map(|s| s.state) {
-                Some(State::Starting | State::Stopping) => true,
-                Some(State::Running) => {
-                    done.push((*id, proto::ok(json!({ "state": "running" }))));
-                    false
-                }
-                other => {
-                    let state = other.map_or("unknown", |s| s.as_str());
-                    let why = status
-                        .and_then(|s| s.reason.clone())
-                        .or_else(|| {
-                            status
-                                .and_then(|s| s.last_exit.as_ref())
-                                .map(|e| e.describe())
-                        })
-                        .map(|r| format!(": {r}"))
-                        .unwrap_or_default();
-                    let msg = format!("{unit} did not become ready, it is {state}{why}");
-                    done.push((*id, proto::error(&msg)));
-                    false
-                }
-            }
-        });
-        for (id, reply) in done {
+        for (id, reply) in self.control.settled_starts(&self.sup) {
             self.send(id, &reply);
             self.flush(id);
         }
@@ -726,11 +742,9 @@ impl Agent {
     /// Ends everything connection `id` waits for: stops, log follows,
     /// the event stream.
     fn detach(&mut self, id: usize) {
-        self.control.stop_waiters.retain(|(c, _)| *c != id);
+        self.control.forget_waits(id);
         self.unfollow(id);
         self.console_client_gone(id);
-        self.control.start_waiters.retain(|(c, _)| *c != id);
-        self.control.events.subscribers.retain(|c| *c != id);
     }
 }
 

@@ -66,8 +66,9 @@ pub struct RawCommon {
 }
 
 /// The zone keys `[defaults]` may also set. A new defaultable zone key is
-/// a field here, its check in `validate::zone_part`, and its place in
-/// [`super::Zone`].
+/// a field here, its checked field in `validate::ZonePart` (merged without
+/// another edit) with its check in `validate::zone_part`, and its place in
+/// [`super::Zone`] with its built-in default (`validate::zone`).
 #[derive(Debug, Default, Deserialize)]
 pub struct RawZoneShared {
     pub env: Option<BTreeMap<String, Spanned<String>>>,
