@@ -10,6 +10,10 @@
 #       autostart unit(s) running" line, runs alternated (default 5 runs of
 #       50 zones). With ZONIT_BEFORE=PATH, runs of that binary are
 #       alternated with them too (before/after a change).
+#   scripts/bench-net.sh idle [N] [SECONDS]
+#       the agent's memory (VmRSS, PSS) and the context switches of the
+#       agent and of every zone init over SECONDS idle (default 10), with
+#       N plain zones and then N networked ones running (default 50).
 #   scripts/bench-net.sh traffic [REPS] [SECONDS]
 #       TCP throughput (iperf3, one stream) and request/response latency
 #       (sockperf ping-pong over TCP, 64-byte messages) zone to zone and
@@ -22,7 +26,7 @@
 # ZONIT=PATH measures that binary instead of building the release one.
 set -euo pipefail
 mode=start
-if [[ ${1:-} == start || ${1:-} == traffic || ${1:-} == traffic-inside ]]; then
+if [[ ${1:-} =~ ^(start|traffic|traffic-inside|idle)$ ]]; then
     mode=$1
     shift
 fi
@@ -51,8 +55,9 @@ zone() {
     printf '%s\n' "$@"
 }
 
-start_bench() {
-    local runs=${1:-5} n=${2:-50}
+# plain.toml and net.toml: $1 zones, plain or all on one network.
+configs() {
+    local n=$1
     for kind in plain net; do
         {
             printf '[host]\ncontrol_socket = "%s/control-%s.sock"\n' "$dir" "$kind"
@@ -69,6 +74,49 @@ start_bench() {
         } >"$dir/$kind.toml"
         "$ZONIT" check "$dir/$kind.toml" >/dev/null
     done
+}
+
+# Context switches (voluntary + nonvoluntary) of the processes $@.
+switches() {
+    local total=0 p
+    for p in "$@"; do
+        total=$((total + $(awk '/ctxt_switches/ {s += $2} END {print s}' "/proc/$p/status")))
+    done
+    echo "$total"
+}
+
+idle_bench() {
+    local n=${1:-50} secs=${2:-10}
+    configs "$n"
+    echo "--- $n zones idle for $secs s; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+    for kind in plain net; do
+        local log=$dir/idle-$kind.log
+        : >"$log"
+        unshare --net --pid --fork --mount --kill-child "$ZONIT" run --config "$dir/$kind.toml" 2>"$log" &
+        local pid=$!
+        for _ in $(seq 4000); do grep -q "autostart unit(s) running after" "$log" && break; sleep 0.005; done
+        grep -q "all $n autostart unit(s) running" "$log" || { cat "$log"; exit 1; }
+        sleep 2 # past the start's last echoes (IPv6 router solicitations are the kernel's)
+        local agent inits rss pss a0 i0 a1 i1
+        agent=$(cut -d' ' -f1 /proc/$pid/task/$pid/children)
+        read -ra inits <"/proc/$agent/task/$agent/children" || true # no newline at its end
+        a0=$(switches "$agent")
+        i0=$(switches "${inits[@]}")
+        sleep "$secs"
+        a1=$(switches "$agent")
+        i1=$(switches "${inits[@]}")
+        rss=$(awk '/^VmRSS/ {print $2}' "/proc/$agent/status")
+        pss=$(awk '/^Pss:/ {print $2}' "/proc/$agent/smaps_rollup")
+        echo "$kind: agent VmRSS $rss KiB, PSS $pss KiB; context switches over $secs s: agent $((a1 - a0)), ${#inits[@]} zone inits $((i1 - i0))"
+        kill -TERM "$agent"
+        wait "$pid" || true
+        rm -rf "$dir/zones"/* "$dir/zones"/.[!.]* 2>/dev/null || true
+    done
+}
+
+start_bench() {
+    local runs=${1:-5} n=${2:-50}
+    configs "$n"
     local binaries=("$ZONIT")
     [[ -n ${ZONIT_BEFORE:-} ]] && binaries=("$ZONIT_BEFORE" "$ZONIT")
     echo "--- zonit run, $n zones, $runs runs of each, alternated; load average $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -191,4 +239,5 @@ case $mode in
 start) prepare && start_bench "$@" ;;
 traffic) prepare && traffic_bench "$@" ;;
 traffic-inside) traffic_inside ;;
+idle) prepare && idle_bench "$@" ;;
 esac
