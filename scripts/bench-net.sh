@@ -22,11 +22,20 @@
 #       of each (default 3), SECONDS each (default 5). iperf3 and sockperf
 #       (ZONIT_BENCH=1 scripts/setup.sh) and their libraries are
 #       bind-mounted read-only into the zones.
+#   scripts/bench-net.sh frames [RUNS] [N]
+#       guest frames per second through virtio-net: the test payload
+#       (tests/payloads/payload.S, action txflood=N, default 100000) sends
+#       N 42-byte ARP frames through its transmit queue to a tap; the
+#       harness of scripts/bench-vmm.sh times "txflood: N" to "txflood
+#       done" on the console. `zonit vmm` against QEMU microvm
+#       (virtio-net-device on virtio-mmio, netdev tap without vhost), each
+#       in a network namespace of its own holding the tap (up, on no
+#       bridge); RUNS runs of each (default 7) in two alternated rounds.
 #
 # ZONIT=PATH measures that binary instead of building the release one.
 set -euo pipefail
 mode=start
-if [[ ${1:-} =~ ^(start|traffic|traffic-inside|idle)$ ]]; then
+if [[ ${1:-} =~ ^(start|traffic|traffic-inside|idle|frames)$ ]]; then
     mode=$1
     shift
 fi
@@ -235,9 +244,56 @@ traffic_inside() {
     wait "$agent" || true
 }
 
+frames_bench() {
+    local runs=${1:-7} n=${2:-100000}
+    [[ -w /dev/kvm ]] || { echo "bench-net: frames needs /dev/kvm" >&2; exit 1; }
+    local harness
+    harness=$(cargo bench --bench monitor --no-run 2>&1 |
+        sed -n 's/^ *Executable .*(\(.*\))$/\1/p' | tail -n 1)
+    [[ -x $harness ]] || { echo "bench-net: cannot build the harness" >&2; exit 1; }
+    as --64 --defsym PVH=1 -o "$dir/pvh.o" tests/payloads/payload.S
+    ld -m elf_x86_64 -nostdlib -static --build-id=none -z noexecstack \
+        -T tests/payloads/elf.ld -o "$dir/payload-pvh" "$dir/pvh.o"
+    # Opens tap ztap0 as zonit's agent does (vnet header of 12 bytes,
+    # offloads off), sets it up, and executes the monitor with the fd
+    # inherited, its number in place of TAPFD.
+    cat >"$dir/tap.py" <<'PY'
+import fcntl, os, struct, subprocess, sys
+TUNSETIFF, TUNSETVNETHDRSZ, TUNSETOFFLOAD = 0x400454CA, 0x400454D8, 0x400454D0
+IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", b"ztap0", IFF_TAP | IFF_NO_PI | IFF_VNET_HDR))
+fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", 12))
+fcntl.ioctl(fd, TUNSETOFFLOAD, 0)
+subprocess.run(["ip", "link", "set", "ztap0", "up"], check=True)
+os.set_inheritable(fd, True)
+argv = [a.replace("TAPFD", str(fd)) for a in sys.argv[1:]]
+os.execvp(argv[0], argv)
+PY
+    local payload=$dir/payload-pvh mac=52:54:00:12:34:56
+    local -A cmd=(
+        [zonit]="$ZONIT vmm --kernel $payload --memory 64M --cmdline txflood=$n --net fd=TAPFD,mac=$mac"
+        [microvm]="qemu-system-x86_64 -M microvm,x-option-roms=off,rtc=off -accel kvm -cpu host,-arch-capabilities -m 64M -smp 1 -nodefaults -no-user-config -display none -serial stdio -no-reboot -kernel $payload -append txflood=$n -global virtio-mmio.force-legacy=false -netdev tap,id=n0,fd=TAPFD,vhost=off -device virtio-net-device,netdev=n0,mac=$mac"
+    )
+    echo "--- frames: $n per run, $runs runs of each in two rounds; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "$(qemu-system-x86_64 --version | head -n 1)"
+    for round in 1 2; do
+        for m in zonit microvm; do
+            local out
+            # shellcheck disable=SC2086 # the command lines are word lists
+            out=$("$harness" marks --runs "$(((runs + 2 - round) / 2))" --from "txflood: " \
+                --to "txflood done" --count "$n" -- unshare --net python3 "$dir/tap.py" ${cmd[$m]})
+            echo "round $round, $m: $(grep -E "^(time between the marks|rate)" <<<"$out" | tr '\n' ' ')"
+        done
+    done
+    echo "--- load average $(cut -d' ' -f1-3 /proc/loadavg)"
+    for m in zonit microvm; do echo "$m: ${cmd[$m]}"; done
+}
+
 case $mode in
 start) prepare && start_bench "$@" ;;
 traffic) prepare && traffic_bench "$@" ;;
 traffic-inside) traffic_inside ;;
 idle) prepare && idle_bench "$@" ;;
+frames) prepare && frames_bench "$@" ;;
 esac
