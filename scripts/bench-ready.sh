@@ -19,39 +19,15 @@
 # Measures only; nothing here is a pass/fail test.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/bench-lib.sh
 
 WINDOW=${BENCH_WINDOW:-20}
 N=${BENCH_ZONES:-100}
 IDLE=${BENCH_IDLE:-30}
 
-if [[ $(id -u) != 0 ]]; then
-    echo "bench-ready: needs root (namespaces, mounts, cgroups)" >&2
-    exit 1
-fi
-busybox=$(command -v busybox)
-if [[ -z ${ZONIT:-} ]]; then
-    cargo build --release --quiet
-    ZONIT=$PWD/target/x86_64-unknown-linux-gnu/release/zonit
-fi
+bench_require_root bench-ready
+bench_prepare zonit-bench-ready sh true sleep httpd
 
-dir=$(mktemp -d /tmp/zonit-bench-ready.XXXXXX)
-pids=() # processes started here, stopped by PID on exit
-cleanup() {
-    if [[ -n ${zpid:-} ]]; then kill -TERM "$zpid" 2>/dev/null || true; fi
-    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-
-root=$dir/root
-mkdir -p "$root"/{bin,proc,sys,dev,tmp,etc}
-cp "$busybox" "$root/bin/busybox"
-for a in sh true sleep httpd; do ln -s busybox "$root/bin/$a"; done
-
-median() { grep . | sort -g | awk '{a[NR] = $1} END {if (NR) print a[int((NR + 1) / 2)]}'; }
-pct() { grep . | sort -g | awk -v p="$1" '{a[NR] = $1} END {if (NR) {i = int(NR * p / 100 + 0.5); if (i < 1) i = 1; print a[i]}}'; }
-ctxt() { awk '/^(voluntary|nonvoluntary)_ctxt_switches/ {s += $2} END {print s}' "/proc/$1/status"; }
 # cpu_ms PID -> utime + stime in ms
 cpu_ms() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) * 1000 / hz}' "/proc/$1/stat"; }
 # The agent's PID: zonit runs as PID 1 of its own PID namespace.
@@ -82,7 +58,6 @@ stop_zonit() {
 }
 
 report=()
-say() { report+=("$*"); }
 
 # --- 1. one exec probe ----------------------------------------------------------
 cat >"$dir/exec.toml" <<EOF

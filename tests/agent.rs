@@ -496,28 +496,33 @@ fn running_out_of_fds_is_a_passing_failure_not_a_permanent_one() {
     });
 }
 
+/// An agent running the zones `keep` and `slow` (which takes `stop_delay`
+/// seconds to stop), once `slow` runs; with its config text as it is and
+/// without `slow`, for reloads.
+fn keep_and_slow_stopper(name: &str, stop_delay: &str) -> (Zonit, String, String) {
+    let slow = |d: &Path| {
+        zone(
+            d,
+            "slow",
+            &format!("trap 'sleep {stop_delay}; exit 0' TERM; while true; do sleep 0.1; done"),
+            "stop_timeout = \"5s\"",
+        )
+    };
+    let z = Zonit::start(name, |d| zone(d, "keep", "sleep 1000", "") + &slow(d));
+    z.wait_state("slow", "running");
+    let host = format!("[host]\ncontrol_socket = \"{}\"\n", z.socket.display());
+    let keep = zone(&z.dir, "keep", "sleep 1000", "");
+    let with = format!("{host}{keep}{}", slow(&z.dir));
+    let without = format!("{host}{keep}");
+    (z, with, without)
+}
+
 #[test]
 fn a_sighup_storm_over_good_and_broken_configs_keeps_a_slow_stopping_unit() {
     if !require_root() {
         return;
     }
-    let slow = |d: &Path| {
-        zone(
-            d,
-            "slow",
-            "trap 'sleep 0.5; exit 0' TERM; while true; do sleep 0.1; done",
-            "stop_timeout = \"5s\"",
-        )
-    };
-    let z = Zonit::start("hupstorm", |d| zone(d, "keep", "sleep 1000", "") + &slow(d));
-    z.wait_state("slow", "running");
-    let host = format!("[host]\ncontrol_socket = \"{}\"\n", z.socket.display());
-    let with = format!(
-        "{host}{}{}",
-        zone(&z.dir, "keep", "sleep 1000", ""),
-        slow(&z.dir)
-    );
-    let without = format!("{host}{}", zone(&z.dir, "keep", "sleep 1000", ""));
+    let (z, with, without) = keep_and_slow_stopper("hupstorm", "0.5");
     let broken = format!("{without}[zone.bad]\nroot = 7\n");
     let pid = nix::unistd::Pid::from_raw(z.pid());
     for i in 0..200 {
@@ -542,23 +547,7 @@ fn a_unit_removed_and_re_added_while_stopping_stays() {
     if !require_root() {
         return;
     }
-    let slow = |d: &Path| {
-        zone(
-            d,
-            "slow",
-            "trap 'sleep 1; exit 0' TERM; while true; do sleep 0.1; done",
-            "stop_timeout = \"5s\"",
-        )
-    };
-    let z = Zonit::start("readd", |d| zone(d, "keep", "sleep 1000", "") + &slow(d));
-    z.wait_state("slow", "running");
-    let host = format!("[host]\ncontrol_socket = \"{}\"\n", z.socket.display());
-    let with = format!(
-        "{host}{}{}",
-        zone(&z.dir, "keep", "sleep 1000", ""),
-        slow(&z.dir)
-    );
-    let without = format!("{host}{}", zone(&z.dir, "keep", "sleep 1000", ""));
+    let (z, with, without) = keep_and_slow_stopper("readd", "1");
     std::fs::write(&z.config, &without).unwrap();
     assert_eq!(z.ctl(&["reload"]).0, 0);
     assert_eq!(

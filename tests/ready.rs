@@ -235,6 +235,79 @@ fn failed_exec_health_probes_restart_the_zone_as_unhealthy() {
     });
 }
 
+/// `ctl events` shows each health change of a zone whose probe flips, in
+/// order with its state changes, and agrees with `status`.
+#[test]
+fn health_changes_stream_as_events_that_agree_with_status() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("healthevents", |d| {
+        zone(
+            d,
+            "web",
+            "touch /tmp/ok; exec sleep 1000",
+            "health = { exec = [\"/bin/test\", \"-e\", \"/tmp/ok\"], interval = \"200ms\", timeout = \"2s\", retries = 2 }\nrestart = \"on-failure\"\nbackoff = { initial = \"100ms\" }",
+        )
+    });
+    z.wait_for("web healthy", Duration::from_secs(10), || {
+        z.unit("web")["health"] == "healthy"
+    });
+    assert_eq!(z.ctl(&["exec", "web", "--", "rm", "/tmp/ok"]).0, 0);
+    z.wait_for(
+        "web healthy after a restart",
+        Duration::from_secs(10),
+        || {
+            let u = z.unit("web");
+            u["restarts"] == 1 && u["health"] == "healthy"
+        },
+    );
+    let (_, out, err) = z.ctl(&["--timeout", "1s", "events", "--json", "--since", "1h"]);
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|e: &serde_json::Value| e["unit"] == "web")
+        .collect();
+    let seq: Vec<String> = events
+        .iter()
+        .map(|e| match (&e["health"], &e["end"]) {
+            (serde_json::Value::String(h), _) => format!("health:{h}"),
+            (_, serde_json::Value::String(end)) => format!("exited:{end}"),
+            _ => e["event"].as_str().unwrap().to_string(),
+        })
+        .collect();
+    let want = [
+        "starting",
+        "running",
+        "health:starting",
+        "health:healthy",
+        "health:unhealthy",
+        "stopping",
+        "exited:unhealthy",
+        "restarting",
+        "starting",
+        "running",
+        "health:starting",
+        "health:healthy",
+    ];
+    assert_eq!(seq, want, "{err}");
+    let unhealthy = &events[4];
+    assert!(unhealthy["ts"].as_str().unwrap().ends_with('Z'));
+    assert!(
+        unhealthy["message"]
+            .as_str()
+            .unwrap()
+            .contains("failed 2 times in a row"),
+        "{unhealthy}"
+    );
+    assert_eq!(z.unit("web")["last_exit"], "unhealthy");
+    let (_, text, _) = z.ctl(&["--timeout", "1s", "events", "--since", "1h"]);
+    assert!(
+        text.lines().any(|l| l.contains(" web health unhealthy: ")),
+        "{text}"
+    );
+}
+
 #[test]
 fn tcp_health_probes_pass_while_the_port_listens_and_fail_when_it_does_not() {
     if !require_root() {

@@ -1323,7 +1323,7 @@ fn virtio_net_sends_an_arp_request_through_its_tap_and_receives_the_reply() {
         return;
     };
     let (out, neigh) = in_private_netns("zbr0", move || {
-        let (tap, name) = zonit::sys::open_tap("ztap0").expect("open the tap");
+        let (tap, name) = zonit::sys::net::open_tap("ztap0").expect("open the tap");
         assert_eq!(name, "ztap0");
         ip(&["link", "set", "ztap0", "master", "zbr0"]);
         ip(&["link", "set", "ztap0", "up"]);

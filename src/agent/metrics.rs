@@ -75,7 +75,7 @@ pub(super) struct UnitSample {
     pub state: State,
     pub restarts: u32,
     /// Ends by kind, in [`END_KINDS`] order.
-    pub ends: [u64; 6],
+    pub ends: [u64; END_KINDS.len()],
     /// Seconds since it became ready, while running.
     pub uptime_s: Option<f64>,
     pub zone: Option<ZoneSample>,
@@ -364,7 +364,7 @@ pub(super) struct Server {
     unix_path: Option<PathBuf>,
     conns: HashMap<usize, Conn>,
     /// Each unit's ends by kind.
-    ends: HashMap<String, [u64; 6]>,
+    ends: HashMap<String, [u64; END_KINDS.len()]>,
     /// Wake-ups of the loop.
     pub(super) turns: u64,
 }
@@ -603,7 +603,7 @@ mod tests {
                     kind: "zone",
                     state: State::Running,
                     restarts: 2,
-                    ends: [1, 1, 0, 0, 0, 0],
+                    ends: [1, 1, 0, 0, 0, 0, 0],
                     uptime_s: Some(12.5),
                     zone: Some(ZoneSample {
                         memory_current: Some(4096),
@@ -619,7 +619,7 @@ mod tests {
                     kind: "guest",
                     state: State::Failed,
                     restarts: 0,
-                    ends: [0, 0, 0, 0, 1, 0],
+                    ends: [0, 0, 0, 0, 1, 0, 1],
                     uptime_s: None,
                     zone: None,
                     guest: Some(GuestSample {
@@ -640,6 +640,25 @@ mod tests {
     fn rendering_matches_the_golden_text() {
         let golden = include_str!("metrics.golden.txt");
         assert_eq!(render(&sample()), golden);
+    }
+
+    #[test]
+    fn every_kind_of_end_is_counted_under_its_label() {
+        let mut server = Server::default();
+        let ends = [
+            End::Exit(1),
+            End::Signal(9),
+            End::Poweroff,
+            End::Reboot,
+            End::Crash,
+            End::StartFailed("no root".into()),
+            End::Unhealthy,
+        ];
+        for (i, end) in ends.iter().enumerate() {
+            server.count_end("a", end);
+            assert_eq!(END_KINDS[end_index(end)], END_KINDS[i]);
+        }
+        assert_eq!(server.ends["a"], [1; END_KINDS.len()]);
     }
 
     #[test]

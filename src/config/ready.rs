@@ -66,8 +66,8 @@ pub enum Probe {
     /// A command run inside the zone, as `zonit ctl exec` runs it; exit
     /// status 0 is a success.
     Exec(Vec<String>),
-    /// A TCP connect to 127.0.0.1 on this port inside the unit's network
-    /// namespace.
+    /// A TCP connect to this port: a zone's, to 127.0.0.1 inside its
+    /// network namespace; a guest's, to its address from the host's.
     Tcp(u16),
 }
 
@@ -137,7 +137,8 @@ pub struct RawWatchdog {
 pub enum For {
     /// A zone, or `[defaults]` (which hands it to zones).
     Zone,
-    /// A guest: only its console can tell.
+    /// A guest: only its console and its address can tell (no command
+    /// runs inside it, and it has no notify channel).
     Guest,
 }
 
@@ -244,11 +245,11 @@ pub fn ready(c: &mut Checker<'_, '_>, raw: &Spanned<RawReady>, kind: For) -> Opt
     );
     let timeout = above_zero(c, "ready.timeout", r.timeout.as_ref());
     let interval = above_zero(c, "ready.interval", r.interval.as_ref());
-    if kind == For::Guest && which.is_some_and(|w| w != 3) {
+    if kind == For::Guest && which.is_some_and(|w| w < 2) {
         c.error(
             raw.span(),
             "ready",
-            "a guest can only say it is ready on its console: use `log`",
+            "a guest says it is ready on its console or by a port: use `log` or `tcp`",
         );
         return None;
     }
@@ -328,9 +329,8 @@ pub fn ready(c: &mut Checker<'_, '_>, raw: &Spanned<RawReady>, kind: For) -> Opt
     })
 }
 
-/// Checks a `health` table (zones only: the guest schema has no such key,
-/// as a guest can be probed neither with exec nor, without a network, tcp).
-pub fn health(c: &mut Checker<'_, '_>, raw: &Spanned<RawHealth>) -> Option<Health> {
+/// Checks a `health` table for a unit of kind `kind`.
+pub fn health(c: &mut Checker<'_, '_>, raw: &Spanned<RawHealth>, kind: For) -> Option<Health> {
     let h = raw.get_ref();
     let which = one_kind(
         c,
@@ -338,6 +338,14 @@ pub fn health(c: &mut Checker<'_, '_>, raw: &Spanned<RawHealth>) -> Option<Healt
         raw,
         &[("exec", h.exec.is_some()), ("tcp", h.tcp.is_some())],
     );
+    if kind == For::Guest && which == Some(0) {
+        c.error(
+            raw.span(),
+            "health",
+            "a guest runs no probe command: use `tcp`",
+        );
+        return None;
+    }
     let interval = above_zero(c, "health.interval", h.interval.as_ref());
     let timeout = above_zero(c, "health.timeout", h.timeout.as_ref());
     let retries = match &h.retries {

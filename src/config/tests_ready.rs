@@ -141,23 +141,71 @@ kernel = "/k"
 }
 
 #[test]
-fn a_guest_is_ready_by_its_console_only() {
+fn a_guest_is_ready_by_its_console_or_by_a_port_on_its_address() {
     let c = ok("[guest.vm]\nkernel = \"/k\"\nready = { log = \"login:\" }\n");
     assert_eq!(
         common(&c, "vm").ready.as_ref().map(|r| &r.kind),
         Some(&ReadyKind::Log("login:".into()))
     );
+    let lan = "[network.lan]\naddress = \"10.88.0.1/24\"\n\n[guest.vm]\nkernel = \"/k\"\n";
+    let c = ok(&format!(
+        "{lan}nics = [{{ network = \"lan\", address = \"10.88.0.9\" }}]\nready = {{ tcp = 22 }}\nhealth = {{ tcp = 22, retries = 2 }}\n"
+    ));
+    assert!(matches!(
+        common(&c, "vm").ready.as_ref().map(|r| &r.kind),
+        Some(ReadyKind::Probe {
+            probe: Probe::Tcp(22),
+            ..
+        })
+    ));
+    assert_eq!(
+        common(&c, "vm")
+            .health
+            .as_ref()
+            .map(|h| (&h.probe, h.retries)),
+        Some((&Probe::Tcp(22), 2))
+    );
+    assert_eq!(
+        c.unit("vm")
+            .unwrap()
+            .addressed_nic()
+            .and_then(|n| n.address),
+        Some(std::net::Ipv4Addr::new(10, 88, 0, 9))
+    );
+    // Nothing runs a command in a guest for it.
     one_error(
-        "[guest.vm]\nkernel = \"/k\"\nready = { tcp = 22 }\n",
+        "[guest.vm]\nkernel = \"/k\"\nready = { exec = [\"/bin/true\"] }\n",
         3,
         9,
-        &["ready", "[guest.vm]", "use `log`"],
+        &["ready", "[guest.vm]", "use `log` or `tcp`"],
+    );
+    one_error(
+        "[guest.vm]\nkernel = \"/k\"\nhealth = { exec = [\"/bin/true\"] }\n",
+        3,
+        10,
+        &["health", "[guest.vm]", "use `tcp`"],
+    );
+    // A tcp probe needs an address to connect to: a nic without one, or
+    // no nic at all, is reported at the port.
+    one_error(
+        &format!("{lan}nics = [{{ network = \"lan\" }}]\nready = {{ tcp = 22 }}\n"),
+        7,
+        17,
+        &[
+            "ready.tcp",
+            "[guest.vm]",
+            "give one of its nics an `address`",
+        ],
     );
     one_error(
         "[guest.vm]\nkernel = \"/k\"\nhealth = { tcp = 22 }\n",
         3,
-        1,
-        &["unknown key `health`", "zone setting"],
+        18,
+        &[
+            "health.tcp",
+            "[guest.vm]",
+            "give one of its nics an `address`",
+        ],
     );
 }
 

@@ -33,7 +33,7 @@ pub(super) fn report(channel: &OwnedFd, msg: &Message) {
 /// and exit.
 pub(super) fn give_up(channel: &OwnedFd, msg: &str) -> ! {
     report(channel, &Message::StartFailed(msg.to_string()));
-    sys::exit_now(126)
+    sys::process::exit_now(126)
 }
 
 /// The zone's init: fork the process that sets up the zone and becomes
@@ -49,16 +49,16 @@ pub(super) fn zone_init(
     output: BorrowedFd<'_>,
     notify: Option<Notify<'_>>,
 ) -> ! {
-    // Born with every signal blocked (`sys::clone3`), and they stay
+    // Born with every signal blocked (`sys::process::clone3`), and they stay
     // blocked so they queue for `sigwait`: the init of a PID namespace
     // drops unblocked signals it has no handler for, and one sent before
     // this point must not be lost either.
-    sys::reset_signal_handlers();
+    sys::signal::reset_signal_handlers();
     // Its own name, not the agent's command line (which holds the host's
     // config path): `prep` lives as long as this process. A kernel without
     // CONFIG_CHECKPOINT_RESTORE keeps the command line (comm is set in any
     // case); the zone runs all the same, so that is no reason to fail it.
-    let _ = sys::set_process_name(&prep.title, super::start::INIT_NAME);
+    let _ = sys::process::set_process_name(&prep.title, super::start::INIT_NAME);
     // If the agent dies, so does the zone.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     let _ = nix::unistd::setsid();
@@ -66,7 +66,7 @@ pub(super) fn zone_init(
     let _ = nix::sys::prctl::set_dumpable(false);
     let mut keep = vec![channel.as_raw_fd(), output.as_raw_fd()];
     keep.extend(notify.map(|n| n.fd.as_raw_fd()));
-    if let Err(e) = sys::close_fds_from(3, &keep) {
+    if let Err(e) = sys::fd::close_fds_from(3, &keep) {
         give_up(&channel, &format!("unable to close inherited fds: {e}"));
     }
     // pivot_root (done by the command's process) moves the root and the
@@ -76,11 +76,11 @@ pub(super) fn zone_init(
     if let Err(e) = nix::unistd::chdir("/") {
         give_up(&channel, &format!("unable to enter /: {e}"));
     }
-    let (rx, tx) = match sys::pipe() {
+    let (rx, tx) = match sys::fd::pipe() {
         Ok(p) => p,
         Err(e) => give_up(&channel, &format!("unable to create exec pipe: {e}")),
     };
-    let cmd = match sys::fork() {
+    let cmd = match sys::process::fork() {
         Ok(ForkResult::Child) => {
             drop(rx);
             command::zone_command(prep, channel, tx, output, notify)
@@ -120,9 +120,9 @@ pub(super) fn report_exec(rx: OwnedFd, channel: &OwnedFd) {
 /// Waits for signals: forwards each to `cmd`, and on SIGCHLD reaps every
 /// child; when `cmd` ends, reports its status and exits with it.
 pub(super) fn reap_forever(cmd: Pid, channel: &OwnedFd) -> ! {
-    let all = sys::full_sigset();
+    let all = sys::signal::full_sigset();
     loop {
-        let sig = match sys::sigwait(&all) {
+        let sig = match sys::signal::sigwait(&all) {
             Ok(s) => s,
             Err(_) => continue,
         };
@@ -137,11 +137,11 @@ pub(super) fn reap_forever(cmd: Pid, channel: &OwnedFd) -> ! {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) if pid == cmd => {
                     report(channel, &Message::Exited(code));
-                    sys::exit_now(code);
+                    sys::process::exit_now(code);
                 }
                 Ok(WaitStatus::Signaled(pid, sig, _)) if pid == cmd => {
                     report(channel, &Message::Signaled(sig as i32));
-                    sys::exit_now(128 + sig as i32);
+                    sys::process::exit_now(128 + sig as i32);
                 }
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(_) => {}
