@@ -1387,7 +1387,7 @@ fn virtio_net_carries_a_burst_of_frames_to_its_tap_through_many_turns_of_its_rin
         return;
     };
     let (out, received) = in_private_netns("zbr1", move || {
-        let (tap, _) = zonit::sys::open_tap("ztap1").expect("open the tap");
+        let (tap, _) = zonit::sys::net::open_tap("ztap1").expect("open the tap");
         ip(&["link", "set", "ztap1", "up"]);
         nix::fcntl::fcntl(
             &tap,
