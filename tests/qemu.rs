@@ -642,6 +642,7 @@ command = ["/bin/true"]
 /// - `net`: takes its first network card's address by DHCP, fetches the
 ///   page of zone `web` (10.88.0.2), then, 3 s later, serves its own
 ///   page on port 80;
+/// - `flaky`: as `net`, but stops its web server 5 s after starting it;
 /// - `shell`: a shell on the console;
 /// - `hog`: fills 200 MiB of tmpfs, then powers off.
 const GUEST_INIT: &str = r#"#!/bin/sh
@@ -696,7 +697,7 @@ cycle)
         echo "guest: waiting for ctrl-alt-del"
         while true; do sleep 1; done ;;
     esac ;;
-net)
+net|flaky)
     # The first network card: its address from DHCP (udhcpc hands the
     # lease to /bin/lease), a zone's page fetched, then after a pause
     # (so readiness by this port is seen to wait for it) a web server.
@@ -711,6 +712,11 @@ net)
     sleep 3
     echo "guest: starting httpd"
     httpd -p 80 -h /www
+    if [ $action = flaky ]; then
+        sleep 5
+        echo "guest: stopping httpd"
+        killall httpd
+    fi
     while true; do sleep 1; done ;;
 shell)
     echo "guest: shell on the console"
@@ -901,19 +907,14 @@ impl Machine {
     }
 }
 
-/// A nested guest on a network with `dhcp = true`: it takes the address
-/// its nic is given in the config from zonit's DHCP server, reaches a
-/// zone's web server, and is `ready` only once its own web server
-/// answers a connect from the host (`ready = { tcp = 80 }`, and the same
-/// connect keeps it `healthy`); the zone `after` it then starts and
-/// fetches the guest's page by the guest's name.
-#[test]
-fn a_nested_guest_takes_its_address_from_zonits_dhcp_and_talks_with_zones_both_ways_once_ready() {
-    let Some(_serial) = nested_guest_test() else {
-        return;
-    };
+/// A config with a zone `web` serving a page on `[network.lan]` (with
+/// `dhcp = true`) and a nested guest `g` after it on the same network
+/// with address 10.88.0.9, doing GUEST_INIT's `action`, ready once its
+/// port 80 answers, with `guest_keys` added to its section; `more` is
+/// appended.
+fn guest_on_lan(action: &str, guest_keys: &str, more: &str) -> String {
     let modules = NET_MODULES.replace("\"overlay\",", "\"overlay\", \"kvm_amd\", \"tun\",");
-    let config = format!(
+    format!(
         r#"
 [host]
 {modules}
@@ -934,20 +935,38 @@ ready = {{ tcp = 80, interval = "200ms" }}
 [guest.g]
 kernel = "/guests/vmlinuz"
 initrd = "/guests/guest.cpio.gz"
-cmdline = "console=ttyS0 quiet panic=-1 zonit.test=net"
+cmdline = "console=ttyS0 quiet panic=-1 zonit.test={action}"
 memory = "256M"
 nics = [{{ network = "lan", address = "10.88.0.9" }}]
 after = ["web"]
 ready = {{ tcp = 80, interval = "500ms", timeout = "240s" }}
-health = {{ tcp = 80, interval = "1s", timeout = "5s" }}
+{guest_keys}
+{more}"#
+    )
+}
 
+/// A nested guest on a network with `dhcp = true`: it takes the address
+/// its nic is given in the config from zonit's DHCP server, reaches a
+/// zone's web server, and is `ready` only once its own web server
+/// answers a connect from the host (`ready = { tcp = 80 }`, and the same
+/// connect keeps it `healthy`); the zone `after` it then starts and
+/// fetches the guest's page by the guest's name.
+#[test]
+fn a_nested_guest_takes_its_address_from_zonits_dhcp_and_talks_with_zones_both_ways_once_ready() {
+    let Some(_serial) = nested_guest_test() else {
+        return;
+    };
+    let config = guest_on_lan(
+        "net",
+        "health = { tcp = 80, interval = \"1s\", timeout = \"5s\" }",
+        r#"
 [zone.client]
 root = "/zones/client"
 template = "/templates/base"
 command = ["/bin/sh", "-c", "echo client got [$(wget -q -O - http://g/)]; exec sleep 1000"]
 network = "lan"
 after = ["g"]
-"#
+"#,
     );
     let extra = guest_files();
     let mut m = Machine::boot_with("nested-guest-net", &config, &extra, "zonit.shell");
@@ -983,6 +1002,42 @@ after = ["g"]
     m.print_times(&format!(
         "guest ready {:.1} s after its monitor started",
         ready.as_secs_f64()
+    ));
+    m.poweroff();
+}
+
+/// A nested guest health-checked by a tcp connect to its address: once
+/// its web server stops answering, `retries` failed probes in a row end
+/// it as `unhealthy` and `on-failure` starts it again.
+#[test]
+fn a_nested_guest_whose_port_stops_answering_is_restarted_as_unhealthy() {
+    let Some(_serial) = nested_guest_test() else {
+        return;
+    };
+    let config = guest_on_lan(
+        "flaky",
+        "health = { tcp = 80, interval = \"1s\", timeout = \"2s\", retries = 2 }\nrestart = \"on-failure\"",
+        "",
+    );
+    let mut m = Machine::boot_with(
+        "nested-guest-unhealthy",
+        &config,
+        &guest_files(),
+        "zonit.shell",
+    );
+    m.wait_for("g: ready");
+    m.wait_for("zonit[g]: guest: stopping httpd");
+    let stopped = Instant::now();
+    m.wait_for("g: ended");
+    let ended = stopped.elapsed();
+    m.wait_for("g: monitor started");
+    m.wait_for("zonit[g]: guest: hello from Linux");
+    let row = m.status_of("g");
+    assert_eq!(row["last_exit"], "unhealthy", "{row}");
+    assert!(row["restarts"].as_u64() >= Some(1), "{row}");
+    m.print_times(&format!(
+        "ended {:.1} s after its server stopped",
+        ended.as_secs_f64()
     ));
     m.poweroff();
 }
