@@ -439,7 +439,7 @@ impl Agent {
                     .sup
                     .spec(u)
                     .and_then(|s| s.ready)
-                    .is_some_and(|r| r.probe_interval.is_none());
+                    .is_some_and(|r| r.probe.is_none());
                 (u.as_str(), passive)
             }
             Input::Probed { unit, ok } => (unit.as_str(), *ok),

@@ -73,9 +73,18 @@ pub enum Want {
 pub struct ReadySpec {
     /// Not ready this long after the spawn: the start failed.
     pub timeout: Duration,
-    /// A probe to repeat with this pause until it succeeds; `None` when
-    /// the unit tells (`Input::Notified`).
-    pub probe_interval: Option<Duration>,
+    /// A probe to repeat until it succeeds; `None` when the unit tells
+    /// (`Input::Notified`).
+    pub probe: Option<ReadyProbe>,
+}
+
+/// How a readiness probe is repeated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadyProbe {
+    /// Pause from the end of one try to the start of the next.
+    pub interval: Duration,
+    /// Bound on one try: a try still running then failed.
+    pub timeout: Duration,
 }
 
 /// A unit's health probing, as far as the engine cares.
@@ -169,8 +178,10 @@ impl From<&config::Unit> for Spec {
             },
             ready: u.common.ready.as_ref().map(|r| ReadySpec {
                 timeout: r.timeout,
-                probe_interval: match r.kind {
-                    config::ReadyKind::Probe { interval, .. } => Some(interval),
+                probe: match r.kind {
+                    config::ReadyKind::Probe {
+                        interval, timeout, ..
+                    } => Some(ReadyProbe { interval, timeout }),
                     _ => None,
                 },
             }),
@@ -590,10 +601,9 @@ impl Supervisor {
                 if e.status.state == State::Starting && e.status.pid.is_some() {
                     match e.spec.ready {
                         None => self.became_ready(i, now),
-                        Some(ReadySpec {
-                            probe_interval: Some(_),
-                            ..
-                        }) if e.status.probe == ProbeState::Idle => {
+                        Some(ReadySpec { probe: Some(_), .. })
+                            if e.status.probe == ProbeState::Idle =>
+                        {
                             e.status.probe = ProbeState::Due(now);
                         }
                         Some(_) => {}
@@ -607,7 +617,7 @@ impl Supervisor {
                 // come in the same wake-up, in no set order.
                 if e.status.state == State::Starting
                     && e.status.pid.is_some()
-                    && e.spec.ready.is_some_and(|r| r.probe_interval.is_none())
+                    && e.spec.ready.is_some_and(|r| r.probe.is_none())
                 {
                     self.became_ready(i, now);
                 }
@@ -681,8 +691,8 @@ impl Supervisor {
             (State::Starting, Some(ready), _) if e.status.pid.is_some() => {
                 if ok {
                     self.became_ready(i, now);
-                } else if let Some(interval) = ready.probe_interval {
-                    e.status.probe = ProbeState::Due(now + interval);
+                } else if let Some(probe) = ready.probe {
+                    e.status.probe = ProbeState::Due(now + probe.interval);
                 }
             }
             (State::Running, _, Some(health)) => {
@@ -729,9 +739,8 @@ impl Supervisor {
                         State::Starting => Check::Ready,
                         _ => Check::Health,
                     };
-                    // Ready probes are bounded by the ready timeout.
                     let deadline = match check {
-                        Check::Ready => None,
+                        Check::Ready => e.spec.ready.and_then(|r| r.probe).map(|p| now + p.timeout),
                         Check::Health => e.spec.health.map(|h| now + h.timeout),
                     };
                     e.status.probe = ProbeState::Running(deadline);

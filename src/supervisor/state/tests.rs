@@ -574,7 +574,7 @@ fn ready_by_notify(name: &str, after: &[&str], timeout_s: u64) -> Spec {
     Spec {
         ready: Some(ReadySpec {
             timeout: Duration::from_secs(timeout_s),
-            probe_interval: None,
+            probe: None,
         }),
         ..spec(name, after, RestartPolicy::OnFailure)
     }
@@ -584,7 +584,10 @@ fn ready_by_probe(name: &str, interval_ms: u64, timeout_s: u64) -> Spec {
     Spec {
         ready: Some(ReadySpec {
             timeout: Duration::from_secs(timeout_s),
-            probe_interval: Some(Duration::from_millis(interval_ms)),
+            probe: Some(ReadyProbe {
+                interval: Duration::from_millis(interval_ms),
+                timeout: Duration::from_secs(1),
+            }),
         }),
         ..spec(name, &[], RestartPolicy::OnFailure)
     }
@@ -743,6 +746,35 @@ fn a_ready_probe_repeats_every_interval_until_it_succeeds() {
         None,
         "no probe after ready without health"
     );
+}
+
+#[test]
+fn a_ready_probe_that_never_answers_fails_at_its_deadline_and_is_tried_again() {
+    // A connect to a host that drops SYNs answers only after minutes of
+    // kernel retries: each try is bounded, so a later one can succeed.
+    let mut h = Harness::new(vec![ready_by_probe("db", 200, 30)]);
+    let a = h.feed(Input::Start("db".into()));
+    assert_eq!(probes(&a), vec![("db".to_string(), Check::Ready)]);
+    assert_eq!(
+        h.sup.next_deadline(),
+        Some(h.now + Duration::from_secs(1)),
+        "the try's own deadline, not the ready timeout"
+    );
+    let a = h.advance_to_deadline();
+    assert_eq!(cancelled(&a), vec!["db"], "the hung try is killed");
+    assert!(probes(&a).is_empty());
+    assert_eq!(h.state("db"), State::Starting);
+    assert_eq!(h.elapsed_ms(), 1000);
+    let a = h.advance_to_deadline();
+    assert_eq!(
+        probes(&a),
+        vec![("db".to_string(), Check::Ready)],
+        "the next try an interval after the failed one"
+    );
+    assert_eq!(h.elapsed_ms(), 1200);
+    probed(&mut h, "db", true);
+    assert_eq!(h.state("db"), State::Running);
+    assert_eq!(h.sup.status("db").unwrap().running_since, Some(h.now));
 }
 
 #[test]
