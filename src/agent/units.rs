@@ -238,6 +238,9 @@ impl Agent {
             }
             Action::Probe { unit, check } => queue.extend(self.start_probe(&unit, check)),
             Action::CancelProbe(unit) => self.cancel_probe(&unit),
+            Action::Faulted { unit, end, reason } => {
+                log::warn!("{unit}: {}: {reason}; stopping it", end.describe());
+            }
             Action::GaveUp { unit, reason } => log::error!("{unit}: failed: {reason}"),
         }
     }

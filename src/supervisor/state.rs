@@ -276,6 +276,16 @@ pub enum Action {
     },
     /// Kill the unit's running probe; no `Probed` is expected for it.
     CancelProbe(String),
+    /// Tell the operator (the log) why the engine stops a unit itself
+    /// (unhealthy, not ready in time); the `Stop` follows.
+    Faulted {
+        /// Unit name.
+        unit: String,
+        /// The end recorded once its process is gone.
+        end: End,
+        /// Why, as `status` shows it.
+        reason: String,
+    },
     /// Tell the operator (the log) of a change no process event shows:
     /// the unit was given up on.
     GaveUp {
@@ -705,12 +715,8 @@ impl Supervisor {
                 }
                 if st.failures >= health.retries {
                     st.health = Some(Health::Unhealthy);
-                    st.fault = Some(End::Unhealthy);
-                    st.reason = Some(format!(
-                        "health probe failed {} times in a row",
-                        st.failures
-                    ));
-                    self.begin_stop(i, now, actions);
+                    let reason = format!("health probe failed {} times in a row", st.failures);
+                    self.fault(i, End::Unhealthy, reason, now, actions);
                 } else {
                     st.probe = ProbeState::Due(now + health.interval);
                 }
@@ -854,10 +860,7 @@ impl Supervisor {
                 State::Backoff => st.state = State::Starting,
                 State::Starting if st.pid.is_some() => {
                     if let Some(ready) = e.spec.ready {
-                        let reason = format!("not ready within {:?}", ready.timeout);
-                        st.reason = Some(reason.clone());
-                        st.fault = Some(End::StartFailed(reason));
-                        not_ready.push(i);
+                        not_ready.push((i, format!("not ready within {:?}", ready.timeout)));
                     }
                 }
                 State::Stopping => {
@@ -872,9 +875,30 @@ impl Supervisor {
                 _ => {}
             }
         }
-        for i in not_ready {
-            self.begin_stop(i, now, actions);
+        for (i, reason) in not_ready {
+            self.fault(i, End::StartFailed(reason.clone()), reason, now, actions);
         }
+    }
+
+    /// The engine stops unit `i` itself: it ends as `end` whatever its
+    /// process does, and the operator is told why before the stop.
+    fn fault(
+        &mut self,
+        i: usize,
+        end: End,
+        reason: String,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let e = &mut self.entries[i];
+        e.status.reason = Some(reason.clone());
+        e.status.fault = Some(end.clone());
+        actions.push(Action::Faulted {
+            unit: e.spec.name.clone(),
+            end,
+            reason,
+        });
+        self.begin_stop(i, now, actions);
     }
 
     /// Brings observed state toward wanted state as far as ordering allows.

@@ -622,6 +622,24 @@ fn cancelled(actions: &[Action]) -> Vec<String> {
         .collect()
 }
 
+/// The engine's own stops, each as (unit, end, reason), checked to come
+/// before the unit's `Stop`.
+fn faulted(actions: &[Action]) -> Vec<(String, End, String)> {
+    let mut out = Vec::new();
+    for (n, a) in actions.iter().enumerate() {
+        if let Action::Faulted { unit, end, reason } = a {
+            assert!(
+                actions[n..]
+                    .iter()
+                    .any(|b| matches!(b, Action::Stop { unit: u, .. } if u == unit)),
+                "{actions:?}"
+            );
+            out.push((unit.clone(), end.clone(), reason.clone()));
+        }
+    }
+    out
+}
+
 fn probed(h: &mut Harness, u: &str, ok: bool) -> Vec<Action> {
     h.feed(Input::Probed { unit: u.into(), ok })
 }
@@ -684,6 +702,11 @@ fn not_ready_within_the_timeout_is_a_failed_start_and_the_policy_applies() {
     assert_eq!(h.sup.next_deadline(), Some(h.t0 + Duration::from_secs(30)));
     let a = h.advance_to_deadline();
     assert_eq!(stopped(&a), vec!["db"], "stopped through the stop ladder");
+    let why = "not ready within 30s".to_string();
+    assert_eq!(
+        faulted(&a),
+        vec![("db".to_string(), End::StartFailed(why.clone()), why)]
+    );
     assert_eq!(h.state("db"), State::Stopping);
     // A notification now is too late.
     h.feed(Input::Notified("db".into()));
@@ -826,6 +849,15 @@ fn health_failures_in_a_row_end_the_unit_unhealthy_and_restart_it() {
     h.advance(Duration::from_secs(10));
     let a = probed(&mut h, "web", false);
     assert_eq!(stopped(&a), vec!["web"]);
+    assert_eq!(
+        faulted(&a),
+        vec![(
+            "web".to_string(),
+            End::Unhealthy,
+            "health probe failed 3 times in a row".to_string()
+        )],
+        "the operator is told why, before the stop"
+    );
     assert_eq!(h.sup.status("web").unwrap().health, Some(Health::Unhealthy));
     h.end("web", End::Signal(libc::SIGTERM));
     let st = h.sup.status("web").unwrap();
