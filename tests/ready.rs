@@ -269,35 +269,6 @@ fn failed_exec_health_probes_restart_the_zone_as_unhealthy() {
     });
 }
 
-/// The agent's log says why the engine stopped an unhealthy zone, once,
-/// before the line saying how its process ended; `status` agrees.
-#[test]
-fn an_unhealthy_stop_is_logged_with_its_reason_once() {
-    if !require_root() {
-        return;
-    }
-    let z = Zonit::start("unhealthylog", |d| {
-        zone(
-            d,
-            "web",
-            "touch /tmp/ok; exec sleep 1000",
-            "health = { exec = [\"/bin/test\", \"-e\", \"/tmp/ok\"], interval = \"200ms\", retries = 2 }\nrestart = \"never\"",
-        )
-    });
-    z.wait_for("web healthy", Duration::from_secs(10), || {
-        z.unit("web")["health"] == "healthy"
-    });
-    assert_eq!(z.ctl(&["exec", "web", "--", "rm", "/tmp/ok"]).0, 0);
-    z.wait_state("web", "exited");
-    let line = "web: unhealthy: health probe failed 2 times in a row; stopping it";
-    let text = z.log_text();
-    assert_eq!(text.matches(line).count(), 1, "{text}");
-    assert!(logged_at(&z, line) <= logged_at(&z, "web: ended"), "{text}");
-    let u = z.unit("web");
-    assert_eq!(u["last_exit"], "unhealthy", "{u}");
-    assert_eq!(u["reason"], "health probe failed 2 times in a row", "{u}");
-}
-
 /// `ctl events` shows each health change of a zone whose probe flips, in
 /// order with its state changes, and agrees with `status`.
 #[test]
@@ -372,7 +343,7 @@ fn health_changes_stream_as_events_that_agree_with_status() {
 }
 
 #[test]
-fn tcp_health_probes_pass_while_the_port_listens_and_fail_when_it_does_not() {
+fn tcp_health_probes_pass_while_the_port_listens_and_fail_when_it_does_not_and_the_log_says_why() {
     if !require_root() {
         return;
     }
@@ -393,8 +364,18 @@ fn tcp_health_probes_pass_while_the_port_listens_and_fail_when_it_does_not() {
         z.unit("web")["health"] == "healthy"
     });
     z.wait_state("deaf", "exited");
-    assert_eq!(z.unit("deaf")["last_exit"], "unhealthy");
-    assert!(z.unit("deaf").get("health").is_none());
+    let u = z.unit("deaf");
+    assert_eq!(u["last_exit"], "unhealthy", "{u}");
+    assert_eq!(u["reason"], "health probe failed 2 times in a row", "{u}");
+    assert!(u.get("health").is_none());
+    // The log says why the engine stopped it, once, before how it ended.
+    let line = "deaf: unhealthy: health probe failed 2 times in a row; stopping it";
+    let text = z.log_text();
+    assert_eq!(text.matches(line).count(), 1, "{text}");
+    assert!(
+        logged_at(&z, line) <= logged_at(&z, "deaf: ended"),
+        "{text}"
+    );
     assert_eq!(z.unit("web")["health"], "healthy");
 }
 
