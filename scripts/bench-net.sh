@@ -184,7 +184,6 @@ traffic_bench() {
 # Inside the private network namespace that stands in for the host.
 traffic_inside() {
     ip link set lo up
-    mount -t tmpfs tmpfs /run
     local log=$DIR/traffic.log ctl=("$ZONIT" ctl --socket "$DIR/control.sock")
     "$ZONIT" run --config "$DIR/traffic.toml" 2>"$log" &
     local agent=$!
