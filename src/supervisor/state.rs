@@ -275,7 +275,13 @@ pub enum Action {
         check: Check,
     },
     /// Kill the unit's running probe; no `Probed` is expected for it.
-    CancelProbe(String),
+    CancelProbe {
+        /// Unit name.
+        unit: String,
+        /// Cancelled because it ran past its deadline (it failed), not
+        /// because the unit is stopping or gone.
+        overdue: bool,
+    },
     /// Tell the operator (the log) why the engine stops a unit itself
     /// (unhealthy, not ready in time); the `Stop` follows.
     Faulted {
@@ -729,7 +735,10 @@ impl Supervisor {
     fn cancel_probe(&mut self, i: usize, actions: &mut Vec<Action>) {
         let e = &mut self.entries[i];
         if matches!(e.status.probe, ProbeState::Running(_)) {
-            actions.push(Action::CancelProbe(e.spec.name.clone()));
+            actions.push(Action::CancelProbe {
+                unit: e.spec.name.clone(),
+                overdue: false,
+            });
         }
         e.status.probe = ProbeState::Idle;
     }
@@ -756,7 +765,10 @@ impl Supervisor {
                     });
                 }
                 ProbeState::Running(Some(d)) if d <= now => {
-                    actions.push(Action::CancelProbe(e.spec.name.clone()));
+                    actions.push(Action::CancelProbe {
+                        unit: e.spec.name.clone(),
+                        overdue: true,
+                    });
                     e.status.probe = ProbeState::Running(None);
                     self.probed(i, false, now, actions);
                 }

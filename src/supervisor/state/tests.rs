@@ -612,11 +612,22 @@ fn probes(actions: &[Action]) -> Vec<(String, Check)> {
         .collect()
 }
 
+/// Whether each cancelled probe failed by its deadline (`overdue`).
+fn overdue(actions: &[Action]) -> Vec<bool> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::CancelProbe { overdue, .. } => Some(*overdue),
+            _ => None,
+        })
+        .collect()
+}
+
 fn cancelled(actions: &[Action]) -> Vec<String> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::CancelProbe(u) => Some(u.clone()),
+            Action::CancelProbe { unit, .. } => Some(unit.clone()),
             _ => None,
         })
         .collect()
@@ -785,6 +796,7 @@ fn a_ready_probe_that_never_answers_fails_at_its_deadline_and_is_tried_again() {
     );
     let a = h.advance_to_deadline();
     assert_eq!(cancelled(&a), vec!["db"], "the hung try is killed");
+    assert_eq!(overdue(&a), vec![true], "as a failed try");
     assert!(probes(&a).is_empty());
     assert_eq!(h.state("db"), State::Starting);
     assert_eq!(h.elapsed_ms(), 1000);
@@ -904,6 +916,7 @@ fn a_health_probe_past_its_timeout_is_cancelled_and_counts_as_a_failure() {
     assert_eq!(h.sup.next_deadline(), Some(h.now + Duration::from_secs(2)));
     let a = h.advance(Duration::from_secs(2));
     assert_eq!(cancelled(&a), vec!["web"]);
+    assert_eq!(overdue(&a), vec![true]);
     assert_eq!(stopped(&a), vec!["web"], "retries = 1: one timeout ends it");
     // The cancelled probe's answer is not expected, and ignored if it comes.
     probed(&mut h, "web", true);
@@ -922,6 +935,11 @@ fn an_operator_stop_cancels_the_running_probe_and_is_no_failure() {
     h.advance(Duration::from_secs(10));
     let a = h.feed(Input::Stop("web".into()));
     assert_eq!(cancelled(&a), vec!["web"]);
+    assert_eq!(
+        overdue(&a),
+        vec![false],
+        "not a probe failure: the log stays quiet"
+    );
     h.end("web", End::Signal(libc::SIGTERM));
     assert_eq!(h.state("web"), State::Stopped);
     assert_eq!(h.sup.next_deadline(), None);
