@@ -10,6 +10,10 @@
 #       autostart unit(s) running" line, runs alternated (default 5 runs of
 #       50 zones). With ZONIT_BEFORE=PATH, runs of that binary are
 #       alternated with them too (before/after a change).
+#   scripts/bench-net.sh idle [N] [SECONDS]
+#       the agent's memory (VmRSS, PSS) and the context switches of the
+#       agent and of every zone init over SECONDS idle (default 10), with
+#       N plain zones and then N networked ones running (default 50).
 #   scripts/bench-net.sh traffic [REPS] [SECONDS]
 #       TCP throughput (iperf3, one stream) and request/response latency
 #       (sockperf ping-pong over TCP, 64-byte messages) zone to zone and
@@ -18,11 +22,20 @@
 #       of each (default 3), SECONDS each (default 5). iperf3 and sockperf
 #       (ZONIT_BENCH=1 scripts/setup.sh) and their libraries are
 #       bind-mounted read-only into the zones.
+#   scripts/bench-net.sh frames [RUNS] [N]
+#       guest frames per second through virtio-net: the test payload
+#       (tests/payloads/payload.S, action txflood=N, default 100000) sends
+#       N 42-byte ARP frames through its transmit queue to a tap; the
+#       harness of scripts/bench-vmm.sh times "txflood: N" to "txflood
+#       done" on the console. `zonit vmm` against QEMU microvm
+#       (virtio-net-device on virtio-mmio, netdev tap without vhost), each
+#       in a network namespace of its own holding the tap (up, on no
+#       bridge); RUNS runs of each (default 7) in two alternated rounds.
 #
 # ZONIT=PATH measures that binary instead of building the release one.
 set -euo pipefail
 mode=start
-if [[ ${1:-} == start || ${1:-} == traffic || ${1:-} == traffic-inside ]]; then
+if [[ ${1:-} =~ ^(start|traffic|traffic-inside|idle|frames)$ ]]; then
     mode=$1
     shift
 fi
@@ -51,8 +64,9 @@ zone() {
     printf '%s\n' "$@"
 }
 
-start_bench() {
-    local runs=${1:-5} n=${2:-50}
+# plain.toml and net.toml: $1 zones, plain or all on one network.
+configs() {
+    local n=$1
     for kind in plain net; do
         {
             printf '[host]\ncontrol_socket = "%s/control-%s.sock"\n' "$dir" "$kind"
@@ -69,6 +83,49 @@ start_bench() {
         } >"$dir/$kind.toml"
         "$ZONIT" check "$dir/$kind.toml" >/dev/null
     done
+}
+
+# Context switches (voluntary + nonvoluntary) of the processes $@.
+switches() {
+    local total=0 p
+    for p in "$@"; do
+        total=$((total + $(awk '/ctxt_switches/ {s += $2} END {print s}' "/proc/$p/status")))
+    done
+    echo "$total"
+}
+
+idle_bench() {
+    local n=${1:-50} secs=${2:-10}
+    configs "$n"
+    echo "--- $n zones idle for $secs s; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+    for kind in plain net; do
+        local log=$dir/idle-$kind.log
+        : >"$log"
+        unshare --net --pid --fork --mount --kill-child "$ZONIT" run --config "$dir/$kind.toml" 2>"$log" &
+        local pid=$!
+        for _ in $(seq 4000); do grep -q "autostart unit(s) running after" "$log" && break; sleep 0.005; done
+        grep -q "all $n autostart unit(s) running" "$log" || { cat "$log"; exit 1; }
+        sleep 2 # past the start's last echoes (IPv6 router solicitations are the kernel's)
+        local agent inits rss pss a0 i0 a1 i1
+        agent=$(cut -d' ' -f1 /proc/$pid/task/$pid/children)
+        read -ra inits <"/proc/$agent/task/$agent/children" || true # no newline at its end
+        a0=$(switches "$agent")
+        i0=$(switches "${inits[@]}")
+        sleep "$secs"
+        a1=$(switches "$agent")
+        i1=$(switches "${inits[@]}")
+        rss=$(awk '/^VmRSS/ {print $2}' "/proc/$agent/status")
+        pss=$(awk '/^Pss:/ {print $2}' "/proc/$agent/smaps_rollup")
+        echo "$kind: agent VmRSS $rss KiB, PSS $pss KiB; context switches over $secs s: agent $((a1 - a0)), ${#inits[@]} zone inits $((i1 - i0))"
+        kill -TERM "$agent"
+        wait "$pid" || true
+        rm -rf "$dir/zones"/* "$dir/zones"/.[!.]* 2>/dev/null || true
+    done
+}
+
+start_bench() {
+    local runs=${1:-5} n=${2:-50}
+    configs "$n"
     local binaries=("$ZONIT")
     [[ -n ${ZONIT_BEFORE:-} ]] && binaries=("$ZONIT_BEFORE" "$ZONIT")
     echo "--- zonit run, $n zones, $runs runs of each, alternated; load average $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -127,7 +184,6 @@ traffic_bench() {
 # Inside the private network namespace that stands in for the host.
 traffic_inside() {
     ip link set lo up
-    mount -t tmpfs tmpfs /run
     local log=$DIR/traffic.log ctl=("$ZONIT" ctl --socket "$DIR/control.sock")
     "$ZONIT" run --config "$DIR/traffic.toml" 2>"$log" &
     local agent=$!
@@ -187,8 +243,56 @@ traffic_inside() {
     wait "$agent" || true
 }
 
+frames_bench() {
+    local runs=${1:-7} n=${2:-100000}
+    [[ -w /dev/kvm ]] || { echo "bench-net: frames needs /dev/kvm" >&2; exit 1; }
+    local harness
+    harness=$(cargo bench --bench monitor --no-run 2>&1 |
+        sed -n 's/^ *Executable .*(\(.*\))$/\1/p' | tail -n 1)
+    [[ -x $harness ]] || { echo "bench-net: cannot build the harness" >&2; exit 1; }
+    as --64 --defsym PVH=1 -o "$dir/pvh.o" tests/payloads/payload.S
+    ld -m elf_x86_64 -nostdlib -static --build-id=none -z noexecstack \
+        -T tests/payloads/elf.ld -o "$dir/payload-pvh" "$dir/pvh.o"
+    # Opens tap ztap0 as zonit's agent does (vnet header of 12 bytes,
+    # offloads off), sets it up, and executes the monitor with the fd
+    # inherited, its number in place of TAPFD.
+    cat >"$dir/tap.py" <<'PY'
+import fcntl, os, struct, subprocess, sys
+TUNSETIFF, TUNSETVNETHDRSZ, TUNSETOFFLOAD = 0x400454CA, 0x400454D8, 0x400454D0
+IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", b"ztap0", IFF_TAP | IFF_NO_PI | IFF_VNET_HDR))
+fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", 12))
+fcntl.ioctl(fd, TUNSETOFFLOAD, 0)
+subprocess.run(["ip", "link", "set", "ztap0", "up"], check=True)
+os.set_inheritable(fd, True)
+argv = [a.replace("TAPFD", str(fd)) for a in sys.argv[1:]]
+os.execvp(argv[0], argv)
+PY
+    local payload=$dir/payload-pvh mac=52:54:00:12:34:56
+    local -A cmd=(
+        [zonit]="$ZONIT vmm --kernel $payload --memory 64M --cmdline txflood=$n --net fd=TAPFD,mac=$mac"
+        [microvm]="qemu-system-x86_64 -M microvm,x-option-roms=off,rtc=off -accel kvm -cpu host,-arch-capabilities -m 64M -smp 1 -nodefaults -no-user-config -display none -serial stdio -no-reboot -kernel $payload -append txflood=$n -global virtio-mmio.force-legacy=false -netdev tap,id=n0,fd=TAPFD,vhost=off -device virtio-net-device,netdev=n0,mac=$mac"
+    )
+    echo "--- frames: $n per run, $runs runs of each in two rounds; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "$(qemu-system-x86_64 --version | head -n 1)"
+    for round in 1 2; do
+        for m in zonit microvm; do
+            local out
+            # shellcheck disable=SC2086 # the command lines are word lists
+            out=$("$harness" marks --runs "$(((runs + 2 - round) / 2))" --from "txflood: " \
+                --to "txflood done" --count "$n" -- unshare --net python3 "$dir/tap.py" ${cmd[$m]})
+            echo "round $round, $m: $(grep -E "^(time between the marks|rate)" <<<"$out" | tr '\n' ' ')"
+        done
+    done
+    echo "--- load average $(cut -d' ' -f1-3 /proc/loadavg)"
+    for m in zonit microvm; do echo "$m: ${cmd[$m]}"; done
+}
+
 case $mode in
 start) prepare && start_bench "$@" ;;
 traffic) prepare && traffic_bench "$@" ;;
 traffic-inside) traffic_inside ;;
+idle) prepare && idle_bench "$@" ;;
+frames) prepare && frames_bench "$@" ;;
 esac

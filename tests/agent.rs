@@ -378,11 +378,12 @@ fn a_stop_waiter_is_answered_when_another_client_starts_the_unit() {
         zone(
             d,
             "slow",
-            "trap 'sleep 1; exit 0' TERM; while true; do sleep 0.1; done",
+            "trap 'sleep 1; exit 0' TERM; echo trapped; while true; do sleep 0.1; done",
             "stop_timeout = \"5s\"",
         )
     });
-    z.wait_state("slow", "running");
+    // Running is not enough: the shell must have set its trap.
+    z.output_until("slow", "trapped");
     let mut waiter = std::os::unix::net::UnixStream::connect(&z.socket).unwrap();
     waiter
         .write_all(b"{\"v\":1,\"cmd\":\"stop\",\"name\":\"slow\"}\n")
@@ -408,11 +409,11 @@ fn ctl_gives_up_after_its_timeout() {
         zone(
             d,
             "stubborn",
-            "trap '' TERM; while true; do sleep 0.1; done",
+            "trap '' TERM; echo trapped; while true; do sleep 0.1; done",
             "stop_timeout = \"3s\"",
         )
     });
-    z.wait_state("stubborn", "running");
+    z.output_until("stubborn", "trapped");
     let t = std::time::Instant::now();
     let (code, _, err) = z.ctl(&["--timeout", "500ms", "stop", "stubborn"]);
     assert_eq!(code, 3, "{err}");
@@ -504,12 +505,14 @@ fn keep_and_slow_stopper(name: &str, stop_delay: &str) -> (Zonit, String, String
         zone(
             d,
             "slow",
-            &format!("trap 'sleep {stop_delay}; exit 0' TERM; while true; do sleep 0.1; done"),
+            &format!(
+                "trap 'sleep {stop_delay}; exit 0' TERM; echo trapped; while true; do sleep 0.1; done"
+            ),
             "stop_timeout = \"5s\"",
         )
     };
     let z = Zonit::start(name, |d| zone(d, "keep", "sleep 1000", "") + &slow(d));
-    z.wait_state("slow", "running");
+    z.output_until("slow", "trapped");
     let host = format!("[host]\ncontrol_socket = \"{}\"\n", z.socket.display());
     let keep = zone(&z.dir, "keep", "sleep 1000", "");
     let with = format!("{host}{keep}{}", slow(&z.dir));

@@ -49,10 +49,14 @@ const LINE: Duration = Duration::from_secs(60);
 /// (KVM inside TCG, on two shared cores) can run past a line's deadline.
 static NESTED: Mutex<()> = Mutex::new(());
 
-fn nested_guest_lock() -> std::sync::MutexGuard<'static, ()> {
-    NESTED
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+/// For a test that boots a nested guest: `None` (skip) without the
+/// prerequisites, else the nested guests' lock, held while it lives.
+fn nested_guest_test() -> Option<std::sync::MutexGuard<'static, ()>> {
+    prerequisites().then(|| {
+        NESTED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    })
 }
 
 fn repo() -> PathBuf {
@@ -398,6 +402,15 @@ impl Machine {
         }
     }
 
+    /// Prints `what` the test measured, and the time since QEMU started.
+    fn print_times(&self, what: &str) {
+        eprintln!(
+            "{}: {what}, verdicts after {:.1} s",
+            self.name,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+
     /// `zonit ctl poweroff` typed into the console shell, and the orderly
     /// end it leads to.
     fn poweroff(&mut self) {
@@ -468,13 +481,17 @@ command = ["/bin/sh", "-c", "trap 'echo third stopping; exit 0' TERM; echo third
 
 const MARKER: &str = "autostart unit(s) running after";
 
-/// Boots CHAIN and checks start order and the boot marker.
-fn boot_chain(name: &str) -> Machine {
+/// Boots CHAIN and checks start order and the boot marker; `None` (skip)
+/// without the prerequisites.
+fn boot_chain(name: &str) -> Option<Machine> {
+    if !prerequisites() {
+        return None;
+    }
     let mut m = Machine::boot(name, CHAIN, "zonit.shell");
     m.wait_for("as PID 1");
     m.wait_for(&format!("all 3 {MARKER}"));
     m.assert_order(&["first: started", "second: started", "third: started"]);
-    m
+    Some(m)
 }
 
 /// What every shutdown of CHAIN shows: zonit names the shutdown (`how`:
@@ -493,10 +510,9 @@ fn assert_chain_shut_down(m: &mut Machine, how: &str, kernel_line: &str) {
 
 #[test]
 fn boots_zones_in_after_order_and_sigterm_reboots_in_reverse_order() {
-    if !prerequisites() {
+    let Some(mut m) = boot_chain("sigterm") else {
         return;
-    }
-    let mut m = boot_chain("sigterm");
+    };
     // kvm_amd with its dependencies came from the modules' own .modinfo.
     let out = m.run(
         "ls /dev/kvm; hostname; cat /sys/fs/cgroup/cgroup.subtree_control; echo swappiness=$(cat /proc/sys/vm/swappiness)",
@@ -515,20 +531,18 @@ fn boots_zones_in_after_order_and_sigterm_reboots_in_reverse_order() {
 
 #[test]
 fn sigusr2_powers_off_in_reverse_order() {
-    if !prerequisites() {
+    let Some(mut m) = boot_chain("sigusr2") else {
         return;
-    }
-    let mut m = boot_chain("sigusr2");
+    };
     m.type_line("kill -USR2 1");
     assert_chain_shut_down(&mut m, "Poweroff", "reboot: Power down");
 }
 
 #[test]
 fn ctrl_alt_del_runs_the_configured_action() {
-    if !prerequisites() {
+    let Some(mut m) = boot_chain("ctrl-alt-del") else {
         return;
-    }
-    let mut m = boot_chain("ctrl-alt-del");
+    };
     // The kernel's own ctrl-alt-del reboot is off: the key arrives as
     // SIGINT, and the config says poweroff.
     m.monitor("sendkey ctrl-alt-delete");
@@ -537,10 +551,9 @@ fn ctrl_alt_del_runs_the_configured_action() {
 
 #[test]
 fn zonit_ctl_poweroff_from_the_console() {
-    if !prerequisites() {
+    let Some(mut m) = boot_chain("ctl-poweroff") else {
         return;
-    }
-    let mut m = boot_chain("ctl-poweroff");
+    };
     let status = m.run("zonit ctl status").join("\n");
     for unit in ["first", "second", "third"] {
         assert!(status.contains(unit), "{status}");
@@ -629,6 +642,7 @@ command = ["/bin/true"]
 /// - `net`: takes its first network card's address by DHCP, fetches the
 ///   page of zone `web` (10.88.0.2), then, 3 s later, serves its own
 ///   page on port 80;
+/// - `flaky`: as `net`, but stops its web server 5 s after starting it;
 /// - `shell`: a shell on the console;
 /// - `hog`: fills 200 MiB of tmpfs, then powers off.
 const GUEST_INIT: &str = r#"#!/bin/sh
@@ -683,7 +697,7 @@ cycle)
         echo "guest: waiting for ctrl-alt-del"
         while true; do sleep 1; done ;;
     esac ;;
-net)
+net|flaky)
     # The first network card: its address from DHCP (udhcpc hands the
     # lease to /bin/lease), a zone's page fetched, then after a pause
     # (so readiness by this port is seen to wait for it) a web server.
@@ -698,6 +712,11 @@ net)
     sleep 3
     echo "guest: starting httpd"
     httpd -p 80 -h /www
+    if [ $action = flaky ]; then
+        sleep 5
+        echo "guest: stopping httpd"
+        killall httpd
+    fi
     while true; do sleep 1; done ;;
 shell)
     echo "guest: shell on the console"
@@ -790,15 +809,34 @@ fn guest_files() -> String {
     )
 }
 
+/// Boots the appliance, with its console shell, and one nested guest
+/// `unit` doing GUEST_INIT's `action`, with `keys` added to its section.
+/// The caller holds the nested guests' lock.
+fn boot_one_guest(machine: &str, unit: &str, action: &str, keys: &str) -> Machine {
+    let config = format!(
+        r#"
+[host]
+modules = ["overlay", "kvm_amd"]
+shutdown_timeout = "20s"
+
+[guest.{unit}]
+kernel = "/guests/vmlinuz"
+initrd = "/guests/guest.cpio.gz"
+cmdline = "console=ttyS0 quiet panic=-1 zonit.test={action}"
+memory = "256M"
+{keys}"#
+    );
+    Machine::boot_with(machine, &config, &guest_files(), "zonit.shell")
+}
+
 /// A nested Linux KVM guest inside the appliance: the Debian kernel
 /// as a guest of zonit's own monitor, on KVM (kvm_amd) inside the
 /// emulated machine, beside a zone.
 #[test]
 fn a_nested_linux_guest_boots_in_zonits_monitor_and_powers_off() {
-    if !prerequisites() {
+    let Some(_serial) = nested_guest_test() else {
         return;
-    }
-    let _serial = nested_guest_lock();
+    };
     let config = r#"
 [host]
 modules = ["overlay", "kvm_amd"]
@@ -869,20 +907,14 @@ impl Machine {
     }
 }
 
-/// A nested guest on a network with `dhcp = true`: it takes the address
-/// its nic is given in the config from zonit's DHCP server, reaches a
-/// zone's web server, and is `ready` only once its own web server
-/// answers a connect from the host (`ready = { tcp = 80 }`); the zone
-/// `after` it then starts and fetches the guest's page by the guest's
-/// name.
-#[test]
-fn a_nested_guest_takes_its_address_from_zonits_dhcp_and_talks_with_zones_both_ways_once_ready() {
-    if !prerequisites() {
-        return;
-    }
-    let _serial = nested_guest_lock();
+/// A config with a zone `web` serving a page on `[network.lan]` (with
+/// `dhcp = true`) and a nested guest `g` after it on the same network
+/// with address 10.88.0.9, doing GUEST_INIT's `action`, ready once its
+/// port 80 answers, with `guest_keys` added to its section; `more` is
+/// appended.
+fn guest_on_lan(action: &str, guest_keys: &str, more: &str) -> String {
     let modules = NET_MODULES.replace("\"overlay\",", "\"overlay\", \"kvm_amd\", \"tun\",");
-    let config = format!(
+    format!(
         r#"
 [host]
 {modules}
@@ -903,19 +935,38 @@ ready = {{ tcp = 80, interval = "200ms" }}
 [guest.g]
 kernel = "/guests/vmlinuz"
 initrd = "/guests/guest.cpio.gz"
-cmdline = "console=ttyS0 quiet panic=-1 zonit.test=net"
+cmdline = "console=ttyS0 quiet panic=-1 zonit.test={action}"
 memory = "256M"
 nics = [{{ network = "lan", address = "10.88.0.9" }}]
 after = ["web"]
 ready = {{ tcp = 80, interval = "500ms", timeout = "240s" }}
+{guest_keys}
+{more}"#
+    )
+}
 
+/// A nested guest on a network with `dhcp = true`: it takes the address
+/// its nic is given in the config from zonit's DHCP server, reaches a
+/// zone's web server, and is `ready` only once its own web server
+/// answers a connect from the host (`ready = { tcp = 80 }`, and the same
+/// connect keeps it `healthy`); the zone `after` it then starts and
+/// fetches the guest's page by the guest's name.
+#[test]
+fn a_nested_guest_takes_its_address_from_zonits_dhcp_and_talks_with_zones_both_ways_once_ready() {
+    let Some(_serial) = nested_guest_test() else {
+        return;
+    };
+    let config = guest_on_lan(
+        "net",
+        "health = { tcp = 80, interval = \"1s\", timeout = \"5s\" }",
+        r#"
 [zone.client]
 root = "/zones/client"
 template = "/templates/base"
 command = ["/bin/sh", "-c", "echo client got [$(wget -q -O - http://g/)]; exec sleep 1000"]
 network = "lan"
 after = ["g"]
-"#
+"#,
     );
     let extra = guest_files();
     let mut m = Machine::boot_with("nested-guest-net", &config, &extra, "zonit.shell");
@@ -938,13 +989,56 @@ after = ["g"]
         "client: started",
         "client got [page-of-guest]",
     ]);
-    let row = m.status_of("g");
+    // Health probes by the same connect begin a second after ready.
+    let mut row = m.status_of("g");
+    for _ in 0..5 {
+        if row["health"] == "healthy" {
+            break;
+        }
+        row = m.status_of("g");
+    }
     assert_eq!(row["state"], "running", "{row}");
-    eprintln!(
-        "nested-guest-net: guest ready {:.1} s after its monitor started, verdicts after {:.1} s",
-        ready.as_secs_f64(),
-        m.started.elapsed().as_secs_f64()
+    assert_eq!(row["health"], "healthy", "{row}");
+    m.print_times(&format!(
+        "guest ready {:.1} s after its monitor started",
+        ready.as_secs_f64()
+    ));
+    m.poweroff();
+}
+
+/// A nested guest health-checked by a tcp connect to its address: once
+/// its web server stops answering, `retries` failed probes in a row end
+/// it as `unhealthy` and `on-failure` starts it again.
+#[test]
+fn a_nested_guest_whose_port_stops_answering_is_restarted_as_unhealthy() {
+    let Some(_serial) = nested_guest_test() else {
+        return;
+    };
+    let config = guest_on_lan(
+        "flaky",
+        "health = { tcp = 80, interval = \"1s\", timeout = \"2s\", retries = 2 }\nrestart = \"on-failure\"",
+        "",
     );
+    let mut m = Machine::boot_with(
+        "nested-guest-unhealthy",
+        &config,
+        &guest_files(),
+        "zonit.shell",
+    );
+    m.wait_for("g: ready");
+    m.wait_for("zonit[g]: guest: stopping httpd");
+    let stopped = Instant::now();
+    m.wait_for("g: ended");
+    let ended = stopped.elapsed();
+    m.wait_for("g: monitor started");
+    m.wait_for("zonit[g]: guest: hello from Linux");
+    let row = m.status_of("g");
+    assert_eq!(row["last_exit"], "unhealthy", "{row}");
+    assert!(row["restarts"].as_u64() >= Some(1), "{row}");
+    m.print_times(&format!(
+        "ended {:.1} s after its server stopped",
+        ended.as_secs_f64()
+    ));
     m.poweroff();
 }
 
@@ -952,26 +1046,14 @@ after = ["g"]
 /// console: the client puts that terminal in raw mode, what is typed
 /// reaches the nested guest's shell through the agent, the monitor and
 /// the guest's UART, the guest's answer comes back on the client, and
-/// Ctrl-] detaches with status 0 and the appliance's shell back.
+/// Ctrl-] detaches with status 0 and the appliance's shell back; the
+/// same from a pipe instead of a terminal.
 #[test]
 fn a_command_typed_through_ctl_console_is_answered_by_the_nested_guests_shell() {
-    if !prerequisites() {
+    let Some(_serial) = nested_guest_test() else {
         return;
-    }
-    let _serial = nested_guest_lock();
-    let config = r#"
-[host]
-modules = ["overlay", "kvm_amd"]
-shutdown_timeout = "20s"
-
-[guest.g]
-kernel = "/guests/vmlinuz"
-initrd = "/guests/guest.cpio.gz"
-cmdline = "console=ttyS0 quiet panic=-1 zonit.test=shell"
-memory = "256M"
-"#;
-    let extra = guest_files();
-    let mut m = Machine::boot_with("nested-guest-console", config, &extra, "zonit.shell");
+    };
+    let mut m = boot_one_guest("nested-guest-console", "g", "shell", "");
     m.wait_for("zonit[g]: guest: shell on the console");
     // The agent's own log of the guest's output (`zonit[g]: ...`) goes
     // to the console too: keep it off while attached, so what shows is
@@ -990,16 +1072,24 @@ memory = "256M"
     stdin.flush().unwrap();
     m.wait_for("Detached from the console of g");
     // The appliance's shell reads lines again (its terminal is cooked).
-    let out = m.run("echo detached-$((40+2)); dmesg -n 7").join("\n");
+    let out = m.run("echo detached-$((40+2))").join("\n");
     assert!(out.contains("detached-42"), "{out}");
+    // Input from a pipe: no terminal to set raw, what is read is sent,
+    // and a Ctrl-] byte in it detaches (once the answer is in).
+    m.type_line(
+        "(printf 'echo piped-$((5*5))\\n'; sleep 10; printf '\\035') | zonit ctl console g; echo pipe-exit-$?",
+    );
+    m.wait_for("piped-25");
+    m.wait_for("Detached from the console of g");
+    m.wait_for("pipe-exit-0");
+    m.run("dmesg -n 7");
     if m.index_of("zonit[g]: hello-42").is_some() {
         m.fail("the agent's log reached the console while it was to be off");
     }
-    eprintln!(
-        "nested-guest-console: answered {:.1} s after typing, verdicts after {:.1} s",
-        answered.as_secs_f64(),
-        m.started.elapsed().as_secs_f64()
-    );
+    m.print_times(&format!(
+        "answered {:.1} s after typing",
+        answered.as_secs_f64()
+    ));
     m.poweroff();
 }
 
@@ -1014,10 +1104,9 @@ memory = "256M"
 /// wrote to the disk image.
 #[test]
 fn a_nested_guest_powers_off_reboots_panics_uses_its_disk_and_stops() {
-    if !prerequisites() {
+    let Some(_serial) = nested_guest_test() else {
         return;
-    }
-    let _serial = nested_guest_lock();
+    };
     let config = r#"
 [host]
 modules = ["overlay", "kvm_amd"]
@@ -1128,11 +1217,7 @@ disks = [{ path = "/guests/disk.img" }]
     );
     let restarts = m.assert_status("off", "exited", "poweroff");
     assert_eq!(restarts, 0, "off was restarted");
-    eprintln!(
-        "nested-guest-cycle: verdicts after {:.1} s, stop took {:.1} s",
-        m.started.elapsed().as_secs_f64(),
-        took.as_secs_f64()
-    );
+    m.print_times(&format!("stop took {:.1} s", took.as_secs_f64()));
     m.poweroff();
 }
 
@@ -1627,25 +1712,15 @@ command = ["/bin/sh", "-c", "echo elsewhere ran; exec sleep 1000"]
 /// kernel's OOM killer, and `status` reports the kill.
 #[test]
 fn a_guest_over_its_memory_max_is_oom_killed_and_reported() {
-    if !prerequisites() {
+    let Some(_serial) = nested_guest_test() else {
         return;
-    }
-    let _serial = nested_guest_lock();
-    let config = r#"
-[host]
-modules = ["overlay", "kvm_amd"]
-shutdown_timeout = "20s"
-
-[guest.hog]
-kernel = "/guests/vmlinuz"
-initrd = "/guests/guest.cpio.gz"
-cmdline = "console=ttyS0 quiet panic=-1 zonit.test=hog"
-memory = "256M"
-memory_max = "160M"
-restart = "never"
-"#;
-    let extra = guest_files();
-    let mut m = Machine::boot_with("guest-oom", config, &extra, "zonit.shell");
+    };
+    let mut m = boot_one_guest(
+        "guest-oom",
+        "hog",
+        "hog",
+        "memory_max = \"160M\"\nrestart = \"never\"\n",
+    );
     m.wait_for("zonit[hog]: guest: filling 200 MiB");
     m.wait_for("hog: ended (signal SIGKILL)");
     let row = m.status_of("hog");

@@ -172,6 +172,40 @@ fn an_exec_probe_makes_the_zone_ready_once_it_succeeds() {
     z.wait_state("db", "running");
 }
 
+/// A readiness try that hangs (a check stuck on a lock, a connect to an
+/// address that drops it) is killed at its own deadline, and the next try
+/// makes the unit ready long before the whole ready timeout.
+#[test]
+fn a_hung_ready_probe_is_killed_at_its_deadline_and_the_next_try_makes_the_zone_ready() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("readyhang", |d| {
+        zone(
+            d,
+            "db",
+            "exec sleep 1000",
+            "ready = { exec = [\"/bin/sh\", \"-c\", \"[ -e /tmp/tried ] && exit 0; touch /tmp/tried; exec sleep 773\"], interval = \"100ms\", probe_timeout = \"1s\", timeout = \"30s\" }\nrestart = \"never\"",
+        )
+    });
+    z.wait_log("db: started");
+    let started = logged_at(&z, "db: started");
+    z.wait_for("db ready", Duration::from_secs(8), || {
+        z.state("db") == "running"
+    });
+    let took = logged_at(&z, "db: ready") - started;
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "ready {took:?} after the start (one 1 s try hung):\n{}",
+        z.log_text()
+    );
+    assert!(z.log_text().contains("ran past its deadline, killing it"));
+    assert!(
+        pids_with_cmdline("sleep\u{0}773").is_empty(),
+        "the hung try was left running"
+    );
+}
+
 #[test]
 fn a_tcp_probe_makes_the_zone_ready_once_the_port_listens() {
     if !require_root() {
@@ -309,7 +343,7 @@ fn health_changes_stream_as_events_that_agree_with_status() {
 }
 
 #[test]
-fn tcp_health_probes_pass_while_the_port_listens_and_fail_when_it_does_not() {
+fn tcp_health_probes_pass_while_the_port_listens_and_fail_when_it_does_not_and_the_log_says_why() {
     if !require_root() {
         return;
     }
@@ -330,8 +364,18 @@ fn tcp_health_probes_pass_while_the_port_listens_and_fail_when_it_does_not() {
         z.unit("web")["health"] == "healthy"
     });
     z.wait_state("deaf", "exited");
-    assert_eq!(z.unit("deaf")["last_exit"], "unhealthy");
-    assert!(z.unit("deaf").get("health").is_none());
+    let u = z.unit("deaf");
+    assert_eq!(u["last_exit"], "unhealthy", "{u}");
+    assert_eq!(u["reason"], "health probe failed 2 times in a row", "{u}");
+    assert!(u.get("health").is_none());
+    // The log says why the engine stopped it, once, before how it ended.
+    let line = "deaf: unhealthy: health probe failed 2 times in a row; stopping it";
+    let text = z.log_text();
+    assert_eq!(text.matches(line).count(), 1, "{text}");
+    assert!(
+        logged_at(&z, line) <= logged_at(&z, "deaf: ended"),
+        "{text}"
+    );
     assert_eq!(z.unit("web")["health"], "healthy");
 }
 

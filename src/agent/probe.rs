@@ -225,17 +225,28 @@ impl Agent {
     }
 
     /// Carries out `Action::CancelProbe`: kills an exec probe (reaped
-    /// later, silently), drops a connect.
-    pub(super) fn cancel_probe(&mut self, unit: &str) {
+    /// later, silently), drops a connect. An `overdue` probe failed by
+    /// running past its deadline, which the log says; one cancelled
+    /// because its unit stops or ended is not a failure.
+    pub(super) fn cancel_probe(&mut self, unit: &str, overdue: bool) {
         match self.probes.running.remove(unit) {
             Some(Running::Exec(pid)) => {
                 if let Some(h) = self.probes.helpers.get_mut(&pid) {
                     h.cancelled = true;
-                    log::warn!("{unit}: probe pid {pid} ran past its deadline, killing it");
+                    if overdue {
+                        log::warn!("{unit}: probe pid {pid} ran past its deadline, killing it");
+                    } else {
+                        log::debug!("{unit}: probe pid {pid} no longer needed, killing it");
+                    }
                     let _ = sys::process::pidfd_send_signal(h.child.pidfd.as_fd(), libc::SIGKILL);
                 }
             }
-            Some(Running::Tcp { socket, token }) => self.unwatch_tcp(&socket, token),
+            Some(Running::Tcp { socket, token }) => {
+                if overdue {
+                    log::debug!("{unit}: tcp probe not answered by its deadline");
+                }
+                self.unwatch_tcp(&socket, token)
+            }
             None => {}
         }
     }
@@ -439,7 +450,7 @@ impl Agent {
                     .sup
                     .spec(u)
                     .and_then(|s| s.ready)
-                    .is_some_and(|r| r.probe_interval.is_none());
+                    .is_some_and(|r| r.probe.is_none());
                 (u.as_str(), passive)
             }
             Input::Probed { unit, ok } => (unit.as_str(), *ok),

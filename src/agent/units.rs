@@ -237,7 +237,10 @@ impl Agent {
                 self.cgroups.kill(&unit);
             }
             Action::Probe { unit, check } => queue.extend(self.start_probe(&unit, check)),
-            Action::CancelProbe(unit) => self.cancel_probe(&unit),
+            Action::CancelProbe { unit, overdue } => self.cancel_probe(&unit, overdue),
+            Action::Faulted { unit, end, reason } => {
+                log::warn!("{unit}: {}: {reason}; stopping it", end.describe());
+            }
             Action::GaveUp { unit, reason } => log::error!("{unit}: failed: {reason}"),
         }
     }

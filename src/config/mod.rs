@@ -640,7 +640,7 @@ fn read_file(path: &Path) -> Result<String, String> {
 /// | `start_limit` | none (no limit) |
 /// | `stop_timeout` | `"10s"` |
 /// | `autostart` | `true` |
-/// | `ready` | none: ready once the command runs; `timeout = "30s"`, `interval = "1s"` |
+/// | `ready` | none: ready once the command runs; `timeout = "30s"`, `interval = "1s"`, `probe_timeout = "1s"` |
 /// | `health` | none; `interval = "10s"`, `timeout = "5s"`, `retries = 3` |
 /// | `host.watchdog` | none; `device = "/dev/watchdog"`, `timeout = "30s"`, `grace = "60s"` |
 /// | zone `hostname` | the unit name |

@@ -18,6 +18,8 @@ use super::validate::Checker;
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default pause between two readiness probes.
 pub const DEFAULT_READY_INTERVAL: Duration = Duration::from_secs(1);
+/// Default bound on one readiness probe.
+pub const DEFAULT_READY_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default pause between two health probes.
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
 /// Default bound on one health probe.
@@ -55,6 +57,8 @@ pub enum ReadyKind {
         probe: Probe,
         /// Pause between two tries.
         interval: Duration,
+        /// Bound on one try; a try still running then failed.
+        timeout: Duration,
     },
     /// A line of the unit's output contains this text.
     Log(String),
@@ -108,6 +112,7 @@ pub struct RawReady {
     pub tcp: Option<Spanned<i64>>,
     pub log: Option<Spanned<String>>,
     pub interval: Option<Spanned<String>>,
+    pub probe_timeout: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
 }
 
@@ -245,6 +250,7 @@ pub fn ready(c: &mut Checker<'_, '_>, raw: &Spanned<RawReady>, kind: For) -> Opt
     );
     let timeout = above_zero(c, "ready.timeout", r.timeout.as_ref());
     let interval = above_zero(c, "ready.interval", r.interval.as_ref());
+    let probe_timeout = above_zero(c, "ready.probe_timeout", r.probe_timeout.as_ref());
     if kind == For::Guest && which.is_some_and(|w| w < 2) {
         c.error(
             raw.span(),
@@ -253,12 +259,17 @@ pub fn ready(c: &mut Checker<'_, '_>, raw: &Spanned<RawReady>, kind: For) -> Opt
         );
         return None;
     }
-    if let (Some(iv), Some(0 | 3)) = (&r.interval, which) {
-        c.error(
-            iv.span(),
-            "ready.interval",
-            "only `exec` and `tcp` are repeated; remove interval",
-        );
+    for (key, raw) in [
+        ("interval", &r.interval),
+        ("probe_timeout", &r.probe_timeout),
+    ] {
+        if let (Some(raw), Some(0 | 3)) = (raw, which) {
+            c.error(
+                raw.span(),
+                &format!("ready.{key}"),
+                format!("only `exec` and `tcp` are probes; remove {key}"),
+            );
+        }
     }
     if let (Some(fd), Some(w)) = (&r.notify_fd, which)
         && (w != 0 || r.notify.as_ref().is_some_and(|n| n.get_ref() != "fd"))
@@ -272,6 +283,7 @@ pub fn ready(c: &mut Checker<'_, '_>, raw: &Spanned<RawReady>, kind: For) -> Opt
     let probe_kind = |probe| ReadyKind::Probe {
         probe,
         interval: interval.unwrap_or(DEFAULT_READY_INTERVAL),
+        timeout: probe_timeout.unwrap_or(DEFAULT_READY_PROBE_TIMEOUT),
     };
     let kind = match which? {
         0 => {

@@ -47,10 +47,11 @@ fn each_ready_kind_is_read_with_its_defaults() {
             Duration::from_secs(30),
         ),
         (
-            r#"ready = { exec = ["/bin/pg_isready"], interval = "200ms" }"#,
+            r#"ready = { exec = ["/bin/pg_isready"], interval = "200ms", probe_timeout = "3s" }"#,
             ReadyKind::Probe {
                 probe: Probe::Exec(vec!["/bin/pg_isready".into()]),
                 interval: Duration::from_millis(200),
+                timeout: Duration::from_secs(3),
             },
             Duration::from_secs(30),
         ),
@@ -59,6 +60,7 @@ fn each_ready_kind_is_read_with_its_defaults() {
             ReadyKind::Probe {
                 probe: Probe::Tcp(5432),
                 interval: Duration::from_secs(1),
+                timeout: Duration::from_secs(1),
             },
             Duration::from_secs(30),
         ),
@@ -278,6 +280,18 @@ fn bad_ready_values_point_at_the_value() {
         4,
         34,
         &["ready.interval", "only `exec` and `tcp`"],
+    );
+    one_error(
+        &zone_with(r#"ready = { notify = "fd", probe_timeout = "1s" }"#),
+        4,
+        42,
+        &["ready.probe_timeout", "only `exec` and `tcp`"],
+    );
+    one_error(
+        &zone_with(r#"ready = { tcp = 80, probe_timeout = "0s" }"#),
+        4,
+        37,
+        &["ready.probe_timeout", "above zero"],
     );
     one_error(
         &zone_with(r#"ready = { tcp = 80, timout = "1s" }"#),
