@@ -848,6 +848,15 @@ fn an_events_client_that_never_reads_does_not_slow_status() {
 /// `HOST:PORT` over TCP) and parses the body with Prometheus's own text
 /// parser (the `prometheus_client` Python package); returns the status
 /// line and `NAME{LABELS} VALUE` lines as the parser understood them.
+/// The value of the first sample line of `samples` that starts with `line`.
+fn sample_value(samples: &str, line: &str) -> f64 {
+    let l = samples
+        .lines()
+        .find(|l| l.starts_with(line))
+        .unwrap_or_else(|| panic!("no {line} in:\n{samples}"));
+    l.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
 fn scrape_and_parse(addr: &Path) -> (String, String) {
     let script = r#"
 import socket, sys
@@ -911,13 +920,7 @@ fn metrics_parse_with_prometheus_and_restart_counters_match_status() {
     z.wait_state("svc", "running");
     let (status, samples) = scrape_and_parse(&sock);
     assert_eq!(status, "HTTP/1.1 200 OK");
-    let value = |line: &str| -> f64 {
-        let l = samples
-            .lines()
-            .find(|l| l.starts_with(line))
-            .unwrap_or_else(|| panic!("no {line} in:\n{samples}"));
-        l.rsplit(' ').next().unwrap().parse().unwrap()
-    };
+    let value = |line: &str| sample_value(&samples, line);
     for unit in ["crashy", "svc"] {
         let restarts = z.unit(unit)["restarts"].as_u64().unwrap() as f64;
         let name = format!("zonit_unit_restarts_total{{kind=zone,unit={unit}}}");
@@ -961,27 +964,10 @@ fn metrics_over_tcp_on_loopback_parse_and_count_unhealthy_ends() {
              restart = \"on-failure\"\nbackoff = { initial = \"50ms\" }",
         )
     });
-    z.wait_for("web healthy", Duration::from_secs(10), || {
-        z.unit("web")["health"] == "healthy"
-    });
-    assert_eq!(z.ctl(&["exec", "web", "--", "rm", "/tmp/ok"]).0, 0);
-    z.wait_for(
-        "web healthy after a restart",
-        Duration::from_secs(10),
-        || {
-            let u = z.unit("web");
-            u["restarts"] == 1 && u["health"] == "healthy"
-        },
-    );
+    z.fail_health_once("web");
     let (status, samples) = scrape_and_parse(Path::new("127.0.0.1:9321"));
     assert_eq!(status, "HTTP/1.1 200 OK");
-    let value = |line: &str| -> f64 {
-        let l = samples
-            .lines()
-            .find(|l| l.starts_with(line))
-            .unwrap_or_else(|| panic!("no {line} in:\n{samples}"));
-        l.rsplit(' ').next().unwrap().parse().unwrap()
-    };
+    let value = |line: &str| sample_value(&samples, line);
     assert_eq!(z.unit("web")["last_exit"], "unhealthy");
     assert_eq!(
         value("zonit_unit_ends_total{end=unhealthy,kind=zone,unit=web}"),

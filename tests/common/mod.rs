@@ -464,6 +464,25 @@ pub fn install_probe() -> &'static Path {
 }
 
 impl Zonit {
+    /// For a zone whose health probe tests for /tmp/ok (which its command
+    /// creates): waits until it is healthy, removes the file so the probe
+    /// fails, and waits until the zone has been restarted once and is
+    /// healthy again.
+    pub fn fail_health_once(&self, unit: &str) {
+        self.wait_for(&format!("{unit} healthy"), Duration::from_secs(10), || {
+            self.unit(unit)["health"] == "healthy"
+        });
+        assert_eq!(self.ctl(&["exec", unit, "--", "rm", "/tmp/ok"]).0, 0);
+        self.wait_for(
+            &format!("{unit} healthy after a restart"),
+            Duration::from_secs(10),
+            || {
+                let u = self.unit(unit);
+                u["restarts"] == 1 && u["health"] == "healthy"
+            },
+        );
+    }
+
     /// The unit's captured output (`zonit ctl logs`), once a line equal to
     /// `marker` has appeared in it.
     pub fn output_until(&self, unit: &str, marker: &str) -> String {
