@@ -95,6 +95,45 @@ bench_crun_bundle() {
 }
 
 # These read one number a line and skip empty lines.
+# bench_time_start N LOG BIN CONFIG [UNSHARE_OPTION...]: runs `BIN run
+# --config CONFIG` under `unshare --pid --fork --mount` (and these options)
+# until its N autostart units run; prints zonit's "all N autostart unit(s)
+# running after X ms" line and the agent's CPU time up to then
+# (schedstat: ns on a CPU; the zones' own set-up runs in their processes),
+# then stops it. Exits with zonit's log on stderr if the line never comes.
+bench_time_start() {
+    local n=$1 log=$2 bin=$3 config=$4
+    shift 4
+    : >"$log"
+    unshare "$@" --pid --fork --mount --kill-child "$bin" run --config "$config" 2>"$log" &
+    local pid=$! agent cpu line
+    for _ in $(seq 4000); do grep -q "autostart unit(s) running after" "$log" && break; sleep 0.005; done
+    agent=$(cut -d' ' -f1 "/proc/$pid/task/$pid/children")
+    cpu=$(awk '{printf "%.1f", $1 / 1e6}' "/proc/$agent/schedstat")
+    line=$(grep -o "all $n autostart unit(s) running after [0-9.]* ms" "$log") || { cat "$log" >&2; exit 1; }
+    echo "$line; agent CPU $cpu ms"
+    kill -TERM "$agent"
+    wait "$pid" || true
+}
+
+# bench_monitor_harness: prints the path of the monitor benchmark harness
+# (benches/monitor.rs, a bench target without libtest), built if needed.
+bench_monitor_harness() {
+    local harness
+    harness=$(cargo bench --bench monitor --no-run 2>&1 |
+        sed -n 's/^ *Executable .*(\(.*\))$/\1/p' | tail -n 1)
+    [[ -x $harness ]] || { echo "bench: cannot build the monitor harness" >&2; exit 1; }
+    echo "$harness"
+}
+
+# bench_pvh_payload DIR: builds the PVH test payload (tests/payloads, as
+# tests/vmm.rs builds it; QEMU boots PVH ELFs too) as DIR/payload-pvh.
+bench_pvh_payload() {
+    as --64 --defsym PVH=1 -o "$1/pvh.o" tests/payloads/payload.S
+    ld -m elf_x86_64 -nostdlib -static --build-id=none -z noexecstack \
+        -T tests/payloads/elf.ld -o "$1/payload-pvh" "$1/pvh.o"
+}
+
 median() { grep . | sort -g | awk '{a[NR] = $1} END {if (NR) print a[int((NR + 1) / 2)]}'; }
 minmax() { grep . | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {printf "%s-%s", lo, hi}'; }
 # pct P: the P-th percentile (nearest rank).

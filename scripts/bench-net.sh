@@ -40,6 +40,7 @@ if [[ ${1:-} =~ ^(start|traffic|traffic-inside|idle|frames)$ ]]; then
     shift
 fi
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/bench-lib.sh
 here=$PWD
 
 # The binary, the template and a scratch directory.
@@ -134,18 +135,9 @@ start_bench() {
             local label=""
             [[ ${#binaries[@]} -gt 1 ]] && label="$([[ $bin == "${ZONIT_BEFORE:-}" ]] && echo before || echo after) "
             for kind in plain net; do
-                local log=$dir/run-$kind-$r.log
-                : >"$log"
-                unshare --net --pid --fork --mount --kill-child "$bin" run --config "$dir/$kind.toml" 2>"$log" &
-                local pid=$!
-                for _ in $(seq 4000); do grep -q "autostart unit(s) running after" "$log" && break; sleep 0.005; done
-                local agent cpu line
-                agent=$(cut -d' ' -f1 /proc/$pid/task/$pid/children)
-                cpu=$(awk '{printf "%.1f", $1 / 1e6}' "/proc/$agent/schedstat")
-                line=$(grep -o "all $n autostart unit(s) running after [0-9.]* ms" "$log") || { cat "$log"; exit 1; }
-                echo "$label$kind: $line; agent CPU $cpu ms"
-                kill -TERM "$agent"
-                wait "$pid" || true
+                local out
+                out=$(bench_time_start "$n" "$dir/run-$kind-$r.log" "$bin" "$dir/$kind.toml" --net)
+                echo "$label$kind: $out"
                 rm -rf "$dir/zones"/* "$dir/zones"/.[!.]* 2>/dev/null || true
             done
         done
@@ -247,12 +239,8 @@ frames_bench() {
     local runs=${1:-7} n=${2:-100000}
     [[ -w /dev/kvm ]] || { echo "bench-net: frames needs /dev/kvm" >&2; exit 1; }
     local harness
-    harness=$(cargo bench --bench monitor --no-run 2>&1 |
-        sed -n 's/^ *Executable .*(\(.*\))$/\1/p' | tail -n 1)
-    [[ -x $harness ]] || { echo "bench-net: cannot build the harness" >&2; exit 1; }
-    as --64 --defsym PVH=1 -o "$dir/pvh.o" tests/payloads/payload.S
-    ld -m elf_x86_64 -nostdlib -static --build-id=none -z noexecstack \
-        -T tests/payloads/elf.ld -o "$dir/payload-pvh" "$dir/pvh.o"
+    harness=$(bench_monitor_harness)
+    bench_pvh_payload "$dir"
     # Opens tap ztap0 as zonit's agent does (vnet header of 12 bytes,
     # offloads off), sets it up, and executes the monitor with the fd
     # inherited, its number in place of TAPFD.

@@ -13,6 +13,7 @@
 set -euo pipefail
 runs=${1:-10}
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/bench-lib.sh
 scripts/setup.sh
 cargo build --release --quiet
 zonit=$PWD/target/x86_64-unknown-linux-gnu/release/zonit
@@ -33,19 +34,7 @@ for a in sh sleep; do ln -s busybox "$dir/base/bin/$a"; done
 
 echo "--- host: zonit run, 10 zones, $runs runs"
 for r in $(seq "$runs"); do
-    log=$dir/run-$r.log
-    : >"$log"
-    unshare --pid --fork --mount --kill-child "$zonit" run --config "$dir/zonit.toml" 2>"$log" &
-    pid=$!
-    for _ in $(seq 2000); do grep -q "autostart unit(s) running after" "$log" && break; sleep 0.005; done
-    agent=$(cut -d' ' -f1 /proc/$pid/task/$pid/children)
-    # The agent's own CPU time from exec to here (schedstat: ns on a CPU),
-    # without the zones' own set-up work, which runs in their processes.
-    cpu=$(awk '{printf "%.1f", $1 / 1e6}' "/proc/$agent/schedstat")
-    line=$(grep -o "all 10 autostart unit(s) running after [0-9.]* ms" "$log") || { cat "$log"; exit 1; }
-    echo "$line; agent CPU $cpu ms"
-    kill -TERM "$agent"
-    wait "$pid" || true
+    bench_time_start 10 "$dir/run-$r.log" "$zonit" "$dir/zonit.toml"
     rm -rf "$dir/zones"/*
 done
 

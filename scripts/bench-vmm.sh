@@ -25,6 +25,7 @@
 # with its spread; nothing here passes or fails.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/bench-lib.sh
 
 RUNS=${BENCH_RUNS:-50}
 PC_RUNS=${BENCH_PC_RUNS:-10}
@@ -51,14 +52,8 @@ ZONIT_BENCH=1 scripts/setup.sh
 mkdir -p "$WORK"
 cargo build --release --bin zonit >&2
 ZONIT=$PWD/target/x86_64-unknown-linux-gnu/release/zonit
-# The harness is a bench target without libtest; cargo names the binary.
-HARNESS=$(cargo bench --bench monitor --no-run 2>&1 |
-    sed -n 's/^ *Executable .*(\(.*\))$/\1/p' | tail -n 1)
-[[ -x $HARNESS ]] || { echo "bench-vmm: cannot build the harness" >&2; exit 1; }
-# The same PVH payload as tests/vmm.rs builds: QEMU boots PVH ELFs too.
-as --64 --defsym PVH=1 -o "$WORK/pvh.o" tests/payloads/payload.S
-ld -m elf_x86_64 -nostdlib -static --build-id=none -z noexecstack \
-    -T tests/payloads/elf.ld -o "$WORK/payload-pvh" "$WORK/pvh.o"
+HARNESS=$(bench_monitor_harness)
+bench_pvh_payload "$WORK"
 PAYLOAD=$PWD/$WORK/payload-pvh
 
 # --- the monitors ------------------------------------------------------------
