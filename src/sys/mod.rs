@@ -13,6 +13,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
+pub mod exe;
 pub mod tty;
 
 /// Turns a `-1` return into the thread's `errno` as an `io::Error`.
