@@ -83,17 +83,26 @@ pub(super) fn zone_init(
         Ok(p) => p,
         Err(e) => give_up(&channel, &format!("unable to create exec pipe: {e}")),
     };
+    // The command waits for EOF here before it runs: the exec below makes
+    // this process dumpable until its new image says otherwise, and nothing
+    // of the zone may run meanwhile.
+    let (settled_rx, settled_tx) = match sys::pipe() {
+        Ok(p) => p,
+        Err(e) => give_up(&channel, &format!("unable to create a pipe: {e}")),
+    };
     let cmd = match sys::fork() {
         Ok(ForkResult::Child) => {
             drop(rx);
-            command::zone_command(prep, channel, tx, output, notify)
+            drop(settled_tx);
+            command::zone_command(prep, channel, tx, settled_rx, output, notify)
         }
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => give_up(&channel, &format!("unable to fork the command: {e}")),
     };
     drop(tx);
+    drop(settled_rx);
     if let Some(exe) = exe {
-        let e = reexec(prep, exe, &channel, &rx, cmd);
+        let e = reexec(prep, exe, &channel, &rx, &settled_tx, cmd);
         let line = format!(
             "zonit-init: unable to execute zonit again, the init stays a copy of the agent: {e}\n"
         );
@@ -104,6 +113,7 @@ pub(super) fn zone_init(
     // CONFIG_CHECKPOINT_RESTORE keeps the command line (comm is set in any
     // case); the zone runs all the same, so that is no reason to fail it.
     let _ = sys::set_process_name(&prep.title, INIT_NAME);
+    drop(settled_tx);
     report_exec(rx, &channel);
     reap_forever(cmd, &channel)
 }
@@ -112,13 +122,16 @@ pub(super) fn zone_init(
 /// the command's PID ([`Handover`]).
 const HANDOVER_VAR: &CStr = c"ZONIT_INIT";
 
-/// What the init hands to its re-executed self: `CHANNEL,EXEC_PIPE,PID`.
+/// What the init hands to its re-executed self:
+/// `CHANNEL,EXEC_PIPE,SETTLED,PID`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Handover {
     /// The zone start channel to the agent.
     channel: RawFd,
     /// The read end of the command's exec pipe.
     exec_pipe: RawFd,
+    /// The write end the command waits to see closed.
+    settled: RawFd,
     /// The command's process.
     command: i32,
 }
@@ -127,10 +140,11 @@ impl Handover {
     /// `NAME=VALUE` for the environment.
     fn encode(&self) -> String {
         format!(
-            "{}={},{},{}",
+            "{}={},{},{},{}",
             HANDOVER_VAR.to_string_lossy(),
             self.channel,
             self.exec_pipe,
+            self.settled,
             self.command
         )
     }
@@ -146,26 +160,30 @@ impl Handover {
         let h = Handover {
             channel: fields.next()??,
             exec_pipe: fields.next()??,
+            settled: fields.next()??,
             command: fields.next()??,
         };
         // Never one of stdio.
-        (fields.next().is_none() && h.channel > 2 && h.exec_pipe > 2).then_some(h)
+        let fds = [h.channel, h.exec_pipe, h.settled];
+        (fields.next().is_none() && fds.iter().all(|&fd| fd > 2)).then_some(h)
     }
 }
 
 /// Executes zonit's file as `zonit-init NAME`, handing it the channel,
-/// the exec pipe and the command's PID; every other fd is closed. Returns
+/// the exec pipe, the command's wait pipe and the command's PID. Returns
 /// only on failure.
 fn reexec(
     prep: &Prepared,
     exe: BorrowedFd<'_>,
     channel: &OwnedFd,
     rx: &OwnedFd,
+    settled: &OwnedFd,
     cmd: Pid,
 ) -> io::Error {
     let handover = Handover {
         channel: channel.as_raw_fd(),
         exec_pipe: rx.as_raw_fd(),
+        settled: settled.as_raw_fd(),
         command: cmd.as_raw(),
     };
     let env = match CString::new(handover.encode()) {
@@ -174,7 +192,9 @@ fn reexec(
     };
     // Every other fd left (the output pipe, the notify pipe, `exe`) is
     // close-on-exec.
-    let placed = sys::clear_cloexec(channel.as_fd()).and_then(|()| sys::clear_cloexec(rx.as_fd()));
+    let placed = sys::clear_cloexec(channel.as_fd())
+        .and_then(|()| sys::clear_cloexec(rx.as_fd()))
+        .and_then(|()| sys::clear_cloexec(settled.as_fd()));
     if let Err(e) = placed {
         return e;
     }
@@ -211,13 +231,16 @@ pub fn run_if_reexecuted() {
     // Kept across this exec (no set-uid, no new capabilities); set again
     // in case a kernel cleared it.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-    let (Ok(channel), Ok(rx)) = (
+    let (Ok(channel), Ok(rx), Ok(settled)) = (
         sys::take_inherited_fd(h.channel),
         sys::take_inherited_fd(h.exec_pipe),
+        sys::take_inherited_fd(h.settled),
     ) else {
         // Nothing to report on: the agent sees the init end without a word.
         sys::exit_now(126)
     };
+    // Non-dumpable again: the command may run.
+    drop(settled);
     report_exec(rx, &channel);
     reap_forever(Pid::from_raw(h.command), &channel)
 }
@@ -288,6 +311,7 @@ mod tests {
         let h = Handover {
             channel: 5,
             exec_pipe: 7,
+            settled: 9,
             command: 2,
         };
         let encoded = h.encode();
@@ -298,7 +322,14 @@ mod tests {
     #[test]
     fn a_malformed_handover_is_refused() {
         for bad in [
-            "", "5,7", "5,7,2,9", "5,x,2", "1,7,2", "5,7,0", "5,7,-3", "5,,2",
+            "",
+            "5,7,9",
+            "5,7,9,2,4",
+            "5,x,9,2",
+            "1,7,9,2",
+            "5,7,9,0",
+            "5,7,9,-3",
+            "5,,9,2",
         ] {
             assert_eq!(Handover::decode(bad.as_bytes()), None, "{bad}");
         }
