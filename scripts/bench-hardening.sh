@@ -33,6 +33,7 @@
 # reports; nothing here is a pass/fail test.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/bench-lib.sh
 
 MODE=${1:-all}
 RUNS=${BENCH_RUNS:-200}
@@ -42,44 +43,13 @@ ZROUNDS=${BENCH_ZROUNDS:-3}
 OUT=${BENCH_OUT:-target/bench/hardening.md}
 
 case $MODE in latency | zones | all) ;; *) echo "usage: $0 [latency|zones|all]" >&2; exit 2 ;; esac
-if [[ $(id -u) != 0 ]]; then
-    echo "bench: needs root (namespaces, mounts, cgroups)" >&2
-    exit 1
-fi
+bench_require_root bench
 
-# hyperfine, bubblewrap, crun, s6, busybox-static, util-linux: the same
-# list every benchmark uses, kept in one place.
-ZONIT_BENCH=1 scripts/setup.sh
-busybox=$(command -v busybox)
+bench_tools
+# Long-lived processes started here go in pids, stopped by PID on exit.
+bench_prepare zonit-hbench sh true sleep
 
-if [[ -z ${ZONIT:-} ]]; then
-    cargo build --release --quiet
-    ZONIT=$PWD/target/x86_64-unknown-linux-gnu/release/zonit
-fi
-
-dir=$(mktemp -d /tmp/zonit-hbench.XXXXXX)
-pids=() # long-lived processes started here, stopped by PID (SIGTERM) on exit
-cleanup() {
-    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-
-root=$dir/root
-mkdir -p "$root"/{bin,proc,sys,dev,tmp,etc}
-cp "$busybox" "$root/bin/busybox"
-for a in sh true sleep; do ln -s busybox "$root/bin/$a"; done
-
-median() { grep . | sort -g | awk '{a[NR] = $1} END {if (NR) print a[int((NR + 1) / 2)]}'; }
-minmax() { grep . | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {printf "%s-%s", lo, hi}'; }
-fmt_ms() { awk -v s="$1" 'BEGIN {printf "%.2f", s * 1000}'; }
-now() { echo "$EPOCHREALTIME"; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.6f", b - a}'; }
-smaps() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$2/smaps_rollup" 2>/dev/null; }
-sum() { awk '{s += $1} END {print s + 0}'; }
 report=()
-say() { report+=("$*"); }
 
 echo "bench: $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg) at start" >&2
 
@@ -102,8 +72,8 @@ build_variant() {
         [[ $n == 3 ]] || { echo "bench: mount_plan.rs patch: $n of 3 applied" >&2; exit 1; }
     fi
     if [[ $what == *privs* ]]; then
-        sed -i -e '/^    sys::limit_bounding_and_ambient(&prep.caps, prep.last_cap)?;$/d' \
-            -e 's/^        sys::set_capabilities(&prep.caps)?;$/        let _ = \&prep.caps;/' \
+        sed -i -e '/^    sys::caps::limit_bounding_and_ambient(&prep.caps, prep.last_cap)?;$/d' \
+            -e 's/^        sys::caps::set_capabilities(&prep.caps)?;$/        let _ = \&prep.caps;/' \
             -e '/^    nix::sys::prctl::set_no_new_privs().map_err(io::Error::from)?;$/d' \
             -e 's/^    if let Err(e) = seccomp::install(prep.seccomp) {$/    if let Err(e) = Ok::<(), seccomp::Error>(()) {/' "$spawn"
         sed -i -e 's/PROGRAM.get_or_init(build)/PROGRAM.get_or_init(|| Ok(Vec::new()))/' "$sec"
@@ -123,17 +93,7 @@ latency() {
     build_variant nomasks masks
     local U=$dir/zonit-unhardened M=$dir/zonit-nomasks
     local one=$dir/one.toml
-    cat > "$one" <<EOF
-[host]
-control_socket = "$dir/one.sock"
-exit_with = "one"
-
-[zone.one]
-root = "$root"
-command = ["/bin/true"]
-restart = "never"
-EOF
-    sed 's/^exit_with.*/&\nlog_level = "debug"/' "$one" > "$dir/one-debug.toml"
+    bench_one_config
     # A zone that shows the difference: its CapBnd, Seccomp and NoNewPrivs
     # lines, what /proc/interrupts is (masked: /dev/null, a character device),
     # and how many mounts sit on /proc/sys (read-only: one).
@@ -157,13 +117,8 @@ EOF
     if [[ -n $cg2 && $cg2 != /sys/fs/cgroup && -n $(cat "$cg2/cgroup.subtree_control" 2>/dev/null) ]]; then
         crun_wrap=(unshare --mount --propagation private -- sh -c 'umount -l "$0" && exec "$@"' "$cg2")
     fi
+    bench_crun_bundle
     local bundle=$dir/bundle
-    mkdir -p "$bundle"
-    (cd "$bundle" && crun spec)
-    sed -i -e 's|"terminal": true|"terminal": false|' \
-        -e 's|"path": "rootfs"|"path": "'"$root"'"|' \
-        -e '/"args": \[/,/\]/c\                "args": ["/bin/true"],' "$bundle/config.json"
-    grep -q '"/bin/true"' "$bundle/config.json" || { echo "bench: crun spec edit failed" >&2; exit 1; }
 
     declare -A lat
     for r in $(seq "$ROUNDS"); do

@@ -19,39 +19,15 @@
 # Measures only; nothing here is a pass/fail test.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/bench-lib.sh
 
 WINDOW=${BENCH_WINDOW:-20}
 N=${BENCH_ZONES:-100}
 IDLE=${BENCH_IDLE:-30}
 
-if [[ $(id -u) != 0 ]]; then
-    echo "bench-ready: needs root (namespaces, mounts, cgroups)" >&2
-    exit 1
-fi
-busybox=$(command -v busybox)
-if [[ -z ${ZONIT:-} ]]; then
-    cargo build --release --quiet
-    ZONIT=$PWD/target/x86_64-unknown-linux-gnu/release/zonit
-fi
+bench_require_root bench-ready
+bench_prepare zonit-bench-ready sh true sleep httpd
 
-dir=$(mktemp -d /tmp/zonit-bench-ready.XXXXXX)
-pids=() # processes started here, stopped by PID on exit
-cleanup() {
-    if [[ -n ${zpid:-} ]]; then kill -TERM "$zpid" 2>/dev/null || true; fi
-    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-
-root=$dir/root
-mkdir -p "$root"/{bin,proc,sys,dev,tmp,etc}
-cp "$busybox" "$root/bin/busybox"
-for a in sh true sleep httpd; do ln -s busybox "$root/bin/$a"; done
-
-median() { grep . | sort -g | awk '{a[NR] = $1} END {if (NR) print a[int((NR + 1) / 2)]}'; }
-pct() { grep . | sort -g | awk -v p="$1" '{a[NR] = $1} END {if (NR) {i = int(NR * p / 100 + 0.5); if (i < 1) i = 1; print a[i]}}'; }
-ctxt() { awk '/^(voluntary|nonvoluntary)_ctxt_switches/ {s += $2} END {print s}' "/proc/$1/status"; }
 # cpu_ms PID -> utime + stime in ms
 cpu_ms() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) * 1000 / hz}' "/proc/$1/stat"; }
 # The agent's PID: zonit runs as PID 1 of its own PID namespace.
@@ -82,7 +58,6 @@ stop_zonit() {
 }
 
 report=()
-say() { report+=("$*"); }
 
 # --- 1. one exec probe ----------------------------------------------------------
 cat >"$dir/exec.toml" <<EOF
@@ -125,16 +100,16 @@ say "| \`zonit ctl exec p -- /bin/true\`, wall time, median of 100 (us; client s
 say ""
 
 # --- 2. crun exec, when crun runs here -------------------------------------------
-# crun refuses a hybrid host (a cgroup2 beside cgroup v1, even with no
-# controller enabled in it, and with --cgroup-manager=disabled too): as in
-# scripts/bench.sh, it runs where that cgroup2 is unmounted. hyperfine runs
-# in such a namespace as well, so what is timed is `crun exec` alone.
-in_ns=()
+# crun refuses a hybrid host (a cgroup2 beside cgroup v1, even one with no
+# controllers enabled): as in scripts/bench.sh, the container is created where that cgroup2 is
+# unmounted, and without a cgroup of its own (--cgroup-manager=disabled:
+# on cgroup v1 alone crun's detached container did not stay up). `crun
+# exec` itself needs neither, so it is timed bare, as `zonit ctl exec` is.
+crun=(crun --cgroup-manager=disabled)
 cg2=$(awk '$9 == "cgroup2" {print $5; exit}' /proc/self/mountinfo)
 if [[ -n $cg2 && $cg2 != /sys/fs/cgroup ]]; then
-    in_ns=(unshare --mount --propagation private -- sh -c 'umount -l "$0" && exec "$@"' "$cg2")
+    crun=(unshare --mount --propagation private -- sh -c 'umount -l "$0" && exec crun --cgroup-manager=disabled "$@"' "$cg2")
 fi
-crun=("${in_ns[@]}" crun)
 if command -v crun >/dev/null && command -v hyperfine >/dev/null; then
     bundle=$dir/bundle
     mkdir -p "$bundle"
@@ -142,16 +117,17 @@ if command -v crun >/dev/null && command -v hyperfine >/dev/null; then
     sed -i -e 's/"terminal": true/"terminal": false/' \
         -e "s|\"path\": \"rootfs\"|\"path\": \"$root\"|" \
         -e 's|"sh"|"/bin/sleep", "100000"|' "$bundle/config.json"
-    if "${crun[@]}" run -d -b "$bundle" zonit-bench-ready >"$dir/crun.err" 2>&1; then
-        "${in_ns[@]}" hyperfine -N --runs 100 --warmup 10 --export-json "$dir/crun.json" \
+    if "${crun[@]}" run -d -b "$bundle" zonit-bench-ready </dev/null >"$dir/crun-run.log" 2>&1 &&
+        crun exec zonit-bench-ready /bin/true; then
+        hyperfine -N --runs 100 --warmup 10 --export-json "$dir/crun.json" \
             "crun exec zonit-bench-ready /bin/true" >/dev/null
         med=$(awk -F: '/"median"/ {gsub(/[ ,]/, "", $2); print $2; exit}' "$dir/crun.json")
-        say "**2. \`crun exec\` of /bin/true into a running container: median $(awk -v s="$med" 'BEGIN {printf "%.0f", s * 1e6}') us** (hyperfine -N, 100 runs, wall time of \`crun exec\` alone$( ((${#in_ns[@]})) && echo ", crun and hyperfine in a mount namespace without the host's cgroup2, which crun refuses"))"
-        "${crun[@]}" kill zonit-bench-ready KILL >/dev/null 2>&1 || true
+        say "**2. \`crun exec zonit-bench-ready /bin/true\` into a running container of the same root: median $(awk -v s="$med" 'BEGIN {printf "%.0f", s * 1e6}') us** (hyperfine -N, 100 runs, wall time of the whole command)"
+        crun kill zonit-bench-ready KILL >/dev/null 2>&1 || true
         sleep 0.5
-        "${crun[@]}" delete -f zonit-bench-ready >/dev/null 2>&1 || true
+        crun delete -f zonit-bench-ready >/dev/null 2>&1 || true
     else
-        say "**2. crun exec**: not measured: \`crun run -d\` failed here ($(grep -m1 . "$dir/crun.err" || echo no message))."
+        say "**2. crun exec**: crun is installed but its container did not run here ($(tr '\n' ' ' <"$dir/crun-run.log")); not measured."
     fi
 else
     say "**2. crun exec**: crun (and hyperfine) not installed; not measured."

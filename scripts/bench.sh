@@ -27,6 +27,7 @@
 # reported as not measured, with the reason, and the rest goes on.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/bench-lib.sh
 
 RUNS=${BENCH_RUNS:-300}
 ROUNDS=${BENCH_ROUNDS:-3}
@@ -35,54 +36,14 @@ IDLE=${BENCH_IDLE:-10}
 MEM_ZONES=${BENCH_MEM_ZONES:-"$N 1000"}
 OUT=${BENCH_OUT:-target/bench/report.md}
 
-if [[ $(id -u) != 0 ]]; then
-    echo "bench: needs root (namespaces, mounts, cgroups)" >&2
-    exit 1
-fi
+bench_require_root bench
 
-# --- tools -----------------------------------------------------------------
-# hyperfine, bubblewrap, crun, s6, busybox-static, util-linux: the same
-# list every benchmark uses, kept in one place.
-ZONIT_BENCH=1 scripts/setup.sh
-busybox=$(command -v busybox)
-
-if [[ -z ${ZONIT:-} ]]; then
-    cargo build --release --quiet
-    ZONIT=$PWD/target/x86_64-unknown-linux-gnu/release/zonit
-fi
-
-# --- scratch space and cleanup ---------------------------------------------
-dir=$(mktemp -d /tmp/zonit-bench.XXXXXX)
-pids=() # every long-lived process started here, stopped by PID on exit
-cleanup() {
-    for p in "${pids[@]}"; do
-        kill -TERM "$p" 2>/dev/null || true
-    done
-    for p in "${pids[@]}"; do
-        wait "$p" 2>/dev/null || true
-    done
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-
-root=$dir/root
-mkdir -p "$root"/{bin,proc,sys,dev,tmp,etc}
-cp "$busybox" "$root/bin/busybox"
-for a in sh true sleep; do ln -s busybox "$root/bin/$a"; done
+bench_tools
+# Every long-lived process started here goes in pids, stopped by PID on exit.
+bench_prepare zonit-bench sh true sleep
 
 # --- helpers ---------------------------------------------------------------
-# Both read one number a line and skip empty lines.
-median() { grep . | sort -g | awk '{a[NR] = $1} END {if (NR) print a[int((NR + 1) / 2)]}'; }
-minmax() { grep . | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {printf "%s-%s", lo, hi}'; }
-# fmt_ms SECONDS -> milliseconds with two decimals
-fmt_ms() { awk -v s="$1" 'BEGIN {printf "%.2f", s * 1000}'; }
-now() { echo "$EPOCHREALTIME"; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.6f", b - a}'; }
-# smaps KEY PID -> kB from /proc/PID/smaps_rollup
-smaps() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$2/smaps_rollup"; }
 private_kb() { awk '$1 == "Private_Clean:" || $1 == "Private_Dirty:" {s += $2} END {print s}' "/proc/$1/smaps_rollup"; }
-ctxt() { awk '/^(voluntary|nonvoluntary)_ctxt_switches/ {s += $2} END {print s}' "/proc/$1/status"; }
-sum() { awk '{s += $1} END {print s + 0}'; }
 
 # crun refuses a hybrid cgroup host whose cgroup2 has controllers enabled
 # ("cgroups in hybrid mode not supported"); hide that cgroup2 from crun
@@ -96,14 +57,8 @@ if [[ -n $cg2 && $cg2 != /sys/fs/cgroup ]]; then
     crun_wrap=(unshare --mount --propagation private -- sh -c 'umount -l "$0" && exec "$@"' "$cg2")
 fi
 
-# crun bundle: `crun spec`, then the busybox root, /bin/true, no terminal.
+bench_crun_bundle
 bundle=$dir/bundle
-mkdir -p "$bundle"
-(cd "$bundle" && crun spec)
-sed -i -e 's|"terminal": true|"terminal": false|' \
-    -e 's|"path": "rootfs"|"path": "'"$root"'"|' \
-    -e '/"args": \[/,/\]/c\                "args": ["/bin/true"],' "$bundle/config.json"
-grep -q '"/bin/true"' "$bundle/config.json" || { echo "bench: crun spec edit failed" >&2; exit 1; }
 
 # s6: a scan directory; service `t` is down until told, and runs
 # busybox true directly (the script's interpreter is `true`). Each
@@ -127,18 +82,8 @@ pids+=("$svscan")
 for _ in $(seq 200); do [[ -p $scan/t/supervise/control ]] && break; sleep 0.01; done
 
 # zonit configs
+bench_one_config
 one=$dir/one.toml
-cat > "$one" <<EOF
-[host]
-control_socket = "$dir/one.sock"
-exit_with = "one"
-
-[zone.one]
-root = "$root"
-command = ["/bin/true"]
-restart = "never"
-EOF
-sed 's/^exit_with.*/&\nlog_level = "debug"/' "$one" > "$dir/one-debug.toml"
 
 many() { # many FILE LOG_LEVEL ROOT_OR_TEMPLATE_KEY
     {
@@ -157,7 +102,6 @@ many "$dir/many.toml" info root
 many "$dir/overlay.toml" info template
 
 report=()
-say() { report+=("$*"); }
 
 # The floor for N zones at once: a static C program that only clones,
 # pivot_roots, mounts /proc and execs.

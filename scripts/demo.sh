@@ -13,8 +13,9 @@
 # Installs what it needs on a fresh Debian machine (qemu-system-x86,
 # busybox-static; the kernel comes from scripts/fetch-kernel.sh).
 # The appliance's NIC is on QEMU's user network, with this machine's
-# 127.0.0.1:8080 forwarded to it: `curl http://127.0.0.1:8080/` reaches the
-# demo's web zone through zonit's port forward.
+# 127.0.0.1:8080 (ZONIT_DEMO_PORT to choose another) forwarded to its port
+# 8080: `curl http://127.0.0.1:8080/` from this machine reaches the demo's
+# web zone through zonit's port forward (tests/qemu.rs checks that path).
 # Quit with Ctrl-A X, or `zonit ctl poweroff` from the shell.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -30,8 +31,10 @@ scripts/setup.sh
 scripts/fetch-kernel.sh
 if [[ -z $disk ]]; then
     scripts/build-initramfs.sh --release build/demo.cpio.gz
+    port=${ZONIT_DEMO_PORT:-8080}
+    echo "demo: once the console says \"web: ready\", curl http://127.0.0.1:$port/ from this machine shows zone web's page"
     exec scripts/run-qemu.sh --initrd build/demo.cpio.gz --append "$*" \
-        -- -nic user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:8080-:8080
+        -- -nic "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:$port-:8080"
 fi
 if [[ ! -e $disk ]]; then
     truncate -s 256M "$disk"

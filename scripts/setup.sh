@@ -20,6 +20,8 @@ packages=(
 if [[ ${ZONIT_BENCH:-0} == 1 ]]; then
     # Peers measured side by side in BENCHMARKS.md.
     packages+=(hyperfine bubblewrap crun s6 binutils python3)
+    # scripts/bench-net.sh traffic: throughput and latency over the bridge.
+    packages+=(iperf3 sockperf)
 fi
 
 missing=()

@@ -6,6 +6,8 @@
 
 /// The agent: event loop, unit runtime, control server.
 pub mod agent;
+/// The command table: help, usage errors, completion.
+pub mod cli;
 /// The configuration model, parser and validator.
 pub mod config;
 /// Control protocol and `zonit ctl` client.

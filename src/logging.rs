@@ -1,8 +1,7 @@
 //! The log backend behind the `log` facade: one line per record to stderr
 //! (the console under `zonit run`), or to `/dev/kmsg` with the record's
 //! priority when zonit is PID 1; and, when `[host] syslog` is set, a copy
-//! of every record to a remote syslog server (RFC 5424 over UDP or TCP,
-//! the `syslog` crate's formatter).
+//! of every record to a remote syslog server (RFC 5424 over UDP or TCP).
 //!
 //! The remote copy is best effort: a send that fails is counted, never
 //! retried, and never blocks the agent for long (UDP does not block; TCP
@@ -12,9 +11,9 @@
 //! Unit output is logged with target `unit:NAME` and printed as
 //! `zonit[NAME]: line`; zonit's own records as `zonit: LEVEL: message`.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
+use std::net::{TcpStream, UdpSocket};
 use std::sync::Mutex;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
@@ -32,37 +31,69 @@ struct Logger {
     remote: Mutex<Option<Remote>>,
 }
 
-/// A remote syslog connection and how many records it failed to send.
+/// A remote syslog collector and how many records it failed to take.
 struct Remote {
-    logger: syslog::Logger<syslog::LoggerBackend, syslog::Formatter5424>,
+    socket: RemoteSocket,
+    /// This host's name, as records carry it (`-` when unknown).
+    host: String,
     lost: u64,
-    /// Over TCP each message ends in a newline: the non-transparent
-    /// framing of RFC 6587 that rsyslog and syslog-ng read (the crate
-    /// writes none).
-    tcp: bool,
+}
+
+enum RemoteSocket {
+    Udp(UdpSocket),
+    Tcp(TcpStream),
 }
 
 impl Remote {
+    /// One RFC 5424 record of `msg`: facility daemon, the level's
+    /// severity, the time in UTC, this host, `zonit` and its pid, no
+    /// message id or structured data. Over TCP it ends in a newline: the
+    /// non-transparent framing of RFC 6587 that rsyslog and syslog-ng
+    /// read.
+    fn record(&self, level: Level, msg: &str) -> String {
+        const DAEMON: u8 = 3;
+        let severity = match level {
+            Level::Error => 3,
+            Level::Warn => 4,
+            Level::Info => 6,
+            Level::Debug | Level::Trace => 7,
+        };
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut rec = format!(
+            "<{}>1 {} {} zonit {} - - {msg}",
+            DAEMON * 8 + severity,
+            crate::control::event::rfc3339(ms),
+            self.host,
+            std::process::id()
+        );
+        if let RemoteSocket::Tcp(_) = self.socket {
+            rec.push('\n');
+        }
+        rec
+    }
+
+    /// Sends one record in one write.
+    fn write(&mut self, level: Level, msg: &str) -> std::io::Result<()> {
+        let rec = self.record(level, msg);
+        match &mut self.socket {
+            RemoteSocket::Udp(s) => s.send(rec.as_bytes()).map(drop),
+            RemoteSocket::Tcp(s) => s.write_all(rec.as_bytes()),
+        }
+    }
+
     fn send(&mut self, level: Level, line: &str) {
-        let end = if self.tcp { "\n" } else { "" };
         if self.lost > 0 {
             let note = format!(
-                "zonit: warn: {} log record(s) not sent to syslog{end}",
+                "zonit: warn: {} log record(s) not sent to syslog",
                 self.lost
             );
-            if self.logger.warning((0, BTreeMap::new(), note)).is_ok() {
+            if self.write(Level::Warn, &note).is_ok() {
                 self.lost = 0;
             }
         }
-        let line = format!("{line}{end}");
-        let msg = (0u32, BTreeMap::new(), line);
-        let sent = match level {
-            Level::Error => self.logger.err(msg),
-            Level::Warn => self.logger.warning(msg),
-            Level::Info => self.logger.info(msg),
-            Level::Debug | Level::Trace => self.logger.debug(msg),
-        };
-        if sent.is_err() {
+        if self.write(level, line).is_err() {
             self.lost += 1;
         }
     }
@@ -97,11 +128,7 @@ pub fn add_syslog(target: Option<&crate::config::SyslogTarget>) {
         return;
     };
     let remote = target.and_then(|t| match connect_syslog(t) {
-        Ok(l) => Some(Remote {
-            logger: l,
-            lost: 0,
-            tcp: matches!(t, crate::config::SyslogTarget::Tcp(_)),
-        }),
+        Ok(r) => Some(r),
         Err(e) => {
             log::warn!("unable to set up remote syslog {t:?}: {e}");
             None
@@ -112,37 +139,37 @@ pub fn add_syslog(target: Option<&crate::config::SyslogTarget>) {
     }
 }
 
-fn connect_syslog(
-    target: &crate::config::SyslogTarget,
-) -> Result<syslog::Logger<syslog::LoggerBackend, syslog::Formatter5424>, syslog::Error> {
+fn connect_syslog(target: &crate::config::SyslogTarget) -> std::io::Result<Remote> {
     use crate::config::SyslogTarget;
-    let formatter = syslog::Formatter5424 {
-        facility: syslog::Facility::LOG_DAEMON,
-        hostname: nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok()),
-        process: "zonit".into(),
-        pid: std::process::id(),
-    };
-    match target {
+    let socket = match target {
         SyslogTarget::Udp(addr) => {
             let local: std::net::SocketAddr = if addr.is_ipv4() {
                 ([0, 0, 0, 0], 0).into()
             } else {
                 (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
             };
-            syslog::udp(formatter, local, *addr)
+            let s = UdpSocket::bind(local)?;
+            s.connect(addr)?;
+            RemoteSocket::Udp(s)
         }
         SyslogTarget::Tcp(addr) => {
-            let logger = syslog::tcp(formatter, *addr)?;
+            let s = TcpStream::connect(addr)?;
             // A stalled collector must not stall PID 1 for long: a write
             // that times out is counted as lost.
-            if let syslog::LoggerBackend::Tcp(w) = &logger.backend {
-                let _ = w.get_ref().set_write_timeout(Some(TCP_WRITE_TIMEOUT));
-            }
-            Ok(logger)
+            s.set_write_timeout(Some(TCP_WRITE_TIMEOUT))?;
+            RemoteSocket::Tcp(s)
         }
-    }
+    };
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty() && !h.contains(' '))
+        .unwrap_or_else(|| "-".into());
+    Ok(Remote {
+        socket,
+        host,
+        lost: 0,
+    })
 }
 
 /// Logs `message` at error level from a panic hook: never blocks on the
@@ -250,8 +277,8 @@ impl Log for Logger {
                 }
             }
         }
-        // try_lock: a record logged while sending (an error inside the
-        // syslog crate) must not deadlock; it is only kept locally.
+        // try_lock: a record logged while sending must not deadlock; it
+        // is only kept locally.
         if let Ok(mut remote) = self.remote.try_lock()
             && let Some(r) = &mut *remote
         {

@@ -378,11 +378,12 @@ fn a_stop_waiter_is_answered_when_another_client_starts_the_unit() {
         zone(
             d,
             "slow",
-            "trap 'sleep 1; exit 0' TERM; while true; do sleep 0.1; done",
+            "trap 'sleep 1; exit 0' TERM; echo trapped; while true; do sleep 0.1; done",
             "stop_timeout = \"5s\"",
         )
     });
-    z.wait_state("slow", "running");
+    // Running is not enough: the shell must have set its trap.
+    z.output_until("slow", "trapped");
     let mut waiter = std::os::unix::net::UnixStream::connect(&z.socket).unwrap();
     waiter
         .write_all(b"{\"v\":1,\"cmd\":\"stop\",\"name\":\"slow\"}\n")
@@ -408,11 +409,11 @@ fn ctl_gives_up_after_its_timeout() {
         zone(
             d,
             "stubborn",
-            "trap '' TERM; while true; do sleep 0.1; done",
+            "trap '' TERM; echo trapped; while true; do sleep 0.1; done",
             "stop_timeout = \"3s\"",
         )
     });
-    z.wait_state("stubborn", "running");
+    z.output_until("stubborn", "trapped");
     let t = std::time::Instant::now();
     let (code, _, err) = z.ctl(&["--timeout", "500ms", "stop", "stubborn"]);
     assert_eq!(code, 3, "{err}");
@@ -496,28 +497,35 @@ fn running_out_of_fds_is_a_passing_failure_not_a_permanent_one() {
     });
 }
 
+/// An agent running the zones `keep` and `slow` (which takes `stop_delay`
+/// seconds to stop), once `slow` runs; with its config text as it is and
+/// without `slow`, for reloads.
+fn keep_and_slow_stopper(name: &str, stop_delay: &str) -> (Zonit, String, String) {
+    let slow = |d: &Path| {
+        zone(
+            d,
+            "slow",
+            &format!(
+                "trap 'sleep {stop_delay}; exit 0' TERM; echo trapped; while true; do sleep 0.1; done"
+            ),
+            "stop_timeout = \"5s\"",
+        )
+    };
+    let z = Zonit::start(name, |d| zone(d, "keep", "sleep 1000", "") + &slow(d));
+    z.output_until("slow", "trapped");
+    let host = format!("[host]\ncontrol_socket = \"{}\"\n", z.socket.display());
+    let keep = zone(&z.dir, "keep", "sleep 1000", "");
+    let with = format!("{host}{keep}{}", slow(&z.dir));
+    let without = format!("{host}{keep}");
+    (z, with, without)
+}
+
 #[test]
 fn a_sighup_storm_over_good_and_broken_configs_keeps_a_slow_stopping_unit() {
     if !require_root() {
         return;
     }
-    let slow = |d: &Path| {
-        zone(
-            d,
-            "slow",
-            "trap 'sleep 0.5; exit 0' TERM; while true; do sleep 0.1; done",
-            "stop_timeout = \"5s\"",
-        )
-    };
-    let z = Zonit::start("hupstorm", |d| zone(d, "keep", "sleep 1000", "") + &slow(d));
-    z.wait_state("slow", "running");
-    let host = format!("[host]\ncontrol_socket = \"{}\"\n", z.socket.display());
-    let with = format!(
-        "{host}{}{}",
-        zone(&z.dir, "keep", "sleep 1000", ""),
-        slow(&z.dir)
-    );
-    let without = format!("{host}{}", zone(&z.dir, "keep", "sleep 1000", ""));
+    let (z, with, without) = keep_and_slow_stopper("hupstorm", "0.5");
     let broken = format!("{without}[zone.bad]\nroot = 7\n");
     let pid = nix::unistd::Pid::from_raw(z.pid());
     for i in 0..200 {
@@ -542,23 +550,7 @@ fn a_unit_removed_and_re_added_while_stopping_stays() {
     if !require_root() {
         return;
     }
-    let slow = |d: &Path| {
-        zone(
-            d,
-            "slow",
-            "trap 'sleep 1; exit 0' TERM; while true; do sleep 0.1; done",
-            "stop_timeout = \"5s\"",
-        )
-    };
-    let z = Zonit::start("readd", |d| zone(d, "keep", "sleep 1000", "") + &slow(d));
-    z.wait_state("slow", "running");
-    let host = format!("[host]\ncontrol_socket = \"{}\"\n", z.socket.display());
-    let with = format!(
-        "{host}{}{}",
-        zone(&z.dir, "keep", "sleep 1000", ""),
-        slow(&z.dir)
-    );
-    let without = format!("{host}{}", zone(&z.dir, "keep", "sleep 1000", ""));
+    let (z, with, without) = keep_and_slow_stopper("readd", "1");
     std::fs::write(&z.config, &without).unwrap();
     assert_eq!(z.ctl(&["reload"]).0, 0);
     assert_eq!(
@@ -852,15 +844,21 @@ fn an_events_client_that_never_reads_does_not_slow_status() {
     drop(stuck);
 }
 
-/// Scrapes `GET /metrics` from the unix socket `path` and parses the body
-/// with Prometheus's own text parser (the `prometheus_client` Python
-/// package); returns `NAME{LABELS} VALUE` lines as it understood them.
-fn scrape_and_parse(path: &Path) -> (String, String) {
+/// Scrapes `GET /metrics` from `addr` (a unix socket's path, or
+/// `HOST:PORT` over TCP) and parses the body with Prometheus's own text
+/// parser (the `prometheus_client` Python package); returns the status
+/// line and `NAME{LABELS} VALUE` lines as the parser understood them.
+fn scrape_and_parse(addr: &Path) -> (String, String) {
     let script = r#"
 import socket, sys
 from prometheus_client.parser import text_string_to_metric_families
-s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[1])
+addr = sys.argv[1]
+if addr.startswith("/"):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(addr)
+else:
+    host, port = addr.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)))
 s.sendall(b"GET /metrics HTTP/1.1\r\nHost: zonit\r\n\r\n")
 data = b""
 while True:
@@ -878,7 +876,7 @@ for fam in text_string_to_metric_families(body.decode()):
     // The Debian package is for the system interpreter.
     let out = std::process::Command::new("/usr/bin/python3")
         .args(["-c", script])
-        .arg(path)
+        .arg(addr)
         .output()
         .unwrap();
     assert!(
@@ -943,4 +941,61 @@ fn metrics_parse_with_prometheus_and_restart_counters_match_status() {
     assert!(value("zonit_agent_loop_turns_total{}") > 0.0);
     assert!(value("zonit_agent_open_fds{}") > 0.0);
     assert!(value("zonit_agent_rss_bytes{}") > 0.0);
+}
+
+/// `[host] metrics` on a loopback TCP address, in a network namespace of
+/// the test's own: the scrape parses, and an end for failed health probes
+/// is counted as `unhealthy`, as `status` reports it.
+#[test]
+fn metrics_over_tcp_on_loopback_parse_and_count_unhealthy_ends() {
+    if !common::in_private_netns("metrics_over_tcp_on_loopback_parse_and_count_unhealthy_ends") {
+        return;
+    }
+    assert!(common::run_cmd(&["ip", "link", "set", "lo", "up"]).0);
+    let z = Zonit::start_with_host("metrics-tcp", "metrics = \"127.0.0.1:9321\"", |d| {
+        zone(
+            d,
+            "web",
+            "touch /tmp/ok; exec sleep 1000",
+            "health = { exec = [\"/bin/test\", \"-e\", \"/tmp/ok\"], interval = \"100ms\", retries = 1 }\n\
+             restart = \"on-failure\"\nbackoff = { initial = \"50ms\" }",
+        )
+    });
+    z.wait_for("web healthy", Duration::from_secs(10), || {
+        z.unit("web")["health"] == "healthy"
+    });
+    assert_eq!(z.ctl(&["exec", "web", "--", "rm", "/tmp/ok"]).0, 0);
+    z.wait_for(
+        "web healthy after a restart",
+        Duration::from_secs(10),
+        || {
+            let u = z.unit("web");
+            u["restarts"] == 1 && u["health"] == "healthy"
+        },
+    );
+    let (status, samples) = scrape_and_parse(Path::new("127.0.0.1:9321"));
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let value = |line: &str| -> f64 {
+        let l = samples
+            .lines()
+            .find(|l| l.starts_with(line))
+            .unwrap_or_else(|| panic!("no {line} in:\n{samples}"));
+        l.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(z.unit("web")["last_exit"], "unhealthy");
+    assert_eq!(
+        value("zonit_unit_ends_total{end=unhealthy,kind=zone,unit=web}"),
+        1.0
+    );
+    assert_eq!(value("zonit_unit_restarts_total{kind=zone,unit=web}"), 1.0);
+    assert_eq!(
+        value("zonit_unit_state{kind=zone,state=running,unit=web}"),
+        1.0
+    );
+    assert!(value("zonit_unit_uptime_seconds{kind=zone,unit=web}") > 0.0);
+    assert!(
+        z.log_text().contains("metrics: serving GET /metrics on"),
+        "{}",
+        z.log_text()
+    );
 }

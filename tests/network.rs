@@ -112,6 +112,26 @@ fn a_bridge_and_veths_connect_the_host_and_two_zones_over_ipv4_and_ipv6() {
     }
 }
 
+/// A veth made without queue counts is allocated with a queue per CPU and
+/// cut down to one once registered, which waits for an RCU grace period
+/// with the rtnl lock held: the start of every other zone waits with it.
+#[test]
+fn a_zones_veth_is_allocated_with_one_queue_each_way_on_both_ends() {
+    if !in_private_netns("a_zones_veth_is_allocated_with_one_queue_each_way_on_both_ends") {
+        return;
+    }
+    let mut rtnl = Rtnl::new().unwrap();
+    netlink::set_up_bridges(&mut rtnl, &[lan()]).unwrap();
+    let zone = NetnsProc::new();
+    let plan = zone_plan("zvq-0", "10.88.0.2/24", "fd88::2/64", 2);
+    netlink::set_up_zone(&mut rtnl, &plan, zone.netns().as_fd(), "q").unwrap();
+    let (_, host_end) = run(&["ip", "-d", "-o", "link", "show", "zvq-0"]);
+    let (_, zone_end) = zone.run(&["ip", "-d", "-o", "link", "show", "eth0"]);
+    for text in [host_end, zone_end] {
+        assert!(text.contains("numtxqueues 1 numrxqueues 1"), "{text}");
+    }
+}
+
 #[test]
 fn a_zones_veth_goes_with_its_namespace_and_the_next_incarnation_never_clashes() {
     if !in_private_netns(

@@ -16,11 +16,11 @@ fn panics_unwind_in_the_main_process_and_end_forked_children() {
 
     // The test harness may run other threads, but this test's child only
     // panics and exits.
-    match zonit::sys::fork().unwrap() {
+    match zonit::sys::process::fork().unwrap() {
         ForkResult::Child => {
             let _ = std::panic::catch_unwind(|| panic!("boom in a child"));
             // Reached only if the hook let the panic unwind.
-            zonit::sys::exit_now(0);
+            zonit::sys::process::exit_now(0);
         }
         ForkResult::Parent { child } => match waitpid(child, None).unwrap() {
             WaitStatus::Exited(_, code) => assert_eq!(code, 127),

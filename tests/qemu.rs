@@ -49,10 +49,14 @@ const LINE: Duration = Duration::from_secs(60);
 /// (KVM inside TCG, on two shared cores) can run past a line's deadline.
 static NESTED: Mutex<()> = Mutex::new(());
 
-fn nested_guest_lock() -> std::sync::MutexGuard<'static, ()> {
-    NESTED
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+/// For a test that boots a nested guest: `None` (skip) without the
+/// prerequisites, else the nested guests' lock, held while it lives.
+fn nested_guest_test() -> Option<std::sync::MutexGuard<'static, ()>> {
+    prerequisites().then(|| {
+        NESTED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    })
 }
 
 fn repo() -> PathBuf {
@@ -398,6 +402,22 @@ impl Machine {
         }
     }
 
+    /// Prints `what` the test measured, and the time since QEMU started.
+    fn print_times(&self, what: &str) {
+        eprintln!(
+            "{}: {what}, verdicts after {:.1} s",
+            self.name,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+
+    /// `zonit ctl poweroff` typed into the console shell, and the orderly
+    /// end it leads to.
+    fn poweroff(&mut self) {
+        self.type_line("zonit ctl poweroff");
+        self.assert_orderly_end("reboot: Power down");
+    }
+
     /// The end every orderly shutdown shares: QEMU ends on its own with
     /// status 0 (poweroff, or reboot under -no-reboot), without a panic.
     fn assert_orderly_end(&mut self, kernel_line: &str) {
@@ -461,17 +481,25 @@ command = ["/bin/sh", "-c", "trap 'echo third stopping; exit 0' TERM; echo third
 
 const MARKER: &str = "autostart unit(s) running after";
 
-/// Boots CHAIN and checks start order and the boot marker.
-fn boot_chain(name: &str, extra: &str) -> Machine {
-    let mut m = Machine::boot(name, CHAIN, &format!("zonit.shell {extra}"));
+/// Boots CHAIN and checks start order and the boot marker; `None` (skip)
+/// without the prerequisites.
+fn boot_chain(name: &str) -> Option<Machine> {
+    if !prerequisites() {
+        return None;
+    }
+    let mut m = Machine::boot(name, CHAIN, "zonit.shell");
     m.wait_for("as PID 1");
     m.wait_for(&format!("all 3 {MARKER}"));
     m.assert_order(&["first: started", "second: started", "third: started"]);
-    m
+    Some(m)
 }
 
-/// The reverse-order stop every shutdown of CHAIN shows.
-fn assert_chain_stopped_in_reverse(m: &mut Machine) {
+/// What every shutdown of CHAIN shows: zonit names the shutdown (`how`:
+/// "Poweroff" or "Reboot"), stops the zones in reverse order, and the
+/// kernel ends with `kernel_line`.
+fn assert_chain_shut_down(m: &mut Machine, how: &str, kernel_line: &str) {
+    m.wait_for(&format!("shutting down ({how})"));
+    m.assert_orderly_end(kernel_line);
     m.assert_order(&[
         "third: ended",
         "second: ended",
@@ -482,10 +510,9 @@ fn assert_chain_stopped_in_reverse(m: &mut Machine) {
 
 #[test]
 fn boots_zones_in_after_order_and_sigterm_reboots_in_reverse_order() {
-    if !prerequisites() {
+    let Some(mut m) = boot_chain("sigterm") else {
         return;
-    }
-    let mut m = boot_chain("sigterm", "");
+    };
     // kvm_amd with its dependencies came from the modules' own .modinfo.
     let out = m.run(
         "ls /dev/kvm; hostname; cat /sys/fs/cgroup/cgroup.subtree_control; echo swappiness=$(cat /proc/sys/vm/swappiness)",
@@ -498,52 +525,41 @@ fn boots_zones_in_after_order_and_sigterm_reboots_in_reverse_order() {
     m.index_of("loaded modules: overlay, irqbypass, kvm, kvm_amd")
         .unwrap_or_else(|| m.fail("modules not loaded in dependency order"));
     m.type_line("kill -TERM 1");
-    m.wait_for("shutting down (Reboot)");
-    m.assert_orderly_end("reboot: Restarting system");
-    assert_chain_stopped_in_reverse(&mut m);
+    assert_chain_shut_down(&mut m, "Reboot", "reboot: Restarting system");
     m.assert_order(&["third stopping", "second stopping", "first stopping"]);
 }
 
 #[test]
 fn sigusr2_powers_off_in_reverse_order() {
-    if !prerequisites() {
+    let Some(mut m) = boot_chain("sigusr2") else {
         return;
-    }
-    let mut m = boot_chain("sigusr2", "");
+    };
     m.type_line("kill -USR2 1");
-    m.wait_for("shutting down (Poweroff)");
-    m.assert_orderly_end("reboot: Power down");
-    assert_chain_stopped_in_reverse(&mut m);
+    assert_chain_shut_down(&mut m, "Poweroff", "reboot: Power down");
 }
 
 #[test]
 fn ctrl_alt_del_runs_the_configured_action() {
-    if !prerequisites() {
+    let Some(mut m) = boot_chain("ctrl-alt-del") else {
         return;
-    }
-    let mut m = boot_chain("ctrl-alt-del", "");
+    };
     // The kernel's own ctrl-alt-del reboot is off: the key arrives as
     // SIGINT, and the config says poweroff.
     m.monitor("sendkey ctrl-alt-delete");
-    m.wait_for("shutting down (Poweroff)");
-    m.assert_orderly_end("reboot: Power down");
-    assert_chain_stopped_in_reverse(&mut m);
+    assert_chain_shut_down(&mut m, "Poweroff", "reboot: Power down");
 }
 
 #[test]
 fn zonit_ctl_poweroff_from_the_console() {
-    if !prerequisites() {
+    let Some(mut m) = boot_chain("ctl-poweroff") else {
         return;
-    }
-    let mut m = boot_chain("ctl-poweroff", "");
+    };
     let status = m.run("zonit ctl status").join("\n");
     for unit in ["first", "second", "third"] {
         assert!(status.contains(unit), "{status}");
     }
     m.type_line("zonit ctl poweroff");
-    m.wait_for("shutting down (Poweroff)");
-    m.assert_orderly_end("reboot: Power down");
-    assert_chain_stopped_in_reverse(&mut m);
+    assert_chain_shut_down(&mut m, "Poweroff", "reboot: Power down");
 }
 
 #[test]
@@ -623,6 +639,11 @@ command = ["/bin/true"]
 ///   restarts at once) and waits for Ctrl-Alt-Del, which the kernel
 ///   (i8042 and atkbd are built in) then turns into SIGINT to init, and
 ///   powers off;
+/// - `net`: takes its first network card's address by DHCP, fetches the
+///   page of zone `web` (10.88.0.2), then, 3 s later, serves its own
+///   page on port 80;
+/// - `flaky`: as `net`, but stops its web server 5 s after starting it;
+/// - `shell`: a shell on the console;
 /// - `hog`: fills 200 MiB of tmpfs, then powers off.
 const GUEST_INIT: &str = r#"#!/bin/sh
 /bin/busybox --install -s /bin
@@ -631,7 +652,7 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 echo "guest: hello from Linux $(uname -r) with $(nproc) CPU(s)"
-for m in virtio_ring virtio virtio_mmio virtio_blk pvpanic pvpanic-mmio; do
+for m in virtio_ring virtio virtio_mmio virtio_blk pvpanic pvpanic-mmio failover net_failover virtio_net; do
     insmod /lib/modules/$m.ko || echo "guest: insmod $m failed"
 done
 action=poweroff
@@ -676,6 +697,30 @@ cycle)
         echo "guest: waiting for ctrl-alt-del"
         while true; do sleep 1; done ;;
     esac ;;
+net|flaky)
+    # The first network card: its address from DHCP (udhcpc hands the
+    # lease to /bin/lease), a zone's page fetched, then after a pause
+    # (so readiness by this port is seen to wait for it) a web server.
+    i=0
+    while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+    ifconfig lo up
+    ifconfig eth0 up
+    udhcpc -i eth0 -s /bin/lease -q -n -t 20 -T 1 || echo "guest: no DHCP lease"
+    echo "guest: zone web says [$(wget -q -O - http://10.88.0.2/)]"
+    mkdir -p /www
+    echo page-of-guest > /www/index.html
+    sleep 3
+    echo "guest: starting httpd"
+    httpd -p 80 -h /www
+    if [ $action = flaky ]; then
+        sleep 5
+        echo "guest: stopping httpd"
+        killall httpd
+    fi
+    while true; do sleep 1; done ;;
+shell)
+    echo "guest: shell on the console"
+    exec sh ;;
 hog)
     # Guest memory the monitor has to back: 200 MiB of tmpfs, touched.
     mkdir -p /hog
@@ -689,15 +734,30 @@ hog)
 esac
 "#;
 
+/// udhcpc's script in the guest: brings the interface up before the
+/// discovery, applies a lease.
+const GUEST_LEASE: &str = r#"#!/bin/sh
+case $1 in
+deconfig)
+    ifconfig $interface 0.0.0.0 up ;;
+bound|renew)
+    ifconfig $interface $ip netmask $subnet
+    echo "guest: DHCP lease $ip/$subnet router $router on $interface" ;;
+esac
+"#;
+
 /// Modules the guest's /init loads, from the fetched kernel's tree.
 const GUEST_MODULES: &[&str] = &[
-    "virtio/virtio_ring.ko",
-    "virtio/virtio.ko",
-    "virtio/virtio_mmio.ko",
-    "block/virtio_blk.ko",
-    "misc/pvpanic/pvpanic.ko",
-    "misc/pvpanic/pvpanic-mmio.ko",
-    "acpi/button.ko",
+    "drivers/virtio/virtio_ring.ko",
+    "drivers/virtio/virtio.ko",
+    "drivers/virtio/virtio_mmio.ko",
+    "drivers/block/virtio_blk.ko",
+    "drivers/misc/pvpanic/pvpanic.ko",
+    "drivers/misc/pvpanic/pvpanic-mmio.ko",
+    "drivers/acpi/button.ko",
+    "net/core/failover.ko",
+    "drivers/net/net_failover.ko",
+    "drivers/net/virtio_net.ko",
 ];
 
 /// The guest initrd: busybox, GUEST_INIT and GUEST_MODULES. Built once.
@@ -707,14 +767,16 @@ fn guest_initrd() -> &'static Path {
         let dir = work_dir().join("guest-initrd");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("init"), GUEST_INIT).unwrap();
+        std::fs::write(dir.join("lease"), GUEST_LEASE).unwrap();
         let mut manifest = String::from(
             "file /init init 755 0 0\ndir /bin 755 0 0\nfile /bin/busybox /bin/busybox 755 0 0\n\
+             file /bin/lease lease 755 0 0\n\
              slink /bin/sh busybox 777 0 0\ndir /dev 755 0 0\nnod /dev/console 600 0 0 c 5 1\n\
              dir /proc 555 0 0\ndir /sys 555 0 0\ndir /lib 755 0 0\ndir /lib/modules 755 0 0\n",
         );
-        let drivers = kernel_dir().join("modules/kernel/drivers");
+        let modules = kernel_dir().join("modules/kernel");
         for m in GUEST_MODULES {
-            let path = drivers.join(m);
+            let path = modules.join(m);
             assert!(path.exists(), "{} missing", path.display());
             let base = Path::new(m).file_name().unwrap().to_str().unwrap();
             manifest.push_str(&format!(
@@ -747,15 +809,34 @@ fn guest_files() -> String {
     )
 }
 
+/// Boots the appliance, with its console shell, and one nested guest
+/// `unit` doing GUEST_INIT's `action`, with `keys` added to its section.
+/// The caller holds the nested guests' lock.
+fn boot_one_guest(machine: &str, unit: &str, action: &str, keys: &str) -> Machine {
+    let config = format!(
+        r#"
+[host]
+modules = ["overlay", "kvm_amd"]
+shutdown_timeout = "20s"
+
+[guest.{unit}]
+kernel = "/guests/vmlinuz"
+initrd = "/guests/guest.cpio.gz"
+cmdline = "console=ttyS0 quiet panic=-1 zonit.test={action}"
+memory = "256M"
+{keys}"#
+    );
+    Machine::boot_with(machine, &config, &guest_files(), "zonit.shell")
+}
+
 /// A nested Linux KVM guest inside the appliance: the Debian kernel
 /// as a guest of zonit's own monitor, on KVM (kvm_amd) inside the
 /// emulated machine, beside a zone.
 #[test]
 fn a_nested_linux_guest_boots_in_zonits_monitor_and_powers_off() {
-    if !prerequisites() {
+    let Some(_serial) = nested_guest_test() else {
         return;
-    }
-    let _serial = nested_guest_lock();
+    };
     let config = r#"
 [host]
 modules = ["overlay", "kvm_amd"]
@@ -826,6 +907,192 @@ impl Machine {
     }
 }
 
+/// A config with a zone `web` serving a page on `[network.lan]` (with
+/// `dhcp = true`) and a nested guest `g` after it on the same network
+/// with address 10.88.0.9, doing GUEST_INIT's `action`, ready once its
+/// port 80 answers, with `guest_keys` added to its section; `more` is
+/// appended.
+fn guest_on_lan(action: &str, guest_keys: &str, more: &str) -> String {
+    let modules = NET_MODULES.replace("\"overlay\",", "\"overlay\", \"kvm_amd\", \"tun\",");
+    format!(
+        r#"
+[host]
+{modules}
+shutdown_timeout = "20s"
+
+[network.lan]
+address = "10.88.0.1/24"
+dhcp = true
+
+[zone.web]
+root = "/zones/web"
+template = "/templates/base"
+command = ["/bin/sh", "-c", "mkdir -p /srv && echo page-of-zone-web > /srv/index.html && exec httpd -f -p 80 -h /srv"]
+network = "lan"
+address = "10.88.0.2"
+ready = {{ tcp = 80, interval = "200ms" }}
+
+[guest.g]
+kernel = "/guests/vmlinuz"
+initrd = "/guests/guest.cpio.gz"
+cmdline = "console=ttyS0 quiet panic=-1 zonit.test={action}"
+memory = "256M"
+nics = [{{ network = "lan", address = "10.88.0.9" }}]
+after = ["web"]
+ready = {{ tcp = 80, interval = "500ms", timeout = "240s" }}
+{guest_keys}
+{more}"#
+    )
+}
+
+/// A nested guest on a network with `dhcp = true`: it takes the address
+/// its nic is given in the config from zonit's DHCP server, reaches a
+/// zone's web server, and is `ready` only once its own web server
+/// answers a connect from the host (`ready = { tcp = 80 }`, and the same
+/// connect keeps it `healthy`); the zone `after` it then starts and
+/// fetches the guest's page by the guest's name.
+#[test]
+fn a_nested_guest_takes_its_address_from_zonits_dhcp_and_talks_with_zones_both_ways_once_ready() {
+    let Some(_serial) = nested_guest_test() else {
+        return;
+    };
+    let config = guest_on_lan(
+        "net",
+        "health = { tcp = 80, interval = \"1s\", timeout = \"5s\" }",
+        r#"
+[zone.client]
+root = "/zones/client"
+template = "/templates/base"
+command = ["/bin/sh", "-c", "echo client got [$(wget -q -O - http://g/)]; exec sleep 1000"]
+network = "lan"
+after = ["g"]
+"#,
+    );
+    let extra = guest_files();
+    let mut m = Machine::boot_with("nested-guest-net", &config, &extra, "zonit.shell");
+    m.wait_for("web: ready");
+    m.wait_for("g: monitor started");
+    let booted = Instant::now();
+    m.wait_for("zonit[g]: guest: hello from Linux");
+    let lease = m.wait_for("zonit[g]: guest: DHCP lease");
+    if !lease.contains("10.88.0.9/255.255.255.0 router 10.88.0.1 on eth0") {
+        m.fail(&format!("not the configured lease: {lease}"));
+    }
+    m.wait_for("zonit[g]: guest: zone web says [page-of-zone-web]");
+    m.wait_for("zonit[g]: guest: starting httpd");
+    m.wait_for("g: ready");
+    let ready = booted.elapsed();
+    m.wait_for("client got [page-of-guest]");
+    m.assert_order(&[
+        "zonit[g]: guest: starting httpd",
+        "g: ready",
+        "client: started",
+        "client got [page-of-guest]",
+    ]);
+    // Health probes by the same connect begin a second after ready.
+    let mut row = m.status_of("g");
+    for _ in 0..5 {
+        if row["health"] == "healthy" {
+            break;
+        }
+        row = m.status_of("g");
+    }
+    assert_eq!(row["state"], "running", "{row}");
+    assert_eq!(row["health"], "healthy", "{row}");
+    m.print_times(&format!(
+        "guest ready {:.1} s after its monitor started",
+        ready.as_secs_f64()
+    ));
+    m.poweroff();
+}
+
+/// A nested guest health-checked by a tcp connect to its address: once
+/// its web server stops answering, `retries` failed probes in a row end
+/// it as `unhealthy` and `on-failure` starts it again.
+#[test]
+fn a_nested_guest_whose_port_stops_answering_is_restarted_as_unhealthy() {
+    let Some(_serial) = nested_guest_test() else {
+        return;
+    };
+    let config = guest_on_lan(
+        "flaky",
+        "health = { tcp = 80, interval = \"1s\", timeout = \"2s\", retries = 2 }\nrestart = \"on-failure\"",
+        "",
+    );
+    let mut m = Machine::boot_with(
+        "nested-guest-unhealthy",
+        &config,
+        &guest_files(),
+        "zonit.shell",
+    );
+    m.wait_for("g: ready");
+    m.wait_for("zonit[g]: guest: stopping httpd");
+    let stopped = Instant::now();
+    m.wait_for("g: ended");
+    let ended = stopped.elapsed();
+    m.wait_for("g: monitor started");
+    m.wait_for("zonit[g]: guest: hello from Linux");
+    let row = m.status_of("g");
+    assert_eq!(row["last_exit"], "unhealthy", "{row}");
+    assert!(row["restarts"].as_u64() >= Some(1), "{row}");
+    m.print_times(&format!(
+        "ended {:.1} s after its server stopped",
+        ended.as_secs_f64()
+    ));
+    m.poweroff();
+}
+
+/// `zonit ctl console` typed into from the appliance's own serial
+/// console: the client puts that terminal in raw mode, what is typed
+/// reaches the nested guest's shell through the agent, the monitor and
+/// the guest's UART, the guest's answer comes back on the client, and
+/// Ctrl-] detaches with status 0 and the appliance's shell back; the
+/// same from a pipe instead of a terminal.
+#[test]
+fn a_command_typed_through_ctl_console_is_answered_by_the_nested_guests_shell() {
+    let Some(_serial) = nested_guest_test() else {
+        return;
+    };
+    let mut m = boot_one_guest("nested-guest-console", "g", "shell", "");
+    m.wait_for("zonit[g]: guest: shell on the console");
+    // The agent's own log of the guest's output (`zonit[g]: ...`) goes
+    // to the console too: keep it off while attached, so what shows is
+    // the client's alone.
+    m.run("dmesg -n 1");
+    m.type_line("zonit ctl console g");
+    m.wait_for("Connected to the console of g; Ctrl-] detaches");
+    // The guest's echo of the line shows `$((6*7))`; only its shell's
+    // answer says 42.
+    let typed = Instant::now();
+    m.type_line("echo hello-$((6*7))");
+    m.wait_for("hello-42");
+    let answered = typed.elapsed();
+    let stdin = m.stdin.as_mut().unwrap();
+    stdin.write_all(b"\x1d").unwrap();
+    stdin.flush().unwrap();
+    m.wait_for("Detached from the console of g");
+    // The appliance's shell reads lines again (its terminal is cooked).
+    let out = m.run("echo detached-$((40+2))").join("\n");
+    assert!(out.contains("detached-42"), "{out}");
+    // Input from a pipe: no terminal to set raw, what is read is sent,
+    // and a Ctrl-] byte in it detaches (once the answer is in).
+    m.type_line(
+        "(printf 'echo piped-$((5*5))\\n'; sleep 10; printf '\\035') | zonit ctl console g; echo pipe-exit-$?",
+    );
+    m.wait_for("piped-25");
+    m.wait_for("Detached from the console of g");
+    m.wait_for("pipe-exit-0");
+    m.run("dmesg -n 7");
+    if m.index_of("zonit[g]: hello-42").is_some() {
+        m.fail("the agent's log reached the console while it was to be off");
+    }
+    m.print_times(&format!(
+        "answered {:.1} s after typing",
+        answered.as_secs_f64()
+    ));
+    m.poweroff();
+}
+
 /// Every kind of guest end, with the Debian kernel in
 /// zonit's monitor, in one host boot. `off` powers off and, being a clean
 /// end, is not restarted under `on-failure`. `vm` (GUEST_INIT's `cycle`,
@@ -837,10 +1104,9 @@ impl Machine {
 /// wrote to the disk image.
 #[test]
 fn a_nested_guest_powers_off_reboots_panics_uses_its_disk_and_stops() {
-    if !prerequisites() {
+    let Some(_serial) = nested_guest_test() else {
         return;
-    }
-    let _serial = nested_guest_lock();
+    };
     let config = r#"
 [host]
 modules = ["overlay", "kvm_amd"]
@@ -951,13 +1217,8 @@ disks = [{ path = "/guests/disk.img" }]
     );
     let restarts = m.assert_status("off", "exited", "poweroff");
     assert_eq!(restarts, 0, "off was restarted");
-    eprintln!(
-        "nested-guest-cycle: verdicts after {:.1} s, stop took {:.1} s",
-        m.started.elapsed().as_secs_f64(),
-        took.as_secs_f64()
-    );
-    m.type_line("zonit ctl poweroff");
-    m.assert_orderly_end("reboot: Power down");
+    m.print_times(&format!("stop took {:.1} s", took.as_secs_f64()));
+    m.poweroff();
 }
 
 #[test]
@@ -993,8 +1254,7 @@ command = ["/bin/sh", "-c", "echo hog start; exec dd if=/dev/zero of=/dev/null b
     assert!(oom_kills >= 2, "memory.events: {memevents}");
     m.index_of("Memory cgroup out of memory")
         .unwrap_or_else(|| m.fail("no OOM report from the kernel"));
-    m.type_line("zonit ctl poweroff");
-    m.assert_orderly_end("reboot: Power down");
+    m.poweroff();
 }
 
 #[test]
@@ -1056,8 +1316,7 @@ command = ["/bin/sh", "-c", "echo bomb away; b() { b & b; }; b"]
     assert!(refused > 0, "pids.events: {events}");
     m.index_of("fork rejected by pids controller in /zonit/bomb")
         .unwrap_or_else(|| m.fail("no pids controller report"));
-    m.type_line("zonit ctl poweroff");
-    m.assert_orderly_end("reboot: Power down");
+    m.poweroff();
     m.assert_order(&["steady: ended", "every unit is down"]);
 }
 
@@ -1139,6 +1398,91 @@ fn the_appliance_nic_takes_a_dhcp_lease_from_qemus_user_network_and_releases_it(
     m.assert_orderly_end("reboot: Power down");
 }
 
+/// `[host] modules` for a zone network and its port forwards, on the
+/// appliance's virtio-net NIC (the kernel has no modprobe to call).
+const NET_MODULES: &str = r#"modules = ["overlay", "virtio_pci", "virtio_net", "bridge", "veth", "nft_chain_nat", "nft_nat", "nft_masq", "nft_ct", "nft_fib_inet"]"#;
+
+/// A TCP port on the test machine's loopback that nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+/// `GET /` on 127.0.0.1:`port` of the test machine, tried until an
+/// answer holds `want` or the deadline passes; returns the last answer
+/// (or error).
+fn http_get_until(port: u16, want: &str, within: Duration) -> Result<String, String> {
+    let deadline = Instant::now() + within;
+    let mut last = String::from("no attempt");
+    while Instant::now() < deadline {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"GET / HTTP/1.0\r\nHost: appliance\r\n\r\n")?;
+            let mut answer = String::new();
+            s.read_to_string(&mut answer)?;
+            Ok(answer)
+        })();
+        match attempt {
+            Ok(answer) if answer.contains(want) => return Ok(answer),
+            Ok(answer) => last = format!("answer without `{want}`: {answer:?}"),
+            Err(e) => last = e.to_string(),
+        }
+        // QEMU's user network accepts on the test machine's side before
+        // the appliance answers; a refused attempt closes at once.
+        thread::sleep(Duration::from_millis(500));
+    }
+    Err(last)
+}
+
+/// The path the demo shows: the test machine's port (QEMU's `hostfwd`)
+/// reaches the appliance's eth0, which took its address by DHCP, and
+/// zonit's port forward takes it on to a zone's web server on a bridge.
+#[test]
+fn a_hostfwd_port_on_the_test_machine_reaches_a_zones_web_server_through_zonits_port_forward() {
+    if !prerequisites() {
+        return;
+    }
+    let config = format!(
+        r#"
+[host]
+{NET_MODULES}
+
+[interface.eth0]
+address = "dhcp"
+
+[network.lan]
+address = "10.88.0.1/24"
+
+[zone.web]
+root = "/zones/web"
+template = "/templates/base"
+command = ["/bin/sh", "-c", "mkdir -p /srv && echo page-of-zone-$(hostname) > /srv/index.html && exec httpd -f -p 80 -h /srv"]
+network = "lan"
+address = "10.88.0.2"
+ports = ["8080:80"]
+ready = {{ tcp = 80, interval = "200ms" }}
+"#
+    );
+    let port = free_port();
+    let nic = format!("user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{port}-:8080");
+    let mut m = Machine::boot_qemu("hostfwd", &config, "", "zonit.shell", &["-nic", &nic]);
+    m.wait_for("interface eth0: DHCP lease 10.0.2.15/24");
+    m.wait_anywhere("web: ready");
+    let fetched = Instant::now();
+    match http_get_until(port, "page-of-zone-web", LINE) {
+        Ok(page) => eprintln!(
+            "hostfwd: 127.0.0.1:{port} answered in {:.1} s: {}",
+            fetched.elapsed().as_secs_f64(),
+            page.lines().last().unwrap_or_default()
+        ),
+        Err(e) => m.fail(&format!("GET http://127.0.0.1:{port}/: {e}")),
+    }
+    m.poweroff();
+}
+
 #[test]
 fn a_bad_config_is_reported_and_pid1_stays_up_for_a_reload() {
     if !prerequisites() {
@@ -1165,8 +1509,7 @@ fn a_bad_config_is_reported_and_pid1_stays_up_for_a_reload() {
     m.wait_for("config loaded: 1 unit(s)");
     m.wait_for(&format!("all 1 {MARKER}"));
     m.wait_anywhere("fixed up");
-    m.type_line("zonit ctl poweroff");
-    m.assert_orderly_end("reboot: Power down");
+    m.poweroff();
 }
 
 /// Ten zones from the busybox template, each a shell loop.
@@ -1226,8 +1569,7 @@ fn bench_ten_zones_boot_and_pid1_rss() {
             kib("VmRSS:"),
             kib("VmHWM:")
         );
-        m.type_line("zonit ctl poweroff");
-        m.assert_orderly_end("reboot: Power down");
+        m.poweroff();
     }
 }
 
@@ -1306,16 +1648,14 @@ fn a_zone_on_a_labelled_data_disk_keeps_its_state_across_a_reboot() {
     m.wait_for("keeper wrote state");
     m.wait_anywhere("all 1 autostart unit(s) running");
     m.assert_order(&["mounted LABEL=zdata", "keeper: started"]);
-    m.type_line("zonit ctl poweroff");
-    m.assert_orderly_end("reboot: Power down");
+    m.poweroff();
     drop(m);
 
     let mut m = Machine::boot_with_disks("data-disk-2", KEEPER, "", "zonit.shell", &[&disk]);
     m.wait_for("mounted LABEL=zdata");
     let found = m.wait_for("keeper found:");
     assert!(found.contains("written-on-first-boot"), "{found}");
-    m.type_line("zonit ctl poweroff");
-    m.assert_orderly_end("reboot: Power down");
+    m.poweroff();
 }
 
 /// A required data mount whose disk is absent fails only the units with
@@ -1364,8 +1704,7 @@ command = ["/bin/sh", "-c", "echo elsewhere ran; exec sleep 1000"]
     if m.index_of("ondata ran").is_some() {
         m.fail("a zone under the missing mount ran");
     }
-    m.type_line("zonit ctl poweroff");
-    m.assert_orderly_end("reboot: Power down");
+    m.poweroff();
 }
 
 /// A guest's memory is its monitor's, charged to the monitor's cgroup:
@@ -1373,25 +1712,15 @@ command = ["/bin/sh", "-c", "echo elsewhere ran; exec sleep 1000"]
 /// kernel's OOM killer, and `status` reports the kill.
 #[test]
 fn a_guest_over_its_memory_max_is_oom_killed_and_reported() {
-    if !prerequisites() {
+    let Some(_serial) = nested_guest_test() else {
         return;
-    }
-    let _serial = nested_guest_lock();
-    let config = r#"
-[host]
-modules = ["overlay", "kvm_amd"]
-shutdown_timeout = "20s"
-
-[guest.hog]
-kernel = "/guests/vmlinuz"
-initrd = "/guests/guest.cpio.gz"
-cmdline = "console=ttyS0 quiet panic=-1 zonit.test=hog"
-memory = "256M"
-memory_max = "160M"
-restart = "never"
-"#;
-    let extra = guest_files();
-    let mut m = Machine::boot_with("guest-oom", config, &extra, "zonit.shell");
+    };
+    let mut m = boot_one_guest(
+        "guest-oom",
+        "hog",
+        "hog",
+        "memory_max = \"160M\"\nrestart = \"never\"\n",
+    );
     m.wait_for("zonit[hog]: guest: filling 200 MiB");
     m.wait_for("hog: ended (signal SIGKILL)");
     let row = m.status_of("hog");
@@ -1402,8 +1731,7 @@ restart = "never"
     if m.index_of("guest: still alive after filling").is_some() {
         m.fail("the guest outgrew memory_max and lived");
     }
-    m.type_line("zonit ctl poweroff");
-    m.assert_orderly_end("reboot: Power down");
+    m.poweroff();
 }
 
 /// Boot to all units running with a data disk mounted by label against
@@ -1457,8 +1785,7 @@ fn bench_data_disk_boot_against_none() {
                 "run {run} {what} the data mount: zonit first instruction -> all running {:.1} ms (wait + mount {mount:.0} ms)",
                 (t1 - t0) * 1000.0
             );
-            m.type_line("zonit ctl poweroff");
-            m.assert_orderly_end("reboot: Power down");
+            m.poweroff();
         }
     }
 }

@@ -172,6 +172,40 @@ fn an_exec_probe_makes_the_zone_ready_once_it_succeeds() {
     z.wait_state("db", "running");
 }
 
+/// A readiness try that hangs (a check stuck on a lock, a connect to an
+/// address that drops it) is killed at its own deadline, and the next try
+/// makes the unit ready long before the whole ready timeout.
+#[test]
+fn a_hung_ready_probe_is_killed_at_its_deadline_and_the_next_try_makes_the_zone_ready() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("readyhang", |d| {
+        zone(
+            d,
+            "db",
+            "exec sleep 1000",
+            "ready = { exec = [\"/bin/sh\", \"-c\", \"[ -e /tmp/tried ] && exit 0; touch /tmp/tried; exec sleep 773\"], interval = \"100ms\", probe_timeout = \"1s\", timeout = \"30s\" }\nrestart = \"never\"",
+        )
+    });
+    z.wait_log("db: started");
+    let started = logged_at(&z, "db: started");
+    z.wait_for("db ready", Duration::from_secs(8), || {
+        z.state("db") == "running"
+    });
+    let took = logged_at(&z, "db: ready") - started;
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "ready {took:?} after the start (one 1 s try hung):\n{}",
+        z.log_text()
+    );
+    assert!(z.log_text().contains("ran past its deadline, killing it"));
+    assert!(
+        pids_with_cmdline("sleep\u{0}773").is_empty(),
+        "the hung try was left running"
+    );
+}
+
 #[test]
 fn a_tcp_probe_makes_the_zone_ready_once_the_port_listens() {
     if !require_root() {
@@ -235,8 +269,81 @@ fn failed_exec_health_probes_restart_the_zone_as_unhealthy() {
     });
 }
 
+/// `ctl events` shows each health change of a zone whose probe flips, in
+/// order with its state changes, and agrees with `status`.
 #[test]
-fn tcp_health_probes_pass_while_the_port_listens_and_fail_when_it_does_not() {
+fn health_changes_stream_as_events_that_agree_with_status() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("healthevents", |d| {
+        zone(
+            d,
+            "web",
+            "touch /tmp/ok; exec sleep 1000",
+            "health = { exec = [\"/bin/test\", \"-e\", \"/tmp/ok\"], interval = \"200ms\", timeout = \"2s\", retries = 2 }\nrestart = \"on-failure\"\nbackoff = { initial = \"100ms\" }",
+        )
+    });
+    z.wait_for("web healthy", Duration::from_secs(10), || {
+        z.unit("web")["health"] == "healthy"
+    });
+    assert_eq!(z.ctl(&["exec", "web", "--", "rm", "/tmp/ok"]).0, 0);
+    z.wait_for(
+        "web healthy after a restart",
+        Duration::from_secs(10),
+        || {
+            let u = z.unit("web");
+            u["restarts"] == 1 && u["health"] == "healthy"
+        },
+    );
+    let (_, out, err) = z.ctl(&["--timeout", "1s", "events", "--json", "--since", "1h"]);
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|e: &serde_json::Value| e["unit"] == "web")
+        .collect();
+    let seq: Vec<String> = events
+        .iter()
+        .map(|e| match (&e["health"], &e["end"]) {
+            (serde_json::Value::String(h), _) => format!("health:{h}"),
+            (_, serde_json::Value::String(end)) => format!("exited:{end}"),
+            _ => e["event"].as_str().unwrap().to_string(),
+        })
+        .collect();
+    let want = [
+        "starting",
+        "running",
+        "health:starting",
+        "health:healthy",
+        "health:unhealthy",
+        "stopping",
+        "exited:unhealthy",
+        "restarting",
+        "starting",
+        "running",
+        "health:starting",
+        "health:healthy",
+    ];
+    assert_eq!(seq, want, "{err}");
+    let unhealthy = &events[4];
+    assert!(unhealthy["ts"].as_str().unwrap().ends_with('Z'));
+    assert!(
+        unhealthy["message"]
+            .as_str()
+            .unwrap()
+            .contains("failed 2 times in a row"),
+        "{unhealthy}"
+    );
+    assert_eq!(z.unit("web")["last_exit"], "unhealthy");
+    let (_, text, _) = z.ctl(&["--timeout", "1s", "events", "--since", "1h"]);
+    assert!(
+        text.lines().any(|l| l.contains(" web health unhealthy: ")),
+        "{text}"
+    );
+}
+
+#[test]
+fn tcp_health_probes_pass_while_the_port_listens_and_fail_when_it_does_not_and_the_log_says_why() {
     if !require_root() {
         return;
     }
@@ -257,8 +364,18 @@ fn tcp_health_probes_pass_while_the_port_listens_and_fail_when_it_does_not() {
         z.unit("web")["health"] == "healthy"
     });
     z.wait_state("deaf", "exited");
-    assert_eq!(z.unit("deaf")["last_exit"], "unhealthy");
-    assert!(z.unit("deaf").get("health").is_none());
+    let u = z.unit("deaf");
+    assert_eq!(u["last_exit"], "unhealthy", "{u}");
+    assert_eq!(u["reason"], "health probe failed 2 times in a row", "{u}");
+    assert!(u.get("health").is_none());
+    // The log says why the engine stopped it, once, before how it ended.
+    let line = "deaf: unhealthy: health probe failed 2 times in a row; stopping it";
+    let text = z.log_text();
+    assert_eq!(text.matches(line).count(), 1, "{text}");
+    assert!(
+        logged_at(&z, line) <= logged_at(&z, "deaf: ended"),
+        "{text}"
+    );
     assert_eq!(z.unit("web")["health"], "healthy");
 }
 

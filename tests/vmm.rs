@@ -1323,7 +1323,7 @@ fn virtio_net_sends_an_arp_request_through_its_tap_and_receives_the_reply() {
         return;
     };
     let (out, neigh) = in_private_netns("zbr0", move || {
-        let (tap, name) = zonit::sys::open_tap("ztap0").expect("open the tap");
+        let (tap, name) = zonit::sys::net::open_tap("ztap0").expect("open the tap");
         assert_eq!(name, "ztap0");
         ip(&["link", "set", "ztap0", "master", "zbr0"]);
         ip(&["link", "set", "ztap0", "up"]);
@@ -1367,6 +1367,52 @@ fn virtio_net_sends_an_arp_request_through_its_tap_and_receives_the_reply() {
     assert!(reply.ends_with(" num_buffers 1"), "{reply}");
     // The host side saw the guest's request: it learnt the guest's MAC.
     assert!(neigh.contains("52:54:00:12:34:56"), "{neigh}");
+}
+
+/// Frames the link `name` received (the monitor's writes to its tap).
+fn rx_packets(name: &str) -> u64 {
+    let text = ip(&["-s", "-o", "link", "show", "dev", name]);
+    let mut parts = text.split('\\').map(str::trim);
+    parts
+        .find(|p| p.starts_with("RX:"))
+        .and_then(|_| parts.next())
+        .and_then(|values| values.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no RX packets in {text}"))
+}
+
+#[test]
+fn virtio_net_carries_a_burst_of_frames_to_its_tap_through_many_turns_of_its_ring() {
+    let Some(kernel) = setup_net() else {
+        return;
+    };
+    let (out, received) = in_private_netns("zbr1", move || {
+        let (tap, _) = zonit::sys::net::open_tap("ztap1").expect("open the tap");
+        ip(&["link", "set", "ztap1", "up"]);
+        nix::fcntl::fcntl(
+            &tap,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )
+        .expect("clear close-on-exec");
+        let before = rx_packets("ztap1");
+        let net = format!(
+            "fd={},mac=52:54:00:12:34:57",
+            std::os::fd::AsRawFd::as_raw_fd(&tap)
+        );
+        // 1000 frames through an 8-entry queue: 125 turns of the ring.
+        let mut run = Running::start(monitor(
+            &kernel,
+            &["--cmdline", "txflood=1000", "--net", &net],
+        ));
+        run.wait_for("txflood done");
+        let out = run.finish();
+        let received = rx_packets("ztap1") - before;
+        drop(tap);
+        (out, received)
+    });
+    assert_eq!(out.end(), GuestEnd::Poweroff, "{}", out.stderr);
+    assert!(out.stdout.contains("txflood: 1000"), "{}", out.stdout);
+    assert_eq!(received, 1000, "{}", out.stdout);
 }
 
 #[test]

@@ -160,7 +160,8 @@ fn stop_of_a_zone_ignoring_sigterm_kills_it_after_stop_timeout_and_it_starts_aga
             "stop_timeout = \"500ms\"\nrestart = \"never\"",
         )
     });
-    z.wait_state("stubborn", "running");
+    // Running is not enough: the shell must have set its trap.
+    z.wait_log("zonit[stubborn]: up");
     let t = Instant::now();
     assert_eq!(z.ctl(&["stop", "stubborn"]).0, 0);
     let took = t.elapsed();
@@ -210,7 +211,7 @@ fn sigterm_stops_zones_in_reverse_after_order_and_exits_0() {
     let marker = format!("zonit-order-marker-{}", std::process::id());
     let cmd = |name: &str| {
         format!(
-            "trap 'echo {name}-stopping; exit 0' TERM; while true; do sleep 0.05; done # {marker}"
+            "trap 'echo {name}-stopping; exit 0' TERM; echo {name}-trapped; while true; do sleep 0.05; done # {marker}"
         )
     };
     let mut z = Zonit::start("order", |d| {
@@ -222,7 +223,7 @@ fn sigterm_stops_zones_in_reverse_after_order_and_exits_0() {
         .concat()
     });
     for u in ["db", "app", "web"] {
-        z.wait_state(u, "running");
+        z.wait_log(&format!("zonit[{u}]: {u}-trapped"));
     }
     // Started in after order.
     let log = z.log_text();

@@ -238,13 +238,6 @@ impl Cgroups {
         self.keyed(name, "memory.events", "oom_kill").unwrap_or(0)
     }
 
-    /// A single-number file of the unit's group (`memory.current`); none
-    /// when unreadable or `max`.
-    pub fn value(&self, name: &str, file: &str) -> Option<u64> {
-        let text = fs::read_to_string(self.base.as_ref()?.join(name).join(file)).ok()?;
-        text.trim().parse().ok()
-    }
-
     /// One `KEY VALUE` line of a file of the unit's group (`cpu.stat`'s
     /// `usage_usec`).
     pub fn keyed(&self, name: &str, file: &str, key: &str) -> Option<u64> {

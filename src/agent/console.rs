@@ -111,8 +111,8 @@ impl Agent {
     /// The pipe a guest's monitor about to start reads its console input
     /// from: returns the read end, keeps the write end.
     pub(super) fn console_pipe(&mut self, unit: &str) -> io::Result<OwnedFd> {
-        let (rx, tx) = sys::pipe()?;
-        sys::set_nonblocking(tx.as_fd())?;
+        let (rx, tx) = sys::fd::pipe()?;
+        sys::fd::set_nonblocking(tx.as_fd())?;
         // Smaller than the default: less to hold for a guest that does not
         // read. Not fatal: the default is bounded too.
         let _ = nix::fcntl::fcntl(&tx, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));

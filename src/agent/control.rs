@@ -35,23 +35,113 @@ const LINE_BUDGET: usize = 256;
 /// path, the client connections, and what is owed to them.
 #[derive(Default)]
 pub(super) struct Server {
-    pub(super) listener: Option<UnixListener>,
+    listener: Option<UnixListener>,
     /// The hold on the socket's path; dropped last, it removes the socket.
-    pub(super) claim: Option<claim::Claim>,
+    claim: Option<claim::Claim>,
+    /// Open connections by id (`events.rs` checks a subscriber's).
     pub(super) conns: HashMap<usize, Conn>,
     /// `stop` requests waiting for their unit: (connection, unit).
-    pub(super) stop_waiters: Vec<(usize, String)>,
+    stop_waiters: Vec<(usize, String)>,
     /// `start` and `restart` requests waiting for their unit to be ready.
-    pub(super) start_waiters: Vec<(usize, String)>,
+    start_waiters: Vec<(usize, String)>,
     /// Connections with requests left over from the last wake-up.
-    pub(super) pending: Vec<usize>,
+    pending: Vec<usize>,
     /// When to try `accept` again after it failed for want of fds.
-    pub(super) accept_retry: Option<Instant>,
+    accept_retry: Option<Instant>,
     /// The event stream: its history and subscribers.
     pub(super) events: super::events::Events,
 }
 
 impl Server {
+    /// Takes the `start` and `restart` requests whose unit is ready
+    /// (`running`), whose start came to nothing, or that a later `stop`
+    /// (or the shutdown) overrode: that is no failure of the start. Each
+    /// comes with its reply.
+    fn settled_starts(&mut self, sup: &Supervisor) -> Vec<(usize, Vec<u8>)> {
+        let mut done = Vec::new();
+        self.start_waiters.retain(|(id, unit)| {
+            let status = sup.status(unit);
+            if let Some(st) = status.filter(|s| {
+                s.want == Want::Down && s.state != State::Exited && s.state != State::Failed
+            }) {
+                done.push((*id, proto::ok(json!({ "state": st.state.as_str() }))));
+                return false;
+            }
+            match status.map(|s| s.state) {
+                Some(State::Starting | State::Stopping) => true,
+                Some(State::Running) => {
+                    done.push((*id, proto::ok(json!({ "state": "running" }))));
+                    false
+                }
+                other => {
+                    let state = other.map_or("unknown", |s| s.as_str());
+                    let why = status
+                        .and_then(|s| s.reason.clone())
+                        .or_else(|| {
+                            status
+                                .and_then(|s| s.last_exit.as_ref())
+                                .map(|e| e.describe())
+                        })
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default();
+                    let msg = format!("{unit} did not become ready, it is {state}{why}");
+                    done.push((*id, proto::error(&msg)));
+                    false
+                }
+            }
+        });
+        done
+    }
+
+    /// Forgets everything connection `id` waits for here: its `stop`,
+    /// `start` and `restart` requests, its event stream.
+    fn forget_waits(&mut self, id: usize) {
+        self.stop_waiters.retain(|(c, _)| *c != id);
+        self.start_waiters.retain(|(c, _)| *c != id);
+        self.events.subscribers.retain(|c| *c != id);
+    }
+
+    /// Writes this agent's record into the socket's claim, once the
+    /// cgroups are known.
+    pub(super) fn record_claim(&mut self, record: &claim::Record) {
+        if let Some(c) = &mut self.claim {
+            c.record(record);
+        }
+    }
+
+    /// Whether connection `id` waits for a unit's `stop` or start, or for
+    /// events.
+    fn owes_later(&self, id: usize) -> bool {
+        self.stop_waiters.iter().any(|(c, _)| *c == id)
+            || self.start_waiters.iter().any(|(c, _)| *c == id)
+            || self.events.subscribers.contains(&id)
+    }
+
+    /// Connections with requests left over from the last wake-up; the
+    /// list is emptied.
+    pub(super) fn take_pending(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.pending)
+    }
+
+    pub(super) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// When `accept` is to be tried again, after it failed for want of fds.
+    pub(super) fn accept_deadline(&self) -> Option<Instant> {
+        self.accept_retry
+    }
+
+    /// Whether the retry of `accept` is due at `now` (it is then no
+    /// longer scheduled).
+    pub(super) fn accept_due(&mut self, now: Instant) -> bool {
+        let due = self.accept_retry.is_some_and(|t| t <= now);
+        if due {
+            self.accept_retry = None;
+        }
+        due
+    }
+
     /// Takes the `stop` requests whose unit came to rest, or that a later
     /// start or restart superseded, with the reply each gets.
     fn settled_stops(&mut self, sup: &Supervisor) -> Vec<(usize, Vec<u8>)> {
@@ -110,7 +200,7 @@ impl Conn {
     /// Reads one chunk (and the fds passed with it) into the buffers;
     /// false when the socket has nothing more for now.
     fn read_some(&mut self, buf: &mut [u8]) -> bool {
-        match sys::recv_with_fds(self.stream.as_fd(), buf) {
+        match sys::socket::recv_with_fds(self.stream.as_fd(), buf) {
             Ok(got) => {
                 self.fds.take_fds(got.fds, got.truncated);
                 if got.bytes == 0 {
@@ -419,15 +509,8 @@ impl Agent {
         if !conn.eof || !conn.wbuf.is_empty() {
             return;
         }
-        let waiting = self.control.stop_waiters.iter().any(|(c, _)| *c == id)
-            || self.control.start_waiters.iter().any(|(c, _)| *c == id)
-            || self
-                .runtimes
-                .units
-                .values()
-                .any(|u| u.followers.contains(&id))
-            || self.control.events.subscribers.contains(&id)
-            || self.exec_pending(id);
+        let waiting =
+            self.control.owes_later(id) || self.runtimes.is_following(id) || self.exec_pending(id);
         if !waiting {
             self.close(id);
         }
@@ -496,12 +579,7 @@ impl Agent {
     /// Sends the last `lines` lines of `name`'s output (all of the ring
     /// when `None`).
     fn send_tail(&mut self, id: usize, name: &str, lines: Option<usize>) {
-        let text = self
-            .runtimes
-            .units
-            .get(name)
-            .map(|u| u.tail(lines))
-            .unwrap_or_default();
+        let text = self.runtimes.tail(name, lines);
         if !text.is_empty() {
             self.send_log(id, &text);
         }
@@ -512,17 +590,13 @@ impl Agent {
         self.send_tail(id, name, lines);
         // A unit added by a reload has no runtime yet; make it so the
         // follower sees its first start too.
-        self.ensure_runtime(name);
-        if let Some(u) = self.runtimes.units.get_mut(name) {
-            u.followers.push(id);
-        }
+        self.runtimes.ensure(name);
+        self.runtimes.follow(name, id);
     }
 
     /// Stops streaming output to `id`.
     pub(super) fn unfollow(&mut self, id: usize) {
-        for u in self.runtimes.units.values_mut() {
-            u.followers.retain(|c| *c != id);
-        }
+        self.runtimes.unfollow(id);
     }
 
     /// `start` and `restart`: the reply comes once the unit is ready, or
@@ -543,41 +617,9 @@ impl Agent {
 
     /// Replies to `start` and `restart` requests whose unit is ready
     /// (`running`), whose start came to nothing, or that a later `stop`
-    /// (or the shutdown) overrode: that is no failure of the start.
+    /// (or the shutdown) overrode.
     pub(super) fn answer_start_waiters(&mut self) {
-        let mut done = Vec::new();
-        self.control.start_waiters.retain(|(id, unit)| {
-            let status = self.sup.status(unit);
-            if let Some(st) = status.filter(|s| {
-                s.want == Want::Down && s.state != State::Exited && s.state != State::Failed
-            }) {
-                done.push((*id, proto::ok(json!({ "state": st.state.as_str() }))));
-                return false;
-            }
-            match status.map(|s| s.state) {
-                Some(State::Starting | State::Stopping) => true,
-                Some(State::Running) => {
-                    done.push((*id, proto::ok(json!({ "state": "running" }))));
-                    false
-                }
-                other => {
-                    let state = other.map_or("unknown", |s| s.as_str());
-                    let why = status
-                        .and_then(|s| s.reason.clone())
-                        .or_else(|| {
-                            status
-                                .and_then(|s| s.last_exit.as_ref())
-                                .map(|e| e.describe())
-                        })
-                        .map(|r| format!(": {r}"))
-                        .unwrap_or_default();
-                    let msg = format!("{unit} did not become ready, it is {state}{why}");
-                    done.push((*id, proto::error(&msg)));
-                    false
-                }
-            }
-        });
-        for (id, reply) in done {
+        for (id, reply) in self.control.settled_starts(&self.sup) {
             self.send(id, &reply);
             self.flush(id);
         }
@@ -613,7 +655,7 @@ impl Agent {
         self.config
             .units
             .iter()
-            .chain(self.runtimes.retiring.values())
+            .chain(self.runtimes.retiring_units())
             .filter_map(|u| {
                 let st = self.sup.status(&u.name)?;
                 Some(UnitRow {
@@ -700,11 +742,9 @@ impl Agent {
     /// Ends everything connection `id` waits for: stops, log follows,
     /// the event stream.
     fn detach(&mut self, id: usize) {
-        self.control.stop_waiters.retain(|(c, _)| *c != id);
+        self.control.forget_waits(id);
         self.unfollow(id);
         self.console_client_gone(id);
-        self.control.start_waiters.retain(|(c, _)| *c != id);
-        self.control.events.subscribers.retain(|c| *c != id);
     }
 }
 

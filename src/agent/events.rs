@@ -17,7 +17,7 @@ use serde_json::json;
 use super::Agent;
 use crate::control::event::Event;
 use crate::control::proto;
-use crate::supervisor::{State, Supervisor};
+use crate::supervisor::{Health, State, Supervisor};
 
 /// Most events kept for `--since`.
 pub(super) const HISTORY: usize = 1000;
@@ -30,6 +30,8 @@ pub(super) struct Events {
     pub(super) subscribers: Vec<usize>,
     /// Each unit's state as last reported.
     seen: HashMap<String, State>,
+    /// Each unit's health as last reported (absent: none).
+    health: HashMap<String, Health>,
     /// Each unit's OOM kills as last reported.
     ooms: HashMap<String, u64>,
 }
@@ -41,37 +43,62 @@ impl Events {
         let mut out = Vec::new();
         for name in sup.names() {
             let Some(st) = sup.status(name) else { continue };
-            let before = self.seen.get(name).copied().unwrap_or(State::Stopped);
-            if before == st.state {
-                continue;
-            }
-            self.seen.insert(name.to_string(), st.state);
             let e = |event: &str| Event::new(ts_ms, event, Some(name));
-            let event = match st.state {
-                State::Starting => e("starting"),
-                State::Running => e("running"),
-                State::Stopping => e("stopping"),
-                State::Stopped => e("stopped"),
-                // The `exited` event of the end came first.
-                State::Exited => continue,
-                State::Backoff => {
-                    let mut ev = e("restarting");
-                    ev.delay_ms = st
-                        .restart_at()
-                        .map(|t| t.saturating_duration_since(now).as_millis() as u64);
-                    ev
+            // A process that ended takes its health with it: the `exited`
+            // event says so, no `health` event does.
+            let health = match st.health {
+                Some(h) if self.health.get(name) != Some(&h) => {
+                    self.health.insert(name.to_string(), h);
+                    let mut ev = e("health");
+                    ev.health = Some(h.as_str().into());
+                    if h == Health::Unhealthy {
+                        ev.message = st.reason.clone();
+                    }
+                    Some(ev)
                 }
-                State::Failed => {
-                    let mut ev = e("failed");
-                    ev.message = st.reason.clone();
-                    ev
+                Some(_) => None,
+                None => {
+                    self.health.remove(name);
+                    None
                 }
             };
-            out.push(event);
+            let before = self.seen.get(name).copied().unwrap_or(State::Stopped);
+            let state = (before != st.state).then(|| {
+                self.seen.insert(name.to_string(), st.state);
+                match st.state {
+                    State::Starting => Some(e("starting")),
+                    State::Running => Some(e("running")),
+                    State::Stopping => Some(e("stopping")),
+                    State::Stopped => Some(e("stopped")),
+                    // The `exited` event of the end came first.
+                    State::Exited => None,
+                    State::Backoff => {
+                        let mut ev = e("restarting");
+                        ev.delay_ms = st
+                            .restart_at()
+                            .map(|t| t.saturating_duration_since(now).as_millis() as u64);
+                        Some(ev)
+                    }
+                    State::Failed => {
+                        let mut ev = e("failed");
+                        ev.message = st.reason.clone();
+                        Some(ev)
+                    }
+                }
+            });
+            // Cause before effect: a unit turns `unhealthy`, then is
+            // stopped; it is `running`, then its probing starts.
+            let (first, second) = match st.health {
+                Some(Health::Unhealthy) => (health, state.flatten()),
+                _ => (state.flatten(), health),
+            };
+            out.extend(first);
+            out.extend(second);
         }
         if self.seen.len() > sup.names().count() {
             self.seen.retain(|n, _| sup.status(n).is_some());
             self.ooms.retain(|n, _| sup.status(n).is_some());
+            self.health.retain(|n, _| sup.status(n).is_some());
         }
         out
     }
@@ -209,6 +236,49 @@ mod tests {
         assert!(ev.changes(&sup, now, 4).is_empty(), "reported once");
         sup.handle(Input::Tick, now + due).unwrap();
         assert_eq!(names(&ev.changes(&sup, now + due, 5)), ["starting"]);
+    }
+
+    #[test]
+    fn health_changes_are_events_in_order_with_the_state_changes() {
+        let t0 = Instant::now();
+        let sup = engine();
+        let mut spec = sup.spec("a").unwrap().clone();
+        let s = std::time::Duration::from_secs(1);
+        spec.health = Some(crate::supervisor::HealthSpec {
+            interval: s,
+            timeout: s,
+            retries: 2,
+        });
+        let mut sup = Supervisor::new(vec![spec]);
+        let mut ev = Events::default();
+        let probed = |sup: &mut Supervisor, t: Instant, ok: bool| {
+            sup.handle(Input::Tick, t).unwrap();
+            let unit = "a".to_string();
+            sup.handle(Input::Probed { unit, ok }, t).unwrap();
+        };
+        sup.handle(Input::Start("a".into()), t0).unwrap();
+        let spawned = Input::Spawned {
+            unit: "a".into(),
+            pid: 7,
+        };
+        sup.handle(spawned, t0).unwrap();
+        sup.handle(Input::Ready("a".into()), t0).unwrap();
+        let got = ev.changes(&sup, t0, 1);
+        assert_eq!(names(&got), ["running", "health"]);
+        assert_eq!(got[1].health.as_deref(), Some("starting"));
+        probed(&mut sup, t0 + s, true);
+        let got = ev.changes(&sup, t0 + s, 2);
+        assert_eq!(names(&got), ["health"]);
+        assert_eq!(got[0].health.as_deref(), Some("healthy"));
+        probed(&mut sup, t0 + 2 * s, false);
+        assert!(ev.changes(&sup, t0 + 2 * s, 3).is_empty(), "one failure");
+        probed(&mut sup, t0 + 3 * s, false);
+        let got = ev.changes(&sup, t0 + 3 * s, 4);
+        assert_eq!(names(&got), ["health", "stopping"], "cause first");
+        assert_eq!(got[0].health.as_deref(), Some("unhealthy"));
+        assert!(got[0].message.as_deref().unwrap().contains("2 times"));
+        let status = sup.status("a").unwrap();
+        assert_eq!(status.health.map(|h| h.as_str()), got[0].health.as_deref());
     }
 
     #[test]

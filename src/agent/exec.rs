@@ -84,7 +84,7 @@ impl Agent {
             self.send(id, &proto::error(&format!("zone {name} is not running")));
             return;
         }
-        let Some(init) = self.runtimes.units.get(name).and_then(|u| u.pidfd()) else {
+        let Some(init) = self.runtimes.pidfd(name) else {
             self.send(id, &proto::error(&format!("zone {name} is not running")));
             return;
         };
@@ -123,7 +123,7 @@ impl Agent {
     /// forwards the signal), as a terminal does.
     pub(super) fn exec_client_gone(&mut self, id: usize) {
         for s in self.execs.values().filter(|s| s.conn == id) {
-            let _ = sys::pidfd_send_signal(s.child.pidfd.as_fd(), libc::SIGHUP);
+            let _ = sys::process::pidfd_send_signal(s.child.pidfd.as_fd(), libc::SIGHUP);
         }
     }
 
@@ -132,7 +132,7 @@ impl Agent {
     /// with its zone, not with it.
     pub(super) fn kill_execs(&mut self) {
         for s in self.execs.values() {
-            let _ = sys::pidfd_send_signal(s.child.pidfd.as_fd(), libc::SIGKILL);
+            let _ = sys::process::pidfd_send_signal(s.child.pidfd.as_fd(), libc::SIGKILL);
         }
     }
 

@@ -91,7 +91,7 @@ pub fn open_taps(guest: &Guest, networks: &[NetworkDef]) -> Result<Vec<OwnedFd>,
             .map(|n| n.bridge.as_str())
             .ok_or_else(|| format!("network {} is not in the config", nic.network))?;
         let bridge_index = link_index(&mut rtnl, bridge)?;
-        let (tap, name) = sys::open_tap(&nic.host_ifname)
+        let (tap, name) = sys::net::open_tap(&nic.host_ifname)
             .map_err(|e| format!("unable to create tap {}: {e}", nic.host_ifname))?;
         let tap_index = link_index(&mut rtnl, &name)?;
         rtnl.attach_up(tap_index, &name, bridge_index)
@@ -164,9 +164,9 @@ pub fn spawn(
     ptrs.push(std::ptr::null());
     let env: [*const libc::c_char; 1] = [std::ptr::null()];
     let (status_rx, status_tx) = crate::zone::protocol::channel().map_err(Error::Channel)?;
-    match sys::clone3(0, group).map_err(Error::Clone)? {
-        sys::Forked::Child => {
-            sys::reset_signals();
+    match sys::process::clone3(0, group).map_err(Error::Clone)? {
+        sys::process::Forked::Child => {
+            sys::signal::reset_signals();
             let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
             let _ = nix::unistd::setsid();
             let setup = || -> std::io::Result<()> {
@@ -178,17 +178,17 @@ pub fn spawn(
                 let inherited: Vec<BorrowedFd<'_>> = std::iter::once(status_tx.as_fd())
                     .chain(taps.iter().map(|t| t.as_fd()))
                     .collect();
-                sys::place_inherited_fds(&inherited)
+                sys::fd::place_inherited_fds(&inherited)
             };
             if let Err(e) = setup() {
                 eprintln!("zonit: unable to set up the monitor's stdio: {e}");
-                sys::exit_now(1);
+                sys::process::exit_now(1);
             }
-            let err = sys::execve(&exe, &ptrs, &env);
+            let err = sys::process::execve(&exe, &ptrs, &env);
             eprintln!("zonit: unable to execute the monitor {SELF_EXE}: {err}");
-            sys::exit_now(1)
+            sys::process::exit_now(1)
         }
-        sys::Forked::Parent { pid, pidfd } => Ok(Started {
+        sys::process::Forked::Parent { pid, pidfd } => Ok(Started {
             pid,
             pidfd,
             channel: status_rx,

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use mio::Interest;
 use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
@@ -61,21 +61,21 @@ const STATES: [State; 7] = [
 
 /// What one scrape reports.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub(super) struct Sample {
-    pub units: Vec<UnitSample>,
+pub(super) struct Sample<'a> {
+    pub units: Vec<UnitSample<'a>>,
     pub agent: AgentSample,
 }
 
 /// One unit's figures.
 #[derive(Debug, Clone, PartialEq)]
-pub(super) struct UnitSample {
-    pub name: String,
+pub(super) struct UnitSample<'a> {
+    pub name: &'a str,
     /// `zone` or `guest`.
     pub kind: &'static str,
     pub state: State,
     pub restarts: u32,
     /// Ends by kind, in [`END_KINDS`] order.
-    pub ends: [u64; 6],
+    pub ends: [u64; END_KINDS.len()],
     /// Seconds since it became ready, while running.
     pub uptime_s: Option<f64>,
     pub zone: Option<ZoneSample>,
@@ -108,211 +108,440 @@ pub(super) struct AgentSample {
     pub loop_turns: u64,
 }
 
-/// A label value with `\`, `"` and newlines escaped.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// Writes one metric family: its help, type and samples.
-fn family(out: &mut String, name: &str, kind: &str, help: &str, rows: &[(String, String)]) {
-    if rows.is_empty() {
-        return;
-    }
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-    for (labels, value) in rows {
-        if labels.is_empty() {
-            let _ = writeln!(out, "{name} {value}");
-        } else {
-            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+/// Appends a label value with `\`, `"` and newlines escaped.
+fn push_label(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
         }
     }
 }
 
-/// The Prometheus text exposition of `s`.
-pub(super) fn render(s: &Sample) -> String {
-    let mut out = String::with_capacity(256 + s.units.len() * 1024);
-    let unit = |u: &UnitSample| format!("unit=\"{}\",kind=\"{}\"", label(&u.name), u.kind);
-    let per = |f: &dyn Fn(&UnitSample) -> Vec<(String, String)>| -> Vec<(String, String)> {
-        s.units.iter().flat_map(f).collect()
-    };
-    let states = per(&|u| {
-        STATES
-            .iter()
-            .map(|st| {
-                let on = u8::from(*st == u.state);
-                (
-                    format!("{},state=\"{}\"", unit(u), st.as_str()),
-                    on.to_string(),
-                )
-            })
-            .collect()
-    });
-    family(
-        &mut out,
-        "zonit_unit_state",
-        "gauge",
-        "1 for the state the unit is in, 0 for the others.",
-        &states,
-    );
-    let restarts = per(&|u| vec![(unit(u), u.restarts.to_string())]);
-    family(
-        &mut out,
-        "zonit_unit_restarts_total",
-        "counter",
-        "Automatic restarts carried out since the agent started.",
-        &restarts,
-    );
-    let ends = per(&|u| {
-        END_KINDS
-            .iter()
-            .zip(u.ends)
-            .map(|(k, n)| (format!("{},end=\"{k}\"", unit(u)), n.to_string()))
-            .collect()
-    });
-    family(
-        &mut out,
-        "zonit_unit_ends_total",
-        "counter",
-        "Ends of the unit's process since the agent started, by kind.",
-        &ends,
-    );
-    let uptime = per(&|u| {
-        u.uptime_s
-            .map(|t| (unit(u), format!("{t:.3}")))
-            .into_iter()
-            .collect()
-    });
-    family(
-        &mut out,
-        "zonit_unit_uptime_seconds",
-        "gauge",
-        "Seconds since the unit became ready, while it runs.",
-        &uptime,
-    );
-    let zone = |f: &dyn Fn(&ZoneSample) -> Option<String>| {
-        per(&|u| {
-            u.zone
-                .as_ref()
-                .and_then(f)
-                .map(|v| (format!("unit=\"{}\"", label(&u.name)), v))
-                .into_iter()
-                .collect()
-        })
-    };
-    let text = |v: Option<u64>| v.map(|v| v.to_string());
-    family(
-        &mut out,
-        "zonit_zone_memory_current_bytes",
-        "gauge",
-        "memory.current of the zone's cgroup.",
-        &zone(&|z| text(z.memory_current)),
-    );
-    family(
-        &mut out,
-        "zonit_zone_memory_max_bytes",
-        "gauge",
-        "memory.max of the zone's cgroup (absent when unlimited).",
-        &zone(&|z| text(z.memory_max)),
-    );
-    family(
-        &mut out,
-        "zonit_zone_oom_kills_total",
-        "counter",
-        "OOM kills in the zone's cgroup.",
-        &zone(&|z| Some(z.oom_kills.to_string())),
-    );
-    family(
-        &mut out,
-        "zonit_zone_pids_current",
-        "gauge",
-        "pids.current of the zone's cgroup.",
-        &zone(&|z| text(z.pids_current)),
-    );
-    family(
-        &mut out,
-        "zonit_zone_cpu_usage_seconds_total",
-        "counter",
-        "CPU time used in the zone's cgroup (cpu.stat usage_usec).",
-        &zone(&|z| z.cpu_usage_usec.map(|us| format!("{:.6}", us as f64 / 1e6))),
-    );
-    let guest = |f: &dyn Fn(&GuestSample) -> Option<String>| {
-        per(&|u| {
-            u.guest
-                .as_ref()
-                .and_then(f)
-                .map(|v| (format!("unit=\"{}\"", label(&u.name)), v))
-                .into_iter()
-                .collect()
-        })
-    };
-    family(
-        &mut out,
-        "zonit_guest_monitor_rss_bytes",
-        "gauge",
-        "Resident memory of the guest's monitor process.",
-        &guest(&|g| text(g.monitor_rss)),
-    );
-    family(
-        &mut out,
-        "zonit_guest_vcpus",
-        "gauge",
-        "The guest's vCPUs.",
-        &guest(&|g| Some(g.vcpus.to_string())),
-    );
-    let agent = |v: Option<u64>| {
-        v.map(|v| (String::new(), v.to_string()))
-            .into_iter()
-            .collect::<Vec<_>>()
-    };
-    family(
-        &mut out,
-        "zonit_agent_rss_bytes",
-        "gauge",
-        "Resident memory of the agent.",
-        &agent(s.agent.rss),
-    );
-    family(
-        &mut out,
-        "zonit_agent_open_fds",
-        "gauge",
-        "File descriptors the agent holds open.",
-        &agent(s.agent.open_fds),
-    );
-    family(
-        &mut out,
-        "zonit_agent_loop_turns_total",
-        "counter",
-        "Wake-ups of the agent's event loop.",
-        &agent(Some(s.agent.loop_turns)),
-    );
-    out
+/// A number with a fixed count of decimals.
+struct Fixed(f64, usize);
+
+impl std::fmt::Display for Fixed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.*}", self.1, self.0)
+    }
 }
 
-/// The HTTP response to one complete request in `buf`, or none while the
-/// request is incomplete.
-pub(super) fn respond(buf: &[u8], body: impl FnOnce() -> String) -> Option<Vec<u8>> {
+/// Which labels name a unit's row.
+#[derive(Clone, Copy)]
+enum Labels<'a> {
+    /// `unit` only (zone and guest figures).
+    Unit,
+    /// `unit` and `kind`.
+    UnitKind,
+    /// `unit`, `kind` and one more.
+    UnitKindAnd(&'a str, &'a str),
+}
+
+/// Appends one sample line of unit `u`.
+fn row(
+    out: &mut String,
+    name: &str,
+    u: &UnitSample,
+    labels: Labels,
+    value: impl std::fmt::Display,
+) {
+    out.push_str(name);
+    out.push_str("{unit=\"");
+    push_label(out, u.name);
+    out.push('"');
+    if let Labels::UnitKind | Labels::UnitKindAnd(..) = labels {
+        out.push_str(",kind=\"");
+        out.push_str(u.kind);
+        out.push('"');
+    }
+    if let Labels::UnitKindAnd(k, v) = labels {
+        let _ = write!(out, ",{k}=\"{v}\"");
+    }
+    let _ = writeln!(out, "}} {value}");
+}
+
+/// Appends a family's help and type lines.
+fn head(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Appends a family with one row per unit that has a `value`; nothing
+/// when none has.
+fn per_unit<V: std::fmt::Display>(
+    out: &mut String,
+    units: &[UnitSample],
+    (name, kind, help): (&str, &str, &str),
+    labels: Labels,
+    value: impl Fn(&UnitSample) -> Option<V>,
+) {
+    if !units.iter().any(|u| value(u).is_some()) {
+        return;
+    }
+    head(out, name, kind, help);
+    for u in units {
+        if let Some(v) = value(u) {
+            row(out, name, u, labels, v);
+        }
+    }
+}
+
+/// Appends an agent-wide figure, if known.
+fn agent_row(out: &mut String, (name, kind, help): (&str, &str, &str), value: Option<u64>) {
+    if let Some(v) = value {
+        head(out, name, kind, help);
+        let _ = writeln!(out, "{name} {v}");
+    }
+}
+
+/// Writes the Prometheus text exposition of `s` into `out` (cleared
+/// first; its capacity is kept from scrape to scrape).
+pub(super) fn render(s: &Sample, out: &mut String) {
+    out.clear();
+    let units = &s.units[..];
+    if !units.is_empty() {
+        let name = "zonit_unit_state";
+        head(
+            out,
+            name,
+            "gauge",
+            "1 for the state the unit is in, 0 for the others.",
+        );
+        for u in units {
+            for st in STATES {
+                let on = u8::from(st == u.state);
+                row(out, name, u, Labels::UnitKindAnd("state", st.as_str()), on);
+            }
+        }
+    }
+    per_unit(
+        out,
+        units,
+        (
+            "zonit_unit_restarts_total",
+            "counter",
+            "Automatic restarts carried out since the agent started.",
+        ),
+        Labels::UnitKind,
+        |u| Some(u.restarts),
+    );
+    if !units.is_empty() {
+        let name = "zonit_unit_ends_total";
+        let help = "Ends of the unit's process since the agent started, by kind.";
+        head(out, name, "counter", help);
+        for u in units {
+            for (k, n) in END_KINDS.iter().zip(u.ends) {
+                row(out, name, u, Labels::UnitKindAnd("end", k), n);
+            }
+        }
+    }
+    per_unit(
+        out,
+        units,
+        (
+            "zonit_unit_uptime_seconds",
+            "gauge",
+            "Seconds since the unit became ready, while it runs.",
+        ),
+        Labels::UnitKind,
+        |u| u.uptime_s.map(|t| Fixed(t, 3)),
+    );
+    let zone =
+        |f: fn(&ZoneSample) -> Option<u64>| move |u: &UnitSample| u.zone.as_ref().and_then(f);
+    per_unit(
+        out,
+        units,
+        (
+            "zonit_zone_memory_current_bytes",
+            "gauge",
+            "memory.current of the zone's cgroup.",
+        ),
+        Labels::Unit,
+        zone(|z| z.memory_current),
+    );
+    per_unit(
+        out,
+        units,
+        (
+            "zonit_zone_memory_max_bytes",
+            "gauge",
+            "memory.max of the zone's cgroup (absent when unlimited).",
+        ),
+        Labels::Unit,
+        zone(|z| z.memory_max),
+    );
+    per_unit(
+        out,
+        units,
+        (
+            "zonit_zone_oom_kills_total",
+            "counter",
+            "OOM kills in the zone's cgroup.",
+        ),
+        Labels::Unit,
+        zone(|z| Some(z.oom_kills)),
+    );
+    per_unit(
+        out,
+        units,
+        (
+            "zonit_zone_pids_current",
+            "gauge",
+            "pids.current of the zone's cgroup.",
+        ),
+        Labels::Unit,
+        zone(|z| z.pids_current),
+    );
+    per_unit(
+        out,
+        units,
+        (
+            "zonit_zone_cpu_usage_seconds_total",
+            "counter",
+            "CPU time used in the zone's cgroup (cpu.stat usage_usec).",
+        ),
+        Labels::Unit,
+        |u| {
+            let us = u.zone.as_ref()?.cpu_usage_usec?;
+            Some(Fixed(us as f64 / 1e6, 6))
+        },
+    );
+    per_unit(
+        out,
+        units,
+        (
+            "zonit_guest_monitor_rss_bytes",
+            "gauge",
+            "Resident memory of the guest's monitor process.",
+        ),
+        Labels::Unit,
+        |u| u.guest.as_ref()?.monitor_rss,
+    );
+    per_unit(
+        out,
+        units,
+        ("zonit_guest_vcpus", "gauge", "The guest's vCPUs."),
+        Labels::Unit,
+        |u| Some(u.guest.as_ref()?.vcpus),
+    );
+    agent_row(
+        out,
+        (
+            "zonit_agent_rss_bytes",
+            "gauge",
+            "Resident memory of the agent.",
+        ),
+        s.agent.rss,
+    );
+    agent_row(
+        out,
+        (
+            "zonit_agent_open_fds",
+            "gauge",
+            "File descriptors the agent holds open.",
+        ),
+        s.agent.open_fds,
+    );
+    agent_row(
+        out,
+        (
+            "zonit_agent_loop_turns_total",
+            "counter",
+            "Wake-ups of the agent's event loop.",
+        ),
+        Some(s.agent.loop_turns),
+    );
+}
+
+/// What a complete request asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Reply {
+    /// `GET /metrics`: the metrics.
+    Metrics,
+    /// Anything else: this status line and body.
+    Refuse(&'static str, &'static str),
+}
+
+/// What the request in `buf` asks for, or none while it is incomplete.
+pub(super) fn route(buf: &[u8]) -> Option<Reply> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
-    let (status, body) = match req.parse(buf) {
+    Some(match req.parse(buf) {
         Ok(httparse::Status::Partial) if buf.len() < MAX_REQUEST => return None,
-        Ok(httparse::Status::Partial) => ("431 Request Header Fields Too Large", String::new()),
-        Err(_) => ("400 Bad Request", String::new()),
+        Ok(httparse::Status::Partial) => Reply::Refuse("431 Request Header Fields Too Large", ""),
+        Err(_) => Reply::Refuse("400 Bad Request", ""),
         Ok(httparse::Status::Complete(_)) => match (req.method, req.path) {
-            (Some("GET"), Some("/metrics")) => ("200 OK", body()),
-            (Some("GET"), _) => ("404 Not Found", "only /metrics is served\n".into()),
-            _ => ("405 Method Not Allowed", "only GET is served\n".into()),
+            (Some("GET"), Some("/metrics")) => Reply::Metrics,
+            (Some("GET"), _) => Reply::Refuse("404 Not Found", "only /metrics is served\n"),
+            _ => Reply::Refuse("405 Method Not Allowed", "only GET is served\n"),
         },
-    };
-    let mut out = format!(
+    })
+}
+
+/// Writes the HTTP response with `status` and `body` into `out`.
+pub(super) fn response(out: &mut Vec<u8>, status: &str, body: &str) {
+    out.clear();
+    let _ = write!(
+        out,
         "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
-    )
-    .into_bytes();
+    );
     out.extend_from_slice(body.as_bytes());
-    Some(out)
+}
+
+/// The cgroup files a scrape reads per zone, in [`ZoneFiles`] bit order.
+const ZONE_FILES: [&str; 5] = [
+    "memory.current",
+    "memory.max",
+    "pids.current",
+    "cpu.stat",
+    "memory.events",
+];
+
+/// Which of [`ZONE_FILES`] a zone's group lacks (its controller is not
+/// enabled there), as found for one run of the unit (its pid).
+#[derive(Default)]
+struct ZoneFiles {
+    pid: Option<i32>,
+    absent: u8,
+}
+
+/// Reads the files a scrape needs with one path and one buffer reused
+/// from scrape to scrape, and without looking up again, during one run of
+/// a zone, a file its group was found to lack: the controllers of a
+/// group are set when it is made.
+#[derive(Default)]
+pub(super) struct FileReader {
+    path: PathBuf,
+    buf: Vec<u8>,
+    zones: HashMap<String, ZoneFiles>,
+}
+
+impl FileReader {
+    /// Reads the file at the reused path into the reused buffer. These
+    /// files (cgroup and `/proc`) are made whole on each read: one that
+    /// fits comes in one `read`, and a short read is its end, so a small
+    /// file costs open, read, close (no size lookup, no read of the end).
+    fn read(&mut self) -> io::Result<&str> {
+        const CHUNK: usize = 4096;
+        let mut f = std::fs::File::open(&self.path)?;
+        self.buf.clear();
+        loop {
+            let len = self.buf.len();
+            self.buf.resize(len + CHUNK, 0);
+            match f.read(&mut self.buf[len..]) {
+                Ok(n) => {
+                    self.buf.truncate(len + n);
+                    if n < CHUNK {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => self.buf.truncate(len),
+                Err(e) => return Err(e),
+            }
+        }
+        std::str::from_utf8(&self.buf).map_err(|_| io::ErrorKind::InvalidData.into())
+    }
+
+    /// File `file` (an index into [`ZONE_FILES`]) of `unit`'s group under
+    /// `base`, whose current run is `pid`.
+    fn zone_file(
+        &mut self,
+        base: &Path,
+        unit: &str,
+        pid: Option<i32>,
+        file: usize,
+    ) -> Option<&str> {
+        let bit = 1u8 << file;
+        let known = match self.zones.get_mut(unit) {
+            Some(z) => z,
+            None => self.zones.entry(unit.to_string()).or_default(),
+        };
+        if known.pid != pid {
+            *known = ZoneFiles { pid, absent: 0 };
+        }
+        if known.absent & bit != 0 {
+            return None;
+        }
+        self.path.clear();
+        self.path.push(base);
+        self.path.push(unit);
+        self.path.push(ZONE_FILES[file]);
+        match self.read().map(|_| ()) {
+            Ok(()) => std::str::from_utf8(&self.buf).ok(),
+            Err(e) => {
+                if e.kind() == io::ErrorKind::NotFound
+                    && let Some(z) = self.zones.get_mut(unit)
+                {
+                    z.absent |= bit;
+                }
+                None
+            }
+        }
+    }
+
+    /// A single-number file of the zone's group; none when unreadable or
+    /// `max`.
+    fn zone_value(
+        &mut self,
+        base: &Path,
+        unit: &str,
+        pid: Option<i32>,
+        file: usize,
+    ) -> Option<u64> {
+        self.zone_file(base, unit, pid, file)?.trim().parse().ok()
+    }
+
+    /// One `KEY VALUE` line of a file of the zone's group.
+    fn zone_keyed(
+        &mut self,
+        base: &Path,
+        unit: &str,
+        pid: Option<i32>,
+        file: usize,
+        key: &str,
+    ) -> Option<u64> {
+        self.zone_file(base, unit, pid, file)?
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                (k == key).then(|| v.trim().parse().ok()).flatten()
+            })
+    }
+
+    /// `VmRSS` of process `pid` (the agent's own for none), in bytes.
+    fn rss(&mut self, pid: Option<i32>) -> Option<u64> {
+        self.path.clear();
+        match pid {
+            Some(p) => {
+                let _ = write!(PathWriter(&mut self.path), "/proc/{p}/status");
+            }
+            None => self.path.push("/proc/self/status"),
+        }
+        let text = self.read().ok()?;
+        let kb = text.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+        let kb: u64 = kb.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kb * 1024)
+    }
+
+    /// Forgets zones that are no longer configured.
+    fn retain(&mut self, units: &[crate::config::Unit]) {
+        if self.zones.len() > units.len() {
+            self.zones.retain(|n, _| units.iter().any(|u| u.name == *n));
+        }
+    }
+}
+
+/// `write!` into a path buffer, without an intermediate `String`.
+struct PathWriter<'a>(&'a mut PathBuf);
+
+impl std::fmt::Write for PathWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.as_mut_os_string().push(s);
+        Ok(())
+    }
 }
 
 enum Listener {
@@ -354,6 +583,8 @@ struct Conn {
     rbuf: Vec<u8>,
     /// The response, once the request is complete.
     wbuf: Option<Vec<u8>>,
+    /// How much of it is written.
+    sent: usize,
 }
 
 /// The metrics server's state, and the counters only it reports.
@@ -364,7 +595,13 @@ pub(super) struct Server {
     unix_path: Option<PathBuf>,
     conns: HashMap<usize, Conn>,
     /// Each unit's ends by kind.
-    ends: HashMap<String, [u64; 6]>,
+    ends: HashMap<String, [u64; END_KINDS.len()]>,
+    /// Reads the scrapes' files; kept for its buffers.
+    reader: FileReader,
+    /// The last scrape's body; kept for its capacity.
+    body: String,
+    /// A finished response's buffer, for the next one.
+    spare: Vec<u8>,
     /// Wake-ups of the loop.
     pub(super) turns: u64,
 }
@@ -383,14 +620,6 @@ impl Server {
         let counts = self.ends.entry(unit.to_string()).or_default();
         counts[end_index(end)] += 1;
     }
-}
-
-/// `VmRSS` of a `/proc/PID/status`, in bytes.
-fn rss(proc_dir: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("{proc_dir}/status")).ok()?;
-    let kb = text.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
-    let kb: u64 = kb.trim().trim_end_matches("kB").trim().parse().ok()?;
-    Some(kb * 1024)
 }
 
 impl Agent {
@@ -476,6 +705,7 @@ impl Agent {
                 token,
                 rbuf: Vec::new(),
                 wbuf: None,
+                sent: 0,
             };
             self.metrics.conns.insert(id, conn);
             self.on_metrics_conn(id);
@@ -501,23 +731,33 @@ impl Agent {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(_) => return self.metrics_close(id),
             }
-            let rbuf = std::mem::take(&mut conn.rbuf);
-            let response = respond(&rbuf, || render(&self.sample()));
+            let Some(reply) = route(&conn.rbuf) else {
+                continue;
+            };
+            let mut wbuf = std::mem::take(&mut self.metrics.spare);
+            match reply {
+                Reply::Metrics => {
+                    let mut reader = std::mem::take(&mut self.metrics.reader);
+                    let mut body = std::mem::take(&mut self.metrics.body);
+                    render(&self.sample(&mut reader), &mut body);
+                    response(&mut wbuf, "200 OK", &body);
+                    self.metrics.reader = reader;
+                    self.metrics.body = body;
+                }
+                Reply::Refuse(status, body) => response(&mut wbuf, status, body),
+            }
             if let Some(conn) = self.metrics.conns.get_mut(&id) {
-                conn.rbuf = rbuf;
-                conn.wbuf = response;
+                conn.wbuf = Some(wbuf);
             }
         }
         let Some(conn) = self.metrics.conns.get_mut(&id) else {
             return;
         };
         let Some(wbuf) = &mut conn.wbuf else { return };
-        while !wbuf.is_empty() {
-            match conn.stream.write(wbuf) {
+        while conn.sent < wbuf.len() {
+            match conn.stream.write(&wbuf[conn.sent..]) {
                 Ok(0) => break,
-                Ok(n) => {
-                    wbuf.drain(..n);
-                }
+                Ok(n) => conn.sent += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(_) => break,
@@ -530,12 +770,17 @@ impl Agent {
         if let Some(mut conn) = self.metrics.conns.remove(&id) {
             let _ = self.poll.registry().deregister(conn.stream.source());
             self.sources.remove(&conn.token);
+            if let Some(wbuf) = conn.wbuf {
+                self.metrics.spare = wbuf;
+            }
         }
     }
 
     /// Reads every figure a scrape reports.
-    fn sample(&self) -> Sample {
+    fn sample<'a>(&'a self, reader: &mut FileReader) -> Sample<'a> {
         let now = std::time::Instant::now();
+        let base = self.cgroups.base();
+        reader.retain(&self.config.units);
         let units = self
             .config
             .units
@@ -544,27 +789,30 @@ impl Agent {
                 let st = self.sup.status(&u.name)?;
                 let (kind, zone, guest) = match &u.kind {
                     UnitKind::Zone(_) => {
-                        let c = &self.cgroups;
-                        let z = ZoneSample {
-                            memory_current: c.value(&u.name, "memory.current"),
-                            memory_max: c.value(&u.name, "memory.max"),
-                            oom_kills: c.oom_kills(&u.name),
-                            pids_current: c.value(&u.name, "pids.current"),
-                            cpu_usage_usec: c.keyed(&u.name, "cpu.stat", "usage_usec"),
-                        };
-                        ("zone", Some(z), None)
+                        let z = base.map(|b| {
+                            let (name, pid) = (u.name.as_str(), st.pid);
+                            ZoneSample {
+                                memory_current: reader.zone_value(b, name, pid, 0),
+                                memory_max: reader.zone_value(b, name, pid, 1),
+                                pids_current: reader.zone_value(b, name, pid, 2),
+                                cpu_usage_usec: reader.zone_keyed(b, name, pid, 3, "usage_usec"),
+                                oom_kills: reader
+                                    .zone_keyed(b, name, pid, 4, "oom_kill")
+                                    .unwrap_or(0),
+                            }
+                        });
+                        ("zone", Some(z.unwrap_or_default()), None)
                     }
                     UnitKind::Guest(g) => {
-                        let monitor_rss = st.pid.and_then(|p| rss(&format!("/proc/{p}")));
                         let g = GuestSample {
-                            monitor_rss,
+                            monitor_rss: st.pid.and_then(|p| reader.rss(Some(p))),
                             vcpus: g.vcpus,
                         };
                         ("guest", None, Some(g))
                     }
                 };
                 Some(UnitSample {
-                    name: u.name.clone(),
+                    name: &u.name,
                     kind,
                     state: st.state,
                     restarts: st.restarts,
@@ -583,7 +831,7 @@ impl Agent {
         Sample {
             units,
             agent: AgentSample {
-                rss: rss("/proc/self"),
+                rss: reader.rss(None),
                 open_fds,
                 loop_turns: self.metrics.turns,
             },
@@ -595,15 +843,15 @@ impl Agent {
 mod tests {
     use super::*;
 
-    fn sample() -> Sample {
+    fn sample() -> Sample<'static> {
         Sample {
             units: vec![
                 UnitSample {
-                    name: "web".into(),
+                    name: "web",
                     kind: "zone",
                     state: State::Running,
                     restarts: 2,
-                    ends: [1, 1, 0, 0, 0, 0],
+                    ends: [1, 1, 0, 0, 0, 0, 0],
                     uptime_s: Some(12.5),
                     zone: Some(ZoneSample {
                         memory_current: Some(4096),
@@ -615,11 +863,11 @@ mod tests {
                     guest: None,
                 },
                 UnitSample {
-                    name: "vm".into(),
+                    name: "vm",
                     kind: "guest",
                     state: State::Failed,
                     restarts: 0,
-                    ends: [0, 0, 0, 0, 1, 0],
+                    ends: [0, 0, 0, 0, 1, 0, 1],
                     uptime_s: None,
                     zone: None,
                     guest: Some(GuestSample {
@@ -639,39 +887,115 @@ mod tests {
     #[test]
     fn rendering_matches_the_golden_text() {
         let golden = include_str!("metrics.golden.txt");
-        assert_eq!(render(&sample()), golden);
+        let mut out = String::from("what the last scrape left");
+        render(&sample(), &mut out);
+        assert_eq!(out, golden);
+    }
+
+    #[test]
+    fn rendering_again_reuses_the_buffer() {
+        let mut out = String::new();
+        render(&sample(), &mut out);
+        let (ptr, cap) = (out.as_ptr(), out.capacity());
+        render(&sample(), &mut out);
+        assert_eq!((out.as_ptr(), out.capacity()), (ptr, cap));
+    }
+
+    #[test]
+    fn nothing_is_rendered_for_no_units_but_the_agent() {
+        let mut out = String::new();
+        render(&Sample::default(), &mut out);
+        assert!(
+            out.starts_with("# HELP zonit_agent_loop_turns_total "),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_file_a_zone_lacks_is_not_looked_up_again_until_its_next_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let zone = dir.path().join("web");
+        std::fs::create_dir(&zone).unwrap();
+        std::fs::write(zone.join("cpu.stat"), "usage_usec 1500000\nuser_usec 1\n").unwrap();
+        let mut r = FileReader::default();
+        let base = dir.path();
+        assert_eq!(
+            r.zone_keyed(base, "web", Some(7), 3, "usage_usec"),
+            Some(1_500_000)
+        );
+        assert_eq!(r.zone_value(base, "web", Some(7), 0), None);
+        std::fs::write(zone.join("memory.current"), "4096\n").unwrap();
+        assert_eq!(r.zone_value(base, "web", Some(7), 0), None, "known absent");
+        assert_eq!(
+            r.zone_value(base, "web", Some(8), 0),
+            Some(4096),
+            "a new run"
+        );
+        std::fs::write(zone.join("memory.max"), "max\n").unwrap();
+        let big = format!("{}oom_kill 3\n", "low 0\n".repeat(2000));
+        std::fs::write(zone.join("memory.events"), big).unwrap();
+        assert_eq!(
+            r.zone_keyed(base, "web", Some(8), 4, "oom_kill"),
+            Some(3),
+            "past one read"
+        );
+        assert_eq!(r.zone_value(base, "web", Some(8), 1), None, "unlimited");
+    }
+
+    #[test]
+    fn every_kind_of_end_is_counted_under_its_label() {
+        let mut server = Server::default();
+        let ends = [
+            End::Exit(1),
+            End::Signal(9),
+            End::Poweroff,
+            End::Reboot,
+            End::Crash,
+            End::StartFailed("no root".into()),
+            End::Unhealthy,
+        ];
+        for (i, end) in ends.iter().enumerate() {
+            server.count_end("a", end);
+            assert_eq!(END_KINDS[end_index(end)], END_KINDS[i]);
+        }
+        assert_eq!(server.ends["a"], [1; END_KINDS.len()]);
     }
 
     #[test]
     fn label_values_are_escaped() {
-        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        let mut out = String::new();
+        push_label(&mut out, "a\"b\\c\nd");
+        assert_eq!(out, "a\\\"b\\\\c\\nd");
+    }
+
+    /// The response to `buf`, with `body` for `GET /metrics`.
+    fn respond(buf: &[u8], body: &str) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        match route(buf)? {
+            Reply::Metrics => response(&mut out, "200 OK", body),
+            Reply::Refuse(status, body) => response(&mut out, status, body),
+        }
+        Some(out)
     }
 
     #[test]
     fn only_a_complete_get_of_metrics_gets_the_body() {
-        let ok = respond(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", || {
-            "m 1\n".into()
-        })
-        .unwrap();
+        let ok = respond(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", "m 1\n").unwrap();
         let ok = String::from_utf8(ok).unwrap();
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
         assert!(
             ok.contains("Content-Length: 4\r\n") && ok.ends_with("\r\n\r\nm 1\n"),
             "{ok}"
         );
-        assert!(respond(b"GET /metrics HTTP/1.1\r\nHost:", String::new).is_none());
-        let not_found = respond(b"GET / HTTP/1.1\r\n\r\n", String::new).unwrap();
+        assert!(respond(b"GET /metrics HTTP/1.1\r\nHost:", "").is_none());
+        let not_found = respond(b"GET / HTTP/1.1\r\n\r\n", "").unwrap();
         assert!(not_found.starts_with(b"HTTP/1.1 404 "));
-        let post = respond(b"POST /metrics HTTP/1.1\r\n\r\n", String::new).unwrap();
+        let post = respond(b"POST /metrics HTTP/1.1\r\n\r\n", "").unwrap();
         assert!(post.starts_with(b"HTTP/1.1 405 "));
-        let garbage = respond(b"\x01\x02 nonsense\r\n\r\n", String::new).unwrap();
+        let garbage = respond(b"\x01\x02 nonsense\r\n\r\n", "").unwrap();
         assert!(garbage.starts_with(b"HTTP/1.1 400 "));
         let mut huge = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
         huge.resize(MAX_REQUEST + 1, b'a');
-        assert!(
-            respond(&huge, String::new)
-                .unwrap()
-                .starts_with(b"HTTP/1.1 431 ")
-        );
+        assert!(respond(&huge, "").unwrap().starts_with(b"HTTP/1.1 431 "));
     }
 }

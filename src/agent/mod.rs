@@ -296,9 +296,7 @@ impl Agent {
             pid: Some(std::process::id() as i32),
             cgroup: agent.cgroups.base().map(Into::into),
         };
-        if let Some(c) = &mut agent.control.claim {
-            c.record(&record);
-        }
+        agent.control.record_claim(&record);
         Ok(agent)
     }
 
@@ -341,13 +339,11 @@ impl Agent {
     /// private page of that zone.
     fn reserve_runtimes(&mut self) {
         let n = self.config.units.len();
-        self.runtimes.units.reserve(n);
-        self.runtimes.pids.reserve(n);
+        self.runtimes.reserve(n);
         // Output and status pipe of each unit, plus control connections.
         self.sources.reserve(2 * n + 16);
-        let names: Vec<String> = self.config.units.iter().map(|u| u.name.clone()).collect();
-        for name in &names {
-            self.ensure_runtime(name);
+        for unit in &self.config.units {
+            self.runtimes.ensure(&unit.name);
         }
     }
 
@@ -375,18 +371,13 @@ impl Agent {
         for (token, hangup) in tokens {
             self.dispatch(token, hangup);
         }
-        for unit in std::mem::take(&mut self.runtimes.pending_reads) {
+        for unit in self.runtimes.take_pending_reads() {
             self.read_output(&unit);
         }
-        for id in std::mem::take(&mut self.control.pending) {
+        for id in self.control.take_pending() {
             self.on_conn(id, false);
         }
-        if self
-            .control
-            .accept_retry
-            .is_some_and(|t| t <= Instant::now())
-        {
-            self.control.accept_retry = None;
+        if self.control.accept_due(Instant::now()) {
             self.accept();
         }
         self.dhcp.on_timer(Instant::now());
@@ -399,7 +390,7 @@ impl Agent {
     }
 
     fn timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.runtimes.pending_reads.is_empty() || !self.control.pending.is_empty() {
+        if self.runtimes.has_pending_reads() || self.control.has_pending() {
             return Some(Duration::ZERO);
         }
         let shutdown = self
@@ -411,7 +402,7 @@ impl Agent {
         [
             self.sup.next_deadline(),
             shutdown,
-            self.control.accept_retry,
+            self.control.accept_deadline(),
             self.dhcp.deadline(),
             watchdog,
         ]
@@ -512,11 +503,21 @@ impl Agent {
     fn feed(&mut self, input: Input) {
         let mut queue = VecDeque::from([input]);
         while let Some(input) = queue.pop_front() {
-            if let Input::Ended { unit, end } = &input {
-                self.note_end(unit, end);
-            }
+            let ended = match &input {
+                Input::Ended { unit, .. } => Some(unit.clone()),
+                _ => None,
+            };
             match self.sup.handle(input, Instant::now()) {
                 Ok(actions) => {
+                    // The end as the engine recorded it (`unhealthy` for a
+                    // unit it stopped for failed probes), as `status` shows.
+                    let end = ended.and_then(|u| {
+                        let st = self.sup.status(&u)?;
+                        Some((st.last_exit.clone()?, u))
+                    });
+                    if let Some((end, unit)) = end {
+                        self.note_end(&unit, &end);
+                    }
                     self.note_changes();
                     for action in actions {
                         self.act(action, &mut queue);
@@ -527,7 +528,7 @@ impl Agent {
         }
         self.answer_stop_waiters();
         self.answer_start_waiters();
-        if !self.runtimes.retiring.is_empty() {
+        if self.runtimes.has_retiring() {
             self.release_retired();
         }
     }
@@ -581,7 +582,7 @@ impl Agent {
                     {
                         continue;
                     }
-                    match self.runtimes.pids.remove(&pid.as_raw()) {
+                    match self.runtimes.take_pid(pid.as_raw()) {
                         Some(unit) => self.unit_ended(&unit, status),
                         None => log::debug!("reaped orphan {pid}"),
                     }
@@ -645,14 +646,10 @@ impl Agent {
             .map(|u| u.name.clone())
             .collect();
         // A unit removed by an earlier reload may be back before it stopped.
-        for unit in &self.config.units {
-            self.runtimes.retiring.remove(&unit.name);
-        }
-        for name in &removed {
-            if let Some(u) = old.unit(name) {
-                self.runtimes.retiring.insert(name.clone(), u.clone());
-            }
-        }
+        self.runtimes.retire(
+            &self.config,
+            removed.iter().filter_map(|name| old.unit(name).cloned()),
+        );
         if old.host.control_socket != self.config.host.control_socket
             || old.host.hostname != self.config.host.hostname
             || old.host.modules != self.config.host.modules
@@ -699,10 +696,9 @@ impl Agent {
     /// Frees the runtime of units a reload removed, once they are down.
     fn release_retired(&mut self) {
         for name in self.sup.take_retired() {
-            self.runtimes.retiring.remove(&name);
             self.cgroups.remove(&name);
             self.drop_console(&name);
-            if let Some(rt) = self.runtimes.units.remove(&name) {
+            if let Some(rt) = self.runtimes.forget(&name) {
                 self.release_unit(&name, rt);
             }
         }

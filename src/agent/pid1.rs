@@ -100,7 +100,7 @@ impl Agent {
             return;
         }
         let agent_ms = since.elapsed().as_secs_f64() * 1000.0;
-        let mono = crate::sys::monotonic_ns() as f64 / 1e9;
+        let mono = crate::sys::kernel::monotonic_ns() as f64 / 1e9;
         let n = self
             .config
             .units

@@ -5,8 +5,9 @@
 //!   namespaces, user, capabilities and seccomp), stdio on /dev/null; its
 //!   exit status 0 is a success. Cancelling it kills its helper, and the
 //!   command dies with the helper.
-//! - A tcp probe is a non-blocking connect to 127.0.0.1:PORT from a socket
-//!   made inside the zone's network namespace, watched by the poll.
+//! - A tcp probe is a non-blocking connect, watched by the poll: a zone's
+//!   to 127.0.0.1:PORT from a socket made inside its network namespace, a
+//!   guest's to its address from the agent's own.
 //! - `notify = "fd"`: a pipe whose write end the command gets; a newline
 //!   on it is ready. `notify = "systemd"`: a datagram socket bound inside
 //!   the zone's network namespace at the abstract address
@@ -17,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -112,13 +114,7 @@ impl Agent {
     /// once (a refused connect, a probe that could not start).
     pub(super) fn start_probe(&mut self, unit: &str, check: Check) -> Option<Input> {
         let started_at = Instant::now();
-        let failed = |why: String| {
-            log::warn!("{unit}: {check:?} probe: {why}");
-            Some(Input::Probed {
-                unit: unit.to_string(),
-                ok: false,
-            })
-        };
+        let failed = |why: String| probe_failed(unit, check, &why);
         let Some(cfg) = self.config.unit(unit) else {
             return failed("the unit is not in the config".into());
         };
@@ -130,15 +126,18 @@ impl Agent {
             (Check::Health, _, Some(h)) => h.probe.clone(),
             _ => return failed("this unit has no such probe".into()),
         };
-        let zone = match &cfg.kind {
-            UnitKind::Zone(z) => z.clone(),
-            UnitKind::Guest(_) => return failed("guests cannot be probed".into()),
+        // A zone is probed from inside (its init's namespaces), a guest
+        // from the host, at its address.
+        let (zone, guest_address) = match &cfg.kind {
+            UnitKind::Zone(z) => (Some(z.clone()), None),
+            UnitKind::Guest(_) => (None, cfg.addressed_nic().and_then(|n| n.address)),
         };
-        let Some(init) = self.runtimes.units.get(unit).and_then(|u| u.pidfd()) else {
-            return failed("the zone has no init".into());
-        };
+        let init = self.runtimes.pidfd(unit);
         match probe {
             Probe::Exec(argv) => {
+                let (Some(zone), Some(init)) = (zone, init) else {
+                    return failed("only a running zone can run a probe command".into());
+                };
                 let stdio = match null_stdio() {
                     Ok(s) => s,
                     Err(e) => return failed(format!("unable to open /dev/null: {e}")),
@@ -172,49 +171,82 @@ impl Agent {
                     .insert(unit.to_string(), Running::Exec(started.pid));
                 None
             }
-            Probe::Tcp(port) => match tcp_connect(init, port) {
-                Ok(Connect::Done(ok)) => {
-                    if ok && check == Check::Ready {
-                        log::info!("{unit}: ready");
-                    }
-                    Some(Input::Probed {
-                        unit: unit.to_string(),
-                        ok,
-                    })
+            Probe::Tcp(port) => {
+                let target = match (&zone, init, guest_address) {
+                    (Some(_), Some(init), _) => Target::Zone(init),
+                    (Some(_), None, _) => return failed("the zone has no init".into()),
+                    (None, _, Some(address)) => Target::Address(address),
+                    (None, _, None) => return failed("the guest has no address".into()),
+                };
+                let connect = tcp_connect(target, port);
+                self.tcp_probe(unit, check, port, connect)
+            }
+        }
+    }
+
+    /// A tcp probe's connect begun: the answer when it was decided at
+    /// once, otherwise the socket is watched until it is.
+    fn tcp_probe(
+        &mut self,
+        unit: &str,
+        check: Check,
+        port: u16,
+        connect: io::Result<Connect>,
+    ) -> Option<Input> {
+        let failed = |why: String| probe_failed(unit, check, &why);
+        match connect {
+            Ok(Connect::Done(ok)) => {
+                if ok && check == Check::Ready {
+                    log::info!("{unit}: ready");
                 }
-                Ok(Connect::Pending(socket)) => {
-                    let token = self.token(Source::Tcp(unit.to_string()));
-                    let registered = self.poll.registry().register(
-                        &mut SourceFd(&socket.as_raw_fd()),
-                        token,
-                        Interest::WRITABLE,
-                    );
-                    if let Err(e) = registered {
-                        self.sources.remove(&token);
-                        return failed(format!("unable to watch the connect: {e}"));
-                    }
-                    self.probes
-                        .running
-                        .insert(unit.to_string(), Running::Tcp { socket, token });
-                    None
+                Some(Input::Probed {
+                    unit: unit.to_string(),
+                    ok,
+                })
+            }
+            Ok(Connect::Pending(socket)) => {
+                let token = self.token(Source::Tcp(unit.to_string()));
+                let registered = self.poll.registry().register(
+                    &mut SourceFd(&socket.as_raw_fd()),
+                    token,
+                    Interest::WRITABLE,
+                );
+                if let Err(e) = registered {
+                    self.sources.remove(&token);
+                    return failed(format!("unable to watch the connect: {e}"));
                 }
-                Err(e) => failed(format!("unable to connect to port {port}: {e}")),
-            },
+                self.probes
+                    .running
+                    .insert(unit.to_string(), Running::Tcp { socket, token });
+                None
+            }
+            Err(e) => failed(format!("unable to connect to port {port}: {e}")),
         }
     }
 
     /// Carries out `Action::CancelProbe`: kills an exec probe (reaped
-    /// later, silently), drops a connect.
-    pub(super) fn cancel_probe(&mut self, unit: &str) {
+    /// later, silently), drops a connect. An `overdue` probe failed by
+    /// running past its deadline, which the log says; one cancelled
+    /// because its unit stops or ended is not a failure.
+    pub(super) fn cancel_probe(&mut self, unit: &str, overdue: bool) {
         match self.probes.running.remove(unit) {
             Some(Running::Exec(pid)) => {
                 if let Some(h) = self.probes.helpers.get_mut(&pid) {
                     h.cancelled = true;
-                    log::warn!("{unit}: probe pid {pid} ran past its deadline, killing it");
-                    let _ = sys::pidfd_send_signal(h.child.pidfd.as_fd(), libc::SIGKILL);
+                    if overdue {
+                        log::warn!("{unit}: probe pid {pid} ran past its deadline, killing it");
+                    } else {
+                        log::debug!("{unit}: probe pid {pid} no longer needed, killing it");
+                    }
+                    let _ = sys::process::pidfd_send_signal(h.child.pidfd.as_fd(), libc::SIGKILL);
                 }
             }
-            Some(Running::Tcp { socket, token }) => self.unwatch_tcp(&socket, token),
+            Some(Running::Tcp { socket, token }) => {
+                if overdue {
+                    log::debug!("{unit}: tcp probe not answered by its deadline");
+                }
+                self.unwatch_tcp(&socket, token)
+            }
             None => {}
         }
     }
@@ -292,8 +324,8 @@ impl Agent {
             },
             None => return Ok(None),
         };
-        let (rx, tx) = sys::pipe()?;
-        sys::set_nonblocking(rx.as_fd())?;
+        let (rx, tx) = sys::fd::pipe()?;
+        sys::fd::set_nonblocking(rx.as_fd())?;
         self.watch_notify(unit, rx, false)?;
         Ok(Some((tx, at)))
     }
@@ -309,7 +341,7 @@ impl Agent {
         if !wanted {
             return Ok(());
         }
-        let fd = sys::in_netns(init, || {
+        let fd = sys::net::in_netns(init, || {
             let fd = socket(
                 AddressFamily::Unix,
                 SockType::Datagram,
@@ -418,7 +450,7 @@ impl Agent {
                     .sup
                     .spec(u)
                     .and_then(|s| s.ready)
-                    .is_some_and(|r| r.probe_interval.is_none());
+                    .is_some_and(|r| r.probe.is_none());
                 (u.as_str(), passive)
             }
             Input::Probed { unit, ok } => (unit.as_str(), *ok),
@@ -451,6 +483,15 @@ impl Agent {
     }
 }
 
+/// A probe that failed before it could run: logged, and its answer.
+fn probe_failed(unit: &str, check: Check, why: &str) -> Option<Input> {
+    log::warn!("{unit}: {check:?} probe: {why}");
+    Some(Input::Probed {
+        unit: unit.to_string(),
+        ok: false,
+    })
+}
+
 fn null_stdio() -> io::Result<[OwnedFd; 3]> {
     let open = || -> io::Result<OwnedFd> {
         Ok(std::fs::OpenOptions::new()
@@ -469,10 +510,18 @@ enum Connect {
     Pending(OwnedFd),
 }
 
-/// A non-blocking connect to 127.0.0.1:`port` from a socket made in the
-/// network namespace of the process behind `init`.
-fn tcp_connect(init: BorrowedFd<'_>, port: u16) -> io::Result<Connect> {
-    let socket = sys::in_netns(init, || {
+/// Where a tcp probe connects.
+enum Target<'a> {
+    /// 127.0.0.1 inside the network namespace of the process behind this
+    /// pidfd (a zone's init).
+    Zone(BorrowedFd<'a>),
+    /// This address, from the agent's own network namespace (a guest's).
+    Address(Ipv4Addr),
+}
+
+/// A non-blocking connect to `port` of `to`.
+fn tcp_connect(to: Target<'_>, port: u16) -> io::Result<Connect> {
+    let make = || {
         socket(
             AddressFamily::Inet,
             SockType::Stream,
@@ -480,8 +529,12 @@ fn tcp_connect(init: BorrowedFd<'_>, port: u16) -> io::Result<Connect> {
             None,
         )
         .map_err(io::Error::from)
-    })?;
-    let addr = SockaddrIn::new(127, 0, 0, 1, port);
+    };
+    let (socket, ip) = match to {
+        Target::Zone(init) => (sys::net::in_netns(init, make)?, Ipv4Addr::LOCALHOST),
+        Target::Address(ip) => (make()?, ip),
+    };
+    let addr = SockaddrIn::from(SocketAddrV4::new(ip, port));
     Ok(match connect(socket.as_raw_fd(), &addr) {
         Ok(()) => Connect::Done(true),
         Err(nix::errno::Errno::EINPROGRESS | nix::errno::Errno::EINTR) => Connect::Pending(socket),

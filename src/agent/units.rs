@@ -13,7 +13,7 @@ use mio::unix::SourceFd;
 use nix::sys::wait::WaitStatus;
 
 use super::{Agent, Source};
-use crate::config::{ReadyKind, UnitKind};
+use crate::config::{Config, ReadyKind, Unit, UnitKind};
 use crate::logbuf::{Admit, LOG_BURST, LOG_PER_SECOND, LineSplitter, RateLimit, Ring, escape_line};
 use crate::logging::UNIT_TARGET_PREFIX;
 use crate::logging::error_chain;
@@ -26,17 +26,141 @@ use crate::zone::{preflight, start};
 /// cannot starve the loop.
 const READ_BUDGET: usize = 256 * 1024;
 
-/// Every unit's runtime and the maps that lead to them.
+/// Every unit's runtime and the maps that lead to them. Invariant: a PID
+/// is in `pids` exactly while its unit's runtime holds that process.
 #[derive(Default)]
 pub(super) struct Runtimes {
     /// By unit name.
-    pub(super) units: HashMap<String, UnitRt>,
+    units: HashMap<String, UnitRt>,
     /// Unit of each top process, by PID.
-    pub(super) pids: HashMap<i32, String>,
+    pids: HashMap<i32, String>,
     /// Units whose output was not all read in the last wake-up.
-    pub(super) pending_reads: Vec<String>,
+    pending_reads: Vec<String>,
     /// Config of units a reload removed that are still stopping.
-    pub(super) retiring: HashMap<String, crate::config::Unit>,
+    retiring: HashMap<String, Unit>,
+}
+
+impl Runtimes {
+    /// Room for `n` units in the maps (see `Agent::reserve_runtimes`).
+    pub(super) fn reserve(&mut self, n: usize) {
+        self.units.reserve(n);
+        self.pids.reserve(n);
+    }
+
+    /// Creates the unit's runtime (log ring, no fds) if it has none.
+    pub(super) fn ensure(&mut self, unit: &str) {
+        if self.units.contains_key(unit) {
+            return;
+        }
+        self.units.insert(
+            unit.to_string(),
+            UnitRt {
+                out: None,
+                ring: Ring::default(),
+                splitter: LineSplitter::default(),
+                rate: RateLimit::new(LOG_BURST, LOG_PER_SECOND, Instant::now()),
+                proc: None,
+                followers: Vec::new(),
+            },
+        );
+    }
+
+    /// The pidfd of `unit`'s top process, while it runs.
+    pub(super) fn pidfd(&self, unit: &str) -> Option<BorrowedFd<'_>> {
+        let proc = self.units.get(unit)?.proc.as_ref()?;
+        Some(proc.child.pidfd.as_fd())
+    }
+
+    /// Records `proc`, PID `pid`, as `unit`'s top process.
+    fn set_running(&mut self, unit: &str, pid: i32, proc: Proc) {
+        self.pids.insert(pid, unit.to_string());
+        if let Some(rt) = self.units.get_mut(unit) {
+            rt.proc = Some(proc);
+        }
+    }
+
+    /// The unit whose top process `pid` was, which was just reaped.
+    pub(super) fn take_pid(&mut self, pid: i32) -> Option<String> {
+        self.pids.remove(&pid)
+    }
+
+    /// Every unit that has a top process, with its PID.
+    fn live(&self) -> Vec<(String, i32)> {
+        self.pids
+            .iter()
+            .map(|(pid, unit)| (unit.clone(), *pid))
+            .collect()
+    }
+
+    /// Units whose output is still to be read; the list is emptied.
+    pub(super) fn take_pending_reads(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.pending_reads)
+    }
+
+    pub(super) fn has_pending_reads(&self) -> bool {
+        !self.pending_reads.is_empty()
+    }
+
+    /// The last config of a unit a reload removed, while it stops.
+    fn retiring(&self, unit: &str) -> Option<&Unit> {
+        self.retiring.get(unit)
+    }
+
+    /// Units a reload removed that are still stopping.
+    pub(super) fn retiring_units(&self) -> impl Iterator<Item = &Unit> {
+        self.retiring.values()
+    }
+
+    pub(super) fn has_retiring(&self) -> bool {
+        !self.retiring.is_empty()
+    }
+
+    /// After a reload to `config`: the `removed` units stop under their
+    /// last config; a unit an earlier reload removed that is back is no
+    /// longer retiring.
+    pub(super) fn retire(&mut self, config: &Config, removed: impl IntoIterator<Item = Unit>) {
+        for unit in &config.units {
+            self.retiring.remove(&unit.name);
+        }
+        for unit in removed {
+            self.retiring.insert(unit.name.clone(), unit);
+        }
+    }
+
+    /// Forgets a unit a reload removed, now that it is down; returns its
+    /// runtime, to be released.
+    pub(super) fn forget(&mut self, unit: &str) -> Option<UnitRt> {
+        self.retiring.remove(unit);
+        self.units.remove(unit)
+    }
+
+    /// The last `lines` lines of `unit`'s output (all of the ring when
+    /// `None`).
+    pub(super) fn tail(&self, unit: &str, lines: Option<usize>) -> Vec<u8> {
+        self.units
+            .get(unit)
+            .map(|u| u.ring.tail(lines))
+            .unwrap_or_default()
+    }
+
+    /// Streams `unit`'s new output to the control connection `id`.
+    pub(super) fn follow(&mut self, unit: &str, id: usize) {
+        if let Some(u) = self.units.get_mut(unit) {
+            u.followers.push(id);
+        }
+    }
+
+    /// Whether `id` follows some unit's output.
+    pub(super) fn is_following(&self, id: usize) -> bool {
+        self.units.values().any(|u| u.followers.contains(&id))
+    }
+
+    /// Stops streaming any unit's output to `id`.
+    pub(super) fn unfollow(&mut self, id: usize) {
+        for u in self.units.values_mut() {
+            u.followers.retain(|c| *c != id);
+        }
+    }
 }
 
 /// A unit's live resources. Only a unit with a process holds fds (its
@@ -51,7 +175,7 @@ pub(super) struct UnitRt {
     rate: RateLimit,
     proc: Option<Proc>,
     /// Control connections following this unit's output.
-    pub(super) followers: Vec<usize>,
+    followers: Vec<usize>,
 }
 
 struct Proc {
@@ -88,18 +212,6 @@ impl Child {
     }
 }
 
-impl UnitRt {
-    /// The pidfd of the unit's top process, while it runs.
-    pub(super) fn pidfd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        self.proc.as_ref().map(|p| p.child.pidfd.as_fd())
-    }
-
-    /// The captured output (last `n` lines).
-    pub(super) fn tail(&self, n: Option<usize>) -> Vec<u8> {
-        self.ring.tail(n)
-    }
-}
-
 impl Agent {
     pub(super) fn act(&mut self, action: Action, queue: &mut std::collections::VecDeque<Input>) {
         match action {
@@ -108,7 +220,7 @@ impl Agent {
                 let cfg = self
                     .config
                     .unit(&unit)
-                    .or_else(|| self.runtimes.retiring.get(&unit));
+                    .or_else(|| self.runtimes.retiring(&unit));
                 let sig = match cfg.map(|u| &u.kind) {
                     Some(UnitKind::Zone(z)) => z.stop_signal,
                     _ => libc::SIGTERM,
@@ -125,16 +237,19 @@ impl Agent {
                 self.cgroups.kill(&unit);
             }
             Action::Probe { unit, check } => queue.extend(self.start_probe(&unit, check)),
-            Action::CancelProbe(unit) => self.cancel_probe(&unit),
+            Action::CancelProbe { unit, overdue } => self.cancel_probe(&unit, overdue),
+            Action::Faulted { unit, end, reason } => {
+                log::warn!("{unit}: {}: {reason}; stopping it", end.describe());
+            }
             Action::GaveUp { unit, reason } => log::error!("{unit}: failed: {reason}"),
         }
     }
 
     fn signal_unit(&mut self, unit: &str, pid: i32, sig: i32) {
-        let Some(proc) = self.runtimes.units.get(unit).and_then(|u| u.proc.as_ref()) else {
+        let Some(pidfd) = self.runtimes.pidfd(unit) else {
             return;
         };
-        if let Err(e) = sys::pidfd_send_signal(proc.child.pidfd.as_fd(), sig) {
+        if let Err(e) = sys::process::pidfd_send_signal(pidfd, sig) {
             // ESRCH: it ended and is about to be reaped.
             if e.raw_os_error() != Some(libc::ESRCH) {
                 log::warn!(
@@ -147,13 +262,7 @@ impl Agent {
 
     /// SIGKILL to every unit that still has a process.
     pub(super) fn kill_all(&mut self) {
-        let live: Vec<(String, i32)> = self
-            .runtimes
-            .pids
-            .iter()
-            .map(|(pid, unit)| (unit.clone(), *pid))
-            .collect();
-        for (unit, pid) in live {
+        for (unit, pid) in self.runtimes.live() {
             self.signal_unit(&unit, pid, libc::SIGKILL);
         }
         self.kill_execs();
@@ -169,33 +278,15 @@ impl Agent {
         }
     }
 
-    /// Creates the unit's runtime (log ring, no fds) if it has none.
-    pub(super) fn ensure_runtime(&mut self, unit: &str) {
-        if self.runtimes.units.contains_key(unit) {
-            return;
-        }
-        self.runtimes.units.insert(
-            unit.to_string(),
-            UnitRt {
-                out: None,
-                ring: Ring::default(),
-                splitter: LineSplitter::default(),
-                rate: RateLimit::new(LOG_BURST, LOG_PER_SECOND, Instant::now()),
-                proc: None,
-                followers: Vec::new(),
-            },
-        );
-    }
-
     /// A fresh output pipe for the unit's next run: the read end is
     /// watched, the write end returned for the child (and closed here once
     /// the child has its copy).
     fn open_output(&mut self, unit: &str) -> io::Result<OwnedFd> {
         self.close_output(unit);
-        self.ensure_runtime(unit);
-        let (rx, tx) = sys::pipe()?;
+        self.runtimes.ensure(unit);
+        let (rx, tx) = sys::fd::pipe()?;
         let token = self.token(Source::Output(unit.to_string()));
-        let res = sys::set_nonblocking(rx.as_fd()).and_then(|()| {
+        let res = sys::fd::set_nonblocking(rx.as_fd()).and_then(|()| {
             self.poll
                 .registry()
                 .register(&mut SourceFd(&rx.as_raw_fd()), token, Interest::READABLE)
@@ -235,7 +326,7 @@ impl Agent {
     /// the [`Child`] for a process that reports over it.
     pub(super) fn watch_channel(&mut self, pidfd: OwnedFd, fd: OwnedFd, source: Source) -> Child {
         let token = self.token(source);
-        let res = sys::set_nonblocking(fd.as_fd()).and_then(|()| {
+        let res = sys::fd::set_nonblocking(fd.as_fd()).and_then(|()| {
             self.poll
                 .registry()
                 .register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE)
@@ -349,7 +440,7 @@ impl Agent {
             // The command must not run without what it was promised: this
             // start ends here, with the reason, once the init is reaped.
             child.report.record(Message::StartFailed(reason));
-            let _ = sys::pidfd_send_signal(child.pidfd.as_fd(), libc::SIGKILL);
+            let _ = sys::process::pidfd_send_signal(child.pidfd.as_fd(), libc::SIGKILL);
         }
         self.runtimes.pids.insert(started.pid, unit.to_string());
         if let Some(rt) = self.runtimes.units.get_mut(unit) {
@@ -418,14 +509,15 @@ impl Agent {
             started.channel,
             Source::Status(unit.to_string()),
         );
-        self.runtimes.pids.insert(started.pid, unit.to_string());
-        if let Some(rt) = self.runtimes.units.get_mut(unit) {
-            rt.proc = Some(Proc {
+        self.runtimes.set_running(
+            unit,
+            started.pid,
+            Proc {
                 child,
                 guest: true,
                 spawned_at: Instant::now(),
-            });
-        }
+            },
+        );
         log::info!("{unit}: monitor started, pid {}", started.pid);
         // Running once the monitor reports `ready` on its status pipe.
         vec![Input::Spawned {

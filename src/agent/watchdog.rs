@@ -74,10 +74,10 @@ impl Hw {
             }
         };
         let wanted = i32::try_from(cfg.timeout.as_secs()).unwrap_or(i32::MAX);
-        let secs = match sys::watchdog_set_timeout(file.as_fd(), wanted) {
+        let secs = match sys::kernel::watchdog_set_timeout(file.as_fd(), wanted) {
             Ok(got) => got,
             Err(e) => {
-                let own = sys::watchdog_timeout(file.as_fd()).ok();
+                let own = sys::kernel::watchdog_timeout(file.as_fd()).ok();
                 log::warn!(
                     "watchdog: unable to set a timeout of {wanted} s on {}: {e}; its own timeout is {}",
                     path.display(),

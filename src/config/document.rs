@@ -20,8 +20,9 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use super::Diagnostic;
 use super::names;
 use super::raw::{
-    RawBackoff, RawDefaults, RawDisk, RawGuest, RawHealth, RawHost, RawHostMount, RawInterface,
-    RawMount, RawNetwork, RawNic, RawReady, RawStartLimit, RawWatchdog, RawZone, fields_of,
+    RawBackoff, RawCommon, RawDefaults, RawDisk, RawGuest, RawGuestShared, RawHealth, RawHost,
+    RawHostMount, RawInterface, RawMount, RawNetwork, RawNic, RawReady, RawStartLimit, RawWatchdog,
+    RawZone, RawZoneShared, fields_of,
 };
 
 /// Collects diagnostics and turns byte spans into 1-based line and column.
@@ -74,16 +75,19 @@ impl<'a> Reporter<'a> {
 pub struct RawUnit {
     /// The `NAME` of `[zone.NAME]`, with the span of the name in the header.
     pub name: Spanned<String>,
-    /// Its settings.
+    /// The settings every unit has, which `[defaults]` may also set.
+    pub common: RawCommon,
+    /// Its kind's settings.
     pub kind: RawUnitKind,
     /// Keys that were present but could not be read (already reported).
     pub broken: BTreeSet<String>,
 }
 
-/// Zone or guest settings as written.
+/// Zone or guest settings as written: the kind's own keys, and those
+/// `[defaults]` may also set.
 pub enum RawUnitKind {
-    Zone(Box<RawZone>),
-    Guest(Box<RawGuest>),
+    Zone(Box<RawZone>, Box<RawZoneShared>),
+    Guest(Box<RawGuest>, Box<RawGuestShared>),
 }
 
 /// The whole file as written, sections in file order.
@@ -168,10 +172,7 @@ pub fn read(text: &str, rep: &mut Reporter<'_>) -> Option<RawDocument> {
             "host" => {
                 doc.host = section::<RawHost>(value, "[host]", &host_schema(), rep).map(|s| s.0);
             }
-            "defaults" => {
-                doc.defaults = section::<RawDefaults>(value, "[defaults]", &defaults_schema(), rep)
-                    .map(|s| s.0);
-            }
+            "defaults" => doc.defaults = read_defaults(value, rep),
             kind @ ("zone" | "guest") => read_units(kind, value, rep, &mut doc.units),
             "interface" => {
                 let schema = Schema::of(fields_of::<RawInterface>());
@@ -245,23 +246,65 @@ fn read_units(
     for (name, body) in table {
         let name = Spanned::new(name.span(), name.into_inner().into_owned());
         let label = format!("[{kind}.{}]", name.get_ref());
-        let unit = if kind == "zone" {
-            section::<RawZone>(body, &label, &zone_schema(), rep)
-                .map(|(raw, broken)| (RawUnitKind::Zone(Box::new(raw)), broken))
+        let schema = if kind == "zone" {
+            zone_schema()
         } else {
-            section::<RawGuest>(body, &label, &guest_schema(), rep)
-                .map(|(raw, broken)| (RawUnitKind::Guest(Box::new(raw)), broken))
+            guest_schema()
         };
-        if let Some((kind, broken)) = unit {
-            units.push(RawUnit { name, kind, broken });
+        let Some((span, mut table)) = checked_table(body, &label, &schema, rep) else {
+            continue;
+        };
+        let mut part = Part {
+            span,
+            label: &label,
+            broken: BTreeSet::new(),
+        };
+        let common = part.read::<RawCommon>(&mut table, rep);
+        let kind = if kind == "zone" {
+            let own = part.read::<RawZone>(&mut table, rep);
+            let shared = part.read::<RawZoneShared>(&mut table, rep);
+            own.zip(shared)
+                .map(|(own, shared)| RawUnitKind::Zone(Box::new(own), Box::new(shared)))
+        } else {
+            let own = part.read::<RawGuest>(&mut table, rep);
+            let shared = part.read::<RawGuestShared>(&mut table, rep);
+            own.zip(shared)
+                .map(|(own, shared)| RawUnitKind::Guest(Box::new(own), Box::new(shared)))
+        };
+        if let (Some(common), Some(kind)) = (common, kind) {
+            units.push(RawUnit {
+                name,
+                common,
+                kind,
+                broken: part.broken,
+            });
         }
     }
+}
+
+/// `[defaults]`, read from one table into the three shared structs.
+fn read_defaults(value: Spanned<DeValue<'_>>, rep: &mut Reporter<'_>) -> Option<RawDefaults> {
+    let label = "[defaults]";
+    let (span, mut table) = checked_table(value, label, &defaults_schema(), rep)?;
+    let mut part = Part {
+        span,
+        label,
+        broken: BTreeSet::new(),
+    };
+    let common = part.read::<RawCommon>(&mut table, rep);
+    let zone = part.read::<RawZoneShared>(&mut table, rep);
+    let guest = part.read::<RawGuestShared>(&mut table, rep);
+    Some(RawDefaults {
+        common: common?,
+        zone: zone?,
+        guest: guest?,
+    })
 }
 
 /// The keys a table may hold, and the tables nested in it that have a fixed
 /// set of keys too.
 struct Schema {
-    keys: &'static [&'static str],
+    keys: Vec<&'static str>,
     nested: Vec<Nested>,
     /// Extra advice for a key that is known elsewhere but not allowed here.
     advice: fn(&str) -> Option<&'static str>,
@@ -275,9 +318,9 @@ struct Nested {
 }
 
 impl Schema {
-    fn of(keys: &'static [&'static str]) -> Self {
+    fn of(keys: &[&'static str]) -> Self {
         Schema {
-            keys,
+            keys: keys.to_vec(),
             nested: Vec::new(),
             advice: |_| None,
         }
@@ -304,33 +347,66 @@ fn health_nested(schema: Schema) -> Schema {
     schema.with("health", false, Schema::of(fields_of::<RawHealth>()))
 }
 
+fn rlimits_schema() -> Schema {
+    let names: Vec<&'static str> = names::RLIMITS.iter().map(|&(n, _)| n).collect();
+    Schema::of(&names)
+}
+
 fn host_schema() -> Schema {
     Schema::of(fields_of::<RawHost>())
         .with("mounts", true, Schema::of(fields_of::<RawHostMount>()))
         .with("watchdog", false, Schema::of(fields_of::<RawWatchdog>()))
 }
 
+/// The keys of `[defaults]`.
+fn defaults_keys() -> Vec<&'static str> {
+    [
+        fields_of::<RawCommon>(),
+        fields_of::<RawZoneShared>(),
+        fields_of::<RawGuestShared>(),
+    ]
+    .concat()
+}
+
+/// The keys of a `[zone.NAME]`.
+fn zone_keys() -> Vec<&'static str> {
+    [
+        fields_of::<RawZone>(),
+        fields_of::<RawZoneShared>(),
+        fields_of::<RawCommon>(),
+    ]
+    .concat()
+}
+
+/// The keys of a `[guest.NAME]`.
+fn guest_keys() -> Vec<&'static str> {
+    [
+        fields_of::<RawGuest>(),
+        fields_of::<RawGuestShared>(),
+        fields_of::<RawCommon>(),
+    ]
+    .concat()
+}
+
 fn defaults_schema() -> Schema {
-    let mut schema = health_nested(common_nested(Schema::of(fields_of::<RawDefaults>()))).with(
+    let mut schema = health_nested(common_nested(Schema::of(&defaults_keys()))).with(
         "rlimits",
         false,
-        Schema::of(names::RLIMITS),
+        rlimits_schema(),
     );
     schema.advice = |key| {
-        let zone = fields_of::<RawZone>();
-        let guest = fields_of::<RawGuest>();
-        (zone.contains(&key) || guest.contains(&key))
+        (zone_keys().contains(&key) || guest_keys().contains(&key))
             .then_some("this key is specific to each unit and has no default; set it in the unit")
     };
     schema
 }
 
 fn zone_schema() -> Schema {
-    let mut schema = health_nested(common_nested(Schema::of(fields_of::<RawZone>())))
+    let mut schema = health_nested(common_nested(Schema::of(&zone_keys())))
         .with("mounts", true, Schema::of(fields_of::<RawMount>()))
-        .with("rlimits", false, Schema::of(names::RLIMITS));
+        .with("rlimits", false, rlimits_schema());
     schema.advice = |key| {
-        fields_of::<RawGuest>()
+        guest_keys()
             .contains(&key)
             .then_some("it is a guest setting, zones do not have it")
     };
@@ -338,25 +414,43 @@ fn zone_schema() -> Schema {
 }
 
 fn guest_schema() -> Schema {
-    let mut schema = common_nested(Schema::of(fields_of::<RawGuest>()))
+    let mut schema = health_nested(common_nested(Schema::of(&guest_keys())))
         .with("disks", true, Schema::of(fields_of::<RawDisk>()))
         .with("nics", true, Schema::of(fields_of::<RawNic>()));
     schema.advice = |key| {
-        fields_of::<RawZone>()
+        zone_keys()
             .contains(&key)
             .then_some("it is a zone setting, guests do not have it")
     };
     schema
 }
 
-/// Deserializes one section, reporting every problem in it. Returns the
-/// section with the unreadable keys left out, and the names of those keys.
+/// Deserializes one section into one struct, reporting every problem in
+/// it. Returns the section with the unreadable keys left out, and the
+/// names of those keys.
 fn section<'i, T: Deserialize<'i>>(
     value: Spanned<DeValue<'i>>,
     label: &str,
     schema: &Schema,
     rep: &mut Reporter<'_>,
 ) -> Option<(T, BTreeSet<String>)> {
+    let (span, mut table) = checked_table(value, label, schema, rep)?;
+    let mut part = Part {
+        span,
+        label,
+        broken: BTreeSet::new(),
+    };
+    let parsed = part.read(&mut table, rep)?;
+    Some((parsed, part.broken))
+}
+
+/// The table of a section, its unknown keys reported and removed.
+fn checked_table<'i>(
+    value: Spanned<DeValue<'i>>,
+    label: &str,
+    schema: &Schema,
+    rep: &mut Reporter<'_>,
+) -> Option<(Range<usize>, DeTable<'i>)> {
     let span = value.span();
     let DeValue::Table(mut table) = value.into_inner() else {
         rep.at(
@@ -366,34 +460,53 @@ fn section<'i, T: Deserialize<'i>>(
         return None;
     };
     check_keys(&mut table, schema, label, rep);
+    Some((span, table))
+}
 
-    let mut broken = BTreeSet::new();
-    // Each failed attempt removes one key, so this ends within len + 1 rounds.
-    for _ in 0..=table.len() {
-        let value = Spanned::new(span.clone(), DeValue::Table(table.clone()));
-        let err = match T::deserialize(ValueDeserializer::from(value)) {
-            Ok(parsed) => return Some((parsed, broken)),
-            Err(err) => err,
-        };
-        let err_span = err.span().unwrap_or_else(|| span.clone());
-        let Some((key, path)) = locate(&table, &err_span) else {
+/// Reads a section's table into one or more structs, each taking the keys
+/// it knows; the keys none could read are remembered in `broken`.
+struct Part<'l> {
+    span: Range<usize>,
+    label: &'l str,
+    broken: BTreeSet<String>,
+}
+
+impl Part<'_> {
+    /// Deserializes `T` from `table`, reporting every value it cannot read
+    /// and removing that key, so one bad value never hides another.
+    fn read<'i, T: Deserialize<'i>>(
+        &mut self,
+        table: &mut DeTable<'i>,
+        rep: &mut Reporter<'_>,
+    ) -> Option<T> {
+        let (span, label) = (&self.span, self.label);
+        // Each failed attempt removes one key, so this ends within len + 1 rounds.
+        for _ in 0..=table.len() {
+            let value = Spanned::new(span.clone(), DeValue::Table(table.clone()));
+            let err = match T::deserialize(ValueDeserializer::from(value)) {
+                Ok(parsed) => return Some(parsed),
+                Err(err) => err,
+            };
+            let err_span = err.span().unwrap_or_else(|| span.clone());
+            let Some((key, path)) = locate(table, &err_span) else {
+                rep.at(
+                    err_span,
+                    format!("in {label}: {}", in_toml_terms(err.message())),
+                );
+                return None;
+            };
             rep.at(
                 err_span,
-                format!("in {label}: {}", in_toml_terms(err.message())),
+                format!(
+                    "invalid `{path}` in {label}: {}",
+                    in_toml_terms(err.message())
+                ),
             );
-            return None;
-        };
-        rep.at(
-            err_span,
-            format!(
-                "invalid `{path}` in {label}: {}",
-                in_toml_terms(err.message())
-            ),
-        );
-        table.remove(key.as_str());
-        broken.insert(key);
+            table.remove(key.as_str());
+            self.broken.insert(key);
+        }
+        None
     }
-    None
 }
 
 /// serde describes what it wanted in Rust terms (`i64`, `struct
@@ -476,7 +589,7 @@ fn check_keys(table: &mut DeTable<'_>, schema: &Schema, context: &str, rep: &mut
         .map(|k| (k.get_ref().to_string(), k.span()))
         .collect();
     for (key, span) in &unknown {
-        let advice = match ((schema.advice)(key), names::closest(key, schema.keys)) {
+        let advice = match ((schema.advice)(key), names::closest(key, &schema.keys)) {
             (Some(advice), _) => format!("{advice}; "),
             (None, Some(close)) => format!("did you mean `{close}`? "),
             (None, None) => String::new(),

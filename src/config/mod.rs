@@ -12,6 +12,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nix::sys::resource::Resource;
+
 mod document;
 mod hostmounts;
 mod names;
@@ -347,8 +349,8 @@ pub struct Zone {
     pub cpu_max: Option<f64>,
     /// cgroup v2 pids.max.
     pub pids_max: Option<u64>,
-    /// Resource limits: name (`nofile`, `nproc`, ...) -> limit (soft = hard).
-    pub rlimits: BTreeMap<String, u64>,
+    /// Resource limits (`rlimits`), soft = hard.
+    pub rlimits: BTreeMap<Resource, u64>,
     /// Signal sent to the command to stop it.
     pub stop_signal: i32,
 }
@@ -536,6 +538,12 @@ impl Unit {
         }
     }
 
+    /// The nic that the unit's port forwards and tcp probes reach: its
+    /// first with an address.
+    pub fn addressed_nic(&self) -> Option<&Nic> {
+        self.nics().iter().find(|n| n.address.is_some())
+    }
+
     /// Host ports forwarded to the unit.
     pub fn ports(&self) -> &[PortForward] {
         match &self.kind {
@@ -632,7 +640,7 @@ fn read_file(path: &Path) -> Result<String, String> {
 /// | `start_limit` | none (no limit) |
 /// | `stop_timeout` | `"10s"` |
 /// | `autostart` | `true` |
-/// | `ready` | none: ready once the command runs; `timeout = "30s"`, `interval = "1s"` |
+/// | `ready` | none: ready once the command runs; `timeout = "30s"`, `interval = "1s"`, `probe_timeout = "1s"` |
 /// | `health` | none; `interval = "10s"`, `timeout = "5s"`, `retries = 3` |
 /// | `host.watchdog` | none; `device = "/dev/watchdog"`, `timeout = "30s"`, `grace = "60s"` |
 /// | zone `hostname` | the unit name |

@@ -5,6 +5,8 @@
 //! numbers are those of `linux/capability.h`, which are a stable kernel ABI
 //! (libc has no constants for them).
 
+use nix::sys::resource::Resource;
+
 /// Checks a zone or guest name against `[a-z0-9][a-z0-9-]{0,31}`.
 ///
 /// The rule keeps names usable as cgroup directory names, host names and
@@ -152,26 +154,32 @@ pub const DEFAULT_CAPABILITIES: [u8; 14] = [
     31, // SETFCAP
 ];
 
-/// Resource limit names accepted in `rlimits`: the `RLIMIT_*` constants of
-/// `setrlimit(2)`, lowercased, without the prefix.
-pub const RLIMITS: &[&str] = &[
-    "as",
-    "core",
-    "cpu",
-    "data",
-    "fsize",
-    "locks",
-    "memlock",
-    "msgqueue",
-    "nice",
-    "nofile",
-    "nproc",
-    "rss",
-    "rtprio",
-    "rttime",
-    "sigpending",
-    "stack",
+/// The resource limits `rlimits` takes: the `RLIMIT_*` constants of
+/// `setrlimit(2)`, named lowercased without the prefix. The one table for
+/// both the names a config may use and what they set.
+pub const RLIMITS: [(&str, Resource); 16] = [
+    ("as", Resource::RLIMIT_AS),
+    ("core", Resource::RLIMIT_CORE),
+    ("cpu", Resource::RLIMIT_CPU),
+    ("data", Resource::RLIMIT_DATA),
+    ("fsize", Resource::RLIMIT_FSIZE),
+    ("locks", Resource::RLIMIT_LOCKS),
+    ("memlock", Resource::RLIMIT_MEMLOCK),
+    ("msgqueue", Resource::RLIMIT_MSGQUEUE),
+    ("nice", Resource::RLIMIT_NICE),
+    ("nofile", Resource::RLIMIT_NOFILE),
+    ("nproc", Resource::RLIMIT_NPROC),
+    ("rss", Resource::RLIMIT_RSS),
+    ("rtprio", Resource::RLIMIT_RTPRIO),
+    ("rttime", Resource::RLIMIT_RTTIME),
+    ("sigpending", Resource::RLIMIT_SIGPENDING),
+    ("stack", Resource::RLIMIT_STACK),
 ];
+
+/// The resource `name` sets in `rlimits`.
+pub fn rlimit(name: &str) -> Option<Resource> {
+    RLIMITS.iter().find(|(n, _)| *n == name).map(|&(_, r)| r)
+}
 
 /// Edit distance counting insertions, deletions, substitutions and swaps
 /// of neighbours (optimal string alignment), to suggest the key a typo was
@@ -221,6 +229,16 @@ pub fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_rlimit_name_sets_its_own_resource() {
+        let mut resources: Vec<Resource> = RLIMITS.iter().map(|&(_, r)| r).collect();
+        resources.sort();
+        resources.dedup();
+        assert_eq!(resources.len(), RLIMITS.len());
+        assert_eq!(rlimit("nofile"), Some(Resource::RLIMIT_NOFILE));
+        assert_eq!(rlimit("nofiles"), None);
+    }
 
     #[test]
     fn unit_names_follow_the_documented_pattern() {

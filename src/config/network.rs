@@ -551,12 +551,12 @@ fn address_spans(doc: &RawDocument) -> AddressSpans {
     for raw in &doc.units {
         let name = raw.name.get_ref().clone();
         match &raw.kind {
-            RawUnitKind::Zone(z) => {
+            RawUnitKind::Zone(z, _) => {
                 if let Some(a) = &z.address {
                     spans.insert((name, 0), a.span());
                 }
             }
-            RawUnitKind::Guest(g) => {
+            RawUnitKind::Guest(g, _) => {
                 for (i, nic) in g.nics.iter().flatten().enumerate() {
                     let span = match &nic.get_ref().address {
                         Some(a) => a.span(),
@@ -575,8 +575,8 @@ fn port_spans(doc: &RawDocument) -> HashMap<String, Vec<Range<usize>>> {
         .iter()
         .map(|raw| {
             let ports = match &raw.kind {
-                RawUnitKind::Zone(z) => &z.ports,
-                RawUnitKind::Guest(g) => &g.ports,
+                RawUnitKind::Zone(z, _) => &z.ports,
+                RawUnitKind::Guest(g, _) => &g.ports,
             };
             let spans = ports.iter().flatten().map(|p| p.span()).collect();
             (raw.name.get_ref().clone(), spans)

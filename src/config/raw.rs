@@ -5,9 +5,10 @@
 //! `validate`, where the message can say what to do) and carries its span,
 //! so every later diagnostic can point at the value it is about. Enumerated
 //! settings stay strings for the same reason: `validate` reports a bad one
-//! with the list of allowed values. `deny_unknown_fields` is a backstop;
-//! unknown keys are found first, all of them, by `document::check_keys`
-//! using the field lists these derives produce.
+//! with the list of allowed values. Unknown keys are found first, all of
+//! them, by `document::check_keys` using the field lists these derives
+//! produce; `deny_unknown_fields` is a backstop where a table is read into
+//! one struct.
 
 use std::collections::BTreeMap;
 
@@ -48,92 +49,90 @@ pub struct RawHostMount {
     pub required: Option<Spanned<bool>>,
 }
 
-/// `[defaults]`: the keys that make sense for several units.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawDefaults {
-    // Zones and guests.
+/// The keys every zone and guest has that `[defaults]` may also set. A
+/// unit's own value wins; `validate` merges them field by field.
+///
+/// This struct and the two `*Shared` ones below are read from the same
+/// table as the unit's own keys (`document::read_units`), so they cannot
+/// deny the keys they do not hold: the key check has already reported
+/// and removed every unknown key.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawCommon {
     pub restart: Option<Spanned<String>>,
     pub backoff: Option<Spanned<RawBackoff>>,
     pub start_limit: Option<Spanned<RawStartLimit>>,
     pub stop_timeout: Option<Spanned<String>>,
     pub autostart: Option<Spanned<bool>>,
-    // Zones only (guests set their own `ready`).
-    pub ready: Option<Spanned<RawReady>>,
-    pub health: Option<Spanned<RawHealth>>,
+}
+
+/// The zone keys `[defaults]` may also set. A new defaultable zone key is
+/// a field here, its checked field in `validate::ZonePart` (merged without
+/// another edit) with its check in `validate::zone_part`, and its place in
+/// [`super::Zone`] with its built-in default (`validate::zone`).
+#[derive(Debug, Default, Deserialize)]
+pub struct RawZoneShared {
+    pub env: Option<BTreeMap<String, Spanned<String>>>,
     pub user: Option<Spanned<String>>,
     pub capabilities: Option<Vec<Spanned<String>>>,
+    pub network: Option<Spanned<String>>,
     pub memory_max: Option<Spanned<Size>>,
     pub cpu_max: Option<Spanned<f64>>,
     pub pids_max: Option<Spanned<i64>>,
     pub rlimits: Option<BTreeMap<String, Spanned<Limit>>>,
     pub stop_signal: Option<Spanned<String>>,
-    pub network: Option<Spanned<String>>,
-    pub env: Option<BTreeMap<String, Spanned<String>>>,
-    // Guests only.
+    pub ready: Option<Spanned<RawReady>>,
+    pub health: Option<Spanned<RawHealth>>,
+}
+
+/// The guest keys `[defaults]` may also set (`validate::guest_part`).
+#[derive(Debug, Default, Deserialize)]
+pub struct RawGuestShared {
     pub memory: Option<Spanned<Size>>,
     pub vcpus: Option<Spanned<i64>>,
     pub cmdline: Option<Spanned<String>>,
     pub on_reboot: Option<Spanned<String>>,
 }
 
-/// `[zone.NAME]`.
+/// `[defaults]`: the keys that make sense for several units, read from
+/// one table into the three shared structs.
+#[derive(Debug, Default)]
+pub struct RawDefaults {
+    pub common: RawCommon,
+    pub zone: RawZoneShared,
+    pub guest: RawGuestShared,
+}
+
+/// The keys only a `[zone.NAME]` has (the rest are in [`RawCommon`] and
+/// [`RawZoneShared`]).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawZone {
     pub root: Option<Spanned<String>>,
     pub template: Option<Spanned<String>>,
     pub template_mode: Option<Spanned<String>>,
     pub command: Option<Spanned<Vec<Spanned<String>>>>,
     pub hostname: Option<Spanned<String>>,
-    pub env: Option<BTreeMap<String, Spanned<String>>>,
     pub workdir: Option<Spanned<String>>,
-    pub user: Option<Spanned<String>>,
-    pub capabilities: Option<Vec<Spanned<String>>>,
     pub mounts: Option<Vec<Spanned<RawMount>>>,
-    pub network: Option<Spanned<String>>,
     pub address: Option<Spanned<String>>,
     pub ports: Option<Vec<Spanned<String>>>,
-    pub memory_max: Option<Spanned<Size>>,
-    pub cpu_max: Option<Spanned<f64>>,
-    pub pids_max: Option<Spanned<i64>>,
-    pub rlimits: Option<BTreeMap<String, Spanned<Limit>>>,
-    pub stop_signal: Option<Spanned<String>>,
-    // Common to zones and guests.
     pub after: Option<Vec<Spanned<String>>>,
-    pub restart: Option<Spanned<String>>,
-    pub backoff: Option<Spanned<RawBackoff>>,
-    pub start_limit: Option<Spanned<RawStartLimit>>,
-    pub stop_timeout: Option<Spanned<String>>,
-    pub autostart: Option<Spanned<bool>>,
-    pub ready: Option<Spanned<RawReady>>,
-    pub health: Option<Spanned<RawHealth>>,
 }
 
-/// `[guest.NAME]`.
+/// The keys only a `[guest.NAME]` has (the rest are in [`RawCommon`] and
+/// [`RawGuestShared`]). A guest's `ready` and `health` have no default.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawGuest {
     pub kernel: Option<Spanned<String>>,
     pub initrd: Option<Spanned<String>>,
-    pub cmdline: Option<Spanned<String>>,
-    pub memory: Option<Spanned<Size>>,
-    pub vcpus: Option<Spanned<i64>>,
     pub disks: Option<Vec<Spanned<RawDisk>>>,
-    pub on_reboot: Option<Spanned<String>>,
     pub memory_max: Option<Spanned<Size>>,
     pub cpu_max: Option<Spanned<f64>>,
     pub pids_max: Option<Spanned<i64>>,
     pub nics: Option<Vec<Spanned<RawNic>>>,
     pub ports: Option<Vec<Spanned<String>>>,
-    // Common to zones and guests.
     pub after: Option<Vec<Spanned<String>>>,
-    pub restart: Option<Spanned<String>>,
-    pub backoff: Option<Spanned<RawBackoff>>,
-    pub start_limit: Option<Spanned<RawStartLimit>>,
-    pub stop_timeout: Option<Spanned<String>>,
-    pub autostart: Option<Spanned<bool>>,
     pub ready: Option<Spanned<RawReady>>,
+    pub health: Option<Spanned<RawHealth>>,
 }
 
 /// `[interface.NAME]`: a host NIC.

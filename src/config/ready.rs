@@ -18,6 +18,8 @@ use super::validate::Checker;
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default pause between two readiness probes.
 pub const DEFAULT_READY_INTERVAL: Duration = Duration::from_secs(1);
+/// Default bound on one readiness probe.
+pub const DEFAULT_READY_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default pause between two health probes.
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
 /// Default bound on one health probe.
@@ -55,6 +57,8 @@ pub enum ReadyKind {
         probe: Probe,
         /// Pause between two tries.
         interval: Duration,
+        /// Bound on one try; a try still running then failed.
+        timeout: Duration,
     },
     /// A line of the unit's output contains this text.
     Log(String),
@@ -66,8 +70,8 @@ pub enum Probe {
     /// A command run inside the zone, as `zonit ctl exec` runs it; exit
     /// status 0 is a success.
     Exec(Vec<String>),
-    /// A TCP connect to 127.0.0.1 on this port inside the unit's network
-    /// namespace.
+    /// A TCP connect to this port: a zone's, to 127.0.0.1 inside its
+    /// network namespace; a guest's, to its address from the host's.
     Tcp(u16),
 }
 
@@ -108,6 +112,7 @@ pub struct RawReady {
     pub tcp: Option<Spanned<i64>>,
     pub log: Option<Spanned<String>>,
     pub interval: Option<Spanned<String>>,
+    pub probe_timeout: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
 }
 
@@ -137,7 +142,8 @@ pub struct RawWatchdog {
 pub enum For {
     /// A zone, or `[defaults]` (which hands it to zones).
     Zone,
-    /// A guest: only its console can tell.
+    /// A guest: only its console and its address can tell (no command
+    /// runs inside it, and it has no notify channel).
     Guest,
 }
 
@@ -244,20 +250,26 @@ pub fn ready(c: &mut Checker<'_, '_>, raw: &Spanned<RawReady>, kind: For) -> Opt
     );
     let timeout = above_zero(c, "ready.timeout", r.timeout.as_ref());
     let interval = above_zero(c, "ready.interval", r.interval.as_ref());
-    if kind == For::Guest && which.is_some_and(|w| w != 3) {
+    let probe_timeout = above_zero(c, "ready.probe_timeout", r.probe_timeout.as_ref());
+    if kind == For::Guest && which.is_some_and(|w| w < 2) {
         c.error(
             raw.span(),
             "ready",
-            "a guest can only say it is ready on its console: use `log`",
+            "a guest says it is ready on its console or by a port: use `log` or `tcp`",
         );
         return None;
     }
-    if let (Some(iv), Some(0 | 3)) = (&r.interval, which) {
-        c.error(
-            iv.span(),
-            "ready.interval",
-            "only `exec` and `tcp` are repeated; remove interval",
-        );
+    for (key, raw) in [
+        ("interval", &r.interval),
+        ("probe_timeout", &r.probe_timeout),
+    ] {
+        if let (Some(raw), Some(0 | 3)) = (raw, which) {
+            c.error(
+                raw.span(),
+                &format!("ready.{key}"),
+                format!("only `exec` and `tcp` are probes; remove {key}"),
+            );
+        }
     }
     if let (Some(fd), Some(w)) = (&r.notify_fd, which)
         && (w != 0 || r.notify.as_ref().is_some_and(|n| n.get_ref() != "fd"))
@@ -271,6 +283,7 @@ pub fn ready(c: &mut Checker<'_, '_>, raw: &Spanned<RawReady>, kind: For) -> Opt
     let probe_kind = |probe| ReadyKind::Probe {
         probe,
         interval: interval.unwrap_or(DEFAULT_READY_INTERVAL),
+        timeout: probe_timeout.unwrap_or(DEFAULT_READY_PROBE_TIMEOUT),
     };
     let kind = match which? {
         0 => {
@@ -328,9 +341,8 @@ pub fn ready(c: &mut Checker<'_, '_>, raw: &Spanned<RawReady>, kind: For) -> Opt
     })
 }
 
-/// Checks a `health` table (zones only: the guest schema has no such key,
-/// as a guest can be probed neither with exec nor, without a network, tcp).
-pub fn health(c: &mut Checker<'_, '_>, raw: &Spanned<RawHealth>) -> Option<Health> {
+/// Checks a `health` table for a unit of kind `kind`.
+pub fn health(c: &mut Checker<'_, '_>, raw: &Spanned<RawHealth>, kind: For) -> Option<Health> {
     let h = raw.get_ref();
     let which = one_kind(
         c,
@@ -338,6 +350,14 @@ pub fn health(c: &mut Checker<'_, '_>, raw: &Spanned<RawHealth>) -> Option<Healt
         raw,
         &[("exec", h.exec.is_some()), ("tcp", h.tcp.is_some())],
     );
+    if kind == For::Guest && which == Some(0) {
+        c.error(
+            raw.span(),
+            "health",
+            "a guest runs no probe command: use `tcp`",
+        );
+        return None;
+    }
     let interval = above_zero(c, "health.interval", h.interval.as_ref());
     let timeout = above_zero(c, "health.timeout", h.timeout.as_ref());
     let retries = match &h.retries {

@@ -589,6 +589,51 @@ fn exit_with_naming_an_unknown_unit_is_reported() {
 }
 
 #[test]
+fn rlimits_are_resolved_to_the_resources_the_zone_start_sets() {
+    let config = ok(concat!(
+        "[defaults]\nrlimits = { nofile = 1024, core = 0 }\n",
+        "[zone.a]\nroot = \"/r\"\ncommand = [\"/x\"]\n",
+        "rlimits = { stack = \"unlimited\", core = 1 }\n",
+    ));
+    let limits: Vec<(nix::sys::resource::Resource, u64)> = zone(&config, "a")
+        .rlimits
+        .iter()
+        .map(|(&r, &v)| (r, v))
+        .collect();
+    let mut want = vec![
+        (Resource::RLIMIT_NOFILE, 1024),
+        (Resource::RLIMIT_CORE, 1),
+        (Resource::RLIMIT_STACK, libc::RLIM_INFINITY),
+    ];
+    want.sort();
+    assert_eq!(limits, want);
+}
+
+#[test]
+fn a_bad_rlimit_name_or_value_in_defaults_is_an_error_at_its_position() {
+    let diags = errors(&format!(
+        "[defaults]\nrlimits = {{ nofiles = 1, core = \"lots\" }}\n{MINIMAL_ZONE}"
+    ));
+    assert_eq!(diags.len(), 2, "{}", render(&diags));
+    assert_error_at(
+        &diags,
+        2,
+        13,
+        &[
+            "`nofiles`",
+            "`rlimits` of [defaults]",
+            "did you mean `nofile`?",
+        ],
+    );
+    assert_error_at(
+        &diags,
+        2,
+        33,
+        &["`rlimits.core` in [defaults]", "\"unlimited\""],
+    );
+}
+
+#[test]
 fn defaults_apply_to_the_right_kind_and_units_win() {
     let config = ok(concat!(
         "[defaults]\n",
@@ -642,8 +687,8 @@ fn defaults_apply_to_the_right_kind_and_units_win() {
     assert_eq!(za.cpu_max, Some(1.0));
     assert_eq!(za.pids_max, Some(32));
     assert_eq!(za.stop_signal, libc::SIGINT);
-    assert_eq!(za.rlimits.get("nofile"), Some(&1024));
-    assert_eq!(za.rlimits.get("core"), Some(&0));
+    assert_eq!(za.rlimits.get(&Resource::RLIMIT_NOFILE), Some(&1024));
+    assert_eq!(za.rlimits.get(&Resource::RLIMIT_CORE), Some(&0));
 
     let b = config.unit("b").unwrap();
     assert_eq!(b.common.restart, RestartPolicy::Never);
@@ -659,8 +704,11 @@ fn defaults_apply_to_the_right_kind_and_units_win() {
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     assert_eq!(env, [("A", "1"), ("B", "own"), ("C", "3")]);
-    assert_eq!(zb.rlimits.get("nofile"), Some(&libc::RLIM_INFINITY));
-    assert_eq!(zb.rlimits.get("core"), Some(&0));
+    assert_eq!(
+        zb.rlimits.get(&Resource::RLIMIT_NOFILE),
+        Some(&libc::RLIM_INFINITY)
+    );
+    assert_eq!(zb.rlimits.get(&Resource::RLIMIT_CORE), Some(&0));
 
     let g = config.unit("g").unwrap();
     assert_eq!(g.common.restart, RestartPolicy::Always);
@@ -986,7 +1034,10 @@ fn example_in_the_config_reference_is_valid() {
     assert_eq!(mounts.host.mounts.len(), 1);
     let config = blocks.last().unwrap();
     assert_eq!(config.units.len(), 4);
-    assert_eq!(zone(&config, "web").rlimits.get("nofile"), Some(&1024));
+    assert_eq!(
+        zone(&config, "web").rlimits.get(&Resource::RLIMIT_NOFILE),
+        Some(&1024)
+    );
     assert_eq!(zone(&config, "web").ports.len(), 1);
 }
 
@@ -1444,4 +1495,84 @@ fn a_mac_given_to_two_interfaces_is_an_error_at_the_second_unit() {
     );
     assert_error_at(&diags, 6, 8, &["MAC 52:54:00:00:00:01", "already `a`'s"]);
     assert_eq!(diags.len(), 1, "{}", render(&diags));
+}
+
+/// For each key a unit shares with `[defaults]`: a value for `[defaults]`
+/// and a different one for the unit.
+const SHARED_KEY_SAMPLES: &[(&str, &str, &str)] = &[
+    ("restart", r#""never""#, r#""always""#),
+    ("backoff", r#"{ initial = "1s" }"#, r#"{ initial = "2s" }"#),
+    (
+        "start_limit",
+        r#"{ burst = 1, interval = "1s" }"#,
+        r#"{ burst = 2, interval = "1s" }"#,
+    ),
+    ("stop_timeout", r#""1s""#, r#""2s""#),
+    ("autostart", "false", "true"),
+    ("env", r#"{ A = "1" }"#, r#"{ A = "2" }"#),
+    ("user", r#""1:1""#, r#""2:2""#),
+    ("capabilities", r#"["CAP_KILL"]"#, r#"["CAP_CHOWN"]"#),
+    ("network", r#""host""#, r#""n""#),
+    ("memory_max", r#""64M""#, r#""128M""#),
+    ("cpu_max", "1", "2"),
+    ("pids_max", "10", "20"),
+    ("rlimits", "{ nofile = 10 }", "{ nofile = 20 }"),
+    ("stop_signal", r#""INT""#, r#""QUIT""#),
+    ("ready", "{ tcp = 1 }", "{ tcp = 2 }"),
+    ("health", "{ tcp = 1 }", "{ tcp = 2 }"),
+    ("memory", r#""256M""#, r#""512M""#),
+    ("vcpus", "2", "3"),
+    ("cmdline", r#""console=ttyS0 a""#, r#""console=ttyS0 b""#),
+    ("on_reboot", r#""stop""#, r#""restart""#),
+];
+
+#[test]
+fn every_key_shared_with_defaults_reaches_units_without_it_and_units_win() {
+    use super::raw::{RawCommon, RawGuestShared, RawZoneShared, fields_of};
+    let zone_keys = [fields_of::<RawCommon>(), fields_of::<RawZoneShared>()].concat();
+    let guest_keys = fields_of::<RawGuestShared>();
+    for key in zone_keys.iter().chain(guest_keys) {
+        let Some(&(_, default, own)) = SHARED_KEY_SAMPLES.iter().find(|(k, ..)| k == key) else {
+            panic!("`{key}` has no sample values in SHARED_KEY_SAMPLES: add them");
+        };
+        let unit = if zone_keys.contains(key) {
+            |name: &str, extra: &str| {
+                format!("[zone.{name}]\nroot = \"/r\"\ncommand = [\"/x\"]\n{extra}\n")
+            }
+        } else {
+            |name: &str, extra: &str| format!("[guest.{name}]\nkernel = \"/k\"\n{extra}\n")
+        };
+        let network = "[network.n]\naddress = \"10.0.0.1/24\"\n";
+        let set = |value: &str| format!("{key} = {value}");
+        // [defaults] sets it; `a` does not, `b` does.
+        let merged = ok(&format!(
+            "{network}[defaults]\n{}\n{}{}",
+            set(default),
+            unit("a", ""),
+            unit("b", &set(own))
+        ));
+        // The same values, each written in the unit itself.
+        let written = ok(&format!(
+            "{network}{}{}",
+            unit("a", &set(default)),
+            unit("b", &set(own))
+        ));
+        let bare = ok(&format!("{network}{}", unit("a", "")));
+        let show = |c: &Config, name: &str| format!("{:?}", c.unit(name).unwrap());
+        assert_eq!(
+            show(&merged, "a"),
+            show(&written, "a"),
+            "`{key}` from [defaults]"
+        );
+        assert_ne!(
+            show(&merged, "a"),
+            show(&bare, "a"),
+            "`{key}` has no effect"
+        );
+        assert_eq!(
+            show(&merged, "b"),
+            show(&written, "b"),
+            "`{key}` of the unit"
+        );
+    }
 }

@@ -47,10 +47,11 @@ fn each_ready_kind_is_read_with_its_defaults() {
             Duration::from_secs(30),
         ),
         (
-            r#"ready = { exec = ["/bin/pg_isready"], interval = "200ms" }"#,
+            r#"ready = { exec = ["/bin/pg_isready"], interval = "200ms", probe_timeout = "3s" }"#,
             ReadyKind::Probe {
                 probe: Probe::Exec(vec!["/bin/pg_isready".into()]),
                 interval: Duration::from_millis(200),
+                timeout: Duration::from_secs(3),
             },
             Duration::from_secs(30),
         ),
@@ -59,6 +60,7 @@ fn each_ready_kind_is_read_with_its_defaults() {
             ReadyKind::Probe {
                 probe: Probe::Tcp(5432),
                 interval: Duration::from_secs(1),
+                timeout: Duration::from_secs(1),
             },
             Duration::from_secs(30),
         ),
@@ -141,23 +143,71 @@ kernel = "/k"
 }
 
 #[test]
-fn a_guest_is_ready_by_its_console_only() {
+fn a_guest_is_ready_by_its_console_or_by_a_port_on_its_address() {
     let c = ok("[guest.vm]\nkernel = \"/k\"\nready = { log = \"login:\" }\n");
     assert_eq!(
         common(&c, "vm").ready.as_ref().map(|r| &r.kind),
         Some(&ReadyKind::Log("login:".into()))
     );
+    let lan = "[network.lan]\naddress = \"10.88.0.1/24\"\n\n[guest.vm]\nkernel = \"/k\"\n";
+    let c = ok(&format!(
+        "{lan}nics = [{{ network = \"lan\", address = \"10.88.0.9\" }}]\nready = {{ tcp = 22 }}\nhealth = {{ tcp = 22, retries = 2 }}\n"
+    ));
+    assert!(matches!(
+        common(&c, "vm").ready.as_ref().map(|r| &r.kind),
+        Some(ReadyKind::Probe {
+            probe: Probe::Tcp(22),
+            ..
+        })
+    ));
+    assert_eq!(
+        common(&c, "vm")
+            .health
+            .as_ref()
+            .map(|h| (&h.probe, h.retries)),
+        Some((&Probe::Tcp(22), 2))
+    );
+    assert_eq!(
+        c.unit("vm")
+            .unwrap()
+            .addressed_nic()
+            .and_then(|n| n.address),
+        Some(std::net::Ipv4Addr::new(10, 88, 0, 9))
+    );
+    // Nothing runs a command in a guest for it.
     one_error(
-        "[guest.vm]\nkernel = \"/k\"\nready = { tcp = 22 }\n",
+        "[guest.vm]\nkernel = \"/k\"\nready = { exec = [\"/bin/true\"] }\n",
         3,
         9,
-        &["ready", "[guest.vm]", "use `log`"],
+        &["ready", "[guest.vm]", "use `log` or `tcp`"],
+    );
+    one_error(
+        "[guest.vm]\nkernel = \"/k\"\nhealth = { exec = [\"/bin/true\"] }\n",
+        3,
+        10,
+        &["health", "[guest.vm]", "use `tcp`"],
+    );
+    // A tcp probe needs an address to connect to: a nic without one, or
+    // no nic at all, is reported at the port.
+    one_error(
+        &format!("{lan}nics = [{{ network = \"lan\" }}]\nready = {{ tcp = 22 }}\n"),
+        7,
+        17,
+        &[
+            "ready.tcp",
+            "[guest.vm]",
+            "give one of its nics an `address`",
+        ],
     );
     one_error(
         "[guest.vm]\nkernel = \"/k\"\nhealth = { tcp = 22 }\n",
         3,
-        1,
-        &["unknown key `health`", "zone setting"],
+        18,
+        &[
+            "health.tcp",
+            "[guest.vm]",
+            "give one of its nics an `address`",
+        ],
     );
 }
 
@@ -230,6 +280,18 @@ fn bad_ready_values_point_at_the_value() {
         4,
         34,
         &["ready.interval", "only `exec` and `tcp`"],
+    );
+    one_error(
+        &zone_with(r#"ready = { notify = "fd", probe_timeout = "1s" }"#),
+        4,
+        42,
+        &["ready.probe_timeout", "only `exec` and `tcp`"],
+    );
+    one_error(
+        &zone_with(r#"ready = { tcp = 80, probe_timeout = "0s" }"#),
+        4,
+        37,
+        &["ready.probe_timeout", "above zero"],
     );
     one_error(
         &zone_with(r#"ready = { tcp = 80, timout = "1s" }"#),

@@ -14,12 +14,15 @@ use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+use nix::sys::resource::Resource;
 use toml::Spanned;
 
 use super::document::{RawDocument, RawUnit, RawUnitKind, Reporter};
 use super::names;
 use super::network as net;
-use super::raw::{Limit, RawBackoff, RawDefaults, RawGuest, RawHost, RawStartLimit, RawZone, Size};
+use super::raw::{
+    Limit, RawCommon, RawDefaults, RawGuest, RawGuestShared, RawHost, RawZone, RawZoneShared, Size,
+};
 use super::ready::{self, For};
 use super::units::{parse_duration, parse_size};
 use super::{
@@ -477,174 +480,105 @@ fn syslog_target(text: &str) -> Option<super::SyslogTarget> {
     }
 }
 
-/// Settings of zones and guests that are all optional until merged.
-#[derive(Debug, Clone, Default)]
-struct CommonPart {
-    restart: Option<RestartPolicy>,
-    backoff_initial: Option<Duration>,
-    backoff_max: Option<Duration>,
-    backoff_reset_after: Option<Duration>,
-    start_limit: Option<StartLimit>,
-    stop_timeout: Option<Duration>,
-    autostart: Option<bool>,
+/// A setting taken from a unit, else from `[defaults]`.
+trait Merge {
+    fn merge(self, defaults: &Self) -> Self;
 }
 
-impl CommonPart {
-    fn or(self, defaults: &CommonPart) -> CommonPart {
-        CommonPart {
-            restart: self.restart.or(defaults.restart),
-            backoff_initial: self.backoff_initial.or(defaults.backoff_initial),
-            backoff_max: self.backoff_max.or(defaults.backoff_max),
-            backoff_reset_after: self.backoff_reset_after.or(defaults.backoff_reset_after),
-            start_limit: self.start_limit.or(defaults.start_limit),
-            stop_timeout: self.stop_timeout.or(defaults.stop_timeout),
-            autostart: self.autostart.or(defaults.autostart),
-        }
+impl<T: Clone> Merge for Option<T> {
+    fn merge(self, defaults: &Self) -> Self {
+        self.or_else(|| defaults.clone())
     }
 }
 
-/// Zone settings that `[defaults]` may provide.
-#[derive(Debug, Clone, Default)]
-struct ZonePart {
-    user: Option<(u32, u32)>,
-    capabilities: Option<Vec<u8>>,
-    memory_max: Option<u64>,
-    cpu_max: Option<f64>,
-    pids_max: Option<u64>,
-    rlimits: BTreeMap<String, u64>,
-    stop_signal: Option<i32>,
-    /// As written; resolved against the networks per zone.
-    network: Option<Spanned<String>>,
-    env: BTreeMap<String, String>,
-}
-
-impl ZonePart {
-    fn or(self, defaults: &ZonePart) -> ZonePart {
-        let mut rlimits = defaults.rlimits.clone();
-        rlimits.extend(self.rlimits);
-        let mut env = defaults.env.clone();
-        env.extend(self.env);
-        ZonePart {
-            user: self.user.or(defaults.user),
-            capabilities: self.capabilities.or_else(|| defaults.capabilities.clone()),
-            memory_max: self.memory_max.or(defaults.memory_max),
-            cpu_max: self.cpu_max.or(defaults.cpu_max),
-            pids_max: self.pids_max.or(defaults.pids_max),
-            rlimits,
-            stop_signal: self.stop_signal.or(defaults.stop_signal),
-            network: self.network.or_else(|| defaults.network.clone()),
-            env,
-        }
+/// Tables (`env`, `rlimits`) merge entry by entry; the unit's entry wins.
+impl<K: Ord + Clone, V: Clone> Merge for BTreeMap<K, V> {
+    fn merge(self, defaults: &Self) -> Self {
+        let mut merged = defaults.clone();
+        merged.extend(self);
+        merged
     }
 }
 
-/// Guest settings that `[defaults]` may provide.
-#[derive(Debug, Clone, Default)]
-struct GuestPart {
-    memory: Option<u64>,
-    vcpus: Option<u32>,
-    cmdline: Option<String>,
-    on_reboot: Option<OnReboot>,
+/// Declares checked settings that are all optional until merged, and
+/// their `or`, which merges every field with [`Merge`]: a field added to
+/// the struct is merged without another edit.
+macro_rules! settings {
+    ($(#[$meta:meta])* struct $name:ident { $($(#[$fmeta:meta])* $field:ident: $ty:ty,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Default)]
+        struct $name {
+            $($(#[$fmeta])* $field: $ty,)*
+        }
+
+        impl $name {
+            /// Each setting of `self` (a unit's), else of `defaults`.
+            fn or(self, defaults: &$name) -> $name {
+                $name {
+                    $($field: Merge::merge(self.$field, &defaults.$field),)*
+                }
+            }
+        }
+    };
 }
 
-impl GuestPart {
-    fn or(self, defaults: &GuestPart) -> GuestPart {
-        GuestPart {
-            memory: self.memory.or(defaults.memory),
-            vcpus: self.vcpus.or(defaults.vcpus),
-            cmdline: self.cmdline.or_else(|| defaults.cmdline.clone()),
-            on_reboot: self.on_reboot.or(defaults.on_reboot),
-        }
+settings! {
+    /// Settings of zones and guests (`RawCommon`), checked.
+    struct CommonPart {
+        restart: Option<RestartPolicy>,
+        // Per field: a unit's `backoff = { max = "5s" }` keeps the
+        // default's `initial`.
+        backoff_initial: Option<Duration>,
+        backoff_max: Option<Duration>,
+        backoff_reset_after: Option<Duration>,
+        start_limit: Option<StartLimit>,
+        stop_timeout: Option<Duration>,
+        autostart: Option<bool>,
     }
 }
 
+settings! {
+    /// Zone settings `[defaults]` may provide (`RawZoneShared`), checked.
+    struct ZonePart {
+        user: Option<(u32, u32)>,
+        capabilities: Option<Vec<u8>>,
+        memory_max: Option<u64>,
+        cpu_max: Option<f64>,
+        pids_max: Option<u64>,
+        rlimits: BTreeMap<Resource, u64>,
+        stop_signal: Option<i32>,
+        /// As written; resolved against the networks per zone.
+        network: Option<Spanned<String>>,
+        env: BTreeMap<String, String>,
+        ready: Option<super::Ready>,
+        health: Option<super::Health>,
+    }
+}
+
+settings! {
+    /// Guest settings `[defaults]` may provide (`RawGuestShared`), checked.
+    struct GuestPart {
+        memory: Option<u64>,
+        vcpus: Option<u32>,
+        cmdline: Option<String>,
+        on_reboot: Option<OnReboot>,
+    }
+}
+
+/// `[defaults]`, checked once.
 #[derive(Debug, Default)]
 struct Defaults {
     common: CommonPart,
     zone: ZonePart,
     guest: GuestPart,
-    /// For zones only; a guest sets its own.
-    ready: Option<super::Ready>,
-    /// For zones only.
-    health: Option<super::Health>,
-}
-
-/// The raw keys behind a [`CommonPart`], borrowed from whichever section.
-struct CommonKeys<'a> {
-    restart: Option<&'a Spanned<String>>,
-    backoff: Option<&'a Spanned<RawBackoff>>,
-    start_limit: Option<&'a Spanned<RawStartLimit>>,
-    stop_timeout: Option<&'a Spanned<String>>,
-    autostart: Option<&'a Spanned<bool>>,
-}
-
-/// The raw keys behind a [`ZonePart`].
-struct ZoneKeys<'a> {
-    user: Option<&'a Spanned<String>>,
-    capabilities: Option<&'a Vec<Spanned<String>>>,
-    memory_max: Option<&'a Spanned<Size>>,
-    cpu_max: Option<&'a Spanned<f64>>,
-    pids_max: Option<&'a Spanned<i64>>,
-    rlimits: Option<&'a BTreeMap<String, Spanned<Limit>>>,
-    stop_signal: Option<&'a Spanned<String>>,
-    network: Option<&'a Spanned<String>>,
-    env: Option<&'a BTreeMap<String, Spanned<String>>>,
-}
-
-/// The raw keys behind a [`GuestPart`].
-struct GuestKeys<'a> {
-    memory: Option<&'a Spanned<Size>>,
-    vcpus: Option<&'a Spanned<i64>>,
-    cmdline: Option<&'a Spanned<String>>,
-    on_reboot: Option<&'a Spanned<String>>,
 }
 
 fn defaults(raw: &RawDefaults, rep: &mut Reporter<'_>) -> Defaults {
     let mut c = Checker::new(rep, "[defaults]");
-    let common = common_part(
-        &mut c,
-        CommonKeys {
-            restart: raw.restart.as_ref(),
-            backoff: raw.backoff.as_ref(),
-            start_limit: raw.start_limit.as_ref(),
-            stop_timeout: raw.stop_timeout.as_ref(),
-            autostart: raw.autostart.as_ref(),
-        },
-    );
-    let zone = zone_part(
-        &mut c,
-        ZoneKeys {
-            user: raw.user.as_ref(),
-            capabilities: raw.capabilities.as_ref(),
-            memory_max: raw.memory_max.as_ref(),
-            cpu_max: raw.cpu_max.as_ref(),
-            pids_max: raw.pids_max.as_ref(),
-            rlimits: raw.rlimits.as_ref(),
-            stop_signal: raw.stop_signal.as_ref(),
-            network: raw.network.as_ref(),
-            env: raw.env.as_ref(),
-        },
-    );
-    let guest = guest_part(
-        &mut c,
-        GuestKeys {
-            memory: raw.memory.as_ref(),
-            vcpus: raw.vcpus.as_ref(),
-            cmdline: raw.cmdline.as_ref(),
-            on_reboot: raw.on_reboot.as_ref(),
-        },
-    );
-    let ready = raw
-        .ready
-        .as_ref()
-        .and_then(|r| ready::ready(&mut c, r, For::Zone));
-    let health = raw.health.as_ref().and_then(|h| ready::health(&mut c, h));
     Defaults {
-        common,
-        zone,
-        guest,
-        ready,
-        health,
+        common: common_part(&mut c, &raw.common),
+        zone: zone_part(&mut c, &raw.zone),
+        guest: guest_part(&mut c, &raw.guest),
     }
 }
 
@@ -654,14 +588,14 @@ const RESTART_POLICIES: [(&str, RestartPolicy); 3] = [
     ("always", RestartPolicy::Always),
 ];
 
-fn common_part(c: &mut Checker<'_, '_>, keys: CommonKeys<'_>) -> CommonPart {
+fn common_part(c: &mut Checker<'_, '_>, keys: &RawCommon) -> CommonPart {
     let mut part = CommonPart {
-        restart: c.choice("restart", keys.restart, &RESTART_POLICIES),
-        stop_timeout: c.duration("stop_timeout", keys.stop_timeout),
-        autostart: keys.autostart.map(|a| *a.get_ref()),
+        restart: c.choice("restart", keys.restart.as_ref(), &RESTART_POLICIES),
+        stop_timeout: c.duration("stop_timeout", keys.stop_timeout.as_ref()),
+        autostart: keys.autostart.as_ref().map(|a| *a.get_ref()),
         ..CommonPart::default()
     };
-    if let Some(backoff) = keys.backoff {
+    if let Some(backoff) = &keys.backoff {
         let b = backoff.get_ref();
         part.backoff_initial = c.duration("backoff.initial", b.initial.as_ref());
         part.backoff_max = c.duration("backoff.max", b.max.as_ref());
@@ -679,7 +613,7 @@ fn common_part(c: &mut Checker<'_, '_>, keys: CommonKeys<'_>) -> CommonPart {
             part.backoff_initial = None;
         }
     }
-    if let Some(limit) = keys.start_limit {
+    if let Some(limit) = &keys.start_limit {
         let l = limit.get_ref();
         let burst = match u32::try_from(*l.burst.get_ref()) {
             Ok(n) if n > 0 => Some(n),
@@ -714,17 +648,29 @@ fn common_part(c: &mut Checker<'_, '_>, keys: CommonKeys<'_>) -> CommonPart {
     part
 }
 
-fn zone_part(c: &mut Checker<'_, '_>, keys: ZoneKeys<'_>) -> ZonePart {
-    let limits = c.cgroup_limits(keys.memory_max, keys.cpu_max, keys.pids_max);
+fn zone_part(c: &mut Checker<'_, '_>, keys: &RawZoneShared) -> ZonePart {
+    let limits = c.cgroup_limits(
+        keys.memory_max.as_ref(),
+        keys.cpu_max.as_ref(),
+        keys.pids_max.as_ref(),
+    );
     let mut part = ZonePart {
         memory_max: limits.memory_max,
         cpu_max: limits.cpu_max,
         pids_max: limits.pids_max,
         stop_signal: None,
-        network: keys.network.cloned(),
+        network: keys.network.clone(),
+        ready: keys
+            .ready
+            .as_ref()
+            .and_then(|r| ready::ready(c, r, For::Zone)),
+        health: keys
+            .health
+            .as_ref()
+            .and_then(|h| ready::health(c, h, For::Zone)),
         ..ZonePart::default()
     };
-    if let Some(user) = keys.user {
+    if let Some(user) = &keys.user {
         part.user = parse_user(user.get_ref());
         if part.user.is_none() {
             c.error(
@@ -737,7 +683,7 @@ fn zone_part(c: &mut Checker<'_, '_>, keys: ZoneKeys<'_>) -> ZonePart {
             );
         }
     }
-    if let Some(list) = keys.capabilities {
+    if let Some(list) = &keys.capabilities {
         let mut caps = Vec::with_capacity(list.len());
         for cap in list {
             match names::capability_number(cap.get_ref()) {
@@ -756,11 +702,18 @@ fn zone_part(c: &mut Checker<'_, '_>, keys: ZoneKeys<'_>) -> ZonePart {
         caps.dedup();
         part.capabilities = Some(caps);
     }
-    for (name, limit) in keys.rlimits.into_iter().flatten() {
-        // Unknown names were already reported with the key list.
-        if !names::RLIMITS.contains(&name.as_str()) {
+    for (name, limit) in keys.rlimits.iter().flatten() {
+        let key = format!("rlimits.{name}");
+        let Some(resource) = names::rlimit(name) else {
+            // The key check reports unknown names first; this is for a
+            // table that reached here some other way.
+            c.error(
+                limit.span(),
+                &key,
+                format!("`{}` is not a resource limit", name.escape_debug()),
+            );
             continue;
-        }
+        };
         let value = match limit.get_ref() {
             Limit::Number(n) => u64::try_from(*n).ok(),
             Limit::Text(t) if t == "unlimited" || t == "infinity" => Some(libc::RLIM_INFINITY),
@@ -768,16 +721,16 @@ fn zone_part(c: &mut Checker<'_, '_>, keys: ZoneKeys<'_>) -> ZonePart {
         };
         match value {
             Some(v) => {
-                part.rlimits.insert(name.clone(), v);
+                part.rlimits.insert(resource, v);
             }
             None => c.error(
                 limit.span(),
-                &format!("rlimits.{name}"),
+                &key,
                 "a limit is a non-negative integer or \"unlimited\"",
             ),
         }
     }
-    if let Some(sig) = keys.stop_signal {
+    if let Some(sig) = &keys.stop_signal {
         part.stop_signal = names::signal_number(sig.get_ref());
         if let Some(n) = part.stop_signal
             && [
@@ -810,7 +763,7 @@ fn zone_part(c: &mut Checker<'_, '_>, keys: ZoneKeys<'_>) -> ZonePart {
             );
         }
     }
-    for (name, value) in keys.env.into_iter().flatten() {
+    for (name, value) in keys.env.iter().flatten() {
         if name.is_empty() || name.contains(['=', '\0']) {
             c.error(
                 value.span(),
@@ -841,31 +794,31 @@ fn parse_user(text: &str) -> Option<(u32, u32)> {
     Some((parse(uid)?, parse(gid)?))
 }
 
-fn guest_part(c: &mut Checker<'_, '_>, keys: GuestKeys<'_>) -> GuestPart {
+fn guest_part(c: &mut Checker<'_, '_>, keys: &RawGuestShared) -> GuestPart {
     let mut part = GuestPart {
-        memory: c.size("memory", keys.memory),
+        memory: c.size("memory", keys.memory.as_ref()),
         on_reboot: c.choice(
             "on_reboot",
-            keys.on_reboot,
+            keys.on_reboot.as_ref(),
             &[("restart", OnReboot::Restart), ("stop", OnReboot::Stop)],
         ),
         ..GuestPart::default()
     };
     // The monitor's own limits (`vmm::limits`), so a guest that passes
     // here is one the monitor accepts.
-    if let (Some(bytes), Some(raw)) = (part.memory, keys.memory)
+    if let (Some(bytes), Some(raw)) = (part.memory, &keys.memory)
         && let Err(e) = limits::check_memory(bytes)
     {
         c.error(raw.span(), "memory", e);
         part.memory = None;
     }
-    if let Some(vcpus) = keys.vcpus {
+    if let Some(vcpus) = &keys.vcpus {
         match limits::check_vcpus(*vcpus.get_ref()) {
             Ok(n) => part.vcpus = Some(u32::from(n)),
             Err(e) => c.error(vcpus.span(), "vcpus", e),
         }
     }
-    if let Some(cmdline) = keys.cmdline {
+    if let Some(cmdline) = &keys.cmdline {
         match limits::check_cmdline(cmdline.get_ref()) {
             Ok(()) => part.cmdline = c.no_nul("cmdline", cmdline),
             Err(e) => c.error(cmdline.span(), "cmdline", e),
@@ -880,30 +833,30 @@ fn unit(
     networks: &[NetworkDef],
     rep: &mut Reporter<'_>,
 ) -> Option<Unit> {
-    let name = raw.name.get_ref();
-    let (kind_name, common_keys) = match &raw.kind {
-        RawUnitKind::Zone(z) => ("zone", common_keys_zone(z)),
-        RawUnitKind::Guest(g) => ("guest", common_keys_guest(g)),
-    };
-    let mut c = Checker::new(rep, format!("[{kind_name}.{name}]"));
-    let common = common_part(&mut c, common_keys).or(&defaults.common);
-    let (ready, health) = match &raw.kind {
-        RawUnitKind::Zone(z) => (
-            z.ready
+    let mut c = Checker::new(rep, label(raw));
+    let common = common_part(&mut c, &raw.common).or(&defaults.common);
+    let (kind, ready, health) = match &raw.kind {
+        RawUnitKind::Zone(z, shared) => {
+            let part = zone_part(&mut c, shared).or(&defaults.zone);
+            let (ready, health) = (part.ready.clone(), part.health.clone());
+            let zone = zone(&mut c, raw, z, shared, part, networks);
+            (zone.map(UnitKind::Zone), ready, health)
+        }
+        RawUnitKind::Guest(g, shared) => {
+            // A guest's `ready` and `health` are its own: they have no
+            // default.
+            let ready = g
+                .ready
                 .as_ref()
-                .map(|r| ready::ready(&mut c, r, For::Zone))
-                .unwrap_or_else(|| defaults.ready.clone()),
-            z.health
+                .and_then(|r| ready::ready(&mut c, r, For::Guest));
+            let health = g
+                .health
                 .as_ref()
-                .map(|h| ready::health(&mut c, h))
-                .unwrap_or_else(|| defaults.health.clone()),
-        ),
-        RawUnitKind::Guest(g) => (
-            g.ready
-                .as_ref()
-                .and_then(|r| ready::ready(&mut c, r, For::Guest)),
-            None,
-        ),
+                .and_then(|h| ready::health(&mut c, h, For::Guest));
+            let part = guest_part(&mut c, shared).or(&defaults.guest);
+            let guest = guest(&mut c, raw, g, part, networks);
+            (guest.map(UnitKind::Guest), ready, health)
+        }
     };
     let mut after: Vec<String> = Vec::new();
     for entry in after_of(raw) {
@@ -928,44 +881,18 @@ fn unit(
         ready,
         health,
     };
-    let kind = match &raw.kind {
-        RawUnitKind::Zone(z) => zone(&mut c, raw, z, &defaults.zone, networks).map(UnitKind::Zone),
-        RawUnitKind::Guest(g) => {
-            guest(&mut c, raw, g, &defaults.guest, networks).map(UnitKind::Guest)
-        }
-    };
     let kind = kind?;
     c.ok.then(|| Unit {
-        name: name.clone(),
+        name: raw.name.get_ref().clone(),
         common,
         kind,
     })
 }
 
-fn common_keys_zone(z: &RawZone) -> CommonKeys<'_> {
-    CommonKeys {
-        restart: z.restart.as_ref(),
-        backoff: z.backoff.as_ref(),
-        start_limit: z.start_limit.as_ref(),
-        stop_timeout: z.stop_timeout.as_ref(),
-        autostart: z.autostart.as_ref(),
-    }
-}
-
-fn common_keys_guest(g: &RawGuest) -> CommonKeys<'_> {
-    CommonKeys {
-        restart: g.restart.as_ref(),
-        backoff: g.backoff.as_ref(),
-        start_limit: g.start_limit.as_ref(),
-        stop_timeout: g.stop_timeout.as_ref(),
-        autostart: g.autostart.as_ref(),
-    }
-}
-
 fn after_of(raw: &RawUnit) -> &[Spanned<String>] {
     let after = match &raw.kind {
-        RawUnitKind::Zone(z) => &z.after,
-        RawUnitKind::Guest(g) => &g.after,
+        RawUnitKind::Zone(z, _) => &z.after,
+        RawUnitKind::Guest(g, _) => &g.after,
     };
     after.as_deref().unwrap_or(&[])
 }
@@ -985,29 +912,17 @@ fn missing(c: &mut Checker<'_, '_>, raw: &RawUnit, key: &str, example: &str) {
     );
 }
 
+/// A zone from its own keys and its settings, merged with `[defaults]`
+/// (`shared` holds the ones written in the zone).
 fn zone(
     c: &mut Checker<'_, '_>,
     raw: &RawUnit,
     z: &RawZone,
-    defaults: &ZonePart,
+    shared: &RawZoneShared,
+    part: ZonePart,
     networks: &[NetworkDef],
 ) -> Option<Zone> {
     let name = raw.name.get_ref();
-    let part = zone_part(
-        c,
-        ZoneKeys {
-            user: z.user.as_ref(),
-            capabilities: z.capabilities.as_ref(),
-            memory_max: z.memory_max.as_ref(),
-            cpu_max: z.cpu_max.as_ref(),
-            pids_max: z.pids_max.as_ref(),
-            rlimits: z.rlimits.as_ref(),
-            stop_signal: z.stop_signal.as_ref(),
-            network: z.network.as_ref(),
-            env: z.env.as_ref(),
-        },
-    )
-    .or(defaults);
 
     let root = c.abs_path("root", z.root.as_ref());
     if z.root.is_none() {
@@ -1104,7 +1019,8 @@ fn zone(
             });
         }
     }
-    let network = zone_network(c, name, part.network.as_ref(), networks, z);
+    let from_defaults = shared.network.is_none();
+    let network = zone_network(c, name, part.network.as_ref(), from_defaults, networks, z);
     let ports = c.ports(z.ports.as_deref());
     let bridged = part
         .network
@@ -1140,23 +1056,14 @@ fn zone(
     })
 }
 
+/// A guest from its own keys and its settings, merged with `[defaults]`.
 fn guest(
     c: &mut Checker<'_, '_>,
     raw: &RawUnit,
     g: &RawGuest,
-    defaults: &GuestPart,
+    part: GuestPart,
     networks: &[NetworkDef],
 ) -> Option<Guest> {
-    let part = guest_part(
-        c,
-        GuestKeys {
-            memory: g.memory.as_ref(),
-            vcpus: g.vcpus.as_ref(),
-            cmdline: g.cmdline.as_ref(),
-            on_reboot: g.on_reboot.as_ref(),
-        },
-    )
-    .or(defaults);
     let kernel = c.abs_path("kernel", g.kernel.as_ref());
     if g.kernel.is_none() {
         missing(c, raw, "kernel", "\"/guests/vmlinuz\"");
@@ -1248,6 +1155,28 @@ fn guest(
             "a port forward needs an address to forward to; give the guest's first nic an `address`",
         );
     }
+    let tcp_probes = [
+        (
+            "ready.tcp",
+            g.ready.as_ref().and_then(|r| r.get_ref().tcp.as_ref()),
+        ),
+        (
+            "health.tcp",
+            g.health.as_ref().and_then(|h| h.get_ref().tcp.as_ref()),
+        ),
+    ];
+    for (key, tcp) in tcp_probes {
+        if let Some(tcp) = tcp
+            && c.ok
+            && !nics.iter().any(|n| n.address.is_some())
+        {
+            c.error(
+                tcp.span(),
+                key,
+                "a tcp probe connects to the guest's address; give one of its nics an `address`",
+            );
+        }
+    }
     Some(Guest {
         kernel: kernel?,
         initrd,
@@ -1264,11 +1193,13 @@ fn guest(
     })
 }
 
-/// A zone's `network` (its own or from `[defaults]`) with its `address`.
+/// A zone's `network` (its own or, with `from_defaults`, from
+/// `[defaults]`) with its `address`.
 fn zone_network(
     c: &mut Checker<'_, '_>,
     name: &str,
     network: Option<&Spanned<String>>,
+    from_defaults: bool,
     networks: &[NetworkDef],
     z: &RawZone,
 ) -> Option<Network> {
@@ -1278,7 +1209,7 @@ fn zone_network(
         Some(_) => {
             let written = network?;
             // A bad name from [defaults] is reported there, once.
-            let label = if z.network.is_none() {
+            let label = if from_defaults {
                 std::mem::replace(&mut c.label, "[defaults]".into())
             } else {
                 c.label.clone()
@@ -1318,8 +1249,8 @@ fn zone_network(
 
 fn label(raw: &RawUnit) -> String {
     let kind = match raw.kind {
-        RawUnitKind::Zone(_) => "zone",
-        RawUnitKind::Guest(_) => "guest",
+        RawUnitKind::Zone(..) => "zone",
+        RawUnitKind::Guest(..) => "guest",
     };
     format!("[{kind}.{}]", raw.name.get_ref())
 }

@@ -1,5 +1,6 @@
 //! `zonit ctl`: the control client. Sends one request, prints the replies.
 //!
+//! Its commands and options are those of `ctl` in [`crate::cli::COMMANDS`].
 //! Exit status: 0 on success, 1 when the agent answered with an error,
 //! 2 for a usage error, 3 when the agent could not be reached.
 
@@ -10,36 +11,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use lexopt::Arg::{Long, Short, Value};
+use lexopt::ValueExt;
 
 use super::event::Event;
 use super::proto::{self, Request, UnitRow, WindowSize};
 use super::terminal;
+use crate::cli;
 use crate::config::DEFAULT_CONTROL_SOCKET;
 use crate::config::parse_duration;
-
-const USAGE: &str = "usage: zonit ctl [--socket PATH] [--timeout DURATION] COMMAND
-  --timeout   give up when the agent has not answered within DURATION
-              (\"500ms\", \"30s\", \"2m\"); default 60s, none for logs -f
-              and exec; 0s waits for ever
-commands:
-  status [--json]            one row per unit
-  start|stop|restart NAME    as named; stop waits until the unit is stopped
-  logs NAME [-n N] [-f]      captured output; -f follows
-  exec [-t] ZONE -- CMD [ARGS...]
-                             run a command in a running zone with this
-                             terminal's stdin/stdout/stderr, or with -t on a
-                             new terminal in the zone; exits with its status
-  console GUEST [--read-only] [--force]
-                             the guest's serial console, interactive;
-                             Ctrl-] detaches
-  events [--json] [--since DURATION]
-                             stream what happens (units starting, running,
-                             exiting, restarting, failing; reloads,
-                             shutdown), after the kept events of the last
-                             DURATION; --json: one JSON object a line
-  reload                     re-read the config
-  poweroff|reboot|halt       orderly shutdown (PID 1 only)";
 
 enum Output {
     Table,
@@ -47,9 +27,12 @@ enum Output {
     Plain,
 }
 
-fn usage(msg: &str) -> ExitCode {
-    eprintln!("zonit ctl: {msg}\n{USAGE}");
-    ExitCode::from(2)
+/// What the words after `zonit ctl` ask for.
+enum Parsed {
+    /// Send this request, print its replies so.
+    Go(Request, Output),
+    /// Print the help of this command (`ctl`, `ctl logs`).
+    Help(String),
 }
 
 /// How long `zonit ctl` waits for the agent unless told otherwise; a
@@ -60,30 +43,41 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 pub fn main(args: &[String]) -> ExitCode {
     let mut socket = PathBuf::from(DEFAULT_CONTROL_SOCKET);
     let mut timeout = None;
-    let mut it = args.iter();
-    let mut rest: Vec<&str> = Vec::new();
+    let mut p = lexopt::Parser::from_args(args);
     // Options come before the command, so an exec'd command's own
     // arguments are never taken for ours.
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--socket" => match it.next() {
-                Some(p) => socket = PathBuf::from(p),
-                None => return usage("--socket needs a path"),
+    let cmd = loop {
+        let arg = match p.next() {
+            Ok(None) => return cli::usage_error("ctl", "no command given"),
+            Ok(Some(Short('h') | Long("help"))) => return cli::print_help(&["ctl"]),
+            Ok(Some(Long("socket"))) => p.value().map(|v| socket = v.into()),
+            Ok(Some(Long("timeout"))) => p.value().and_then(|v| {
+                let t = parse_duration(&v.string()?).map_err(|e| format!("--timeout: {e}"))?;
+                timeout = Some(t);
+                Ok(())
+            }),
+            Ok(Some(Value(v))) => match v.string() {
+                Ok(cmd) => break cmd,
+                Err(e) => Err(e),
             },
-            "--timeout" => match it.next().map(|t| parse_duration(t)) {
-                Some(Ok(t)) => timeout = Some(t),
-                Some(Err(e)) => return usage(&format!("--timeout: {e}")),
-                None => return usage("--timeout needs a duration"),
-            },
-            _ => {
-                rest.push(a);
-                rest.extend(it.by_ref().map(String::as_str));
-            }
+            Ok(Some(arg)) => Err(arg.unexpected()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = arg {
+            return cli::usage_error("ctl", &e.to_string());
         }
+    };
+    let path = format!("ctl {cmd}");
+    if cli::find(&path).is_none() {
+        return cli::usage_error("ctl", &format!("unknown command `{cmd}`"));
     }
-    let (mut req, output) = match parse(&rest) {
-        Ok(x) => x,
-        Err(msg) => return usage(&msg),
+    let (mut req, output) = match command(&cmd, &mut p) {
+        Ok(Parsed::Go(req, output)) => (req, output),
+        Ok(Parsed::Help(path)) => {
+            let words: Vec<&str> = path.split(' ').collect();
+            return cli::print_help(&words);
+        }
+        Err(e) => return cli::usage_error(&path, &e.to_string()),
     };
     if let Request::Exec {
         tty: Some(size), ..
@@ -131,117 +125,100 @@ fn streams(req: &Request) -> bool {
     )
 }
 
-fn parse(words: &[&str]) -> Result<(Request, Output), String> {
-    let name = |i: usize| {
-        words
-            .get(i)
-            .map(|s| s.to_string())
-            .ok_or_else(|| format!("{} needs a unit name", words[0]))
+/// Parses the words of `zonit ctl CMD` (`cmd` is a command of the
+/// table in [`cli::COMMANDS`]).
+fn command(cmd: &str, p: &mut lexopt::Parser) -> Result<Parsed, lexopt::Error> {
+    let mut name: Option<String> = None;
+    let mut argv: Vec<String> = Vec::new();
+    let (mut json, mut follow, mut tty, mut read_only, mut force) =
+        (false, false, false, false, false);
+    let (mut lines, mut since_ms) = (None, None);
+    let named = matches!(
+        cmd,
+        "start" | "stop" | "restart" | "logs" | "exec" | "console"
+    );
+    while let Some(arg) = p.next()? {
+        match (cmd, arg) {
+            (_, Short('h') | Long("help")) => return Ok(Parsed::Help(format!("ctl {cmd}"))),
+            ("help", Value(v)) if name.is_none() => name = Some(v.string()?),
+            ("status" | "events", Long("json")) => json = true,
+            ("logs", Short('n') | Long("lines")) => lines = Some(p.value()?.parse()?),
+            ("logs", Short('f') | Long("follow")) => follow = true,
+            ("exec", Short('t') | Long("tty")) if name.is_none() => tty = true,
+            ("console", Long("read-only")) => read_only = true,
+            ("console", Long("force")) => force = true,
+            ("events", Long("since")) => {
+                let d =
+                    parse_duration(&p.value()?.string()?).map_err(|e| format!("--since: {e}"))?;
+                since_ms = Some(d.as_millis() as u64);
+            }
+            (_, Value(v)) if named && name.is_none() => {
+                name = Some(v.string()?);
+                if cmd == "exec" {
+                    // The rest is the command's own, options and all.
+                    for a in p.raw_args()? {
+                        argv.push(a.into_string().map_err(|a| {
+                            format!("argument {} is not valid UTF-8", a.to_string_lossy())
+                        })?);
+                    }
+                    if argv.first().is_some_and(|a| a == "--") {
+                        argv.remove(0);
+                    }
+                }
+            }
+            (_, arg) => return Err(arg.unexpected()),
+        }
+    }
+    if cmd == "help" {
+        return Ok(Parsed::Help(match name {
+            Some(sub) => format!("ctl {sub}"),
+            None => "ctl".into(),
+        }));
+    }
+    let name = match name {
+        Some(n) => n,
+        None if named => return Err(format!("{cmd} needs a unit name").into()),
+        None => String::new(),
     };
-    let Some(&cmd) = words.first() else {
-        return Err("no command given".into());
-    };
+    let out = if json { Output::Json } else { Output::Plain };
     let req = match cmd {
         "status" => {
-            let json = words[1..].contains(&"--json");
-            if let Some(bad) = words[1..].iter().find(|w| **w != "--json") {
-                return Err(format!("unknown status option {bad}"));
-            }
             let out = if json { Output::Json } else { Output::Table };
-            return Ok((Request::Status {}, out));
+            return Ok(Parsed::Go(Request::Status {}, out));
         }
-        "start" => Request::Start { name: name(1)? },
-        "stop" => Request::Stop { name: name(1)? },
-        "restart" => Request::Restart { name: name(1)? },
-        "logs" => {
-            let name = name(1)?;
-            let (mut lines, mut follow) = (None, false);
-            let mut i = 2;
-            while i < words.len() {
-                match words[i] {
-                    "-f" | "--follow" => follow = true,
-                    "-n" | "--lines" => {
-                        i += 1;
-                        let n = words.get(i).and_then(|n| n.parse().ok());
-                        lines = Some(n.ok_or("-n needs a number")?);
-                    }
-                    other => return Err(format!("unknown logs option {other}")),
-                }
-                i += 1;
-            }
-            Request::Logs {
-                name,
-                lines,
-                follow,
-            }
+        "start" => Request::Start { name },
+        "stop" => Request::Stop { name },
+        "restart" => Request::Restart { name },
+        "logs" => Request::Logs {
+            name,
+            lines,
+            follow,
+        },
+        "exec" if argv.is_empty() => {
+            return Err("exec needs a command: exec ZONE -- CMD [ARGS...]".into());
         }
-        "exec" => {
-            let tty = matches!(words.get(1), Some(&("-t" | "--tty")));
-            let first = if tty { 2 } else { 1 };
-            let name = words
-                .get(first)
-                .map(|s| s.to_string())
-                .ok_or("exec needs a zone name")?;
-            let rest = &words[first + 1..];
-            let argv = match rest.first() {
-                Some(&"--") => &rest[1..],
-                _ => rest,
-            };
-            if argv.is_empty() {
-                return Err("exec needs a command: exec ZONE -- CMD [ARGS...]".into());
-            }
-            Request::Exec {
-                name,
-                argv: argv.iter().map(|s| s.to_string()).collect(),
-                // The size is the terminal's, read when the request goes.
-                tty: tty.then_some(WindowSize { rows: 0, cols: 0 }),
-            }
+        "exec" => Request::Exec {
+            name,
+            argv,
+            // The size is the terminal's, read when the request goes.
+            tty: tty.then_some(WindowSize { rows: 0, cols: 0 }),
+        },
+        "console" if read_only && force => {
+            return Err("--read-only and --force exclude each other".into());
         }
-        "console" => {
-            let name = name(1)?;
-            let (mut read_only, mut force) = (false, false);
-            for w in &words[2..] {
-                match *w {
-                    "--read-only" => read_only = true,
-                    "--force" => force = true,
-                    other => return Err(format!("unknown console option {other}")),
-                }
-            }
-            if read_only && force {
-                return Err("--read-only and --force exclude each other".into());
-            }
-            Request::Console {
-                name,
-                read_only,
-                force,
-            }
-        }
-        "events" => {
-            let (mut json, mut since_ms) = (false, None);
-            let mut i = 1;
-            while i < words.len() {
-                match words[i] {
-                    "--json" => json = true,
-                    "--since" => {
-                        i += 1;
-                        let d = words.get(i).ok_or("--since needs a duration")?;
-                        let d = parse_duration(d).map_err(|e| format!("--since: {e}"))?;
-                        since_ms = Some(d.as_millis() as u64);
-                    }
-                    other => return Err(format!("unknown events option {other}")),
-                }
-                i += 1;
-            }
-            let out = if json { Output::Json } else { Output::Plain };
-            return Ok((Request::Events { since_ms }, out));
-        }
+        "console" => Request::Console {
+            name,
+            read_only,
+            force,
+        },
+        "events" => Request::Events { since_ms },
         "reload" => Request::Reload {},
         "poweroff" => Request::Poweroff {},
         "reboot" => Request::Reboot {},
         "halt" => Request::Halt {},
-        other => return Err(format!("unknown command {other}")),
+        other => return Err(format!("unknown command `{other}`").into()),
     };
-    Ok((req, Output::Plain))
+    Ok(Parsed::Go(req, out))
 }
 
 fn run(
@@ -273,7 +250,7 @@ fn run(
     if matches!(req, Request::Exec { .. }) {
         // Our own stdio travels with the request: the command in the zone
         // reads and writes this terminal directly.
-        let sent = crate::sys::send_with_fds(stream.as_fd(), &line, &[0, 1, 2])?;
+        let sent = crate::sys::socket::send_with_fds(stream.as_fd(), &line, &[0, 1, 2])?;
         stream.write_all(&line[sent..])?;
     } else {
         stream.write_all(&line)?;
@@ -305,14 +282,14 @@ fn replies(
             break;
         }
         let line = line.trim_end_matches('\n');
-        let v: Value = match serde_json::from_str(line) {
+        let v: serde_json::Value = match serde_json::from_str(line) {
             Ok(v) => v,
             Err(e) => {
                 eprintln!("zonit ctl: agent sent a line that is not JSON ({e}): {line}");
                 return Ok(ExitCode::from(1));
             }
         };
-        if v["ok"] != Value::Bool(true) {
+        if v["ok"] != serde_json::Value::Bool(true) {
             let msg = v["error"].as_str().unwrap_or("unknown error");
             eprintln!("zonit ctl: {msg}");
             let code = v["exit"].as_i64().map_or(1, |c| c.clamp(1, 255) as u8);
@@ -429,6 +406,16 @@ fn human_ms(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Parses `words` as they would follow `zonit ctl`.
+    fn parse(words: &[&str]) -> Result<(Request, Output), String> {
+        let (cmd, rest) = words.split_first().ok_or("no command")?;
+        let mut p = lexopt::Parser::from_args(rest.iter().copied());
+        match command(cmd, &mut p).map_err(|e| e.to_string())? {
+            Parsed::Go(req, out) => Ok((req, out)),
+            Parsed::Help(path) => Err(format!("help for {path}")),
+        }
+    }
 
     #[test]
     fn parses_logs_options() {

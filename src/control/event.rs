@@ -12,7 +12,7 @@ pub struct Event {
     /// When, in milliseconds since the Unix epoch (what `since` compares).
     pub ts_ms: u64,
     /// What: `starting`, `running`, `stopping`, `stopped`, `exited`,
-    /// `restarting`, `failed`, `oom`, `reload`, `shutdown`.
+    /// `restarting`, `failed`, `health`, `oom`, `reload`, `shutdown`.
     pub event: String,
     /// The unit it happened to; none for host events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -23,10 +23,15 @@ pub struct Event {
     /// `restarting`: milliseconds until the restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay_ms: Option<u64>,
+    /// `health`: what the unit's health probes now say: `starting`,
+    /// `healthy` or `unhealthy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
     /// `oom`: the unit's OOM kills so far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oom_kills: Option<u64>,
-    /// `failed`: why; `reload`: its outcome; `shutdown`: what it ends in.
+    /// `failed` and `health` (unhealthy): why; `reload`: its outcome;
+    /// `shutdown`: what it ends in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
@@ -41,6 +46,7 @@ impl Event {
             unit: unit.map(Into::into),
             end: None,
             delay_ms: None,
+            health: None,
             oom_kills: None,
             message: None,
         }
@@ -56,6 +62,10 @@ impl Event {
         );
         if let Some(end) = &self.end {
             out.push_str(&format!(" ({end})"));
+        }
+        if let Some(h) = &self.health {
+            out.push(' ');
+            out.push_str(h);
         }
         if let Some(ms) = self.delay_ms {
             out.push_str(&format!(" in {ms}ms"));
@@ -130,6 +140,19 @@ mod tests {
     }
 
     #[test]
+    fn a_health_event_encodes_its_state_in_the_health_key() {
+        let mut e = Event::new(2_000, "health", Some("db"));
+        e.health = Some("healthy".into());
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(
+            json,
+            r#"{"ts":"1970-01-01T00:00:02.000Z","ts_ms":2000,"event":"health","unit":"db","health":"healthy"}"#
+        );
+        assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), e);
+        assert_eq!(e.text(), "1970-01-01T00:00:02.000Z db health healthy");
+    }
+
+    #[test]
     fn text_names_the_host_and_carries_each_detail() {
         let mut e = Event::new(0, "exited", Some("db"));
         e.end = Some("signal SIGKILL".into());
@@ -142,6 +165,13 @@ mod tests {
         assert_eq!(
             r.text(),
             "1970-01-01T00:00:00.000Z host reload: reloaded: 1 added, 0 changed, 0 removed"
+        );
+        let mut h = Event::new(0, "health", Some("db"));
+        h.health = Some("unhealthy".into());
+        h.message = Some("health probe failed 3 times in a row".into());
+        assert_eq!(
+            h.text(),
+            "1970-01-01T00:00:00.000Z db health unhealthy: health probe failed 3 times in a row"
         );
         let mut o = Event::new(0, "oom", Some("web"));
         o.oom_kills = Some(2);

@@ -67,12 +67,12 @@ struct Signals {
 
 impl Signals {
     fn install() -> io::Result<Signals> {
-        let (winch, winch_w) = sys::pipe()?;
-        let (quit, quit_w) = sys::pipe()?;
-        sys::set_nonblocking(winch.as_fd())?;
-        sys::set_nonblocking(quit.as_fd())?;
-        sys::set_nonblocking(winch_w.as_fd())?;
-        sys::set_nonblocking(quit_w.as_fd())?;
+        let (winch, winch_w) = sys::fd::pipe()?;
+        let (quit, quit_w) = sys::fd::pipe()?;
+        sys::fd::set_nonblocking(winch.as_fd())?;
+        sys::fd::set_nonblocking(quit.as_fd())?;
+        sys::fd::set_nonblocking(winch_w.as_fd())?;
+        sys::fd::set_nonblocking(quit_w.as_fd())?;
         signal_hook::low_level::pipe::register(libc::SIGWINCH, winch_w)?;
         let which = Arc::new(AtomicUsize::new(0));
         for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT] {
@@ -141,7 +141,7 @@ pub fn exec(
         tty: Some(size),
     };
     let line = proto::encode_request(&req);
-    let sent = sys::send_with_fds(stream.as_fd(), &line, &[theirs.as_raw_fd()])?;
+    let sent = sys::socket::send_with_fds(stream.as_fd(), &line, &[theirs.as_raw_fd()])?;
     stream.write_all(&line[sent..])?;
     // Only the helper (or, until it is done with it, the agent) holds the
     // other end now: EOF there means no terminal is coming.
@@ -149,7 +149,7 @@ pub fn exec(
     let mut fds = [PollFd::new(mine.as_fd(), PollFlags::POLLIN)];
     poll(&mut fds, PollTimeout::NONE).map_err(io::Error::from)?;
     let mut byte = [0u8; 1];
-    let Some(master) = sys::recv_with_fds(mine.as_fd(), &mut byte)?
+    let Some(master) = sys::socket::recv_with_fds(mine.as_fd(), &mut byte)?
         .fds
         .into_iter()
         .next()
@@ -157,7 +157,7 @@ pub fn exec(
         return Ok(None);
     };
     drop(mine);
-    sys::set_nonblocking(master.as_fd())?;
+    sys::fd::set_nonblocking(master.as_fd())?;
     // The size may have changed while the command started.
     let _ = tty::set_window_size(master.as_fd(), tty::window_size(stdin.as_fd())?);
     let signals = Signals::install()?;

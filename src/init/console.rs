@@ -59,31 +59,31 @@ pub fn spawn_shell(shell: &Path) -> io::Result<i32> {
     let argv = [path.as_ptr(), std::ptr::null()];
     let mut envp: Vec<*const libc::c_char> = env.iter().map(|c| c.as_ptr()).collect();
     envp.push(std::ptr::null());
-    match sys::fork().map_err(io::Error::from)? {
+    match sys::process::fork().map_err(io::Error::from)? {
         nix::unistd::ForkResult::Parent { child } => Ok(child.as_raw()),
         nix::unistd::ForkResult::Child => {
-            sys::reset_signals();
+            sys::signal::reset_signals();
             if nix::unistd::setsid().is_err() {
-                sys::exit_now(127);
+                sys::process::exit_now(127);
             }
             // As a session leader without a terminal, opening the console
             // without O_NOCTTY makes it the controlling terminal.
             let Ok(fd) = open(console.as_c_str(), OFlag::O_RDWR, Mode::empty()) else {
-                sys::exit_now(127);
+                sys::process::exit_now(127);
             };
             if to_stdio(fd).is_err() {
-                sys::exit_now(127);
+                sys::process::exit_now(127);
             }
-            if sys::close_fds_from(3, &[]).is_err() {
-                sys::exit_now(127);
+            if sys::fd::close_fds_from(3, &[]).is_err() {
+                sys::process::exit_now(127);
             }
-            let err = sys::execve(&path, &argv, &envp);
+            let err = sys::process::execve(&path, &argv, &envp);
             // stderr is the console now: say why there is no shell.
             crate::logging::stderr_line(&format!(
                 "zonit: unable to run {}: {err}",
                 path.to_string_lossy()
             ));
-            sys::exit_now(127)
+            sys::process::exit_now(127)
         }
     }
 }

@@ -49,7 +49,7 @@ pub fn install_panic_hook() {
         let me = std::process::id();
         if me != MAIN_PID.load(Ordering::SeqCst) {
             crate::logging::stderr_line(&format!("zonit: panic in child {me}: {info}"));
-            crate::sys::exit_now(127);
+            crate::sys::process::exit_now(127);
         }
         crate::logging::emergency(&format!("panic: {info}"));
     }));
@@ -101,10 +101,10 @@ fn boot_and_run(t0_ns: u64) -> (ShutdownAction, bool) {
     enable_cgroup_controllers();
     // The kernel's ctrl-alt-del would reboot on the spot; as SIGINT it
     // is the config's ctrl_alt_del action after an orderly shutdown.
-    if let Err(e) = crate::sys::reboot(libc::RB_DISABLE_CAD) {
+    if let Err(e) = crate::sys::kernel::reboot(libc::RB_DISABLE_CAD) {
         log::warn!("unable to disable ctrl-alt-del reboot: {e}");
     }
-    if let Err(e) = crate::sys::set_link_up("lo") {
+    if let Err(e) = crate::sys::net::set_link_up("lo") {
         log::warn!("unable to bring up lo: {e}");
     }
 

@@ -367,10 +367,10 @@ pub fn load(wanted: &[String], dir: &Path) -> Result<Vec<String>, Error> {
         let flags = if m.path.ends_with(".ko") {
             0
         } else {
-            sys::MODULE_INIT_COMPRESSED_FILE
+            sys::kernel::MODULE_INIT_COMPRESSED_FILE
         };
         let params = CString::default();
-        match sys::finit_module(file.as_fd(), &params, flags) {
+        match sys::kernel::finit_module(file.as_fd(), &params, flags) {
             Ok(()) => loaded.push(m.name),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
             Err(e) => return Err(load_err(e)),

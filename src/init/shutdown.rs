@@ -50,7 +50,7 @@ pub fn finish(action: ShutdownAction, debug_exit_flag: bool) -> ! {
         }
         _ => None,
     };
-    sys::set_sigmask(libc::SIG_BLOCK, &sigchld_set());
+    sys::signal::set_sigmask(libc::SIG_BLOCK, &sigchld_set());
     // The hardware watchdog stays armed to the end: petted before each
     // step, so only a step that hangs longer than its timeout resets.
     let pet = crate::agent::keep_watchdog_alive;
@@ -59,11 +59,11 @@ pub fn finish(action: ShutdownAction, debug_exit_flag: bool) -> ! {
     pet();
     signal_all(Signal::SIGKILL, KILL_WAIT);
     pet();
-    sys::sync();
+    sys::kernel::sync();
     pet();
     teardown_mounts();
     pet();
-    sys::sync();
+    sys::kernel::sync();
     pet();
     if let Some((status, wanted)) = report {
         if wanted {
@@ -73,7 +73,7 @@ pub fn finish(action: ShutdownAction, debug_exit_flag: bool) -> ! {
                 debug_exit::PORT,
                 debug_exit::qemu_exit_code(value)
             );
-            if let Err(e) = sys::outb(debug_exit::PORT, value) {
+            if let Err(e) = sys::kernel::outb(debug_exit::PORT, value) {
                 log::error!(
                     "unable to write the isa-debug-exit port {:#x}: {e}",
                     debug_exit::PORT
@@ -85,7 +85,7 @@ pub fn finish(action: ShutdownAction, debug_exit_flag: bool) -> ! {
     }
     let cmd = reboot_cmd(action);
     log::info!("{}", final_words(cmd));
-    if let Err(e) = sys::reboot(cmd) {
+    if let Err(e) = sys::kernel::reboot(cmd) {
         log::error!("reboot(2) failed: {e}; PID 1 stays up, reaping");
     }
     reap_forever()
@@ -100,7 +100,7 @@ fn final_words(cmd: libc::c_int) -> &'static str {
 }
 
 fn sigchld_set() -> libc::sigset_t {
-    sys::sigset_of(&[libc::SIGCHLD])
+    sys::signal::sigset_of(&[libc::SIGCHLD])
 }
 
 /// Sends `sig` to every process but PID 1, then reaps until none of our
@@ -129,7 +129,7 @@ fn signal_all(sig: Signal, wait: Duration) {
             return;
         }
         // SIGCHLD is blocked: wait for it instead of polling.
-        let _ = sys::sigtimedwait(&set, left);
+        let _ = sys::signal::sigtimedwait(&set, left);
     }
 }
 
@@ -189,10 +189,10 @@ fn remount_ro(target: &str) -> nix::Result<()> {
 /// What PID 1 does when it cannot end: reap, never exit, never spin.
 pub fn reap_forever() -> ! {
     let set = sigchld_set();
-    sys::set_sigmask(libc::SIG_BLOCK, &set);
+    sys::signal::set_sigmask(libc::SIG_BLOCK, &set);
     loop {
         reap_all();
-        if sys::sigwait(&set).is_err() {
+        if sys::signal::sigwait(&set).is_err() {
             // Never spin even if sigwait were to fail.
             std::thread::sleep(Duration::from_secs(1));
         }

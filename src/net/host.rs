@@ -255,6 +255,63 @@ impl HostNet {
     }
 }
 
+/// Writes `text` to `path` in place: a file that already says `text` is
+/// left alone, any other is overwritten from its start and then cut to
+/// length. Never truncated to zero first: freeing a file's blocks is a
+/// synchronous discard on a file system mounted with `discard` (tens of
+/// milliseconds of the agent's loop per file, at every zone start), and a
+/// running zone's bind mount holds this inode, so the file must stay the
+/// same one.
 fn write_file(path: &Path, text: &str) -> Result<(), String> {
-    std::fs::write(path, text).map_err(|e| format!("unable to write {}: {e}", path.display()))
+    use std::io::Write;
+    let failed = |e: std::io::Error| format!("unable to write {}: {e}", path.display());
+    if std::fs::read(path).is_ok_and(|old| old == text.as_bytes()) {
+        return Ok(());
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(failed)?;
+    file.write_all(text.as_bytes()).map_err(failed)?;
+    file.set_len(text.len() as u64).map_err(failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_file;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_zone_file_with_the_same_text_is_not_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hosts");
+        write_file(&path, "127.0.0.1 localhost\n").unwrap();
+        let before = std::fs::metadata(&path).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        write_file(&path, "127.0.0.1 localhost\n").unwrap();
+        let after = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            (before.mtime(), before.mtime_nsec()),
+            (after.mtime(), after.mtime_nsec())
+        );
+    }
+
+    #[test]
+    fn a_zone_file_is_rewritten_in_place_and_cut_to_its_new_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hosts");
+        write_file(&path, "a long first version of the file\n").unwrap();
+        let inode = std::fs::metadata(&path).unwrap().ino();
+        write_file(&path, "short\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "short\n");
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), inode);
+        write_file(&path, "longer than short\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "longer than short\n"
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), inode);
+    }
 }

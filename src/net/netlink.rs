@@ -352,10 +352,12 @@ impl Rtnl {
         peer_msg
             .attributes
             .push(LinkAttribute::NetNsFd(netns.as_raw_fd()));
+        peer_msg.attributes.extend(one_queue());
         let mut msg = LinkMessage::default();
         msg.header.flags = LinkFlags::Up;
         msg.header.change_mask = LinkFlags::Up;
         msg.attributes.push(LinkAttribute::IfName(host.into()));
+        msg.attributes.extend(one_queue());
         msg.attributes.push(LinkAttribute::Controller(bridge));
         msg.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Veth),
@@ -444,6 +446,17 @@ impl Rtnl {
             other => other.map(drop),
         }
     }
+}
+
+/// One transmit and one receive queue, asked for explicitly. A veth is
+/// allocated with a queue per possible CPU and, when the request names no
+/// count, cut down to one after it is registered; cutting down a live
+/// device's transmit queues waits for an RCU grace period with the rtnl
+/// lock held (milliseconds on a busy machine, during which every other
+/// zone's namespace set-up and every netlink request waits too). Named
+/// counts make the kernel allocate one queue from the start.
+fn one_queue() -> [LinkAttribute; 2] {
+    [LinkAttribute::NumTxQueues(1), LinkAttribute::NumRxQueues(1)]
 }
 
 /// An address message for `addr` on link `index`.

@@ -155,7 +155,7 @@ pub fn host_plan(config: &Config) -> HostPlan {
         }
     }
     for unit in &config.units {
-        let Some(nic) = unit.nics().iter().find(|n| n.address.is_some()) else {
+        let Some(nic) = unit.addressed_nic() else {
             continue;
         };
         let targets: Vec<IpAddr> = nic

@@ -7,6 +7,6 @@ pub mod watchdog;
 
 pub use policy::End;
 pub use state::{
-    Action, Check, Health, HealthSpec, Input, ReadySpec, Spec, State, Status, StopOutcome,
-    Supervisor, Want,
+    Action, Check, Health, HealthSpec, Input, ReadyProbe, ReadySpec, Spec, State, Status,
+    StopOutcome, Supervisor, Want,
 };

@@ -73,9 +73,18 @@ pub enum Want {
 pub struct ReadySpec {
     /// Not ready this long after the spawn: the start failed.
     pub timeout: Duration,
-    /// A probe to repeat with this pause until it succeeds; `None` when
-    /// the unit tells (`Input::Notified`).
-    pub probe_interval: Option<Duration>,
+    /// A probe to repeat until it succeeds; `None` when the unit tells
+    /// (`Input::Notified`).
+    pub probe: Option<ReadyProbe>,
+}
+
+/// How a readiness probe is repeated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadyProbe {
+    /// Pause from the end of one try to the start of the next.
+    pub interval: Duration,
+    /// Bound on one try: a try still running then failed.
+    pub timeout: Duration,
 }
 
 /// A unit's health probing, as far as the engine cares.
@@ -169,8 +178,10 @@ impl From<&config::Unit> for Spec {
             },
             ready: u.common.ready.as_ref().map(|r| ReadySpec {
                 timeout: r.timeout,
-                probe_interval: match r.kind {
-                    config::ReadyKind::Probe { interval, .. } => Some(interval),
+                probe: match r.kind {
+                    config::ReadyKind::Probe {
+                        interval, timeout, ..
+                    } => Some(ReadyProbe { interval, timeout }),
                     _ => None,
                 },
             }),
@@ -264,7 +275,23 @@ pub enum Action {
         check: Check,
     },
     /// Kill the unit's running probe; no `Probed` is expected for it.
-    CancelProbe(String),
+    CancelProbe {
+        /// Unit name.
+        unit: String,
+        /// Cancelled because it ran past its deadline (it failed), not
+        /// because the unit is stopping or gone.
+        overdue: bool,
+    },
+    /// Tell the operator (the log) why the engine stops a unit itself
+    /// (unhealthy, not ready in time); the `Stop` follows.
+    Faulted {
+        /// Unit name.
+        unit: String,
+        /// The end recorded once its process is gone.
+        end: End,
+        /// Why, as `status` shows it.
+        reason: String,
+    },
     /// Tell the operator (the log) of a change no process event shows:
     /// the unit was given up on.
     GaveUp {
@@ -590,10 +617,9 @@ impl Supervisor {
                 if e.status.state == State::Starting && e.status.pid.is_some() {
                     match e.spec.ready {
                         None => self.became_ready(i, now),
-                        Some(ReadySpec {
-                            probe_interval: Some(_),
-                            ..
-                        }) if e.status.probe == ProbeState::Idle => {
+                        Some(ReadySpec { probe: Some(_), .. })
+                            if e.status.probe == ProbeState::Idle =>
+                        {
                             e.status.probe = ProbeState::Due(now);
                         }
                         Some(_) => {}
@@ -607,7 +633,7 @@ impl Supervisor {
                 // come in the same wake-up, in no set order.
                 if e.status.state == State::Starting
                     && e.status.pid.is_some()
-                    && e.spec.ready.is_some_and(|r| r.probe_interval.is_none())
+                    && e.spec.ready.is_some_and(|r| r.probe.is_none())
                 {
                     self.became_ready(i, now);
                 }
@@ -681,8 +707,8 @@ impl Supervisor {
             (State::Starting, Some(ready), _) if e.status.pid.is_some() => {
                 if ok {
                     self.became_ready(i, now);
-                } else if let Some(interval) = ready.probe_interval {
-                    e.status.probe = ProbeState::Due(now + interval);
+                } else if let Some(probe) = ready.probe {
+                    e.status.probe = ProbeState::Due(now + probe.interval);
                 }
             }
             (State::Running, _, Some(health)) => {
@@ -695,12 +721,8 @@ impl Supervisor {
                 }
                 if st.failures >= health.retries {
                     st.health = Some(Health::Unhealthy);
-                    st.fault = Some(End::Unhealthy);
-                    st.reason = Some(format!(
-                        "health probe failed {} times in a row",
-                        st.failures
-                    ));
-                    self.begin_stop(i, now, actions);
+                    let reason = format!("health probe failed {} times in a row", st.failures);
+                    self.fault(i, End::Unhealthy, reason, now, actions);
                 } else {
                     st.probe = ProbeState::Due(now + health.interval);
                 }
@@ -713,7 +735,10 @@ impl Supervisor {
     fn cancel_probe(&mut self, i: usize, actions: &mut Vec<Action>) {
         let e = &mut self.entries[i];
         if matches!(e.status.probe, ProbeState::Running(_)) {
-            actions.push(Action::CancelProbe(e.spec.name.clone()));
+            actions.push(Action::CancelProbe {
+                unit: e.spec.name.clone(),
+                overdue: false,
+            });
         }
         e.status.probe = ProbeState::Idle;
     }
@@ -729,9 +754,8 @@ impl Supervisor {
                         State::Starting => Check::Ready,
                         _ => Check::Health,
                     };
-                    // Ready probes are bounded by the ready timeout.
                     let deadline = match check {
-                        Check::Ready => None,
+                        Check::Ready => e.spec.ready.and_then(|r| r.probe).map(|p| now + p.timeout),
                         Check::Health => e.spec.health.map(|h| now + h.timeout),
                     };
                     e.status.probe = ProbeState::Running(deadline);
@@ -741,7 +765,10 @@ impl Supervisor {
                     });
                 }
                 ProbeState::Running(Some(d)) if d <= now => {
-                    actions.push(Action::CancelProbe(e.spec.name.clone()));
+                    actions.push(Action::CancelProbe {
+                        unit: e.spec.name.clone(),
+                        overdue: true,
+                    });
                     e.status.probe = ProbeState::Running(None);
                     self.probed(i, false, now, actions);
                 }
@@ -845,10 +872,7 @@ impl Supervisor {
                 State::Backoff => st.state = State::Starting,
                 State::Starting if st.pid.is_some() => {
                     if let Some(ready) = e.spec.ready {
-                        let reason = format!("not ready within {:?}", ready.timeout);
-                        st.reason = Some(reason.clone());
-                        st.fault = Some(End::StartFailed(reason));
-                        not_ready.push(i);
+                        not_ready.push((i, format!("not ready within {:?}", ready.timeout)));
                     }
                 }
                 State::Stopping => {
@@ -863,9 +887,30 @@ impl Supervisor {
                 _ => {}
             }
         }
-        for i in not_ready {
-            self.begin_stop(i, now, actions);
+        for (i, reason) in not_ready {
+            self.fault(i, End::StartFailed(reason.clone()), reason, now, actions);
         }
+    }
+
+    /// The engine stops unit `i` itself: it ends as `end` whatever its
+    /// process does, and the operator is told why before the stop.
+    fn fault(
+        &mut self,
+        i: usize,
+        end: End,
+        reason: String,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let e = &mut self.entries[i];
+        e.status.reason = Some(reason.clone());
+        e.status.fault = Some(end.clone());
+        actions.push(Action::Faulted {
+            unit: e.spec.name.clone(),
+            end,
+            reason,
+        });
+        self.begin_stop(i, now, actions);
     }
 
     /// Brings observed state toward wanted state as far as ordering allows.

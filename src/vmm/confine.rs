@@ -106,7 +106,7 @@ fn empty_root() -> Result<(), ConfineError> {
 /// capability the kernel knows, read while `/proc` was still reachable.
 fn drop_privileges(last_cap: u8) -> Result<(), ConfineError> {
     // The bounding set first, while CAP_SETPCAP is still held.
-    sys::limit_bounding_and_ambient(&[], last_cap)
+    sys::caps::limit_bounding_and_ambient(&[], last_cap)
         .map_err(privilege_step("drop the bounding and ambient capabilities"))?;
     setgroups(&[]).map_err(privilege_step("clear supplementary groups"))?;
     let gid = Gid::from_raw(UNPRIVILEGED_ID);
@@ -115,14 +115,14 @@ fn drop_privileges(last_cap: u8) -> Result<(), ConfineError> {
     // sets (keep-caps is off); capset then empties the inheritable set.
     let uid = Uid::from_raw(UNPRIVILEGED_ID);
     setresuid(uid, uid, uid).map_err(privilege_step("switch to uid 65534"))?;
-    sys::set_capabilities(&[]).map_err(privilege_step("clear the capability sets"))?;
+    sys::caps::set_capabilities(&[]).map_err(privilege_step("clear the capability sets"))?;
     nix::sys::prctl::set_no_new_privs().map_err(privilege_step("set no_new_privs"))?;
     Ok(())
 }
 
 /// Confines the calling (single-threaded) process.
 pub fn confine() -> Result<(), ConfineError> {
-    let last_cap = sys::last_cap();
+    let last_cap = sys::caps::last_cap();
     unshare(
         CloneFlags::CLONE_NEWNS
             | CloneFlags::CLONE_NEWIPC

@@ -151,7 +151,7 @@ impl Monitor {
             finish(ending);
         }
         report_status(&Message::Ready);
-        if let Err(e) = crate::sys::release_file_pages(&setup_pages) {
+        if let Err(e) = crate::sys::process::release_file_pages(&setup_pages) {
             log::debug!("cannot release the set-up pages: {e}");
         }
         log::debug!("guest started");
@@ -309,7 +309,7 @@ fn monitor_main(args: &[String]) -> ExitCode {
         Err(e) => return setup_failed(&e.to_string()),
     };
     if let Some(fd) = opts.status_fd {
-        match crate::sys::take_inherited_fd(fd) {
+        match crate::sys::fd::take_inherited_fd(fd) {
             Ok(fd) => {
                 let _ = STATUS.set(File::from(fd));
             }
@@ -320,7 +320,7 @@ fn monitor_main(args: &[String]) -> ExitCode {
     // itself can be mistaken for one it inherited.
     let mut taps = Vec::with_capacity(opts.nets.len());
     for net in &opts.nets {
-        match crate::sys::take_inherited_fd(net.fd) {
+        match crate::sys::fd::take_inherited_fd(net.fd) {
             Ok(fd) => taps.push(File::from(fd)),
             Err(e) => return setup_failed(&format!("cannot use --net fd={}: {e}", net.fd)),
         }

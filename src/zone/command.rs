@@ -65,7 +65,7 @@ pub(super) fn fail_start(exec_pipe: &OwnedFd, msg: &Message) -> ! {
     let n = msg.encode(&mut buf);
     // One write of at most PIPE_BUF bytes is atomic.
     let _ = nix::unistd::write(exec_pipe, &buf[..n]);
-    sys::exit_now(127)
+    sys::process::exit_now(127)
 }
 
 /// A step of the zone's set-up failed: the same config will fail the
@@ -96,7 +96,7 @@ fn setup(prep: &Prepared) -> Result<(), SetupError> {
     }
     rootfs::apply(&prep.ops)?;
     nix::unistd::sethostname(&prep.hostname).map_err(|e| SetupError::Hostname(e.into()))?;
-    sys::set_link_up("lo").map_err(SetupError::Loopback)?;
+    sys::net::set_link_up("lo").map_err(SetupError::Loopback)?;
     Ok(())
 }
 
@@ -132,7 +132,7 @@ pub(super) enum Stdio<'a> {
 pub(super) fn command(prep: &Prepared, exec_pipe: OwnedFd, io: Stdio<'_>) -> ! {
     // The init reset every disposition before forking us, and exec resets
     // handlers anyway: only the init's full block mask is left to undo.
-    sys::set_sigmask(libc::SIG_SETMASK, &sys::empty_sigset());
+    sys::signal::set_sigmask(libc::SIG_SETMASK, &sys::signal::empty_sigset());
     let _ = nix::unistd::setsid();
     let is_exec = matches!(io, Stdio::Fds(_) | Stdio::Terminal(_));
     let notify = match &io {
@@ -155,7 +155,7 @@ pub(super) fn command(prep: &Prepared, exec_pipe: OwnedFd, io: Stdio<'_>) -> ! {
     }
     let mut keep = vec![exec_pipe.as_raw_fd()];
     keep.extend(notify.map(|n| n.at));
-    if let Err(e) = sys::close_fds_from(3, &keep) {
+    if let Err(e) = sys::fd::close_fds_from(3, &keep) {
         fail("unable to close inherited fds", &e);
     }
     // From here on each step depends on the config: see `fail_setup`.
@@ -190,7 +190,7 @@ pub(super) fn command(prep: &Prepared, exec_pipe: OwnedFd, io: Stdio<'_>) -> ! {
     let envp = ptrs(&prep.envp);
     let mut last = io::Error::from_raw_os_error(libc::ENOENT);
     for path in &prep.candidates {
-        last = sys::execve(path, &argv, &envp);
+        last = sys::process::execve(path, &argv, &envp);
         if last.raw_os_error() != Some(libc::ENOENT) {
             break;
         }
@@ -266,9 +266,9 @@ fn place_notify(n: Notify<'_>, exec_pipe: OwnedFd) -> (OwnedFd, Result<(), Strin
         exec_pipe
     };
     let placed = if n.fd.as_raw_fd() == n.at {
-        sys::clear_cloexec(n.fd)
+        sys::fd::clear_cloexec(n.fd)
     } else {
-        sys::dup_onto(n.fd, n.at)
+        sys::fd::dup_onto(n.fd, n.at)
     };
     let placed = placed.map_err(|e| format!("unable to put the notify pipe at fd {}: {e}", n.at));
     (exec_pipe, placed)
@@ -289,14 +289,14 @@ fn drop_privileges(prep: &Prepared) -> io::Result<()> {
     nix::unistd::setgroups(&[gid]).map_err(io::Error::from)?;
     nix::unistd::setresgid(gid, gid, gid).map_err(io::Error::from)?;
     // Needs CAP_SETPCAP, so before anything drops it.
-    sys::limit_bounding_and_ambient(&prep.caps, prep.last_cap)?;
+    sys::caps::limit_bounding_and_ambient(&prep.caps, prep.last_cap)?;
     if prep.uid != 0 {
         nix::unistd::setresuid(uid, uid, uid).map_err(io::Error::from)?;
         // The switch emptied permitted; capset may only lower it, and
         // execve would clear it anyway. Inheritable is still emptied.
-        sys::set_capabilities(&[])?;
+        sys::caps::set_capabilities(&[])?;
     } else {
-        sys::set_capabilities(&prep.caps)?;
+        sys::caps::set_capabilities(&prep.caps)?;
     }
     nix::sys::prctl::set_no_new_privs().map_err(io::Error::from)?;
     Ok(())

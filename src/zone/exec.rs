@@ -74,10 +74,10 @@ pub fn exec(
 
 fn helper(prep: &Prepared, init: BorrowedFd<'_>, channel: OwnedFd, io: &Io) -> ! {
     let fail = |msg: String| -> ! { init::give_up(&channel, &msg) };
-    // Born with every signal blocked (`sys::clone3`); they stay blocked
+    // Born with every signal blocked (`sys::process::clone3`); they stay blocked
     // for `sigwait`.
-    sys::reset_signal_handlers();
-    let _ = sys::set_process_name(&prep.title, EXEC_NAME);
+    sys::signal::reset_signal_handlers();
+    let _ = sys::process::set_process_name(&prep.title, EXEC_NAME);
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     // Before joining: nothing in the zone may ptrace or read this process.
     let _ = nix::sys::prctl::set_dumpable(false);
@@ -86,7 +86,7 @@ fn helper(prep: &Prepared, init: BorrowedFd<'_>, channel: OwnedFd, io: &Io) -> !
         Io::Stdio(fds) => keep.extend(fds.iter().map(|f| f.as_raw_fd())),
         Io::Terminal { back, .. } => keep.push(back.as_raw_fd()),
     }
-    if let Err(e) = sys::close_fds_from(3, &keep) {
+    if let Err(e) = sys::fd::close_fds_from(3, &keep) {
         fail(format!("unable to close inherited fds: {e}"));
     }
     let flags = CloneFlags::CLONE_NEWNS
@@ -105,11 +105,11 @@ fn helper(prep: &Prepared, init: BorrowedFd<'_>, channel: OwnedFd, io: &Io) -> !
             Err(e) => fail(format!("unable to give the command a terminal: {e}")),
         },
     };
-    let (rx, tx) = match sys::pipe() {
+    let (rx, tx) = match sys::fd::pipe() {
         Ok(p) => p,
         Err(e) => fail(format!("unable to create exec pipe: {e}")),
     };
-    let cmd = match sys::fork() {
+    let cmd = match sys::process::fork() {
         Ok(ForkResult::Child) => {
             drop(rx);
             command::command(prep, tx, stdio)
@@ -123,7 +123,7 @@ fn helper(prep: &Prepared, init: BorrowedFd<'_>, channel: OwnedFd, io: &Io) -> !
     drop(tx);
     // The helper keeps no copy of the caller's fds, so the caller sees EOF
     // as soon as the command closes them.
-    let _ = sys::close_fds_from(3, &[channel.as_raw_fd(), rx.as_raw_fd()]);
+    let _ = sys::fd::close_fds_from(3, &[channel.as_raw_fd(), rx.as_raw_fd()]);
     init::report_exec(rx, &channel);
     init::reap_forever(cmd, &channel)
 }
@@ -134,7 +134,7 @@ fn open_terminal(back: BorrowedFd<'_>, size: WindowSize) -> std::io::Result<Owne
     let (master, slave) = tty::open_pty(PTMX)
         .map_err(|e| std::io::Error::new(e.kind(), format!("unable to open {PTMX}: {e}")))?;
     tty::set_window_size(master.as_fd(), size)?;
-    sys::send_with_fds(back, b"t", &[master.as_raw_fd()]).map_err(|e| {
+    sys::socket::send_with_fds(back, b"t", &[master.as_raw_fd()]).map_err(|e| {
         std::io::Error::new(e.kind(), format!("unable to pass the terminal back: {e}"))
     })?;
     Ok(slave)

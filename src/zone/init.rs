@@ -37,7 +37,7 @@ pub(super) fn report(channel: &OwnedFd, msg: &Message) {
 /// and exit.
 pub(super) fn give_up(channel: &OwnedFd, msg: &str) -> ! {
     report(channel, &Message::StartFailed(msg.to_string()));
-    sys::exit_now(126)
+    sys::process::exit_now(126)
 }
 
 /// The zone's init: fork the process that sets up the zone and becomes
@@ -54,13 +54,13 @@ pub(super) fn zone_init(
     notify: Option<Notify<'_>>,
     exe: Option<BorrowedFd<'_>>,
 ) -> ! {
-    // Born with every signal blocked (`sys::clone3`), and they stay
+    // Born with every signal blocked (`sys::process::clone3`), and they stay
     // blocked, across the exec too, so they queue for `sigwait`: the init
     // of a PID namespace drops unblocked signals it has no handler for,
     // and one sent before this point must not be lost either. Handlers go
     // back to the default for the command's sake (an exec keeps ignored
     // signals ignored).
-    sys::reset_signal_handlers();
+    sys::signal::reset_signal_handlers();
     // If the agent dies, so does the zone.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     let _ = nix::unistd::setsid();
@@ -69,7 +69,7 @@ pub(super) fn zone_init(
     let mut keep = vec![channel.as_raw_fd(), output.as_raw_fd()];
     keep.extend(notify.map(|n| n.fd.as_raw_fd()));
     keep.extend(exe.map(|e| e.as_raw_fd()));
-    if let Err(e) = sys::close_fds_from(3, &keep) {
+    if let Err(e) = sys::fd::close_fds_from(3, &keep) {
         give_up(&channel, &format!("unable to close inherited fds: {e}"));
     }
     // pivot_root (done by the command's process) moves the root and the
@@ -79,18 +79,18 @@ pub(super) fn zone_init(
     if let Err(e) = nix::unistd::chdir("/") {
         give_up(&channel, &format!("unable to enter /: {e}"));
     }
-    let (rx, tx) = match sys::pipe() {
+    let (rx, tx) = match sys::fd::pipe() {
         Ok(p) => p,
         Err(e) => give_up(&channel, &format!("unable to create exec pipe: {e}")),
     };
     // The command waits for EOF here before it runs: the exec below makes
     // this process dumpable until its new image says otherwise, and nothing
     // of the zone may run meanwhile.
-    let (settled_rx, settled_tx) = match sys::pipe() {
+    let (settled_rx, settled_tx) = match sys::fd::pipe() {
         Ok(p) => p,
         Err(e) => give_up(&channel, &format!("unable to create a pipe: {e}")),
     };
-    let cmd = match sys::fork() {
+    let cmd = match sys::process::fork() {
         Ok(ForkResult::Child) => {
             drop(rx);
             drop(settled_tx);
@@ -112,7 +112,7 @@ pub(super) fn zone_init(
     // config path): `prep` lives as long as this process. A kernel without
     // CONFIG_CHECKPOINT_RESTORE keeps the command line (comm is set in any
     // case); the zone runs all the same, so that is no reason to fail it.
-    let _ = sys::set_process_name(&prep.title, INIT_NAME);
+    let _ = sys::process::set_process_name(&prep.title, INIT_NAME);
     drop(settled_tx);
     report_exec(rx, &channel);
     reap_forever(cmd, &channel)
@@ -192,9 +192,9 @@ fn reexec(
     };
     // Every other fd left (the output pipe, the notify pipe, `exe`) is
     // close-on-exec.
-    let placed = sys::clear_cloexec(channel.as_fd())
-        .and_then(|()| sys::clear_cloexec(rx.as_fd()))
-        .and_then(|()| sys::clear_cloexec(settled.as_fd()));
+    let placed = sys::fd::clear_cloexec(channel.as_fd())
+        .and_then(|()| sys::fd::clear_cloexec(rx.as_fd()))
+        .and_then(|()| sys::fd::clear_cloexec(settled.as_fd()));
     if let Err(e) = placed {
         return e;
     }
@@ -232,12 +232,12 @@ pub fn run_if_reexecuted() {
     // in case a kernel cleared it.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     let (Ok(channel), Ok(rx), Ok(settled)) = (
-        sys::take_inherited_fd(h.channel),
-        sys::take_inherited_fd(h.exec_pipe),
-        sys::take_inherited_fd(h.settled),
+        sys::fd::take_inherited_fd(h.channel),
+        sys::fd::take_inherited_fd(h.exec_pipe),
+        sys::fd::take_inherited_fd(h.settled),
     ) else {
         // Nothing to report on: the agent sees the init end without a word.
-        sys::exit_now(126)
+        sys::process::exit_now(126)
     };
     // Non-dumpable again: the command may run.
     drop(settled);
@@ -272,9 +272,9 @@ pub(super) fn report_exec(rx: OwnedFd, channel: &OwnedFd) {
 /// Waits for signals: forwards each to `cmd`, and on SIGCHLD reaps every
 /// child; when `cmd` ends, reports its status and exits with it.
 pub(super) fn reap_forever(cmd: Pid, channel: &OwnedFd) -> ! {
-    let all = sys::full_sigset();
+    let all = sys::signal::full_sigset();
     loop {
-        let sig = match sys::sigwait(&all) {
+        let sig = match sys::signal::sigwait(&all) {
             Ok(s) => s,
             Err(_) => continue,
         };
@@ -289,11 +289,11 @@ pub(super) fn reap_forever(cmd: Pid, channel: &OwnedFd) -> ! {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) if pid == cmd => {
                     report(channel, &Message::Exited(code));
-                    sys::exit_now(code);
+                    sys::process::exit_now(code);
                 }
                 Ok(WaitStatus::Signaled(pid, sig, _)) if pid == cmd => {
                     report(channel, &Message::Signaled(sig as i32));
-                    sys::exit_now(128 + sig as i32);
+                    sys::process::exit_now(128 + sig as i32);
                 }
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(_) => {}

@@ -543,11 +543,11 @@ fn bind_fd(
     attrs: u64,
     recursive: bool,
 ) -> io::Result<()> {
-    let tree = sys::open_tree_clone(src, recursive)?;
+    let tree = sys::mount::open_tree_clone(src, recursive)?;
     if attrs != 0 {
-        sys::mount_setattr(tree.as_fd(), attrs, recursive)?;
+        sys::mount::mount_setattr(tree.as_fd(), attrs, recursive)?;
     }
-    sys::move_mount(tree.as_fd(), dst)
+    sys::mount::move_mount(tree.as_fd(), dst)
 }
 
 /// Mounts a file system on the directory `dir` by making it the working

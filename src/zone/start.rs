@@ -162,36 +162,9 @@ pub(super) fn prepare_command(
         uid: zone.user.0,
         gid: zone.user.1,
         caps: zone.capabilities.clone(),
-        last_cap: sys::last_cap(),
-        rlimits: zone
-            .rlimits
-            .iter()
-            .filter_map(|(k, v)| rlimit_resource(k).map(|r| (r, *v)))
-            .collect(),
+        last_cap: sys::caps::last_cap(),
+        rlimits: zone.rlimits.iter().map(|(&r, &v)| (r, v)).collect(),
         title,
-    })
-}
-
-/// Maps a config rlimit name to its resource.
-pub fn rlimit_resource(name: &str) -> Option<Resource> {
-    Some(match name {
-        "as" => Resource::RLIMIT_AS,
-        "core" => Resource::RLIMIT_CORE,
-        "cpu" => Resource::RLIMIT_CPU,
-        "data" => Resource::RLIMIT_DATA,
-        "fsize" => Resource::RLIMIT_FSIZE,
-        "locks" => Resource::RLIMIT_LOCKS,
-        "memlock" => Resource::RLIMIT_MEMLOCK,
-        "msgqueue" => Resource::RLIMIT_MSGQUEUE,
-        "nice" => Resource::RLIMIT_NICE,
-        "nofile" => Resource::RLIMIT_NOFILE,
-        "nproc" => Resource::RLIMIT_NPROC,
-        "rss" => Resource::RLIMIT_RSS,
-        "rtprio" => Resource::RLIMIT_RTPRIO,
-        "rttime" => Resource::RLIMIT_RTTIME,
-        "sigpending" => Resource::RLIMIT_SIGPENDING,
-        "stack" => Resource::RLIMIT_STACK,
-        _ => return None,
     })
 }
 
@@ -238,13 +211,13 @@ pub(super) fn clone_with_channel(
     child: impl FnOnce(OwnedFd),
 ) -> Result<Started, Error> {
     let (agent_end, zone_end) = protocol::channel().map_err(Error::Channel)?;
-    match sys::clone3(flags, cgroup).map_err(Error::Clone)? {
-        sys::Forked::Child => {
+    match sys::process::clone3(flags, cgroup).map_err(Error::Clone)? {
+        sys::process::Forked::Child => {
             drop(agent_end);
             child(zone_end);
-            sys::exit_now(127)
+            sys::process::exit_now(127)
         }
-        sys::Forked::Parent { pid, pidfd } => {
+        sys::process::Forked::Parent { pid, pidfd } => {
             drop(zone_end);
             Ok(Started {
                 pid,

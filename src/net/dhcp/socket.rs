@@ -93,7 +93,7 @@ impl ClientSocket {
         let udp = udp_on(ifname, CLIENT_PORT)?;
         // Replies reach the packet socket; keep this one's queue tiny.
         socket::setsockopt(&udp, sockopt::RcvBuf, &0)?;
-        let packet = crate::sys::packet_socket(ifindex, &PORT_68)?;
+        let packet = crate::sys::net::packet_socket(ifindex, &PORT_68)?;
         Ok(ClientSocket { udp, packet })
     }
 

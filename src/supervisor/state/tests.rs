@@ -574,7 +574,7 @@ fn ready_by_notify(name: &str, after: &[&str], timeout_s: u64) -> Spec {
     Spec {
         ready: Some(ReadySpec {
             timeout: Duration::from_secs(timeout_s),
-            probe_interval: None,
+            probe: None,
         }),
         ..spec(name, after, RestartPolicy::OnFailure)
     }
@@ -584,7 +584,10 @@ fn ready_by_probe(name: &str, interval_ms: u64, timeout_s: u64) -> Spec {
     Spec {
         ready: Some(ReadySpec {
             timeout: Duration::from_secs(timeout_s),
-            probe_interval: Some(Duration::from_millis(interval_ms)),
+            probe: Some(ReadyProbe {
+                interval: Duration::from_millis(interval_ms),
+                timeout: Duration::from_secs(1),
+            }),
         }),
         ..spec(name, &[], RestartPolicy::OnFailure)
     }
@@ -609,14 +612,43 @@ fn probes(actions: &[Action]) -> Vec<(String, Check)> {
         .collect()
 }
 
+/// Whether each cancelled probe failed by its deadline (`overdue`).
+fn overdue(actions: &[Action]) -> Vec<bool> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::CancelProbe { overdue, .. } => Some(*overdue),
+            _ => None,
+        })
+        .collect()
+}
+
 fn cancelled(actions: &[Action]) -> Vec<String> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::CancelProbe(u) => Some(u.clone()),
+            Action::CancelProbe { unit, .. } => Some(unit.clone()),
             _ => None,
         })
         .collect()
+}
+
+/// The engine's own stops, each as (unit, end, reason), checked to come
+/// before the unit's `Stop`.
+fn faulted(actions: &[Action]) -> Vec<(String, End, String)> {
+    let mut out = Vec::new();
+    for (n, a) in actions.iter().enumerate() {
+        if let Action::Faulted { unit, end, reason } = a {
+            assert!(
+                actions[n..]
+                    .iter()
+                    .any(|b| matches!(b, Action::Stop { unit: u, .. } if u == unit)),
+                "{actions:?}"
+            );
+            out.push((unit.clone(), end.clone(), reason.clone()));
+        }
+    }
+    out
 }
 
 fn probed(h: &mut Harness, u: &str, ok: bool) -> Vec<Action> {
@@ -681,6 +713,11 @@ fn not_ready_within_the_timeout_is_a_failed_start_and_the_policy_applies() {
     assert_eq!(h.sup.next_deadline(), Some(h.t0 + Duration::from_secs(30)));
     let a = h.advance_to_deadline();
     assert_eq!(stopped(&a), vec!["db"], "stopped through the stop ladder");
+    let why = "not ready within 30s".to_string();
+    assert_eq!(
+        faulted(&a),
+        vec![("db".to_string(), End::StartFailed(why.clone()), why)]
+    );
     assert_eq!(h.state("db"), State::Stopping);
     // A notification now is too late.
     h.feed(Input::Notified("db".into()));
@@ -746,6 +783,36 @@ fn a_ready_probe_repeats_every_interval_until_it_succeeds() {
 }
 
 #[test]
+fn a_ready_probe_that_never_answers_fails_at_its_deadline_and_is_tried_again() {
+    // A connect to a host that drops SYNs answers only after minutes of
+    // kernel retries: each try is bounded, so a later one can succeed.
+    let mut h = Harness::new(vec![ready_by_probe("db", 200, 30)]);
+    let a = h.feed(Input::Start("db".into()));
+    assert_eq!(probes(&a), vec![("db".to_string(), Check::Ready)]);
+    assert_eq!(
+        h.sup.next_deadline(),
+        Some(h.now + Duration::from_secs(1)),
+        "the try's own deadline, not the ready timeout"
+    );
+    let a = h.advance_to_deadline();
+    assert_eq!(cancelled(&a), vec!["db"], "the hung try is killed");
+    assert_eq!(overdue(&a), vec![true], "as a failed try");
+    assert!(probes(&a).is_empty());
+    assert_eq!(h.state("db"), State::Starting);
+    assert_eq!(h.elapsed_ms(), 1000);
+    let a = h.advance_to_deadline();
+    assert_eq!(
+        probes(&a),
+        vec![("db".to_string(), Check::Ready)],
+        "the next try an interval after the failed one"
+    );
+    assert_eq!(h.elapsed_ms(), 1200);
+    probed(&mut h, "db", true);
+    assert_eq!(h.state("db"), State::Running);
+    assert_eq!(h.sup.status("db").unwrap().running_since, Some(h.now));
+}
+
+#[test]
 fn a_ready_probe_still_running_at_the_timeout_is_cancelled() {
     let mut h = Harness::new(vec![ready_by_probe("db", 200, 2)]);
     h.feed(Input::Start("db".into()));
@@ -794,6 +861,15 @@ fn health_failures_in_a_row_end_the_unit_unhealthy_and_restart_it() {
     h.advance(Duration::from_secs(10));
     let a = probed(&mut h, "web", false);
     assert_eq!(stopped(&a), vec!["web"]);
+    assert_eq!(
+        faulted(&a),
+        vec![(
+            "web".to_string(),
+            End::Unhealthy,
+            "health probe failed 3 times in a row".to_string()
+        )],
+        "the operator is told why, before the stop"
+    );
     assert_eq!(h.sup.status("web").unwrap().health, Some(Health::Unhealthy));
     h.end("web", End::Signal(libc::SIGTERM));
     let st = h.sup.status("web").unwrap();
@@ -840,6 +916,7 @@ fn a_health_probe_past_its_timeout_is_cancelled_and_counts_as_a_failure() {
     assert_eq!(h.sup.next_deadline(), Some(h.now + Duration::from_secs(2)));
     let a = h.advance(Duration::from_secs(2));
     assert_eq!(cancelled(&a), vec!["web"]);
+    assert_eq!(overdue(&a), vec![true]);
     assert_eq!(stopped(&a), vec!["web"], "retries = 1: one timeout ends it");
     // The cancelled probe's answer is not expected, and ignored if it comes.
     probed(&mut h, "web", true);
@@ -858,6 +935,11 @@ fn an_operator_stop_cancels_the_running_probe_and_is_no_failure() {
     h.advance(Duration::from_secs(10));
     let a = h.feed(Input::Stop("web".into()));
     assert_eq!(cancelled(&a), vec!["web"]);
+    assert_eq!(
+        overdue(&a),
+        vec![false],
+        "not a probe failure: the log stays quiet"
+    );
     h.end("web", End::Signal(libc::SIGTERM));
     assert_eq!(h.state("web"), State::Stopped);
     assert_eq!(h.sup.next_deadline(), None);

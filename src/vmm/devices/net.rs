@@ -81,7 +81,7 @@ pub struct RxWorker {
 }
 
 fn nonblocking(file: &File) -> io::Result<()> {
-    crate::sys::set_nonblocking(file.as_fd())
+    crate::sys::fd::set_nonblocking(file.as_fd())
 }
 
 impl Net {
@@ -91,8 +91,8 @@ impl Net {
     pub fn new(tap: File, mac: [u8; 6]) -> io::Result<(Self, RxWorker)> {
         nonblocking(&tap)?;
         let (kick_rx, kick) = std::io::pipe()?;
-        crate::sys::set_nonblocking(kick_rx.as_fd())?;
-        crate::sys::set_nonblocking(kick.as_fd())?;
+        crate::sys::fd::set_nonblocking(kick_rx.as_fd())?;
+        crate::sys::fd::set_nonblocking(kick.as_fd())?;
         let worker = RxWorker {
             tap: tap.try_clone()?,
             kick: kick_rx,

@@ -168,8 +168,8 @@ impl ConsoleInput {
     /// Feeds `uart` from `source`.
     pub fn new(source: File, uart: Arc<Mutex<Console>>) -> io::Result<Self> {
         let (room, signal) = std::io::pipe()?;
-        crate::sys::set_nonblocking(room.as_fd())?;
-        crate::sys::set_nonblocking(signal.as_fd())?;
+        crate::sys::fd::set_nonblocking(room.as_fd())?;
+        crate::sys::fd::set_nonblocking(signal.as_fd())?;
         uart.lock()
             .map_err(|_| io::Error::other("console lock poisoned"))?
             .room = Some(signal);
@@ -274,7 +274,7 @@ mod tests {
     fn input_fills_the_receive_fifo_only_as_far_as_it_has_room() {
         let mut dev = SerialDevice::new(CountingTrigger::default(), Vec::new());
         let (mut room, signal) = std::io::pipe().unwrap();
-        crate::sys::set_nonblocking(room.as_fd()).unwrap();
+        crate::sys::fd::set_nonblocking(room.as_fd()).unwrap();
         dev.room = Some(signal);
         let mut signalled = || room.read(&mut [0u8; 8]).unwrap_or(0);
         assert_eq!(dev.input_room(), 64);
