@@ -10,7 +10,6 @@
 use std::io;
 
 pub mod caps;
-pub mod exe;
 pub mod fd;
 pub mod kernel;
 pub mod mount;

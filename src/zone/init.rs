@@ -44,7 +44,7 @@ pub(super) fn give_up(channel: &OwnedFd, msg: &str) -> ! {
 /// the command, then re-execute zonit's file as the reaper (see the module
 /// documentation). Never returns.
 ///
-/// `exe` is zonit's own file ([`sys::exe::self_exe`]); without it, or if
+/// `exe` is zonit's own file ([`sys::process::self_exe`]); without it, or if
 /// the exec fails, this copy of the agent stays the reaper, which works
 /// the same but keeps the pages it shares with the agent.
 pub(super) fn zone_init(
@@ -209,7 +209,7 @@ fn reexec(
     }
     argv.push(std::ptr::null());
     let envp = [env.as_ptr(), std::ptr::null()];
-    sys::exe::execveat(exe, &argv, &envp)
+    sys::process::execveat(exe, &argv, &envp)
 }
 
 /// At the very start of `main`: if this process is a zone's init that
@@ -217,10 +217,10 @@ fn reexec(
 /// return at once. Allocates nothing, so the init's own memory is its
 /// stack and the few pages the C and Rust start-up wrote.
 pub fn run_if_reexecuted() {
-    if sys::exe::program_name() != INIT_NAME {
+    if sys::process::program_name() != INIT_NAME {
         return;
     }
-    let Some(h) = sys::exe::env_var(HANDOVER_VAR).and_then(|v| Handover::decode(v.to_bytes()))
+    let Some(h) = sys::process::env_var(HANDOVER_VAR).and_then(|v| Handover::decode(v.to_bytes()))
     else {
         return;
     };
