@@ -673,6 +673,36 @@ fn the_zone_init_names_itself_and_the_host_config_path_stays_outside() {
 }
 
 #[test]
+fn the_zone_init_is_a_fresh_image_holding_nothing_of_the_agent() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("initfresh", |d| zone(d, "web", "echo up; sleep 1000", ""));
+    z.output_until("web", "up");
+    let init = common::child_of(z.pid() as u32).unwrap();
+    // A copy of the agent would carry the agent's whole environment (and
+    // heap); the init executed afresh holds only what it was handed.
+    let env = std::fs::read(format!("/proc/{init}/environ")).unwrap();
+    let vars: Vec<&[u8]> = env.split(|&b| b == 0).filter(|v| !v.is_empty()).collect();
+    assert_eq!(vars.len(), 1, "{}", String::from_utf8_lossy(&env));
+    assert!(
+        vars[0].starts_with(b"ZONIT_INIT="),
+        "{}",
+        String::from_utf8_lossy(&env)
+    );
+    let agent_env = std::fs::read(format!("/proc/{}/environ", z.pid())).unwrap();
+    assert!(
+        agent_env
+            .split(|&b| b == 0)
+            .any(|v| v.starts_with(b"PATH="))
+    );
+    // It still reaps and reports: the command's end is the unit's end.
+    let (code, _, err) = z.ctl(&["stop", "web"]);
+    assert_eq!(code, 0, "{err}");
+    z.wait_state("web", "stopped");
+}
+
+#[test]
 fn setup_errors_inside_the_zone_fail_the_start_for_good_with_the_reason() {
     if !require_root() {
         return;

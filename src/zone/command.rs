@@ -29,10 +29,15 @@ use crate::sys;
 /// The zone's mount namespace, hostname and network are the init's too:
 /// setting them up here keeps the setup's memory out of the long-lived
 /// init.
+///
+/// `init_settled` is a pipe whose write end the init closes once it is
+/// non-dumpable in its final image (see `init::zone_init`): nothing of the
+/// zone runs before that.
 pub(super) fn zone_command(
     prep: &Prepared,
     channel: OwnedFd,
     exec_pipe: OwnedFd,
+    init_settled: OwnedFd,
     output: BorrowedFd<'_>,
     notify: Option<Notify<'_>>,
 ) -> ! {
@@ -46,6 +51,10 @@ pub(super) fn zone_command(
         fail_start(&exec_pipe, &Message::StartFailed(msg));
     }
     drop(channel);
+    // EOF: the init has closed its end (or is gone, and the zone with it).
+    let mut byte = [0u8; 1];
+    while let Err(nix::errno::Errno::EINTR) = nix::unistd::read(&init_settled, &mut byte) {}
+    drop(init_settled);
     command(prep, exec_pipe, Stdio::Output { output, notify })
 }
 

@@ -108,9 +108,8 @@ pub enum Op {
         /// overlayfs work directory (same file system as `upper`).
         work: PathBuf,
     },
-    /// Create a directory inside the zone if missing.
-    Dir(PathBuf),
-    /// Mount a file system on a directory inside the zone.
+    /// Mount a file system on a directory inside the zone (created if
+    /// missing).
     Mount {
         /// Source (a device name, `none`, or the fs type).
         source: String,
@@ -204,7 +203,6 @@ pub fn plan(zone: &Zone, host: &HostFacts) -> Vec<Op> {
     }
 
     let zp = |p: &str| PathBuf::from(p);
-    ops.push(Op::Dir(zp("/proc")));
     ops.push(Op::Mount {
         source: "proc".into(),
         target: zp("/proc"),
@@ -214,7 +212,6 @@ pub fn plan(zone: &Zone, host: &HostFacts) -> Vec<Op> {
     });
     // Mounted from inside the zone's network namespace, sysfs shows only
     // the zone's own network devices.
-    ops.push(Op::Dir(zp("/sys")));
     ops.push(Op::Mount {
         source: "sysfs".into(),
         target: zp("/sys"),
@@ -226,7 +223,6 @@ pub fn plan(zone: &Zone, host: &HostFacts) -> Vec<Op> {
     // A fresh /dev: nodev tmpfs, so a node the zone creates can never be
     // opened; the allowed devices are binds of the host's nodes, which keep
     // the host mount's permission to open devices.
-    ops.push(Op::Dir(zp("/dev")));
     ops.push(Op::Mount {
         source: "tmpfs".into(),
         target: zp("/dev"),
@@ -237,7 +233,6 @@ pub fn plan(zone: &Zone, host: &HostFacts) -> Vec<Op> {
     for dev in DEVICES {
         ops.push(Op::Device(dev.into()));
     }
-    ops.push(Op::Dir(zp("/dev/pts")));
     ops.push(Op::Mount {
         source: "devpts".into(),
         target: zp("/dev/pts"),
@@ -249,7 +244,6 @@ pub fn plan(zone: &Zone, host: &HostFacts) -> Vec<Op> {
         target: "pts/ptmx".into(),
         link: zp("/dev/ptmx"),
     });
-    ops.push(Op::Dir(zp("/dev/shm")));
     ops.push(Op::Mount {
         source: "shm".into(),
         target: zp("/dev/shm"),
@@ -388,7 +382,7 @@ mod tests {
         });
         for op in plan(&z, &host()) {
             let path = match &op {
-                Op::Dir(p) | Op::Mask(p) | Op::ReadOnly(p) => p.clone(),
+                Op::Mask(p) | Op::ReadOnly(p) => p.clone(),
                 Op::Mount { target, .. } | Op::UserBind { target, .. } => target.clone(),
                 Op::Symlink { link, .. } => link.clone(),
                 _ => continue,

@@ -139,11 +139,12 @@ fn strict() -> OpenHow {
         )
 }
 
-/// Opens `target` (absolute, inside the zone) as an `O_PATH` fd, walking
-/// from `root` one component at a time, refusing `..` and every symbolic
-/// link, and creating missing components as `create` says. Creation never
-/// follows a link either: `mkdirat` and `O_CREAT | O_EXCL` fail on an
-/// existing name, and the reopen refuses it if it is a link.
+/// Opens `target` (absolute, inside the zone) as an `O_PATH` fd, refusing
+/// `..` and every symbolic link, and creating missing components as
+/// `create` says. An existing path takes one lookup; a missing one is
+/// walked from `root` one component at a time. Creation never follows a
+/// link either: `mkdirat` and `O_CREAT | O_EXCL` fail on an existing name,
+/// and the reopen refuses it if it is a link.
 pub fn open_in_root(
     root: BorrowedFd<'_>,
     target: &Path,
@@ -163,32 +164,47 @@ pub fn open_in_root(
         Err(Errno::ELOOP) => Err(ResolveError::Symlink),
         Err(e) => Err(ResolveError::Io(e.into())),
     };
-    let mut cur = open(root, Path::new("."))?.ok_or(ResolveError::Missing)?;
+    // The flags refuse a link in any component and never leave the root,
+    // so the whole path in one lookup is as safe as the walk below.
+    let whole: PathBuf = names.iter().collect();
+    let whole = if names.is_empty() {
+        Path::new(".")
+    } else {
+        whole.as_path()
+    };
+    if let Some(fd) = open(root, whole)? {
+        return Ok(fd);
+    }
+    if create == Create::Nothing {
+        return Err(ResolveError::Missing);
+    }
+    let mut cur: Option<OwnedFd> = None;
     let last = names.len().saturating_sub(1);
     for (i, name) in names.iter().enumerate() {
         let name = Path::new(name);
-        if let Some(fd) = open(cur.as_fd(), name)? {
-            cur = fd;
+        let dir = cur.as_ref().map_or(root, |c| c.as_fd());
+        if let Some(fd) = open(dir, name)? {
+            cur = Some(fd);
             continue;
         }
         let created = match create {
             Create::Nothing => return Err(ResolveError::Missing),
             Create::File if i == last => openat(
-                cur.as_fd(),
+                dir,
                 name,
                 OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
                 Mode::from_bits_truncate(0o644),
             )
             .map(drop),
-            _ => mkdirat(cur.as_fd(), name, Mode::from_bits_truncate(0o755)),
+            _ => mkdirat(dir, name, Mode::from_bits_truncate(0o755)),
         };
         match created {
             Ok(()) | Err(Errno::EEXIST) => {}
             Err(e) => return Err(ResolveError::Io(e.into())),
         }
-        cur = open(cur.as_fd(), name)?.ok_or(ResolveError::Missing)?;
+        cur = Some(open(dir, name)?.ok_or(ResolveError::Missing)?);
     }
-    Ok(cur)
+    cur.ok_or(ResolveError::Missing)
 }
 
 /// Whether `fd` is a directory.
@@ -224,32 +240,16 @@ impl Applier {
 
     /// Opens `target` inside the zone, with errors that name it.
     fn open(&self, target: &Path, create: Create) -> Result<OwnedFd, Error> {
-        open_in_root(self.root()?, target, create).map_err(|e| match e {
-            ResolveError::Io(source) => Error::Resolve {
-                target: target.to_path_buf(),
-                source,
-            },
-            ResolveError::Missing => Error::Resolve {
-                target: target.to_path_buf(),
-                source: io::Error::from_raw_os_error(libc::ENOENT),
-            },
-            ResolveError::DotDot => Error::UnsafeTarget {
-                target: target.to_path_buf(),
-                why: "it contains `..`",
-            },
-            ResolveError::Symlink => Error::UnsafeTarget {
-                target: target.to_path_buf(),
-                why: "it passes through a symbolic link",
-            },
-        })
+        open_in_root(self.root()?, target, create).map_err(|e| resolve_error(target, e))
     }
 
     /// Like [`Self::open`], but a missing path is `None`: masks and
     /// read-only paths the running kernel lacks are skipped.
     fn open_existing(&self, target: &Path) -> Result<Option<OwnedFd>, Error> {
         match open_in_root(self.root()?, target, Create::Nothing) {
+            Ok(fd) => Ok(Some(fd)),
             Err(ResolveError::Missing) => Ok(None),
-            _ => self.open(target, Create::Nothing).map(Some),
+            Err(e) => Err(resolve_error(target, e)),
         }
     }
 
@@ -312,7 +312,6 @@ impl Applier {
                 })?;
                 self.set_root(root)
             }
-            Op::Dir(path) => self.open(path, Create::Dir).map(drop),
             Op::Mount {
                 source,
                 target,
@@ -496,6 +495,29 @@ impl Applier {
         nix::unistd::pivot_root(".", ".").map_err(err)?;
         umount2(".", MntFlags::MNT_DETACH).map_err(err)?;
         nix::unistd::chdir("/").map_err(err)
+    }
+}
+
+/// A failed lookup of `target` inside the zone, as a set-up error that
+/// names it.
+fn resolve_error(target: &Path, e: ResolveError) -> Error {
+    match e {
+        ResolveError::Io(source) => Error::Resolve {
+            target: target.to_path_buf(),
+            source,
+        },
+        ResolveError::Missing => Error::Resolve {
+            target: target.to_path_buf(),
+            source: io::Error::from_raw_os_error(libc::ENOENT),
+        },
+        ResolveError::DotDot => Error::UnsafeTarget {
+            target: target.to_path_buf(),
+            why: "it contains `..`",
+        },
+        ResolveError::Symlink => Error::UnsafeTarget {
+            target: target.to_path_buf(),
+            why: "it passes through a symbolic link",
+        },
     }
 }
 

@@ -190,8 +190,15 @@ pub fn spawn(
         | libc::CLONE_NEWIPC
         | netns
         | libc::CLONE_NEWCGROUP) as u64;
+    // Opened once per agent; the init runs it again to leave the agent's
+    // memory behind.
+    let exe = sys::process::self_exe()
+        .inspect_err(|e| {
+            log::warn!("{name}: unable to open /proc/self/exe, the zone's init stays a copy of the agent: {e}")
+        })
+        .ok();
     clone_with_channel(flags, cgroup, |channel| {
-        init::zone_init(&prep, channel, output, notify)
+        init::zone_init(&prep, channel, output, notify, exe)
     })
 }
 
