@@ -31,11 +31,18 @@
 #       (virtio-net-device on virtio-mmio, netdev tap without vhost), each
 #       in a network namespace of its own holding the tap (up, on no
 #       bridge); RUNS runs of each (default 7) in two alternated rounds.
+#   scripts/bench-net.sh peers [RUNS]
+#       one zone's whole `zonit run` (the zone runs /bin/true, its end
+#       ends the run), plain and on a [network.X], against
+#       `systemd-nspawn /bin/true` plain and with --network-bridge (a veth
+#       on an existing bridge), when systemd-nspawn is installed
+#       (ZONIT_BENCH=1 scripts/setup.sh); hyperfine, RUNS runs of each
+#       (default 50), inside one private network namespace.
 #
 # ZONIT=PATH measures that binary instead of building the release one.
 set -euo pipefail
 mode=start
-if [[ ${1:-} =~ ^(start|traffic|traffic-inside|idle|frames)$ ]]; then
+if [[ ${1:-} =~ ^(start|traffic|traffic-inside|idle|frames|peers|peers-inside)$ ]]; then
     mode=$1
     shift
 fi
@@ -277,10 +284,55 @@ PY
     for m in zonit microvm; do echo "$m: ${cmd[$m]}"; done
 }
 
+peers_bench() {
+    local runs=${1:-50}
+    command -v systemd-nspawn >/dev/null || { echo "bench-net: peers needs systemd-nspawn (ZONIT_BENCH=1 scripts/setup.sh)" >&2; exit 1; }
+    local one='["/bin/true"]'
+    {
+        printf '[host]\ncontrol_socket = "%s/control.sock"\nexit_with = "one"\n' "$dir"
+        zone one "$one" 'restart = "never"'
+    } >"$dir/one.toml"
+    {
+        printf '[host]\ncontrol_socket = "%s/control.sock"\nexit_with = "one"\n' "$dir"
+        printf '\n[network.lan]\naddress = "10.88.0.1/24"\n'
+        zone one "$one" 'restart = "never"' 'network = "lan"'
+    } >"$dir/onenet.toml"
+    for c in one onenet; do "$ZONIT" check "$dir/$c.toml" >/dev/null; done
+    # nspawn wants an OS tree: the same busybox root with an os-release.
+    cp -a "$dir/base" "$dir/nsroot"
+    mkdir -p "$dir/nsroot/etc" "$dir/nsroot/usr"
+    : >"$dir/nsroot/etc/os-release"
+    echo "--- one start, $runs runs of each; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "$(systemd-nspawn --version | head -n 1)"
+    DIR=$dir ZONIT=$ZONIT RUNS=$runs \
+        unshare --net --mount --propagation private bash "$here/scripts/bench-net.sh" peers-inside
+    echo "--- load average $(cut -d' ' -f1-3 /proc/loadavg)"
+}
+
+# Inside the private network namespace: nspawn's bridge exists before the
+# runs (it attaches a veth to it and configures no address); zonit makes
+# its own bridge, the veth, the zone's address and route, and removes the
+# bridge when it exits, all inside each run.
+peers_inside() {
+    ip link set lo up
+    ip link add nsbr0 type bridge
+    ip link set nsbr0 up
+    local ns=(systemd-nspawn --register=no --keep-unit -q -D "$DIR/nsroot")
+    hyperfine -N --style none --warmup 5 --runs "$RUNS" --export-csv "$DIR/peers.csv" \
+        -n "zonit-run-plain" "$ZONIT run --config $DIR/one.toml" \
+        -n "zonit-run-lan" "$ZONIT run --config $DIR/onenet.toml" \
+        -n "nspawn" "${ns[*]} /bin/true" \
+        -n "nspawn-network-bridge" "${ns[*]} --network-bridge=nsbr0 /bin/true" >/dev/null 2>"$DIR/peers.err"
+    # command,mean,stddev,median,user,system,min,max
+    awk -F, 'NR > 1 {printf "%s: median %.2f ms (min %.2f, max %.2f)\n", $1, $4 * 1000, $7 * 1000, $8 * 1000}' "$DIR/peers.csv"
+}
+
 case $mode in
 start) prepare && start_bench "$@" ;;
 traffic) prepare && traffic_bench "$@" ;;
 traffic-inside) traffic_inside ;;
 idle) prepare && idle_bench "$@" ;;
 frames) prepare && frames_bench "$@" ;;
+peers) prepare && peers_bench "$@" ;;
+peers-inside) peers_inside ;;
 esac

@@ -22,6 +22,8 @@ if [[ ${ZONIT_BENCH:-0} == 1 ]]; then
     packages+=(hyperfine bubblewrap crun s6 binutils python3)
     # scripts/bench-net.sh traffic: throughput and latency over the bridge.
     packages+=(iperf3 sockperf)
+    # scripts/bench-net.sh peers: systemd-nspawn with a veth on a bridge.
+    packages+=(systemd-container)
 fi
 
 missing=()
