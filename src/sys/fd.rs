@@ -2,7 +2,7 @@
 //! (placed at fixed numbers, everything else closed), flags.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use super::check;
 
@@ -29,6 +29,14 @@ pub fn take_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: the fd is open (checked above) and, by the caller's contract,
     // inherited and owned by nothing else in this process.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Takes ownership of the fd a library gives up through `IntoRawFd` (an
+/// eventfd of vmm-sys-util, which has no `OwnedFd` conversion).
+pub fn own(fd: impl IntoRawFd) -> OwnedFd {
+    // SAFETY: `into_raw_fd` hands the fd over: nothing else owns or will
+    // close it.
+    unsafe { OwnedFd::from_raw_fd(fd.into_raw_fd()) }
 }
 
 /// In a freshly forked child about to exec: puts `fds` at 3, 4, ... in

@@ -94,11 +94,12 @@ impl<'v> Wiring<'v> {
     }
 
     /// A virtio device behind its own virtio-mmio transport, at the next
-    /// window and interrupt line the allocator gives.
+    /// window and interrupt line the allocator gives; with the window's
+    /// base address.
     fn virtio<D: VirtioDevice + 'static>(
         &mut self,
         device: D,
-    ) -> Result<Arc<Mutex<VirtioMmio<D, EventFdTrigger>>>, MonitorError> {
+    ) -> Result<(Transport<D>, u64), MonitorError> {
         let syscalls = device.syscalls();
         let name = syscalls.device;
         let slot = self
@@ -117,9 +118,13 @@ impl<'v> Wiring<'v> {
             .map_err(|source| MonitorError::Bus { name, source })?;
         self.dsdt.push(virtio_mmio::aml(&slot));
         self.syscalls.push(syscalls);
-        Ok(transport)
+        Ok((transport, slot.base))
     }
 }
+
+/// A virtio device on its transport, shared by the vCPUs' bus and its
+/// worker, if it has one.
+type Transport<D> = Arc<Mutex<VirtioMmio<D, EventFdTrigger>>>;
 
 impl Monitor {
     /// Everything before confinement: files, KVM, memory, boot, devices,
@@ -197,10 +202,13 @@ impl Monitor {
         for (index, (tap, opt)) in taps.into_iter().zip(&opts.nets).enumerate() {
             let (card, rx) =
                 Net::new(tap, opt.mac).map_err(|source| MonitorError::Net { index, source })?;
-            let card = wiring.virtio(card)?;
+            let (card, base) = wiring.virtio(card)?;
+            // The transmit queue's notify wakes the worker without an exit.
+            let notify = base + virtio_mmio::QUEUE_NOTIFY;
+            let rx = rx.with_tx_notify(vm.ioeventfd(notify, net::TX_QUEUE as u32)?);
             workers.push(Worker {
-                name: format!("net{index}-rx"),
-                syscalls: net::RX_WORKER_SYSCALLS,
+                name: format!("net{index}"),
+                syscalls: net::WORKER_SYSCALLS,
                 body: Box::new(move || rx.run(&card)),
             });
         }

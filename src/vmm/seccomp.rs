@@ -199,7 +199,7 @@ mod tests {
     fn filters_compile() {
         assert!(!vcpu_filter(&[]).unwrap().is_empty());
         assert!(!main_filter().unwrap().is_empty());
-        let net = crate::vmm::devices::net::RX_WORKER_SYSCALLS;
+        let net = crate::vmm::devices::net::WORKER_SYSCALLS;
         assert!(!worker_filter(&net).unwrap().is_empty());
     }
 }

@@ -90,6 +90,17 @@ pub enum VmError {
     /// An eventfd cannot be created.
     #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
+    /// An ioeventfd cannot be registered.
+    #[error("cannot connect an eventfd to guest writes of {datamatch} at {addr:#x}")]
+    Ioeventfd {
+        /// The guest-physical MMIO address.
+        addr: u64,
+        /// The value the guest writes.
+        datamatch: u32,
+        /// Cause.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
     /// An irqfd cannot be registered.
     #[error("cannot connect an eventfd to GSI {gsi}")]
     Irqfd {
@@ -216,6 +227,21 @@ impl Vm {
             .register_irqfd(&evt, gsi)
             .map_err(|source| VmError::Irqfd { gsi, source })?;
         Ok(evt)
+    }
+
+    /// A new eventfd that KVM signals when the guest writes the 32-bit
+    /// `datamatch` to the MMIO address `addr`: the write completes in the
+    /// kernel, without an exit to the monitor. Read 8 bytes to clear it.
+    pub fn ioeventfd(&self, addr: u64, datamatch: u32) -> Result<std::fs::File, VmError> {
+        let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
+        self.fd
+            .register_ioevent(&evt, &kvm_ioctls::IoEventAddress::Mmio(addr), datamatch)
+            .map_err(|source| VmError::Ioeventfd {
+                addr,
+                datamatch,
+                source,
+            })?;
+        Ok(crate::sys::fd::own(evt).into())
     }
 
     /// Creates vCPU `id`.

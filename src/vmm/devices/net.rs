@@ -11,11 +11,15 @@
 //! alone); one tap read or write is one frame, and a frame that does not
 //! fit or cannot be written is dropped, as a NIC would.
 //!
-//! Transmit runs on the vCPU that notifies the transmit queue (one `write`
-//! per frame). Receive runs on the device's own worker thread
-//! ([`RxWorker`]): it polls the tap while the guest has buffers posted; when
-//! a frame finds none it stops reading (the tap's own queue holds what
-//! follows) until the guest's notify on the receive queue wakes it.
+//! Both directions run on the device's own worker thread ([`NetWorker`]).
+//! Transmit: the guest's notify of the transmit queue is an ioeventfd the
+//! monitor registers with KVM, so the guest's write completes in the
+//! kernel and the worker sends the frames (one `write` per frame) while the
+//! vCPU runs on; without it (the unit tests), a notify exit transmits on
+//! the vCPU's thread. Receive: the worker polls the tap while the guest has
+//! buffers posted; when a frame finds none it stops reading (the tap's own
+//! queue holds what follows) until the guest's notify on the receive queue
+//! wakes it.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -51,9 +55,10 @@ pub const MAX_FRAME: usize = HDR_LEN + 65536;
 /// the vCPUs off the device's registers.
 const RX_BATCH: usize = 64;
 
-/// What the receive worker thread may do beyond every monitor thread:
-/// wait for the tap and its wake-up, and read them.
-pub const RX_WORKER_SYSCALLS: Syscalls = Syscalls {
+/// What the device's worker thread may do beyond every monitor thread:
+/// wait for the tap, its wake-up and the transmit notify, and read them
+/// (writing the tap is allowed to every thread).
+pub const WORKER_SYSCALLS: Syscalls = Syscalls {
     device: "virtio-net",
     list: &[libc::SYS_read, libc::SYS_poll, libc::SYS_ppoll],
 };
@@ -73,10 +78,13 @@ pub struct Net {
     tx: Vec<u8>,
 }
 
-/// The receive side's thread: waits on the tap and on the kick.
-pub struct RxWorker {
+/// The device's thread: waits on the tap, on the kick and on the
+/// transmit queue's notify.
+pub struct NetWorker {
     tap: File,
     kick: PipeReader,
+    /// Signalled by KVM when the guest notifies the transmit queue.
+    tx_notify: Option<File>,
     stalled: bool,
 }
 
@@ -87,15 +95,16 @@ fn nonblocking(file: &File) -> io::Result<()> {
 impl Net {
     /// A card on `tap` (a tap fd with a 12-byte vnet header, or anything
     /// that reads and writes one such frame per call) with address `mac`,
-    /// and its receive worker. Made non-blocking.
-    pub fn new(tap: File, mac: [u8; 6]) -> io::Result<(Self, RxWorker)> {
+    /// and its worker. Made non-blocking.
+    pub fn new(tap: File, mac: [u8; 6]) -> io::Result<(Self, NetWorker)> {
         nonblocking(&tap)?;
         let (kick_rx, kick) = std::io::pipe()?;
         crate::sys::fd::set_nonblocking(kick_rx.as_fd())?;
         crate::sys::fd::set_nonblocking(kick.as_fd())?;
-        let worker = RxWorker {
+        let worker = NetWorker {
             tap: tap.try_clone()?,
             kick: kick_rx,
+            tx_notify: None,
             stalled: false,
         };
         let net = Self {
@@ -244,31 +253,48 @@ impl VirtioDevice for Net {
     }
 }
 
-impl RxWorker {
-    /// Waits for the tap (while not stalled) or the kick, up to `timeout`,
-    /// then moves what the tap has into the guest's buffers.
+impl NetWorker {
+    /// The worker also serves the transmit queue, woken by `notify` (an
+    /// eventfd KVM signals on the guest's notify of that queue).
+    pub fn with_tx_notify(mut self, notify: File) -> Self {
+        self.tx_notify = Some(notify);
+        self
+    }
+
+    /// Waits for the tap (while not stalled), the kick or the transmit
+    /// notify, up to `timeout`, then sends what the guest queued and moves
+    /// what the tap has into the guest's buffers.
     pub fn turn<T: Trigger>(
         &mut self,
         device: &Mutex<VirtioMmio<Net, T>>,
         timeout: PollTimeout,
     ) -> io::Result<()> {
+        let tap_events = if self.stalled {
+            PollFlags::empty()
+        } else {
+            PollFlags::POLLIN
+        };
         let mut fds = [
             PollFd::new(self.kick.as_fd(), PollFlags::POLLIN),
-            PollFd::new(
-                self.tap.as_fd(),
-                if self.stalled {
-                    PollFlags::empty()
-                } else {
-                    PollFlags::POLLIN
-                },
-            ),
+            PollFd::new(self.tap.as_fd(), tap_events),
+            PollFd::new(self.kick.as_fd(), PollFlags::empty()),
         ];
+        if let Some(notify) = &self.tx_notify {
+            fds[2] = PollFd::new(notify.as_fd(), PollFlags::POLLIN);
+        }
         match poll(&mut fds, timeout) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e.into()),
         }
-        let kicked = fds[0].revents().is_some_and(|r| !r.is_empty());
-        let readable = fds[1].revents().is_some_and(|r| !r.is_empty());
+        let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+        let kicked = ready(&fds[0]);
+        let readable = ready(&fds[1]);
+        let transmit = self.tx_notify.is_some() && ready(&fds[2]);
+        if transmit && let Some(notify) = &mut self.tx_notify {
+            // Clears the count; a notify after this read wakes the next turn.
+            let _ = notify.read(&mut [0u8; 8]);
+            lock(device).notify_queue(TX_QUEUE as u32);
+        }
         if kicked {
             let mut drain = [0u8; 64];
             while matches!(self.kick.read(&mut drain), Ok(n) if n > 0) {}
@@ -335,7 +361,7 @@ mod tests {
 
     /// A card whose tap is one end of a SOCK_SEQPACKET pair (one read or
     /// write is one frame, as on a tap); the other end plays the host.
-    fn card() -> (Net, RxWorker, std::os::unix::net::UnixStream) {
+    fn card() -> (Net, NetWorker, std::os::unix::net::UnixStream) {
         let (a, b) = nix::sys::socket::socketpair(
             nix::sys::socket::AddressFamily::Unix,
             nix::sys::socket::SockType::SeqPacket,

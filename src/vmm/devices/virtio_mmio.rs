@@ -8,8 +8,9 @@
 //! guest memory; FEATURES_OK sticks only if the driver accepted a subset of
 //! what was offered, including VIRTIO_F_VERSION_1 (no legacy interface);
 //! writing 0 to the status register resets everything; requests are served
-//! synchronously on the notifying vCPU's thread, so no extra thread or
-//! ioeventfd is needed.
+//! synchronously on the notifying vCPU's thread, unless the device's owner
+//! registered an ioeventfd for a queue's notify and serves it on a thread
+//! of its own (virtio-net's transmit queue).
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
@@ -62,7 +63,8 @@ const QUEUE_SEL: u64 = 0x030;
 const QUEUE_NUM_MAX: u64 = 0x034;
 const QUEUE_NUM: u64 = 0x038;
 const QUEUE_READY: u64 = 0x044;
-const QUEUE_NOTIFY: u64 = 0x050;
+/// Offset of the queue notify register: the driver writes a queue index.
+pub const QUEUE_NOTIFY: u64 = 0x050;
 const INTERRUPT_STATUS: u64 = 0x060;
 const INTERRUPT_ACK: u64 = 0x064;
 const STATUS: u64 = 0x070;
