@@ -49,16 +49,6 @@ fn end_index(end: &End) -> usize {
     }
 }
 
-const STATES: [State; 7] = [
-    State::Stopped,
-    State::Starting,
-    State::Running,
-    State::Stopping,
-    State::Backoff,
-    State::Exited,
-    State::Failed,
-];
-
 /// What one scrape reports.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub(super) struct Sample<'a> {
@@ -210,7 +200,7 @@ pub(super) fn render(s: &Sample, out: &mut String) {
             "1 for the state the unit is in, 0 for the others.",
         );
         for u in units {
-            for st in STATES {
+            for st in State::ALL {
                 let on = u8::from(st == u.state);
                 row(out, name, u, Labels::UnitKindAnd("state", st.as_str()), on);
             }

@@ -45,6 +45,17 @@ pub enum State {
 }
 
 impl State {
+    /// Every state, in the order `status` documents them.
+    pub const ALL: [State; 7] = [
+        State::Stopped,
+        State::Starting,
+        State::Running,
+        State::Stopping,
+        State::Backoff,
+        State::Exited,
+        State::Failed,
+    ];
+
     /// Lower-case name used in `status`.
     pub fn as_str(self) -> &'static str {
         match self {
