@@ -274,22 +274,25 @@ impl NetWorker {
         } else {
             PollFlags::POLLIN
         };
+        // The third slot is polled only when there is a transmit notify.
         let mut fds = [
             PollFd::new(self.kick.as_fd(), PollFlags::POLLIN),
             PollFd::new(self.tap.as_fd(), tap_events),
             PollFd::new(self.kick.as_fd(), PollFlags::empty()),
         ];
+        let mut polled = 2;
         if let Some(notify) = &self.tx_notify {
             fds[2] = PollFd::new(notify.as_fd(), PollFlags::POLLIN);
+            polled = 3;
         }
-        match poll(&mut fds, timeout) {
+        match poll(&mut fds[..polled], timeout) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e.into()),
         }
         let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
         let kicked = ready(&fds[0]);
         let readable = ready(&fds[1]);
-        let transmit = self.tx_notify.is_some() && ready(&fds[2]);
+        let transmit = polled == 3 && ready(&fds[2]);
         if transmit && let Some(notify) = &mut self.tx_notify {
             // Clears the count; a notify after this read wakes the next turn.
             let _ = notify.read(&mut [0u8; 8]);
