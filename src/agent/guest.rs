@@ -232,7 +232,7 @@ pub fn outcome(status: WaitStatus, reported_error: Option<String>) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Disk, Nic, OnReboot};
+    use crate::config::{Disk, Nic};
     use nix::unistd::Pid;
 
     #[test]
@@ -253,10 +253,6 @@ mod tests {
                     readonly: true,
                 },
             ],
-            on_reboot: OnReboot::Restart,
-            memory_max: None,
-            cpu_max: None,
-            pids_max: None,
             nics: ["lan", "dmz"]
                 .iter()
                 .enumerate()
@@ -268,7 +264,7 @@ mod tests {
                     host_ifname: format!("zg-vm-{i}"),
                 })
                 .collect(),
-            ports: vec![],
+            ..Guest::example("/g/vmlinuz")
         };
         assert_eq!(
             monitor_argv(&g).join(" "),

@@ -13,6 +13,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::resource::Resource;
+use toml::Spanned;
+
+use crate::vmm::limits;
+use raw::{Limit, RawBackoff, RawHealth, RawReady, RawStartLimit, Size};
+use shared::unit_settings;
 
 mod document;
 mod hostmounts;
@@ -20,6 +25,7 @@ mod names;
 pub mod network;
 mod raw;
 mod ready;
+mod shared;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -35,6 +41,8 @@ pub use units::parse_duration;
 pub const DEFAULT_PATH: &str = "/etc/zonit.toml";
 /// Default location of the control socket.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/zonit/control.sock";
+/// Default guest kernel command line.
+const DEFAULT_CMDLINE: &str = "console=ttyS0";
 
 /// A whole, validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -220,26 +228,39 @@ pub enum UnitKind {
     Guest(Guest),
 }
 
-/// Settings shared by zones and guests.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Common {
-    /// Restart policy.
-    pub restart: RestartPolicy,
-    /// Restart backoff.
-    pub backoff: Backoff,
-    /// Optional start limit.
-    pub start_limit: Option<StartLimit>,
-    /// Units that must be running before this one starts.
-    pub after: Vec<String>,
-    /// Grace period between the stop request and SIGKILL.
-    pub stop_timeout: Duration,
-    /// Started at boot / `run`.
-    pub autostart: bool,
-    /// How the unit says it is ready; without it, it is ready once its
-    /// command runs.
-    pub ready: Option<Ready>,
-    /// A probe repeated while the unit runs (zones only).
-    pub health: Option<Health>,
+unit_settings! {
+    /// Settings shared by zones and guests.
+    pub struct Common {
+        /// Units that must be running before this one starts.
+        pub after: Vec<String>,
+        /// How the unit says it is ready; without it, it is ready once its
+        /// command runs.
+        pub ready: Option<Ready>,
+        /// A probe repeated while the unit runs (zones only).
+        pub health: Option<Health>,
+    }
+    /// The keys every zone and guest has that `[defaults]` may also set.
+    ///
+    /// This struct and the two other shared ones are read from the same
+    /// table as the unit's own keys (`document::read_units`), so they
+    /// cannot deny the keys they do not hold: the key check has already
+    /// reported and removed every unknown key.
+    shared RawCommon, checked CommonPart, own CommonOwn {
+        /// Restart policy.
+        restart: Spanned<String> => RestartPolicy = RestartPolicy::OnFailure,
+            check validate::restart;
+        /// Restart backoff.
+        backoff: Spanned<RawBackoff> => Backoff = Backoff::default(),
+            check validate::backoff, merged as validate::BackoffPart;
+        /// Optional start limit.
+        start_limit: Spanned<RawStartLimit> => Option<StartLimit> = None,
+            check validate::start_limit;
+        /// Grace period between the stop request and SIGKILL.
+        stop_timeout: Spanned<String> => Duration = Duration::from_secs(10),
+            check validate::Checker::duration;
+        /// Started at boot / `run`.
+        autostart: Spanned<bool> => bool = true, check validate::flag;
+    }
 }
 
 /// When a unit is restarted after it ends on its own.
@@ -315,44 +336,58 @@ pub struct BindMount {
     pub readonly: bool,
 }
 
-/// `[zone.NAME]`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Zone {
-    /// Root directory on the host.
-    pub root: PathBuf,
-    /// Template tree the root is provisioned from.
-    pub template: Option<PathBuf>,
-    /// How the template is used.
-    pub template_mode: TemplateMode,
-    /// argv of the zone's command (non-empty).
-    pub command: Vec<String>,
-    /// Host name inside the zone (defaults to the unit name).
-    pub hostname: String,
-    /// Environment of the command.
-    pub env: BTreeMap<String, String>,
-    /// Working directory inside the zone.
-    pub workdir: PathBuf,
-    /// uid and gid inside the zone (default 0:0).
-    pub user: (u32, u32),
-    /// Capabilities kept (numbers as in `linux/capability.h`); every
-    /// other one is dropped. Default: Docker's default set.
-    pub capabilities: Vec<u8>,
-    /// Bind mounts.
-    pub mounts: Vec<BindMount>,
-    /// Network mode.
-    pub network: Network,
-    /// Host ports forwarded to the zone (only on a bridged network).
-    pub ports: Vec<PortForward>,
-    /// cgroup v2 memory.max in bytes.
-    pub memory_max: Option<u64>,
-    /// cgroup v2 cpu.max in CPUs.
-    pub cpu_max: Option<f64>,
-    /// cgroup v2 pids.max.
-    pub pids_max: Option<u64>,
-    /// Resource limits (`rlimits`), soft = hard.
-    pub rlimits: BTreeMap<Resource, u64>,
-    /// Signal sent to the command to stop it.
-    pub stop_signal: i32,
+unit_settings! {
+    /// `[zone.NAME]`.
+    pub struct Zone {
+        /// Root directory on the host.
+        pub root: PathBuf,
+        /// Template tree the root is provisioned from.
+        pub template: Option<PathBuf>,
+        /// How the template is used.
+        pub template_mode: TemplateMode,
+        /// argv of the zone's command (non-empty).
+        pub command: Vec<String>,
+        /// Host name inside the zone (defaults to the unit name).
+        pub hostname: String,
+        /// Working directory inside the zone.
+        pub workdir: PathBuf,
+        /// Bind mounts.
+        pub mounts: Vec<BindMount>,
+        /// Network mode.
+        pub network: Network,
+        /// Host ports forwarded to the zone (only on a bridged network).
+        pub ports: Vec<PortForward>,
+    }
+    /// The zone keys `[defaults]` may also set.
+    shared RawZoneShared, checked ZonePart, own ZoneOwn {
+        /// Environment of the command.
+        env: BTreeMap<String, Spanned<String>> => BTreeMap<String, String> = BTreeMap::new(),
+            check validate::env, merged as BTreeMap<String, String>;
+        /// uid and gid inside the zone.
+        user: Spanned<String> => (u32, u32) = (0, 0), check validate::user;
+        /// Capabilities kept (numbers as in `linux/capability.h`); every
+        /// other one is dropped. Default: Docker's default set.
+        capabilities: Vec<Spanned<String>> => Vec<u8> = names::DEFAULT_CAPABILITIES.to_vec(),
+            check validate::capabilities;
+        /// As written: `validate::zone` resolves it against the networks
+        /// into the zone's `network`.
+        network: Spanned<String> => Spanned<String>, check validate::as_written;
+        /// cgroup v2 memory.max in bytes.
+        memory_max: Spanned<Size> => Option<u64> = None, check validate::memory_max;
+        /// cgroup v2 cpu.max in CPUs.
+        cpu_max: Spanned<f64> => Option<f64> = None, check validate::cpu_max;
+        /// cgroup v2 pids.max.
+        pids_max: Spanned<i64> => Option<u64> = None, check validate::Checker::positive_int;
+        /// Resource limits (`rlimits`), soft = hard.
+        rlimits: BTreeMap<String, Spanned<Limit>> => BTreeMap<Resource, u64> = BTreeMap::new(),
+            check validate::rlimits, merged as BTreeMap<Resource, u64>;
+        /// Signal sent to the command to stop it.
+        stop_signal: Spanned<String> => i32 = libc::SIGTERM, check validate::stop_signal;
+        /// The zone's [`Common::ready`].
+        ready: Spanned<RawReady> => Ready, check validate::zone_ready;
+        /// The zone's [`Common::health`].
+        health: Spanned<RawHealth> => Health, check validate::zone_health;
+    }
 }
 
 /// A disk attached to a guest as a virtio-mmio block device.
@@ -373,35 +408,39 @@ pub enum OnReboot {
     Stop,
 }
 
-/// `[guest.NAME]`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Guest {
-    /// Kernel image (bzImage, ELF vmlinux or PVH ELF).
-    pub kernel: PathBuf,
-    /// Optional initrd.
-    pub initrd: Option<PathBuf>,
-    /// Kernel command line.
-    pub cmdline: String,
-    /// Guest memory in bytes.
-    pub memory: u64,
-    /// Number of vCPUs.
-    pub vcpus: u32,
-    /// virtio-blk disks.
-    pub disks: Vec<Disk>,
-    /// What a guest reboot does.
-    pub on_reboot: OnReboot,
-    /// cgroup v2 memory.max of the monitor in bytes, as configured;
-    /// without it the agent gives the monitor the guest's memory plus
-    /// [`crate::vmm::limits::MONITOR_ALLOWANCE`] where it can.
-    pub memory_max: Option<u64>,
-    /// cgroup v2 cpu.max of the monitor in CPUs.
-    pub cpu_max: Option<f64>,
-    /// cgroup v2 pids.max of the monitor (its threads count).
-    pub pids_max: Option<u64>,
-    /// Network interfaces (virtio-net), in order.
-    pub nics: Vec<Nic>,
-    /// Host ports forwarded to the guest's first address.
-    pub ports: Vec<PortForward>,
+unit_settings! {
+    /// `[guest.NAME]`.
+    pub struct Guest {
+        /// Kernel image (bzImage, ELF vmlinux or PVH ELF).
+        pub kernel: PathBuf,
+        /// Optional initrd.
+        pub initrd: Option<PathBuf>,
+        /// virtio-blk disks.
+        pub disks: Vec<Disk>,
+        /// cgroup v2 memory.max of the monitor in bytes, as configured;
+        /// without it the agent gives the monitor the guest's memory plus
+        /// [`crate::vmm::limits::MONITOR_ALLOWANCE`] where it can.
+        pub memory_max: Option<u64>,
+        /// cgroup v2 cpu.max of the monitor in CPUs.
+        pub cpu_max: Option<f64>,
+        /// cgroup v2 pids.max of the monitor (its threads count).
+        pub pids_max: Option<u64>,
+        /// Network interfaces (virtio-net), in order.
+        pub nics: Vec<Nic>,
+        /// Host ports forwarded to the guest's first address.
+        pub ports: Vec<PortForward>,
+    }
+    /// The guest keys `[defaults]` may also set.
+    shared RawGuestShared, checked GuestPart, own GuestOwn {
+        /// Guest memory in bytes.
+        memory: Spanned<Size> => u64 = limits::DEFAULT_MEMORY, check validate::guest_memory;
+        /// Number of vCPUs.
+        vcpus: Spanned<i64> => u32 = limits::DEFAULT_VCPUS, check validate::vcpus;
+        /// Kernel command line.
+        cmdline: Spanned<String> => String = DEFAULT_CMDLINE.to_owned(), check validate::cmdline;
+        /// What a guest reboot does.
+        on_reboot: Spanned<String> => OnReboot = OnReboot::Restart, check validate::on_reboot;
+    }
 }
 
 /// The cgroup v2 limits of one unit's group, zone or guest alike.
@@ -464,29 +503,36 @@ impl fmt::Display for Diagnostic {
 }
 
 #[cfg(test)]
+impl Common {
+    /// The settings of a unit with no `after`, `ready` or `health` and
+    /// every other key at its built-in default, for unit tests.
+    pub fn example() -> Common {
+        CommonPart::default().build(CommonOwn {
+            after: vec![],
+            ready: None,
+            health: None,
+        })
+    }
+}
+
+#[cfg(test)]
 impl Zone {
     /// A minimal zone rooted at `root` running `/bin/true`, for unit tests.
     pub fn example(root: &str) -> Zone {
         let name = root.rsplit('/').next().unwrap_or("zone");
-        Zone {
+        let mut zone = ZonePart::default().build(ZoneOwn {
             root: root.into(),
             template: None,
             template_mode: TemplateMode::Overlay,
             command: vec!["/bin/true".into()],
             hostname: name.into(),
-            env: BTreeMap::new(),
             workdir: "/".into(),
-            user: (0, 0),
-            capabilities: vec![],
             mounts: vec![],
             network: Network::None,
             ports: vec![],
-            memory_max: None,
-            cpu_max: None,
-            pids_max: None,
-            rlimits: BTreeMap::new(),
-            stop_signal: libc::SIGTERM,
-        }
+        });
+        zone.capabilities = vec![];
+        zone
     }
 }
 
@@ -495,20 +541,19 @@ impl Guest {
     /// A guest of 64 MiB and one vCPU booting `kernel`, nothing else, for
     /// unit tests.
     pub fn example(kernel: &str) -> Guest {
-        Guest {
+        let mut guest = GuestPart::default().build(GuestOwn {
             kernel: kernel.into(),
             initrd: None,
-            cmdline: String::new(),
-            memory: 64 << 20,
-            vcpus: 1,
             disks: vec![],
-            on_reboot: OnReboot::Restart,
             memory_max: None,
             cpu_max: None,
             pids_max: None,
             nics: vec![],
             ports: vec![],
-        }
+        });
+        guest.cmdline = String::new();
+        guest.memory = 64 << 20;
+        guest
     }
 }
 
@@ -627,7 +672,9 @@ fn read_file(path: &Path) -> Result<String, String> {
 /// at a broken file would report errors that are not there.
 ///
 /// Built-in defaults, used when neither the unit nor `[defaults]` sets a
-/// key (the full table is in `docs/config.md`):
+/// key (the full table is in `docs/config.md`): a key `[defaults]` shares
+/// with units has its default in its declaration ([`Common`], [`Zone`],
+/// [`Guest`]); the others are:
 ///
 /// | key | default |
 /// |---|---|
@@ -635,28 +682,16 @@ fn read_file(path: &Path) -> Result<String, String> {
 /// | `host.control_socket` | [`DEFAULT_CONTROL_SOCKET`] |
 /// | `host.shutdown_timeout` | `"30s"` |
 /// | `host.ctrl_alt_del` | `"reboot"` |
-/// | `restart` | `"on-failure"` |
-/// | `backoff` | `{ initial = "100ms", max = "30s", reset_after = "60s" }` |
-/// | `start_limit` | none (no limit) |
-/// | `stop_timeout` | `"10s"` |
-/// | `autostart` | `true` |
 /// | `ready` | none: ready once the command runs; `timeout = "30s"`, `interval = "1s"`, `probe_timeout = "1s"` |
 /// | `health` | none; `interval = "10s"`, `timeout = "5s"`, `retries = 3` |
 /// | `host.watchdog` | none; `device = "/dev/watchdog"`, `timeout = "30s"`, `grace = "60s"` |
 /// | zone `hostname` | the unit name |
 /// | zone `workdir` | `"/"` |
-/// | zone `user` | `"0:0"` |
 /// | zone `template_mode` | `"overlay"` |
 /// | zone `network` | `"none"` |
 /// | zone `address` | derived from the unit name (bridged zones) |
 /// | nic `mac` | derived from the unit name |
 /// | network `nat`, `dhcp` | `false` |
-/// | zone `stop_signal` | `"SIGTERM"` |
-/// | zone `capabilities` | Docker's default set |
-/// | guest `memory` | `"128M"` |
-/// | guest `vcpus` | `1` |
-/// | guest `cmdline` | `"console=ttyS0"` |
-/// | guest `on_reboot` | `"restart"` |
 /// | guest `memory_max` | none here; `memory` + [`crate::vmm::limits::MONITOR_ALLOWANCE`] where the memory controller is |
 /// | `host.mounts[].wait` | `"10s"` |
 /// | `host.mounts[].required` | `true` |

@@ -589,7 +589,7 @@ fn port_spans(doc: &RawDocument) -> HashMap<String, Vec<Range<usize>>> {
 /// host interface names are unique; then each bridged zone without an
 /// address gets one (in name order, around the explicit ones), and every
 /// addressed interface its IPv6 twin.
-pub fn assign(
+pub(super) fn assign(
     doc: &RawDocument,
     units: &mut [Unit],
     networks: &[NetworkDef],

@@ -49,49 +49,10 @@ pub struct RawHostMount {
     pub required: Option<Spanned<bool>>,
 }
 
-/// The keys every zone and guest has that `[defaults]` may also set. A
-/// unit's own value wins; `validate` merges them field by field.
-///
-/// This struct and the two `*Shared` ones below are read from the same
-/// table as the unit's own keys (`document::read_units`), so they cannot
-/// deny the keys they do not hold: the key check has already reported
-/// and removed every unknown key.
-#[derive(Debug, Default, Deserialize)]
-pub struct RawCommon {
-    pub restart: Option<Spanned<String>>,
-    pub backoff: Option<Spanned<RawBackoff>>,
-    pub start_limit: Option<Spanned<RawStartLimit>>,
-    pub stop_timeout: Option<Spanned<String>>,
-    pub autostart: Option<Spanned<bool>>,
-}
-
-/// The zone keys `[defaults]` may also set. A new defaultable zone key is
-/// a field here, its checked field in `validate::ZonePart` (merged without
-/// another edit) with its check in `validate::zone_part`, and its place in
-/// [`super::Zone`] with its built-in default (`validate::zone`).
-#[derive(Debug, Default, Deserialize)]
-pub struct RawZoneShared {
-    pub env: Option<BTreeMap<String, Spanned<String>>>,
-    pub user: Option<Spanned<String>>,
-    pub capabilities: Option<Vec<Spanned<String>>>,
-    pub network: Option<Spanned<String>>,
-    pub memory_max: Option<Spanned<Size>>,
-    pub cpu_max: Option<Spanned<f64>>,
-    pub pids_max: Option<Spanned<i64>>,
-    pub rlimits: Option<BTreeMap<String, Spanned<Limit>>>,
-    pub stop_signal: Option<Spanned<String>>,
-    pub ready: Option<Spanned<RawReady>>,
-    pub health: Option<Spanned<RawHealth>>,
-}
-
-/// The guest keys `[defaults]` may also set (`validate::guest_part`).
-#[derive(Debug, Default, Deserialize)]
-pub struct RawGuestShared {
-    pub memory: Option<Spanned<Size>>,
-    pub vcpus: Option<Spanned<i64>>,
-    pub cmdline: Option<Spanned<String>>,
-    pub on_reboot: Option<Spanned<String>>,
-}
+// The keys `[defaults]` shares with units (`RawCommon`, `RawZoneShared`,
+// `RawGuestShared`) are declared with the unit they belong to, in
+// `super` (see `shared.rs`).
+pub(crate) use super::{RawCommon, RawGuestShared, RawZoneShared};
 
 /// `[defaults]`: the keys that make sense for several units, read from
 /// one table into the three shared structs.

@@ -3,10 +3,14 @@
 //! units (unique names, `after` references and cycles, `exit_with`).
 //!
 //! Values are checked where they are written: a bad default is reported
-//! once, at `[defaults]`, not once per unit that inherits it. Each unit is
-//! first read into "parts" whose fields are all optional; merging is then
-//! `unit.or(defaults)` per key (per entry for `env` and `rlimits`, per field
-//! for `backoff`), and the built-in defaults fill what is left.
+//! once, at `[defaults]`, not once per unit that inherits it. The keys
+//! `[defaults]` shares with units are declared with their unit (`super`,
+//! through `shared.rs`), each naming its check here: each unit's are
+//! first checked into "parts" whose fields are all optional; merging is
+//! then `unit.or(defaults)` per key (per entry for `env` and `rlimits`,
+//! per field for `backoff`), and `build` puts the unit together from its
+//! own keys, checked here, and the merged ones, built-in defaults filling
+//! what is left.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -21,19 +25,20 @@ use super::document::{RawDocument, RawUnit, RawUnitKind, Reporter};
 use super::names;
 use super::network as net;
 use super::raw::{
-    Limit, RawCommon, RawDefaults, RawGuest, RawGuestShared, RawHost, RawZone, RawZoneShared, Size,
+    Limit, RawBackoff, RawDefaults, RawGuest, RawHealth, RawHost, RawReady, RawStartLimit, RawZone,
+    RawZoneShared, Size,
 };
 use super::ready::{self, For};
+use super::shared::Merge;
 use super::units::{parse_duration, parse_size};
 use super::{
-    Backoff, BindMount, CgroupLimits, Config, CtrlAltDel, DEFAULT_CONTROL_SOCKET, Disk, Guest,
-    Host, Network, NetworkDef, Nic, OnReboot, PortForward, RestartPolicy, StartLimit, TemplateMode,
-    Unit, UnitKind, Zone,
+    Backoff, BindMount, CgroupLimits, CommonOwn, CommonPart, Config, CtrlAltDel,
+    DEFAULT_CONTROL_SOCKET, Disk, Guest, GuestOwn, GuestPart, Host, Network, NetworkDef, Nic,
+    OnReboot, PortForward, RestartPolicy, StartLimit, TemplateMode, Unit, UnitKind, Zone, ZoneOwn,
+    ZonePart,
 };
 use crate::vmm::limits;
 
-/// Default guest kernel command line.
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
 /// Longest single argument or environment string execve(2) takes,
 /// `MAX_ARG_STRLEN` (32 pages), its terminating NUL included.
 pub const MAX_EXEC_STRING: usize = 32 * 4096;
@@ -87,7 +92,7 @@ pub(super) struct Checker<'r, 'f> {
 }
 
 impl<'r, 'f> Checker<'r, 'f> {
-    fn new(rep: &'r mut Reporter<'f>, label: impl Into<String>) -> Self {
+    pub(super) fn new(rep: &'r mut Reporter<'f>, label: impl Into<String>) -> Self {
         Checker {
             rep,
             label: label.into(),
@@ -100,6 +105,22 @@ impl<'r, 'f> Checker<'r, 'f> {
         let label = &self.label;
         self.rep
             .at(span, format!("invalid `{key}` in {label}: {message}"));
+    }
+
+    /// The value of `result`, or `None` with its error reported at `span`.
+    fn reported<T>(
+        &mut self,
+        span: Range<usize>,
+        key: &str,
+        result: Result<T, impl std::fmt::Display>,
+    ) -> Option<T> {
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.error(span, key, e);
+                None
+            }
+        }
     }
 
     pub(super) fn duration(
@@ -196,39 +217,18 @@ impl<'r, 'f> Checker<'r, 'f> {
         }
     }
 
-    /// `memory_max`, `cpu_max` and `pids_max`, zone or guest alike.
+    /// A guest's `memory_max`, `cpu_max` and `pids_max`.
     fn cgroup_limits(
         &mut self,
-        memory_max: Option<&Spanned<Size>>,
-        cpu_max: Option<&Spanned<f64>>,
-        pids_max: Option<&Spanned<i64>>,
+        memory: Option<&Spanned<Size>>,
+        cpu: Option<&Spanned<f64>>,
+        pids: Option<&Spanned<i64>>,
     ) -> CgroupLimits {
-        let mut limits = CgroupLimits {
-            memory_max: self.size("memory_max", memory_max),
-            cpu_max: None,
-            pids_max: self.positive_int("pids_max", pids_max),
-        };
-        if let (Some(0), Some(raw)) = (limits.memory_max, memory_max) {
-            self.error(
-                raw.span(),
-                "memory_max",
-                "a unit needs some memory; give a size above zero or leave memory_max out",
-            );
-            limits.memory_max = None;
+        CgroupLimits {
+            memory_max: memory_max(self, "memory_max", memory),
+            cpu_max: cpu_max(self, "cpu_max", cpu),
+            pids_max: self.positive_int("pids_max", pids),
         }
-        if let Some(cpu) = cpu_max {
-            let v = *cpu.get_ref();
-            if v.is_finite() && v > 0.0 {
-                limits.cpu_max = Some(v);
-            } else {
-                self.error(
-                    cpu.span(),
-                    "cpu_max",
-                    format!("{v} is not a positive number of CPUs; write for instance 0.5 or 2"),
-                );
-            }
-        }
-        limits
     }
 
     /// The `[network.X]` that `value` names.
@@ -480,91 +480,6 @@ fn syslog_target(text: &str) -> Option<super::SyslogTarget> {
     }
 }
 
-/// A setting taken from a unit, else from `[defaults]`.
-trait Merge {
-    fn merge(self, defaults: &Self) -> Self;
-}
-
-impl<T: Clone> Merge for Option<T> {
-    fn merge(self, defaults: &Self) -> Self {
-        self.or_else(|| defaults.clone())
-    }
-}
-
-/// Tables (`env`, `rlimits`) merge entry by entry; the unit's entry wins.
-impl<K: Ord + Clone, V: Clone> Merge for BTreeMap<K, V> {
-    fn merge(self, defaults: &Self) -> Self {
-        let mut merged = defaults.clone();
-        merged.extend(self);
-        merged
-    }
-}
-
-/// Declares checked settings that are all optional until merged, and
-/// their `or`, which merges every field with [`Merge`]: a field added to
-/// the struct is merged without another edit.
-macro_rules! settings {
-    ($(#[$meta:meta])* struct $name:ident { $($(#[$fmeta:meta])* $field:ident: $ty:ty,)* }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Default)]
-        struct $name {
-            $($(#[$fmeta])* $field: $ty,)*
-        }
-
-        impl $name {
-            /// Each setting of `self` (a unit's), else of `defaults`.
-            fn or(self, defaults: &$name) -> $name {
-                $name {
-                    $($field: Merge::merge(self.$field, &defaults.$field),)*
-                }
-            }
-        }
-    };
-}
-
-settings! {
-    /// Settings of zones and guests (`RawCommon`), checked.
-    struct CommonPart {
-        restart: Option<RestartPolicy>,
-        // Per field: a unit's `backoff = { max = "5s" }` keeps the
-        // default's `initial`.
-        backoff_initial: Option<Duration>,
-        backoff_max: Option<Duration>,
-        backoff_reset_after: Option<Duration>,
-        start_limit: Option<StartLimit>,
-        stop_timeout: Option<Duration>,
-        autostart: Option<bool>,
-    }
-}
-
-settings! {
-    /// Zone settings `[defaults]` may provide (`RawZoneShared`), checked.
-    struct ZonePart {
-        user: Option<(u32, u32)>,
-        capabilities: Option<Vec<u8>>,
-        memory_max: Option<u64>,
-        cpu_max: Option<f64>,
-        pids_max: Option<u64>,
-        rlimits: BTreeMap<Resource, u64>,
-        stop_signal: Option<i32>,
-        /// As written; resolved against the networks per zone.
-        network: Option<Spanned<String>>,
-        env: BTreeMap<String, String>,
-        ready: Option<super::Ready>,
-        health: Option<super::Health>,
-    }
-}
-
-settings! {
-    /// Guest settings `[defaults]` may provide (`RawGuestShared`), checked.
-    struct GuestPart {
-        memory: Option<u64>,
-        vcpus: Option<u32>,
-        cmdline: Option<String>,
-        on_reboot: Option<OnReboot>,
-    }
-}
-
 /// `[defaults]`, checked once.
 #[derive(Debug, Default)]
 struct Defaults {
@@ -576,10 +491,33 @@ struct Defaults {
 fn defaults(raw: &RawDefaults, rep: &mut Reporter<'_>) -> Defaults {
     let mut c = Checker::new(rep, "[defaults]");
     Defaults {
-        common: common_part(&mut c, &raw.common),
-        zone: zone_part(&mut c, &raw.zone),
-        guest: guest_part(&mut c, &raw.guest),
+        common: CommonPart::check(&mut c, &raw.common),
+        zone: ZonePart::check(&mut c, &raw.zone),
+        guest: GuestPart::check(&mut c, &raw.guest),
     }
+}
+
+// The checks of the keys `[defaults]` shares with units, named in their
+// declarations (`super::Common`, `super::Zone`, `super::Guest`). Each
+// takes the key's name and its value as written, if any, and returns the
+// checked value, or `None` when it is absent or bad (reported).
+
+/// A value kept as written (`network`, resolved later with the zone).
+pub(super) fn as_written<T: Clone>(
+    _c: &mut Checker<'_, '_>,
+    _key: &str,
+    value: Option<&T>,
+) -> Option<T> {
+    value.cloned()
+}
+
+/// A boolean (`autostart`): TOML already checked its type.
+pub(super) fn flag(
+    _c: &mut Checker<'_, '_>,
+    _key: &str,
+    value: Option<&Spanned<bool>>,
+) -> Option<bool> {
+    value.map(|v| *v.get_ref())
 }
 
 const RESTART_POLICIES: [(&str, RestartPolicy); 3] = [
@@ -588,122 +526,207 @@ const RESTART_POLICIES: [(&str, RestartPolicy); 3] = [
     ("always", RestartPolicy::Always),
 ];
 
-fn common_part(c: &mut Checker<'_, '_>, keys: &RawCommon) -> CommonPart {
-    let mut part = CommonPart {
-        restart: c.choice("restart", keys.restart.as_ref(), &RESTART_POLICIES),
-        stop_timeout: c.duration("stop_timeout", keys.stop_timeout.as_ref()),
-        autostart: keys.autostart.as_ref().map(|a| *a.get_ref()),
-        ..CommonPart::default()
-    };
-    if let Some(backoff) = &keys.backoff {
-        let b = backoff.get_ref();
-        part.backoff_initial = c.duration("backoff.initial", b.initial.as_ref());
-        part.backoff_max = c.duration("backoff.max", b.max.as_ref());
-        part.backoff_reset_after = c.duration("backoff.reset_after", b.reset_after.as_ref());
-        // A zero first delay would let a crashing unit restart in a tight
-        // loop that starves PID 1.
-        if let (Some(d), Some(raw)) = (part.backoff_initial, &b.initial)
-            && d.is_zero()
-        {
-            c.error(
-                raw.span(),
-                "backoff.initial",
-                "the first restart delay must be above zero",
-            );
-            part.backoff_initial = None;
-        }
-    }
-    if let Some(limit) = &keys.start_limit {
-        let l = limit.get_ref();
-        let burst = match u32::try_from(*l.burst.get_ref()) {
-            Ok(n) if n > 0 => Some(n),
-            _ => {
-                c.error(
-                    l.burst.span(),
-                    "start_limit.burst",
-                    format!(
-                        "{} is not a number of starts between 1 and {}",
-                        l.burst.get_ref(),
-                        u32::MAX
-                    ),
-                );
-                None
-            }
-        };
-        let interval = match c.duration("start_limit.interval", Some(&l.interval)) {
-            Some(d) if d.is_zero() => {
-                c.error(
-                    l.interval.span(),
-                    "start_limit.interval",
-                    "the window must be above zero",
-                );
-                None
-            }
-            other => other,
-        };
-        if let (Some(burst), Some(interval)) = (burst, interval) {
-            part.start_limit = Some(StartLimit { burst, interval });
-        }
-    }
-    part
+pub(super) fn restart(
+    c: &mut Checker<'_, '_>,
+    key: &str,
+    value: Option<&Spanned<String>>,
+) -> Option<RestartPolicy> {
+    c.choice(key, value, &RESTART_POLICIES)
 }
 
-fn zone_part(c: &mut Checker<'_, '_>, keys: &RawZoneShared) -> ZonePart {
-    let limits = c.cgroup_limits(
-        keys.memory_max.as_ref(),
-        keys.cpu_max.as_ref(),
-        keys.pids_max.as_ref(),
-    );
-    let mut part = ZonePart {
-        memory_max: limits.memory_max,
-        cpu_max: limits.cpu_max,
-        pids_max: limits.pids_max,
-        stop_signal: None,
-        network: keys.network.clone(),
-        ready: keys
-            .ready
-            .as_ref()
-            .and_then(|r| ready::ready(c, r, For::Zone)),
-        health: keys
-            .health
-            .as_ref()
-            .and_then(|h| ready::health(c, h, For::Zone)),
-        ..ZonePart::default()
+/// `backoff` checked: the delays it gives. A unit's `backoff = { max =
+/// "5s" }` keeps the `initial` of `[defaults]`, so it merges field by
+/// field.
+#[derive(Debug, Clone, Default)]
+pub(super) struct BackoffPart {
+    initial: Option<Duration>,
+    max: Option<Duration>,
+    reset_after: Option<Duration>,
+}
+
+impl Merge for BackoffPart {
+    fn merge(self, defaults: &Self) -> Self {
+        BackoffPart {
+            initial: self.initial.or(defaults.initial),
+            max: self.max.or(defaults.max),
+            reset_after: self.reset_after.or(defaults.reset_after),
+        }
+    }
+}
+
+/// The built-in delays fill what neither the unit nor `[defaults]` gave.
+impl From<BackoffPart> for Backoff {
+    fn from(part: BackoffPart) -> Backoff {
+        let builtin = Backoff::default();
+        Backoff {
+            initial: part.initial.unwrap_or(builtin.initial),
+            max: part.max.unwrap_or(builtin.max),
+            reset_after: part.reset_after.unwrap_or(builtin.reset_after),
+        }
+    }
+}
+
+pub(super) fn backoff(
+    c: &mut Checker<'_, '_>,
+    key: &str,
+    value: Option<&Spanned<RawBackoff>>,
+) -> Option<BackoffPart> {
+    let b = value?.get_ref();
+    let mut part = BackoffPart {
+        initial: c.duration(&format!("{key}.initial"), b.initial.as_ref()),
+        max: c.duration(&format!("{key}.max"), b.max.as_ref()),
+        reset_after: c.duration(&format!("{key}.reset_after"), b.reset_after.as_ref()),
     };
-    if let Some(user) = &keys.user {
-        part.user = parse_user(user.get_ref());
-        if part.user.is_none() {
+    // A zero first delay would let a crashing unit restart in a tight
+    // loop that starves PID 1.
+    if let (Some(d), Some(raw)) = (part.initial, &b.initial)
+        && d.is_zero()
+    {
+        c.error(
+            raw.span(),
+            &format!("{key}.initial"),
+            "the first restart delay must be above zero",
+        );
+        part.initial = None;
+    }
+    Some(part)
+}
+
+pub(super) fn start_limit(
+    c: &mut Checker<'_, '_>,
+    key: &str,
+    value: Option<&Spanned<RawStartLimit>>,
+) -> Option<StartLimit> {
+    let l = value?.get_ref();
+    let burst = match u32::try_from(*l.burst.get_ref()) {
+        Ok(n) if n > 0 => Some(n),
+        _ => {
             c.error(
-                user.span(),
-                "user",
+                l.burst.span(),
+                &format!("{key}.burst"),
                 format!(
-                    "\"{}\" is not UID:GID; write two numbers, as in \"1000:1000\"",
-                    user.get_ref().escape_debug()
+                    "{} is not a number of starts between 1 and {}",
+                    l.burst.get_ref(),
+                    u32::MAX
                 ),
             );
+            None
         }
+    };
+    let interval_key = format!("{key}.interval");
+    let interval = match c.duration(&interval_key, Some(&l.interval)) {
+        Some(d) if d.is_zero() => {
+            c.error(
+                l.interval.span(),
+                &interval_key,
+                "the window must be above zero",
+            );
+            None
+        }
+        other => other,
+    };
+    Some(StartLimit {
+        burst: burst?,
+        interval: interval?,
+    })
+}
+
+/// `memory_max`, zone or guest alike: a size above zero.
+pub(super) fn memory_max(
+    c: &mut Checker<'_, '_>,
+    key: &str,
+    value: Option<&Spanned<Size>>,
+) -> Option<u64> {
+    let bytes = c.size(key, value)?;
+    if bytes == 0 {
+        if let Some(raw) = value {
+            c.error(
+                raw.span(),
+                key,
+                "a unit needs some memory; give a size above zero or leave memory_max out",
+            );
+        }
+        return None;
     }
-    if let Some(list) = &keys.capabilities {
-        let mut caps = Vec::with_capacity(list.len());
-        for cap in list {
-            match names::capability_number(cap.get_ref()) {
-                Some(n) => caps.push(n),
-                None => c.error(
-                    cap.span(),
-                    "capabilities",
-                    format!(
-                        "\"{}\" is not a Linux capability; use names like \"CAP_NET_BIND_SERVICE\" from capabilities(7)",
-                        cap.get_ref().escape_debug()
-                    ),
+    Some(bytes)
+}
+
+/// `cpu_max`, zone or guest alike: a positive number of CPUs.
+pub(super) fn cpu_max(
+    c: &mut Checker<'_, '_>,
+    key: &str,
+    value: Option<&Spanned<f64>>,
+) -> Option<f64> {
+    let cpu = value?;
+    let v = *cpu.get_ref();
+    if v.is_finite() && v > 0.0 {
+        Some(v)
+    } else {
+        c.error(
+            cpu.span(),
+            key,
+            format!("{v} is not a positive number of CPUs; write for instance 0.5 or 2"),
+        );
+        None
+    }
+}
+
+pub(super) fn user(
+    c: &mut Checker<'_, '_>,
+    key: &str,
+    value: Option<&Spanned<String>>,
+) -> Option<(u32, u32)> {
+    let user = value?;
+    let parsed = parse_user(user.get_ref());
+    if parsed.is_none() {
+        c.error(
+            user.span(),
+            key,
+            format!(
+                "\"{}\" is not UID:GID; write two numbers, as in \"1000:1000\"",
+                user.get_ref().escape_debug()
+            ),
+        );
+    }
+    parsed
+}
+
+/// The capabilities named, sorted, each once; a bad name is reported and
+/// left out.
+pub(super) fn capabilities(
+    c: &mut Checker<'_, '_>,
+    key: &str,
+    value: Option<&Vec<Spanned<String>>>,
+) -> Option<Vec<u8>> {
+    let list = value?;
+    let mut caps = Vec::with_capacity(list.len());
+    for cap in list {
+        match names::capability_number(cap.get_ref()) {
+            Some(n) => caps.push(n),
+            None => c.error(
+                cap.span(),
+                key,
+                format!(
+                    "\"{}\" is not a Linux capability; use names like \"CAP_NET_BIND_SERVICE\" from capabilities(7)",
+                    cap.get_ref().escape_debug()
                 ),
-            }
+            ),
         }
-        caps.sort_unstable();
-        caps.dedup();
-        part.capabilities = Some(caps);
     }
-    for (name, limit) in keys.rlimits.iter().flatten() {
-        let key = format!("rlimits.{name}");
+    caps.sort_unstable();
+    caps.dedup();
+    Some(caps)
+}
+
+/// The limits given; a bad entry is reported and left out.
+pub(super) fn rlimits(
+    c: &mut Checker<'_, '_>,
+    key: &str,
+    value: Option<&BTreeMap<String, Spanned<Limit>>>,
+) -> Option<BTreeMap<Resource, u64>> {
+    let mut rlimits = BTreeMap::new();
+    for (name, limit) in value? {
+        let key = format!("{key}.{name}");
         let Some(resource) = names::rlimit(name) else {
             // The key check reports unknown names first; this is for a
             // table that reached here some other way.
@@ -721,7 +744,7 @@ fn zone_part(c: &mut Checker<'_, '_>, keys: &RawZoneShared) -> ZonePart {
         };
         match value {
             Some(v) => {
-                part.rlimits.insert(resource, v);
+                rlimits.insert(resource, v);
             }
             None => c.error(
                 limit.span(),
@@ -730,55 +753,89 @@ fn zone_part(c: &mut Checker<'_, '_>, keys: &RawZoneShared) -> ZonePart {
             ),
         }
     }
-    if let Some(sig) = &keys.stop_signal {
-        part.stop_signal = names::signal_number(sig.get_ref());
-        if let Some(n) = part.stop_signal
-            && [
-                libc::SIGSTOP,
-                libc::SIGCONT,
-                libc::SIGTSTP,
-                libc::SIGTTIN,
-                libc::SIGTTOU,
-            ]
-            .contains(&n)
-        {
-            part.stop_signal = None;
-            c.error(
-                sig.span(),
-                "stop_signal",
-                format!(
-                    "\"{}\" pauses or resumes a process instead of ending it, so every stop would wait for stop_timeout and kill; use SIGTERM, SIGINT, SIGQUIT or the signal the program shuts down on",
-                    sig.get_ref().escape_debug()
-                ),
-            );
-        } else if part.stop_signal.is_none() {
-            c.error(
-                sig.span(),
-                "stop_signal",
-                format!(
-                    "\"{}\" is not a signal name; use one of: {}",
-                    sig.get_ref().escape_debug(),
-                    names::signal_names()
-                ),
-            );
-        }
+    Some(rlimits)
+}
+
+pub(super) fn stop_signal(
+    c: &mut Checker<'_, '_>,
+    key: &str,
+    value: Option<&Spanned<String>>,
+) -> Option<i32> {
+    let sig = value?;
+    let Some(n) = names::signal_number(sig.get_ref()) else {
+        c.error(
+            sig.span(),
+            key,
+            format!(
+                "\"{}\" is not a signal name; use one of: {}",
+                sig.get_ref().escape_debug(),
+                names::signal_names()
+            ),
+        );
+        return None;
+    };
+    let pauses = [
+        libc::SIGSTOP,
+        libc::SIGCONT,
+        libc::SIGTSTP,
+        libc::SIGTTIN,
+        libc::SIGTTOU,
+    ];
+    if pauses.contains(&n) {
+        c.error(
+            sig.span(),
+            key,
+            format!(
+                "\"{}\" pauses or resumes a process instead of ending it, so every stop would wait for stop_timeout and kill; use SIGTERM, SIGINT, SIGQUIT or the signal the program shuts down on",
+                sig.get_ref().escape_debug()
+            ),
+        );
+        return None;
     }
-    for (name, value) in keys.env.iter().flatten() {
+    Some(n)
+}
+
+/// The variables given; a bad one is reported and left out.
+pub(super) fn env(
+    c: &mut Checker<'_, '_>,
+    key: &str,
+    value: Option<&BTreeMap<String, Spanned<String>>>,
+) -> Option<BTreeMap<String, String>> {
+    let mut env = BTreeMap::new();
+    for (name, value) in value? {
         if name.is_empty() || name.contains(['=', '\0']) {
             c.error(
                 value.span(),
-                "env",
+                key,
                 format!(
                     "\"{}\" is not an environment variable name; it must be non-empty, without '=' or NUL",
                     name.escape_debug()
                 ),
             );
-        } else if let Some(v) = c.exec_string("env", value, name.len() + 1 + value.get_ref().len())
-        {
-            part.env.insert(name.clone(), v);
+        } else if let Some(v) = c.exec_string(key, value, name.len() + 1 + value.get_ref().len()) {
+            env.insert(name.clone(), v);
         }
     }
-    part
+    Some(env)
+}
+
+/// A zone's `ready`, its own or from `[defaults]` (a guest's has no
+/// default).
+pub(super) fn zone_ready(
+    c: &mut Checker<'_, '_>,
+    _key: &str,
+    value: Option<&Spanned<RawReady>>,
+) -> Option<super::Ready> {
+    ready::ready(c, value?, For::Zone)
+}
+
+/// A zone's `health`, its own or from `[defaults]`.
+pub(super) fn zone_health(
+    c: &mut Checker<'_, '_>,
+    _key: &str,
+    value: Option<&Spanned<RawHealth>>,
+) -> Option<super::Health> {
+    ready::health(c, value?, For::Zone)
 }
 
 fn parse_user(text: &str) -> Option<(u32, u32)> {
@@ -794,37 +851,53 @@ fn parse_user(text: &str) -> Option<(u32, u32)> {
     Some((parse(uid)?, parse(gid)?))
 }
 
-fn guest_part(c: &mut Checker<'_, '_>, keys: &RawGuestShared) -> GuestPart {
-    let mut part = GuestPart {
-        memory: c.size("memory", keys.memory.as_ref()),
-        on_reboot: c.choice(
-            "on_reboot",
-            keys.on_reboot.as_ref(),
-            &[("restart", OnReboot::Restart), ("stop", OnReboot::Stop)],
-        ),
-        ..GuestPart::default()
-    };
-    // The monitor's own limits (`vmm::limits`), so a guest that passes
-    // here is one the monitor accepts.
-    if let (Some(bytes), Some(raw)) = (part.memory, &keys.memory)
-        && let Err(e) = limits::check_memory(bytes)
-    {
-        c.error(raw.span(), "memory", e);
-        part.memory = None;
-    }
-    if let Some(vcpus) = &keys.vcpus {
-        match limits::check_vcpus(*vcpus.get_ref()) {
-            Ok(n) => part.vcpus = Some(u32::from(n)),
-            Err(e) => c.error(vcpus.span(), "vcpus", e),
-        }
-    }
-    if let Some(cmdline) = &keys.cmdline {
-        match limits::check_cmdline(cmdline.get_ref()) {
-            Ok(()) => part.cmdline = c.no_nul("cmdline", cmdline),
-            Err(e) => c.error(cmdline.span(), "cmdline", e),
-        }
-    }
-    part
+// A guest's memory, vCPUs and command line are checked against the
+// monitor's own limits (`vmm::limits`), so a guest that passes here is
+// one the monitor accepts.
+
+pub(super) fn guest_memory(
+    c: &mut Checker<'_, '_>,
+    key: &str,
+    value: Option<&Spanned<Size>>,
+) -> Option<u64> {
+    let bytes = c.size(key, value)?;
+    c.reported(value?.span(), key, limits::check_memory(bytes))
+}
+
+pub(super) fn vcpus(
+    c: &mut Checker<'_, '_>,
+    key: &str,
+    value: Option<&Spanned<i64>>,
+) -> Option<u32> {
+    let vcpus = value?;
+    c.reported(vcpus.span(), key, limits::check_vcpus(*vcpus.get_ref()))
+        .map(u32::from)
+}
+
+pub(super) fn cmdline(
+    c: &mut Checker<'_, '_>,
+    key: &str,
+    value: Option<&Spanned<String>>,
+) -> Option<String> {
+    let cmdline = value?;
+    c.reported(
+        cmdline.span(),
+        key,
+        limits::check_cmdline(cmdline.get_ref()),
+    )?;
+    c.no_nul(key, cmdline)
+}
+
+pub(super) fn on_reboot(
+    c: &mut Checker<'_, '_>,
+    key: &str,
+    value: Option<&Spanned<String>>,
+) -> Option<OnReboot> {
+    c.choice(
+        key,
+        value,
+        &[("restart", OnReboot::Restart), ("stop", OnReboot::Stop)],
+    )
 }
 
 fn unit(
@@ -834,10 +907,10 @@ fn unit(
     rep: &mut Reporter<'_>,
 ) -> Option<Unit> {
     let mut c = Checker::new(rep, label(raw));
-    let common = common_part(&mut c, &raw.common).or(&defaults.common);
+    let common = CommonPart::check(&mut c, &raw.common).or(&defaults.common);
     let (kind, ready, health) = match &raw.kind {
         RawUnitKind::Zone(z, shared) => {
-            let part = zone_part(&mut c, shared).or(&defaults.zone);
+            let part = ZonePart::check(&mut c, shared).or(&defaults.zone);
             let (ready, health) = (part.ready.clone(), part.health.clone());
             let zone = zone(&mut c, raw, z, shared, part, networks);
             (zone.map(UnitKind::Zone), ready, health)
@@ -853,7 +926,7 @@ fn unit(
                 .health
                 .as_ref()
                 .and_then(|h| ready::health(&mut c, h, For::Guest));
-            let part = guest_part(&mut c, shared).or(&defaults.guest);
+            let part = GuestPart::check(&mut c, shared).or(&defaults.guest);
             let guest = guest(&mut c, raw, g, part, networks);
             (guest.map(UnitKind::Guest), ready, health)
         }
@@ -864,23 +937,11 @@ fn unit(
             after.push(entry.get_ref().clone());
         }
     }
-    let common = super::Common {
-        restart: common.restart.unwrap_or(RestartPolicy::OnFailure),
-        backoff: {
-            let builtin = super::Backoff::default();
-            Backoff {
-                initial: common.backoff_initial.unwrap_or(builtin.initial),
-                max: common.backoff_max.unwrap_or(builtin.max),
-                reset_after: common.backoff_reset_after.unwrap_or(builtin.reset_after),
-            }
-        },
-        start_limit: common.start_limit,
+    let common = common.build(CommonOwn {
         after,
-        stop_timeout: common.stop_timeout.unwrap_or(Duration::from_secs(10)),
-        autostart: common.autostart.unwrap_or(true),
         ready,
         health,
-    };
+    });
     let kind = kind?;
     c.ok.then(|| Unit {
         name: raw.name.get_ref().clone(),
@@ -1033,27 +1094,17 @@ fn zone(
             "a port forward needs the zone on a [network.X]; set network = \"NAME\"",
         );
     }
-    Some(Zone {
+    Some(part.build(ZoneOwn {
         root: root?,
         template,
         template_mode: template_mode.unwrap_or(TemplateMode::Overlay),
         command: command?,
         hostname: hostname?,
-        env: part.env,
         workdir: workdir?,
-        user: part.user.unwrap_or((0, 0)),
-        capabilities: part
-            .capabilities
-            .unwrap_or_else(|| names::DEFAULT_CAPABILITIES.to_vec()),
         mounts,
         network: network?,
         ports,
-        memory_max: part.memory_max,
-        cpu_max: part.cpu_max,
-        pids_max: part.pids_max,
-        rlimits: part.rlimits,
-        stop_signal: part.stop_signal.unwrap_or(libc::SIGTERM),
-    })
+    }))
 }
 
 /// A guest from its own keys and its settings, merged with `[defaults]`.
@@ -1092,8 +1143,7 @@ fn guest(
             });
         }
     }
-    let memory = part.memory.unwrap_or(limits::DEFAULT_MEMORY);
-    let vcpus = part.vcpus.unwrap_or(1);
+    let vcpus = part.vcpus.unwrap_or(limits::DEFAULT_VCPUS);
     let cgroup = c.cgroup_limits(
         g.memory_max.as_ref(),
         g.cpu_max.as_ref(),
@@ -1177,20 +1227,16 @@ fn guest(
             );
         }
     }
-    Some(Guest {
+    Some(part.build(GuestOwn {
         kernel: kernel?,
         initrd,
-        cmdline: part.cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.to_owned()),
-        memory,
-        vcpus,
         disks,
-        on_reboot: part.on_reboot.unwrap_or(OnReboot::Restart),
         memory_max: cgroup.memory_max,
         cpu_max: cgroup.cpu_max,
         pids_max: cgroup.pids_max,
         nics,
         ports,
-    })
+    }))
 }
 
 /// A zone's `network` (its own or, with `from_defaults`, from

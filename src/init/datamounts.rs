@@ -675,13 +675,8 @@ mod tests {
             name: name.into(),
             common: Common {
                 restart: crate::config::RestartPolicy::Never,
-                backoff: crate::config::Backoff::default(),
-                start_limit: None,
-                after: vec![],
                 stop_timeout: Duration::from_secs(1),
-                autostart: true,
-                ready: None,
-                health: None,
+                ..Common::example()
             },
             kind,
         }

@@ -23,6 +23,8 @@ pub const DEFAULT_MEMORY: u64 = 128 << 20;
 /// Most vCPUs: APIC ids 0 to 253 (the xAPIC id space less 255, the
 /// broadcast id, and the IOAPIC's own id 254 in the MADT).
 pub const MAX_VCPUS: u8 = 254;
+/// vCPUs when none are given.
+pub const DEFAULT_VCPUS: u32 = 1;
 /// Most virtio devices (disks and network interfaces together): one
 /// interrupt line each, GSI 16 to 23, the IOAPIC pins above the ISA range.
 pub const MAX_VIRTIO_DEVICES: usize = 8;
