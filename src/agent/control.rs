@@ -17,8 +17,10 @@ use mio::net::{UnixListener, UnixStream};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use serde_json::json;
 
+use super::events::Events;
 use super::{Agent, Error, LISTENER, Mode, ShutdownAction, Source, claim};
 use crate::config::UnitKind;
+use crate::control::event::Event;
 use crate::control::proto::{self, Request, UnitRow};
 use crate::supervisor::{Input, State, StopOutcome, Supervisor, Want};
 use crate::sys;
@@ -38,8 +40,8 @@ pub(super) struct Server {
     listener: Option<UnixListener>,
     /// The hold on the socket's path; dropped last, it removes the socket.
     claim: Option<claim::Claim>,
-    /// Open connections by id (`events.rs` checks a subscriber's).
-    pub(super) conns: HashMap<usize, Conn>,
+    /// Open connections by id.
+    conns: HashMap<usize, Conn>,
     /// `stop` requests waiting for their unit: (connection, unit).
     stop_waiters: Vec<(usize, String)>,
     /// `start` and `restart` requests waiting for their unit to be ready.
@@ -49,7 +51,7 @@ pub(super) struct Server {
     /// When to try `accept` again after it failed for want of fds.
     accept_retry: Option<Instant>,
     /// The event stream: its history and subscribers.
-    pub(super) events: super::events::Events,
+    events: Events,
 }
 
 impl Server {
@@ -98,7 +100,7 @@ impl Server {
     fn forget_waits(&mut self, id: usize) {
         self.stop_waiters.retain(|(c, _)| *c != id);
         self.start_waiters.retain(|(c, _)| *c != id);
-        self.events.subscribers.retain(|c| *c != id);
+        self.events.unsubscribe(id);
     }
 
     /// Writes this agent's record into the socket's claim, once the
@@ -114,7 +116,7 @@ impl Server {
     fn owes_later(&self, id: usize) -> bool {
         self.stop_waiters.iter().any(|(c, _)| *c == id)
             || self.start_waiters.iter().any(|(c, _)| *c == id)
-            || self.events.subscribers.contains(&id)
+            || self.events.is_subscribed(id)
     }
 
     /// Connections with requests left over from the last wake-up; the
@@ -142,6 +144,52 @@ impl Server {
         due
     }
 
+    /// The fds connection `id` passed for its next request (none if it
+    /// is gone).
+    pub(super) fn take_fds(&mut self, id: usize) -> Vec<OwnedFd> {
+        self.conns
+            .get_mut(&id)
+            .map(|c| c.fds.take())
+            .unwrap_or_default()
+    }
+
+    // The event stream (`events.rs`) through the server that holds its
+    // subscribers' connections.
+
+    /// The events of the engine's state changes since the last call.
+    pub(super) fn event_changes(
+        &mut self,
+        sup: &Supervisor,
+        now: Instant,
+        ts_ms: u64,
+    ) -> Vec<Event> {
+        self.events.changes(sup, now, ts_ms)
+    }
+
+    /// An `oom` event when `unit`'s OOM kill count grew since last seen.
+    pub(super) fn oom_event(&mut self, unit: &str, kills: u64, ts_ms: u64) -> Option<Event> {
+        self.events.oom(unit, kills, ts_ms)
+    }
+
+    /// Keeps `e` in the history; returns the connections to send it to.
+    pub(super) fn publish(&mut self, e: Event) -> Vec<usize> {
+        self.events.record(e);
+        self.events.subscribers().to_vec()
+    }
+
+    /// The kept events from `from_ms` on, oldest first.
+    pub(super) fn events_since(&self, from_ms: u64) -> impl Iterator<Item = &Event> {
+        self.events.since(from_ms)
+    }
+
+    /// Makes connection `id` a subscriber, unless it is gone (sending it
+    /// the history may have dropped it).
+    pub(super) fn subscribe(&mut self, id: usize) {
+        if self.conns.contains_key(&id) {
+            self.events.subscribe(id);
+        }
+    }
+
     /// Takes the `stop` requests whose unit came to rest, or that a later
     /// start or restart superseded, with the reply each gets.
     fn settled_stops(&mut self, sup: &Supervisor) -> Vec<(usize, Vec<u8>)> {
@@ -163,7 +211,7 @@ impl Server {
     }
 }
 
-pub(super) struct Conn {
+struct Conn {
     stream: UnixStream,
     token: mio::Token,
     rbuf: Vec<u8>,
@@ -178,7 +226,7 @@ pub(super) struct Conn {
     peer_pid: i32,
     writable_registered: bool,
     /// fds passed with SCM_RIGHTS, for the next request.
-    pub(super) fds: PassedFds,
+    fds: PassedFds,
 }
 
 /// fds that `exec` takes: stdin, stdout, stderr.
@@ -273,7 +321,7 @@ impl Conn {
 
 /// The fds a client passed for its next request.
 #[derive(Default)]
-pub(super) struct PassedFds {
+struct PassedFds {
     fds: Vec<OwnedFd>,
     /// More fds arrived than any request takes (they were closed): how
     /// many. The next request is refused.
@@ -321,7 +369,7 @@ impl PassedFds {
     }
 
     /// The fds for the request being carried out.
-    pub(super) fn take(&mut self) -> Vec<OwnedFd> {
+    fn take(&mut self) -> Vec<OwnedFd> {
         std::mem::take(&mut self.fds)
     }
 }
@@ -820,10 +868,10 @@ pub(super) mod tests {
         assert!(String::from_utf8_lossy(&done[0].1).contains(r#""state":"stopped""#));
     }
 
-    #[test]
-    fn a_client_past_its_queue_bound_gets_one_drop_notice_and_nothing_more() {
-        let (stream, _peer) = UnixStream::pair().unwrap();
-        let mut conn = Conn {
+    /// A connection with nothing read or queued, and its peer.
+    fn conn() -> (Conn, UnixStream) {
+        let (stream, peer) = UnixStream::pair().unwrap();
+        let conn = Conn {
             stream,
             token: mio::Token(9),
             rbuf: Vec::new(),
@@ -835,6 +883,29 @@ pub(super) mod tests {
             writable_registered: false,
             fds: PassedFds::default(),
         };
+        (conn, peer)
+    }
+
+    #[test]
+    fn events_go_to_open_subscribers_until_they_are_forgotten() {
+        let mut server = Server::default();
+        let (open, _peer) = conn();
+        server.conns.insert(1, open);
+        // Connection 2 was dropped while it was sent the history.
+        server.subscribe(1);
+        server.subscribe(2);
+        let event = || Event::new(0, "running", Some("a"));
+        assert_eq!(server.publish(event()), [1]);
+        assert!(server.owes_later(1));
+        server.forget_waits(1);
+        assert!(server.publish(event()).is_empty());
+        assert!(!server.owes_later(1));
+        assert_eq!(server.events_since(0).count(), 2, "both kept");
+    }
+
+    #[test]
+    fn a_client_past_its_queue_bound_gets_one_drop_notice_and_nothing_more() {
+        let (mut conn, _peer) = conn();
         let line = vec![b'x'; 1000];
         let mut queued = 0;
         while conn.queue(&line) {

@@ -27,7 +27,7 @@ pub(super) const HISTORY: usize = 1000;
 pub(super) struct Events {
     history: VecDeque<Event>,
     /// Connections streaming events.
-    pub(super) subscribers: Vec<usize>,
+    subscribers: Vec<usize>,
     /// Each unit's state as last reported.
     seen: HashMap<String, State>,
     /// Each unit's health as last reported (absent: none).
@@ -125,6 +125,25 @@ impl Events {
     pub(super) fn since(&self, from_ms: u64) -> impl Iterator<Item = &Event> {
         self.history.iter().filter(move |e| e.ts_ms >= from_ms)
     }
+
+    /// Connection `id` streams events from now on.
+    pub(super) fn subscribe(&mut self, id: usize) {
+        self.subscribers.push(id);
+    }
+
+    /// Connection `id` streams events no more.
+    pub(super) fn unsubscribe(&mut self, id: usize) {
+        self.subscribers.retain(|c| *c != id);
+    }
+
+    pub(super) fn is_subscribed(&self, id: usize) -> bool {
+        self.subscribers.contains(&id)
+    }
+
+    /// The connections streaming events.
+    pub(super) fn subscribers(&self) -> &[usize] {
+        &self.subscribers
+    }
 }
 
 /// The wall clock in milliseconds since the epoch (0 before it).
@@ -139,8 +158,7 @@ impl Agent {
     pub(super) fn note_changes(&mut self) {
         let events = self
             .control
-            .events
-            .changes(&self.sup, Instant::now(), now_ms());
+            .event_changes(&self.sup, Instant::now(), now_ms());
         for e in events {
             self.emit(e);
         }
@@ -155,7 +173,7 @@ impl Agent {
         self.emit(e);
         self.metrics.count_end(unit, end);
         let kills = self.cgroups.oom_kills(unit);
-        if let Some(e) = self.control.events.oom(unit, kills, ts) {
+        if let Some(e) = self.control.oom_event(unit, kills, ts) {
             self.emit(e);
         }
     }
@@ -170,8 +188,7 @@ impl Agent {
     /// Keeps `e` and sends it to every subscriber.
     fn emit(&mut self, e: Event) {
         let line = proto::ok(json!({ "event": &e }));
-        self.control.events.record(e);
-        for id in self.control.events.subscribers.clone() {
+        for id in self.control.publish(e) {
             self.send(id, &line);
             self.flush(id);
         }
@@ -183,7 +200,7 @@ impl Agent {
         let mut lines = Vec::new();
         if let Some(since) = since_ms {
             let from = now_ms().saturating_sub(since);
-            for e in self.control.events.since(from) {
+            for e in self.control.events_since(from) {
                 lines.push(proto::ok(json!({ "event": e })));
             }
         }
@@ -192,9 +209,7 @@ impl Agent {
             self.send(id, &line);
         }
         self.flush(id);
-        if self.control.conns.contains_key(&id) {
-            self.control.events.subscribers.push(id);
-        }
+        self.control.subscribe(id);
     }
 }
 

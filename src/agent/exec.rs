@@ -34,12 +34,7 @@ impl Agent {
             self.send(id, &proto::error("exec needs a command: argv is empty"));
             return;
         }
-        let fds = self
-            .control
-            .conns
-            .get_mut(&id)
-            .map(|c| c.fds.take())
-            .unwrap_or_default();
+        let fds = self.control.take_fds(id);
         let io = match tty {
             None => match <[OwnedFd; 3]>::try_from(fds) {
                 Ok(stdio) => exec::Io::Stdio(stdio),
