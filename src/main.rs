@@ -9,9 +9,6 @@ use zonit::agent::{self, Agent, Mode, ShutdownAction};
 use zonit::{cli, config};
 
 fn main() -> ExitCode {
-    // A zone's init, executed again to shed the agent's memory, is nothing
-    // else: it must not parse, allocate or set up anything of the rest.
-    zonit::zone::init::run_if_reexecuted();
     // zonit's first instruction as PID 1, as near as Rust allows: the boot
     // time benchmark (BENCHMARKS.md) is measured from here.
     let t0 = zonit::sys::kernel::monotonic_ns();

@@ -9,6 +9,7 @@
 
 use std::io;
 
+pub mod bare;
 pub mod caps;
 pub mod fd;
 pub mod kernel;

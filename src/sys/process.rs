@@ -320,38 +320,6 @@ pub fn execveat(exe: BorrowedFd<'_>, argv: &[*const c_char], envp: &[*const c_ch
     io::Error::last_os_error()
 }
 
-unsafe extern "C" {
-    /// glibc's copy of `argv[0]`, set before `main`.
-    static program_invocation_name: *const c_char;
-}
-
-/// `argv[0]` of this process, read in place (no allocation).
-pub fn program_name() -> &'static CStr {
-    // SAFETY: glibc sets the pointer to argv[0] (a C string that lives as
-    // long as the process) before any Rust code runs, and nothing in zonit
-    // writes it.
-    let p = unsafe { program_invocation_name };
-    if p.is_null() {
-        return c"";
-    }
-    // SAFETY: non-null, NUL-terminated, never freed (see above).
-    unsafe { CStr::from_ptr(p) }
-}
-
-/// The value of the environment variable `name`, read in place (no
-/// allocation). Meant for the start of `main`, before anything could
-/// change the environment.
-pub fn env_var(name: &CStr) -> Option<&'static CStr> {
-    // SAFETY: getenv reads the environment; zonit never calls setenv or
-    // putenv, so the returned string stays valid and unchanged.
-    let p = unsafe { libc::getenv(name.as_ptr()) };
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: non-null, NUL-terminated, part of the environment block.
-    Some(unsafe { CStr::from_ptr(p) })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

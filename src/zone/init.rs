@@ -11,22 +11,24 @@
 //! each zone costs. It is born a copy of the agent (a clone holding the
 //! prepared start), forks the command's process from that copy, and then
 //! executes zonit's own file again as `zonit-init NAME`: the fresh image
-//! shares nothing with the agent's heap, and [`run_if_reexecuted`], at the
-//! very start of `main`, makes it the reaper before anything else of zonit
-//! runs or allocates. Messages are built on the stack.
+//! shares nothing with the agent's heap, and zonit's entry point hands it
+//! to [`bare_init`] before the C library or anything else of zonit starts:
+//! the reaper runs on system calls alone ([`sys::bare`]), with its
+//! messages built on the stack. The same reaper serves the init that could
+//! not execute zonit again and the `ctl exec` helpers.
 
-use std::ffi::{CStr, CString};
-use std::io::{self, Read};
+use std::ffi::CString;
+use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
-use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::sys::signal::Signal;
 use nix::unistd::{ForkResult, Pid};
 
 use super::command;
-use super::protocol::{self, MAX_MESSAGE, Message};
+use super::protocol::{MAX_MESSAGE, Message};
 use super::start::{INIT_NAME, Notify, Prepared};
-use crate::sys;
+use crate::sys::{self, bare};
 
 /// Sends `msg` to the agent; nothing to do if the agent is gone.
 pub(super) fn report(channel: &OwnedFd, msg: &Message) {
@@ -119,8 +121,8 @@ pub(super) fn zone_init(
 }
 
 /// The environment variable that hands the re-executed init its fds and
-/// the command's PID ([`Handover`]).
-const HANDOVER_VAR: &CStr = c"ZONIT_INIT";
+/// the command's PID ([`Handover`]), with the `=` that ends its name.
+const HANDOVER_PREFIX: &str = "ZONIT_INIT=";
 
 /// What the init hands to its re-executed self:
 /// `CHANNEL,EXEC_PIPE,SETTLED,PID`.
@@ -140,12 +142,8 @@ impl Handover {
     /// `NAME=VALUE` for the environment.
     fn encode(&self) -> String {
         format!(
-            "{}={},{},{},{}",
-            HANDOVER_VAR.to_string_lossy(),
-            self.channel,
-            self.exec_pipe,
-            self.settled,
-            self.command
+            "{}{},{},{},{}",
+            HANDOVER_PREFIX, self.channel, self.exec_pipe, self.settled, self.command
         )
     }
 
@@ -212,92 +210,110 @@ fn reexec(
     sys::process::execveat(exe, &argv, &envp)
 }
 
-/// At the very start of `main`: if this process is a zone's init that
-/// [`zone_init`] executed again, be that init and never return; otherwise
-/// return at once. Allocates nothing, so the init's own memory is its
-/// stack and the few pages the C and Rust start-up wrote.
-pub fn run_if_reexecuted() {
-    if sys::process::program_name() != INIT_NAME {
+/// Called from zonit's entry point ([`sys::bare`]) before the C library
+/// starts: if this process is a zone's init that [`zone_init`] executed
+/// again, be that init and never return; otherwise return at once. Runs
+/// on system calls alone (see [`sys::bare`] for what that rules out), so
+/// the init's own memory is its stack and the few data pages it writes.
+pub fn bare_init(args: bare::Args) {
+    let named = args
+        .arg(0)
+        .and_then(|a| bare::strip_prefix(a, INIT_NAME.to_bytes()))
+        .is_some_and(<[u8]>::is_empty);
+    if !named {
         return;
     }
-    let Some(h) = sys::process::env_var(HANDOVER_VAR).and_then(|v| Handover::decode(v.to_bytes()))
+    let Some(h) = args
+        .env(HANDOVER_PREFIX.as_bytes())
+        .and_then(Handover::decode)
     else {
         return;
     };
     // The exec made the process dumpable again: first thing, undo that.
-    let _ = nix::sys::prctl::set_dumpable(false);
+    bare::prctl(libc::PR_SET_DUMPABLE, 0);
     // Executed through an fd, comm would be the fd's number.
-    let _ = nix::sys::prctl::set_name(INIT_NAME);
+    bare::prctl(libc::PR_SET_NAME, INIT_NAME.as_ptr() as usize);
     // Kept across this exec (no set-uid, no new capabilities); set again
     // in case a kernel cleared it.
-    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-    let (Ok(channel), Ok(rx), Ok(settled)) = (
-        sys::fd::take_inherited_fd(h.channel),
-        sys::fd::take_inherited_fd(h.exec_pipe),
-        sys::fd::take_inherited_fd(h.settled),
-    ) else {
+    bare::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as usize);
+    let inherited = [h.channel, h.exec_pipe, h.settled];
+    if inherited.iter().any(|&fd| bare::set_cloexec(fd) < 0) {
         // Nothing to report on: the agent sees the init end without a word.
-        sys::process::exit_now(126)
-    };
+        bare::exit(126)
+    }
     // Non-dumpable again: the command may run.
-    drop(settled);
-    report_exec(rx, &channel);
-    reap_forever(Pid::from_raw(h.command), &channel)
+    bare::close(h.settled);
+    relay_exec(h.exec_pipe, h.channel);
+    bare::close(h.exec_pipe);
+    reap(h.command, h.channel)
+}
+
+/// Waits on the command's exec pipe and reports to the agent (see
+/// [`relay_exec`]).
+pub(super) fn report_exec(rx: OwnedFd, channel: &OwnedFd) {
+    relay_exec(rx.as_raw_fd(), channel.as_raw_fd());
+}
+
+/// Waits for signals: forwards each to `cmd`, and on SIGCHLD reaps every
+/// child; when `cmd` ends, reports its status and exits with it (see
+/// [`reap`]).
+pub(super) fn reap_forever(cmd: Pid, channel: &OwnedFd) -> ! {
+    reap(cmd.as_raw(), channel.as_raw_fd())
 }
 
 /// Waits on the command's exec pipe and reports to the agent: EOF without
 /// data means the exec succeeded (the pipe is close-on-exec), `Ready`;
 /// anything written is the message saying why it failed, relayed as it
-/// came. Reads into the stack: the caller lives on, and heap pages it
-/// writes stop being shared with the agent.
-pub(super) fn report_exec(rx: OwnedFd, channel: &OwnedFd) {
-    let mut msg = [0u8; MAX_MESSAGE];
-    let mut len = 0;
-    let mut rx = std::fs::File::from(rx);
-    while len < msg.len() {
-        match rx.read(&mut msg[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
-    if len == 0 {
-        report(channel, &Message::Ready);
+/// came. On system calls alone, into a buffer on the stack that nothing
+/// zeroes.
+fn relay_exec(rx: RawFd, channel: RawFd) {
+    let mut space = MaybeUninit::<[u8; MAX_MESSAGE]>::uninit();
+    let msg = bare::read_to_end(rx, bare::uninit_bytes(&mut space));
+    if msg.is_empty() {
+        let mut ready = MaybeUninit::<[u8; 8]>::uninit();
+        bare::send(
+            channel,
+            Message::Ready.encode_bare(bare::uninit_bytes(&mut ready)),
+        );
     } else {
-        let _ = protocol::send_raw(channel.as_fd(), &msg[..len]);
+        bare::send(channel, msg);
     }
 }
 
-/// Waits for signals: forwards each to `cmd`, and on SIGCHLD reaps every
-/// child; when `cmd` ends, reports its status and exits with it.
-pub(super) fn reap_forever(cmd: Pid, channel: &OwnedFd) -> ! {
-    let all = sys::signal::full_sigset();
+/// The reaper's loop, on system calls alone: waits for signals, forwards
+/// every standard one but SIGCHLD to `cmd`; on SIGCHLD reaps every child,
+/// and when `cmd` ends, reports how to the agent and exits with its
+/// status (128 + the signal for a killed command).
+fn reap(cmd: i32, channel: RawFd) -> ! {
     loop {
-        let sig = match sys::signal::sigwait(&all) {
-            Ok(s) => s,
-            Err(_) => continue,
-        };
-        if sig != libc::SIGCHLD {
+        let sig = bare::wait_any_signal();
+        if sig != libc::SIGCHLD as isize {
             // Forward everything else to the command; it may be gone.
-            if let Ok(s) = Signal::try_from(sig) {
-                let _ = kill(cmd, s);
+            if (1..32).contains(&sig) {
+                bare::kill(cmd, sig as i32);
             }
             continue;
         }
         loop {
-            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) if pid == cmd => {
-                    report(channel, &Message::Exited(code));
-                    sys::process::exit_now(code);
-                }
-                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == cmd => {
-                    report(channel, &Message::Signaled(sig as i32));
-                    sys::process::exit_now(128 + sig as i32);
-                }
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(_) => {}
+            let (pid, status) = bare::reap_one();
+            if pid <= 0 {
+                break;
             }
+            if pid != cmd as isize {
+                continue;
+            }
+            let (msg, code) = if libc::WIFEXITED(status) {
+                let code = libc::WEXITSTATUS(status);
+                (Message::Exited(code), code)
+            } else if libc::WIFSIGNALED(status) {
+                let sig = libc::WTERMSIG(status);
+                (Message::Signaled(sig), 128 + sig)
+            } else {
+                continue;
+            };
+            let mut space = MaybeUninit::<[u8; 24]>::uninit();
+            bare::send(channel, msg.encode_bare(bare::uninit_bytes(&mut space)));
+            bare::exit(code);
         }
     }
 }

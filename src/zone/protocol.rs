@@ -19,11 +19,19 @@
 //! status, into the start's [`Outcome`].
 
 use std::io::{self, Write};
+use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::sys::wait::WaitStatus;
 
 use crate::supervisor::End;
+use crate::sys::bare;
+
+/// The words of the messages a zone's init sends once it runs without the
+/// C library ([`Message::encode_bare`]).
+const READY: &str = "ready";
+const EXIT: &str = "exit";
+const SIGNAL: &str = "signal";
 
 /// Longest message, in bytes; longer messages are cut (at a character
 /// boundary).
@@ -65,14 +73,28 @@ impl Message {
         // Writing to `Cut` never fails: what does not fit is dropped.
         let _ = match self {
             Message::Go => write!(w, "go"),
-            Message::Ready => write!(w, "ready"),
+            Message::Ready => write!(w, "{READY}"),
             Message::SetupFailed(m) => write!(w, "setup-failed {m}"),
             Message::StartFailed(m) => write!(w, "start-failed {m}"),
             Message::ExecFailed { errno, message } => write!(w, "exec-failed {errno} {message}"),
-            Message::Exited(c) => write!(w, "exit {c}"),
-            Message::Signaled(s) => write!(w, "signal {s}"),
+            Message::Exited(c) => write!(w, "{EXIT} {c}"),
+            Message::Signaled(s) => write!(w, "{SIGNAL} {s}"),
         };
         w.len
+    }
+
+    /// Encodes `Ready`, `Exited` or `Signaled` byte by byte into `buf`,
+    /// the way a zone's init must before the C library is set up
+    /// ([`crate::sys::bare`]); any other message comes out empty.
+    pub fn encode_bare<'a>(&self, buf: &'a mut [MaybeUninit<u8>]) -> &'a [u8] {
+        let mut w = bare::Writer::new(buf);
+        match self {
+            Message::Ready => w.bytes(READY.as_bytes()),
+            Message::Exited(c) => w.bytes(EXIT.as_bytes()).byte(b' ').decimal(*c),
+            Message::Signaled(s) => w.bytes(SIGNAL.as_bytes()).byte(b' ').decimal(*s),
+            _ => &mut w,
+        };
+        w.into_bytes()
     }
 
     /// Decodes one datagram.
@@ -83,7 +105,7 @@ impl Message {
         let int = |s: &str| s.parse::<i32>().map_err(|_| bad());
         Ok(match word {
             "go" if rest.is_empty() => Message::Go,
-            "ready" if rest.is_empty() => Message::Ready,
+            READY if rest.is_empty() => Message::Ready,
             "setup-failed" => Message::SetupFailed(rest.to_string()),
             "start-failed" => Message::StartFailed(rest.to_string()),
             "exec-failed" => {
@@ -93,8 +115,8 @@ impl Message {
                     message: message.to_string(),
                 }
             }
-            "exit" => Message::Exited(int(rest)?),
-            "signal" => Message::Signaled(int(rest)?),
+            EXIT => Message::Exited(int(rest)?),
+            SIGNAL => Message::Signaled(int(rest)?),
             _ => return Err(bad()),
         })
     }
@@ -329,6 +351,25 @@ mod tests {
         let mut buf = [0u8; MAX_MESSAGE];
         let n = m.encode(&mut buf);
         assert_eq!(Message::decode(&buf[..n]), Ok(m));
+    }
+
+    #[test]
+    fn the_bare_encoding_is_the_same_as_the_usual_one() {
+        for m in [
+            Message::Ready,
+            Message::Exited(0),
+            Message::Exited(1),
+            Message::Exited(255),
+            Message::Signaled(9),
+            Message::Signaled(64),
+        ] {
+            let mut usual = [0u8; MAX_MESSAGE];
+            let n = m.encode(&mut usual);
+            let mut bare = [MaybeUninit::uninit(); 32];
+            assert_eq!(m.encode_bare(&mut bare), &usual[..n], "{m:?}");
+        }
+        let mut bare = [MaybeUninit::uninit(); 32];
+        assert_eq!(Message::Go.encode_bare(&mut bare), b"");
     }
 
     #[test]
