@@ -265,6 +265,100 @@ fn a_device_node_made_in_the_zone_cannot_be_opened() {
 }
 
 #[test]
+fn dev_holds_only_its_devices_links_and_file_systems_with_device_access_only_on_the_devices() {
+    if !require_root() {
+        return;
+    }
+    let z = Zonit::start("dev", |d| {
+        zone(
+            d,
+            "web",
+            "for f in /dev/*; do if [ -L $f ]; then echo \"link $f $(readlink $f)\"; \
+             else stat -c 'node %n %F %t:%T' $f; fi; done; \
+             awk '$5 ~ \"^/dev\" {i = 7; while ($i != \"-\") i++; print \"mount\", $5, $6, $(i + 1)}' /proc/self/mountinfo; \
+             echo x > /dev/null && echo wrote-null; echo x 2>/dev/null > /dev/full || echo full-is-full; \
+             echo zero=$(head -c 3 /dev/zero | wc -c) urandom=$(head -c 5 /dev/urandom | wc -c); \
+             echo END; sleep 1000",
+            "",
+        )
+    });
+    let out = z.output_until("web", END);
+    let mut lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("node ") || l.starts_with("link "))
+        .collect();
+    lines.sort_unstable();
+    assert_eq!(
+        lines,
+        [
+            "link /dev/fd /proc/self/fd",
+            "link /dev/ptmx pts/ptmx",
+            "link /dev/stderr /proc/self/fd/2",
+            "link /dev/stdin /proc/self/fd/0",
+            "link /dev/stdout /proc/self/fd/1",
+            "node /dev/full character special file 1:7",
+            "node /dev/null character special file 1:3",
+            "node /dev/pts directory 0:0",
+            "node /dev/random character special file 1:8",
+            "node /dev/shm directory 0:0",
+            "node /dev/tty character special file 5:0",
+            "node /dev/urandom character special file 1:9",
+            "node /dev/zero character special file 1:5",
+        ],
+        "{out}"
+    );
+    // Each mount under /dev: its point, its options, its fs type.
+    let mounts: std::collections::HashMap<&str, (Vec<&str>, &str)> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("mount "))
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f[0], (f[1].split(',').collect(), f[2]))
+        })
+        .collect();
+    let mut points: Vec<&str> = mounts.keys().copied().collect();
+    points.sort_unstable();
+    assert_eq!(
+        points,
+        [
+            "/dev",
+            "/dev/full",
+            "/dev/null",
+            "/dev/pts",
+            "/dev/random",
+            "/dev/shm",
+            "/dev/tty",
+            "/dev/urandom",
+            "/dev/zero"
+        ],
+        "{out}"
+    );
+    for (point, (opts, fstype)) in &mounts {
+        assert!(
+            opts.contains(&"nosuid") && opts.contains(&"noexec") && opts.contains(&"rw"),
+            "{point}: {opts:?}"
+        );
+        // Only the device binds (and devpts, whose nodes are the zone's
+        // own terminals) may open devices.
+        let devices = !matches!(*point, "/dev" | "/dev/shm");
+        assert_eq!(!opts.contains(&"nodev"), devices, "{point}: {opts:?}");
+        // The device binds are of the host's /dev, whatever it is.
+        let want = match *point {
+            "/dev" | "/dev/shm" => "tmpfs",
+            "/dev/pts" => "devpts",
+            _ => continue,
+        };
+        assert_eq!(fstype, &want, "{point}");
+    }
+    assert!(
+        out.contains("wrote-null\n") && out.contains("full-is-full\n"),
+        "{out}"
+    );
+    assert_eq!(value(&out, "zero"), Some("3"), "{out}");
+    assert_eq!(value(&out, "urandom"), Some("5"), "{out}");
+}
+
+#[test]
 fn readonly_bind_cannot_be_written_or_remounted_and_rw_bind_can() {
     if !require_root() {
         return;
