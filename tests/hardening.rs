@@ -359,6 +359,34 @@ fn dev_holds_only_its_devices_links_and_file_systems_with_device_access_only_on_
 }
 
 #[test]
+fn a_host_device_that_is_not_a_character_device_fails_the_start_for_good() {
+    if !require_root() {
+        return;
+    }
+    // A regular file where the host's /dev/full should be, bound over it
+    // in zonit's own mount namespace only (`unshare --mount` makes it
+    // private): the zone must not get a host file to write as a device.
+    let file = std::env::temp_dir().join(format!("zonit-t2-{}-notfull", std::process::id()));
+    std::fs::write(&file, "").unwrap();
+    let bind = format!("mount --bind {} /dev/full && exec \"$@\"", file.display());
+    let z = Zonit::start_wrapped(
+        "notdev",
+        "",
+        |d| zone(d, "web", "echo started; sleep 1000", ""),
+        &["sh", "-c", &bind, "sh"],
+    );
+    z.wait_state("web", "failed");
+    let u = z.unit("web");
+    let reason = u["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("/dev/full is not a character device"),
+        "{u}"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"", "the zone wrote to it");
+    std::fs::remove_file(&file).unwrap();
+}
+
+#[test]
 fn readonly_bind_cannot_be_written_or_remounted_and_rw_bind_can() {
     if !require_root() {
         return;

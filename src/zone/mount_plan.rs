@@ -9,9 +9,12 @@
 //!   after them is a path *inside the zone*, which `rootfs` resolves from
 //!   an fd of the root without following any symbolic link, because a
 //!   previous run of the zone may have planted links anywhere in its tree;
+//!   the names inside `/dev` ([`Op::Dev`]) are one component each, made
+//!   from an fd of the fresh tmpfs the same op mounts there, which holds
+//!   nothing the zone could have planted;
 //! - every mount is `nosuid`, and every mount but the allowed device nodes
-//!   is `nodev`, the root included: a node the zone creates with
-//!   CAP_MKNOD can never be opened;
+//!   and the zone's own devpts is `nodev`, the root included: a node the
+//!   zone creates with CAP_MKNOD can never be opened;
 //! - masks and read-only paths come after every other mount, so nothing
 //!   mounted later can uncover them.
 
@@ -122,9 +125,8 @@ pub enum Op {
         /// fs-specific data.
         data: Option<String>,
     },
-    /// Bind the host's `/dev/NAME` onto `/dev/NAME` in the zone: the one
-    /// kind of mount that keeps device access, `nosuid,noexec`.
-    Device(String),
+    /// Make the zone's `/dev` whole, on a fresh tmpfs (see [`Dev`]).
+    Dev(Dev),
     /// Bind a configured host path onto a path inside the zone.
     UserBind {
         /// Host path.
@@ -134,19 +136,85 @@ pub enum Op {
         /// Read-only bind.
         readonly: bool,
     },
-    /// Create a symlink `link` -> `target` inside the zone.
-    Symlink {
-        /// What the link points at.
-        target: PathBuf,
-        /// The link itself, inside the zone.
-        link: PathBuf,
-    },
     /// Hide a path inside the zone (see [`MASKED`]).
     Mask(PathBuf),
     /// Make a path inside the zone read-only (see [`READ_ONLY`]).
     ReadOnly(PathBuf),
     /// Make the root the zone's `/` and detach the old root.
     PivotRoot,
+}
+
+/// The zone's `/dev`: a fresh `nosuid,nodev,noexec` tmpfs, so a node the
+/// zone creates can never be opened, holding what a program expects to
+/// find there. Every name is one component inside it. The tmpfs is
+/// mounted by this plan and nothing of the zone runs before the plan is
+/// applied, so nothing in it can be a planted link: `rootfs` creates and
+/// mounts on its names directly from an fd of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dev {
+    /// Options of the tmpfs.
+    pub data: &'static str,
+    /// Host device nodes bound in, `/dev/NAME` of the host onto
+    /// `/dev/NAME`: the one kind of mount that keeps device access. The
+    /// binds, like every mount under `/dev`, are `nosuid,noexec`.
+    pub devices: &'static [&'static str],
+    /// File systems mounted on new directories of `/dev`.
+    pub mounts: Vec<DevMount>,
+    /// Symbolic links made in `/dev`: `(name, what it points at)`.
+    pub links: &'static [(&'static str, &'static str)],
+}
+
+/// A file system mounted on the directory `/dev/NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevMount {
+    /// The directory's name in `/dev`.
+    pub name: &'static str,
+    /// Source (a device name, or the fs type).
+    pub source: &'static str,
+    /// File-system type.
+    pub fstype: &'static str,
+    /// Mount flags.
+    pub flags: MsFlags,
+    /// fs-specific data.
+    pub data: &'static str,
+}
+
+/// Mount flags of the `/dev` tmpfs.
+pub const DEV_FLAGS: MsFlags = MsFlags::MS_NOSUID
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
+
+/// The zone's `/dev`.
+fn dev() -> Dev {
+    Dev {
+        data: "mode=755,size=64k",
+        devices: &DEVICES,
+        mounts: vec![
+            // The zone's own terminals: devpts keeps device access for its
+            // nodes, which are only the zone's own ptys (`newinstance`).
+            DevMount {
+                name: "pts",
+                source: "devpts",
+                fstype: "devpts",
+                flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
+                data: "newinstance,ptmxmode=0666,mode=0620",
+            },
+            DevMount {
+                name: "shm",
+                source: "shm",
+                fstype: "tmpfs",
+                flags: DEV_FLAGS,
+                data: "mode=1777,size=64m",
+            },
+        ],
+        links: &[
+            ("ptmx", "pts/ptmx"),
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+        ],
+    }
 }
 
 /// Characters overlayfs's option string cannot carry as they are: `,`
@@ -220,48 +288,7 @@ pub fn plan(zone: &Zone, host: &HostFacts) -> Vec<Op> {
         data: None,
     });
 
-    // A fresh /dev: nodev tmpfs, so a node the zone creates can never be
-    // opened; the allowed devices are binds of the host's nodes, which keep
-    // the host mount's permission to open devices.
-    ops.push(Op::Mount {
-        source: "tmpfs".into(),
-        target: zp("/dev"),
-        fstype: "tmpfs".into(),
-        flags: nosuid_nodev | MsFlags::MS_NOEXEC,
-        data: Some("mode=755,size=64k".into()),
-    });
-    for dev in DEVICES {
-        ops.push(Op::Device(dev.into()));
-    }
-    ops.push(Op::Mount {
-        source: "devpts".into(),
-        target: zp("/dev/pts"),
-        fstype: "devpts".into(),
-        flags: MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        data: Some("newinstance,ptmxmode=0666,mode=0620".into()),
-    });
-    ops.push(Op::Symlink {
-        target: "pts/ptmx".into(),
-        link: zp("/dev/ptmx"),
-    });
-    ops.push(Op::Mount {
-        source: "shm".into(),
-        target: zp("/dev/shm"),
-        fstype: "tmpfs".into(),
-        flags: nosuid_nodev | MsFlags::MS_NOEXEC,
-        data: Some("mode=1777,size=64m".into()),
-    });
-    for (name, target) in [
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-    ] {
-        ops.push(Op::Symlink {
-            target: target.into(),
-            link: Path::new("/dev").join(name),
-        });
-    }
+    ops.push(Op::Dev(dev()));
 
     for m in &zone.mounts {
         ops.push(Op::UserBind {
@@ -341,34 +368,76 @@ mod tests {
         assert!(ops.contains(&Op::HostDir("/zones/.web.overlay/upper".into())));
     }
 
-    #[test]
-    fn dev_holds_only_the_allowed_devices() {
-        let ops = plan(&zone(), &host());
-        let devs: Vec<&str> = ops
+    /// The zone's `/dev` as the plan makes it.
+    fn the_dev(ops: &[Op]) -> &Dev {
+        let devs: Vec<&Dev> = ops
             .iter()
             .filter_map(|op| match op {
-                Op::Device(d) => Some(d.as_str()),
-                Op::Mount { target, .. } => target.to_str()?.strip_prefix("/dev/"),
+                Op::Dev(d) => Some(d),
                 _ => None,
             })
             .collect();
+        assert_eq!(devs.len(), 1, "{ops:?}");
+        devs[0]
+    }
+
+    #[test]
+    fn dev_holds_only_the_allowed_devices_links_and_file_systems() {
+        let ops = plan(&zone(), &host());
+        let dev = the_dev(&ops);
         assert_eq!(
-            devs,
-            [
-                "null", "zero", "full", "random", "urandom", "tty", "pts", "shm"
-            ]
+            dev.devices,
+            ["null", "zero", "full", "random", "urandom", "tty"]
         );
+        let mounts: Vec<_> = dev.mounts.iter().map(|m| (m.name, m.fstype)).collect();
+        assert_eq!(mounts, [("pts", "devpts"), ("shm", "tmpfs")]);
+        let links: Vec<&str> = dev.links.iter().map(|(name, _)| *name).collect();
+        assert_eq!(links, ["ptmx", "fd", "stdin", "stdout", "stderr"]);
+        // No other op touches /dev.
+        for op in &ops {
+            if let Op::Mount { target, .. } = op {
+                assert!(!target.starts_with("/dev"), "{op:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_name_in_dev_is_one_plain_component() {
+        let ops = plan(&zone(), &host());
+        let dev = the_dev(&ops);
+        let names = dev
+            .devices
+            .iter()
+            .copied()
+            .chain(dev.mounts.iter().map(|m| m.name))
+            .chain(dev.links.iter().map(|(name, _)| *name));
+        for name in names {
+            let mut comps = Path::new(name).components();
+            assert!(
+                matches!(comps.next(), Some(std::path::Component::Normal(_)))
+                    && comps.next().is_none(),
+                "{name}"
+            );
+        }
     }
 
     #[test]
     fn every_zone_mount_is_nosuid_and_all_but_devpts_nodev() {
-        for op in plan(&zone(), &host()) {
+        let ops = plan(&zone(), &host());
+        let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        for op in &ops {
             if let Op::Mount { target, flags, .. } = op {
-                assert!(flags.contains(MsFlags::MS_NOSUID), "{target:?}");
-                if target != Path::new("/dev/pts") {
-                    assert!(flags.contains(MsFlags::MS_NODEV), "{target:?}");
-                }
+                assert!(flags.contains(nosuid_nodev), "{target:?}");
             }
+        }
+        assert!(DEV_FLAGS.contains(nosuid_nodev | MsFlags::MS_NOEXEC));
+        for m in &the_dev(&ops).mounts {
+            let want = if m.name == "pts" {
+                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC
+            } else {
+                nosuid_nodev | MsFlags::MS_NOEXEC
+            };
+            assert!(m.flags.contains(want), "/dev/{}", m.name);
         }
     }
 
@@ -384,7 +453,6 @@ mod tests {
             let path = match &op {
                 Op::Mask(p) | Op::ReadOnly(p) => p.clone(),
                 Op::Mount { target, .. } | Op::UserBind { target, .. } => target.clone(),
-                Op::Symlink { link, .. } => link.clone(),
                 _ => continue,
             };
             assert!(!path.starts_with("/zones"), "{op:?} uses a host path");
@@ -437,7 +505,7 @@ mod tests {
         });
         let ops = plan(&z, &host());
         let bind = position(&ops, |op| matches!(op, Op::UserBind { .. }));
-        let dev = position(&ops, |op| matches!(op, Op::Device(_)));
+        let dev = position(&ops, |op| matches!(op, Op::Dev(_)));
         let first_mask = position(&ops, |op| matches!(op, Op::Mask(_)));
         let first_ro = position(&ops, |op| matches!(op, Op::ReadOnly(_)));
         assert!(dev < bind && bind < first_mask && first_mask < first_ro);

@@ -10,6 +10,13 @@
 //! root, and no path is looked up twice between check and use (the class
 //! of runc CVE-2021-30465).
 //!
+//! Inside the zone's `/dev` names are used directly, from an fd of it:
+//! `/dev` is a tmpfs mounted empty by the same step, before anything of
+//! the zone runs, so nothing in it can be a planted link, and each name is
+//! created with a call that fails if it exists. The host's device nodes
+//! are cloned as they are (a link is never followed) and must be
+//! character devices.
+//!
 //! Masks bind the zone's `/dev/null` by fd after checking that it is the
 //! null device, char 1:3 (CVE-2025-31133 swapped it for a link).
 
@@ -19,11 +26,11 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat, openat2};
+use nix::fcntl::{AT_FDCWD, OFlag, OpenHow, ResolveFlag, openat, openat2};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::sys::stat::{Mode, SFlag, fstat, major, minor, mkdirat};
+use nix::sys::stat::{Mode, SFlag, fstat, major, minor, mkdirat, mknodat};
 
-use super::mount_plan::Op;
+use super::mount_plan::{DEV_FLAGS, Dev, Op};
 use crate::sys;
 
 /// Why the zone's file system could not be set up.
@@ -80,6 +87,12 @@ pub enum Error {
         /// errno.
         #[source]
         source: io::Error,
+    },
+    /// A host device node the zone gets is not a character device.
+    #[error("{path} is not a character device, refusing to give it to the zone")]
+    NotADevice {
+        /// Host path.
+        path: PathBuf,
     },
     /// `/dev/null` in the zone is not the null device, so masking with it
     /// would expose whatever it is instead.
@@ -273,7 +286,7 @@ impl Applier {
             }),
             Op::BindRoot(root) => {
                 let old = open_host(root, OFlag::O_DIRECTORY)?;
-                bind_fd(
+                let bound = bind_fd(
                     old.as_fd(),
                     old.as_fd(),
                     libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
@@ -284,7 +297,9 @@ impl Applier {
                     target: root.clone(),
                     source,
                 })?;
-                self.set_root(root)
+                // The bind's own fd is the new mount: no second lookup.
+                self.root = Some((root.clone(), bound));
+                Ok(())
             }
             Op::OverlayRoot {
                 root,
@@ -310,7 +325,11 @@ impl Applier {
                     target: root.clone(),
                     source: e.into(),
                 })?;
-                self.set_root(root)
+                // Opened after mounting, so the fd is of the new mount,
+                // not of the directory underneath it.
+                let fd = open_host(root, OFlag::O_DIRECTORY)?;
+                self.root = Some((root.clone(), fd));
+                Ok(())
             }
             Op::Mount {
                 source,
@@ -328,46 +347,12 @@ impl Applier {
                     }
                 })
             }
-            Op::Device(name) => {
-                let host = Path::new("/dev").join(name);
-                let src = open_host(&host, OFlag::O_NOFOLLOW)?;
-                let target = Path::new("/dev").join(name);
-                let dst = self.open(&target, Create::File)?;
-                // No MOUNT_ATTR_NODEV: this bind is what lets the zone open
-                // the node at all.
-                bind_fd(
-                    src.as_fd(),
-                    dst.as_fd(),
-                    libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NOEXEC,
-                    false,
-                )
-                .map_err(|source| Error::Mount {
-                    what: host.display().to_string(),
-                    target,
-                    source,
-                })
-            }
+            Op::Dev(dev) => self.make_dev(dev),
             Op::UserBind {
                 source,
                 target,
                 readonly,
             } => self.user_bind(source, target, *readonly),
-            Op::Symlink { target, link } => {
-                let (Some(parent), Some(name)) = (link.parent(), link.file_name()) else {
-                    return Err(Error::UnsafeTarget {
-                        target: link.clone(),
-                        why: "it has no parent directory",
-                    });
-                };
-                let dir = self.open(parent, Create::Dir)?;
-                match nix::unistd::symlinkat(target, dir.as_fd(), name) {
-                    Ok(()) | Err(Errno::EEXIST) => Ok(()),
-                    Err(e) => Err(Error::Resolve {
-                        target: link.clone(),
-                        source: e.into(),
-                    }),
-                }
-            }
             Op::Mask(path) => self.mask(path),
             Op::ReadOnly(path) => {
                 let Some(fd) = self.open_existing(path)? else {
@@ -377,21 +362,110 @@ impl Applier {
                     | libc::MOUNT_ATTR_NOSUID
                     | libc::MOUNT_ATTR_NODEV
                     | libc::MOUNT_ATTR_NOEXEC;
-                bind_fd(fd.as_fd(), fd.as_fd(), attrs, true).map_err(|source| Error::Mount {
-                    what: "a read-only bind".into(),
-                    target: path.clone(),
-                    source,
-                })
+                bind_fd(fd.as_fd(), fd.as_fd(), attrs, true)
+                    .map(drop)
+                    .map_err(|source| Error::Mount {
+                        what: "a read-only bind".into(),
+                        target: path.clone(),
+                        source,
+                    })
             }
             Op::PivotRoot => self.pivot_root(),
         }
     }
 
-    fn set_root(&mut self, root: &Path) -> Result<(), Error> {
-        // Reopened after mounting, so the fd is of the new mount, not of
-        // the directory underneath it.
-        let fd = open_host(root, OFlag::O_DIRECTORY)?;
-        self.root = Some((root.to_path_buf(), fd));
+    /// Makes the zone's `/dev` (see [`Dev`]). The tmpfs is mounted on
+    /// the zone's `/dev` found as every other path inside the zone; from
+    /// then on everything is made by name from an fd of the tmpfs (also
+    /// the working directory, for the `mount(2)` calls): the tmpfs is empty
+    /// and nothing of the zone runs yet, so no name in it can be a link,
+    /// and creating each name fails if it exists.
+    fn make_dev(&mut self, dev: &Dev) -> Result<(), Error> {
+        let target = Path::new("/dev");
+        let dir = self.open(target, Create::Dir)?;
+        mount_on_dir(dir.as_fd(), "tmpfs", "tmpfs", DEV_FLAGS, Some(dev.data)).map_err(|e| {
+            Error::Mount {
+                what: "tmpfs".into(),
+                target: target.into(),
+                source: e,
+            }
+        })?;
+        drop(dir);
+        let fd = self.open(target, Create::Nothing)?;
+        let in_dev = |name: &str, source: io::Error| Error::Resolve {
+            target: target.join(name),
+            source,
+        };
+        nix::unistd::fchdir(fd.as_fd()).map_err(|e| Error::Resolve {
+            target: target.into(),
+            source: e.into(),
+        })?;
+        for name in dev.devices {
+            self.bind_device(fd.as_fd(), name)?;
+        }
+        // Every mount under /dev gets `nosuid,noexec`, added in one call:
+        // the tmpfs has them already, the device binds get them here, and
+        // the mounts below carry them in their own flags.
+        sys::mount::mount_setattr(
+            fd.as_fd(),
+            libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NOEXEC,
+            true,
+        )
+        .map_err(|source| Error::Mount {
+            what: "nosuid,noexec".into(),
+            target: target.into(),
+            source,
+        })?;
+        for m in &dev.mounts {
+            let name = dev_name(m.name)?;
+            mkdirat(fd.as_fd(), name, Mode::from_bits_truncate(0o755))
+                .map_err(|e| in_dev(m.name, e.into()))?;
+            mount(Some(m.source), name, Some(m.fstype), m.flags, Some(m.data)).map_err(|e| {
+                Error::Mount {
+                    what: m.fstype.into(),
+                    target: target.join(name),
+                    source: e.into(),
+                }
+            })?;
+        }
+        for (name, points_at) in dev.links {
+            nix::unistd::symlinkat(*points_at, fd.as_fd(), dev_name(name)?)
+                .map_err(|e| in_dev(name, e.into()))?;
+        }
+        Ok(())
+    }
+
+    /// Binds the host's `/dev/NAME`, which must be a character device, onto
+    /// a new empty file `NAME` in the zone's `/dev` (`dev`).
+    fn bind_device(&mut self, dev: BorrowedFd<'_>, name: &str) -> Result<(), Error> {
+        let host = Path::new("/dev").join(name);
+        let name = dev_name(name)?;
+        let err = |source| Error::Mount {
+            what: host.display().to_string(),
+            target: Path::new("/dev").join(name),
+            source,
+        };
+        // The host's node itself, never what a link there points at.
+        let tree = sys::mount::open_tree_clone(AT_FDCWD, &host, false).map_err(err)?;
+        let st = fstat(tree.as_fd()).map_err(|e| err(e.into()))?;
+        if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFCHR {
+            return Err(Error::NotADevice { path: host });
+        }
+        mknodat(
+            dev,
+            name,
+            SFlag::S_IFREG,
+            Mode::from_bits_truncate(0o644),
+            0,
+        )
+        .map_err(|e| err(e.into()))?;
+        // No MOUNT_ATTR_NODEV: this bind is what lets the zone open the
+        // node at all.
+        sys::mount::move_mount(tree.as_fd(), dev, name).map_err(err)?;
+        if is_devnull(&st) {
+            // The fd is now of the zone's /dev/null: what masks bind.
+            self.devnull = Some(tree);
+        }
         Ok(())
     }
 
@@ -434,11 +508,13 @@ impl Applier {
         // attached, so there is no moment where the bind is writable. The
         // zone lacks CAP_SYS_ADMIN (and seccomp refuses mount calls), so it
         // cannot remount it read-write.
-        bind_fd(src.as_fd(), dst.as_fd(), attrs, true).map_err(|e| Error::Mount {
-            what: source.display().to_string(),
-            target: target.to_path_buf(),
-            source: e,
-        })
+        bind_fd(src.as_fd(), dst.as_fd(), attrs, true)
+            .map(drop)
+            .map_err(|e| Error::Mount {
+                what: source.display().to_string(),
+                target: target.to_path_buf(),
+                source: e,
+            })
     }
 
     fn mask(&mut self, path: &Path) -> Result<(), Error> {
@@ -466,7 +542,9 @@ impl Applier {
             self.devnull = Some(self.checked_devnull()?);
         }
         let null = self.devnull.as_ref().ok_or(Error::NotDevNull)?;
-        bind_fd(null.as_fd(), fd.as_fd(), 0, false).map_err(err)
+        bind_fd(null.as_fd(), fd.as_fd(), 0, false)
+            .map(drop)
+            .map_err(err)
     }
 
     /// Opens the zone's `/dev/null` and checks it is char 1:3.
@@ -476,8 +554,7 @@ impl Applier {
             target: "/dev/null".into(),
             source: e.into(),
         })?;
-        let is_chr = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFCHR;
-        if !is_chr || major(st.st_rdev) != 1 || minor(st.st_rdev) != 3 {
+        if !is_devnull(&st) {
             return Err(Error::NotDevNull);
         }
         Ok(fd)
@@ -495,6 +572,26 @@ impl Applier {
         nix::unistd::pivot_root(".", ".").map_err(err)?;
         umount2(".", MntFlags::MNT_DETACH).map_err(err)?;
         nix::unistd::chdir("/").map_err(err)
+    }
+}
+
+/// Whether `st` is the null device, char 1:3.
+fn is_devnull(st: &nix::sys::stat::FileStat) -> bool {
+    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFCHR
+        && major(st.st_rdev) == 1
+        && minor(st.st_rdev) == 3
+}
+
+/// `name` as a path of one plain component: a name in the zone's `/dev`.
+fn dev_name(name: &str) -> Result<&Path, Error> {
+    let path = Path::new(name);
+    let mut comps = path.components();
+    match (comps.next(), comps.next()) {
+        (Some(Component::Normal(_)), None) => Ok(path),
+        _ => Err(Error::UnsafeTarget {
+            target: Path::new("/dev").join(name),
+            why: "it is not a plain name in /dev",
+        }),
     }
 }
 
@@ -536,18 +633,19 @@ fn open_host(path: &Path, extra: OFlag) -> Result<OwnedFd, Error> {
 
 /// Binds what `src` refers to onto `dst`, both by fd: a detached copy of
 /// the source (with submounts if `recursive`) gets `attrs` added, then is
-/// attached on top of `dst`.
+/// attached on top of `dst`. Returns an fd of the new mount.
 fn bind_fd(
     src: BorrowedFd<'_>,
     dst: BorrowedFd<'_>,
     attrs: u64,
     recursive: bool,
-) -> io::Result<()> {
-    let tree = sys::mount::open_tree_clone(src, recursive)?;
+) -> io::Result<OwnedFd> {
+    let tree = sys::mount::open_tree_clone(src, c"", recursive)?;
     if attrs != 0 {
         sys::mount::mount_setattr(tree.as_fd(), attrs, recursive)?;
     }
-    sys::mount::move_mount(tree.as_fd(), dst)
+    sys::mount::move_mount(tree.as_fd(), dst, c"")?;
+    Ok(tree)
 }
 
 /// Mounts a file system on the directory `dir` by making it the working
