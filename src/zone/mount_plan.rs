@@ -19,6 +19,7 @@
 //!   mounted later can uncover them.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use nix::mount::MsFlags;
 
@@ -60,7 +61,7 @@ pub const READ_ONLY: [&str; 5] = [
     "/proc/sysrq-trigger",
 ];
 
-/// What the plan needs to know about the host, probed at zone start.
+/// What the plan needs to know about the host.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostFacts {
     /// Numbers of the host's CPUs (`/sys/devices/system/cpu/cpuN`).
@@ -68,6 +69,15 @@ pub struct HostFacts {
 }
 
 impl HostFacts {
+    /// The running host's facts, read once per process, at its first zone
+    /// start: every start needs them, and they hold for the kernel's life
+    /// (a CPU's directory is there from boot for every CPU present; one
+    /// hot-added later is masked in zones started by the next agent).
+    pub fn get() -> &'static HostFacts {
+        static FACTS: OnceLock<HostFacts> = OnceLock::new();
+        FACTS.get_or_init(HostFacts::probe)
+    }
+
     /// Reads the facts from the running host; what cannot be read is left
     /// empty (a zone then simply has fewer masks to apply).
     pub fn probe() -> HostFacts {

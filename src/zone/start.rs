@@ -2,7 +2,10 @@
 //! is prepared here before the clone ([`Prepared`]: C strings, the mount
 //! plan, the seccomp program), then one `clone3` into new namespaces
 //! makes the zone's init ([`super::init`]), and the agent gets its pidfd
-//! and its end of the zone start channel ([`super::protocol`]).
+//! and its end of the zone start channel ([`super::protocol`]). What
+//! cannot change while the agent runs is read once per agent, not per
+//! start: the host's CPUs (`mount_plan::HostFacts::get`), the kernel's
+//! highest capability, the fd of zonit's own file, the seccomp program.
 //!
 //! Process tree: agent -> zone init (PID 1 of the zone's PID namespace,
 //! zonit code) -> the command's process ([`super::command`]), which sets up
@@ -71,8 +74,10 @@ pub struct Started {
 
 /// Everything the child needs, prepared before the clone.
 pub(super) struct Prepared {
+    /// The zone's mount plan (empty for an exec).
     pub(super) ops: Vec<Op>,
-    /// `(template, root)` when the root is a one-time copy of a template.
+    /// `(template, root)` when the root is a one-time copy of a template
+    /// (never for an exec).
     pub(super) copy: Option<(std::path::PathBuf, std::path::PathBuf)>,
     pub(super) seccomp: &'static [seccompiler::sock_filter],
     pub(super) hostname: String,
@@ -97,8 +102,16 @@ fn cstring(s: impl Into<Vec<u8>>, what: &'static str) -> Result<CString, Error> 
     CString::new(s).map_err(|_| Error::Nul { what })
 }
 
+/// Prepares the start of `zone`: its command, and the set-up of its root
+/// that only a zone start makes (an exec joins a zone set up already).
 fn prepare(name: &str, zone: &Zone) -> Result<Prepared, Error> {
-    prepare_command(INIT_NAME, name, zone, &zone.command)
+    let mut prep = prepare_command(INIT_NAME, name, zone, &zone.command)?;
+    prep.ops = mount_plan::plan(zone, mount_plan::HostFacts::get());
+    prep.copy = match (&zone.template, zone.template_mode) {
+        (Some(t), TemplateMode::Copy) => Some((t.clone(), zone.root.clone())),
+        _ => None,
+    };
+    Ok(prep)
 }
 
 /// What a zone's init calls itself (`comm`, and the first word of its
@@ -148,11 +161,8 @@ pub(super) fn prepare_command(
             .collect::<Result<Vec<_>, _>>()?
     };
     Ok(Prepared {
-        ops: mount_plan::plan(zone, &mount_plan::HostFacts::probe()),
-        copy: match (&zone.template, zone.template_mode) {
-            (Some(t), TemplateMode::Copy) => Some((t.clone(), zone.root.clone())),
-            _ => None,
-        },
+        ops: Vec::new(),
+        copy: None,
         seccomp: seccomp::program().map_err(Error::Seccomp)?,
         hostname: zone.hostname.clone(),
         argv,
