@@ -280,6 +280,9 @@ impl Applier {
                 target: "/".into(),
                 source: e.into(),
             }),
+            // Nearly always there: one stat instead of a failed mkdir and
+            // a stat.
+            Op::HostDir(path) if path.is_dir() => Ok(()),
             Op::HostDir(path) => fs::create_dir_all(path).map_err(|source| Error::Create {
                 path: path.clone(),
                 source,
