@@ -718,6 +718,17 @@ mod tests {
     }
 
     #[test]
+    fn a_name_in_dev_is_one_plain_component() {
+        assert_eq!(dev_name("pts").unwrap(), Path::new("pts"));
+        for bad in ["", ".", "..", "../etc", "pts/ptmx", "/null"] {
+            assert!(
+                matches!(dev_name(bad), Err(Error::UnsafeTarget { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
     fn open_in_root_reports_missing_paths_without_creating() {
         let (dir, fd) = scratch("missing");
         let err =
