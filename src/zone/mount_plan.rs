@@ -162,6 +162,8 @@ pub enum Op {
 /// mounts on its names directly from an fd of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dev {
+    /// Mount flags of the tmpfs ([`DEV_FLAGS`]).
+    pub flags: MsFlags,
     /// Options of the tmpfs.
     pub data: &'static str,
     /// Host device nodes bound in, `/dev/NAME` of the host onto
@@ -190,13 +192,14 @@ pub struct DevMount {
 }
 
 /// Mount flags of the `/dev` tmpfs.
-pub const DEV_FLAGS: MsFlags = MsFlags::MS_NOSUID
+const DEV_FLAGS: MsFlags = MsFlags::MS_NOSUID
     .union(MsFlags::MS_NODEV)
     .union(MsFlags::MS_NOEXEC);
 
 /// The zone's `/dev`.
 fn dev() -> Dev {
     Dev {
+        flags: DEV_FLAGS,
         data: "mode=755,size=64k",
         devices: &DEVICES,
         mounts: vec![
@@ -440,8 +443,9 @@ mod tests {
                 assert!(flags.contains(nosuid_nodev), "{target:?}");
             }
         }
-        assert!(DEV_FLAGS.contains(nosuid_nodev | MsFlags::MS_NOEXEC));
-        for m in &the_dev(&ops).mounts {
+        let dev = the_dev(&ops);
+        assert!(dev.flags.contains(nosuid_nodev | MsFlags::MS_NOEXEC));
+        for m in &dev.mounts {
             let want = if m.name == "pts" {
                 MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC
             } else {

@@ -30,7 +30,7 @@ use nix::fcntl::{AT_FDCWD, OFlag, OpenHow, ResolveFlag, openat, openat2};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::stat::{Mode, SFlag, fstat, major, minor, mkdirat, mknodat};
 
-use super::mount_plan::{DEV_FLAGS, Dev, Op};
+use super::mount_plan::{Dev, Op};
 use crate::sys;
 
 /// Why the zone's file system could not be set up.
@@ -386,7 +386,7 @@ impl Applier {
     fn make_dev(&mut self, dev: &Dev) -> Result<(), Error> {
         let target = Path::new("/dev");
         let dir = self.open(target, Create::Dir)?;
-        mount_on_dir(dir.as_fd(), "tmpfs", "tmpfs", DEV_FLAGS, Some(dev.data)).map_err(|e| {
+        mount_on_dir(dir.as_fd(), "tmpfs", "tmpfs", dev.flags, Some(dev.data)).map_err(|e| {
             Error::Mount {
                 what: "tmpfs".into(),
                 target: target.into(),
