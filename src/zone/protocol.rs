@@ -126,20 +126,14 @@ impl Message {
     pub fn send(&self, channel: BorrowedFd<'_>) -> io::Result<()> {
         let mut buf = [0u8; MAX_MESSAGE];
         let n = self.encode(&mut buf);
-        send_raw(channel, &buf[..n])
+        nix::sys::socket::send(
+            channel.as_raw_fd(),
+            &buf[..n],
+            nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+        )
+        .map(drop)
+        .map_err(io::Error::from)
     }
-}
-
-/// Sends already encoded bytes as one datagram (a message relayed as it
-/// came, from the command's process to the agent).
-pub fn send_raw(channel: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<()> {
-    nix::sys::socket::send(
-        channel.as_raw_fd(),
-        bytes,
-        nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
-    )
-    .map(drop)
-    .map_err(io::Error::from)
 }
 
 /// A writer into a fixed buffer that drops what does not fit, cutting at a
