@@ -35,12 +35,7 @@ bins=("$@")
 
 gcc -O2 -static -o "$dir/floor" scripts/zone-floor.c
 cfg=$dir/many.toml
-{
-    printf '[host]\ncontrol_socket = "%s.sock"\nlog_level = "info"\nshutdown_timeout = "20s"\n' "$cfg"
-    for i in $(seq "$N"); do
-        printf '\n[zone.z%d]\ncommand = ["/bin/sleep", "1000"]\nrestart = "never"\nroot = "%s"\n' "$i" "$root"
-    done
-} >"$cfg"
+bench_many_config "$cfg" info root
 cg=$cpuacct/zonit-floor-$$
 mkdir "$cg"
 trap 'bench_cleanup; rmdir "$cg" 2>/dev/null || true' EXIT

@@ -82,6 +82,23 @@ EOF
     sed 's/^exit_with.*/&\nlog_level = "debug"/' "$dir/one.toml" >"$dir/one-debug.toml"
 }
 
+# bench_many_config FILE LOG_LEVEL root|template: writes FILE, $N zones
+# z1..zN running `/bin/sleep 1000` (restart never), all on $root, or each
+# with its own root under $dir/zones made from the template $root.
+bench_many_config() {
+    {
+        printf '[host]\ncontrol_socket = "%s.sock"\nlog_level = "%s"\nshutdown_timeout = "20s"\n' "$1" "$2"
+        for i in $(seq "$N"); do
+            printf '\n[zone.z%d]\ncommand = ["/bin/sleep", "1000"]\nrestart = "never"\n' "$i"
+            if [[ $3 == root ]]; then
+                printf 'root = "%s"\n' "$root"
+            else
+                printf 'root = "%s/zones/z%d"\ntemplate = "%s"\n' "$dir" "$i" "$root"
+            fi
+        done
+    } > "$1"
+}
+
 # bench_crun_bundle: an OCI bundle at $dir/bundle (`crun spec`) that runs
 # /bin/true in $root, without a terminal.
 bench_crun_bundle() {

@@ -85,21 +85,8 @@ for _ in $(seq 200); do [[ -p $scan/t/supervise/control ]] && break; sleep 0.01;
 bench_one_config
 one=$dir/one.toml
 
-many() { # many FILE LOG_LEVEL ROOT_OR_TEMPLATE_KEY
-    {
-        printf '[host]\ncontrol_socket = "%s.sock"\nlog_level = "%s"\nshutdown_timeout = "20s"\n' "$1" "$2"
-        for i in $(seq "$N"); do
-            printf '\n[zone.z%d]\ncommand = ["/bin/sleep", "1000"]\nrestart = "never"\n' "$i"
-            if [[ $3 == root ]]; then
-                printf 'root = "%s"\n' "$root"
-            else
-                printf 'root = "%s/zones/z%d"\ntemplate = "%s"\n' "$dir" "$i" "$root"
-            fi
-        done
-    } > "$1"
-}
-many "$dir/many.toml" info root
-many "$dir/overlay.toml" info template
+bench_many_config "$dir/many.toml" info root
+bench_many_config "$dir/overlay.toml" info template
 
 report=()
 
@@ -335,7 +322,7 @@ say "| zones | init RSS | init PSS | init private (USS) | agent PSS |"
 say "|---|---|---|---|---|"
 for m in $MEM_ZONES; do
     echo "bench: memory with $m zones" >&2
-    N=$m many "$dir/mem$m.toml" warn root
+    N=$m bench_many_config "$dir/mem$m.toml" warn root
     N=$m start_many "$dir/mem$m.toml"
     sleep 1
     ip=$("$ZONIT" ctl --socket "$dir/mem$m.toml.sock" status --json | grep -o '"pid":[0-9]*' | cut -d: -f2)
